@@ -1,0 +1,1 @@
+"""Switchboard services: gateway, session, tools, recorder, localmodel."""

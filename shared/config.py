@@ -1,0 +1,123 @@
+"""Settings for every service, from the environment first (pydantic-settings).
+
+Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_DATA_DIR``,
+``SWITCHBOARD_DATABASE_URL``, ``OPENAI_API_KEY``, ``SWITCHBOARD_MODEL``, ``SWITCHBOARD_REALTIME_URL``,
+``SWITCHBOARD_AGENT``, ``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``,
+``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``, ``SWITCHBOARD_API_TOKEN``,
+``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, the ports ``SWITCHBOARD_{GATEWAY,RECORDER,
+LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the OpenTelemetry SDK itself).
+
+An invalid value fails fast with :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "get_settings", "load_settings"]
+
+_DEFAULT_AGENT = Path("agents/receptionist.yaml")
+
+
+class ConfigError(RuntimeError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every Switchboard setting. Field ``x`` is read from ``SWITCHBOARD_X`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore", frozen=True)
+
+    nats_url: str | None = None
+    """NATS URL; unset means ``switchboard up`` starts an embedded nats-server on ``nats_port``."""
+    nats_port: int = Field(4333, ge=1, le=65535)
+    """Port of the embedded nats-server (not 4222, which a system NATS often holds)."""
+    host: str = "127.0.0.1"
+    """Interface the HTTP services bind to (loopback by default)."""
+    data_dir: Path = Path(".switchboard")
+    """Where the embedded NATS store, the SQLite database and recordings live."""
+    database_url: str | None = None
+    """SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/switchboard.db``."""
+    openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    """Set: sessions talk to OpenAI's Realtime endpoint."""
+    model: str = "gpt-realtime"
+    """Realtime model name (``?model=`` on the WebSocket URL)."""
+    realtime_url: str | None = None
+    """Overrides the Realtime endpoint (OpenAI or the local model)."""
+    agent: Path = _DEFAULT_AGENT
+    """Agent spec (YAML) the session service uses."""
+    localmodel_mode: Literal["agent", "echo"] = "agent"
+    localmodel_token: str | None = None
+    gateway_port: int = Field(8080, ge=1, le=65535)
+    recorder_port: int = Field(8081, ge=1, le=65535)
+    localmodel_port: int = Field(8765, ge=1, le=65535)
+    public_url: str | None = None
+    """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
+    twilio_auth_token: str | None = None
+    api_token: str | None = None
+    js_replicas: int = Field(1, ge=1, le=5)
+    js_max_age: float = Field(7 * 24 * 3600.0, gt=0)
+    """Seconds a JetStream stream keeps a message (CALLS and RT); TRACES keeps at most one hour."""
+    js_duplicate_window: float = Field(120.0, gt=0)
+    """Seconds of ``Nats-Msg-Id`` de-duplication history in each stream."""
+
+    @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
+                     "localmodel_token", "twilio_auth_token", "api_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the setting, else SQLite in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @property
+    def effective_nats_url(self) -> str:
+        """The NATS URL in force: the setting, else the embedded server's loopback URL."""
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def effective_realtime_url(self) -> str:
+        """The Realtime WebSocket URL: the override, else OpenAI with a key, else the local model."""
+        if self.realtime_url:
+            return self.realtime_url
+        if self.openai_api_key:
+            return f"wss://api.openai.com/v1/realtime?model={self.model}"
+        return f"ws://127.0.0.1:{self.localmodel_port}/v1/realtime?model={self.model}"
+
+    @property
+    def uses_local_model(self) -> bool:
+        """True when neither ``OPENAI_API_KEY`` nor ``SWITCHBOARD_REALTIME_URL`` is set."""
+        return not self.openai_api_key and not self.realtime_url
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    return "OPENAI_API_KEY" if field == "openai_api_key" else f"SWITCHBOARD_{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings` from the environment (and keyword overrides, for tests).
+
+    Raises:
+        ConfigError: a variable holds an invalid value; the message names it and says why.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"{_variable_name(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment (see :func:`load_settings`)."""
+    return load_settings()

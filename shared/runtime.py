@@ -1,0 +1,168 @@
+"""Running a service process: settings, telemetry, the bus, readiness and a graceful stop.
+
+Every ``python -m services.<name>`` calls :func:`run_service` with its ``main(ctx)`` coroutine:
+
+1. JSON logging and OpenTelemetry for ``switchboard-<name>``;
+2. connect the :class:`~shared.bus.Bus` (retrying), ensure the JetStream streams, publish finished spans to
+   ``otel.spans`` when no OTLP endpoint is configured;
+3. register the nats.micro service ``switchboard-<name>`` (``$SRV.PING/INFO/STATS`` = readiness);
+4. run ``main(ctx)``; SIGTERM/SIGINT set ``ctx.stopping``: the service stops taking new work, and whatever
+   it pushed on ``ctx.stack`` is closed in reverse order, then the bus drains and telemetry flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.bus import Bus
+from shared.config import Settings, get_settings
+from shared.telemetry import NatsSpanExporter, Telemetry, setup_logging, setup_telemetry
+
+__all__ = ["ServiceContext", "run_service", "serve_http", "start_service"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What a service's ``main`` receives.
+
+    Attributes:
+        name: the service name (``gateway``, ``session``, …).
+        settings: the process settings.
+        bus: the connected bus (source = ``name``).
+        stopping: set on SIGTERM/SIGINT; ``main`` should return soon after.
+        stack: exit stack closed (reverse order) when the service stops.
+        micro: the nats.micro service ``switchboard-<name>``.
+        telemetry: tracer/meter providers.
+    """
+
+    name: str
+    settings: Settings
+    bus: Bus
+    stopping: asyncio.Event
+    stack: AsyncExitStack
+    micro: Any
+    telemetry: Telemetry
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Start a supervised background task (kept referenced; exceptions logged; cancelled at stop)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task %s failed", t.get_name(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+
+async def start_service(name: str, settings: Settings | None = None, *, metadata: dict[str, str] | None = None,
+                        install_signals: bool = False) -> ServiceContext:
+    """Set up telemetry, bus, streams and the micro service for ``name``; returns the context.
+
+    Tests use this directly to run a service in-process; :func:`run_service` wraps it for ``__main__``.
+    """
+    settings = settings or get_settings()
+    telemetry = setup_telemetry(f"switchboard-{name}")
+    bus = await Bus.connect(settings.effective_nats_url, name=f"switchboard-{name}", source=name)
+    await bus.ensure_streams(settings)
+    if not telemetry.otlp:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from shared.subjects import OTEL_SPANS
+
+        async def publish_span(payload: bytes, call_id: str | None) -> None:
+            if not bus.nc.is_closed:
+                headers = {"Switchboard-Call-Id": call_id} if call_id else None
+                await bus.nc.publish(OTEL_SPANS, payload, headers=headers)
+
+        telemetry.add_span_processor(BatchSpanProcessor(
+            NatsSpanExporter(publish_span, asyncio.get_running_loop()), schedule_delay_millis=500))
+    micro = await bus.add_service(f"switchboard-{name}", description=f"Switchboard {name} service",
+                                  metadata=metadata or {})
+    stopping = asyncio.Event()
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+    return ServiceContext(name, settings, bus, stopping, AsyncExitStack(), micro, telemetry)
+
+
+async def stop_service(ctx: ServiceContext) -> None:
+    """Close what ``main`` registered, cancel leftover tasks, stop the micro service, drain the bus."""
+    ctx.stopping.set()
+    await ctx.stack.aclose()
+    for task in list(ctx.tasks):
+        task.cancel()
+    if ctx.tasks:
+        await asyncio.wait(set(ctx.tasks), timeout=5)
+    with contextlib.suppress(Exception):
+        await ctx.micro.stop()
+    ctx.telemetry.tracer_provider.force_flush(2000)
+    await ctx.bus.close()
+
+
+def run_service(name: str, main: Callable[[ServiceContext], Awaitable[None]], *,
+                metadata: dict[str, str] | None = None) -> None:
+    """Run ``main(ctx)`` as the process's service until it returns or SIGTERM/SIGINT arrives."""
+    setup_logging(f"switchboard-{name}")
+
+    async def runner() -> None:
+        ctx = await start_service(name, metadata=metadata, install_signals=True)
+        log.info("service %s started", name)
+        main_task: asyncio.Future[None] = asyncio.ensure_future(main(ctx))
+        stop_task: asyncio.Future[Any] = asyncio.ensure_future(ctx.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if main_task in done and main_task.exception() is not None:
+                log.error("service %s main failed", name, exc_info=main_task.exception())
+        finally:
+            stop_task.cancel()
+            if not main_task.done():
+                # main saw ctx.stopping; give it a moment to finish its own shutdown
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(main_task), 10)
+                main_task.cancel()
+            await stop_service(ctx)
+            log.info("service %s stopped", name)
+
+    asyncio.run(runner())
+
+
+async def serve_http(ctx: ServiceContext, app: Any, host: str, port: int) -> None:
+    """Serve the ASGI ``app`` with uvicorn on ``host:port`` until ``ctx.stopping`` is set.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                            ws_max_size=1 << 20, access_log=False)
+    server = uvicorn.Server(config)
+    # the service's own SIGTERM/SIGINT handlers (run_service) decide when to stop, not uvicorn's
+    setattr(server, "capture_signals", contextlib.nullcontext)  # noqa: B010
+    serve_task = asyncio.create_task(server.serve())
+    stop_task = asyncio.create_task(ctx.stopping.wait())
+    try:
+        await asyncio.wait({serve_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stop_task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serve_task, 10)
+    if serve_task.done() and not serve_task.cancelled() and serve_task.exception():
+        raise serve_task.exception()  # type: ignore[misc]

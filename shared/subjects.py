@@ -1,0 +1,254 @@
+"""Every NATS subject and JetStream stream Switchboard uses, built in one place.
+
+Subject grammar (design.md, "Subjects, streams and payloads"):
+
+- ``call.<id>.started`` / ``.audio.in`` / ``.carrier.{mark,dtmf,error}`` / ``.command.<verb>`` /
+  ``.session.<event>`` / ``.ended``
+- ``rt.<id>.client.<realtime event type>`` / ``rt.<id>.server.<realtime event type>``
+- ``tools.<name>`` and ``otel.spans``
+
+Call ids are validated (``[A-Za-z0-9_-]{1,64}``) so that a call id can never inject a subject token
+(``.``, ``*``, ``>`` or white space). Realtime event types contain dots (``response.output_audio.delta``);
+they are the tail of an ``rt`` subject and are validated to hold only ``[a-z0-9_.]``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CALLS_STREAM",
+    "OTEL_SPANS",
+    "RT_STREAM",
+    "STREAMS",
+    "TRACES_STREAM",
+    "InvalidSubjectTokenError",
+    "ParsedSubject",
+    "StreamSpec",
+    "all_call_events",
+    "all_calls_started",
+    "call_all",
+    "call_audio_in",
+    "call_ended",
+    "call_started",
+    "carrier_dtmf",
+    "carrier_error",
+    "carrier_mark",
+    "command",
+    "new_call_id",
+    "parse",
+    "rt_all",
+    "rt_client",
+    "rt_server",
+    "rt_wildcard",
+    "session_event",
+    "tool",
+    "tool_wildcard",
+    "validate_call_id",
+]
+
+_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+_MAX_EVENT_TYPE = 128
+
+Direction = Literal["client", "server"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play"]
+CarrierEvent = Literal["mark", "dtmf", "error"]
+
+
+class InvalidSubjectTokenError(ValueError):
+    """A call id, tool name, verb or event type that would not form a safe subject token."""
+
+
+def validate_call_id(call_id: str) -> str:
+    """Return ``call_id`` unchanged if it matches ``[A-Za-z0-9_-]{1,64}``.
+
+    Raises:
+        InvalidSubjectTokenError: the id is empty, longer than 64 characters, or holds any other
+            character (``.``, ``*``, ``>``, white space ...), which could inject subject tokens.
+    """
+    if not isinstance(call_id, str) or _CALL_ID.fullmatch(call_id) is None:
+        raise InvalidSubjectTokenError(f"invalid call id {call_id!r}: expected [A-Za-z0-9_-]{{1,64}}")
+    return call_id
+
+
+def _token(value: str, what: str) -> str:
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+        raise InvalidSubjectTokenError(f"invalid {what} {value!r}: expected [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def _event_type(value: str) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_EVENT_TYPE
+        or _EVENT_TYPE.fullmatch(value) is None
+    ):
+        raise InvalidSubjectTokenError(f"invalid event type {value!r}: expected dotted [a-z0-9_] words")
+    return value
+
+
+def new_call_id() -> str:
+    """A fresh call id: ``CA`` + 32 hex characters (128 random bits); always valid."""
+    return "CA" + secrets.token_hex(16)
+
+
+# --- call.<id>.* -------------------------------------------------------------------------------------
+
+
+def call_started(call_id: str) -> str:
+    """``call.<id>.started`` (gateway → CALLS stream)."""
+    return f"call.{validate_call_id(call_id)}.started"
+
+
+def call_audio_in(call_id: str) -> str:
+    """``call.<id>.audio.in`` — raw carrier-native audio bytes on core NATS (never in a stream)."""
+    return f"call.{validate_call_id(call_id)}.audio.in"
+
+
+def carrier_mark(call_id: str) -> str:
+    """``call.<id>.carrier.mark`` — a playback mark echoed by the carrier."""
+    return f"call.{validate_call_id(call_id)}.carrier.mark"
+
+
+def carrier_dtmf(call_id: str) -> str:
+    """``call.<id>.carrier.dtmf`` — a keypad digit from the caller."""
+    return f"call.{validate_call_id(call_id)}.carrier.dtmf"
+
+
+def carrier_error(call_id: str) -> str:
+    """``call.<id>.carrier.error`` — a carrier-side error (``code``, ``reason``)."""
+    return f"call.{validate_call_id(call_id)}.carrier.error"
+
+
+def command(call_id: str, verb: str) -> str:
+    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``."""
+    if verb not in ("clear", "hangup", "transfer", "play", "*"):
+        raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
+    return f"call.{validate_call_id(call_id)}.command.{verb}"
+
+
+def session_event(call_id: str, event: str) -> str:
+    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``summary``, ``error``)."""
+    return f"call.{validate_call_id(call_id)}.session.{_token(event, 'session event')}"
+
+
+def call_ended(call_id: str) -> str:
+    """``call.<id>.ended`` — the carrier leg is over (reason, durations)."""
+    return f"call.{validate_call_id(call_id)}.ended"
+
+
+def call_all(call_id: str) -> str:
+    """``call.<id>.>`` — every call-level subject of one call (includes audio.in on core NATS)."""
+    return f"call.{validate_call_id(call_id)}.>"
+
+
+def all_calls_started() -> str:
+    """``call.*.started`` — what the session service listens on (in a queue group)."""
+    return "call.*.started"
+
+
+def all_call_events() -> str:
+    """``call.>`` — every call-level subject of every call."""
+    return "call.>"
+
+
+# --- rt.<id>.* ---------------------------------------------------------------------------------------
+
+
+def rt_client(call_id: str, event_type: str) -> str:
+    """``rt.<id>.client.<type>`` — a Realtime client event exactly as the session sent it."""
+    return f"rt.{validate_call_id(call_id)}.client.{_event_type(event_type)}"
+
+
+def rt_server(call_id: str, event_type: str) -> str:
+    """``rt.<id>.server.<type>`` — a Realtime server event exactly as the session received it."""
+    return f"rt.{validate_call_id(call_id)}.server.{_event_type(event_type)}"
+
+
+def rt_all(call_id: str) -> str:
+    """``rt.<id>.>`` — the whole Realtime log of one call."""
+    return f"rt.{validate_call_id(call_id)}.>"
+
+
+def rt_wildcard() -> str:
+    """``rt.>`` — every Realtime event of every call."""
+    return "rt.>"
+
+
+# --- tools and telemetry -----------------------------------------------------------------------------
+
+
+def tool(name: str) -> str:
+    """``tools.<name>`` — the nats.micro endpoint subject of one tool."""
+    return f"tools.{_token(name, 'tool name')}"
+
+
+def tool_wildcard() -> str:
+    """``tools.>`` — every tool endpoint."""
+    return "tools.>"
+
+
+OTEL_SPANS = "otel.spans"
+"""Finished spans (OTLP JSON) for the embedded trace store."""
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSubject:
+    """A subject split into its parts: ``kind`` is ``call``/``rt``/``tools``/``otel``.
+
+    For ``call.<id>.<rest>``: ``call_id`` and ``rest`` (e.g. ``carrier.mark``).
+    For ``rt.<id>.<direction>.<type>``: ``call_id``, ``direction`` and ``rest`` = the event type.
+    """
+
+    kind: str
+    call_id: str | None
+    rest: str
+    direction: str | None = None
+
+
+def parse(subject: str) -> ParsedSubject:
+    """Split a Switchboard subject into a :class:`ParsedSubject`.
+
+    Raises:
+        InvalidSubjectTokenError: the subject is not one of ours.
+    """
+    parts = subject.split(".")
+    if len(parts) >= 3 and parts[0] == "call":
+        return ParsedSubject("call", validate_call_id(parts[1]), ".".join(parts[2:]))
+    if len(parts) >= 4 and parts[0] == "rt" and parts[2] in ("client", "server"):
+        return ParsedSubject("rt", validate_call_id(parts[1]), ".".join(parts[3:]), parts[2])
+    if len(parts) == 2 and parts[0] == "tools":
+        return ParsedSubject("tools", None, parts[1])
+    if subject == OTEL_SPANS:
+        return ParsedSubject("otel", None, "spans")
+    raise InvalidSubjectTokenError(f"not a Switchboard subject: {subject!r}")
+
+
+# --- streams -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream: its name, the subjects it captures, and whether it keeps data briefly."""
+
+    name: str
+    subjects: tuple[str, ...]
+    short_lived: bool = False
+
+
+CALLS_STREAM = StreamSpec(
+    "CALLS",
+    # Deliberately not "call.>": the CALLS stream must not capture call.*.audio.in.
+    ("call.*.started", "call.*.ended", "call.*.carrier.*", "call.*.command.*", "call.*.session.*"),
+)
+RT_STREAM = StreamSpec("RT", ("rt.>",))
+TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)
+STREAMS: tuple[StreamSpec, ...] = (CALLS_STREAM, RT_STREAM, TRACES_STREAM)
