@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.bus import Bus
+from shared.bus import Bus, Headers
 from shared.config import Settings, get_settings
 from shared.telemetry import NatsSpanExporter, Telemetry, setup_logging, setup_telemetry
 
@@ -84,13 +84,15 @@ async def start_service(name: str, settings: Settings | None = None, *, metadata
 
         from shared.subjects import OTEL_SPANS
 
-        async def publish_span(payload: bytes, call_id: str | None) -> None:
-            if not bus.nc.is_closed:
-                headers = {"Switchboard-Call-Id": call_id} if call_id else None
+        async def publish_spans(records: list[tuple[bytes, str | None]]) -> None:
+            for payload, call_id in records:
+                if bus.nc.is_closed:
+                    return
+                headers = {Headers.CALL_ID.value: call_id} if call_id else None
                 await bus.nc.publish(OTEL_SPANS, payload, headers=headers)
 
         telemetry.add_span_processor(BatchSpanProcessor(
-            NatsSpanExporter(publish_span, asyncio.get_running_loop()), schedule_delay_millis=500))
+            NatsSpanExporter(publish_spans, asyncio.get_running_loop()), schedule_delay_millis=500))
     micro = await bus.add_service(f"switchboard-{name}", description=f"Switchboard {name} service",
                                   metadata=metadata or {})
     stopping = asyncio.Event()

@@ -73,8 +73,10 @@ class Supervisor:
     """Starts, watches and stops NATS and the services for one ``switchboard up``/``demo``."""
 
     def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, only: set[str] | None = None) -> None:
         self.settings = settings
+        self.only = only
+        """When set, start only these services (names from :data:`SERVICE_ORDER`); NATS always starts."""
         self.nats: natsserver.EmbeddedNats | None = None
         self.nats_url = settings.effective_nats_url
         self.services: dict[str, ServiceState] = {}
@@ -111,7 +113,7 @@ class Supervisor:
             "localmodel": s.localmodel_port,
         }
         for name in SERVICE_ORDER:
-            enabled = name != "localmodel" or s.uses_local_model
+            enabled = (name != "localmodel" or s.uses_local_model) and (self.only is None or name in self.only)
             state = ServiceState(name, present=_service_present(name), enabled=enabled)
             if name in http:
                 base = f"http://{s.host}:{http[name]}"
@@ -119,7 +121,9 @@ class Supervisor:
                 state.ready_url = f"{base}/readyz"
             else:
                 state.url = f"$SRV.PING.switchboard-{name}"
-            if not enabled:
+            if self.only is not None and name not in self.only:
+                state.note = "not selected (--only)"
+            elif not enabled:
                 state.note = "OPENAI_API_KEY or SWITCHBOARD_REALTIME_URL set"
             self.services[name] = state
 

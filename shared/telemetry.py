@@ -144,31 +144,35 @@ def _jsonable(value: object) -> object:
 
 
 class NatsSpanExporter(SpanExporter):
-    """Publishes finished spans to ``otel.spans`` (core NATS) for the embedded trace store.
+    """Publishes finished spans to ``otel.spans`` (core NATS, one message per span) for the embedded store.
 
-    ``publish`` is a coroutine function ``(payload: bytes, call_id: str | None) -> None`` run on ``loop``;
-    the batch processor calls :meth:`export` from its own thread, so publishing is handed to the loop with
-    ``run_coroutine_threadsafe``. Spans are not themselves traced (no recursion).
+    ``publish`` is a coroutine function ``(records: list[tuple[bytes, str | None]]) -> None`` (payload and
+    call id per span) run on ``loop``. The batch processor calls :meth:`export` from its own thread with a
+    batch; the batch is serialized there and handed to the loop as ONE coroutine
+    (``run_coroutine_threadsafe``), so the event loop pays one wake-up per batch, not per span. Publishing
+    spans is not itself traced (no recursion).
     """
 
-    def __init__(self, publish: Callable[[bytes, str | None], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, publish: Callable[[list[tuple[bytes, str | None]]], Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._publish = publish
         self._loop = loop
         self._closed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Hand ``spans`` to the event loop for publishing; never blocks the caller for long."""
+        """Serialize ``spans`` and hand them to the event loop; never blocks on the network."""
         if self._closed or self._loop.is_closed():
             return SpanExportResult.FAILURE
+        records: list[tuple[bytes, str | None]] = []
         for span in spans:
             record = span_to_dict(span)
             call_id = record["attributes"].get("switchboard.call_id")
-            payload = json.dumps(record, separators=(",", ":")).encode()
-            try:
-                asyncio.run_coroutine_threadsafe(
-                    self._publish(payload, call_id if isinstance(call_id, str) else None), self._loop)
-            except RuntimeError:
-                return SpanExportResult.FAILURE
+            records.append((json.dumps(record, separators=(",", ":")).encode(),
+                            call_id if isinstance(call_id, str) else None))
+        try:
+            asyncio.run_coroutine_threadsafe(self._publish(records), self._loop)
+        except RuntimeError:
+            return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

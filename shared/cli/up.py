@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.config import ConfigError, Settings, load_settings
-from shared.supervisor import Supervisor
+from shared.supervisor import SERVICE_ORDER, Supervisor
 
 console = Console()
 
@@ -40,8 +40,8 @@ def services_table(rows: list[dict[str, str]]) -> Table:
     return table
 
 
-async def _up(settings: Settings) -> int:
-    supervisor = Supervisor(settings, on_event=lambda line: console.print(f"[dim]{line}[/dim]"))
+async def _up(settings: Settings, only: set[str] | None = None) -> int:
+    supervisor = Supervisor(settings, on_event=lambda line: console.print(f"[dim]{line}[/dim]"), only=only)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,13 +91,21 @@ async def _status(nats_url: str) -> list[dict[str, Any]]:
         await nc.close()
 
 
+ONLY_HELP = "comma-separated services to start (default: all; `nats` alone: only NATS)"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``up`` and ``status`` to ``app``."""
 
     @app.command()
-    def up() -> None:
+    def up(only: str = typer.Option("", "--only", help=ONLY_HELP)) -> None:
         """Start embedded NATS (unless SWITCHBOARD_NATS_URL is set) and every service; Ctrl-C stops all."""
-        raise typer.Exit(asyncio.run(_up(settings_or_exit())))
+        selected = {name.strip() for name in only.split(",") if name.strip()} or None
+        unknown = (selected or set()) - {"nats", *SERVICE_ORDER}
+        if unknown:
+            console.print(f"[red]unknown services: {', '.join(sorted(unknown))}[/red]")
+            raise typer.Exit(2)
+        raise typer.Exit(asyncio.run(_up(settings_or_exit(), selected)))
 
     @app.command()
     def status(nats: str = typer.Option(None, "--nats", help="NATS URL (default: the configured one)")) -> None:

@@ -1,0 +1,43 @@
+"""The NATS bus: every publish, request and subscription of every service goes through here.
+
+This module is the one place that knows about message headers, serialization and trace propagation
+(design.md, "Subjects, streams and payloads" and "Telemetry"); handlers receive an :class:`Envelope` and run
+inside the restored trace context, and never touch headers or spans themselves.
+
+Headers on every message (:class:`Headers`): ``Nats-Msg-Id`` (unique event id; JetStream de-duplication),
+``traceparent`` (W3C, injected with the global OTel propagator), ``Switchboard-Call-Id``,
+``Switchboard-Source``, ``Switchboard-Seq`` (monotonic per call and source, no gaps), ``Switchboard-Ts``
+(unix ns at publish) and ``Switchboard-Audio-Format`` on audio.
+
+Spans follow the OTel messaging semantic conventions (``messaging.system="nats"``,
+``messaging.destination.name``, ``messaging.destination.template``, ``messaging.operation.type``): a PRODUCER
+span ``publish <template>`` per publish and a CONSUMER span ``process <template>`` per handled message,
+except for high-rate media subjects (audio frames, audio deltas), which carry ``traceparent`` but get no span
+each — 50 spans a second per call would cost more than the audio path itself.
+"""
+
+
+from shared.bus.client import Bus, FailureCallback
+from shared.bus.envelope import (
+    Envelope,
+    Handler,
+    Headers,
+    Payload,
+    decode_headers_seq,
+    destination_template,
+    encode_payload,
+    is_high_rate,
+)
+
+__all__ = [
+    "Bus",
+    "Envelope",
+    "FailureCallback",
+    "Handler",
+    "Headers",
+    "Payload",
+    "decode_headers_seq",
+    "destination_template",
+    "encode_payload",
+    "is_high_rate",
+]

@@ -1,0 +1,201 @@
+"""Message envelopes and header conventions (see :mod:`shared.bus`)."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+if TYPE_CHECKING:
+    from shared.bus.client import Bus
+
+__all__ = [
+    "Envelope",
+    "Handler",
+    "Headers",
+    "Payload",
+    "decode_headers_seq",
+    "destination_template",
+    "encode_payload",
+    "is_high_rate",
+]
+
+Payload = Mapping[str, Any] | list[Any] | bytes | bytearray | memoryview
+"""A message body: a JSON-able mapping/list (serialized compactly) or raw bytes (sent as is)."""
+
+
+
+
+class Headers(StrEnum):
+    """Header names carried on every Switchboard message."""
+
+    MSG_ID = "Nats-Msg-Id"
+    TRACEPARENT = "traceparent"
+    TRACESTATE = "tracestate"
+    CALL_ID = "Switchboard-Call-Id"
+    SOURCE = "Switchboard-Source"
+    SEQ = "Switchboard-Seq"
+    TS = "Switchboard-Ts"
+    AUDIO_FORMAT = "Switchboard-Audio-Format"
+    SERVICE_ERROR = "Nats-Service-Error"
+    SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+
+
+_HIGH_RATE_SUFFIXES = (
+    ".audio.in",
+    ".client.input_audio_buffer.append",
+    ".server.response.output_audio.delta",
+    ".server.response.output_audio_transcript.delta",
+    ".server.conversation.item.input_audio_transcription.delta",
+    ".carrier.mark",
+)
+
+
+def is_high_rate(subject: str) -> bool:
+    """True for media-rate subjects (audio frames, audio/transcript deltas, marks): no span per message."""
+    return subject.endswith(_HIGH_RATE_SUFFIXES)
+
+
+def destination_template(subject: str) -> str:
+    """The subject with its call id replaced by ``{call_id}`` (``messaging.destination.template``)."""
+    parts = subject.split(".", 2)
+    if len(parts) == 3 and parts[0] in ("call", "rt"):
+        return f"{parts[0]}.{{call_id}}.{parts[2]}"
+    return subject
+
+
+def decode_headers_seq(headers: Mapping[str, str] | None) -> int | None:
+    """``Switchboard-Seq`` as an int, or None when absent or malformed."""
+    if not headers:
+        return None
+    raw = headers.get(Headers.SEQ)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A received message: body, parsed standard headers and (for requests) a way to answer.
+
+    Attributes:
+        subject: the NATS subject.
+        data: the raw body (JSON for events, raw audio bytes on ``call.<id>.audio.in``).
+        headers: every header as received.
+        call_id / source / seq / ts_ns / msg_id: the standard headers, parsed (None when absent).
+        msg: the nats-py message (for JetStream ack/nak/metadata).
+    """
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    call_id: str | None
+    source: str | None
+    seq: int | None
+    ts_ns: int | None
+    msg_id: str | None
+    msg: Msg | None = field(default=None, repr=False)
+    _bus: Bus | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_msg(cls, msg: Msg, bus: Bus | None = None) -> Envelope:
+        """Parse a nats-py message into an Envelope (never raises on odd headers)."""
+        headers = dict(msg.headers or {})
+        ts = headers.get(Headers.TS)
+        return cls(
+            subject=msg.subject,
+            data=msg.data,
+            headers=headers,
+            call_id=headers.get(Headers.CALL_ID),
+            source=headers.get(Headers.SOURCE),
+            seq=decode_headers_seq(headers),
+            ts_ns=int(ts) if ts and ts.isdigit() else None,
+            msg_id=headers.get(Headers.MSG_ID),
+            msg=msg,
+            _bus=bus,
+        )
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            ValueError: the body is not valid UTF-8 JSON.
+        """
+        return json.loads(self.data)
+
+    @property
+    def reply(self) -> str | None:
+        """The reply subject of a request, if any."""
+        return self.msg.reply if self.msg is not None and self.msg.reply else None
+
+    async def respond(self, payload: Payload, *, headers: Mapping[str, str] | None = None) -> None:
+        """Answer a request with ``payload`` (standard headers and trace context included).
+
+        Raises:
+            ValueError: the message has no reply subject.
+        """
+        if self.reply is None or self._bus is None:
+            raise ValueError("message has no reply subject")
+        await self._bus.publish(self.reply, payload, call_id=self.call_id, headers=headers, traced=False)
+
+    async def respond_error(self, code: int, message: str) -> None:
+        """Answer a request with a nats.micro service error (``Nats-Service-Error-Code``, message)."""
+        await self.respond(b"", headers={Headers.SERVICE_ERROR: message, Headers.SERVICE_ERROR_CODE: str(code)})
+
+
+Handler = Callable[[Envelope], Awaitable[None]]
+"""``async def handler(env: Envelope) -> None`` — runs inside the message's trace context."""
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """Serialize a payload: bytes pass through; mappings/lists become compact UTF-8 JSON."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _Sequencer:
+    """``Switchboard-Seq`` per call id for one source: 1, 2, 3, … with no gaps."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def next(self, call_id: str) -> int:
+        value = self._last.get(call_id, 0) + 1
+        self._last[call_id] = value
+        return value
+
+    def resume(self, call_id: str, last_seq: int) -> None:
+        self._last[call_id] = max(last_seq, self._last.get(call_id, 0))
+
+    def forget(self, call_id: str) -> None:
+        self._last.pop(call_id, None)
+
+
+class _Deduper:
+    """Drops live core-NATS messages whose (call, source) seq is not newer than the last one seen."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._capacity = capacity
+
+    def is_duplicate(self, env: Envelope) -> bool:
+        if env.seq is None or env.call_id is None or env.source is None:
+            return False
+        key = (env.call_id, env.source)
+        last = self._last.get(key)
+        if last is not None and env.seq <= last:
+            return True
+        self._last[key] = env.seq
+        self._last.move_to_end(key)
+        if len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+        return False

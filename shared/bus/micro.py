@@ -1,0 +1,108 @@
+"""nats.micro services and endpoints for :class:`shared.bus.Bus` (see :mod:`shared.bus`).
+
+Errors cross the wire as nats.micro service errors (``Nats-Service-Error-Code`` and a speakable message),
+never as a ``repr`` of an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared.bus.envelope import Envelope, Handler, Payload, encode_payload
+from shared.errors import ServiceCallError
+
+if TYPE_CHECKING:
+    from shared.bus.client import Bus
+
+__all__ = ["MicroMixin"]
+
+log = logging.getLogger("shared.bus")
+
+
+class MicroMixin:
+    """nats.micro registration; mixed into :class:`~shared.bus.Bus`."""
+
+    nc: NATS
+
+    if TYPE_CHECKING:
+        def _headers(self, call_id: str | None, extra: Mapping[str, str] | None) -> dict[str, str]: ...
+
+        async def dispatch(self, env: Envelope, handler: Handler, *, traced: bool | None = None,
+                           span_name: str | None = None, attributes: Mapping[str, Any] | None = None,
+                           kind: SpanKind = SpanKind.CONSUMER) -> None: ...
+
+
+    async def add_service(self, name: str, *, version: str = "0.1.0", description: str = "",
+                          metadata: Mapping[str, str] | None = None) -> Any:
+        """Register a nats.micro service ``name`` (answers ``$SRV.PING/INFO/STATS``); returns it.
+
+        Every Switchboard service registers ``switchboard-<service>`` so ``switchboard up`` and
+        ``switchboard status`` can find it.
+        """
+        from nats.micro import add_service
+
+        return await add_service(self.nc, name=name, version=version, description=description,
+                                 metadata=dict(metadata or {}))
+
+    async def add_endpoint(
+        self,
+        service: Any,
+        *,
+        name: str,
+        subject: str,
+        handler: Callable[[Envelope], Awaitable[Payload]],
+        queue_group: str = "q",
+        metadata: Mapping[str, str] | None = None,
+        span_name: str | None = None,
+        span_attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add a request/reply endpoint to a nats.micro ``service``.
+
+        ``handler(env)`` returns the reply payload, or raises :class:`ServiceCallError` (sent as a
+        nats.micro error with its code and speakable message). Any other exception becomes a 500 with a
+        generic message (logged with the trace id; never a stack trace or ``repr`` to the peer). The handler
+        runs in a SERVER span (``span_name``, default ``process <template>``) in the caller's trace.
+        """
+        from nats.micro.request import Request
+
+        async def micro_handler(request: Request) -> None:
+            env = Envelope.from_msg(request._msg, self._as_bus())
+
+            async def run(e: Envelope) -> None:
+                span = trace.get_current_span()
+                try:
+                    reply = await handler(e)
+                except ServiceCallError as exc:
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                    span.set_attribute("error.type", str(exc.code))
+                    await request.respond_error(str(exc.code), exc.message)
+                    return
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    span.set_attribute("error.type", type(exc).__name__)
+                    log.exception("endpoint %s failed", name)
+                    await request.respond_error("500", "Something went wrong on our side.")
+                    return
+                await request.respond(encode_payload(reply), headers=self._headers(None, None))
+
+            await self.dispatch(env, run, traced=True, span_name=span_name, attributes=span_attributes,
+                                kind=SpanKind.SERVER)
+
+        await service.add_endpoint(name=name, subject=subject, handler=micro_handler, queue_group=queue_group,
+                                   metadata=dict(metadata or {}))
+        await self.nc.flush()  # the server knows the endpoint before we return
+
+
+
+    def _as_bus(self) -> Bus:
+        from shared.bus.client import Bus
+
+        assert isinstance(self, Bus)
+        return self

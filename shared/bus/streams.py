@@ -1,0 +1,116 @@
+"""JetStream streams and ordered replay for :class:`shared.bus.Bus` (see :mod:`shared.bus`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from shared import subjects
+from shared.bus.envelope import Envelope
+from shared.config import Settings
+
+if TYPE_CHECKING:
+    from shared.bus.client import Bus
+
+__all__ = ["StreamsMixin"]
+
+
+class StreamsMixin:
+    """Stream management and replay; mixed into :class:`~shared.bus.Bus`."""
+
+    js: JetStreamContext
+    source: str
+
+
+    async def ensure_streams(self, settings: Settings) -> None:
+        """Create or update the CALLS, RT and TRACES streams (idempotent; safe from every service).
+
+        File storage, limits retention, ``max_age`` from ``SWITCHBOARD_JS_MAX_AGE`` (TRACES: at most 1 h),
+        a ``Nats-Msg-Id`` duplicate window and ``num_replicas`` from ``SWITCHBOARD_JS_REPLICAS``.
+        """
+        for spec in subjects.STREAMS:
+            max_age = min(settings.js_max_age, 3600.0) if spec.short_lived else settings.js_max_age
+            config = StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_age=max_age,
+                duplicate_window=min(settings.js_duplicate_window, max_age),
+                num_replicas=settings.js_replicas,
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self.js.update_stream(config)
+
+    async def replay(
+        self, filter_subject: str, stream: subjects.StreamSpec, *, batch: int = 512, timeout: float = 5.0
+    ) -> AsyncIterator[Envelope]:
+        """Yield every stored message of ``stream`` matching ``filter_subject``, in stream order.
+
+        Uses an ephemeral pull consumer (deliver all, no acks) that is deleted afterwards. Ends when the
+        consumer reports nothing pending.
+        """
+        psub = await self.js.pull_subscribe(
+            filter_subject,
+            stream=stream.name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+                mem_storage=True,
+            ),
+        )
+        try:
+            info = await psub.consumer_info()
+            pending = info.num_pending or 0
+            while pending > 0:
+                try:
+                    msgs = await psub.fetch(min(batch, pending), timeout=timeout)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in msgs:
+                    yield Envelope.from_msg(msg, self._as_bus())
+                    pending = msg.metadata.num_pending
+                    if pending == 0:
+                        break
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
+                       source: str | None = None) -> int:
+        """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source`` (0 when none).
+
+        A session that reconnects or takes over a call calls :meth:`resume_seq` with it so the log stays
+        gap-free.
+        """
+        wanted = source or self.source
+        last = 0
+        async for env in self.replay(filter_subject, stream):
+            if env.source == wanted and env.call_id == call_id and env.seq is not None:
+                last = max(last, env.seq)
+        return last
+
+
+    def _as_bus(self) -> Bus:
+        from shared.bus.client import Bus
+
+        assert isinstance(self, Bus)
+        return self
