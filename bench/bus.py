@@ -31,7 +31,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def raw_publish_latency(url: str, n: int, payload: bytes) -> list[float]:
+async def raw_publish_latency(url: str, n: int, payload: bytes,
+                              headers: dict[str, str] | None = None) -> list[float]:
+    """Raw nats-py publish → subscriber delivery, optionally with a fixed set of headers (µs each)."""
     nc = await nats.connect(url)
     got: asyncio.Queue[int] = asyncio.Queue()
 
@@ -43,7 +45,7 @@ async def raw_publish_latency(url: str, n: int, payload: bytes) -> list[float]:
     lat = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        await nc.publish("bench.raw", payload)
+        await nc.publish("bench.raw", payload, headers=headers)
         await nc.flush()
         t1 = await got.get()
         lat.append((t1 - t0) / 1000)
@@ -51,7 +53,9 @@ async def raw_publish_latency(url: str, n: int, payload: bytes) -> list[float]:
     return lat
 
 
-async def bus_publish_latency(ctx_bus: object, n: int, payload: dict[str, object], call_id: str) -> list[float]:
+async def bus_publish_latency(ctx_bus: object, n: int, payload: dict[str, object] | bytes, call_id: str,
+                              subject_kind: str = "event") -> list[float]:
+    """Bus publish → bus subscriber handler (µs each); ``audio`` uses the untraced audio.in subject."""
     from shared.bus import Bus
 
     assert isinstance(ctx_bus, Bus)
@@ -60,7 +64,7 @@ async def bus_publish_latency(ctx_bus: object, n: int, payload: dict[str, object
     async def handler(env: Envelope) -> None:
         got.put_nowait(time.perf_counter_ns())
 
-    subject = subjects.session_event(call_id, "bench")
+    subject = subjects.call_audio_in(call_id) if subject_kind == "audio" else subjects.session_event(call_id, "bench")
     sub = await ctx_bus.subscribe(subject, handler)
     lat = []
     for _ in range(n):
@@ -143,18 +147,29 @@ async def main(n: int) -> None:
         # warm-up
         await raw_publish_latency(server.url, 200, raw_event)
         await bus_publish_latency(ctx.bus, 200, event, "warm")
+        frame = b"\xff" * 160
+        same_headers = {"Nats-Msg-Id": "c:gateway:1", "Switchboard-Source": "gateway", "Switchboard-Call-Id": "c",
+                        "Switchboard-Seq": "1", "Switchboard-Ts": str(time.time_ns()),
+                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
         rows = []
-        raw = await raw_publish_latency(server.url, n, raw_event)
+        bare = await raw_publish_latency(server.url, n, frame)
+        with_headers = await raw_publish_latency(server.url, n, frame, same_headers)
+        ours = await bus_publish_latency(ctx.bus, n, frame, "benchaudio", "audio")
+        rows.append(("audio frame (no span)", bare, with_headers, ours))
+        bare = await raw_publish_latency(server.url, n, raw_event)
+        with_headers = await raw_publish_latency(server.url, n, raw_event, same_headers)
         ours = await bus_publish_latency(ctx.bus, n, event, "benchcall")
-        rows.append(("core publish→deliver", raw, ours))
-        raw = await raw_request_latency(server.url, n, raw_event)
+        rows.append(("event (2 spans)", bare, with_headers, ours))
+        bare = await raw_request_latency(server.url, n, raw_event)
         ours = await bus_request_latency(ctx.bus, n, event)
-        rows.append(("request/reply", raw, ours))
-        heads = ("raw p50", "raw p99", "bus p50", "bus p99")
-        print(f"{'µs':<22}" + "".join(f"{h:>10}" for h in heads) + f"{'ratio p50':>11}{'ratio p99':>11}")
-        for name, r, o in rows:
-            r50, r99, o50, o99 = pct(r, 0.5), pct(r, 0.99), pct(o, 0.5), pct(o, 0.99)
-            print(f"{name:<22}{r50:>10.1f}{r99:>10.1f}{o50:>10.1f}{o99:>10.1f}{o50 / r50:>11.2f}{o99 / r99:>11.2f}")
+        rows.append(("request/reply (2 spans)", bare, bare, ours))
+        print("latency in µs; raw = nats-py without headers, raw+h = nats-py sending the same 6 headers")
+        heads = ("raw p50", "raw p99", "raw+h p50", "raw+h p99", "bus p50", "bus p99")
+        print(f"{'':<25}" + "".join(f"{h:>11}" for h in heads) + f"{'bus/raw p50':>13}{'bus/raw+h p50':>15}")
+        for name, r, h, o in rows:
+            values = (pct(r, 0.5), pct(r, 0.99), pct(h, 0.5), pct(h, 0.99), pct(o, 0.5), pct(o, 0.99))
+            print(f"{name:<25}" + "".join(f"{v:>11.1f}" for v in values)
+                  + f"{values[4] / values[0]:>13.2f}{values[4] / values[2]:>15.2f}")
         js_n = n * 4
         raw_tp = statistics.median([await raw_js_throughput(server.url, js_n, raw_event) for _ in range(3)])
         bus_tp = statistics.median([await bus_js_throughput(ctx.bus, js_n, event, f"tp{i}") for i in range(3)])
