@@ -1,0 +1,215 @@
+"""Speech recognition with pocketsphinx 5 (16 kHz en-US acoustic model shipped in its wheel).
+
+Each session's utterance (16 kHz PCM16 — 8 kHz telephone audio is upsampled with ``shared.audio.Resampler``
+before it gets here) is decoded in two passes on a worker thread:
+
+1. the session's JSGF grammar (:func:`.grammar.build_jsgf`) — accepted when pocketsphinx's posterior
+   ``hyp.prob`` is at least :data:`MIN_GRAMMAR_PROB`;
+2. otherwise the session's small trigram LM (:func:`.grammar.build_lm`), which accepts any word order.
+
+Decoders are expensive to build (acoustic model) but cheap to reuse, so :class:`Recognizer` keeps a pool per
+LM/grammar (keyed by :attr:`LanguageModelSpec.key`) with a pronunciation dictionary restricted to that
+model's words (loading the full 130k-word dictionary takes ~3 s; the subset ~20 ms). A decoder is used by one
+thread at a time. Source: https://pocketsphinx.readthedocs.io/en/latest/pocketsphinx.html
+
+Cepstral mean normalisation: pocketsphinx's live CMN carries its running mean from one utterance to the
+next, so a pooled decoder's result depends on what it heard before (the same audio gave three different
+transcripts depending on decode order). Every decode therefore starts from one fixed *CMN prior*: it is the
+decoder's ``cmninit`` and ``Decoder.reinit_feat()`` (≈0.1 ms) resets the feature pipeline to it before each
+utterance (``set_cmn`` alone is not enough: it keeps the running sums). The prior is computed once per process
+by decoding :data:`CMN_CALIBRATION` on a fresh decoder — fixed sentences
+synthesised by espeak-ng and passed through the G.711 μ-law 8 kHz channel, the way phone audio arrives — and
+reading the adapted mean. Within an utterance CMN still adapts live. Results are then a function of the
+audio alone, and on the scenario utterances more accurate than with a carried-over mean (docs/localmodel.md).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pocketsphinx
+
+from services.localmodel.grammar import LanguageModelSpec, build_jsgf, build_lm, words_in
+
+__all__ = ["MIN_GRAMMAR_PROB", "Recognizer", "Transcript"]
+
+MIN_GRAMMAR_PROB: Final = 1e-4
+"""Below this posterior the grammar's hypothesis is distrusted and the trigram LM pass decides."""
+SAMPLE_RATE: Final = 16_000
+_CHUNK: Final = 320  # 20 ms at 16 kHz: feeding in chunks keeps pocketsphinx's live CMN behaviour
+_TAIL: Final = np.zeros(16 * 300, dtype="<i2")
+"""300 ms of silence appended to every utterance: pocketsphinx finalises the last word far more reliably."""
+LEAD_KEEP_MS: Final = 100
+"""Silence kept before the first voiced 10 ms frame (VAD segments carry 300 ms of prefix padding; more than
+~150 ms of leading silence made short answers like "no, thank you" misrecognised)."""
+_VOICED_RMS: Final = 10 ** (-45 / 20) * 32768
+"""A 10 ms frame louder than -45 dBFS counts as voiced for :func:`trim_leading_silence`."""
+CMN_CALIBRATION: Final = (
+    "The quick brown fox jumps over the lazy dog",
+    "Please call me back tomorrow morning",
+    "I would like some information about my account",
+)
+"""Sentences (not in any grammar or scenario) whose telephone-channel rendering sets the CMN prior."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A recognition result: ``text`` (lower-case words), which pass produced it, its posterior and the
+    decoding time in seconds."""
+
+    text: str
+    source: str
+    prob: float
+    seconds: float
+
+
+@dataclass
+class _Model:
+    dict_path: str
+    lm_path: str
+    jsgf: str
+    idle: list[Any]
+
+
+def trim_leading_silence(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """``pcm`` (16 kHz) without its leading silence beyond :data:`LEAD_KEEP_MS`; unchanged if never voiced."""
+    frame = SAMPLE_RATE // 100
+    n = len(pcm) // frame
+    if n == 0:
+        return pcm
+    frames = pcm[:n * frame].astype(np.float64).reshape(n, frame)
+    voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > _VOICED_RMS)
+    if len(voiced) == 0:
+        return pcm
+    start = max(0, int(voiced[0]) * frame - LEAD_KEEP_MS * SAMPLE_RATE // 1000)
+    return pcm[start:]
+
+
+class Recognizer:
+    """Thread-safe pool of pocketsphinx decoders per language model; :meth:`recognize` blocks (run it in a
+    worker thread)."""
+
+    def __init__(self, work_dir: Path | None = None, max_idle: int = 4) -> None:
+        self._dir = Path(work_dir or tempfile.mkdtemp(prefix="switchboard-asr-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._models: dict[str, _Model] = {}
+        self._prons: dict[str, list[str]] | None = None
+        self._cmn_prior: str | None = None
+        model_dir = pocketsphinx.get_model_path()
+        self._hmm = os.path.join(model_dir, "en-us", "en-us")
+        self._full_dict = os.path.join(model_dir, "en-us", "cmudict-en-us.dict")
+
+    def _pronunciations(self) -> dict[str, list[str]]:
+        if self._prons is None:
+            prons: dict[str, list[str]] = {}
+            with open(self._full_dict, encoding="utf-8") as fh:
+                for line in fh:
+                    word = line.split(" ", 1)[0]
+                    prons.setdefault(word.split("(", 1)[0], []).append(line.rstrip("\n"))
+            self._prons = prons
+        return self._prons
+
+    def prepare(self, spec: LanguageModelSpec) -> None:
+        """Build (once) the dictionary subset, LM file and grammar for ``spec``; blocking (~0.2–1 s)."""
+        self._model(spec)
+
+    def _model(self, spec: LanguageModelSpec) -> _Model:
+        key = spec.key
+        with self._lock:
+            model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._build_lock:
+            with self._lock:
+                model = self._models.get(key)
+            if model is not None:
+                return model
+            prons = self._pronunciations()
+            vocab = {w for w in words_in(spec) if w in prons}
+            dict_path = self._dir / f"{key}.dict"
+            dict_path.write_text("".join(line + "\n" for w in sorted(vocab) for line in prons[w]), encoding="utf-8")
+            lm_path = self._dir / f"{key}.arpa"
+            lm_path.write_text(build_lm(spec, vocab), encoding="utf-8")
+            model = _Model(str(dict_path), str(lm_path), build_jsgf(spec, vocab), [])
+            with self._lock:
+                self._models[key] = model
+            return model
+
+    def _new_decoder(self, model: _Model) -> Any:
+        decoder = pocketsphinx.Decoder(hmm=self._hmm, dict=model.dict_path, lm=model.lm_path, logfn=os.devnull)
+        decoder.add_jsgf_string("grammar", model.jsgf)
+        with self._build_lock:
+            if self._cmn_prior is None:
+                self._cmn_prior = self._calibrate(decoder)
+        decoder.config["cmninit"] = self._cmn_prior
+        return decoder
+
+    def _calibrate(self, decoder: Any) -> str:
+        """The CMN prior: the live mean after decoding :data:`CMN_CALIBRATION` over the μ-law channel."""
+        from shared.audio import PCMU, Resampler, decode, parse_format, silence
+        from shared.tts import synthesize_format
+
+        fmt = parse_format(PCMU)
+        for sentence in CMN_CALIBRATION:
+            # shaped like a VAD segment: prefix padding before the speech, the silence that ended it after
+            ulaw = silence(fmt, 300) + synthesize_format(sentence, fmt) + silence(fmt, 500)
+            pcm = Resampler(fmt.rate, SAMPLE_RATE).process(decode(fmt, ulaw))
+            self._decode(decoder, "_default", pcm.astype(np.int16), reset=False)
+        return str(decoder.get_cmn(True))
+
+    @property
+    def cmn_prior(self) -> str | None:
+        """The CMN prior in force (comma-separated cepstral means), once a decoder has been built."""
+        return self._cmn_prior
+
+    def recognize(self, spec: LanguageModelSpec, pcm16k: npt.NDArray[np.int16]) -> Transcript:
+        """Recognise one utterance (int16 mono at 16 kHz). Blocking; thread-safe.
+
+        Raises:
+            RuntimeError: pocketsphinx failed to build a decoder or to decode.
+        """
+        started = time.perf_counter()
+        model = self._model(spec)
+        with self._lock:
+            decoder = model.idle.pop() if model.idle else None
+        if decoder is None:
+            decoder = self._new_decoder(model)
+        try:
+            text, prob = self._decode(decoder, "grammar", pcm16k)
+            source = "grammar"
+            if not text or prob < MIN_GRAMMAR_PROB:
+                lm_text, lm_prob = self._decode(decoder, "_default", pcm16k)
+                if lm_text or not text:
+                    text, prob, source = lm_text, lm_prob, "lm"
+        finally:
+            with self._lock:
+                if len(model.idle) < self._max_idle:
+                    model.idle.append(decoder)
+        return Transcript(text, source, prob, time.perf_counter() - started)
+
+    @staticmethod
+    def _decode(decoder: Any, search: str, pcm: npt.NDArray[np.int16], *, reset: bool = True) -> tuple[str, float]:
+        decoder.activate_search(search)
+        if reset:
+            decoder.reinit_feat()  # back to the CMN prior (cmninit): no state from earlier utterances
+        decoder.start_utt()
+        data = np.concatenate([np.ascontiguousarray(trim_leading_silence(pcm), dtype="<i2"), _TAIL])
+        for i in range(0, len(data), _CHUNK):
+            decoder.process_raw(data[i:i + _CHUNK].tobytes())
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        if hyp is None:
+            return "", 0.0
+        words = [w for w in hyp.hypstr.split() if not w.startswith(("<", "["))]
+        return " ".join(words), float(hyp.prob)

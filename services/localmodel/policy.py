@@ -1,0 +1,342 @@
+"""The deterministic dialogue policy of the local model (docs/localmodel.md, "Dialogue policy").
+
+After each user turn: pick the tool whose name and description best match the words heard, fill its arguments
+from its JSON Schema with typed extractors (:mod:`.extract`), keep filled arguments across turns, ask by voice
+for missing required ones, read back the values and ask "shall I go ahead?" before a tool that changes
+something (anything but get/lookup/check/list/find/search tools and the call-control tools end_call and
+transfer*), call it on a yes; after its output, confirm from the result and ask whether there is anything
+else; a "no" then calls ``end_call``; after end_call's output, say goodbye. Tool errors (``{"error":
+{"message": …}}``) are spoken. No tool matched: a short clarifying reply.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from services.localmodel import extract as ex
+from services.localmodel.grammar import tokenize
+
+__all__ = ["DialoguePolicy", "Reply", "ToolCall", "greeting_from_instructions", "is_read_only"]
+
+READ_ONLY_VERBS: Final = frozenset({"get", "lookup", "look", "check", "list", "find", "search", "query", "fetch"})
+CONTROL_TOOLS: Final = ("end_call", "transfer", "hang_up", "hangup")
+YES: Final = frozenset({"yes", "yeah", "yep", "sure", "okay", "ok", "correct", "right", "please", "ahead",
+                        "absolutely", "definitely", "fine", "do"})
+NO: Final = frozenset({"no", "nope", "nah", "don't", "not", "nothing", "that's", "stop", "wait"})
+SYNONYMS: Final[Mapping[str, tuple[str, ...]]] = {
+    "book": ("booking", "make", "schedule", "reserve", "set"),
+    "cancel": ("cancel", "cancelled", "remove", "drop"),
+    "check": ("available", "availability", "free", "open", "times", "slots"),
+    "availability": ("available", "free", "open"),
+    "transfer": ("human", "person", "someone", "agent", "operator", "speak", "talk", "representative"),
+    "human": ("person", "someone", "agent", "operator", "representative", "real"),
+    "lookup": ("look", "find", "account", "details"),
+    "end": ("bye", "goodbye", "hang"),
+}
+STOPWORDS: Final = frozenset({"a", "an", "the", "to", "for", "of", "on", "at", "my", "i", "is", "it", "in", "and",
+                              "or", "by", "be", "with", "this", "that", "you", "your", "would", "like", "want",
+                              "can", "could", "please", "i'd", "hi", "hello", "me", "caller", "which", "are",
+                              "after", "saying", "when", "up", "what"})
+DEFAULT_GREETING: Final = "Hello, how can I help you today?"
+ANYTHING_ELSE: Final = "Is there anything else I can help you with?"
+MIN_TOOL_SCORE: Final = 2.0
+
+
+def is_read_only(tool_name: str) -> bool:
+    """True for tools that only read (get/lookup/check/list/…) or control the call (end_call, transfer…)."""
+    words = tool_name.lower().split("_")
+    return bool(READ_ONLY_VERBS & set(words)) or tool_name.lower().startswith(CONTROL_TOOLS)
+
+
+def greeting_from_instructions(instructions: str | None) -> str:
+    """The line marked ``Greeting:`` in the instructions, else their first sentence, else a default."""
+    text = (instructions or "").strip()
+    for line in text.splitlines():
+        m = re.match(r"\s*greeting\s*:\s*(.+)", line, re.IGNORECASE)
+        if m:
+            return m.group(1).strip().strip('"')
+    m = re.match(r"\s*(.+?[.!?])(\s|$)", text, re.DOTALL)
+    if m:
+        return " ".join(m.group(1).split())
+    return DEFAULT_GREETING
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model makes: tool ``name`` and JSON ``arguments``."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one response does: speak ``say`` (may be empty) and/or emit ``call``."""
+
+    say: str = ""
+    call: ToolCall | None = None
+
+
+def _spoken_date(iso: str) -> str:
+    try:
+        d = dt.date.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return f"{d:%A}, {d:%B} {d.day}"
+
+
+def _spoken_time(hhmm: str) -> str:
+    m = re.fullmatch(r"(\d{2}):(\d{2})", hhmm)
+    if not m:
+        return hhmm
+    hour, minute = int(m.group(1)), int(m.group(2))
+    suffix = "AM" if hour < 12 else "PM"
+    h12 = hour % 12 or 12
+    return f"{h12} {suffix}" if minute == 0 else f"{h12}:{minute:02d} {suffix}"
+
+
+def _spoken_value(prop: str, value: Any) -> str:
+    if "date" in prop and isinstance(value, str):
+        return f"on {_spoken_date(value)}"
+    if "time" in prop and isinstance(value, str):
+        return f"at {_spoken_time(value)}"
+    if "phone" in prop:
+        return "phone number " + " ".join(c for c in str(value) if c.isdigit())
+    if prop == "name" or prop.endswith("_name"):
+        return f"for {value}"
+    return f"{prop.replace('_', ' ')} {value}"
+
+
+@dataclass
+class DialoguePolicy:
+    """One session's dialogue state and rules. ``today`` gives the date extractors count from."""
+
+    today: Callable[[], dt.date] = dt.date.today
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    instructions: str = ""
+    pending: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    confirming: bool = False
+    offered_more: bool = False
+    last_call: ToolCall | None = None
+
+    def configure(self, tools: Sequence[Mapping[str, Any]], instructions: str | None) -> None:
+        """Use the session's ``tools`` (Realtime function tools) and ``instructions``."""
+        self.tools = [dict(t) for t in tools if t.get("type", "function") == "function"]
+        self.instructions = instructions or ""
+
+    def greeting(self) -> Reply:
+        """The first response's speech (see :func:`greeting_from_instructions`)."""
+        return Reply(greeting_from_instructions(self.instructions))
+
+    # --- tools -------------------------------------------------------------------------------------------
+
+    def _tool(self, name: str | None) -> dict[str, Any] | None:
+        return next((t for t in self.tools if t.get("name") == name), None)
+
+    def score(self, tool: Mapping[str, Any], words: Sequence[str]) -> float:
+        """How well ``words`` match a tool: 2 per name word or synonym heard, 1 per description word."""
+        heard = set(words) - STOPWORDS
+        name_words = [w for w in str(tool.get("name", "")).lower().split("_") if w not in STOPWORDS]
+        score = 0.0
+        for w in name_words:
+            if w in heard or any(s in heard for s in SYNONYMS.get(w, ())):
+                score += 2.0
+        desc = set(tokenize(str(tool.get("description", "")))) - STOPWORDS - set(name_words)
+        score += 0.5 * len(desc & heard)
+        return score
+
+    def best_tool(self, words: Sequence[str]) -> tuple[str | None, float]:
+        """The best-matching tool name and its score (None below :data:`MIN_TOOL_SCORE`)."""
+        best: tuple[str | None, float] = (None, 0.0)
+        for tool in self.tools:
+            if tool.get("name") == "end_call":
+                continue  # only an explicit goodbye or a "no" to "anything else?" ends the call
+            s = self.score(tool, words)
+            if s > best[1]:
+                best = (str(tool["name"]), s)
+        return best if best[1] >= MIN_TOOL_SCORE else (None, best[1])
+
+    def fill(self, tool: Mapping[str, Any], words: Sequence[str], text: str) -> dict[str, Any]:
+        """Argument values found in ``words`` for ``tool``'s JSON Schema properties."""
+        props: Mapping[str, Any] = (tool.get("parameters") or {}).get("properties") or {}
+        found: dict[str, Any] = {}
+        for prop, schema in props.items():
+            value = self._extract(prop, schema if isinstance(schema, Mapping) else {}, words, text)
+            if value is not None:
+                found[prop] = value
+        return found
+
+    def _extract(self, prop: str, schema: Mapping[str, Any], words: Sequence[str], text: str) -> Any:
+        p = prop.lower()
+        if "enum" in schema:
+            return ex.extract_enum(words, schema["enum"])
+        if schema.get("format") == "date" or "date" in p or p == "day":
+            return ex.extract_date(words, self.today())
+        if "time" in p:
+            return ex.extract_time(words)
+        if "phone" in p:
+            return ex.extract_phone(words)
+        if p == "name" or p.endswith("_name"):
+            return ex.extract_name(words)
+        if "reason" in p:
+            return text.strip() or None
+        if schema.get("type") in ("integer", "number") and not p.endswith("_id"):
+            return ex.extract_number(words)
+        if p.endswith("_id") and schema.get("type") == "integer":
+            m = re.search(r"\b(?:appointment|booking|number|id)\s+(?:number\s+)?(\w+(?:\s\w+)?)", " ".join(words))
+            return ex.extract_number(m.group(1).split()) if m else None
+        return None
+
+    def _missing(self, tool: Mapping[str, Any]) -> list[str]:
+        required = (tool.get("parameters") or {}).get("required") or []
+        return [r for r in required if r not in self.args]
+
+    @staticmethod
+    def _question(prop: str, schema: Mapping[str, Any]) -> str:
+        p = prop.lower()
+        if "date" in p:
+            return "What date would you like?"
+        if "time" in p:
+            return "What time would you like?"
+        if p == "name" or p.endswith("_name"):
+            return "May I have your name, please?"
+        if "phone" in p:
+            return "What is your phone number?"
+        return f"What is the {prop.replace('_', ' ')}?"
+
+    # --- turns -------------------------------------------------------------------------------------------
+
+    def on_user(self, text: str) -> Reply:
+        """The reply to a user turn (recognised speech or typed text, e.g. ``"DTMF 1"``)."""
+        words = ex.words_of(text)
+        if not words:
+            return Reply("Sorry, I didn't catch that. Could you say it again?")
+        heard = set(words)
+        tool_name, score = self.best_tool(words)
+        if self.confirming and self.pending:
+            if heard & YES and not (heard & NO):
+                return self._call_pending()
+            tool = self._tool(self.pending)
+            updates = self.fill(tool, words, text) if tool else {}
+            if updates:
+                self.args.update(updates)
+                return self._advance()
+            if heard & NO:
+                self._reset()
+                self.offered_more = True
+                return Reply(f"Okay, I won't do that. {ANYTHING_ELSE}")
+        if self.offered_more and self.pending is None and heard & NO and (tool_name is None or score < 4):
+            return self._end_call("caller has nothing else")
+        if heard & {"bye", "goodbye"} and self._tool("end_call"):
+            return self._end_call("caller said goodbye")
+        if self.pending and (tool_name is None or tool_name == self.pending or score < 4):
+            tool = self._tool(self.pending)
+            if tool:
+                self.args.update(self.fill(tool, words, text))
+                return self._advance()
+        if tool_name is None:
+            if self.offered_more and heard & YES:
+                return Reply("Sure, what else can I help you with?")
+            return Reply(self._clarify())
+        tool = self._tool(tool_name)
+        assert tool is not None
+        self.pending = tool_name
+        self.args = self.fill(tool, words, text)
+        self.confirming = False
+        return self._advance()
+
+    def _advance(self) -> Reply:
+        tool = self._tool(self.pending)
+        assert tool is not None and self.pending is not None
+        props: Mapping[str, Any] = (tool.get("parameters") or {}).get("properties") or {}
+        missing = self._missing(tool)
+        if missing:
+            self.confirming = False
+            return Reply(self._question(missing[0], props.get(missing[0]) or {}))
+        if is_read_only(self.pending):
+            return self._call_pending()
+        self.confirming = True
+        details = " ".join(_spoken_value(k, v) for k, v in self.args.items())
+        action = self.pending.replace("_", " ")
+        return Reply(f"To confirm: {action} {details}. Shall I go ahead?".replace("  ", " "))
+
+    def _call_pending(self) -> Reply:
+        assert self.pending is not None
+        call = ToolCall(self.pending, dict(self.args))
+        self.last_call = call
+        self._reset()
+        return Reply("", call)
+
+    def _end_call(self, reason: str) -> Reply:
+        self._reset()
+        if not self._tool("end_call"):
+            return Reply("Thank you for calling. Goodbye!")
+        call = ToolCall("end_call", {"reason": reason})
+        self.last_call = call
+        return Reply("", call)
+
+    def _reset(self) -> None:
+        self.pending = None
+        self.args = {}
+        self.confirming = False
+        self.offered_more = False
+
+    def _clarify(self) -> str:
+        actions = [t["name"].replace("_", " ") for t in self.tools if not str(t.get("name", "")).startswith(
+            CONTROL_TOOLS)][:3]
+        if not actions:
+            return "Sorry, I can't help with that. Could you rephrase?"
+        listed = ", ".join(actions[:-1]) + (f" or {actions[-1]}" if len(actions) > 1 else actions[0])
+        return f"Sorry, I can't help with that. I can {listed}. What would you like to do?"
+
+    def on_tool_output(self, name: str, arguments: Mapping[str, Any], output: str) -> Reply:
+        """The spoken reply after a ``function_call_output`` for the call ``name(arguments)``."""
+        try:
+            result: Any = json.loads(output)
+        except ValueError:
+            result = output
+        if isinstance(result, Mapping) and isinstance(result.get("error"), Mapping | str):
+            err = result["error"]
+            message = err.get("message", "the request failed") if isinstance(err, Mapping) else err
+            self.offered_more = True
+            return Reply(f"Sorry, {str(message).rstrip('.')}. {ANYTHING_ELSE}")
+        if name == "end_call":
+            self._reset()
+            return Reply("Thank you for calling. Goodbye!")
+        if name.startswith("transfer"):
+            self._reset()
+            return Reply("Please hold while I transfer you.")
+        self.offered_more = True
+        words = name.lower().split("_")
+        details = " ".join(_spoken_value(k, v) for k, v in arguments.items() if k != "phone")
+        if "book" in words or "reserve" in words or "schedule" in words:
+            return Reply(f"You're booked {details}. {ANYTHING_ELSE}".replace("  ", " "))
+        if "cancel" in words:
+            return Reply(f"Your appointment {details} is cancelled. {ANYTHING_ELSE}".replace("  ", " "))
+        if is_read_only(name):
+            return Reply(f"{_summarize(result)} {ANYTHING_ELSE}")
+        return Reply(f"Done: {name.replace('_', ' ')} {details}. {ANYTHING_ELSE}".replace("  ", " "))
+
+
+def _summarize(result: Any) -> str:
+    """A short spoken summary of a read-only tool's JSON output (first 3 fields, 6 list items each)."""
+    if isinstance(result, Mapping):
+        parts = []
+        for key, value in list(result.items())[:3]:
+            label = str(key).replace("_", " ")
+            if isinstance(value, list):
+                items = [_spoken_time(v) if isinstance(v, str) else str(v) for v in value[:6]]
+                spoken = ", ".join(items) if items else "none"
+                parts.append(f"{label}: {spoken}")
+            elif isinstance(value, str | int | float | bool) and not isinstance(value, Mapping):
+                parts.append(f"{label}: {_spoken_date(value) if 'date' in label and isinstance(value, str) else value}")
+        return ("Here is what I found. " + "; ".join(parts) + ".") if parts else "Done."
+    if isinstance(result, list):
+        return "I found " + ", ".join(str(v) for v in result[:6]) + "."
+    return f"The result is {result}."

@@ -1,0 +1,157 @@
+"""The local model's WebSocket + HTTP server (``websockets`` asyncio API).
+
+- ``GET /healthz`` → 200; ``GET /readyz`` → 200 once the recogniser is warm, else 503 (the supervisor polls it);
+- ``/v1/realtime?model=...`` → WebSocket speaking the Realtime GA protocol (protocols.md §1). Any Bearer token
+  is accepted unless a token is configured (then a missing/wrong one gets HTTP 401). A client sending
+  ``OpenAI-Beta: realtime=v1`` gets the ``beta_api_shape_disabled`` error event and a close, as OpenAI answers.
+- frames up to 24 MiB are read (a 15 MiB append in base64 is 20 MiB); larger frames close with 1009.
+
+Recognition runs in a pool of worker processes shared by all sessions (``max_workers`` = CPU count, each with
+its own :class:`Recognizer`): pocketsphinx holds the GIL while decoding, so threads would stall the event loop
+(and every other session's audio); a burst of sessions queues recognition instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services.localmodel.asr import Recognizer, Transcript
+from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
+from services.localmodel.grammar import LanguageModelSpec
+from services.localmodel.protocol import ProtocolError, error_event
+from services.localmodel.session import Session
+from services.localmodel.settings import LocalModelSettings
+
+__all__ = ["LocalModelServer"]
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 24 * 1024 * 1024
+REALTIME_PATH = "/v1/realtime"
+
+
+_worker_recognizer: Recognizer | None = None
+
+
+def _recognize_in_worker(spec: LanguageModelSpec, pcm: npt.NDArray[np.int16]) -> Transcript:
+    """Recognise in a pool process (one :class:`Recognizer` per process)."""
+    global _worker_recognizer
+    if _worker_recognizer is None:
+        _worker_recognizer = Recognizer()
+    return _worker_recognizer.recognize(spec, pcm)
+
+
+class LocalModelServer:
+    """Serve Realtime sessions until :meth:`stop`. ``port`` is the bound port after :meth:`start`."""
+
+    def __init__(self, settings: LocalModelSettings) -> None:
+        self.settings = settings
+        self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
+                                        mp_context=multiprocessing.get_context("spawn"))
+        self.sessions: set[Session] = set()
+        self.ready = False
+        self.port = settings.port
+        self.first_audio_ms: list[float] = []
+        """speech_stopped → first audio delta (ms) per response, for the benchmark (bounded)."""
+        self._server: Server | None = None
+        self._warm_task: asyncio.Task[None] | None = None
+        self.on_first_audio: Callable[[float], None] | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving; the recogniser warms up in the background (``/readyz`` 503 until then)."""
+        self._server = await serve(self._handler, self.settings.host, self.settings.port,
+                                   process_request=self._process_request, max_size=MAX_FRAME_BYTES,
+                                   max_queue=64, compression=None, ping_interval=None)
+        sock = next(iter(self._server.sockets))
+        self.port = int(sock.getsockname()[1])
+        self._warm_task = asyncio.create_task(self._warm())
+
+    async def _warm(self) -> None:
+        if self.settings.mode == "agent":
+            spec = LanguageModelSpec.from_session(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+            loop = asyncio.get_running_loop()
+            silence = np.zeros(3200, dtype=np.int16)
+            workers = os.cpu_count() or 2  # warm the worker processes (decoder + LM built once in each)
+            await asyncio.gather(*(loop.run_in_executor(self.pool, _recognize_in_worker, spec, silence)
+                                   for _ in range(2 * workers)))
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Close every connection (1001 going away), stop listening and shut the pool down."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._warm_task
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            status = http.HTTPStatus.OK if self.ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return connection.respond(status, "ready\n" if self.ready else "starting\n")
+        if path.rstrip("/") != REALTIME_PATH:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        if self.settings.token:
+            auth = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.settings.token}"
+            if not hmac.compare_digest(auth.encode(), expected.encode()):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing bearer token\n")
+        if len(self.sessions) >= self.settings.max_sessions:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions\n")
+        return None
+
+    async def _recognize(self, spec: LanguageModelSpec, pcm: npt.NDArray[np.int16]) -> Transcript:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, _recognize_in_worker, spec, pcm)
+
+    def _record_first_audio(self, ms: float) -> None:
+        if len(self.first_audio_ms) < 100_000:
+            self.first_audio_ms.append(ms)
+        if self.on_first_audio is not None:
+            self.on_first_audio(ms)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        async def send(event: dict[str, Any]) -> None:
+            await ws.send(json.dumps(event, separators=(",", ":")))
+
+        if ws.request.headers.get("OpenAI-Beta", "").lower().startswith("realtime"):
+            await send(error_event(ProtocolError(
+                "beta_api_shape_disabled",
+                "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API.")))
+            await ws.close(1008, "beta api shape disabled")
+            return
+        model = (parse_qs(urlsplit(ws.request.path).query).get("model") or ["gpt-realtime"])[0]
+        session = Session(send, self.settings, self._recognize, model=model, on_first_audio=self._record_first_audio)
+        self.sessions.add(session)
+        try:
+            await session.start()
+            async for frame in ws:
+                await session.handle(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.discard(session)
+            await session.close()

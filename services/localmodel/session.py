@@ -1,0 +1,384 @@
+"""One Realtime connection: client-event dispatch, turn detection, recognition and responses.
+
+Handlers never block the event loop: recognition runs on the shared thread pool (``recognize``), synthesis in
+:mod:`shared.tts`'s worker thread. Every task a session starts is kept in ``self.tasks`` and cancelled by
+:meth:`Session.close` (called when the socket closes, whatever the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.localmodel import protocol as p
+from services.localmodel.asr import Transcript
+from services.localmodel.audio_in import InputAudio
+from services.localmodel.conversation import Conversation, StoredItem
+from services.localmodel.grammar import LanguageModelSpec
+from services.localmodel.policy import DialoguePolicy, Reply
+from services.localmodel.protocol import ProtocolError, new_id
+from services.localmodel.responses import ResponseRun
+from services.localmodel.settings import LocalModelSettings
+from services.localmodel.state import SessionState
+from services.localmodel.vad import VadEvent
+
+__all__ = ["Session"]
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Recognize = Callable[[LanguageModelSpec, npt.NDArray[np.int16]], Awaitable[Transcript]]
+
+
+class Session:
+    """State of one connection. Feed frames to :meth:`handle`; call :meth:`close` when the socket closes."""
+
+    def __init__(self, send: Send, settings: LocalModelSettings, recognize: Recognize, *, model: str,
+                 on_first_audio: Callable[[float], None] | None = None) -> None:
+        self.send = send
+        self.settings = settings
+        self.recognize = recognize
+        self.state = SessionState(model)
+        self.conversation = Conversation()
+        self.policy = DialoguePolicy()
+        self.input = InputAudio(self.state.input_format, self.state.vad_params)
+        self.response: ResponseRun | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.transcripts: dict[str, asyncio.Future[str]] = {}
+        self.handled: set[str] = set()
+        self._speech_item: str | None = None
+        self._speech_start_ms = 0.0
+        self._speculative: tuple[float, asyncio.Task[Transcript]] | None = None
+        self._stopped_at: float | None = None
+        self._on_first_audio = on_first_audio
+        self._echo: ResponseRun | None = None
+        self._echo_ids: dict[str, Any] = {}
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Start a task owned by this session (cancelled by :meth:`close`)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("localmodel session task failed", exc_info=task.exception())
+
+    async def emit(self, kind: str, **fields: Any) -> None:
+        """Send a server event with a fresh ``event_id``."""
+        await self.send({"type": kind, "event_id": new_id("event"), **fields})
+
+    async def start(self) -> None:
+        """Send ``session.created`` (always the first server event) and ``conversation.created``."""
+        await self.emit("session.created", session=self.state.snapshot())
+        await self.emit("conversation.created", conversation={"id": "conv_default",
+                                                               "object": "realtime.conversation"})
+
+    async def close(self) -> None:
+        """Cancel every task this session started and wait for them."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def handle(self, raw: str | bytes) -> None:
+        """Process one client frame; protocol errors become ``error`` events (the session stays usable)."""
+        try:
+            event = p.parse_client_event(raw)
+            await self._dispatch(event)
+        except ProtocolError as err:
+            await self.send(p.error_event(err))
+
+    async def _dispatch(self, ev: p.ClientEvent) -> None:
+        if isinstance(ev, p.SessionUpdate):
+            fmt_before, vad_before = self.state.input_format, self.state.vad_params
+            self.state.apply(ev.session, ev.event_id)
+            if self.state.input_format != fmt_before or self.state.vad_params != vad_before:
+                self.input = InputAudio(self.state.input_format, self.state.vad_params, self.input.position_ms)
+            self.policy.configure(self.state.session.get("tools") or [], self.state.session.get("instructions"))
+            await self.emit("session.updated", session=self.state.snapshot())
+        elif isinstance(ev, p.InputAudioBufferAppend):
+            await self._append(ev)
+        elif isinstance(ev, p.InputAudioBufferCommit):
+            if self.settings.mode == "echo":
+                await self._close_echo()
+            else:
+                await self._commit_manual(ev.event_id)
+        elif isinstance(ev, p.InputAudioBufferClear):
+            self.input.clear()
+            self._speech_item = None
+            await self.emit("input_audio_buffer.cleared")
+            await self._close_echo()
+        elif isinstance(ev, p.OutputAudioBufferClear):
+            raise ProtocolError("invalid_value", "output_audio_buffer.clear is only supported for WebRTC and "
+                                "SIP sessions.", event_id=ev.event_id)
+        elif isinstance(ev, p.ConversationItemCreate):
+            await self._item_create(ev)
+        elif isinstance(ev, p.ConversationItemRetrieve):
+            item = self.conversation.retrieved(ev.item_id, self.state.input_format.name, event_id=ev.event_id)
+            await self.emit("conversation.item.retrieved", item=item)
+        elif isinstance(ev, p.ConversationItemTruncate):
+            self.conversation.truncate(ev.item_id, ev.content_index, ev.audio_end_ms,
+                                       self.state.output_format.bytes_per_ms, event_id=ev.event_id)
+            await self.emit("conversation.item.truncated", item_id=ev.item_id, content_index=ev.content_index,
+                            audio_end_ms=ev.audio_end_ms)
+        elif isinstance(ev, p.ConversationItemDelete):
+            self.conversation.delete(ev.item_id, event_id=ev.event_id)
+            await self.emit("conversation.item.deleted", item_id=ev.item_id)
+        elif isinstance(ev, p.ResponseCreate):
+            if self.response is not None:
+                raise ProtocolError("conversation_already_has_active_response",
+                                    f"Conversation already has an active response in progress: "
+                                    f"{self.response.id}. Wait until the response is finished before creating "
+                                    "a new one.", event_id=ev.event_id)
+            params = ev.response
+            self.start_response(params.metadata if params else None,
+                                params.instructions if params else None)
+        elif isinstance(ev, p.ResponseCancel):
+            run = self.response
+            if run is None or (ev.response_id is not None and ev.response_id != run.id):
+                raise ProtocolError("response_cancel_not_active",
+                                    "Cancellation failed: no active response found.", event_id=ev.event_id)
+            run.cancel("client_cancelled")
+            if run.task is not None:
+                await asyncio.wait({run.task})
+
+    # --- input audio -------------------------------------------------------------------------------------
+
+    async def _append(self, ev: p.InputAudioBufferAppend) -> None:
+        if len(ev.audio) > p.MAX_APPEND_BYTES * 4 // 3 + 4:
+            raise ProtocolError("invalid_value", "Audio data exceeds the maximum of 15 MiB per event.",
+                                param="audio", event_id=ev.event_id)
+        try:
+            data = base64.b64decode(ev.audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("invalid_value", "Invalid 'audio': not valid base64.", param="audio",
+                                event_id=ev.event_id) from None
+        if self.settings.mode == "echo":
+            await self._echo_audio(data)
+            return
+        for vad_event in self.input.append(data):
+            await self._on_vad(vad_event)
+
+    async def _on_vad(self, e: VadEvent) -> None:
+        td = self.state.turn_detection or {}
+        if e.kind == "start":
+            self._speech_item = new_id("item")
+            self._speech_start_ms = e.ms
+            self._speculative = None
+            await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
+                            item_id=self._speech_item)
+            if self.response is not None and td.get("interrupt_response", True):
+                run = self.response
+                run.cancel("turn_detected")
+                if run.task is not None:
+                    await asyncio.wait({run.task})
+        elif e.kind == "tentative_end" and self._speech_item:
+            _, pcm = self.input.segment(self._speech_start_ms, e.ms)
+            self._speculative = (e.ms, self.spawn(self.recognize(self._spec(), pcm)))
+        elif e.kind == "resumed":
+            self._speculative = None
+        elif e.kind == "stop" and self._speech_item:
+            item_id, self._speech_item = self._speech_item, None
+            self._stopped_at = time.monotonic()
+            await self.emit("input_audio_buffer.speech_stopped", audio_end_ms=int(e.ms), item_id=item_id)
+            raw, pcm, _ = self.input.take(e.ms)
+            spec = self._speculative
+            self._speculative = None
+            await self._commit(item_id, raw, pcm, spec[1] if spec else None)
+            if td.get("create_response", True) and self.response is None:
+                self.start_response(None, None)
+            if self.input.vad is not None:
+                self.input.vad.reset_idle()
+        elif e.kind == "idle":
+            start = max(self.input.base_ms, e.ms - float(td.get("idle_timeout_ms") or 0))
+            await self.emit("input_audio_buffer.timeout_triggered", item_id=new_id("item"),
+                            audio_start_ms=int(start), audio_end_ms=int(e.ms))
+            if self.response is None:
+                self.start_response(None, None, say="Are you still there?")
+
+    async def _commit_manual(self, event_id: str | None) -> None:
+        if self.input.buffered_ms < 100:
+            raise ProtocolError("input_audio_buffer_commit_empty",
+                                "Error committing input audio buffer: buffer too small. Expected at least "
+                                f"100ms of audio, but buffer only has {self.input.buffered_ms:.2f}ms of audio.",
+                                event_id=event_id)
+        item_id = self._speech_item or new_id("item")
+        self._speech_item = None
+        raw, pcm, _ = self.input.take()
+        await self._commit(item_id, raw, pcm, None)
+
+    async def _commit(self, item_id: str, raw: bytes, pcm: npt.NDArray[np.int16],
+                      speculative: asyncio.Task[Transcript] | None) -> None:
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
+                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
+        stored = StoredItem(item, bytearray(raw), len(raw) / self.state.input_format.bytes_per_ms)
+        previous = self.conversation.add(stored)
+        await self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
+        await self.emit("conversation.item.added", previous_item_id=previous, item=item)
+        await self.emit("conversation.item.done", previous_item_id=previous, item=item)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.transcripts[item_id] = future
+        self.spawn(self._transcribe(stored, pcm, speculative, future))
+
+    async def _transcribe(self, stored: StoredItem, pcm: npt.NDArray[np.int16],
+                          speculative: asyncio.Task[Transcript] | None, future: asyncio.Future[str]) -> None:
+        try:
+            result = await speculative if speculative is not None else await self.recognize(self._spec(), pcm)
+            text = result.text
+        except Exception:
+            log.exception("recognition failed")
+            text = ""
+            if self.state.transcription_enabled:
+                await self.emit("conversation.item.input_audio_transcription.failed", item_id=stored.item["id"],
+                                content_index=0, error={"type": "server_error", "code": "transcription_failed",
+                                                        "message": "Recognition failed.", "param": None})
+        if not future.done():
+            future.set_result(text)
+        stored.item["content"][0]["transcript"] = text
+        if self.state.transcription_enabled and text:
+            ids = {"item_id": stored.item["id"], "content_index": 0}
+            await self.emit("conversation.item.input_audio_transcription.delta", delta=text, logprobs=None, **ids)
+            await self.emit("conversation.item.input_audio_transcription.completed", transcript=text, logprobs=None,
+                            usage={"type": "duration", "seconds": round(stored.audio_ms / 1000.0, 3)}, **ids)
+
+    def _spec(self) -> LanguageModelSpec:
+        return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
+                                              self.state.session.get("instructions"))
+
+    # --- items -------------------------------------------------------------------------------------------
+
+    async def _item_create(self, ev: p.ConversationItemCreate) -> None:
+        item = ev.item.model_dump(exclude_none=True)
+        item.setdefault("id", new_id("item"))
+        item["object"] = "realtime.item"
+        item.setdefault("status", "completed")
+        if item["type"] == "message" and "role" not in item:
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item.role'.",
+                                param="item.role", event_id=ev.event_id)
+        if item["type"] == "function_call_output" and ("call_id" not in item or "output" not in item):
+            raise ProtocolError("missing_required_parameter", "Missing required parameter: 'item.call_id' or "
+                                "'item.output'.", param="item.call_id", event_id=ev.event_id)
+        if item["type"] == "function_call":
+            item.setdefault("call_id", new_id("call"))
+            item.setdefault("arguments", "")
+        previous = self.conversation.add(StoredItem(item), ev.previous_item_id, event_id=ev.event_id)
+        await self.emit("conversation.item.added", previous_item_id=previous, item=item)
+        await self.emit("conversation.item.done", previous_item_id=previous, item=item)
+
+    # --- responses ---------------------------------------------------------------------------------------
+
+    def start_response(self, metadata: dict[str, str] | None, instructions: str | None, *,
+                       say: str | None = None) -> ResponseRun:
+        """Start a response task (the caller checked none is active)."""
+        run = ResponseRun(self.emit_raw, self.conversation, fmt=self.state.output_format,
+                          text_only=self.state.text_only, chunk_ms=self.settings.chunk_ms,
+                          realtime=self.settings.pacing == "realtime",
+                          voice=str(self.state.session["audio"]["output"].get("voice") or "marin"),
+                          metadata=metadata, on_first_audio=self._first_audio)
+        self.response = run
+
+        async def decide() -> Reply:
+            return Reply(say) if say is not None else await self._decide()
+
+        async def main() -> None:
+            try:
+                await run.run(decide)
+            finally:
+                if self.response is run:
+                    self.response = None
+                if self.input.vad is not None:
+                    self.input.vad.reset_idle()
+
+        run.task = self.spawn(main())
+        return run
+
+    async def emit_raw(self, event: dict[str, Any]) -> None:
+        """Send an already-built server event."""
+        await self.send(event)
+
+    def _first_audio(self) -> None:
+        self.state.audio_started = True
+        if self._stopped_at is not None and self._on_first_audio is not None:
+            self._on_first_audio((time.monotonic() - self._stopped_at) * 1000.0)
+        self._stopped_at = None
+
+    async def _decide(self) -> Reply:
+        """The policy's reply to the newest unanswered user item or tool output (or the greeting)."""
+        pending = None
+        for stored in reversed(self.conversation.items()):
+            item = stored.item
+            if item["id"] in self.handled:
+                break
+            if item["type"] == "function_call_output" or (item["type"] == "message" and item.get("role") == "user"):
+                pending = item
+                break
+        if pending is None:
+            has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
+            return self.policy.greeting() if not has_user else Reply("How can I help you?")
+        self.handled.add(pending["id"])
+        if pending["type"] == "function_call_output":
+            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
+                         and s.item.get("call_id") == pending.get("call_id")), None)
+            name = str(call.get("name")) if call else ""
+            args: dict[str, Any] = {}
+            with contextlib.suppress(ValueError, TypeError):
+                import json
+
+                args = json.loads(call.get("arguments") or "{}") if call else {}
+            return self.policy.on_tool_output(name, args, str(pending.get("output", "")))
+        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in pending.get("content") or [])
+        future = self.transcripts.pop(pending["id"], None)
+        if future is not None:
+            text = await future
+        return self.policy.on_user(text)
+
+    # --- echo mode ---------------------------------------------------------------------------------------
+
+    async def _echo_audio(self, data: bytes) -> None:
+        """Echo mode: input audio comes back as output audio deltas of one open response (closed on commit or
+        clear); converted when the input and output formats differ."""
+        from shared.audio import convert
+
+        out_fmt, in_fmt = self.state.output_format, self.state.input_format
+        audio = data if out_fmt == in_fmt else convert(data, in_fmt.name, out_fmt.name)
+        if self._echo is None:
+            run = ResponseRun(self.emit_raw, self.conversation, fmt=out_fmt, text_only=False, chunk_ms=40,
+                              realtime=False, voice="marin", metadata=None)
+            self._echo = run
+            item_id = new_id("item")
+            self._echo_ids = {"response_id": run.id, "item_id": item_id, "output_index": 0, "content_index": 0}
+            item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": []}
+            run.output.append(item)
+            await self.emit("response.created", response=run._response("in_progress"))
+            await self.emit("response.output_item.added", response_id=run.id, output_index=0, item=item)
+            await self.emit("response.content_part.added", part={"type": "audio", "transcript": ""},
+                            **self._echo_ids)
+        await self.emit("response.output_audio.delta", delta=base64.b64encode(audio).decode(), **self._echo_ids)
+
+    async def _close_echo(self) -> None:
+        run, self._echo = self._echo, None
+        if run is None:
+            return
+        item = run.output[0]
+        item["status"] = "completed"
+        item["content"] = [{"type": "output_audio", "transcript": ""}]
+        await self.emit("response.output_audio.done", **self._echo_ids)
+        await self.emit("response.content_part.done", part={"type": "audio", "transcript": ""}, **self._echo_ids)
+        await self.emit("response.output_item.done", response_id=run.id, output_index=0, item=item)
+        await self.emit("response.done", response=run._response("completed"))

@@ -1,0 +1,62 @@
+"""The local model's own settings: ``shared.config.Settings`` (host, ``localmodel_port``, ``localmodel_mode``,
+``localmodel_token``) plus ``SWITCHBOARD_LOCALMODEL_PACING`` (``realtime`` | ``fast``, default realtime) and
+``SWITCHBOARD_LOCALMODEL_CHUNK_MS`` (output audio delta length, 20–100 ms, default 40), overridable by CLI
+flags (``python -m services.localmodel --help``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.config import ConfigError, Settings
+
+__all__ = ["LocalModelSettings"]
+
+
+@dataclass(frozen=True)
+class LocalModelSettings:
+    """Where and how the local model serves."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    """TCP port; 0 picks a free one (tests)."""
+    mode: Literal["agent", "echo"] = "agent"
+    token: str | None = None
+    """When set, clients must send ``Authorization: Bearer <token>``."""
+    pacing: Literal["realtime", "fast"] = "realtime"
+    """Output audio paced at real time, or sent as fast as synthesised."""
+    chunk_ms: int = 40
+    """Length of each ``response.output_audio.delta`` (20–100 ms)."""
+    max_sessions: int = 1000
+    """Connections beyond this are refused with HTTP 503."""
+
+    def __post_init__(self) -> None:
+        if self.pacing not in ("realtime", "fast"):
+            raise ConfigError(f"SWITCHBOARD_LOCALMODEL_PACING must be realtime or fast, not {self.pacing!r}")
+        if not 20 <= self.chunk_ms <= 100:
+            raise ConfigError(f"SWITCHBOARD_LOCALMODEL_CHUNK_MS must be within 20..100, not {self.chunk_ms}")
+        if self.mode not in ("agent", "echo"):
+            raise ConfigError(f"SWITCHBOARD_LOCALMODEL_MODE must be agent or echo, not {self.mode!r}")
+
+    @classmethod
+    def from_env(cls, settings: Settings, **overrides: object) -> LocalModelSettings:
+        """Settings from ``settings`` and the ``SWITCHBOARD_LOCALMODEL_*`` environment, then ``overrides``
+        (CLI flags; None values are ignored).
+
+        Raises:
+            ConfigError: an invalid pacing, chunk length or mode.
+        """
+        try:
+            chunk_ms = int(os.environ.get("SWITCHBOARD_LOCALMODEL_CHUNK_MS", "40"))
+        except ValueError:
+            raise ConfigError("SWITCHBOARD_LOCALMODEL_CHUNK_MS must be an integer") from None
+        values: dict[str, object] = {
+            "host": settings.host, "port": settings.localmodel_port, "mode": settings.localmodel_mode,
+            "token": settings.localmodel_token,
+            "pacing": os.environ.get("SWITCHBOARD_LOCALMODEL_PACING", "realtime").strip().lower() or "realtime",
+            "chunk_ms": chunk_ms,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,80 @@
+"""The deterministic dialogue policy (docs/localmodel.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
+from services.localmodel.policy import DialoguePolicy, greeting_from_instructions, is_read_only
+
+TODAY = dt.date(2026, 11, 22)
+
+
+def policy() -> DialoguePolicy:
+    p = DialoguePolicy(today=lambda: TODAY)
+    p.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    return p
+
+
+def test_greeting_sources() -> None:
+    assert greeting_from_instructions(DEMO_INSTRUCTIONS).startswith("Hello, thank you for calling Acme Dental")
+    assert greeting_from_instructions("You are a bot. Be nice.") == "You are a bot."
+    assert greeting_from_instructions("") == "Hello, how can I help you today?"
+
+
+def test_read_only_classification() -> None:
+    assert is_read_only("check_availability") and is_read_only("lookup_customer") and is_read_only("end_call")
+    assert not is_read_only("book_appointment") and not is_read_only("cancel_appointment")
+
+
+def test_demo_booking_dialogue() -> None:
+    p = policy()
+    r = p.on_user("hi i would like to book an appointment for tomorrow at ten")
+    assert r.call is None and "name" in r.say.lower()
+    r = p.on_user("my name is john smith")
+    assert r.call is None and "shall i go ahead" in r.say.lower()
+    assert "10 AM" in r.say and "November 23" in r.say
+    r = p.on_user("yes please")
+    assert r.call is not None and r.call.name == "book_appointment"
+    assert r.call.arguments == {"name": "John Smith", "date": "2026-11-23", "time": "10:00"}
+    r = p.on_tool_output("book_appointment", r.call.arguments, json.dumps({"appointment_id": 7}))
+    assert "booked" in r.say and "anything else" in r.say.lower()
+    r = p.on_user("no thank you")
+    assert r.call is not None and r.call.name == "end_call" and r.call.arguments["reason"]
+    r = p.on_tool_output("end_call", r.call.arguments, "{}")
+    assert "goodbye" in r.say.lower()
+
+
+def test_read_only_tool_is_called_directly_and_summarised() -> None:
+    p = policy()
+    r = p.on_user("could you check availability on monday")
+    assert r.call is not None and r.call.name == "check_availability"
+    assert r.call.arguments == {"date": "2026-11-23"}
+    r = p.on_tool_output("check_availability", r.call.arguments, json.dumps({"available": ["09:00", "14:30"]}))
+    assert "9 AM" in r.say and "2:30 PM" in r.say
+
+
+def test_errors_unknown_requests_transfer_and_no_at_readback() -> None:
+    p = policy()
+    r = p.on_user("what is the weather on mars")
+    assert r.call is None and "sorry" in r.say.lower()
+    r = p.on_tool_output("book_appointment", {}, json.dumps({"error": {"message": "that slot is taken"}}))
+    assert "that slot is taken" in r.say
+    r = p.on_user("i want to speak to a human")
+    assert r.call is not None and r.call.name == "transfer_to_human"
+    p = policy()
+    p.on_user("cancel my appointment for tomorrow")
+    assert p.confirming
+    r = p.on_user("no")
+    assert r.call is None and "won't" in r.say
+
+
+def test_text_dtmf_item_does_not_crash_and_args_persist_across_turns() -> None:
+    p = policy()
+    assert p.on_user("DTMF 1").call is None
+    p.on_user("book an appointment")
+    p.on_user("tomorrow")
+    r = p.on_user("at eleven thirty")
+    assert r.call is None and "name" in r.say.lower()
+    assert p.args == {"date": "2026-11-23", "time": "11:30"}
