@@ -1,0 +1,132 @@
+"""The gateway's FastAPI application and ``main`` (``python -m services.gateway``).
+
+Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
+``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
+``/metrics``. Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from services.gateway.browser import BrowserStream
+from services.gateway.call import CallBridge
+from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
+from services.gateway.twilio import TwilioStream, twiml_response
+from shared.bus import Bus
+from shared.config import Settings
+from shared.http import add_ops_routes
+from shared.runtime import ServiceContext, serve_http
+
+__all__ = ["Gateway", "create_app", "main"]
+
+log = logging.getLogger("services.gateway")
+
+_STATIC = Path(__file__).parent / "static"
+_SIGNATURE = "X-Twilio-Signature"
+
+
+class Gateway:
+    """Process-wide gateway state: bus, settings, signature checker, browser tokens, live calls."""
+
+    def __init__(self, bus: Bus, settings: Settings, *, max_outbound_chunks: int = 1000) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.signatures = TwilioSignatures(settings.twilio_auth_token)
+        self.tokens = BrowserTokens(settings.api_token)
+        self.calls: dict[str, CallBridge] = {}
+        self.max_outbound_chunks = max_outbound_chunks
+        self.accepting = True
+
+    @property
+    def default_agent(self) -> str:
+        """The agent named when the carrier passes none: the stem of ``SWITCHBOARD_AGENT``."""
+        return self.settings.agent.stem
+
+    async def end_all(self, reason: str = "gateway_shutdown") -> None:
+        """End every live call (the service is stopping)."""
+        self.accepting = False
+        for bridge in list(self.calls.values()):
+            await bridge.end(reason)
+            with contextlib.suppress(Exception):
+                await bridge.sink.close(1001, reason)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI app for ``gateway`` (routes listed in the module docstring)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.end_all()
+
+    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_ops_routes(app, lambda: gateway.accepting and gateway.bus.nc.is_connected)
+    settings = gateway.settings
+
+    @app.post("/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        url = public_url_for(settings.public_url, request.url.scheme, request.url.netloc, request.url.path,
+                             request.url.query)
+        if not gateway.signatures.valid(url, form, request.headers.get(_SIGNATURE)):
+            log.warning("rejected /twilio/voice: bad X-Twilio-Signature (url %s)", url)
+            return Response("invalid signature", status_code=403)
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        stream_url = public_url_for(settings.public_url, scheme, request.url.netloc, "/twilio/media")
+        return Response(twiml_response(stream_url, form, gateway.default_agent), media_type="application/xml")
+
+    @app.websocket("/twilio/media")
+    async def twilio_media(ws: WebSocket) -> None:
+        url = public_url_for(settings.public_url, ws.url.scheme, ws.url.netloc, ws.url.path, ws.url.query)
+        if not gateway.signatures.valid(url, {}, ws.headers.get(_SIGNATURE)):
+            log.warning("rejected /twilio/media upgrade: bad X-Twilio-Signature (url %s)", url)
+            await ws.close(1008, "invalid signature")  # before accept: the client gets HTTP 403
+            return
+        if not gateway.accepting:
+            await ws.close(1013, "shutting down")
+            return
+        await ws.accept()
+        await TwilioStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
+                           max_outbound_chunks=gateway.max_outbound_chunks).run()
+
+    @app.post("/browser/token")
+    async def browser_token(request: Request) -> JSONResponse:
+        if settings.api_token and request.headers.get("authorization") != f"Bearer {settings.api_token}":
+            return JSONResponse({"error": "a valid Bearer token is required"}, status_code=401)
+        token, expiry = gateway.tokens.mint()
+        return JSONResponse({"token": token, "expires_at": expiry})
+
+    @app.websocket("/browser")
+    async def browser(ws: WebSocket) -> None:
+        try:
+            gateway.tokens.check(ws.query_params.get("token"))
+        except TokenError as exc:
+            log.warning("rejected /browser upgrade: %s", exc)
+            await ws.close(1008, str(exc))
+            return
+        await ws.accept()
+        await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls).run()
+
+    @app.get("/phone", include_in_schema=False)
+    async def phone() -> FileResponse:
+        return FileResponse(_STATIC / "phone.html", media_type="text/html")
+
+    @app.get("/phone.js", include_in_schema=False)
+    async def phone_js() -> FileResponse:
+        return FileResponse(_STATIC / "phone.js", media_type="text/javascript")
+
+    return app
+
+
+async def main(ctx: ServiceContext) -> None:
+    """Serve the gateway until the service stops (``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT``)."""
+    gateway = Gateway(ctx.bus, ctx.settings)
+    log.info("gateway listening on %s:%d", ctx.settings.host, ctx.settings.gateway_port)
+    await serve_http(ctx, create_app(gateway), ctx.settings.host, ctx.settings.gateway_port)

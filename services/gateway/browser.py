@@ -1,0 +1,169 @@
+"""``WS /browser``: try an agent from a browser (the ``/phone`` page).
+
+Connection: ``/browser?token=<token from POST /browser/token>`` (single use, short-lived; see
+:mod:`.security`). Messages (JSON text unless noted):
+
+- browser → gateway: ``{"event":"start","sample_rate":16000|24000|48000,"agent"?:str}`` first; then binary
+  frames of PCM16 little-endian mono at that rate (any size ≤ 64 KiB); ``{"event":"mark","name":…}`` when
+  playback reaches a mark; ``{"event":"stop"}`` to hang up.
+- gateway → browser: ``{"event":"started","call_id":…}``; binary PCM16 LE mono 24 kHz agent audio;
+  ``{"event":"mark","name":…}`` after each chunk; ``{"event":"clear"}`` (drop unplayed audio and echo every
+  pending mark).
+
+Browser audio is converted to ``audio/pcm;rate=24000`` by the gateway before it enters the bus
+(design.md, "Audio"); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from services.gateway.call import CallBridge, CallStart
+from services.gateway.twilio import INTERNAL_ERROR, POLICY_VIOLATION
+from shared.audio import PCM24K, Converter
+from shared.bus import Bus
+from shared.carriers.twilio import MAX_MESSAGE_BYTES
+
+__all__ = ["BrowserProtocolError", "BrowserSink", "BrowserStream"]
+
+log = logging.getLogger("services.gateway.browser")
+
+_RATES = (16000, 24000, 48000)
+
+
+class BrowserProtocolError(ValueError):
+    """Bad input on the browser socket; ``str(exc)`` is the close reason."""
+
+
+class BrowserSink:
+    """Writes agent audio (binary PCM16 24 kHz), marks and clears to the browser socket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def send_audio(self, audio: bytes) -> None:
+        """One binary frame of PCM16 LE mono 24 kHz."""
+        await self.ws.send_bytes(audio)
+
+    async def send_mark(self, name: str) -> None:
+        """``{"event":"mark","name":…}``."""
+        await self.ws.send_text(json.dumps({"event": "mark", "name": name}))
+
+    async def send_clear(self) -> None:
+        """``{"event":"clear"}``."""
+        await self.ws.send_text('{"event":"clear"}')
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket."""
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            await self.ws.close(code, reason)
+
+
+class BrowserStream:
+    """The state machine of one accepted ``WS /browser`` connection."""
+
+    def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str,
+                 calls: dict[str, CallBridge] | None = None) -> None:
+        self.ws = ws
+        self.bus = bus
+        self.default_agent = default_agent
+        self.calls = calls if calls is not None else {}
+        self.bridge: CallBridge | None = None
+        self._converter: Converter | None = None
+
+    async def run(self) -> None:
+        """Read frames until ``stop``, a disconnect, bad input or the agent hanging up."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if not await self.on_message(message):
+                    break
+            if self.bridge is not None:
+                await self.bridge.end("caller_hangup")
+        except BrowserProtocolError as exc:
+            log.warning("browser protocol error: %s", exc)
+            if self.bridge is not None:
+                await self.bridge.end("protocol_error", error=str(exc))
+            try:
+                await BrowserSink(self.ws).close(POLICY_VIOLATION, str(exc)[:120])
+            except Exception as close_exc:
+                log.debug("close failed: %s", close_exc)
+        except RuntimeError:
+            if self.bridge is not None:
+                await self.bridge.end("caller_hangup")
+        except Exception as exc:  # the bus failed under us: end this call only
+            log.exception("browser stream failed")
+            if self.bridge is not None:
+                await self.bridge.end("gateway_error", error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await BrowserSink(self.ws).close(INTERNAL_ERROR, "gateway error")
+        finally:
+            if self.bridge is not None:
+                self.calls.pop(self.bridge.call_id, None)
+                self.bridge.detach_context()
+
+    async def on_message(self, message: Mapping[str, Any]) -> bool:
+        """Handle one ASGI message; False when the browser said ``stop``.
+
+        Raises:
+            BrowserProtocolError: bad input.
+        """
+        data: bytes | None = message.get("bytes")
+        if data is not None:
+            if self.bridge is None or self._converter is None:
+                raise BrowserProtocolError("audio before start")
+            if len(data) > MAX_MESSAGE_BYTES or len(data) % 2:
+                raise BrowserProtocolError("audio frame must be whole PCM16 samples, at most 64 KiB")
+            converted = self._converter.convert(data)
+            if converted:
+                await self.bridge.audio_in(converted)
+            return True
+        text = message.get("text") or ""
+        if len(text) > MAX_MESSAGE_BYTES:
+            raise BrowserProtocolError("message over 64 KiB")
+        try:
+            event = json.loads(text)
+        except ValueError:
+            raise BrowserProtocolError("malformed JSON") from None
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind == "start":
+            await self._start(event)
+        elif kind == "mark":
+            if self.bridge is None or not isinstance(event.get("name"), str):
+                raise BrowserProtocolError("mark before start or without a name")
+            await self.bridge.mark_echo(event["name"])
+        elif kind == "stop":
+            if self.bridge is not None:
+                await self.bridge.end("caller_hangup")
+            with contextlib.suppress(Exception):
+                await BrowserSink(self.ws).close(1000, "stop")
+            return False
+        else:
+            raise BrowserProtocolError(f"unknown event {str(kind)[:40]!r}")
+        return True
+
+    async def _start(self, event: dict[str, Any]) -> None:
+        if self.bridge is not None:
+            raise BrowserProtocolError("second start")
+        rate = event.get("sample_rate")
+        if rate not in _RATES:
+            raise BrowserProtocolError(f"sample_rate must be one of {_RATES}")
+        source = f"audio/pcm;rate={rate}"
+        self._converter = Converter(source, PCM24K)
+        agent = event.get("agent")
+        start = CallStart(carrier="browser", audio_format=PCM24K,
+                          agent=agent if isinstance(agent, str) and agent else self.default_agent,
+                          custom_parameters={"input_format": source})
+        bridge = CallBridge(self.bus, BrowserSink(self.ws), start)
+        self.bridge = bridge
+        self.calls[bridge.call_id] = bridge
+        await bridge.open()
+        await self.ws.send_text(json.dumps({"event": "started", "call_id": bridge.call_id}))

@@ -1,0 +1,310 @@
+"""One call's bridge between a carrier socket and the bus (design.md, "Subjects, streams and payloads").
+
+Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native bytes, in order, header
+``Switchboard-Audio-Format``); keypad digits → ``call.<id>.carrier.dtmf``; mark echoes →
+``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
+the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
+only when the model's output format (from ``session.updated``) differs from the carrier's; commands
+``call.<id>.command.{clear,hangup,transfer,play}``. Lifecycle: ``call.<id>.started`` when the carrier's start
+arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once.
+
+The carrier side is abstracted as a :class:`CarrierSink` so Twilio and the browser share this bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
+from shared import metrics, subjects
+from shared.audio import Converter, ms_for_bytes, parse_format
+from shared.bus import Bus, Envelope, Headers
+from shared.telemetry import get_tracer
+
+__all__ = ["CallBridge", "CallStart", "CarrierSink"]
+
+log = logging.getLogger("services.gateway.call")
+
+_CLOSE_NORMAL = 1000
+
+
+class CarrierSink(Protocol):
+    """The carrier socket, as the bridge sees it (one writer task calls these, never concurrently)."""
+
+    async def send_audio(self, audio: bytes) -> None:
+        """Send carrier-format audio."""
+
+    async def send_mark(self, name: str) -> None:
+        """Send a playback mark after the audio sent so far."""
+
+    async def send_clear(self) -> None:
+        """Flush the carrier's playback buffer."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (``code`` per RFC 6455 §7.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """What the carrier told us when the stream started (becomes the ``call.<id>.started`` payload)."""
+
+    carrier: str
+    audio_format: str
+    agent: str
+    from_: str | None = None
+    to: str | None = None
+    carrier_call_id: str | None = None
+    stream_id: str | None = None
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+
+
+class CallBridge:
+    """The bus side of one call. Create, :meth:`open`, feed carrier events, :meth:`end` exactly once.
+
+    ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`).
+    """
+
+    def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000) -> None:
+        parse_format(start.audio_format)
+        self.bus = bus
+        self.sink = sink
+        self.start = start
+        self.call_id = subjects.new_call_id()
+        self.queue = OutboundQueue(max_outbound_chunks)
+        self.marks = MarkBook()
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        self._carrier_fmt = start.audio_format
+        self._converter: Converter | None = None
+        self._item_bytes: dict[str, int] = {}
+        self._audio_in_bytes = 0
+        self._audio_out_bytes = 0
+        self._started_mono = time.monotonic()
+        self._subs: list[Subscription] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._counted = False
+        self._span: trace.Span | None = None
+        self._ctx_token: object | None = None
+        self._audio_headers = {Headers.AUDIO_FORMAT.value: start.audio_format}
+        self._audio_subject = subjects.call_audio_in(self.call_id)
+        self._mark_subject = subjects.carrier_mark(self.call_id)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the call's root span, subscribe to its outbound subjects, publish ``call.<id>.started``.
+
+        The span context is attached to the calling task, so everything that task publishes for the call
+        (audio, dtmf, marks, ended) joins the call's trace.
+        """
+        cid = self.call_id
+        self._span = get_tracer("switchboard.gateway").start_span(
+            f"{self.start.carrier} call", kind=SpanKind.SERVER,
+            attributes={"switchboard.call_id": cid, "switchboard.carrier": self.start.carrier,
+                        "switchboard.agent": self.start.agent, "switchboard.audio_format": self.start.audio_format})
+        self._ctx_token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._subs = [
+            await self.bus.subscribe(subjects.rt_server(cid, "response.output_audio.delta"), self._on_delta),
+            await self.bus.subscribe(subjects.rt_server(cid, "session.updated"), self._on_session_updated),
+            await self.bus.subscribe(subjects.command(cid, "*"), self._on_command),
+        ]
+        self._writer = asyncio.create_task(self._write_loop(), name=f"gateway-writer-{cid}")
+        s = self.start
+        await self.bus.publish_event(subjects.call_started(cid), {
+            "call_id": cid, "carrier": s.carrier, "agent": s.agent, "audio_format": s.audio_format,
+            "from": s.from_, "to": s.to, "carrier_call_id": s.carrier_call_id, "stream_id": s.stream_id,
+            "custom_parameters": s.custom_parameters, "started_at": datetime.now(UTC).isoformat(),
+        }, call_id=cid)
+        metrics.ACTIVE_CALLS.add(1, {"switchboard.carrier": s.carrier})
+        self._counted = True
+        log.info("call %s started (%s %s)", cid, s.carrier, s.carrier_call_id)
+
+    async def end(self, reason: str, **detail: Any) -> None:
+        """Publish ``call.<id>.ended`` once (later calls do nothing), unsubscribe and stop the writer.
+
+        ``detail`` is merged into the payload (e.g. ``error`` for a protocol error, ``transfer_to``).
+        """
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        self.end_reason = reason
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        payload = {
+            "reason": reason,
+            "duration_ms": round((time.monotonic() - self._started_mono) * 1000.0, 1),
+            "audio_in_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
+            "audio_out_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
+            "outbound_dropped": self.queue.dropped,
+            "carrier": self.start.carrier,
+            "carrier_call_id": self.start.carrier_call_id,
+            "stream_id": self.start.stream_id,
+            **detail,
+        }
+        try:
+            await self.bus.publish_event(subjects.call_ended(self.call_id), payload, call_id=self.call_id)
+        except Exception:
+            log.exception("call %s: could not publish ended", self.call_id)
+        if self._counted:
+            metrics.ACTIVE_CALLS.add(-1, {"switchboard.carrier": self.start.carrier})
+        if self._span is not None:
+            self._span.set_attribute("switchboard.end_reason", reason)
+            if reason == "protocol_error":
+                self._span.set_status(Status(StatusCode.ERROR, str(detail.get("error", reason))))
+            self._span.end()
+        self.bus.forget_call(self.call_id)
+        log.info("call %s ended: %s", self.call_id, reason)
+
+    # --- carrier → bus -----------------------------------------------------------------------------------
+
+    async def audio_in(self, audio: bytes) -> None:
+        """Publish one inbound frame on ``call.<id>.audio.in`` (raw bytes, core NATS, in order)."""
+        if self.ended.is_set():
+            return
+        self._audio_in_bytes += len(audio)
+        await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
+
+    async def dtmf(self, digit: str) -> None:
+        """Publish ``call.<id>.carrier.dtmf`` ``{digit}``."""
+        await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), {"digit": digit}, call_id=self.call_id)
+
+    async def mark_echo(self, name: str) -> None:
+        """A mark came back from the carrier: publish ``call.<id>.carrier.mark`` (unknown names ignored)."""
+        echo = self.marks.echo(name)
+        if echo is None:
+            log.warning("call %s: ignoring echo of unknown mark %r", self.call_id, name[:80])
+            return
+        await self.bus.publish_event(self._mark_subject, echo.payload(), call_id=self.call_id)
+
+    # --- bus → carrier -----------------------------------------------------------------------------------
+
+    async def _on_session_updated(self, env: Envelope) -> None:
+        """Learn the model's output format: ``session.audio.output.format`` (Realtime GA)."""
+        try:
+            fmt = env.json()["session"]["audio"]["output"]["format"]
+            name = fmt["type"] if fmt["type"] != "audio/pcm" else f"audio/pcm;rate={int(fmt.get('rate', 24000))}"
+            model_fmt = parse_format(name)
+        except (ValueError, KeyError, TypeError):
+            return
+        if model_fmt.name == self._carrier_fmt:
+            self._converter = None
+        elif self._converter is None or self._converter.src != model_fmt:
+            self._converter = Converter(model_fmt, self._carrier_fmt)
+
+    async def _on_delta(self, env: Envelope) -> None:
+        """Queue one ``response.output_audio.delta`` (base64 ``delta``, ``item_id``) for the carrier."""
+        try:
+            event = env.json()
+            audio = base64.b64decode(event["delta"], validate=True)
+            item_id = str(event.get("item_id") or event.get("response_id") or "item")
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            log.warning("call %s: ignoring malformed output_audio.delta", self.call_id)
+            return
+        self.enqueue(audio if self._converter is None else self._converter.convert(audio), item_id)
+
+    def enqueue(self, audio: bytes, item_id: str) -> None:
+        """Queue carrier-format audio for ``item_id``; over the bound it is dropped and counted."""
+        if not audio or self.ended.is_set():
+            return
+        cumulative = self._item_bytes.get(item_id, 0) + len(audio)
+        self._item_bytes[item_id] = cumulative
+        if not self.queue.put_audio(AudioChunk(audio, item_id, cumulative)):
+            metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
+
+    async def _on_command(self, env: Envelope) -> None:
+        verb = subjects.parse(env.subject).rest.removeprefix("command.")
+        try:
+            body = env.json() if env.data else {}
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        if verb == "clear":
+            self.clear()
+        elif verb == "hangup":
+            self.queue.put_close("agent_hangup")
+        elif verb == "transfer":
+            self.queue.put_close("transfer", {"transfer_to": body.get("to")})
+        elif verb == "play":
+            self._play(body)
+        else:
+            log.warning("call %s: unknown command %r", self.call_id, verb)
+
+    def clear(self) -> None:
+        """``command.clear``: drop unsent audio, send ``clear`` next, treat pending marks as cleared.
+
+        Chunks dropped before they were sent never reach the carrier, so their (cleared) mark payloads are
+        published here; marks already sent echo from the carrier after the ``clear``.
+        """
+        dropped = self.queue.put_clear()
+        self.marks.clear()
+        for echo in self.marks.unsent(dropped):
+            self._publish_soon(subjects.carrier_mark(self.call_id), echo.payload())
+
+    def _play(self, body: dict[str, Any]) -> None:
+        """``command.play``: ``{audio: base64, audio_format?, item_id?}`` queued like model audio."""
+        try:
+            audio = base64.b64decode(str(body.get("audio", "")), validate=True)
+            fmt = str(body.get("audio_format") or self._carrier_fmt)
+            if fmt != self._carrier_fmt:
+                conv = Converter(fmt, self._carrier_fmt)
+                audio = conv.convert(audio) + conv.flush()
+        except (ValueError, binascii.Error):
+            log.warning("call %s: ignoring malformed play command", self.call_id)
+            return
+        self.enqueue(audio, str(body.get("item_id") or "play"))
+
+    def _publish_soon(self, subject: str, payload: dict[str, Any]) -> None:
+        task = asyncio.create_task(self.bus.publish_event(subject, payload, call_id=self.call_id))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _write_loop(self) -> None:
+        """The only writer to the carrier socket: audio + mark per chunk, clear at once, close in order."""
+        while True:
+            item = await self.queue.get()
+            try:
+                if isinstance(item, AudioChunk):
+                    await self.sink.send_audio(item.audio)
+                    self._audio_out_bytes += len(item.audio)
+                    self.marks.sent(item)
+                    await self.sink.send_mark(item.mark)
+                elif item.kind == "clear":
+                    await self.sink.send_clear()
+                else:
+                    await self._close(item)
+                    return
+            except Exception as exc:  # the socket went away: the reader sees the disconnect and ends the call
+                log.info("call %s: carrier socket write failed: %s", self.call_id, exc)
+                return
+
+    async def _close(self, item: Control) -> None:
+        await self.end(item.reason, **(item.detail or {}))
+        with contextlib.suppress(Exception):
+            await self.sink.close(_CLOSE_NORMAL, item.reason)
+
+    def detach_context(self) -> None:
+        """Detach the call's trace context from the task that called :meth:`open` (at the end of the call)."""
+        if self._ctx_token is not None:
+            with contextlib.suppress(Exception):
+                otel_context.detach(self._ctx_token)  # type: ignore[arg-type]
+            self._ctx_token = None

@@ -1,0 +1,65 @@
+"""Run the gateway app in-process on a free port (tests, benchmarks, the demo): :func:`running_gateway`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from services.gateway.app import Gateway, create_app
+from shared.bus import Bus
+from shared.config import Settings
+
+__all__ = ["RunningGateway", "running_gateway"]
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served by uvicorn: its state and base URLs (``http://127.0.0.1:<port>``, ``ws://…``)."""
+
+    gateway: Gateway
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://127.0.0.1:<port>``."""
+        return f"ws://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(bus: Bus, settings: Settings, *, port: int = 0,
+                          max_outbound_chunks: int = 1000) -> AsyncIterator[RunningGateway]:
+    """Serve a :class:`Gateway` on 127.0.0.1 (``port`` 0 = a free port chosen by the OS) until exit.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    gateway = Gateway(bus, settings, max_outbound_chunks=max_outbound_chunks)
+    config = uvicorn.Config(create_app(gateway), log_level="warning", lifespan="on", access_log=False,
+                            ws_max_size=1 << 20, ws_ping_interval=None)
+    server = uvicorn.Server(config)
+    setattr(server, "capture_signals", contextlib.nullcontext)  # noqa: B010 - the caller owns signals
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield RunningGateway(gateway, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()

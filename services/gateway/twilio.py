@@ -1,0 +1,192 @@
+"""Twilio Media Streams on the gateway: TwiML for ``POST /twilio/voice`` and the ``WS /twilio/media`` handler.
+
+Protocol: protocols.md §3 (https://www.twilio.com/docs/voice/media-streams/websocket-messages). Inbound
+``connected`` → ignored; ``start`` → a new call (:class:`~services.gateway.call.CallBridge`); ``media`` →
+``call.<id>.audio.in``; ``dtmf`` → ``call.<id>.carrier.dtmf``; ``mark`` → ``call.<id>.carrier.mark``;
+``stop`` → ``call.<id>.ended(reason="caller_hangup")``; a disconnect without ``stop`` ends the call the same
+way. Outbound ``media`` + ``mark`` per chunk, ``clear``.
+
+Bad input (malformed JSON, unknown event, invalid base64, media before start, a frame over 64 KiB, a second
+start, a binary frame) closes the socket with code 1008 and a reason, and ends the call (if one started)
+with ``reason="protocol_error"``. Nothing else is affected: each socket has its own handler task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from services.gateway.call import CallBridge, CallStart
+from shared.audio import PCMU
+from shared.bus import Bus
+from shared.carriers import twilio as tw
+
+__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "TwilioSink", "TwilioStream", "twiml_response"]
+
+log = logging.getLogger("services.gateway.twilio")
+
+POLICY_VIOLATION = 1008
+"""RFC 6455 §7.4.1 close code for a message that violates the protocol."""
+INTERNAL_ERROR = 1011
+"""RFC 6455 §7.4.1 close code for an unexpected condition on the server (e.g. the bus failed)."""
+
+
+def twiml_response(stream_url: str, form: Mapping[str, str], agent: str) -> str:
+    """TwiML connecting the call to ``stream_url`` with ``agent`` and the caller's numbers as parameters.
+
+    ``form`` is Twilio's voice webhook form (``From``, ``To``, ``CallSid``, …); ``From``/``To`` travel as
+    ``<Parameter name="caller">`` / ``"called"`` (the start message has no numbers of its own).
+    """
+    params = {"agent": agent}
+    if form.get("From"):
+        params["caller"] = form["From"]
+    if form.get("To"):
+        params["called"] = form["To"]
+    return tw.build_twiml(stream_url, params, name="switchboard")
+
+
+class TwilioSink:
+    """Writes Twilio server → carrier messages (``media``, ``mark``, ``clear``) on a Starlette WebSocket."""
+
+    def __init__(self, ws: WebSocket, stream_sid: str) -> None:
+        self.ws = ws
+        self.stream_sid = stream_sid
+        sid = json.dumps(stream_sid)
+        self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
+        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
+
+    async def send_audio(self, audio: bytes) -> None:
+        """``{"event":"media","streamSid":…,"media":{"payload":<base64 μ-law>}}``."""
+        await self.ws.send_text(self._media_prefix + tw.encode_payload(audio) + '"}}')
+
+    async def send_mark(self, name: str) -> None:
+        """``{"event":"mark","streamSid":…,"mark":{"name":…}}``."""
+        await self.ws.send_text(self._mark_prefix + json.dumps(name) + "}}")
+
+    async def send_clear(self) -> None:
+        """``{"event":"clear","streamSid":…}``."""
+        await self.ws.send_text(tw.dump(tw.Clear(stream_sid=self.stream_sid)))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket (Twilio then continues with the TwiML after ``<Connect>``)."""
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            await self.ws.close(code, reason)
+
+
+class TwilioStream:
+    """The state machine of one ``WS /twilio/media`` connection (already accepted)."""
+
+    def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
+                 calls: dict[str, CallBridge] | None = None) -> None:
+        self.ws = ws
+        self.bus = bus
+        self.default_agent = default_agent
+        self.max_outbound_chunks = max_outbound_chunks
+        self.calls = calls if calls is not None else {}
+        self.bridge: CallBridge | None = None
+
+    async def run(self) -> None:
+        """Read frames until ``stop``, a disconnect, a protocol error or the bridge closing the socket."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    raise tw.TwilioProtocolError("binary frames are not part of the Twilio protocol")
+                if not await self.on_frame(text):
+                    break
+            if self.bridge is not None:
+                await self.bridge.end("caller_hangup")
+        except tw.TwilioProtocolError as exc:
+            await self._protocol_error(exc.reason)
+        except RuntimeError as exc:  # starlette: receive after the bridge closed the socket
+            log.debug("twilio socket closed: %s", exc)
+            if self.bridge is not None:
+                await self.bridge.end("caller_hangup")
+        except Exception as exc:  # the bus failed under us (e.g. NATS unreachable): end this call only
+            log.exception("twilio stream failed")
+            if self.bridge is not None:
+                await self.bridge.end("gateway_error", error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await TwilioSink(self.ws, "").close(INTERNAL_ERROR, "gateway error")
+        finally:
+            if self.bridge is not None:
+                self.calls.pop(self.bridge.call_id, None)
+                self.bridge.detach_context()
+
+    async def on_frame(self, text: str) -> bool:
+        """Handle one text frame; False when the stream is over (``stop``).
+
+        Raises:
+            TwilioProtocolError: bad input (the caller closes with 1008).
+        """
+        bridge = self.bridge
+        fast = tw.parse_media(text)
+        if fast is not None and bridge is not None:
+            track, payload = fast
+            if track in ("inbound", "inbound_track"):
+                await bridge.audio_in(tw.decode_payload(payload))
+            return True
+        msg = tw.parse_inbound(text)
+        if isinstance(msg, tw.Media):
+            if bridge is None:
+                raise tw.TwilioProtocolError("media before start")
+            audio = tw.decode_payload(msg.media.payload)
+            if msg.media.track in ("inbound", "inbound_track"):
+                await bridge.audio_in(audio)
+            return True
+        if isinstance(msg, tw.Mark):
+            if bridge is None:
+                raise tw.TwilioProtocolError("mark before start")
+            await bridge.mark_echo(msg.mark.name)
+            return True
+        if isinstance(msg, tw.Start):
+            if bridge is not None:
+                raise tw.TwilioProtocolError("second start")
+            await self._start(msg)
+            return True
+        if isinstance(msg, tw.Dtmf):
+            if bridge is None:
+                raise tw.TwilioProtocolError("dtmf before start")
+            await bridge.dtmf(msg.dtmf.digit)
+            return True
+        if isinstance(msg, tw.Stop):
+            if bridge is not None:
+                await bridge.end("caller_hangup")
+            with contextlib.suppress(Exception):  # Twilio may already have closed its side
+                await TwilioSink(self.ws, "").close(1000, "stop")
+            return False
+        return True  # connected
+
+    async def _start(self, msg: tw.Start) -> None:
+        fmt = msg.start.media_format
+        if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000 or fmt.channels != 1:
+            raise tw.TwilioProtocolError(f"unsupported media format {fmt.encoding}/{fmt.sample_rate}")
+        params: dict[str, Any] = dict(msg.start.custom_parameters)
+        start = CallStart(
+            carrier="twilio", audio_format=PCMU, agent=str(params.get("agent") or self.default_agent),
+            from_=params.get("caller") or params.get("from"), to=params.get("called") or params.get("to"),
+            carrier_call_id=msg.start.call_sid, stream_id=msg.start.stream_sid or msg.stream_sid,
+            custom_parameters=dict(msg.start.custom_parameters),
+        )
+        bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
+                            max_outbound_chunks=self.max_outbound_chunks)
+        self.bridge = bridge
+        self.calls[bridge.call_id] = bridge
+        await bridge.open()
+
+    async def _protocol_error(self, reason: str) -> None:
+        log.warning("twilio protocol error: %s", reason)
+        if self.bridge is not None:
+            await self.bridge.end("protocol_error", error=reason)
+        try:
+            await TwilioSink(self.ws, "").close(POLICY_VIOLATION, reason)
+        except Exception as exc:  # already gone
+            log.debug("close after protocol error failed: %s", exc)

@@ -1,0 +1,341 @@
+"""The caller simulator: places a scenario's call through the gateway exactly as Twilio would.
+
+:func:`run_scenario` (also ``switchboard call``):
+
+1. follows ``call.*.started`` on the bus, then (optionally) POSTs ``/twilio/voice`` to learn the stream URL
+   and parameters from the TwiML, opens the Media Streams WebSocket and sends ``connected`` + ``start`` with
+   ``customParameters`` = the TwiML ``<Parameter>``s + ``run_id`` (fresh) + ``caller``/``called``;
+2. runs a 20 ms clock (``speed`` divides the period — tests only): each tick sends one μ-law frame (the
+   current line's speech, else silence: real phones never stop sending), "plays" 20 ms of received agent
+   audio and echoes the marks whose audio has played; a ``clear`` drops unplayed audio and echoes pending
+   marks at once; both directions go to a stereo WAV on that clock;
+3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
+   :mod:`shared.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
+4. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from shared.audio import PCMU
+from shared.bus import Bus
+from shared.caller.client import TwilioCallerSocket, fetch_twiml
+from shared.caller.follower import CallFollower
+from shared.caller.playback import FRAME_BYTES, FRAME_MS, PlaybackClock
+from shared.caller.recording import StereoRecorder
+from shared.carriers import twilio as tw
+from shared.scenario import Scenario, Turn, check_expectations, read_call_log
+from shared.tts import synthesize_format_async
+
+__all__ = ["CallResult", "CallerSimulator", "run_scenario"]
+
+log = logging.getLogger("shared.caller")
+_SILENCE = b"\xff" * FRAME_BYTES
+
+
+@dataclass
+class CallResult:
+    """Outcome of one simulated call (from the log, except ``said`` which is what the simulator spoke)."""
+
+    scenario: str
+    call_id: str | None
+    transcript: list[tuple[str, str]] = field(default_factory=list)
+    """``(speaker, text)`` in log order: ``agent`` lines and what the model ``heard`` from the caller."""
+    said: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    ended_by: str | None = None
+    failures: list[str] = field(default_factory=list)
+    wav: Path | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every expectation held (and the call could be placed)."""
+        return not self.failures
+
+
+class CallerSimulator:
+    """One simulated call (see the module docstring). Use :func:`run_scenario` unless you need the parts."""
+
+    def __init__(self, scenario: Scenario, *, gateway_url: str, bus: Bus, speed: float = 1.0,
+                 wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
+                 out: Callable[[str], None] | None = None, headers: dict[str, str] | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.scenario = scenario
+        self.gateway_url = gateway_url.rstrip("/")
+        self.bus = bus
+        self.speed = speed
+        self.wav = Path(wav) if wav else None
+        self.twiml = twiml
+        self.turn_timeout = turn_timeout
+        self.out = out or (lambda line: None)
+        self.headers = headers or {}
+        self.run_id = secrets.token_hex(8)
+        self.follower = CallFollower(bus, self.run_id, self._on_line)
+        self.playback = PlaybackClock()
+        self.recorder = StereoRecorder()
+        self.speech: deque[bytes] = deque()
+        self.socket: TwilioCallerSocket | None = None
+        self.closed = asyncio.Event()
+        self.hung_up = False
+        self.clears = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._said: list[str] = []
+
+    def _on_line(self, speaker: str, text: str) -> None:
+        self.out(f"{speaker:>6}: {text}")
+
+    # --- the call ------------------------------------------------------------------------------------------
+
+    async def run(self) -> CallResult:
+        """Place the call, play the turns, check the expectations; never raises for a failed expectation."""
+        result = CallResult(self.scenario.name, None)
+        started = time.monotonic()
+        await self.follower.start()
+        try:
+            await self._connect()
+            await asyncio.wait_for(self.follower.found.wait(), 15)
+            result.call_id = self.follower.call_id
+            self.out(f"  call: {result.call_id}")
+            await self._first_turn()
+            await self._turns()
+            await self._finish()
+        except (TimeoutError, OSError, WebSocketException, httpx.HTTPError, ValueError) as exc:
+            result.failures.append(f"call failed: {type(exc).__name__}: {exc}")
+        finally:
+            await self._stop_tasks()
+        result.duration_ms = (time.monotonic() - started) * 1000.0
+        result.said = list(self._said)
+        if self.wav is not None:
+            result.wav = self.recorder.write(self.wav)
+        try:
+            if result.call_id is not None:
+                await self._check(result)
+        finally:
+            await self.follower.stop()
+        return result
+
+    async def _connect(self) -> None:
+        caller = self.scenario.caller
+        call_sid = "CA" + secrets.token_hex(16)
+        if self.twiml:
+            url, params = await fetch_twiml(self.gateway_url, from_=caller.from_, to=caller.to, call_sid=call_sid)
+        else:
+            scheme, rest = self.gateway_url.split("://", 1)
+            url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
+            params = {"caller": caller.from_, "called": caller.to}
+        params = {**params, "run_id": self.run_id}
+        params.setdefault("caller", caller.from_)
+        params.setdefault("called", caller.to)
+        self.socket = await TwilioCallerSocket.connect(url, headers=self.headers)
+        self.socket.call_sid = call_sid
+        await self.socket.start(params)
+        self._spawn(self._clock())
+        self._spawn(self._reader())
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.socket is not None:
+            with contextlib.suppress(Exception):
+                await self.socket.ws.close()
+
+    # --- clock and socket reader ----------------------------------------------------------------------------
+
+    async def _clock(self) -> None:
+        """Every 20 ms / speed: send one caller frame, play 20 ms of agent audio, echo the marks now due."""
+        assert self.socket is not None
+        period = FRAME_MS / 1000.0 / self.speed
+        next_at = time.monotonic()
+        while not self.closed.is_set():
+            frame = self.speech.popleft() if self.speech else _SILENCE
+            tick = self.playback.tick()
+            self.recorder.add(frame, tick.played)
+            try:
+                await self.socket.media(frame)
+                for name in tick.marks:
+                    await self.socket.mark(name)
+            except ConnectionClosed:
+                self.closed.set()
+                return
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:  # far behind (a stalled machine): do not burst to catch up
+                next_at = time.monotonic()
+
+    async def _reader(self) -> None:
+        """Handle ``media`` (buffer for playback), ``mark`` (echo when played) and ``clear``."""
+        assert self.socket is not None
+        try:
+            while True:
+                message = await self.socket.receive()
+                if isinstance(message, tw.OutboundMedia):
+                    self.playback.add_audio(tw.decode_payload(message.media.payload))
+                elif isinstance(message, tw.Mark):
+                    for name in self.playback.add_mark(message.mark.name):
+                        await self.socket.mark(name)
+                else:
+                    self.clears += 1
+                    for name in self.playback.clear():
+                        await self.socket.mark(name)
+        except ConnectionClosed:
+            pass
+        except tw.TwilioProtocolError as exc:
+            log.error("gateway sent an invalid message: %s", exc)
+        finally:
+            self.closed.set()
+
+    # --- turns -----------------------------------------------------------------------------------------------
+
+    def _turn_over(self, baseline_done: int) -> bool:
+        f = self.follower
+        return f.responses_done > baseline_done and f.settled and self.playback.idle
+
+    async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
+        """Poll ``predicate`` (bus events or the 20 ms clock change it) until true or the call ends."""
+        deadline = time.monotonic() + self.turn_timeout
+        while not predicate():
+            if self.closed.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} within {self.turn_timeout:.0f}s")
+            await self.follower.wait_changed(0.02)
+
+    async def _first_turn(self) -> None:
+        """Let the agent greet: wait for a greeting to start (up to 3 s) and to finish (or, when the first
+        turn has ``barge_in_ms``, until that much of it has played)."""
+        greet_deadline = time.monotonic() + 3.0
+        while self.follower.activity == 0 and time.monotonic() < greet_deadline and not self.closed.is_set():
+            await self.follower.wait_changed(0.05)
+        if not self.follower.activity:
+            return
+        first = self.scenario.turns[0] if self.scenario.turns else None
+        if first is not None and first.barge_in_ms is not None:  # interrupt the greeting itself
+            await self._wait(self._reply_played(0.0, first.barge_in_ms), "no greeting to barge in on")
+        else:
+            await self._wait(lambda: self._turn_over(0), "the agent did not finish its greeting")
+
+    def _reply_played(self, since_ms: float, ms: float) -> Callable[[], bool]:
+        """A predicate: at least ``ms`` of agent audio played on our clock since ``since_ms``."""
+        return lambda: self.playback.played_ms_total - since_ms >= ms
+
+    def _turn_finished(self, baseline_done: int) -> Callable[[], bool]:
+        return lambda: self._turn_over(baseline_done)
+
+    async def _turns(self) -> None:
+        turns = self.scenario.turns
+        for index, turn in enumerate(turns):
+            if self.closed.is_set():
+                return
+            baseline_done = self.follower.responses_done
+            await self._act(turn)
+            reply_start = self.playback.played_ms_total
+            if turn.hangup_after_ms is not None:
+                await self._wait(self._reply_played(reply_start, turn.hangup_after_ms), "no agent reply to hang up on")
+                await self._hang_up()
+                return
+            following = turns[index + 1] if index + 1 < len(turns) else None
+            if following is not None and following.barge_in_ms is not None:
+                await self._wait(self._reply_played(reply_start, following.barge_in_ms),
+                                 "no agent reply to barge in on")
+            else:
+                await self._wait(self._turn_finished(baseline_done), "the agent did not finish its turn")
+
+    async def _act(self, turn: Turn) -> None:
+        assert self.socket is not None
+        if turn.dtmf is not None:
+            self.out(f"caller: [dtmf {turn.dtmf}]")
+            self._said.append(f"[dtmf {turn.dtmf}]")
+            for digit in turn.dtmf:
+                await self.socket.dtmf(digit)
+            return
+        if turn.say is None:
+            return
+        audio = await synthesize_format_async(turn.say, PCMU, voice=self.scenario.caller.voice)
+        self.out(f"caller: {turn.say}")
+        self._said.append(turn.say)
+        frames = [audio[i:i + FRAME_BYTES] for i in range(0, len(audio), FRAME_BYTES)]
+        if frames and len(frames[-1]) < FRAME_BYTES:
+            frames[-1] = frames[-1] + _SILENCE[len(frames[-1]):]
+        self.speech.extend(frames)
+        await self._wait(lambda: not self.speech, "the caller's line could not be sent")
+
+    async def _hang_up(self) -> None:
+        if self.socket is not None and not self.closed.is_set():
+            self.hung_up = True
+            with contextlib.suppress(ConnectionClosed):
+                await self.socket.stop()
+        self.closed.set()
+
+    async def _finish(self) -> None:
+        """After the last turn: give the agent time to end the call, else hang up as the caller."""
+        deadline = time.monotonic() + min(self.turn_timeout, 15.0)
+        while not self.closed.is_set() and time.monotonic() < deadline:
+            await self.follower.wait_changed(0.05)
+        if not self.closed.is_set():
+            await self._hang_up()
+
+    async def _check(self, result: CallResult) -> None:
+        """Wait (bounded) for ``call.<id>.ended`` to be logged, then check ``expect`` against the log."""
+        assert result.call_id is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.follower.ended.wait(), 10)
+        call_log = await read_call_log(self.bus, result.call_id)
+        for _ in range(12):  # the session's summary (its last events) may still be in flight to the stream
+            if call_log.ended() is not None and any(rest == "session.summary" for rest, _ in call_log.calls):
+                break
+            await asyncio.sleep(0.25)
+            call_log = await read_call_log(self.bus, result.call_id)
+        result.tool_calls = [{"name": c["name"], "args": c["args"]} for c in call_log.tool_calls()]
+        result.transcript = [("agent", line) for line in call_log.agent_transcript()]
+        result.transcript += [("heard", line) for line in call_log.caller_transcript()]
+        result.ended_by = call_log.ended_by()
+        result.failures.extend(check_expectations(self.scenario.expect, call_log))
+
+
+async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, speed: float = 1.0,
+                       wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
+                       out: Callable[[str], None] | None = None,
+                       headers: dict[str, str] | None = None) -> CallResult:
+    """Place ``scenario``'s call through the gateway at ``gateway_url`` and follow it on NATS at ``nats_url``.
+
+    ``speed`` > 1 paces audio faster than real time (tests only); ``wav`` writes the stereo recording;
+    ``twiml`` fetches ``POST /twilio/voice`` first; ``out`` receives printable lines (what both sides said);
+    ``headers`` are sent on the WebSocket upgrade (e.g. ``X-Twilio-Signature``).
+
+    Returns:
+        A :class:`CallResult`; ``ok`` is false when the call could not be placed or an expectation failed.
+
+    Raises:
+        shared.errors.BusError: NATS is unreachable.
+    """
+    bus = await Bus.connect(nats_url, name="switchboard-caller", source="caller", connect_timeout=10)
+    try:
+        return await CallerSimulator(scenario, gateway_url=gateway_url, bus=bus, speed=speed, wav=wav, twiml=twiml,
+                                     turn_timeout=turn_timeout, out=out, headers=headers).run()
+    finally:
+        await bus.close()

@@ -1,0 +1,352 @@
+"""Twilio Media Streams messages (bidirectional ``<Connect><Stream>``) as pydantic models.
+
+Source: protocols.md §3 and https://www.twilio.com/docs/voice/media-streams/websocket-messages.
+
+Twilio → server (JSON text frames; numbers are strings except ``mediaFormat``): ``connected``, ``start``,
+``media``, ``dtmf``, ``mark`` (echo), ``stop``. Server → Twilio: ``media`` (base64 μ-law 8 kHz, no file
+header), ``mark`` and ``clear``. The gateway parses what Twilio sends and builds what it sends back; the
+caller simulator does the reverse, so both directions have a parser and builders here.
+
+Parsing is strict about shape (a message without its required fields is an error) and lenient about extra
+fields (Twilio adds fields over time; they are ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import xml.etree.ElementTree as ET
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Clear",
+    "Connected",
+    "Dtmf",
+    "DtmfPayload",
+    "InboundMessage",
+    "Mark",
+    "MarkPayload",
+    "Media",
+    "MediaFormat",
+    "MediaPayload",
+    "OutboundMedia",
+    "OutboundMediaPayload",
+    "OutboundMessage",
+    "Start",
+    "StartPayload",
+    "Stop",
+    "StopPayload",
+    "TwilioProtocolError",
+    "build_twiml",
+    "decode_payload",
+    "dump",
+    "encode_payload",
+    "parse_inbound",
+    "parse_media",
+    "parse_outbound",
+    "parse_twiml",
+]
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Largest text frame accepted from a peer (64 KiB); a 20 ms Twilio media frame is about 330 bytes."""
+
+_DTMF_DIGITS = re.compile(r"[0-9*#A-Da-dw]")
+
+
+class TwilioProtocolError(ValueError):
+    """A frame that is not a valid Twilio Media Streams message (bad JSON, unknown event, bad base64, …).
+
+    ``reason`` is short and safe to put in a WebSocket close frame (≤ 123 bytes).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:120]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+# --- Twilio → server ---------------------------------------------------------------------------------
+
+
+class Connected(_Model):
+    """``{"event":"connected","protocol":"Call","version":"1.0.0"}`` — first message of a stream."""
+
+    event: Literal["connected"] = "connected"
+    protocol: str = "Call"
+    version: str = "1.0.0"
+
+
+class MediaFormat(_Model):
+    """``start.mediaFormat``: always ``audio/x-mulaw``, 8000 Hz, 1 channel for Twilio."""
+
+    encoding: str = "audio/x-mulaw"
+    sample_rate: int = Field(8000, alias="sampleRate")
+    channels: int = 1
+
+
+class StartPayload(_Model):
+    """``start`` body: ids, tracks, media format and the TwiML ``<Parameter>`` values (strings)."""
+
+    account_sid: str = Field("", alias="accountSid")
+    stream_sid: str = Field(alias="streamSid")
+    call_sid: str = Field(alias="callSid")
+    tracks: list[str] = Field(default_factory=lambda: ["inbound"])
+    media_format: MediaFormat = Field(default_factory=lambda: MediaFormat(), alias="mediaFormat")
+    custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
+
+
+class Start(_Model):
+    """``{"event":"start","sequenceNumber":"1","start":{…},"streamSid":"MZ…"}``."""
+
+    event: Literal["start"] = "start"
+    sequence_number: str = Field("1", alias="sequenceNumber")
+    start: StartPayload
+    stream_sid: str = Field(alias="streamSid")
+
+
+class MediaPayload(_Model):
+    """``media`` body from Twilio: track, per-media ``chunk`` (from "1"), ``timestamp`` (ms), base64 payload."""
+
+    track: str = "inbound"
+    chunk: str = "1"
+    timestamp: str = "0"
+    payload: str
+
+
+class Media(_Model):
+    """``{"event":"media","sequenceNumber":"4","media":{…},"streamSid":"MZ…"}`` — 20 ms = 160 μ-law bytes."""
+
+    event: Literal["media"] = "media"
+    sequence_number: str = Field("", alias="sequenceNumber")
+    media: MediaPayload
+    stream_sid: str = Field("", alias="streamSid")
+
+
+class DtmfPayload(_Model):
+    """``dtmf`` body: ``track`` is always ``inbound_track``; one ``digit``."""
+
+    track: str = "inbound_track"
+    digit: str
+
+
+class Dtmf(_Model):
+    """``{"event":"dtmf","streamSid":"MZ…","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}``."""
+
+    event: Literal["dtmf"] = "dtmf"
+    sequence_number: str = Field("", alias="sequenceNumber")
+    stream_sid: str = Field("", alias="streamSid")
+    dtmf: DtmfPayload
+
+
+class MarkPayload(_Model):
+    """``mark`` body: the label the server sent."""
+
+    name: str
+
+
+class Mark(_Model):
+    """A mark: from the server (label after audio) and echoed back by Twilio when played or cleared.
+
+    Twilio → server carries ``sequenceNumber``; server → Twilio does not need it.
+    """
+
+    event: Literal["mark"] = "mark"
+    sequence_number: str | None = Field(None, alias="sequenceNumber")
+    stream_sid: str = Field("", alias="streamSid")
+    mark: MarkPayload
+
+
+class StopPayload(_Model):
+    """``stop`` body: account and call ids."""
+
+    account_sid: str = Field("", alias="accountSid")
+    call_sid: str = Field("", alias="callSid")
+
+
+class Stop(_Model):
+    """``{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"AC…","callSid":"CA…"},"streamSid":"MZ…"}``."""
+
+    event: Literal["stop"] = "stop"
+    sequence_number: str = Field("", alias="sequenceNumber")
+    stream_sid: str = Field("", alias="streamSid")
+    stop: StopPayload = Field(default_factory=lambda: StopPayload())
+
+
+InboundMessage = Annotated[Connected | Start | Media | Dtmf | Mark | Stop, Field(discriminator="event")]
+"""Any message Twilio sends to the server."""
+
+# --- server → Twilio ---------------------------------------------------------------------------------
+
+
+class OutboundMediaPayload(_Model):
+    """``media`` body to Twilio: base64 μ-law 8 kHz, no WAV/file header."""
+
+    payload: str
+
+
+class OutboundMedia(_Model):
+    """``{"event":"media","streamSid":"MZ…","media":{"payload":"…"}}``."""
+
+    event: Literal["media"] = "media"
+    stream_sid: str = Field(alias="streamSid")
+    media: OutboundMediaPayload
+
+
+class Clear(_Model):
+    """``{"event":"clear","streamSid":"MZ…"}`` — empties Twilio's buffer; pending marks echo at once."""
+
+    event: Literal["clear"] = "clear"
+    stream_sid: str = Field(alias="streamSid")
+
+
+OutboundMessage = Annotated[OutboundMedia | Mark | Clear, Field(discriminator="event")]
+"""Any message the server sends to Twilio."""
+
+_INBOUND: TypeAdapter[Connected | Start | Media | Dtmf | Mark | Stop] = TypeAdapter(InboundMessage)
+_OUTBOUND: TypeAdapter[OutboundMedia | Mark | Clear] = TypeAdapter(OutboundMessage)
+_INBOUND_EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
+_OUTBOUND_EVENTS = ("media", "mark", "clear")
+
+
+def _parse(frame: str | bytes, adapter: TypeAdapter[Any], events: tuple[str, ...]) -> Any:
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise TwilioProtocolError(f"message over {MAX_MESSAGE_BYTES // 1024} KiB")
+    try:
+        raw = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        raise TwilioProtocolError("malformed JSON") from None
+    if not isinstance(raw, dict):
+        raise TwilioProtocolError("message is not a JSON object")
+    event = raw.get("event")
+    if event not in events:
+        raise TwilioProtocolError(f"unknown event {str(event)[:40]!r}")
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+        raise TwilioProtocolError(f"invalid {event}: {where}: {first['msg']}"[:120]) from None
+
+
+def parse_media(frame: str | bytes) -> tuple[str, str] | None:
+    """Fast path for the common case — a well-formed ``media`` frame, 50 per second per call.
+
+    Returns:
+        ``(media.track, media.payload)`` (payload still base64), or None for anything else, which the caller
+        then passes to :func:`parse_inbound` for full validation and a precise error.
+    """
+    if len(frame) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        raw = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if type(raw) is not dict or raw.get("event") != "media":
+        return None
+    media = raw.get("media")
+    if type(media) is not dict:
+        return None
+    payload, track = media.get("payload"), media.get("track", "inbound")
+    if type(payload) is not str or type(track) is not str:
+        return None
+    for key in ("chunk", "timestamp"):
+        if type(media.get(key, "")) is not str:
+            return None
+    if type(raw.get("sequenceNumber", "")) is not str or type(raw.get("streamSid", "")) is not str:
+        return None
+    return track, payload
+
+
+def parse_inbound(frame: str | bytes) -> Connected | Start | Media | Dtmf | Mark | Stop:
+    """Parse one Twilio → server text frame.
+
+    Raises:
+        TwilioProtocolError: over 64 KiB, not JSON, not an object, unknown ``event`` or a missing/ill-typed
+            field. (``media.payload`` is not base64-decoded here: see :func:`decode_payload`.)
+    """
+    result: Connected | Start | Media | Dtmf | Mark | Stop = _parse(frame, _INBOUND, _INBOUND_EVENTS)
+    if isinstance(result, Dtmf) and _DTMF_DIGITS.fullmatch(result.dtmf.digit) is None:
+        raise TwilioProtocolError(f"invalid dtmf digit {result.dtmf.digit[:8]!r}")
+    return result
+
+
+def parse_outbound(frame: str | bytes) -> OutboundMedia | Mark | Clear:
+    """Parse one server → Twilio text frame (what the caller simulator receives).
+
+    Raises:
+        TwilioProtocolError: as :func:`parse_inbound`.
+    """
+    result: OutboundMedia | Mark | Clear = _parse(frame, _OUTBOUND, _OUTBOUND_EVENTS)
+    return result
+
+
+def decode_payload(payload: str) -> bytes:
+    """Decode a base64 ``media.payload`` (standard alphabet, padding required).
+
+    Raises:
+        TwilioProtocolError: not valid base64.
+    """
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise TwilioProtocolError("invalid base64 in media.payload") from None
+
+
+def encode_payload(audio: bytes) -> str:
+    """Base64 (standard alphabet) of raw μ-law bytes for a ``media.payload``."""
+    return base64.b64encode(audio).decode("ascii")
+
+
+def dump(message: _Model) -> str:
+    """Serialize a message to its wire JSON (Twilio's camelCase names, no nulls)."""
+    return message.model_dump_json(by_alias=True, exclude_none=True)
+
+
+# --- TwiML -------------------------------------------------------------------------------------------
+
+
+def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None = None) -> str:
+    """``<Response><Connect><Stream url=…>`` with one ``<Parameter>`` per item (protocols.md §3.1).
+
+    ``stream_url`` must be ``wss://`` (or ``ws://`` for plain-HTTP test setups) without a query string
+    (Twilio does not support query strings on stream URLs; parameters travel as ``<Parameter>``).
+
+    Raises:
+        ValueError: the URL is not ws(s):// or carries a query string.
+    """
+    if not stream_url.startswith(("wss://", "ws://")) or "?" in stream_url:
+        raise ValueError(f"stream url must be ws(s):// without a query string, got {stream_url!r}")
+    response = ET.Element("Response")
+    connect = ET.SubElement(response, "Connect")
+    attrs = {"url": stream_url}
+    if name:
+        attrs["name"] = name
+    stream = ET.SubElement(connect, "Stream", attrs)
+    for key, value in parameters.items():
+        ET.SubElement(stream, "Parameter", {"name": key, "value": value})
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")
+
+
+def parse_twiml(document: str) -> tuple[str, dict[str, str]]:
+    """The ``<Connect><Stream url>`` and its ``<Parameter>`` pairs from a TwiML document.
+
+    Raises:
+        ValueError: not XML, or no ``Response/Connect/Stream`` with a ``url``.
+    """
+    try:
+        root = ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise ValueError(f"invalid TwiML: {exc}") from None
+    stream = root.find("./Connect/Stream")
+    if root.tag != "Response" or stream is None or not stream.get("url"):
+        raise ValueError("TwiML has no <Response><Connect><Stream url=…>")
+    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return str(stream.get("url")), params

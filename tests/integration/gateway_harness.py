@@ -1,0 +1,143 @@
+"""Fixtures and helpers for the gateway integration tests (test modules import the ``*_fixture`` functions).
+
+A real nats-server (``nats_url``), the gateway app on a free port (uvicorn), an
+:class:`~services.gateway.echo_peer.EchoPeer` on its own bus connection standing in for the session, and a
+:class:`Recorder` of every call-level event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from services.gateway.echo_peer import EchoPeer
+from services.gateway.server import RunningGateway, running_gateway
+from shared import subjects
+from shared.bus import Bus, Envelope
+from shared.config import load_settings
+
+TIMEOUT = 10.0  # generous: a busy 2-core machine
+
+
+@pytest.fixture(name="bus")
+async def bus_fixture(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, name="gateway-test", source="gateway")
+    await b.ensure_streams(load_settings(js_max_age=600))
+    yield b
+    await b.close()
+
+
+@pytest.fixture(name="peer_bus")
+async def peer_bus_fixture(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, name="echo-peer", source="session")
+    yield b
+    await b.close()
+
+
+@pytest.fixture(name="gw")
+async def gw_fixture(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(bus, load_settings(nats_url=nats_url)) as running:
+        yield running
+
+
+@pytest.fixture(name="peer")
+async def peer_fixture(peer_bus: Bus) -> AsyncIterator[EchoPeer]:
+    p = EchoPeer(peer_bus)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+class Recorder:
+    """Collects every call-level event of every call (a core subscription on ``call.>``)."""
+
+    def __init__(self) -> None:
+        self.events: list[Envelope] = []
+        self.changed = asyncio.Event()
+
+    async def handler(self, env: Envelope) -> None:
+        self.events.append(env)
+        self.changed.set()
+
+    def of(self, call_id: str, rest: str) -> list[Envelope]:
+        return [e for e in self.events if e.subject == f"call.{call_id}.{rest}"]
+
+    def started_with(self, run_id: str) -> dict[str, Any] | None:
+        for env in self.events:
+            if env.subject.endswith(".started"):
+                payload: dict[str, Any] = env.json()
+                if payload["custom_parameters"].get("run_id") == run_id:
+                    return payload
+        return None
+
+    async def wait_for(self, predicate: Any, timeout: float = TIMEOUT) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture(name="recorder")
+async def recorder_fixture(peer_bus: Bus) -> AsyncIterator[Recorder]:
+    rec = Recorder()
+    sub = await peer_bus.subscribe(subjects.all_call_events(), rec.handler, dedupe=False)
+    yield rec
+    await sub.unsubscribe()
+
+
+async def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate()`` every 20 ms until it is true (TimeoutError after ``timeout`` s)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+def start_frame(run_id: str, *, stream_sid: str = "MZ00000000000000000000000000000001",
+                seq: int = 1) -> str:
+    return json.dumps({
+        "event": "start", "sequenceNumber": str(seq), "streamSid": stream_sid,
+        "start": {"accountSid": "AC" + "0" * 32, "streamSid": stream_sid, "callSid": "CA" + "1" * 32,
+                  "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                  "customParameters": {"run_id": run_id, "caller": "+15551230001", "called": "+15559870000",
+                                       "agent": "receptionist"}},
+    })
+
+
+def media_frame(audio: bytes, chunk: int, *, stream_sid: str = "MZ00000000000000000000000000000001") -> str:
+    return json.dumps({"event": "media", "sequenceNumber": str(chunk + 1), "streamSid": stream_sid,
+                       "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(20 * (chunk - 1)),
+                                 "payload": base64.b64encode(audio).decode()}})
+
+
+async def open_call(gw: RunningGateway, recorder: Recorder, peer: EchoPeer | None = None,
+                    **connect: Any) -> tuple[ClientConnection, str, dict[str, Any]]:
+    """Connect, send connected + start, wait for ``call.<id>.started`` (and for ``peer`` to follow the call:
+    audio published before a subscriber exists is lost on core NATS)."""
+    ws = await websockets.connect(gw.ws_url + "/twilio/media", **connect)
+    run_id = secrets.token_hex(6)
+    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    await ws.send(start_frame(run_id))
+    started = await recorder.wait_for(lambda: recorder.started_with(run_id))
+    if peer is not None:
+        await wait_until(lambda: started["call_id"] in peer.started)
+    return ws, started["call_id"], started
+
+
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), TIMEOUT)
+    value: dict[str, Any] = json.loads(raw)
+    return value

@@ -1,0 +1,110 @@
+"""The gateway's outbound queue, mark book and browser tokens (pure logic, no I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue, mark_name
+from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
+
+
+def chunk(item: str, total: int) -> AudioChunk:
+    return AudioChunk(b"\xff" * 160, item, total)
+
+
+async def test_queue_bounds_audio_and_keeps_control_out_of_band() -> None:
+    q = OutboundQueue(max_chunks=3)
+    assert [q.put_audio(chunk("a", 160 * i)) for i in range(1, 6)] == [True, True, True, False, False]
+    assert q.dropped == 2
+    q.put_close("agent_hangup")
+    dropped = q.put_clear()
+    assert [c.cumulative_bytes for c in dropped] == [160, 320, 480]
+    assert await q.get() == Control("clear")
+    assert q.put_audio(chunk("b", 160))  # the bound applies to queued audio only
+    assert await q.get() == Control("close", "agent_hangup")
+    assert await q.get() == chunk("b", 160)
+
+
+async def test_queue_get_waits() -> None:
+    q = OutboundQueue()
+    getter = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    q.put_audio(chunk("a", 1))
+    assert await asyncio.wait_for(getter, 5) == chunk("a", 1)
+    with pytest.raises(ValueError):
+        OutboundQueue(0)
+
+
+def test_mark_book_played_and_cleared() -> None:
+    book = MarkBook()
+    chunks = [chunk("item_a", 160 * i) for i in range(1, 5)]
+    for c in chunks:
+        book.sent(c)
+    assert chunks[0].mark == mark_name("item_a", 160) == "item_a:160"
+    first = book.echo("item_a:160")
+    assert first is not None and first.payload() == {
+        "name": "item_a:160", "item_id": "item_a", "played_bytes": 160, "cleared": False}
+    assert book.clear() == 3
+    rest = [book.echo(c.mark) for c in chunks[1:]]
+    assert [(e.played_bytes, e.cleared) for e in rest if e] == [(160, True)] * 3
+    assert book.echo("item_a:160") is None  # echoed already
+    assert book.echo("never:sent") is None
+    assert [e.payload() for e in book.unsent([chunk("item_a", 800), chunk("item_a", 960), chunk("item_b", 5)])] == [
+        {"name": "item_a:960", "item_id": "item_a", "played_bytes": 160, "cleared": True},
+        {"name": "item_b:5", "item_id": "item_b", "played_bytes": 0, "cleared": True}]
+
+
+@given(st.lists(st.sampled_from(["send", "echo", "clear"]), max_size=60))
+def test_mark_book_played_is_monotonic(ops: list[str]) -> None:
+    book = MarkBook()
+    sent: list[str] = []
+    total = 0
+    last = 0
+    for op in ops:
+        if op == "send":
+            total += 160
+            c = chunk("x", total)
+            book.sent(c)
+            sent.append(c.mark)
+        elif op == "echo" and sent:
+            echo = book.echo(sent.pop(0))
+            assert echo is not None
+            assert echo.played_bytes >= last
+            last = echo.played_bytes
+        elif op == "clear":
+            book.clear()
+    assert book.played("x") <= total
+
+
+def test_browser_tokens() -> None:
+    tokens = BrowserTokens("secret", ttl_s=60)
+    token, expiry = tokens.mint(now=1000.0)
+    assert expiry == 1060
+    tokens.check(token, now=1001.0)
+    with pytest.raises(TokenError, match="already used"):
+        tokens.check(token, now=1002.0)
+    late, _ = tokens.mint(now=1000.0)
+    with pytest.raises(TokenError, match="expired"):
+        tokens.check(late, now=1061.0)
+    other, _ = BrowserTokens("another secret").mint(now=1000.0)
+    with pytest.raises(TokenError, match="signature"):
+        tokens.check(other, now=1001.0)
+    for bad in (None, "", "a.b", "x" * 300):
+        with pytest.raises(TokenError):
+            tokens.check(bad, now=1001.0)
+    # replicas sharing SWITCHBOARD_API_TOKEN accept each other's tokens
+    shared, _ = BrowserTokens("secret").mint(now=1000.0)
+    tokens.check(shared, now=1001.0)
+
+
+def test_public_url_and_disabled_signatures() -> None:
+    assert public_url_for("https://a.example/x", "ws", "127.0.0.1:1", "/twilio/media") == "wss://a.example/x/twilio/media"
+    assert public_url_for("http://a.example", "http", "h", "/twilio/voice", "q=1") == "http://a.example/twilio/voice?q=1"
+    assert public_url_for(None, "ws", "127.0.0.1:9", "/twilio/media") == "ws://127.0.0.1:9/twilio/media"
+    assert TwilioSignatures(None).valid("https://x", {}, None)
+    assert not TwilioSignatures("token").valid("https://x", {}, None)
