@@ -32,6 +32,7 @@ __all__ = [
     "all_calls_started",
     "call_all",
     "call_audio_in",
+    "call_audio_in_all",
     "call_ended",
     "call_started",
     "carrier_dtmf",
@@ -41,10 +42,12 @@ __all__ = [
     "new_call_id",
     "parse",
     "rt_all",
+    "rt_any_call",
     "rt_client",
     "rt_server",
     "rt_wildcard",
     "session_event",
+    "session_events",
     "tool",
     "tool_wildcard",
     "validate_call_id",
@@ -252,3 +255,23 @@ CALLS_STREAM = StreamSpec(
 RT_STREAM = StreamSpec("RT", ("rt.>",))
 TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)
 STREAMS: tuple[StreamSpec, ...] = (CALLS_STREAM, RT_STREAM, TRACES_STREAM)
+
+
+# --- added for the session service ----------------------------------------------------------------------
+
+
+def session_events(call_id: str) -> str:
+    """``call.<id>.session.*`` — every session lifecycle event of one call."""
+    return f"call.{validate_call_id(call_id)}.session.*"
+
+
+def call_audio_in_all() -> str:
+    """``call.*.audio.in`` — caller audio of every call (benchmarks)."""
+    return "call.*.audio.in"
+
+
+def rt_any_call(direction: Direction, event_type: str) -> str:
+    """``rt.*.<direction>.<type>`` — one Realtime event type of every call (benchmarks, analytics taps)."""
+    if direction not in ("client", "server"):
+        raise InvalidSubjectTokenError(f"invalid direction {direction!r}")
+    return f"rt.*.{direction}.{_event_type(event_type)}"

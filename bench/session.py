@@ -1,0 +1,300 @@
+"""Session benchmark: CPU cost of the session service's hot paths, against raw nats-py in the same run.
+
+Measures, with the session service running as its own process (``python -m services.session``, telemetry on
+as in production) against a minimal bench-only Realtime endpoint (a sink that answers ``session.update`` and,
+on ``response.create``, streams ``response.output_audio.delta`` events as fast as it can):
+
+1. **forwarded audio frame**: N simulated calls push 20 ms μ-law frames (160 bytes) on ``call.<id>.audio.in``;
+   the session batches them (≥ 40 ms) into ``input_audio_buffer.append``, sends them to the model and logs
+   each append to JetStream. Figure: session-process CPU µs per frame (target ≤ 50 µs).
+2. **logged server event**: the sink streams audio deltas (the greeting response); the session receives,
+   parses, logs (JetStream) and tracks each. Figure: CPU µs per logged event and events/s per core.
+
+A third process receives the same frames through ``Bus.subscribe`` with a no-op handler: the floor any bus consumer
+of ``audio.in`` pays (nats-py header parsing, envelope, trace-context restore, bus-hop metric), so the session's own
+share per frame is visible. Session CPU is read from ``/proc/<pid>/stat`` (user + system), minus the idle CPU of the
+same process over an equally long quiet window. Baseline, in this process: raw nats-py core publish of the same
+160-byte frame, and raw nats-py JetStream ``publish_async`` of an audio-delta-sized event (CPU µs per message, from
+``time.process_time``). Every frame sent is checked to have been forwarded (bytes appended = bytes sent).
+
+Run: ``.venv/bin/python bench/session.py [--calls 20] [--seconds 5] [--deltas 2000] [--batch-ms 40]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import websockets
+from websockets.asyncio.server import ServerConnection
+
+from shared import natsserver, subjects
+from shared.bus import Bus, Envelope
+from shared.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME = bytes([0xFF]) * 160
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the bench-only model endpoint -------------------------------------------------------------------------
+
+async def _sink(ws: ServerConnection, deltas: int) -> None:
+    ids = itertools.count(1)
+    delta = base64.b64encode(bytes([0xFF]) * 800).decode()  # 100 ms of μ-law
+
+    async def send(event: dict[str, object]) -> None:
+        await ws.send(json.dumps({"event_id": f"ev_{next(ids)}", **event}))
+
+    await send({"type": "session.created", "session": {"id": "sess_bench"}})
+    async for raw in ws:
+        event = json.loads(raw)
+        if event["type"] == "session.update":
+            await send({"type": "session.updated", "session": event["session"]})
+        elif event["type"] == "response.create":
+            rid = f"resp_{next(ids)}"
+            await send({"type": "response.created", "response": {"id": rid, "status": "in_progress"}})
+            for _ in range(deltas):
+                await send({"type": "response.output_audio.delta", "response_id": rid, "item_id": f"item_{rid}",
+                            "output_index": 0, "content_index": 0, "delta": delta})
+            await send({"type": "response.done", "response": {"id": rid, "status": "completed", "usage": None}})
+
+
+def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
+    """The session service as production runs it (``start_service``: telemetry, spans to ``otel.spans``),
+    with a given audio batch size (subprocess entry point)."""
+    from services.session.call import CallOptions, ModelEndpoint
+    from services.session.service import SessionService
+    from shared.runtime import start_service, stop_service
+
+    async def main() -> None:
+        settings = load_settings(nats_url=nats_url, realtime_url=realtime_url, js_max_age=600,
+                                 agent=ROOT / "agents" / "receptionist.yaml")
+        ctx = await start_service("session", settings, install_signals=True)
+        service = SessionService(ctx.bus, settings, endpoint=ModelEndpoint(realtime_url, None, None),
+                                 options=CallOptions(audio_batch_ms=batch_ms))
+        await service.start()
+        await ctx.stopping.wait()
+        await service.stop()
+        await stop_service(ctx)
+
+    asyncio.run(main())
+
+
+def run_floor(nats_url: str) -> None:
+    """A process that only receives the audio frames through ``Bus.subscribe`` (no-op handler): the floor any
+    bus consumer of ``call.<id>.audio.in`` pays (subprocess entry point)."""
+    from shared.telemetry import setup_telemetry
+
+    async def main() -> None:
+        setup_telemetry("switchboard-bench-floor")
+        bus = await Bus.connect(nats_url, name="bench-floor", source="bench")
+
+        async def noop(env: Envelope) -> None:
+            return None
+
+        await bus.subscribe(subjects.call_audio_in_all(), noop)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def run_sink(port: int, deltas: int) -> None:
+    """Serve the sink on ``port`` forever (subprocess entry point)."""
+    async def main() -> None:
+        async with websockets.serve(lambda ws: _sink(ws, deltas), "127.0.0.1", port, compression=None):
+            await asyncio.Future()
+    asyncio.run(main())
+
+
+# --- measurement helpers -----------------------------------------------------------------------------------
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def wait_ready(url: str, timeout: float = 30) -> None:
+    nc = await nats.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await nc.request("$SRV.PING.switchboard-session", b"", timeout=0.5)
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+        raise RuntimeError("session service did not answer $SRV.PING")
+    finally:
+        await nc.close()
+
+
+async def baseline_core(url: str, n: int) -> float:
+    """Raw nats-py core publish of a 160-byte frame: CPU µs per message."""
+    nc = await nats.connect(url)
+    t0 = time.process_time()
+    for _ in range(n):
+        await nc.publish("bench.raw.frame", FRAME)
+    await nc.flush()
+    cpu = time.process_time() - t0
+    await nc.close()
+    return cpu / n * 1e6
+
+
+async def baseline_js(url: str, n: int) -> float:
+    """Raw nats-py JetStream publish_async of a delta-sized event (acks awaited in bulk): CPU µs per message."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCHRAW", subjects=["benchraw.>"], max_age=120)
+    body = json.dumps({"type": "response.output_audio.delta", "delta": "/" * 1068}).encode()
+    t0 = time.process_time()
+    futures = [await js.publish_async("benchraw.x", body) for _ in range(n)]
+    await asyncio.gather(*futures)
+    cpu = time.process_time() - t0
+    await js.delete_stream("BENCHRAW")
+    await nc.close()
+    return cpu / n * 1e6
+
+
+async def start_call(gw: Bus, call_id: str) -> None:
+    await gw.publish_event(subjects.call_started(call_id), {
+        "call_id": call_id, "carrier": "twilio", "agent": "receptionist", "audio_format": "audio/pcmu",
+        "from": "+15550000001", "to": "+15550000002"}, call_id=call_id)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=5.0, help="audio seconds pushed per call (phase 1)")
+    parser.add_argument("--deltas", type=int, default=2000, help="server events streamed per call (phase 2)")
+    parser.add_argument("--batch-ms", type=int, default=40, help="audio batch per append (ms)")
+    args = parser.parse_args()
+
+    nats_srv = natsserver.start(Path(tempfile.mkdtemp(prefix="bench-session-")))
+    sink_port = natsserver.free_port()
+    sink = await asyncio.create_subprocess_exec(sys.executable, __file__, "--sink", str(sink_port),
+                                                str(args.deltas))
+    session = await asyncio.create_subprocess_exec(sys.executable, __file__, "--session", nats_srv.url,
+                                                   f"ws://127.0.0.1:{sink_port}/v1/realtime", str(args.batch_ms),
+                                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = await Bus.connect(nats_srv.url, name="bench-gateway", source="gateway")
+    try:
+        await gw.ensure_streams(load_settings(js_max_age=600))
+        await wait_ready(nats_srv.url)
+        frames_n = int(args.seconds * 50)
+
+        # phase 0: idle CPU of the session process over a quiet window
+        c0 = proc_cpu(session.pid)
+        await asyncio.sleep(2.0)
+        idle_per_s = (proc_cpu(session.pid) - c0) / 2.0
+
+        # phase 2 first (the greeting streams deltas when each call starts); count logged deltas
+        deltas_seen = 0
+        appended = 0
+        done = asyncio.Event()
+        total_deltas = args.calls * args.deltas
+
+        async def on_delta(env: Envelope) -> None:
+            nonlocal deltas_seen
+            deltas_seen += 1
+            if deltas_seen == total_deltas:
+                done.set()
+
+        all_appended = asyncio.Event()
+        expected = args.calls * int(args.seconds * 50) * len(FRAME) - 40 * 8 * args.calls
+
+        async def on_append(env: Envelope) -> None:
+            nonlocal appended
+            appended += len(base64.b64decode(json.loads(env.data)["audio"]))
+            if appended >= expected:
+                all_appended.set()
+
+        await gw.subscribe(subjects.rt_any_call("server", "response.output_audio.delta"), on_delta, dedupe=False)
+        await gw.subscribe(subjects.rt_any_call("client", "input_audio_buffer.append"), on_append, dedupe=False)
+        calls = [subjects.new_call_id() for _ in range(args.calls)]
+        c1, t1 = proc_cpu(session.pid), time.monotonic()
+        for cid in calls:
+            await start_call(gw, cid)
+        await asyncio.wait_for(done.wait(), 120)
+        await asyncio.sleep(0.5)
+        cpu2, wall2 = proc_cpu(session.pid) - c1, time.monotonic() - t1
+        # includes per-call setup (connect, session.update, registry, seq resume): reported separately below
+        per_event = (cpu2 - idle_per_s * wall2) / total_deltas * 1e6
+
+        # phase 1: audio frames, pushed at 10× real time across all calls; a bus-only receiver measures the floor
+        floor = await asyncio.create_subprocess_exec(sys.executable, __file__, "--floor", nats_srv.url,
+                                                     stdout=subprocess.PIPE)
+        assert floor.stdout is not None
+        await floor.stdout.readline()
+        f0 = proc_cpu(floor.pid)
+        c3, t3 = proc_cpu(session.pid), time.monotonic()
+        for _ in range(frames_n):
+            for cid in calls:
+                await gw.publish(subjects.call_audio_in(cid), FRAME, call_id=cid,
+                                 headers={"Switchboard-Audio-Format": "audio/pcmu"})
+            await asyncio.sleep(0.002)
+        sent = frames_n * len(calls) * len(FRAME)
+        try:
+            await asyncio.wait_for(all_appended.wait(), 60)
+        except TimeoutError:
+            print("  WARNING: not every frame was forwarded within 60 s")
+        cpu1, wall1 = proc_cpu(session.pid) - c3, time.monotonic() - t3
+        floor_cpu = proc_cpu(floor.pid) - f0
+        floor.kill()
+        await floor.wait()
+        frames = frames_n * len(calls)
+        per_frame = (cpu1 - idle_per_s * wall1) / frames * 1e6
+        per_frame_floor = floor_cpu / frames * 1e6
+
+        base_core = await baseline_core(nats_srv.url, 20_000)
+        base_js = await baseline_js(nats_srv.url, 20_000)
+        for cid in calls:
+            await gw.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup"}, call_id=cid)
+        await asyncio.sleep(1.0)
+
+        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames "
+              f"({args.seconds:.0f} s audio/call at ~10x), {total_deltas} server events; "
+              f"session idle CPU {idle_per_s * 1e3:.1f} ms/s")
+        print(f"  forwarded audio frames: {appended}/{sent} bytes appended "
+              f"({'all' if appended >= sent - 40 * 8 * len(calls) else 'MISSING'}; ≤ 40 ms/call may stay batched)")
+        print(f"  CPU per forwarded 20 ms frame : {per_frame:8.1f} µs  (target ≤ 50)   "
+              f"baseline raw nats-py core publish {base_core:.1f} µs → ratio {per_frame / base_core:.1f}x")
+        print(f"    of which receiving the frame (Bus.subscribe, no-op handler, same frames): {per_frame_floor:.1f} µs "
+              f"→ session's own work {per_frame - per_frame_floor:.1f} µs per frame")
+        print(f"  CPU per logged server event   : {per_event:8.1f} µs  (incl. call setup)  "
+              f"baseline raw nats-py JetStream publish_async {base_js:.1f} µs → ratio {per_event / base_js:.1f}x")
+        print(f"  logged server events/s per core: {1e6 / per_event:8.0f}   "
+              f"frames/s per core: {1e6 / per_frame:8.0f} (= {1e6 / per_frame / 50:.0f} calls' audio per core)")
+    finally:
+        await gw.close()
+        session.terminate()
+        try:
+            await asyncio.wait_for(session.wait(), 15)
+        except TimeoutError:
+            session.kill()
+        sink.kill()
+        await sink.wait()
+        nats_srv.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--sink":
+        run_sink(int(sys.argv[2]), int(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--floor":
+        run_floor(sys.argv[2])
+    elif len(sys.argv) == 5 and sys.argv[1] == "--session":
+        run_session(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        asyncio.run(main())

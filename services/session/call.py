@@ -1,0 +1,479 @@
+"""One call's session: the model connection, the log, audio in, barge-in, tools, flows and control.
+
+Lifecycle (design.md; protocols.md §1.9):
+
+1. :meth:`Call.run` subscribes to the call's ``audio.in``, ``carrier.mark``, ``carrier.dtmf`` and ``ended``
+   subjects, then opens the model WebSocket at once (the carrier is still setting up) while loading the tool
+   registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered.
+2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
+   ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
+3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
+   they are handled, so output audio reaches the gateway (which plays it from the logged subject) at once.
+4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
+   conversation rebuilt from the log (:mod:`.rebuild`), then audio resumes.
+5. ``call.<id>.ended`` → the model session is closed and ``call.<id>.session.summary`` published.
+
+A bad server event (invalid JSON, an ``error`` event, an exception in a handler) is logged and never ends the
+call; an exception that escapes :meth:`Call.run` ends only this call (:mod:`.service` supervises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from nats.aio.subscription import Subscription
+
+from shared import subjects, tool_registry
+from shared.audio import parse_format
+from shared.bus import Bus, Envelope
+
+from .agent import AgentSpec, session_config
+from .audio import AudioBatcher, append_event
+from .bargein import PlaybackTracker
+from .control import PendingControl
+from .flow import FlowMachine
+from .log import UNPARSABLE_TYPE, EventLog
+from .model import ModelClosedError, ModelSocket, backoff_delays
+from .options import CallInfo, CallOptions, ModelEndpoint
+from .rebuild import REBUILD_PREFIX, ConversationLog, parse_records
+from .responses import ResponseGate
+from .summary import CallStats
+from .telemetry import SessionHooks
+from .tools import ToolDispatcher, ToolResult
+
+__all__ = ["Call", "CallInfo", "CallOptions", "ModelEndpoint"]  # the last three re-exported from .options
+
+log = logging.getLogger(__name__)
+
+
+class Call:
+    """The session of one call (see the module docstring)."""
+
+    def __init__(self, bus: Bus, spec: AgentSpec, info: CallInfo, endpoint: ModelEndpoint,
+                 options: CallOptions | None = None) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.info = info
+        self.call_id = info.call_id
+        self.endpoint = endpoint
+        fmt = parse_format(info.audio_format)
+        self.log = EventLog(bus, self.call_id)
+        self.options = options or CallOptions()
+        self.audio = AudioBatcher(int(fmt.bytes_per_ms), min_ms=self.options.audio_batch_ms)
+        self.playback = PlaybackTracker(int(fmt.bytes_per_ms))
+        self.gate = ResponseGate(self._gate_send)
+        self.flow = FlowMachine(spec)
+        self.stats = CallStats(self.call_id, spec.name)
+        self.hooks = SessionHooks(self.call_id, spec.name)
+        self.control = PendingControl(self.playback, self._command)
+        self.registry: dict[str, tool_registry.ToolSpec] = {}
+        self.tools = ToolDispatcher(bus, self.call_id, {"call_id": self.call_id, "from": info.from_,
+                                                        "to": info.to, "agent": spec.name},
+                                    self.registry, self._on_tool_result, self.hooks)
+        self.model: ModelSocket | None = None
+        self.ready = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.ended_reason: str | None = None
+        self.connections = 0
+        self._in_setup = False
+        self._closing = False
+        self._last_audio = time.monotonic()
+        self._subs: list[Subscription] = []
+        self.subscribed = asyncio.Event()
+        """Set once the call's carrier subjects are subscribed (audio published after this is not missed)."""
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the call until ``call.<id>.ended`` (or :meth:`end`); always publishes the summary."""
+        self.hooks.call_started()
+        model_task: asyncio.Task[None] | None = None
+        try:
+            cid = self.call_id
+            self._subs = [
+                await self.bus.subscribe(subjects.call_audio_in(cid), self._on_audio),
+                await self.bus.subscribe(subjects.carrier_mark(cid), self._on_mark),
+                await self.bus.subscribe(subjects.carrier_dtmf(cid), self._on_dtmf),
+                await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
+            ]
+            self.subscribed.set()
+            model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
+            watchdog = self._spawn(self._watch_carrier())
+            ended = asyncio.ensure_future(self.ended.wait())
+            done, _ = await asyncio.wait({model_task, ended}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            watchdog.cancel()
+            if model_task in done:
+                model_task.result()  # the model loop only returns when closing; re-raise its failure
+        finally:
+            await self._shutdown(model_task)
+
+    async def end(self, reason: str) -> None:
+        """End the session from our side (service shutdown, carrier gone)."""
+        self.ended_reason = self.ended_reason or reason
+        self.ended.set()
+
+    async def _shutdown(self, model_task: asyncio.Task[None] | None) -> None:
+        self._closing = True
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self.model is not None:
+            with contextlib.suppress(Exception):
+                await self.model.close()
+        if model_task is not None and not model_task.done():
+            model_task.cancel()
+            with contextlib.suppress(BaseException):
+                await model_task
+        await self.tools.cancel()
+        await self.control.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        summary = self.stats.summary(tool_calls=self.tools.calls, first_audio_ms=self.hooks.first_audio_ms,
+                                     events=self.log.counts, flow_state=self.flow.state,
+                                     ended_reason=self.ended_reason)
+        try:
+            await self._call_event(subjects.session_event(self.call_id, "summary"), summary)
+        finally:
+            self.hooks.call_ended()
+
+    async def _watch_carrier(self) -> None:
+        """End a call whose carrier went silent (no audio for ``carrier_idle_timeout`` s; gateway gone)."""
+        limit = self.options.carrier_idle_timeout
+        while not self.ended.is_set():
+            await asyncio.sleep(min(5.0, limit / 4))
+            if time.monotonic() - self._last_audio > limit:
+                log.warning("call %s: no carrier audio for %.0fs, ending", self.call_id, limit)
+                await self.end("carrier_silent")
+
+    # --- model connection --------------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        """Tool registry and the log's last seq (so a taken-over call continues ``Switchboard-Seq``)."""
+        registry, last_rt, last_calls = await asyncio.gather(
+            tool_registry.load(self.bus.js),
+            self.bus.last_seq(self.call_id, subjects.RT_STREAM, subjects.rt_all(self.call_id)),
+            self.bus.last_seq(self.call_id, subjects.CALLS_STREAM, subjects.call_all(self.call_id)))
+        self.registry.update(registry)
+        self.bus.resume_seq(self.call_id, max(last_rt, last_calls))
+
+    async def _model_loop(self) -> None:
+        prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")
+        delays = backoff_delays()
+        failures = 0
+        try:
+            while not self._closing:
+                self.hooks.model_connecting(self.endpoint.url, self.connections)
+                try:
+                    sock = await ModelSocket.connect(self.endpoint.url, api_key=self.endpoint.api_key)
+                except Exception as exc:  # refused, DNS, TLS, handshake status, timeout
+                    self.hooks.model_disconnected(f"connect failed: {exc}")
+                    log.warning("call %s: model connect failed: %s", self.call_id, exc)
+                    failures += 1
+                    if failures == self.options.model_error_after:
+                        await prepared
+                        await self._call_event(subjects.session_event(self.call_id, "error"), {
+                            "call_id": self.call_id, "code": "model_unavailable",
+                            "message": "The voice model cannot be reached; still trying.",
+                            "detail": type(exc).__name__})
+                    await asyncio.sleep(next(delays))
+                    continue
+                failures = 0
+                await prepared
+                self.model = sock
+                self.connections += 1
+                connected_at = time.monotonic()
+                reason = "closed"
+                try:
+                    await self._read(sock)
+                except ModelClosedError as exc:
+                    reason = str(exc) or "closed"
+                finally:
+                    self.model = None
+                    self.ready.clear()
+                    self.audio.ready = False
+                    self.gate.reset()
+                    self.stats.model_down()
+                if self._closing:
+                    break
+                self.hooks.model_disconnected(reason)
+                self.stats.reconnects += 1
+                log.warning("call %s: model connection lost (%s); reconnecting", self.call_id, reason)
+                if time.monotonic() - connected_at > 30:
+                    delays = backoff_delays()
+                await asyncio.sleep(next(delays))
+        finally:
+            if not prepared.done():
+                prepared.cancel()
+
+    async def _read(self, sock: ModelSocket) -> None:
+        while True:
+            raw = await sock.recv()
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = None
+            etype = event.get("type") if isinstance(event, dict) else None
+            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE, raw)
+            if not isinstance(event, dict) or not isinstance(etype, str):
+                log.warning("call %s: unparsable server frame logged (%d bytes)", self.call_id, len(raw))
+                continue
+            try:
+                await self._on_server_event(etype, event)
+            except ModelClosedError:
+                raise
+            except Exception:
+                log.exception("call %s: handling server event %s failed", self.call_id, etype)
+
+    # --- sending -----------------------------------------------------------------------------------------
+
+    async def send(self, event: dict[str, Any], *, setup: bool = False) -> None:
+        """Send a client event and log it exactly as sent (one lock: socket order = log order).
+
+        Raises:
+            ModelClosedError: no usable model session (down, or still being set up and ``setup`` is False).
+        """
+        frame = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        async with self.log.lock:
+            sock = self.model
+            if sock is None or not (setup or self.ready.is_set()):
+                raise ModelClosedError("model session not ready")
+            await sock.send(frame)
+            await self.log.publish_locked("client", str(event["type"]), frame)
+
+    async def deliver(self, event: dict[str, Any]) -> None:
+        """Send once the model session is ready, waiting through reconnects (never dropped)."""
+        while not self._closing:
+            await self.ready.wait()
+            try:
+                await self.send(event)
+                return
+            except ModelClosedError:
+                await asyncio.sleep(0.05)
+
+    async def _gate_send(self, event: dict[str, Any]) -> None:
+        await self.send(event, setup=self._in_setup)
+
+    async def _call_event(self, subject: str, payload: dict[str, Any]) -> None:
+        async with self.log.lock:
+            await self.bus.publish_event(subject, payload, call_id=self.call_id)
+
+    async def _command(self, verb: str, payload: dict[str, Any]) -> None:
+        await self._call_event(subjects.command(self.call_id, verb), payload)
+
+    # --- server events -----------------------------------------------------------------------------------
+
+    async def _on_server_event(self, etype: str, ev: dict[str, Any]) -> None:
+        if etype == "response.output_audio.delta":
+            self.playback.on_audio_delta(str(ev.get("item_id")), ev.get("response_id"), str(ev.get("delta", "")))
+            self.hooks.output_audio()
+        elif etype == "session.created":
+            await self._send_session_update()
+        elif etype == "session.updated":
+            if not self.ready.is_set():
+                await self._session_ready(ev)
+        elif etype == "input_audio_buffer.speech_started":
+            await self._barge_in()
+        elif etype == "input_audio_buffer.speech_stopped":
+            self.hooks.speech_stopped()
+        elif etype == "input_audio_buffer.committed":
+            self.stats.user_turns += 1
+        elif etype == "response.created":
+            rid = str(ev.get("response", {}).get("id"))
+            origin = await self.gate.on_created(rid)
+            self.hooks.response_created(rid)
+            self.control.on_response_created(rid, origin)
+        elif etype == "response.done":
+            response = ev.get("response") or {}
+            rid = str(response.get("id"))
+            self.stats.on_response_done(response)
+            self.hooks.response_done(response.get("status"), response.get("usage"))
+            await self.gate.on_done(rid)
+            self.control.on_response_done(rid)
+        elif etype == "response.output_item.done":
+            item = ev.get("item") or {}
+            if item.get("type") == "function_call" and item.get("status", "completed") == "completed":
+                self.tools.dispatch(str(item.get("call_id", "")), str(item.get("name")), item.get("arguments"))
+        elif etype == "response.function_call_arguments.done":
+            self.tools.dispatch(str(ev.get("call_id", "")), str(ev.get("name")), ev.get("arguments"))
+        elif etype == "error":
+            err = ev.get("error") or {}
+            log.warning("call %s: model error %s: %s", self.call_id, err.get("code"), err.get("message"))
+            await self.gate.on_error(err.get("code"), err.get("event_id"))
+
+    async def _send_session_update(self) -> None:
+        session, missing = session_config(self.spec, audio_format=self.info.audio_format,
+                                          registry=self.registry, model=self.endpoint.model,
+                                          state_id=self.flow.state)
+        if missing:
+            log.warning("call %s: tools not in the registry, left out: %s", self.call_id, missing)
+        await self.send({"type": "session.update", "session": session}, setup=True)
+
+    async def _session_ready(self, ev: dict[str, Any]) -> None:
+        """First ``session.updated`` of a connection: greeting or rebuild, flush audio, then ready."""
+        self._in_setup = True
+        try:
+            reconnect = self.connections > 1
+            if reconnect:
+                owes = await self._rebuild()
+                if owes:
+                    await self.gate.request()
+            elif self.spec.greeting:
+                await self.gate.request({"instructions": f"Greet the caller by saying exactly: "
+                                                         f"{self.spec.greeting}"})
+            # flush buffered audio in order; frames arriving meanwhile are buffered and flushed by the next
+            # round, and no await separates the last (empty) check from going live
+            while self.audio.buffered:
+                chunks = self.audio.drain()
+                for i, chunk in enumerate(chunks):
+                    try:
+                        await self._send_append(chunk, setup=True)
+                    except ModelClosedError:
+                        for rest in reversed(chunks[i:]):  # keep the unsent audio, in order
+                            self.audio.requeue(rest)
+                        raise
+        finally:
+            self._in_setup = False
+        self.audio.ready = True
+        self.ready.set()
+        self.stats.model_up()
+        await self.gate.pump()
+        session = ev.get("session") or {}
+        await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
+            "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
+            "connection": self.connections, "reconnect": self.connections > 1})
+
+    async def _rebuild(self) -> bool:
+        """Replay the log and re-create prior items; returns True when the agent owes a response."""
+        await self.bus.flush_acks(5.0)
+        raw: list[tuple[str, bytes]] = []
+        async for env in self.bus.replay(subjects.rt_all(self.call_id), subjects.RT_STREAM):
+            parsed = subjects.parse(env.subject)
+            if parsed.rest != "input_audio_buffer.append":
+                raw.append((parsed.direction or "", env.data))
+        conversation = ConversationLog().feed_all(parse_records(raw))
+        for n, item in enumerate(conversation.items(), 1):
+            await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
+                             "item": item}, setup=True)
+        return conversation.owes_response()
+
+    # --- carrier side ------------------------------------------------------------------------------------
+
+    async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
+        frame = append_event(chunk)
+        async with self.log.lock:
+            sock = self.model
+            if sock is None or not (setup or self.ready.is_set()):
+                raise ModelClosedError("model session not ready")
+            await sock.send(frame)
+            await self.log.publish_locked("client", "input_audio_buffer.append", frame)
+
+    async def _on_audio(self, env: Envelope) -> None:
+        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""
+        self._last_audio = time.monotonic()
+        chunk = self.audio.push(env.data)
+        if chunk is None:
+            return
+        try:
+            await self._send_append(chunk)
+        except ModelClosedError:
+            self.audio.ready = False
+            self.audio.requeue(chunk)
+
+    async def _on_mark(self, env: Envelope) -> None:
+        """``call.<id>.carrier.mark``: ``{name, item_id, played_bytes, cleared}``."""
+        mark = env.json()
+        if not isinstance(mark, dict) or not isinstance(mark.get("item_id"), str):
+            log.warning("call %s: ignoring malformed mark echo %r", self.call_id, env.data[:200])
+            return
+        played = mark.get("played_bytes")
+        await self.playback.on_mark(mark["item_id"], played if isinstance(played, int) else 0,
+                                    bool(mark.get("cleared")))
+
+    async def _on_dtmf(self, env: Envelope) -> None:
+        """``call.<id>.carrier.dtmf`` ``{digit}`` → a user text item ``DTMF <digit>`` and a response."""
+        body = env.json()
+        digit = str(body.get("digit", "")) if isinstance(body, dict) else ""
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            log.warning("call %s: ignoring malformed dtmf %r", self.call_id, env.data[:100])
+            return
+        self._spawn(self._say_to_model({"type": "message", "role": "user",
+                                        "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+
+    async def _say_to_model(self, item: dict[str, Any]) -> None:
+        await self.deliver({"type": "conversation.item.create", "item": item})
+        await self.gate.request()
+
+    async def _on_ended(self, env: Envelope) -> None:
+        """``call.<id>.ended``: close the model session and publish the summary."""
+        try:
+            body = env.json()
+        except ValueError:
+            body = {}
+        reason = body.get("reason") if isinstance(body, dict) else None
+        await self.end(str(reason or "ended"))
+
+    # --- barge-in ----------------------------------------------------------------------------------------
+
+    async def _barge_in(self) -> None:
+        """Caller speech while agent audio is still pending at the carrier: clear at once, then truncate."""
+        detected = time.monotonic()
+        item = self.playback.current
+        if item is None or item.cleared or item.played >= item.received:
+            return
+        await self._command("clear", {"reason": "barge_in", "item_id": item.item_id,
+                                      "response_id": item.response_id})
+        self.hooks.barge_in(detected)
+        self.stats.barge_ins += 1
+        self._spawn(self._truncate(item.item_id))
+
+    async def _truncate(self, item_id: str) -> None:
+        # the gateway echoes marks of played audio before the cleared ones: wait for them to settle
+        await self.playback.wait_settled(item_id, timeout=self.options.barge_in_settle_s)
+        await self.deliver({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                            "audio_end_ms": self.playback.played_ms(item_id)})
+
+    # --- tools, flows, control ---------------------------------------------------------------------------
+
+    async def _on_tool_result(self, result: ToolResult) -> None:
+        if result.phase == "final":
+            item: dict[str, Any] = {"type": "message", "role": "system", "content": [{
+                "type": "input_text", "text": f"The background tool {result.name} (call {result.tool_call_id}) "
+                                              f"finished with: {json.dumps(result.output, ensure_ascii=False)}"}]}
+        else:
+            item = {"type": "function_call_output", "call_id": result.tool_call_id,
+                    "output": json.dumps(result.output, ensure_ascii=False)}
+        await self.deliver({"type": "conversation.item.create", "item": item})
+        if result.ok and result.phase != "started":
+            changed = self.flow.on_tool_result(result.name, result.output)
+            if changed is not None:
+                await self._change_state(changed, result)
+        create_id = await self.gate.request()
+        if result.control and result.phase != "started":
+            self.control.arm(result.control, create_id, None)
+
+    async def _change_state(self, changed: tuple[str, str], result: ToolResult) -> None:
+        previous, state = changed
+        session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
+                                    model=self.endpoint.model, state_id=state)
+        await self.deliver({"type": "session.update", "session": session})
+        await self._call_event(subjects.session_event(self.call_id, "state_changed"), {
+            "call_id": self.call_id, "from": previous, "to": state, "tool": result.name,
+            "tool_call_id": result.tool_call_id})
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: task failed", self.call_id, exc_info=task.exception())

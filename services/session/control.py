@@ -1,0 +1,113 @@
+"""Call control after the goodbye: a tool reply's ``control`` → ``call.<id>.command.hangup|transfer``.
+
+``end_call`` / ``transfer_to_human`` replies carry ``control: {"verb": "hangup"}`` or ``{"verb": "transfer",
+"to": ...}`` (design.md, "Tools"). The command must not cut the agent's goodbye short, so it is published
+only when
+
+1. the response that follows the tool output (the response answering the ``response.create`` sent after the
+   ``function_call_output``) is done, AND
+2. mark echoes confirm all of that response's audio has played (or was cleared by a barge-in);
+
+each step bounded by a safety timeout (``response_timeout`` s for the response; unplayed audio + ``play_slack``
+s for playback), after which the command is sent anyway — a call never hangs open because an echo was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bargein import PlaybackTracker
+
+__all__ = ["ControlDirective", "PendingControl"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControlDirective:
+    """A control verb waiting for the goodbye: ``verb`` (hangup/transfer), the command payload, and the
+    ``response.create`` event id whose response is the goodbye."""
+
+    verb: str
+    payload: dict[str, Any]
+    create_event_id: str
+    response_id: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Execute = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class PendingControl:
+    """Holds at most one directive per call and fires it once (see the module docstring)."""
+
+    def __init__(self, playback: PlaybackTracker, execute: Execute, *, response_timeout: float = 30.0,
+                 play_slack: float = 3.0) -> None:
+        self.playback = playback
+        self.execute = execute
+        self.response_timeout = response_timeout
+        self.play_slack = play_slack
+        self.directive: ControlDirective | None = None
+        self.fired: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def arm(self, control: dict[str, Any], create_event_id: str, reason: str | None) -> ControlDirective | None:
+        """Register ``control`` (from a tool reply); returns the directive, or None for an unknown verb."""
+        verb = control.get("verb")
+        if verb not in ("hangup", "transfer") or self.fired:
+            if verb not in ("hangup", "transfer"):
+                log.warning("ignoring unknown control verb %r", verb)
+            return None
+        payload: dict[str, Any] = {"reason": reason or ("agent_hangup" if verb == "hangup" else "transfer")}
+        if verb == "transfer":
+            payload["to"] = control.get("to")
+        self.directive = ControlDirective(verb, payload, create_event_id)
+        self._spawn(self._deadline(self.directive))
+        return self.directive
+
+    def on_response_created(self, response_id: str, create_event_id: str | None) -> None:
+        """``response.created`` answering our create ``create_event_id`` (None for server-started ones)."""
+        d = self.directive
+        if d is not None and d.response_id is None and create_event_id == d.create_event_id:
+            d.response_id = response_id
+
+    def on_response_done(self, response_id: str) -> None:
+        """``response.done``: when it is the goodbye, wait for its audio to play, then fire."""
+        d = self.directive
+        if d is not None and d.response_id == response_id and not d.done.is_set():
+            self._spawn(self._after_playback(d, response_id))
+
+    async def _after_playback(self, d: ControlDirective, response_id: str) -> None:
+        items = self.playback.response_items(response_id)
+        timeout = self.playback.unplayed_ms(items) / 1000 + self.play_slack
+        if not await self.playback.wait_played(items, timeout):
+            log.warning("goodbye audio not confirmed played within %.1fs; sending %s anyway", timeout, d.verb)
+        await self._fire(d)
+
+    async def _deadline(self, d: ControlDirective) -> None:
+        try:
+            await asyncio.wait_for(d.done.wait(), self.response_timeout)
+        except TimeoutError:
+            log.warning("no goodbye response within %.0fs; sending %s", self.response_timeout, d.verb)
+            await self._fire(d)
+
+    async def _fire(self, d: ControlDirective) -> None:
+        if d.done.is_set():
+            return
+        d.done.set()
+        self.fired.append(d.verb)
+        await self.execute(d.verb, d.payload)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel(self) -> None:
+        """Stop waiting (the call ended)."""
+        for task in list(self._tasks):
+            task.cancel()

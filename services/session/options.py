@@ -1,0 +1,69 @@
+"""What a call session is given: the model endpoint, per-call tunables and the ``call.<id>.started`` payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared import subjects
+from shared.audio import parse_format
+
+__all__ = ["CallInfo", "CallOptions", "ModelEndpoint"]
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    """Where and how to open the Realtime session: WebSocket ``url``, Bearer ``api_key``, ``model`` name."""
+
+    url: str
+    api_key: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Tunables of a call session.
+
+    Attributes:
+        audio_batch_ms: smallest ``input_audio_buffer.append`` (ms of audio; see :mod:`.audio`).
+        carrier_idle_timeout: seconds without carrier audio after which the call is considered gone.
+        barge_in_settle_s: how long a truncation waits for the mark echoes that follow a ``clear``.
+        model_error_after: see the field.
+    """
+
+    audio_batch_ms: int = 40
+    carrier_idle_timeout: float = 120.0
+    barge_in_settle_s: float = 1.0
+    model_error_after: int = 5
+    """Consecutive failed model connects (≈ 6 s of backoff) before ``session.error`` ``model_unavailable``."""
+
+    def __post_init__(self) -> None:
+        if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:
+            raise ValueError("audio_batch_ms must be ≥ 20 and the timeouts positive")
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The ``call.<id>.started`` payload (design.md): ids, carrier, agent, ``audio_format``, from/to."""
+
+    call_id: str
+    carrier: str
+    agent: str
+    audio_format: str
+    from_: str | None
+    to: str | None
+
+    @classmethod
+    def parse(cls, payload: Any) -> CallInfo:
+        """Validate a started payload.
+
+        Raises:
+            ValueError: not an object, an invalid call id or an unknown ``audio_format``.
+        """
+        if not isinstance(payload, dict):
+            raise ValueError("call.started payload must be a JSON object")
+        call_id = subjects.validate_call_id(str(payload.get("call_id", "")))
+        audio_format = str(payload.get("audio_format") or "audio/pcmu")
+        parse_format(audio_format)
+        return cls(call_id, str(payload.get("carrier") or "unknown"), str(payload.get("agent") or ""),
+                   audio_format, payload.get("from"), payload.get("to"))

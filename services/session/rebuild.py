@@ -1,0 +1,133 @@
+"""Rebuild a call's conversation from its Realtime log after the model connection dropped.
+
+A new model session starts empty. The log (``rt.<id>.>`` in the RT stream) holds everything, so the session
+replays it and re-creates the prior items with ``conversation.item.create`` (protocols.md §1.4/§1.6):
+
+- user audio turns → user ``message`` with an ``input_text`` part holding the transcript
+  (``conversation.item.input_audio_transcription.completed``; turns without a transcript are skipped — the
+  model never heard words it could be told about);
+- assistant messages → assistant ``message`` with an ``output_text`` part (transcript from
+  ``response.output_item.done``, or the text the caller heard when the item was truncated);
+- function calls (``response.output_item.done`` with ``item.type == "function_call"``) → ``function_call``;
+- client-created items (tool outputs, DTMF text, background results) → the item as it was sent.
+
+Items this module re-created in an earlier rebuild are tagged with an ``event_id`` starting with
+:data:`REBUILD_PREFIX` and skipped (with the server's echoes, which carry new ids), so a second drop does not
+duplicate the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["REBUILD_PREFIX", "ConversationLog", "LogRecord", "parse_records"]
+
+REBUILD_PREFIX = "sb_rebuild_"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One logged event: ``direction`` (``client``/``server``) and its JSON body."""
+
+    direction: str
+    event: dict[str, Any]
+
+
+@dataclass
+class _Item:
+    kind: str  # user_audio | assistant | function_call | client
+    body: dict[str, Any] = field(default_factory=dict)
+    transcript: str | None = None
+
+
+class ConversationLog:
+    """Folds logged events into the ordered list of conversation items (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Item] = {}
+        self._client_n = 0
+        self.responses_open: set[str] = set()
+
+    def feed_all(self, records: Iterable[LogRecord]) -> ConversationLog:
+        """Feed every record in log order; returns self."""
+        for record in records:
+            self.feed(record)
+        return self
+
+    def feed(self, record: LogRecord) -> None:
+        """Apply one logged event."""
+        ev = record.event
+        etype = ev.get("type")
+        if record.direction == "client":
+            if etype == "conversation.item.create" and isinstance(ev.get("item"), dict):
+                if str(ev.get("event_id", "")).startswith(REBUILD_PREFIX):
+                    return
+                self._client_n += 1
+                key = str(ev["item"].get("id") or f"client_{self._client_n}")
+                self._items[key] = _Item("client", body=dict(ev["item"]))
+            return
+        if etype == "input_audio_buffer.committed" and isinstance(ev.get("item_id"), str):
+            self._items.setdefault(ev["item_id"], _Item("user_audio"))
+        elif etype == "conversation.item.input_audio_transcription.completed":
+            item = self._items.setdefault(str(ev.get("item_id")), _Item("user_audio"))
+            item.transcript = str(ev.get("transcript") or "")
+        elif etype == "response.output_item.done" and isinstance(ev.get("item"), dict):
+            self._output_item(ev["item"])
+        elif etype == "conversation.item.deleted":
+            self._items.pop(str(ev.get("item_id")), None)
+        elif etype == "response.created":
+            self.responses_open.add(str(ev.get("response", {}).get("id")))
+        elif etype == "response.done":
+            self.responses_open.discard(str(ev.get("response", {}).get("id")))
+
+    def _output_item(self, item: dict[str, Any]) -> None:
+        item_id = str(item.get("id"))
+        if item.get("type") == "function_call":
+            self._items[item_id] = _Item("function_call", body={
+                "type": "function_call", "call_id": item.get("call_id"), "name": item.get("name"),
+                "arguments": item.get("arguments") or "{}"})
+        elif item.get("type") == "message" and item.get("role") == "assistant":
+            text = " ".join(str(part.get("transcript") or part.get("text") or "")
+                            for part in item.get("content") or [] if isinstance(part, dict)).strip()
+            self._items[item_id] = _Item("assistant", transcript=text)
+
+    def items(self) -> list[dict[str, Any]]:
+        """The conversation items to re-create, in order (each a ``conversation.item.create`` ``item``)."""
+        out: list[dict[str, Any]] = []
+        for item in self._items.values():
+            if item.kind == "user_audio":
+                if item.transcript:
+                    out.append({"type": "message", "role": "user",
+                                "content": [{"type": "input_text", "text": item.transcript}]})
+            elif item.kind == "assistant":
+                if item.transcript:
+                    out.append({"type": "message", "role": "assistant",
+                                "content": [{"type": "output_text", "text": item.transcript}]})
+            else:
+                body = {k: v for k, v in item.body.items() if k != "id"}
+                out.append(body)
+        return out
+
+    def owes_response(self) -> bool:
+        """True when the last item is the caller's or a tool output, i.e. the agent has not answered it yet."""
+        items = self.items()
+        if not items:
+            return False
+        last = items[-1]
+        return last.get("type") == "function_call_output" or last.get("role") == "user"
+
+
+def parse_records(raw: Iterable[tuple[str, bytes]]) -> list[LogRecord]:
+    """``(direction, body bytes)`` pairs → records; bodies that are not JSON objects are skipped."""
+    records: list[LogRecord] = []
+    for direction, data in raw:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            records.append(LogRecord(direction, event))
+    return records

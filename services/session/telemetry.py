@@ -1,0 +1,155 @@
+"""Tracing hooks of the session service, so call/model/tool handlers contain no tracing code.
+
+Spans (OTel semantic conventions; design.md, "Telemetry"):
+
+- ``session <call_id>``-scoped spans are children of the trace carried by ``call.<id>.started``;
+- ``realtime connect`` per model connection (``gen_ai.operation.name="realtime"``, ``server.address``);
+- ``response`` per model response, from ``speech_stopped`` (or ``response.created`` when no speech preceded
+  it) to ``response.done``, with ``switchboard.first_audio_ms`` and ``gen_ai.usage.input_tokens`` /
+  ``gen_ai.usage.output_tokens``;
+- ``execute_tool <name>`` per tool call (CLIENT, ``gen_ai.operation.name="execute_tool"``,
+  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``); the bus request span is its child.
+
+Metrics recorded here: ``FIRST_AUDIO`` (speech_stopped → first output audio delta), ``BARGE_IN`` and
+``ACTIVE_CALLS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from shared import metrics
+
+__all__ = ["SessionHooks"]
+
+_tracer = trace.get_tracer("switchboard.session")
+
+
+class SessionHooks:
+    """Per-call tracing and metrics hooks; create one per call inside the ``started`` message's context."""
+
+    def __init__(self, call_id: str, agent: str) -> None:
+        self.call_id = call_id
+        self.agent = agent
+        self._parent = otel_context.get_current()
+        self._connection: Span | None = None
+        self._response: Span | None = None
+        self._speech_stopped_at: float | None = None
+        self._response_started_at: float | None = None
+        self._first_audio_seen = False
+        self.first_audio_ms: list[float] = []
+
+    def _attrs(self, **extra: Any) -> dict[str, Any]:
+        return {"switchboard.call_id": self.call_id, "switchboard.agent": self.agent, **extra}
+
+    # --- call --------------------------------------------------------------------------------------------
+
+    def call_started(self) -> None:
+        """The session took the call."""
+        metrics.ACTIVE_CALLS.add(1)
+
+    def call_ended(self) -> None:
+        """The session let go of the call (ended normally or not)."""
+        metrics.ACTIVE_CALLS.add(-1)
+        self._end_response("call ended")
+        self.model_disconnected(None)
+
+    # --- model connection --------------------------------------------------------------------------------
+
+    def model_connecting(self, url: str, attempt: int) -> None:
+        """A model connection is being opened."""
+        host = url.split("://", 1)[-1].split("/", 1)[0]
+        self._connection = _tracer.start_span(
+            "realtime connect", context=self._parent, kind=SpanKind.CLIENT,
+            attributes=self._attrs(**{"gen_ai.operation.name": "realtime", "server.address": host,
+                                      "switchboard.reconnect_attempt": attempt}))
+
+    def model_disconnected(self, reason: str | None) -> None:
+        """The model connection ended (None = closed by us)."""
+        if self._connection is not None:
+            if reason:
+                self._connection.set_status(Status(StatusCode.ERROR, reason))
+            self._connection.end()
+            self._connection = None
+
+    # --- responses ---------------------------------------------------------------------------------------
+
+    def speech_stopped(self) -> None:
+        """``input_audio_buffer.speech_stopped``: the clock for first audio starts."""
+        self._speech_stopped_at = time.monotonic()
+        self._first_audio_seen = False
+
+    def response_created(self, response_id: str) -> None:
+        """``response.created``."""
+        self._end_response("superseded")
+        start_ns = time.time_ns()
+        if self._speech_stopped_at is not None:
+            start_ns -= int((time.monotonic() - self._speech_stopped_at) * 1e9)
+        parent = trace.set_span_in_context(self._connection) if self._connection else self._parent
+        self._response = _tracer.start_span(
+            "response", context=parent, start_time=start_ns,
+            attributes=self._attrs(**{"gen_ai.operation.name": "realtime", "gen_ai.response.id": response_id}))
+        self._response_started_at = time.monotonic()
+
+    def output_audio(self) -> None:
+        """A ``response.output_audio.delta``: records first-audio latency once per turn."""
+        if self._first_audio_seen:
+            return
+        self._first_audio_seen = True
+        if self._speech_stopped_at is not None:
+            ms = (time.monotonic() - self._speech_stopped_at) * 1000
+            self.first_audio_ms.append(ms)
+            metrics.FIRST_AUDIO.record(ms, {"switchboard.agent": self.agent})
+            if self._response is not None:
+                self._response.set_attribute("switchboard.first_audio_ms", round(ms, 1))
+            self._speech_stopped_at = None
+
+    def response_done(self, status: str | None, usage: dict[str, Any] | None) -> None:
+        """``response.done`` with its status and usage."""
+        if self._response is not None:
+            self._response.set_attribute("switchboard.response.status", status or "unknown")
+            if usage:
+                for key in ("input_tokens", "output_tokens"):
+                    if isinstance(usage.get(key), int):
+                        self._response.set_attribute(f"gen_ai.usage.{key}", usage[key])
+        self._end_response(None)
+        self._speech_stopped_at = None
+        self._first_audio_seen = True  # later deltas of other responses do not count without new speech
+
+    def _end_response(self, note: str | None) -> None:
+        if self._response is not None:
+            if note:
+                self._response.set_attribute("switchboard.response.ended_by", note)
+            self._response.end()
+            self._response = None
+
+    # --- barge-in and tools ------------------------------------------------------------------------------
+
+    def barge_in(self, started_at: float) -> None:
+        """``command.clear`` was sent for a barge-in detected at ``started_at`` (monotonic seconds)."""
+        metrics.BARGE_IN.record((time.monotonic() - started_at) * 1000, {"switchboard.agent": self.agent})
+
+    @contextlib.contextmanager
+    def tool_call(self, name: str, tool_call_id: str) -> Iterator[None]:
+        """An ``execute_tool <name>`` span around one tool call (the bus request is its child)."""
+        parent = trace.set_span_in_context(self._response) if self._response else self._parent
+        with _tracer.start_as_current_span(
+                f"execute_tool {name}", context=parent, kind=SpanKind.CLIENT,
+                attributes=self._attrs(**{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                                          "gen_ai.tool.call.id": tool_call_id})):
+            yield
+
+    def tool_result(self, ok: bool, output: Any) -> None:
+        """Mark the current ``execute_tool`` span with the outcome."""
+        span = trace.get_current_span()
+        if not ok:
+            code = output.get("error", {}).get("code") if isinstance(output, dict) else None
+            span.set_attribute("error.type", str(code))
+            span.set_status(Status(StatusCode.ERROR, str(code)))
