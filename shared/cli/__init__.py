@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import typer
 
+from shared.cli import archive as _archive
+from shared.cli import call as _call
 from shared.cli import up as _up
 
 app = typer.Typer(name="switchboard", help="Event-sourced voice agents on NATS.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_show_locals=False)
 
 _up.register(app)
+_call.register(app)
+_archive.register(app)
 
 __all__ = ["app"]

@@ -1,0 +1,143 @@
+"""The recorder's REST API and pages (FastAPI; OpenAPI docs at ``/docs``).
+
+Routes: ``GET /calls`` (recent calls), ``/calls/{id}``, ``/calls/{id}/events`` (NDJSON in time order,
+``?type=`` glob such as ``response.*``, ``?stream=RT|CALLS``), ``/calls/{id}/transcript``,
+``/calls/{id}/tool_calls``, ``/calls/{id}/recording.wav``, ``/calls/{id}/trace`` (spans + waterfall),
+``/calls/{id}/audit`` (hash-chain verification), ``/calls/{id}/live`` (HTML) and ``/calls/{id}/live/events``
+(SSE), plus ``/healthz``, ``/readyz``, ``/metrics`` (``shared.http.add_ops_routes``).
+
+With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes requires ``Authorization: Bearer <token>``
+(pages and SSE, which browsers cannot give a header, also accept ``?access_token=<token>``); 401 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.recorder import queries
+from services.recorder.live import live_stream
+from services.recorder.projections import project
+from services.recorder.waterfall import waterfall
+from shared import subjects
+from shared.bus import Bus
+from shared.http import add_ops_routes
+
+__all__ = ["create_app"]
+
+_STATIC = Path(__file__).parent / "static"
+
+
+def _valid_call_id(call_id: str) -> str:
+    try:
+        return subjects.validate_call_id(call_id)
+    except ValueError:
+        raise HTTPException(status_code=400, detail="invalid call id: expected [A-Za-z0-9_-]{1,64}") from None
+
+
+async def _authorize(request: Request) -> None:
+    """Require ``Authorization: Bearer <token>`` (or ``?access_token=``) when the app has a token."""
+    api_token: str | None = request.app.state.api_token
+    if not api_token:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("access_token", "")
+    if not given or not hmac.compare_digest(given.encode(), api_token.encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Auth = Annotated[None, Depends(_authorize)]
+CallId = Annotated[str, Depends(_valid_call_id)]
+
+
+def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = None,
+               ready: Callable[[], bool] = lambda: True) -> FastAPI:
+    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only)."""
+    app = FastAPI(title="Switchboard recorder", version="1",
+                  description="The call archive: calls, events, transcripts, recordings, traces, audit.")
+    app.state.api_token = api_token
+    add_ops_routes(app, ready)
+
+    async def existing(call_id: str) -> dict[str, Any]:
+        call = await queries.get_call(engine, call_id)
+        if call is None:
+            raise HTTPException(status_code=404, detail=f"no call {call_id}")
+        return call
+
+    @app.get("/calls", summary="Recent calls, newest first")
+    async def list_calls(_: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
+        return JSONResponse(await queries.list_calls(engine, limit=limit))
+
+    @app.get("/calls/{call_id}", summary="One call: metadata, usage, cost estimate, event counts")
+    async def get_call(_: Auth, call_id: CallId) -> JSONResponse:
+        return JSONResponse(await existing(call_id))
+
+    @app.get("/calls/{call_id}/events", summary="The call's archived events as NDJSON, in time order")
+    async def events(_: Auth, call_id: CallId, type: str | None = None, stream: str | None = None,
+                     body: bool = True) -> StreamingResponse:
+        await existing(call_id)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for ev in queries.iter_call_events(engine, call_id):
+                if stream and ev.stream != stream:
+                    continue
+                if type and not fnmatch.fnmatchcase(ev.type, type):
+                    continue
+                yield json.dumps(ev.to_dict(include_body=body), separators=(",", ":")).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.get("/calls/{call_id}/transcript", summary="Transcript turns (role, text, start/end ms)")
+    async def transcript(_: Auth, call_id: CallId) -> JSONResponse:
+        call = await existing(call_id)
+        if call.get("projected_ns"):
+            stored = await queries.stored_projection(engine, call_id)
+            return JSONResponse({"call_id": call_id, "final": True, "turns": stored["turns"],
+                                 "tool_calls": stored["tool_calls"], "barge_ins": stored["barge_ins"]})
+        evs = await queries.call_events(engine, call_id)
+        projection = await asyncio.to_thread(project, evs)
+        data = projection.to_dict()
+        return JSONResponse({"call_id": call_id, "final": False, "turns": data["turns"],
+                             "tool_calls": data["tool_calls"], "barge_ins": data["barge_ins"]})
+
+    @app.get("/calls/{call_id}/recording.wav", summary="Stereo WAV: caller left, agent right")
+    async def recording(_: Auth, call_id: CallId) -> FileResponse:
+        call = await existing(call_id)
+        path = call.get("recording_path")
+        if not path or not await asyncio.to_thread(Path(path).is_file):
+            raise HTTPException(status_code=404, detail="no recording (the call has not ended or had no audio)")
+        return FileResponse(path, media_type="audio/wav", filename=f"{call_id}.wav")
+
+    @app.get("/calls/{call_id}/trace", summary="The call's spans and a waterfall")
+    async def trace(_: Auth, call_id: CallId) -> JSONResponse:
+        await existing(call_id)
+        spans = await queries.call_spans(engine, call_id)
+        return JSONResponse({"call_id": call_id, "trace_ids": sorted({s["trace_id"] for s in spans}),
+                             "spans": spans, "waterfall": waterfall(spans)})
+
+    @app.get("/calls/{call_id}/audit", summary="Recompute the call's hash chains")
+    async def audit(_: Auth, call_id: CallId) -> JSONResponse:
+        await existing(call_id)
+        report = await queries.verify_call(engine, call_id)
+        return JSONResponse(report.to_dict())
+
+    @app.get("/calls/{call_id}/live", response_class=HTMLResponse, summary="Live transcript page")
+    async def live_page(_: Auth, call_id: CallId) -> HTMLResponse:
+        return HTMLResponse((_STATIC / "live.html").read_text(encoding="utf-8"))
+
+    @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events")
+    async def live_events(_: Auth, call_id: CallId) -> StreamingResponse:
+        return StreamingResponse(live_stream(bus, engine, call_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app

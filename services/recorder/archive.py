@@ -1,0 +1,324 @@
+"""Writing the archive: one transaction per fetched batch (events + chain heads + consumer position + the
+``calls`` row), so a batch is either wholly committed or not at all, and the consumer acks only after commit.
+
+Idempotence: the committed position per stream (``consumer_positions``) is saved with the rows; a message at
+or below it is a redelivery and is skipped; ``(stream, stream_seq)`` is unique and inserts use ``ON CONFLICT DO
+NOTHING`` as a second guard. Writes are serialised in-process (one writer keeps the chains in stream order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.recorder import models
+from services.recorder.chain import GENESIS, ChainHead, canonical_json, canonical_record, chain_hash
+from services.recorder.records import Incoming, classify, trace_id_of
+from shared.bus import Headers
+
+__all__ = ["Archive", "BatchResult", "upsert"]
+
+log = logging.getLogger(__name__)
+
+
+def upsert(conn: AsyncConnection, table: Any) -> Any:
+    """A dialect-specific ``INSERT`` supporting ``on_conflict_do_nothing/do_update`` (SQLite, PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed batch changed."""
+
+    stored: int = 0
+    """New rows inserted."""
+    skipped: int = 0
+    """Redeliveries of rows already archived."""
+    calls: set[str] = field(default_factory=set)
+    """Call ids that received new rows."""
+    ended: set[str] = field(default_factory=set)
+    """Call ids whose ``call.<id>.ended`` is in this batch."""
+    last_stream_seq: int = 0
+    gap: int = 0
+    """Stream sequences skipped between the committed position and this batch (gone from the stream)."""
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+class Archive:
+    """The archive writer over an async engine; keeps chain heads and positions cached per process."""
+
+    def __init__(self, engine: AsyncEngine, *, cache_size: int = 50_000) -> None:
+        self.engine = engine
+        self._heads: OrderedDict[tuple[str, str], ChainHead] = OrderedDict()
+        """Chain heads of recently active calls (LRU, at most ``cache_size``; misses are read from the DB)."""
+        self._positions: dict[str, int] | None = None
+        self._known_calls: OrderedDict[str, None] = OrderedDict()
+        self.cache_size = cache_size
+        self._lock = asyncio.Lock()
+        self._advanced = asyncio.Condition()
+
+    async def wait_for_position(self, stream: str, stream_seq: int) -> None:
+        """Return once ``stream``'s committed position reaches ``stream_seq`` (wrap in a timeout)."""
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: (self._positions or {}).get(stream, 0) >= stream_seq)
+
+    async def _notify(self) -> None:
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def positions(self) -> dict[str, int]:
+        """Committed position (highest stream sequence) per stream name."""
+        if self._positions is None:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(select(models.consumer_positions))).all()
+            self._positions = {r.stream: int(r.last_stream_seq) for r in rows}
+        return dict(self._positions)
+
+    async def position(self, stream: str) -> int:
+        """Committed position of ``stream`` (0 when nothing was archived yet)."""
+        return (await self.positions()).get(stream, 0)
+
+    async def _load_heads(self, conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
+        missing = [k for k in keys if k not in self._heads]
+        if not missing:
+            return
+        ids = sorted({k[0] for k in missing})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = (await conn.execute(
+                select(models.chain_heads).where(models.chain_heads.c.call_id.in_(chunk)))).all()
+            for r in rows:
+                self._heads[(r.call_id, r.stream)] = ChainHead(int(r.chain_index), int(r.last_stream_seq), r.hash)
+
+    async def persist(self, stream: str, batch: Sequence[Incoming]) -> BatchResult:
+        """Archive ``batch`` (messages of ``stream`` in stream order) in one transaction.
+
+        Returns what changed. Raises the database's error when the transaction fails — nothing of the
+        batch is committed then, and the caller retries the same batch before fetching more (stream order).
+        """
+        async with self._lock:
+            position = await self.position(stream)
+            fresh = [m for m in batch if m.stream_seq > position]
+            result = BatchResult(skipped=len(batch) - len(fresh), last_stream_seq=position)
+            if not fresh:
+                return result
+            if position and fresh[0].stream_seq > position + 1:
+                result.gap = fresh[0].stream_seq - position - 1
+                log.error("%s stream sequences %d..%d were never archived (expired from the stream or purged "
+                          "while the recorder was behind)", stream, position + 1, fresh[0].stream_seq - 1)
+            heads: dict[tuple[str, str], ChainHead] = {}
+            rows: list[dict[str, Any]] = []
+            started: list[tuple[str, Incoming]] = []
+            async with self.engine.begin() as conn:
+                classified = [(m, *classify(m.subject, m.headers)) for m in fresh]
+                await self._load_heads(conn, {(c[1], stream) for c in classified})
+                for msg, call_id, direction, type_ in classified:
+                    key = (call_id, stream)
+                    head = heads.get(key) or self._heads.get(key)
+                    index = (head.chain_index if head else 0) + 1
+                    row: dict[str, Any] = {
+                        "stream": stream, "stream_seq": msg.stream_seq, "call_id": call_id, "chain_index": index,
+                        "subject": msg.subject, "direction": direction, "type": type_,
+                        "source": msg.headers.get(Headers.SOURCE), "seq": _int(msg.headers.get(Headers.SEQ)),
+                        "msg_id": msg.headers.get(Headers.MSG_ID), "ts_ns": _int(msg.headers.get(Headers.TS)),
+                        "stream_ts_ns": msg.stream_ts_ns, "trace_id": trace_id_of(msg.headers),
+                        "headers": canonical_json(msg.headers).decode(), "body": msg.body,
+                    }
+                    row["hash"] = chain_hash(head.hash if head else GENESIS, canonical_record(row))
+                    heads[key] = ChainHead(index, msg.stream_seq, row["hash"])
+                    rows.append(row)
+                    result.calls.add(call_id)
+                    if direction is None and type_ == "started":
+                        started.append((call_id, msg))
+                    elif direction is None and type_ == "ended":
+                        result.ended.add(call_id)
+                await _insert_events(conn, rows)
+                await _upsert_heads(conn, heads)
+                last = fresh[-1].stream_seq
+                pos = upsert(conn, models.consumer_positions)
+                await conn.execute(pos.values(stream=stream, last_stream_seq=last).on_conflict_do_update(
+                    index_elements=["stream"], set_={"last_stream_seq": last}))
+                await self._touch_calls(conn, result.calls, started, result.ended, fresh)
+            # committed: only now advance the caches
+            for key, value in heads.items():
+                self._heads[key] = value
+                self._heads.move_to_end(key)
+            for call_id in result.calls:
+                self._known_calls[call_id] = None
+                self._known_calls.move_to_end(call_id)
+            while len(self._heads) > self.cache_size:
+                self._heads.popitem(last=False)
+            while len(self._known_calls) > self.cache_size:
+                self._known_calls.popitem(last=False)
+            assert self._positions is not None
+            self._positions[stream] = last
+            result.stored = len(rows)
+            result.last_stream_seq = last
+        await self._notify()
+        return result
+
+    async def _touch_calls(self, conn: AsyncConnection, call_ids: set[str], started: list[tuple[str, Incoming]],
+                           ended: set[str], batch: Sequence[Incoming]) -> None:
+        new = [c for c in call_ids if c not in self._known_calls]
+        if new:
+            await conn.execute(upsert(conn, models.calls).on_conflict_do_nothing(index_elements=["call_id"]),
+                               [{"call_id": c, "status": "in_progress"} for c in new])
+        for call_id, msg in started:
+            await conn.execute(update(models.calls).where(models.calls.c.call_id == call_id)
+                               .values(**_started_fields(msg)))
+        if ended:
+            for msg in batch:
+                cid, direction, type_ = classify(msg.subject, msg.headers)
+                if cid in ended and direction is None and type_ == "ended":
+                    await conn.execute(update(models.calls).where(models.calls.c.call_id == cid)
+                                       .values(**_ended_fields(msg)))
+
+    async def persist_spans(self, batch: Sequence[Incoming]) -> int:
+        """Store span records (``shared.telemetry.span_to_dict`` JSON) from ``otel.spans``; returns rows stored.
+
+        A record that is not a valid span is logged and skipped (spans are diagnostics, not the call log).
+        """
+        rows: list[dict[str, Any]] = []
+        for msg in batch:
+            try:
+                rows.append(_span_row(msg))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping malformed span record at TRACES seq %d: %s", msg.stream_seq, exc)
+        async with self._lock, self.engine.begin() as conn:
+            if rows:
+                await conn.execute(upsert(conn, models.spans).on_conflict_do_nothing(
+                    index_elements=["trace_id", "span_id"]), rows)
+            if batch:
+                last = batch[-1].stream_seq
+                pos = upsert(conn, models.consumer_positions)
+                await conn.execute(pos.values(stream="TRACES", last_stream_seq=last).on_conflict_do_update(
+                    index_elements=["stream"], set_={"last_stream_seq": last}))
+        if batch and self._positions is not None:
+            self._positions["TRACES"] = batch[-1].stream_seq
+            await self._notify()
+        return len(rows)
+
+
+_EVENT_COLUMNS = ("stream", "stream_seq", "call_id", "chain_index", "subject", "direction", "type", "source", "seq",
+                  "msg_id", "ts_ns", "stream_ts_ns", "trace_id", "headers", "body", "hash")
+_PG_TYPES = ("varchar", "bigint", "varchar", "int", "varchar", "varchar", "varchar", "varchar", "bigint", "varchar",
+             "bigint", "bigint", "varchar", "text", "bytea", "varchar")
+_PLACEHOLDERS = {
+    "qmark": lambda n: ", ".join("?" for _ in range(n)),
+    "numeric_dollar": lambda n: ", ".join(f"${i}" for i in range(1, n + 1)),
+    "numeric": lambda n: ", ".join(f":{i}" for i in range(1, n + 1)),
+    "format": lambda n: ", ".join("%s" for _ in range(n)),
+}
+
+
+async def _upsert_heads(conn: AsyncConnection, heads: dict[tuple[str, str], ChainHead]) -> None:
+    """Insert or advance the chain heads of a batch (constant SQL, so the driver's statement cache hits)."""
+    cols = "call_id, stream, chain_index, last_stream_seq, hash"
+    conflict = ("ON CONFLICT (call_id, stream) DO UPDATE SET chain_index = excluded.chain_index, "
+                "last_stream_seq = excluded.last_stream_seq, hash = excluded.hash")
+    values = [(k[0], k[1], h.chain_index, h.last_stream_seq, h.hash) for k, h in heads.items()]
+    if conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "numeric_dollar":
+        await conn.exec_driver_sql(
+            f"INSERT INTO chain_heads ({cols}) SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::int[], "
+            f"$4::bigint[], $5::varchar[]) {conflict}", tuple(list(column) for column in zip(*values, strict=True)))
+    elif conn.dialect.paramstyle == "qmark":
+        await conn.exec_driver_sql(f"INSERT INTO chain_heads ({cols}) VALUES (?, ?, ?, ?, ?) {conflict}", values)
+    else:
+        stmt = upsert(conn, models.chain_heads)
+        await conn.execute(stmt.on_conflict_do_update(
+            index_elements=["call_id", "stream"],
+            set_={"chain_index": stmt.excluded.chain_index, "last_stream_seq": stmt.excluded.last_stream_seq,
+                  "hash": stmt.excluded.hash}),
+            [dict(zip(("call_id", "stream", "chain_index", "last_stream_seq", "hash"), v, strict=True))
+             for v in values])
+
+
+async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """``INSERT … ON CONFLICT (stream, stream_seq) DO NOTHING`` of many rows.
+
+    PostgreSQL (asyncpg): one ``INSERT … SELECT * FROM unnest(<column arrays>)``. SQLite: the driver's
+    executemany (one prepared statement, positional tuples). Both are several times cheaper per row than
+    SQLAlchemy's per-row parameter processing; other drivers fall back to Core.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "numeric_dollar":
+        # one statement over column arrays (unnest): one round trip and no per-row protocol messages
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_PG_TYPES, start=1))
+        sql = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) SELECT * FROM unnest({arrays}) "
+               "ON CONFLICT (stream, stream_seq) DO NOTHING")
+        await conn.exec_driver_sql(sql, tuple([row[c] for row in rows] for c in _EVENT_COLUMNS))
+        return
+    placeholders = _PLACEHOLDERS.get(conn.dialect.paramstyle)
+    if placeholders is None:
+        await conn.execute(upsert(conn, models.events).on_conflict_do_nothing(
+            index_elements=["stream", "stream_seq"]), rows)
+        return
+    sql = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({placeholders(len(_EVENT_COLUMNS))}) "
+           "ON CONFLICT (stream, stream_seq) DO NOTHING")
+    await conn.exec_driver_sql(sql, [tuple(row[c] for c in _EVENT_COLUMNS) for row in rows])
+
+
+def _started_fields(msg: Incoming) -> dict[str, Any]:
+    try:
+        body = json.loads(msg.body)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+
+    def text(key: str, limit: int) -> str | None:
+        value = body.get(key)
+        return str(value)[:limit] if value is not None else None
+
+    ts = _int(msg.headers.get(Headers.TS)) or msg.stream_ts_ns
+    return {"carrier": text("carrier", 32), "agent": text("agent", 255), "audio_format": text("audio_format", 64),
+            "from_number": text("from", 64), "to_number": text("to", 64),
+            "carrier_call_id": text("carrier_call_id", 128), "stream_id": text("stream_id", 128),
+            "started_ns": ts, "trace_id": trace_id_of(msg.headers)}
+
+
+def _ended_fields(msg: Incoming) -> dict[str, Any]:
+    try:
+        body = json.loads(msg.body)
+    except ValueError:
+        body = {}
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return {"status": "ended", "ended_ns": _int(msg.headers.get(Headers.TS)) or msg.stream_ts_ns,
+            "end_reason": str(reason)[:64] if reason is not None else None}
+
+
+def _span_row(msg: Incoming) -> dict[str, Any]:
+    record = json.loads(msg.body)
+    if not isinstance(record, dict):
+        raise ValueError("span record is not an object")
+    attributes = record.get("attributes") or {}
+    call_id = msg.headers.get(Headers.CALL_ID) or attributes.get("switchboard.call_id")
+    return {
+        "trace_id": str(record["trace_id"])[:32], "span_id": str(record["span_id"])[:16],
+        "parent_span_id": (str(record["parent_span_id"])[:16] if record.get("parent_span_id") else None),
+        "name": str(record["name"])[:255], "kind": str(record.get("kind", "INTERNAL"))[:16],
+        "service": str(record.get("service", ""))[:128], "start_ns": int(record["start_ns"]),
+        "end_ns": int(record.get("end_ns") or record["start_ns"]), "status": str(record.get("status", "UNSET"))[:8],
+        "status_message": record.get("status_message"),
+        "attributes": json.dumps(attributes, separators=(",", ":")),
+        "events": json.dumps(record.get("events") or [], separators=(",", ":")),
+        "call_id": str(call_id)[:64] if call_id else None,
+    }

@@ -1,0 +1,246 @@
+"""Canonical JSON and the per-call hash chains of the archive, and their verification.
+
+One chain per call per stream (CALLS, RT), in stream order. Record ``i`` (1-based ``chain_index``) has
+``hash_i = SHA-256(bytes.fromhex(hash_{i-1}) ‖ canonical(record_i))`` with ``hash_0`` = 32 zero bytes.
+``canonical`` is the UTF-8 of a JSON object with sorted keys, no insignificant white space and non-ASCII kept
+as is (RFC 8785-style for the values we store: strings, integers and null) over the archived fields listed in
+:data:`CANONICAL_FIELDS`; the raw body enters as its SHA-256, so altering one byte of a body breaks the chain.
+
+Verification (:func:`verify_chain`) walks the stored rows in stream order and checks each row against the
+*stored* hash of its predecessor, so one altered row is reported alone rather than poisoning every later row;
+gaps in ``chain_index`` name missing rows, decreasing indexes name reordered rows, and the chain head
+(``chain_heads``) catches rows deleted from the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "GENESIS",
+    "ChainHead",
+    "ChainProblem",
+    "ChainReport",
+    "canonical_json",
+    "canonical_record",
+    "chain_hash",
+    "seq_gaps",
+    "verify_chain",
+]
+
+GENESIS = "0" * 64
+"""The hash before the first record of every chain (32 zero bytes, hex)."""
+
+CANONICAL_FIELDS = (
+    "stream", "stream_seq", "call_id", "chain_index", "subject", "direction", "type", "source", "seq",
+    "msg_id", "ts_ns", "stream_ts_ns", "trace_id", "headers",
+)
+"""The archived columns covered by the hash (plus ``body_sha256``)."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` (str/int/bool/None/dict/list; archived records hold no floats) as canonical JSON bytes:
+    sorted keys, ``,``/``:`` separators, UTF-8 with non-ASCII kept — byte-identical to
+    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()`` for these types
+    (checked in ``tests/unit/test_chain.py``), computed with orjson for speed.
+
+    Raises:
+        TypeError: a value JSON cannot encode (orjson.JSONEncodeError), an int beyond 64 bits included.
+    """
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def canonical_record(row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of one archived event row (a mapping with the ``events`` columns).
+
+    ``headers`` is the stored JSON text, hashed as text; ``body`` (bytes) enters as ``body_sha256``.
+    """
+    record = {name: row[name] for name in CANONICAL_FIELDS}
+    record["body_sha256"] = hashlib.sha256(bytes(row["body"])).hexdigest()
+    return canonical_json(record)
+
+
+def chain_hash(previous: str, canonical: bytes) -> str:
+    """SHA-256 (hex) of the previous hash's 32 bytes followed by the canonical record."""
+    digest = hashlib.sha256(bytes.fromhex(previous))
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last record of a chain as the archive committed it (``chain_heads`` row)."""
+
+    chain_index: int
+    last_stream_seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    """One finding: ``kind`` is ``altered``, ``missing`` or ``reordered``.
+
+    ``stream_seq`` / ``seq`` / ``source`` / ``type`` name the row concerned (for ``missing``, the row found
+    where the missing one(s) should have been, or None when rows are missing at the end); ``detail`` says
+    what did not match.
+    """
+
+    stream: str
+    kind: str
+    chain_index: int
+    stream_seq: int | None
+    seq: int | None
+    source: str | None
+    type: str | None
+    detail: str
+
+    def describe(self) -> str:
+        """One human-readable line naming the record."""
+        who = (f"stream_seq {self.stream_seq} (seq {self.seq} from {self.source}, {self.type})"
+               if self.stream_seq is not None else "end of chain")
+        return f"{self.stream} #{self.chain_index}: {self.kind} at {who}: {self.detail}"
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """The result of verifying every chain of one call."""
+
+    call_id: str
+    records: dict[str, int] = field(default_factory=dict)
+    """Rows checked per stream."""
+    problems: list[ChainProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no chain has a problem."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape used by the REST API and the CLI."""
+        return {
+            "call_id": self.call_id,
+            "ok": self.ok,
+            "records": self.records,
+            "problems": [
+                {"stream": p.stream, "kind": p.kind, "chain_index": p.chain_index, "stream_seq": p.stream_seq,
+                 "seq": p.seq, "source": p.source, "type": p.type, "detail": p.detail,
+                 "description": p.describe()}
+                for p in self.problems
+            ],
+        }
+
+
+def verify_chain(stream: str, rows: Iterable[Mapping[str, Any]], head: ChainHead | None, *,
+                 absent_seqs: str = "") -> list[ChainProblem]:
+    """Recompute one chain; ``rows`` are the stored rows of one call and stream ordered by ``stream_seq``.
+
+    Returns the problems found (empty when the chain is intact), each naming the row by stream sequence and
+    ``Switchboard-Seq``:
+
+    - ``reordered``: a row whose ``chain_index`` is out of place in stream order (rows swapped);
+    - ``missing``: a ``chain_index`` between 1 and the chain head that no row holds (rows deleted), with the
+      neighbouring rows and the ``Switchboard-Seq`` values absent per source;
+    ``absent_seqs`` (from :func:`seq_gaps` over every stream of the call, since a source numbers its
+    messages across streams) is quoted in ``missing`` findings.
+
+    - ``altered``: a row whose stored hash differs from SHA-256(stored hash of its predecessor ‖
+      canonical(row)) — a column was edited — or a chain whose last row does not match the committed head.
+    """
+    ordered = list(rows)
+    problems: list[ChainProblem] = []
+
+    def problem(kind: str, row: Mapping[str, Any] | None, index: int, detail: str) -> None:
+        problems.append(ChainProblem(
+            stream, kind, index,
+            int(row["stream_seq"]) if row is not None else None,
+            row.get("seq") if row is not None else None,
+            row.get("source") if row is not None else None,
+            row.get("type") if row is not None else None,
+            detail))
+
+    indexes = [int(row["chain_index"]) for row in ordered]
+    for row, index, want in zip(ordered, indexes, sorted(indexes), strict=True):
+        if index != want:
+            problem("reordered", row, index, f"chain index {index} found where {want} belongs in stream order")
+
+    by_index: dict[int, Mapping[str, Any]] = {}
+    for row, index in zip(ordered, indexes, strict=True):
+        by_index.setdefault(index, row)
+    top = max([*indexes, head.chain_index if head is not None else 0, 0])
+    absent = [i for i in range(1, top + 1) if i not in by_index]
+    if absent:
+        for first, last in _ranges(absent):
+            after = by_index.get(last + 1)
+            before = by_index.get(first - 1)
+            where = (f"after stream_seq {before['stream_seq']}" if before is not None else "at the start")
+            where += f", before stream_seq {after['stream_seq']}" if after is not None else ", at the end"
+            count = last - first + 1
+            detail = f"{count} record(s) with chain index {first}..{last} missing {where}"
+            if absent_seqs:
+                detail += f"; Switchboard-Seq absent: {absent_seqs}"
+            problem("missing", after, first, detail)
+
+    for row, index in zip(ordered, indexes, strict=True):
+        previous = GENESIS if index == 1 else _stored_hash(by_index.get(index - 1))
+        if previous is None:
+            continue  # predecessor missing: already reported, this row cannot be checked against it
+        try:
+            computed = chain_hash(previous, canonical_record(row))
+        except (ValueError, TypeError) as exc:
+            computed = f"unhashable: {exc}"
+        if computed != row["hash"]:
+            problem("altered", row, index, "stored hash does not match the record's content and predecessor")
+    if head is not None and head.chain_index in by_index:
+        tail = by_index[head.chain_index]
+        if tail["hash"] != head.hash or int(tail["stream_seq"]) != head.last_stream_seq:
+            problem("altered", tail, head.chain_index, "the last record does not match the committed chain head")
+    problems.sort(key=lambda p: (p.chain_index, p.kind))
+    return problems
+
+
+def _stored_hash(row: Mapping[str, Any] | None) -> str | None:
+    if row is None:
+        return None
+    value = row["hash"]
+    return value if _is_hex64(value) else GENESIS
+
+
+def _ranges(values: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for value in values:
+        if out and out[-1][1] == value - 1:
+            out[-1] = (out[-1][0], value)
+        else:
+            out.append((value, value))
+    return out
+
+
+def seq_gaps(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``Switchboard-Seq`` values absent between the lowest and highest seen, per source (``session 41,42``)."""
+    per_source: dict[str, set[int]] = {}
+    for row in rows:
+        if row.get("source") is not None and row.get("seq") is not None:
+            per_source.setdefault(str(row["source"]), set()).add(int(row["seq"]))
+    parts = []
+    for source, seqs in sorted(per_source.items()):
+        gaps = [s for s in range(min(seqs), max(seqs) + 1) if s not in seqs]
+        if gaps:
+            shown = ",".join(str(g) for g in gaps[:20]) + ("…" if len(gaps) > 20 else "")
+            parts.append(f"{source} {shown}")
+    return "; ".join(parts)
+
+
+def _is_hex64(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != 64:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True

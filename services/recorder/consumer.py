@@ -1,0 +1,177 @@
+"""Durable JetStream pull consumers: CALLS and RT into the archive, TRACES into the spans table.
+
+One consumer per stream (durable name ``<prefix>-calls|rt|traces``), ``AckPolicy.ALL``: a fetched batch
+(up to ``batch`` messages, one transaction) is acknowledged by acking its last message, only after the
+commit. The database, not the consumer, is the source of truth for the position: at start-up a durable
+whose ack floor differs from the committed position (a crash between commit and ack, or before commit) is
+recreated to start at the committed position + 1, so redeliveries never overtake newer messages and the
+per-call chains stay in stream order. A batch whose transaction fails is retried (backoff, with
+``in_progress`` acks) before anything newer is fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.recorder.archive import Archive, BatchResult
+from services.recorder.puller import BatchPuller
+from services.recorder.records import Incoming
+from shared import metrics, subjects
+from shared.bus import Headers
+
+__all__ = ["BatchCallback", "ConsumerStats", "StreamConsumer"]
+
+log = logging.getLogger(__name__)
+
+BatchCallback = Callable[[str, BatchResult], Awaitable[None]]
+"""``async callback(stream_name, result)`` run after each committed CALLS/RT batch."""
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Running figures of one consumer."""
+
+    batches: int = 0
+    stored: int = 0
+    skipped: int = 0
+    failures: int = 0
+    lag_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    """Per committed message: ``Switchboard-Ts`` (publish) → commit, ms (bounded window)."""
+    store_lag_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    """Per committed message: stored in JetStream → commit, ms (the recorder's own share of the lag)."""
+
+
+class StreamConsumer:
+    """Fetch → persist → ack loop for one stream (see the module docstring)."""
+
+    def __init__(self, nc: NATS, archive: Archive, stream: subjects.StreamSpec, *,
+                 durable_prefix: str = "recorder", batch: int = 512, fetch_timeout: float = 1.0,
+                 on_batch: BatchCallback | None = None, track_lag: bool = False) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.archive = archive
+        self.stream = stream
+        self.durable = f"{durable_prefix}-{stream.name.lower()}"
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.on_batch = on_batch
+        self.track_lag = track_lag
+        self.stats = ConsumerStats()
+        self.ready = asyncio.Event()
+
+    async def _subscribe(self) -> BatchPuller:
+        position = await self.archive.position(self.stream.name)
+        try:
+            info = await self.js.consumer_info(self.stream.name, self.durable)
+            if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) == position and not info.num_ack_pending:
+                return await self._puller()
+            log.info("recreating consumer %s at stream seq %d (ack floor %s)", self.durable, position + 1,
+                     info.ack_floor.stream_seq if info.ack_floor else None)
+            await self.js.delete_consumer(self.stream.name, self.durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        config = ConsumerConfig(
+            durable_name=self.durable, ack_policy=AckPolicy.ALL, ack_wait=60.0, max_ack_pending=-1,
+            max_deliver=-1, inactive_threshold=None,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
+            opt_start_seq=position + 1 if position else None)
+        await self.js.add_consumer(self.stream.name, config)
+        return await self._puller()
+
+    async def _puller(self) -> BatchPuller:
+        puller = BatchPuller(self.nc, self.stream.name, self.durable)
+        await puller.start()
+        return puller
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until ``stopping`` is set (a batch in flight is committed and acked first)."""
+        psub = await self._subscribe()
+        self.ready.set()
+        # the next batch is fetched while the current one is being committed (batches still handled in order)
+        pending: asyncio.Task[list[Msg] | None] = asyncio.create_task(self._fetch(psub))
+        try:
+            while not stopping.is_set():
+                msgs = await pending
+                if msgs is None:
+                    return
+                pending = asyncio.create_task(self._fetch(psub))
+                if msgs:
+                    await self._handle(msgs, stopping)
+        finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+            await psub.stop()
+
+    async def _fetch(self, psub: BatchPuller) -> list[Msg] | None:
+        """One fetch: the messages, [] on timeout or a transient error, None once the connection is closed."""
+        try:
+            return await psub.fetch(self.batch, timeout=self.fetch_timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
+        except nats.errors.ConnectionClosedError:
+            return None
+        except Exception as exc:  # connection blip: fetch again
+            log.warning("fetch from %s failed: %s", self.stream.name, exc)
+            await asyncio.sleep(0.5)
+            return []
+
+    async def _handle(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
+        incoming: list[Incoming] = []
+        for msg in msgs:
+            try:
+                incoming.append(Incoming.from_msg(msg))
+            except ValueError as exc:
+                log.error("dropping a non-JetStream message on %s: %s", msg.subject, exc)
+        incoming.sort(key=lambda m: m.stream_seq)
+        delay = 0.2
+        while True:
+            try:
+                if self.stream.name == subjects.TRACES_STREAM.name:
+                    stored = await self.archive.persist_spans(incoming)
+                    result = BatchResult(stored=stored)
+                else:
+                    result = await self.archive.persist(self.stream.name, incoming)
+                break
+            except Exception as exc:  # database down/locked: retry the same batch, keep stream order
+                self.stats.failures += 1
+                log.error("persisting %d %s events failed (retrying in %.1fs): %s", len(incoming),
+                          self.stream.name, delay, exc)
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                if stopping.is_set():
+                    return  # not acked: redelivered after restart from the committed position
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await msgs[-1].ack()
+        self.stats.batches += 1
+        self.stats.stored += result.stored
+        self.stats.skipped += result.skipped
+        if result.stored:
+            metrics.EVENTS_PERSISTED.add(result.stored, {"stream": self.stream.name})
+        if self.track_lag:
+            now = time.time_ns()
+            for m in incoming:
+                ts = m.headers.get(Headers.TS)
+                if ts and ts.isdigit():
+                    self.stats.lag_ms.append((now - int(ts)) / 1e6)
+                self.stats.store_lag_ms.append((now - m.stream_ts_ns) / 1e6)
+        if self.on_batch is not None and self.stream.name != subjects.TRACES_STREAM.name:
+            try:
+                await self.on_batch(self.stream.name, result)
+            except Exception:
+                log.exception("batch callback failed")

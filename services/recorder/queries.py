@@ -1,0 +1,164 @@
+"""Reading the archive and writing projections (used by the API, the finalizer, the CLI and tests)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.recorder import models
+from services.recorder.chain import ChainHead, ChainReport, seq_gaps, verify_chain
+from services.recorder.projections import Projection
+from services.recorder.records import ArchivedEvent
+
+__all__ = [
+    "call_events",
+    "call_spans",
+    "get_call",
+    "iter_call_events",
+    "list_calls",
+    "save_projection",
+    "stored_projection",
+    "verify_call",
+]
+
+_EVENT_ORDER = (models.events.c.stream, models.events.c.stream_seq)
+
+
+def _call_dict(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    started, ended = data.get("started_ns"), data.get("ended_ns")
+    data["duration_ms"] = (ended - started) / 1e6 if started and ended else None
+    return data
+
+
+async def list_calls(engine: AsyncEngine, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The most recent calls (by start time, newest first), as ``calls`` rows plus ``duration_ms``."""
+    stmt = (select(models.calls)
+            .order_by(func.coalesce(models.calls.c.started_ns, 0).desc(), models.calls.c.call_id).limit(limit))
+    async with engine.connect() as conn:
+        return [_call_dict(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def get_call(engine: AsyncEngine, call_id: str) -> dict[str, Any] | None:
+    """One ``calls`` row with ``duration_ms`` and event counts per stream, or None when unknown."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(models.calls).where(models.calls.c.call_id == call_id))).first()
+        if row is None:
+            return None
+        counts = (await conn.execute(
+            select(models.chain_heads.c.stream, models.chain_heads.c.chain_index)
+            .where(models.chain_heads.c.call_id == call_id))).all()
+    data = _call_dict(row)
+    data["events"] = {r.stream: int(r.chain_index) for r in counts}
+    return data
+
+
+async def call_events(engine: AsyncEngine, call_id: str, *, stream: str | None = None) -> list[ArchivedEvent]:
+    """Every archived event of ``call_id`` (both streams unless ``stream``), ordered by stream, stream seq."""
+    stmt = select(models.events).where(models.events.c.call_id == call_id).order_by(*_EVENT_ORDER)
+    if stream is not None:
+        stmt = stmt.where(models.events.c.stream == stream)
+    async with engine.connect() as conn:
+        return [ArchivedEvent.from_row(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def iter_call_events(engine: AsyncEngine, call_id: str, *, chunk: int = 1000) -> AsyncIterator[ArchivedEvent]:
+    """Stream a call's events in time order, ``chunk`` rows at a time (bounded memory for long calls)."""
+    ts = func.coalesce(models.events.c.ts_ns, models.events.c.stream_ts_ns)
+    last: tuple[int, str, int] | None = None
+    while True:
+        stmt = (select(models.events, ts.label("t")).where(models.events.c.call_id == call_id)
+                .order_by(ts, models.events.c.stream, models.events.c.stream_seq).limit(chunk))
+        if last is not None:
+            t, s, q = last
+            stmt = stmt.where((ts > t) | ((ts == t) & (models.events.c.stream > s))
+                              | ((ts == t) & (models.events.c.stream == s) & (models.events.c.stream_seq > q)))
+        async with engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        for row in rows:
+            yield ArchivedEvent.from_row(row)
+        if len(rows) < chunk:
+            return
+        tail = rows[-1]._mapping
+        last = (int(tail["t"]), str(tail["stream"]), int(tail["stream_seq"]))
+
+
+async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
+    """Recompute every hash chain of ``call_id`` against its stored rows and chain heads."""
+    report = ChainReport(call_id)
+    async with engine.connect() as conn:
+        heads = {r.stream: ChainHead(int(r.chain_index), int(r.last_stream_seq), r.hash) for r in (await conn.execute(
+            select(models.chain_heads).where(models.chain_heads.c.call_id == call_id))).all()}
+        rows = [dict(r._mapping) for r in (await conn.execute(
+            select(models.events).where(models.events.c.call_id == call_id).order_by(*_EVENT_ORDER))).all()]
+    absent = seq_gaps(rows)
+    for stream in sorted({*heads, *(r["stream"] for r in rows)}):
+        chain = [r for r in rows if r["stream"] == stream]
+        report.records[stream] = len(chain)
+        report.problems.extend(verify_chain(stream, chain, heads.get(stream), absent_seqs=absent))
+    return report
+
+
+async def call_spans(engine: AsyncEngine, call_id: str) -> list[dict[str, Any]]:
+    """Spans of the call's trace(s): spans tagged with the call id plus every span sharing their trace id,
+    ordered by start time; ``attributes``/``events`` decoded."""
+    async with engine.connect() as conn:
+        trace_ids = {r[0] for r in (await conn.execute(
+            select(models.spans.c.trace_id).where(models.spans.c.call_id == call_id).distinct())).all()}
+        call_trace = (await conn.execute(
+            select(models.calls.c.trace_id).where(models.calls.c.call_id == call_id))).scalar()
+        if call_trace:
+            trace_ids.add(call_trace)
+        if not trace_ids:
+            return []
+        rows = (await conn.execute(select(models.spans).where(models.spans.c.trace_id.in_(sorted(trace_ids)))
+                                   .order_by(models.spans.c.start_ns))).all()
+    out = []
+    for r in rows:
+        data = dict(r._mapping)
+        data.pop("id", None)
+        data["attributes"] = json.loads(data["attributes"])
+        data["events"] = json.loads(data["events"])
+        out.append(data)
+    return out
+
+
+async def save_projection(engine: AsyncEngine, call_id: str, projection: Projection,
+                          recording_path: str | None) -> None:
+    """Replace the call's stored projections (turns, tool calls, barge-ins, usage, cost, recording path)."""
+    u = projection.usage
+    async with engine.begin() as conn:
+        for table in (models.transcript_turns, models.tool_calls, models.barge_ins):
+            await conn.execute(delete(table).where(table.c.call_id == call_id))
+        if projection.turns:
+            await conn.execute(models.transcript_turns.insert(), [
+                {"call_id": call_id, "idx": i, **asdict(t)} for i, t in enumerate(projection.turns)])
+        if projection.tool_calls:
+            await conn.execute(models.tool_calls.insert(), [
+                {"call_id": call_id, "idx": i, **asdict(t)} for i, t in enumerate(projection.tool_calls)])
+        if projection.barge_ins:
+            await conn.execute(models.barge_ins.insert(), [
+                {"call_id": call_id, "idx": i, **asdict(b)} for i, b in enumerate(projection.barge_ins)])
+        await conn.execute(update(models.calls).where(models.calls.c.call_id == call_id).values(
+            input_tokens=u.input_tokens, output_tokens=u.output_tokens, input_text_tokens=u.input_text_tokens,
+            input_audio_tokens=u.input_audio_tokens, cached_tokens=u.cached_tokens,
+            output_text_tokens=u.output_text_tokens, output_audio_tokens=u.output_audio_tokens,
+            cost_usd=projection.cost_usd, turns=len(projection.turns), tool_call_count=len(projection.tool_calls),
+            barge_in_count=len(projection.barge_ins), recording_path=recording_path, projected_ns=time.time_ns()))
+
+
+async def stored_projection(engine: AsyncEngine, call_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The stored turns, tool calls and barge-ins of a call (ordered)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with engine.connect() as conn:
+        for key, table in (("turns", models.transcript_turns), ("tool_calls", models.tool_calls),
+                           ("barge_ins", models.barge_ins)):
+            rows = (await conn.execute(select(table).where(table.c.call_id == call_id).order_by(table.c.idx))).all()
+            out[key] = [{k: v for k, v in r._mapping.items() if k not in ("id", "call_id")} for r in rows]
+    return out

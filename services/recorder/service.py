@@ -1,0 +1,104 @@
+"""Wiring of the recorder: database, archive, stream consumers, finalizer and the HTTP API.
+
+:class:`Recorder` runs the consumers and the finalizer (usable in-process by tests and the benchmark);
+:func:`main` is the service entry point (``python -m services.recorder``). The API binds loopback unless
+``SWITCHBOARD_API_TOKEN`` is set (then ``SWITCHBOARD_HOST``) on ``SWITCHBOARD_RECORDER_PORT`` (8081).
+``SWITCHBOARD_RECORDER_CONSUMER`` (default ``recorder``) prefixes the durable consumer names; run one
+recorder per database (the hash chains need a single writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.recorder.api import create_app
+from services.recorder.archive import Archive
+from services.recorder.consumer import StreamConsumer
+from services.recorder.db import open_database
+from services.recorder.finalize import Finalizer
+from shared import subjects
+from shared.bus import Bus
+from shared.runtime import ServiceContext, serve_http
+
+__all__ = ["Recorder", "main"]
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Consumers for CALLS, RT and TRACES plus the finalizer, over one engine and bus."""
+
+    def __init__(self, bus: Bus, engine: AsyncEngine, data_dir: Path, *, durable_prefix: str = "recorder",
+                 batch: int = 512, settle_s: float = 1.0, track_lag: bool = False) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.archive = Archive(engine)
+        self.finalizer = Finalizer(engine, self.archive, data_dir / "recordings", self._rt_last_seq,
+                                   settle_s=settle_s)
+        self.consumers = [
+            StreamConsumer(bus.nc, self.archive, spec, durable_prefix=durable_prefix, batch=batch,
+                           on_batch=self.finalizer.on_batch, track_lag=track_lag)
+            for spec in (subjects.CALLS_STREAM, subjects.RT_STREAM, subjects.TRACES_STREAM)
+        ]
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _rt_last_seq(self) -> int:
+        info = await self.bus.js.stream_info(subjects.RT_STREAM.name)
+        return int(info.state.last_seq or 0)
+
+    def ready(self) -> bool:
+        """True once every consumer is bound to its stream."""
+        return all(c.ready.is_set() for c in self.consumers)
+
+    async def start(self) -> None:
+        """Start consuming; returns once every consumer is bound."""
+        await self.finalizer.load_pending()
+        for consumer in self.consumers:
+            self._tasks.add(asyncio.create_task(consumer.run(self.stopping), name=f"consume-{consumer.durable}"))
+        self._tasks.add(asyncio.create_task(self.finalizer.run(self.stopping), name="finalizer"))
+        ready: asyncio.Future[list[bool]] = asyncio.ensure_future(
+            asyncio.gather(*(c.ready.wait() for c in self.consumers)))
+        try:
+            pending: list[asyncio.Future[Any]] = [ready, *self._tasks]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED, timeout=60)
+        finally:
+            ready.cancel()
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if not self.ready():
+            raise TimeoutError("the recorder's consumers did not bind to their streams within 60 s")
+
+    async def stop(self) -> None:
+        """Stop after the batches in flight are committed."""
+        self.stopping.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=15)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def main(ctx: ServiceContext) -> None:
+    """Run the recorder service until ``ctx.stopping``."""
+    settings = ctx.settings
+    engine = await open_database(settings.effective_database_url)
+    ctx.stack.push_async_callback(engine.dispose)
+    recorder = Recorder(ctx.bus, engine, settings.data_dir,
+                        durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder")
+    await recorder.start()
+    ctx.stack.push_async_callback(recorder.stop)
+    host = settings.host if settings.api_token else "127.0.0.1"
+    app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=recorder.ready)
+    log.info("recorder API on http://%s:%d (database %s)", host, settings.recorder_port,
+             engine.url.render_as_string(hide_password=True))
+    await serve_http(ctx, app, host, settings.recorder_port)

@@ -1,0 +1,292 @@
+"""``switchboard calls``, ``replay``, ``tail``, ``trace`` and ``audit verify`` — the archive from the command line.
+
+These commands read the archive through the recorder's REST API (``--api``, default
+``http://127.0.0.1:<SWITCHBOARD_RECORDER_PORT>``, Bearer ``SWITCHBOARD_API_TOKEN`` when set), so they work
+against a remote deployment; ``audit verify --database URL`` reads the database directly instead (useful when
+the recorder is down, or to audit a copy). ``tail`` follows live events on NATS (``--nats``, default the
+configured/embedded URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import time
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.config import Settings
+
+__all__ = ["register"]
+
+console = Console()
+audit_app = typer.Typer(help="Verify the archive's hash chains.", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    from shared.cli.up import settings_or_exit
+
+    return settings_or_exit()
+
+
+def _client(api: str | None) -> httpx.Client:
+    settings = _settings()
+    base = api or f"http://127.0.0.1:{settings.recorder_port}"
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=30.0)
+
+
+def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+    try:
+        response = client.get(path, params=params or None)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]recorder API at {client.base_url} unreachable: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if response.status_code == 404:
+        console.print(f"[red]{response.json().get('detail', 'not found')}[/red]")
+        raise typer.Exit(1)
+    if response.status_code >= 400:
+        console.print(f"[red]{response.status_code}: {response.text}[/red]")
+        raise typer.Exit(2)
+    return response
+
+
+def _when(ns: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
+
+
+def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
+          limit: int = typer.Option(20, min=1, max=1000), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recent calls (table)."""
+    with _client(api) as client:
+        rows = _get(client, "/calls", limit=limit).json()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Recent calls")
+    for column in ("call id", "started", "carrier", "from", "to", "agent", "status", "end reason", "duration",
+                   "turns", "tools", "cost est."):
+        table.add_column(column)
+    for r in rows:
+        duration = f"{r['duration_ms'] / 1000:.1f} s" if r.get("duration_ms") else "-"
+        cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "-"
+        table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
+                      r.get("to_number") or "-", r.get("agent") or "-", r["status"], r.get("end_reason") or "-",
+                      duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
+    console.print(table)
+
+
+def _events(client: httpx.Client, call_id: str) -> list[Any]:
+    from services.recorder.records import ArchivedEvent
+
+    response = _get(client, f"/calls/{call_id}/events")
+    out = []
+    for line in response.text.splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        if "body" in d:
+            body = json.dumps(d["body"]).encode()
+        else:
+            import base64
+
+            body = base64.b64decode(d.get("body_b64", ""))
+        out.append(ArchivedEvent(d["stream"], d["stream_seq"], d["call_id"], d["chain_index"], d["subject"],
+                                 d["direction"], d["type"], d["source"], d["seq"], d["msg_id"], d["ts_ns"],
+                                 d["stream_ts_ns"], d["trace_id"], d["headers"], body, d["hash"]))
+    return out
+
+
+def replay(call_id: str = typer.Argument(..., help="The call id"),
+           as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
+           all_events: bool = typer.Option(False, "--all", help="Do not collapse runs of audio events"),
+           rerun_: bool = typer.Option(False, "--rerun", help="Feed the caller audio to a fresh session"),
+           speed: float = typer.Option(1.0, help="--rerun pace (× real time)"),
+           min_similarity: float = typer.Option(0.0, help="--rerun: also require this user-transcript similarity"),
+           logged_session: bool = typer.Option(False, "--logged-session",
+                                               help="--rerun with the call's logged session.update instead of "
+                                                    "the current agent's"),
+           api: str | None = typer.Option(None, help="Recorder API base URL")) -> None:
+    """The call's timeline from the log; with --rerun, exit 0 when a fresh session makes the same tool calls."""
+    from services.recorder.replay import timeline
+
+    with _client(api) as client:
+        events = _events(client, call_id)
+    if not rerun_:
+        rows = timeline(events, collapse=not all_events)
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row.to_dict()))
+            return
+        table = Table(title=f"Call {call_id}: {len(events)} events")
+        for column in ("ms", "dir", "source#seq", "type", "summary"):
+            table.add_column(column, overflow="fold")
+        arrows = {"client": "→ model", "server": "← model", "call": "call"}
+        for row in rows:
+            table.add_row(f"{row.rel_ms:9.1f}", arrows.get(row.direction, row.direction),
+                          f"{row.source}#{row.seq}", row.type, row.summary)
+        console.print(table)
+        return
+    raise typer.Exit(_rerun(events, speed, min_similarity, as_json, logged_session))
+
+
+def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool, logged_session: bool) -> int:
+    from services.recorder.rerun import (
+        agent_session_update,
+        compare,
+        extract_run,
+        logged_audio_format,
+        logged_session_update,
+        rerun,
+    )
+
+    settings = _settings()
+    logged = logged_session_update(events)
+    session_update = logged
+    if not logged_session:
+        try:
+            session_update = asyncio.run(agent_session_update(
+                settings.agent, settings.effective_nats_url, audio_format=logged_audio_format(events),
+                model=settings.model if not settings.uses_local_model else None, logged=logged))
+        except (ValueError, ImportError) as exc:
+            console.print(f"[yellow]current agent unavailable ({exc}); using the logged session.update[/yellow]")
+    headers: dict[str, str] = {}
+    if settings.openai_api_key and not settings.realtime_url:
+        headers["Authorization"] = f"Bearer {settings.openai_api_key}"
+    elif settings.localmodel_token:
+        headers["Authorization"] = f"Bearer {settings.localmodel_token}"
+    result = asyncio.run(rerun(events, settings.effective_realtime_url, headers=headers, speed=speed,
+                               session_update=session_update))
+    verdict = compare(extract_run(events), result, min_similarity=min_similarity)
+    if as_json:
+        typer.echo(json.dumps(verdict.to_dict()))
+    else:
+        colour = "green" if verdict.equivalent else "red"
+        console.print(f"[{colour}]{'equivalent' if verdict.equivalent else 'different'}[/{colour}] "
+                      f"(user transcript similarity {verdict.user_similarity:.2f}, "
+                      f"agent {verdict.agent_similarity:.2f})")
+        for line in verdict.differences:
+            console.print(f"  {line}")
+    return 0 if verdict.equivalent else 1
+
+
+def tail(call: str | None = typer.Option(None, "--call", help="Only this call id"),
+         type_glob: str | None = typer.Option(None, "--type", help="Event type glob, e.g. 'response.*'"),
+         nats_url: str | None = typer.Option(None, "--nats", help="NATS URL")) -> None:
+    """Live events from the bus (Ctrl-C stops)."""
+    settings = _settings()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_tail(nats_url or settings.effective_nats_url, call, type_glob))
+
+
+async def _tail(url: str, call_id: str | None, type_glob: str | None) -> None:
+    from services.recorder.records import ArchivedEvent, classify
+    from services.recorder.replay import summarize
+    from shared import subjects
+    from shared.bus import Bus, Envelope
+
+    bus = await Bus.connect(url, name="switchboard-tail", source="cli", connect_timeout=10)
+
+    async def show(env: Envelope) -> None:
+        cid, direction, kind = classify(env.subject, env.headers)
+        if kind == "audio.in" or (type_glob and not fnmatch.fnmatchcase(kind, type_glob)):
+            return
+        ev = ArchivedEvent("", 0, cid, 0, env.subject, direction, kind, env.source, env.seq, env.msg_id,
+                           env.ts_ns, time.time_ns(), None, env.headers, env.data)
+        stamp = time.strftime("%H:%M:%S", time.localtime((env.ts_ns or time.time_ns()) / 1e9))
+        console.print(f"{stamp} [cyan]{cid}[/cyan] {direction or 'call':6} [bold]{kind}[/bold] {summarize(ev)}",
+                      markup=True, highlight=False)
+
+    try:
+        if call_id:
+            await bus.subscribe(subjects.rt_all(call_id), show, dedupe=False, traced=False)
+            await bus.subscribe(subjects.call_all(call_id), show, dedupe=False, traced=False)
+        else:
+            await bus.subscribe(subjects.rt_wildcard(), show, dedupe=False, traced=False)
+            await bus.subscribe(subjects.all_call_events(), show, dedupe=False, traced=False)
+        console.print(f"[dim]following {call_id or 'every call'} on {url} (Ctrl-C stops)[/dim]")
+        await asyncio.Event().wait()
+    finally:
+        await bus.close()
+
+
+def trace(call_id: str = typer.Argument(..., help="The call id"),
+          api: str | None = typer.Option(None, help="Recorder API base URL"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """The call's trace as a waterfall."""
+    with _client(api) as client:
+        data = _get(client, f"/calls/{call_id}/trace").json()
+    rows = data["waterfall"]
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    if not rows:
+        console.print("[yellow]no spans archived for this call (TRACES keeps spans for at most an hour)[/yellow]")
+        raise typer.Exit(1)
+    total = max(r["offset_ms"] + r["duration_ms"] for r in rows) or 1.0
+    width = 40
+    table = Table(title=f"Trace of {call_id} ({len(rows)} spans, {total:.0f} ms)")
+    for column in ("span", "service", "start ms", "dur ms", "waterfall"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        start = int(r["offset_ms"] / total * width)
+        length = max(1, int(r["duration_ms"] / total * width))
+        colour = "red" if r.get("status") == "ERROR" else "green"
+        bar = " " * start + f"[{colour}]" + "█" * min(length, width - start) + f"[/{colour}]"
+        table.add_row("  " * r["depth"] + r["name"], r.get("service") or "", f"{r['offset_ms']:.1f}",
+                      f"{r['duration_ms']:.1f}", bar)
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(call_id: str = typer.Argument(..., help="The call id"),
+                 api: str | None = typer.Option(None, help="Recorder API base URL"),
+                 database: str | None = typer.Option(None, help="Read this database directly instead of the API"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recompute the call's hash chains; exit 1 naming any altered, missing or reordered record."""
+    if database:
+        report = asyncio.run(_verify_direct(database, call_id))
+    else:
+        with _client(api) as client:
+            report = _get(client, f"/calls/{call_id}/audit").json()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif report["ok"]:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
+        console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts})")
+    else:
+        console.print(f"[red]FAILED[/red] {call_id}: {len(report['problems'])} problem(s)")
+        for problem in report["problems"]:
+            console.print(f"  {problem['description']}", highlight=False)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+async def _verify_direct(url: str, call_id: str) -> dict[str, Any]:
+    from services.recorder.db import create_engine
+    from services.recorder.queries import verify_call
+
+    engine = create_engine(url)
+    try:
+        report = await verify_call(engine, call_id)
+    finally:
+        await engine.dispose()
+    if not report.records:
+        console.print(f"[red]no archived events for call {call_id}[/red]")
+        raise typer.Exit(1)
+    return report.to_dict()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the archive commands to the ``switchboard`` app."""
+    app.command("calls")(calls)
+    app.command("replay")(replay)
+    app.command("tail")(tail)
+    app.command("trace")(trace)
+    app.add_typer(audit_app, name="audit")
