@@ -95,10 +95,11 @@ async def publish(js: JetStreamContext, specs: list[ToolSpec], *, replicas: int 
 async def load(js: JetStreamContext) -> dict[str, ToolSpec]:
     """Every tool in the registry by name (empty when no worker has registered yet)."""
     kv = await _bucket(js)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
+    # The keys come from the KV stream's per-subject state, which is exact. nats-py's ``kv.keys()`` walks a
+    # watcher that can stop before the last key (seen: a registry of 6 tools loaded as 5).
+    prefix = f"$KV.{BUCKET}."
+    info = await js.stream_info(f"KV_{BUCKET}", subjects_filter=f"{prefix}>")
+    keys = sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))
     specs: dict[str, ToolSpec] = {}
     for key in keys:
         try:
