@@ -45,6 +45,8 @@ STOPWORDS: Final = frozenset({"a", "an", "the", "to", "for", "of", "on", "at", "
 DEFAULT_GREETING: Final = "Hello, how can I help you today?"
 ANYTHING_ELSE: Final = "Is there anything else I can help you with?"
 MIN_TOOL_SCORE: Final = 2.0
+DTMF_ANSWERS: Final[Mapping[str, str]] = {"1": "yes", "2": "no"}
+"""Keypad digits (arriving as the text ``DTMF <digit>``) that answer a question: 1 = yes, 2 = no."""
 
 
 def is_read_only(tool_name: str) -> bool:
@@ -213,7 +215,11 @@ class DialoguePolicy:
     # --- turns -------------------------------------------------------------------------------------------
 
     def on_user(self, text: str) -> Reply:
-        """The reply to a user turn (recognised speech or typed text, e.g. ``"DTMF 1"``)."""
+        """The reply to a user turn (recognised speech or typed text, e.g. ``"DTMF 1"``: see
+        :data:`DTMF_ANSWERS`)."""
+        keyed = re.fullmatch(r"\s*DTMF\s+(\S)\s*", text, re.IGNORECASE)
+        if keyed and keyed.group(1) in DTMF_ANSWERS:
+            text = DTMF_ANSWERS[keyed.group(1)]
         words = ex.words_of(text)
         if not words:
             return Reply("Sorry, I didn't catch that. Could you say it again?")

@@ -78,3 +78,16 @@ def test_text_dtmf_item_does_not_crash_and_args_persist_across_turns() -> None:
     r = p.on_user("at eleven thirty")
     assert r.call is None and "name" in r.say.lower()
     assert p.args == {"date": "2026-11-23", "time": "11:30"}
+
+
+def test_keypad_one_confirms_and_two_declines_a_read_back() -> None:
+    p = policy()
+    p.on_user("book an appointment for tomorrow at ten")
+    p.on_user("my name is john smith")
+    assert p.confirming
+    r = p.on_user("DTMF 1")
+    assert r.call is not None and r.call.name == "book_appointment" and r.call.arguments["time"] == "10:00"
+    p.on_user("cancel my appointment for tomorrow")
+    assert p.confirming
+    r = p.on_user("DTMF 2")
+    assert r.call is None and "won't" in r.say
