@@ -19,7 +19,7 @@ import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from services.localmodel.conversation import Conversation, StoredItem
 from services.localmodel.policy import Reply
@@ -28,6 +28,11 @@ from services.localmodel.speech import speak
 from shared.audio import AudioFormat
 
 __all__ = ["ResponseRun"]
+
+REALTIME_LEAD_MS: Final = 400.0
+"""With ``realtime`` pacing, how far (ms of audio) output may run ahead of real time. OpenAI's server delivers a
+response's audio faster than it plays, so a carrier always holds a backlog that a barge-in must clear; a model
+paced at exactly 1× would never leave one."""
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -134,7 +139,7 @@ class ResponseRun:
         last_sentence: tuple[float, float, str] | None = None
         async for chunk in speak(text, self.fmt, self.chunk_ms, self._espeak_voice()):
             if self.realtime:
-                delay = started + sent_ms / 1000.0 - time.monotonic()
+                delay = started + (sent_ms - REALTIME_LEAD_MS) / 1000.0 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await self._emit("response.output_audio.delta", delta=base64.b64encode(chunk.audio).decode(), **ids)
