@@ -15,6 +15,7 @@ Format (design.md, "The caller simulator and scenario files")::
       tool_calls: [{name: book_appointment, args: {time: "10:00"}}]   # subset match on arguments
       transcript_contains: ["booked"]                                  # in the agent's transcript
       ended_by: agent                                                  # or caller
+      barge_in: true            # optional: the log shows command.clear + conversation.item.truncate
 
 Expectations are checked against the log — the call's Realtime events replayed from the RT stream and its
 call events from CALLS (:class:`CallLog`) — never against what the simulator itself sent. Tool calls are the
@@ -104,6 +105,9 @@ class Expectations(_Model):
     tool_calls: list[ToolCallExpectation] = Field(default_factory=list)
     transcript_contains: list[str] = Field(default_factory=list)
     ended_by: Literal["agent", "caller"] | None = None
+    barge_in: bool | None = None
+    """True: the log must show a barge-in (``call.<id>.command.clear`` and a ``conversation.item.truncate``);
+    False: it must show none."""
 
 
 class Scenario(_Model):
@@ -235,6 +239,14 @@ def check_expectations(expect: Expectations, log: CallLog) -> list[str]:
     for phrase in expect.transcript_contains:
         if phrase.casefold() not in spoken:
             failures.append(f"agent transcript does not contain {phrase!r}")
+    if expect.barge_in is not None:
+        cleared = any(rest == "command.clear" for rest, _ in log.calls)
+        truncated = any(d == "client" and e.get("type") == "conversation.item.truncate" for d, e in log.rt)
+        if expect.barge_in and not (cleared and truncated):
+            failures.append(f"expected a barge-in, but command.clear logged={cleared}, "
+                            f"conversation.item.truncate logged={truncated}")
+        if not expect.barge_in and (cleared or truncated):
+            failures.append("expected no barge-in, but the log shows one")
     if expect.ended_by is not None and log.ended_by() != expect.ended_by:
         failures.append(f"expected the call to be ended by the {expect.ended_by}, but ended_by={log.ended_by()}")
     return failures

@@ -141,3 +141,16 @@ def test_args_match_is_reflexive_and_empty_matches_all(args: dict[str, Any]) -> 
 def test_scenario_model_roundtrip() -> None:
     scenario = Scenario.model_validate({"name": "n", "turns": [{"say": "hi"}]})
     assert scenario.caller.voice == "en-us+klatt" and scenario.expect.tool_calls == []
+
+
+def test_barge_in_expectation_reads_clear_and_truncate_from_the_log() -> None:
+    wanted = Expectations.model_validate({"barge_in": True})
+    unwanted = Expectations.model_validate({"barge_in": False})
+    log = _log([said("Hello")])
+    assert "expected a barge-in" in check_expectations(wanted, log)[0]
+    assert check_expectations(unwanted, log) == []
+    log.calls.append(("command.clear", {"item_id": "item_1"}))
+    assert "truncate logged=False" in check_expectations(wanted, log)[0]  # a clear alone is not a barge-in
+    log.rt.append(("client", {"type": "conversation.item.truncate", "item_id": "item_1", "audio_end_ms": 400}))
+    assert check_expectations(wanted, log) == []
+    assert "no barge-in" in check_expectations(unwanted, log)[0]
