@@ -10,6 +10,7 @@ import typer
 
 from shared.cli import archive as _archive
 from shared.cli import call as _call
+from shared.cli import demo as _demo
 from shared.cli import up as _up
 
 app = typer.Typer(name="switchboard", help="Event-sourced voice agents on NATS.", no_args_is_help=True,
@@ -18,5 +19,6 @@ app = typer.Typer(name="switchboard", help="Event-sourced voice agents on NATS."
 _up.register(app)
 _call.register(app)
 _archive.register(app)
+_demo.register(app)
 
 __all__ = ["app"]

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from shared.config import Settings
 
-__all__ = ["register"]
+__all__ = ["print_waterfall", "register"]
 
 console = Console()
 audit_app = typer.Typer(help="Verify the archive's hash chains.", no_args_is_help=True)
@@ -222,15 +222,22 @@ def trace(call_id: str = typer.Argument(..., help="The call id"),
     """The call's trace as a waterfall."""
     with _client(api) as client:
         data = _get(client, f"/calls/{call_id}/trace").json()
-    rows = data["waterfall"]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    if not rows:
+    if not data["waterfall"]:
         console.print("[yellow]no spans archived for this call (TRACES keeps spans for at most an hour)[/yellow]")
         raise typer.Exit(1)
+    print_waterfall(call_id, data["waterfall"])
+
+
+def print_waterfall(call_id: str, rows: list[dict[str, Any]], width: int = 40) -> None:
+    """Print a trace waterfall: ``rows`` as served by ``GET /calls/{id}/trace`` (``name, service, depth,
+    offset_ms, duration_ms, status``), one bar per span scaled to the whole trace."""
+    if not rows:
+        console.print(f"[yellow]no spans archived for {call_id}[/yellow]")
+        return
     total = max(r["offset_ms"] + r["duration_ms"] for r in rows) or 1.0
-    width = 40
     table = Table(title=f"Trace of {call_id} ({len(rows)} spans, {total:.0f} ms)")
     for column in ("span", "service", "start ms", "dur ms", "waterfall"):
         table.add_column(column, overflow="fold")
