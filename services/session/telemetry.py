@@ -23,6 +23,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from shared import metrics
@@ -136,10 +137,18 @@ class SessionHooks:
         """``command.clear`` was sent for a barge-in detected at ``started_at`` (monotonic seconds)."""
         metrics.BARGE_IN.record((time.monotonic() - started_at) * 1000, {"switchboard.agent": self.agent})
 
+    def tool_parent(self) -> Context | None:
+        """The context a tool call started now belongs to: the response in progress (the one that produced
+        the function call), else the call's. Taken when the call is dispatched, so the ``execute_tool`` span
+        is that response's child even if the response has ended before the span starts."""
+        return trace.set_span_in_context(self._response) if self._response else self._parent
+
     @contextlib.contextmanager
-    def tool_call(self, name: str, tool_call_id: str) -> Iterator[None]:
-        """An ``execute_tool <name>`` span around one tool call (the bus request is its child)."""
-        parent = trace.set_span_in_context(self._response) if self._response else self._parent
+    def tool_call(self, name: str, tool_call_id: str, parent: Context | None = None) -> Iterator[None]:
+        """An ``execute_tool <name>`` span around one tool call (the bus request is its child), under
+        ``parent`` (from :meth:`tool_parent` at dispatch; default: taken now)."""
+        if parent is None:
+            parent = self.tool_parent()
         with _tracer.start_as_current_span(
                 f"execute_tool {name}", context=parent, kind=SpanKind.CLIENT,
                 attributes=self._attrs(**{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.context import Context
+
 from shared import metrics, subjects
 from shared.bus import Bus, Headers
 from shared.errors import ServiceCallError
@@ -121,7 +123,9 @@ class ToolDispatcher:
         if not tool_call_id or tool_call_id in self.seen:
             return False
         self.seen.add(tool_call_id)
-        task = asyncio.create_task(self._run(tool_call_id, name, arguments), name=f"tool-{name}-{tool_call_id}")
+        parent = self.hooks.tool_parent()
+        task = asyncio.create_task(self._run(tool_call_id, name, arguments, parent),
+                                   name=f"tool-{name}-{tool_call_id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True
@@ -133,9 +137,9 @@ class ToolDispatcher:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=2)
 
-    async def _run(self, tool_call_id: str, name: str, arguments: str | None) -> None:
+    async def _run(self, tool_call_id: str, name: str, arguments: str | None, parent: Context | None) -> None:
         spec = self.registry.get(name)
-        with self.hooks.tool_call(name, tool_call_id):
+        with self.hooks.tool_call(name, tool_call_id, parent):
             try:
                 args = parse_arguments(arguments)
             except ValueError as exc:

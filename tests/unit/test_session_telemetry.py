@@ -70,3 +70,18 @@ def test_first_audio_is_counted_once_per_turn() -> None:
     hooks.output_audio()
     hooks.response_done("completed", None)
     assert len(hooks.first_audio_ms) == 1
+
+
+def test_tool_span_belongs_to_the_response_that_called_it_even_after_that_response_ended() -> None:
+    exporter = _exporter()
+    hooks = SessionHooks("CAhooks3", "receptionist")
+    hooks.model_connecting("ws://127.0.0.1:1/v1/realtime?model=x", 0)
+    hooks.response_created("resp_fc")
+    parent = hooks.tool_parent()  # taken when the function call is dispatched
+    hooks.response_done("completed", None)  # the response ends before the tool task starts its span
+    with hooks.tool_call("book_appointment", "call_2", parent):
+        pass
+    hooks.model_disconnected(None)
+    spans = _by_name(exporter.get_finished_spans(), "CAhooks3")
+    tool, response = spans["execute_tool book_appointment"], spans["response"]
+    assert tool.parent is not None and tool.parent.span_id == response.context.span_id
