@@ -30,7 +30,7 @@ from services.recorder.archive import Archive, BatchResult
 from services.recorder.puller import BatchPuller
 from services.recorder.records import Incoming
 from shared import metrics, subjects
-from shared.bus import Headers
+from shared.bus import Headers, batch_span
 
 __all__ = ["BatchCallback", "ConsumerStats", "StreamConsumer"]
 
@@ -140,11 +140,12 @@ class StreamConsumer:
         delay = 0.2
         while True:
             try:
-                if self.stream.name == subjects.TRACES_STREAM.name:
+                if self.stream.name == subjects.TRACES_STREAM.name:  # no span: it would trace itself
                     stored = await self.archive.persist_spans(incoming)
                     result = BatchResult(stored=stored)
                 else:
-                    result = await self.archive.persist(self.stream.name, incoming)
+                    with batch_span("persist", self.stream.name, [m.headers for m in incoming]):
+                        result = await self.archive.persist(self.stream.name, incoming)
                 break
             except Exception as exc:  # database down/locked: retry the same batch, keep stream order
                 self.stats.failures += 1

@@ -28,6 +28,7 @@ from shared.bus.envelope import (
     encode_payload,
     is_high_rate,
 )
+from shared.bus.links import batch_span, links_for
 
 __all__ = [
     "Bus",
@@ -36,8 +37,10 @@ __all__ = [
     "Handler",
     "Headers",
     "Payload",
+    "batch_span",
     "decode_headers_seq",
     "destination_template",
     "encode_payload",
     "is_high_rate",
+    "links_for",
 ]
