@@ -11,7 +11,8 @@
 - Interruptions cut agent audio where the caller interrupted (protocols.md §1.9 D): an item's audio stops at
   ``conversation.item.truncate.audio_end_ms`` (what the caller actually heard), else at the ``played_bytes`` of
   a ``call.<id>.carrier.mark`` echoed with ``cleared: true``; and a ``call.<id>.command.clear`` drops whatever
-  was still queued after the moment it was sent.
+  was still queued after the moment it was sent; ``call.<id>.ended`` likewise ends the agent channel (audio
+  the model sent after the caller hung up never played).
 
 Both channels are PCM16 at the caller's input rate (8 kHz for μ-law/A-law calls, 24 kHz for PCM calls);
 agent audio in another format is converted with :class:`shared.audio.Converter`.
@@ -224,7 +225,7 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
                 play.start_ms = start * 1000.0 / rate
             agent.write(start, pcm)
             play.end_ms = agent.cursor * 1000.0 / rate
-        elif ev.direction is None and ev.type == "command.clear":
+        elif ev.direction is None and ev.type in ("command.clear", "ended"):
             at = position(ev)
             if agent.cursor > at:
                 agent.cut(at)
@@ -232,6 +233,8 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
                     if play.end_ms * rate / 1000.0 > at:
                         play.interrupted = True
                         play.end_ms = max(play.start_ms, at * 1000.0 / rate)
+            if ev.type == "ended":
+                break
     length = max(caller.cursor, agent.cursor, len(caller.data[:caller.cursor]))
     left = np.zeros(length, dtype=np.int16)
     right = np.zeros(length, dtype=np.int16)

@@ -128,6 +128,19 @@ def _show(call: ToolCallKey | None) -> str:
     return f"{call[0]}({json.dumps(call[1], sort_keys=True)})"
 
 
+def _caller_text_items(events: Sequence[ArchivedEvent]) -> list[ArchivedEvent]:
+    """Logged ``conversation.item.create`` events carrying a user text message (keypad input)."""
+    out = []
+    for ev in _logged(events, "conversation.item.create"):
+        try:
+            item = json.loads(ev.body).get("item") or {}
+        except ValueError:
+            continue
+        if item.get("type") == "message" and item.get("role") == "user":
+            out.append(ev)
+    return out
+
+
 def _logged(events: Sequence[ArchivedEvent], kind: str) -> list[ArchivedEvent]:
     return [e for e in sorted(events, key=lambda e: (e.time_ns, e.stream, e.stream_seq))
             if e.direction == "client" and e.type == kind]
@@ -152,6 +165,9 @@ async def rerun(events: Sequence[ArchivedEvent], url: str, *, headers: dict[str,
     appends = _logged(events, "input_audio_buffer.append")
     if not appends:
         raise ValueError("the call has no logged caller audio (input_audio_buffer.append)")
+    # the caller's input: its audio, plus what it typed on the keypad (user text items, e.g. "DTMF 1", each
+    # answered by a response.create as the session did), in logged order
+    inputs = sorted([*appends, *_caller_text_items(events)], key=lambda e: (e.time_ns, e.stream, e.stream_seq))
     original = extract_run(events)
     result = RunResult()
     outputs = list(zip(original.tool_calls, original.tool_outputs, strict=True))
@@ -167,14 +183,16 @@ async def rerun(events: Sequence[ArchivedEvent], url: str, *, headers: dict[str,
                 raise ValueError(f"session.update rejected: {msg.get('error')}")
 
         async def send_audio() -> None:
-            t0 = appends[0].time_ns
+            t0 = inputs[0].time_ns
             start = time.monotonic()
-            for ev in appends:
+            for ev in inputs:
                 due = (ev.time_ns - t0) / 1e9 / max(speed, 1e-6)
                 delay = due - (time.monotonic() - start)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await ws.send(ev.body.decode())
+                if ev.type == "conversation.item.create":
+                    await ws.send(json.dumps({"type": "response.create"}))
 
         sender = asyncio.create_task(send_audio())
         try:

@@ -147,3 +147,17 @@ def test_formats_from_session_update_and_started() -> None:
 def test_empty_call_projects_to_nothing() -> None:
     p = project([])
     assert p.turns == [] and p.tool_calls == [] and p.cost_usd == 0.0
+
+
+def test_agent_audio_sent_after_the_call_ended_is_not_in_the_recording() -> None:
+    steps = script("CAend")
+    ended = next(s for s in steps if s.subject.endswith(".ended"))
+    rest = [s for s in steps if s is not ended]
+    deltas = [i for i, s in enumerate(rest) if s.payload.get("type") == "response.output_audio.delta"]
+    hang_up_at = deltas[len(deltas) // 2]  # the caller hangs up halfway through the agent's audio
+    hung_up = [*rest[:hang_up_at], ended, *rest[hang_up_at:]]
+    full = render(events_from(hung_up, "CAend"))
+    only_before = render(events_from([*rest[:hang_up_at], ended], "CAend"))
+    assert len(full.agent) == len(only_before.agent)
+    assert np.array_equal(full.agent, only_before.agent)
+    assert any(p.interrupted for p in full.items.values()) or len(full.agent) <= len(full.caller)
