@@ -11,7 +11,6 @@ and the hash chains verify; the recording lasts about as long as the call and bo
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sys
 import time
@@ -116,12 +115,11 @@ async def test_scenario_end_to_end(system: System, path: Path) -> None:
     # the recording: about as long as the call (at SPEED × real time the call's wall time is shorter than its
     # audio timeline, so compare with the caller's audio sent), both channels carry sound
     recording = Path(call["recording_path"])
-    assert recording.exists() and recording.read_bytes() == wav_bytes
-    seconds, left, right = channel_rms(recording)
+    assert await asyncio.to_thread(recording.read_bytes) == wav_bytes
+    seconds, left, right = await asyncio.to_thread(channel_rms, recording)
     call_audio_s = result.duration_ms / 1000 * SPEED
     assert 0.5 * call_audio_s <= seconds <= 1.5 * call_audio_s + 2, (seconds, call_audio_s)
     assert left > 100 and right > 100, f"silent channel: caller RMS {left:.0f}, agent RMS {right:.0f}"
-    assert io.BytesIO(wav_bytes).getbuffer().nbytes > 44
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
