@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 __all__ = [
+    "MAX_SPANS_PER_MESSAGE",
     "NatsSpanExporter",
     "Telemetry",
     "current_call_id",
@@ -143,14 +144,23 @@ def _jsonable(value: object) -> object:
     return value
 
 
-class NatsSpanExporter(SpanExporter):
-    """Publishes finished spans to ``otel.spans`` (core NATS, one message per span) for the embedded store.
+MAX_SPANS_PER_MESSAGE = 200
+"""Spans per ``otel.spans`` message at most (a span record is ~0.5–1 KiB; NATS' default max payload is 1 MiB)."""
 
-    ``publish`` is a coroutine function ``(records: list[tuple[bytes, str | None]]) -> None`` (payload and
-    call id per span) run on ``loop``. The batch processor calls :meth:`export` from its own thread with a
-    batch; the batch is serialized there and handed to the loop as ONE coroutine
-    (``run_coroutine_threadsafe``), so the event loop pays one wake-up per batch, not per span. Publishing
-    spans is not itself traced (no recursion).
+
+class NatsSpanExporter(SpanExporter):
+    """Publishes finished spans to ``otel.spans`` (core NATS) for the embedded store, batched.
+
+    Each message's payload is a JSON array of span records (:func:`span_to_dict`) of ONE call (header
+    ``Switchboard-Call-Id`` when the spans carry ``switchboard.call_id``), at most
+    :data:`MAX_SPANS_PER_MESSAGE` each. One message per call per export batch instead of one per span: every
+    traced bus message produces two spans, and publishing (and storing in the TRACES stream) a message per span
+    tripled the messages of the traced path. Consumers accept a single record object too.
+
+    ``publish`` is a coroutine function ``(records: list[tuple[bytes, str | None]]) -> None`` (payload and call
+    id per message) run on ``loop``. The batch processor calls :meth:`export` from its own thread; the batch is
+    serialized there and handed to the loop as ONE coroutine (``run_coroutine_threadsafe``), so the event loop
+    pays one wake-up per batch. Publishing spans is not itself traced (no recursion).
     """
 
     def __init__(self, publish: Callable[[list[tuple[bytes, str | None]]], Any],
@@ -160,17 +170,21 @@ class NatsSpanExporter(SpanExporter):
         self._closed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Serialize ``spans`` and hand them to the event loop; never blocks on the network."""
+        """Serialize ``spans`` (grouped by call) and hand them to the event loop; never blocks on the network."""
         if self._closed or self._loop.is_closed():
             return SpanExportResult.FAILURE
-        records: list[tuple[bytes, str | None]] = []
+        by_call: dict[str | None, list[dict[str, Any]]] = {}
         for span in spans:
             record = span_to_dict(span)
             call_id = record["attributes"].get("switchboard.call_id")
-            records.append((json.dumps(record, separators=(",", ":")).encode(),
-                            call_id if isinstance(call_id, str) else None))
+            by_call.setdefault(call_id if isinstance(call_id, str) else None, []).append(record)
+        messages: list[tuple[bytes, str | None]] = []
+        for call_id, records in by_call.items():
+            for i in range(0, len(records), MAX_SPANS_PER_MESSAGE):
+                chunk = records[i:i + MAX_SPANS_PER_MESSAGE]
+                messages.append((json.dumps(chunk, separators=(",", ":")).encode(), call_id))
         try:
-            asyncio.run_coroutine_threadsafe(self._publish(records), self._loop)
+            asyncio.run_coroutine_threadsafe(self._publish(messages), self._loop)
         except RuntimeError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS

@@ -193,16 +193,23 @@ class Archive:
                                        .values(**_ended_fields(msg)))
 
     async def persist_spans(self, batch: Sequence[Incoming]) -> int:
-        """Store span records (``shared.telemetry.span_to_dict`` JSON) from ``otel.spans``; returns rows stored.
+        """Store span records (``shared.telemetry.span_to_dict`` JSON; a message holds one record or an array
+        of them) from ``otel.spans``; returns rows stored.
 
         A record that is not a valid span is logged and skipped (spans are diagnostics, not the call log).
         """
         rows: list[dict[str, Any]] = []
         for msg in batch:
             try:
-                rows.append(_span_row(msg))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping malformed span record at TRACES seq %d: %s", msg.stream_seq, exc)
+                records = json.loads(msg.body)
+            except ValueError as exc:
+                log.warning("skipping a non-JSON span message at TRACES seq %d: %s", msg.stream_seq, exc)
+                continue
+            for record in records if isinstance(records, list) else [records]:
+                try:
+                    rows.append(_span_row(msg, record))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping malformed span record at TRACES seq %d: %s", msg.stream_seq, exc)
         async with self._lock, self.engine.begin() as conn:
             if rows:
                 await conn.execute(upsert(conn, models.spans).on_conflict_do_nothing(
@@ -305,8 +312,8 @@ def _ended_fields(msg: Incoming) -> dict[str, Any]:
             "end_reason": str(reason)[:64] if reason is not None else None}
 
 
-def _span_row(msg: Incoming) -> dict[str, Any]:
-    record = json.loads(msg.body)
+def _span_row(msg: Incoming, record: Any) -> dict[str, Any]:
+    """One ``spans`` row from a span record (``shared.telemetry.span_to_dict``) carried by ``msg``."""
     if not isinstance(record, dict):
         raise ValueError("span record is not an object")
     attributes = record.get("attributes") or {}
