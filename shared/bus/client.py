@@ -109,6 +109,14 @@ class Bus(StreamsMixin, MicroMixin):
         deadline = time.monotonic() + connect_timeout
         delay = 0.05
         last_error: Exception | None = None
+        conn: list[NATS] = []
+
+        async def on_disconnect() -> None:  # a drain/close we asked for is not worth a warning
+            if conn and (conn[0].is_draining or conn[0].is_closed):
+                log.debug("nats connection closed")
+            else:
+                log.warning("nats disconnected")
+
         while time.monotonic() < deadline:
             try:
                 nc = await nats.connect(
@@ -119,9 +127,10 @@ class Bus(StreamsMixin, MicroMixin):
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=_log_error,
-                    disconnected_cb=_log_disconnect,
+                    disconnected_cb=on_disconnect,
                     reconnected_cb=_log_reconnect,
                 )
+                conn.append(nc)
                 return cls(nc, source=source or name, ack_timeout=ack_timeout)
             except (TimeoutError, OSError, nats.errors.Error) as exc:
                 last_error = exc
@@ -461,10 +470,6 @@ class Bus(StreamsMixin, MicroMixin):
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
-
-
-async def _log_disconnect() -> None:
-    log.warning("nats disconnected")
 
 
 async def _log_reconnect() -> None:
