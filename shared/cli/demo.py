@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +34,8 @@ from shared.supervisor import Supervisor
 
 __all__ = ["first_audio_latencies_ms", "register"]
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
+"""Piped output (``make demo | tee``, CI logs) gets 140 columns instead of Rich's 80, so tables stay readable."""
 DEMO_SCENARIO = Path("scenarios/book-appointment.yaml")
 LOGGED_EVENT_SPANS = ("publish rt.", "process rt.")
 """Span-name prefixes of one logged Realtime event each, left out of the demo's waterfall."""
@@ -77,7 +79,7 @@ async def _archived(client: httpx.AsyncClient, call_id: str) -> dict[str, Any]:
 
 
 def _show(result: CallResult, call: dict[str, Any], transcript: dict[str, Any], events: list[dict[str, Any]],
-          trace: dict[str, Any]) -> None:
+          trace: dict[str, Any], recorder_url: str) -> None:
     from shared.cli.archive import print_waterfall
 
     console.rule(f"[bold]call {result.call_id}")
@@ -117,7 +119,7 @@ def _show(result: CallResult, call: dict[str, Any], transcript: dict[str, Any], 
                       f"({', '.join(f'{v:.0f}' for v in latencies)})")
     console.print(f"[dim]look further: switchboard calls | switchboard replay {result.call_id} | "
                   f"switchboard trace {result.call_id} | switchboard audit verify {result.call_id} | "
-                  f"http://127.0.0.1:<recorder port>/calls/{result.call_id}/live[/dim]")
+                  f"{recorder_url}/calls/{result.call_id}/live (while `switchboard up` runs)[/dim]")
 
 
 async def run_demo(settings: Settings, scenario_path: Path, speed: float) -> int:
@@ -150,7 +152,7 @@ async def run_demo(settings: Settings, scenario_path: Path, speed: float) -> int
             trace = (await client.get(f"/calls/{result.call_id}/trace")).json()
         archived = call.get("status") == "ended" and bool(events)
         if archived:
-            _show(result, call, transcript, events, trace)
+            _show(result, call, transcript, events, trace, f"http://127.0.0.1:{settings.recorder_port}")
         else:
             result.failures.append(f"the recorder did not archive the ended call within {ARCHIVE_TIMEOUT_S:.0f} s")
         for failure in result.failures:
