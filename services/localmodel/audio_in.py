@@ -33,6 +33,8 @@ class InputAudio:
         self._resampler = None if fmt.rate == 16000 else Resampler(fmt.rate, 16000)
         self.raw = bytearray()
         self.pcm16k: list[npt.NDArray[np.int16]] = []
+        self.last_pcm16k: npt.NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+        """The 16 kHz samples the last :meth:`append` added."""
         self._pcm_samples = 0
         self.base_ms = start_ms
         """Timeline position (ms) of the first buffered byte."""
@@ -52,7 +54,8 @@ class InputAudio:
         self.position_ms += len(data) / self.fmt.bytes_per_ms
         samples = decode(self.fmt, data)
         pcm = self._resampler.process(samples) if self._resampler else samples
-        self.pcm16k.append(pcm.astype(np.int16, copy=False))
+        self.last_pcm16k = pcm.astype(np.int16, copy=False)
+        self.pcm16k.append(self.last_pcm16k)
         self._pcm_samples += len(pcm)
         events = self.vad.feed(pcm) if self.vad else []
         in_speech = self.vad is not None and self.vad.in_speech

@@ -6,9 +6,10 @@
   ``OpenAI-Beta: realtime=v1`` gets the ``beta_api_shape_disabled`` error event and a close, as OpenAI answers.
 - frames up to 24 MiB are read (a 15 MiB append in base64 is 20 MiB); larger frames close with 1009.
 
-Recognition runs in a pool of worker processes shared by all sessions (``max_workers`` = CPU count, each with
-its own :class:`Recognizer`): pocketsphinx holds the GIL while decoding, so threads would stall the event loop
-(and every other session's audio); a burst of sessions queues recognition instead.
+Recognition runs in worker processes shared by all sessions (:class:`.recognizers.RecognizerPool`, one per
+CPU, each with its own :class:`~.asr.Recognizer`): pocketsphinx holds the GIL while decoding, so threads would
+stall the event loop (and every other session's audio). Each utterance is decoded on one worker while it is
+spoken, so at speech_stopped only its end remains to decode.
 """
 
 from __future__ import annotations
@@ -19,23 +20,19 @@ import hmac
 import http
 import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.localmodel.asr import Recognizer, Transcript
 from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
 from services.localmodel.grammar import LanguageModelSpec
 from services.localmodel.protocol import ProtocolError, error_event
+from services.localmodel.recognizers import RecognizerPool
 from services.localmodel.session import Session
 from services.localmodel.settings import LocalModelSettings
 
@@ -47,24 +44,12 @@ MAX_FRAME_BYTES = 24 * 1024 * 1024
 REALTIME_PATH = "/v1/realtime"
 
 
-_worker_recognizer: Recognizer | None = None
-
-
-def _recognize_in_worker(spec: LanguageModelSpec, pcm: npt.NDArray[np.int16]) -> Transcript:
-    """Recognise in a pool process (one :class:`Recognizer` per process)."""
-    global _worker_recognizer
-    if _worker_recognizer is None:
-        _worker_recognizer = Recognizer()
-    return _worker_recognizer.recognize(spec, pcm)
-
-
 class LocalModelServer:
     """Serve Realtime sessions until :meth:`stop`. ``port`` is the bound port after :meth:`start`."""
 
     def __init__(self, settings: LocalModelSettings) -> None:
         self.settings = settings
-        self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
-                                        mp_context=multiprocessing.get_context("spawn"))
+        self.pool = RecognizerPool(os.cpu_count() or 2)
         self.sessions: set[Session] = set()
         self.ready = False
         self.port = settings.port
@@ -84,13 +69,8 @@ class LocalModelServer:
         self._warm_task = asyncio.create_task(self._warm())
 
     async def _warm(self) -> None:
-        if self.settings.mode == "agent":
-            spec = LanguageModelSpec.from_session(DEMO_TOOLS, DEMO_INSTRUCTIONS)
-            loop = asyncio.get_running_loop()
-            silence = np.zeros(3200, dtype=np.int16)
-            workers = os.cpu_count() or 2  # warm the worker processes (decoder + LM built once in each)
-            await asyncio.gather(*(loop.run_in_executor(self.pool, _recognize_in_worker, spec, silence)
-                                   for _ in range(2 * workers)))
+        if self.settings.mode == "agent":  # build decoder, LM and CMN prior once in each worker process
+            await self.pool.warm(LanguageModelSpec.from_session(DEMO_TOOLS, DEMO_INSTRUCTIONS))
         self.ready = True
 
     async def stop(self) -> None:
@@ -102,7 +82,7 @@ class LocalModelServer:
             self._warm_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._warm_task
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.pool.shutdown)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -122,10 +102,6 @@ class LocalModelServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions\n")
         return None
 
-    async def _recognize(self, spec: LanguageModelSpec, pcm: npt.NDArray[np.int16]) -> Transcript:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, _recognize_in_worker, spec, pcm)
-
     def _record_first_audio(self, ms: float) -> None:
         if len(self.first_audio_ms) < 100_000:
             self.first_audio_ms.append(ms)
@@ -144,7 +120,8 @@ class LocalModelServer:
             await ws.close(1008, "beta api shape disabled")
             return
         model = (parse_qs(urlsplit(ws.request.path).query).get("model") or ["gpt-realtime"])[0]
-        session = Session(send, self.settings, self._recognize, model=model, on_first_audio=self._record_first_audio)
+        session = Session(send, self.settings, self.pool.recognize, model=model, stream=self.pool.stream,
+                          on_first_audio=self._record_first_audio)
         self.sessions.add(session)
         try:
             await session.start()

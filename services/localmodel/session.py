@@ -1,8 +1,10 @@
 """One Realtime connection: client-event dispatch, turn detection, recognition and responses.
 
-Handlers never block the event loop: recognition runs on the shared thread pool (``recognize``), synthesis in
-:mod:`shared.tts`'s worker thread. Every task a session starts is kept in ``self.tasks`` and cancelled by
-:meth:`Session.close` (called when the socket closes, whatever the reason).
+Handlers never block the event loop: recognition runs in the server's recogniser processes — each utterance is
+streamed to one of them while it is spoken (``stream``), or sent whole (``recognize``: manual commits, and the
+fallback when a stream fails) — and synthesis in :mod:`shared.tts`'s worker thread. Every task a session
+starts is kept in ``self.tasks`` and cancelled by :meth:`Session.close` (called when the socket closes,
+whatever the reason).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -39,14 +41,28 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Recognize = Callable[[LanguageModelSpec, npt.NDArray[np.int16]], Awaitable[Transcript]]
 
 
+class UtteranceStream(Protocol):
+    """An utterance decoded while spoken (:class:`.recognizers.Utterance`)."""
+
+    def feed(self, pcm16k: npt.NDArray[np.int16]) -> None: ...
+    async def finish(self) -> Transcript: ...
+    def cancel(self) -> None: ...
+
+
+StartStream = Callable[[LanguageModelSpec], UtteranceStream]
+
+
 class Session:
     """State of one connection. Feed frames to :meth:`handle`; call :meth:`close` when the socket closes."""
 
     def __init__(self, send: Send, settings: LocalModelSettings, recognize: Recognize, *, model: str,
-                 on_first_audio: Callable[[float], None] | None = None) -> None:
+                 stream: StartStream | None = None, on_first_audio: Callable[[float], None] | None = None) -> None:
         self.send = send
         self.settings = settings
         self.recognize = recognize
+        self.start_stream = stream
+        """Without it, each utterance is recognised whole (speculatively from the VAD's tentative end)."""
+        self._utterance: UtteranceStream | None = None
         self.state = SessionState(model)
         self.conversation = Conversation()
         self.policy = DialoguePolicy()
@@ -88,7 +104,8 @@ class Session:
                                                                "object": "realtime.conversation"})
 
     async def close(self) -> None:
-        """Cancel every task this session started and wait for them."""
+        """Cancel every task this session started (and an utterance being recognised) and wait for them."""
+        self._drop_utterance()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
@@ -121,6 +138,7 @@ class Session:
         elif isinstance(ev, p.InputAudioBufferClear):
             self.input.clear()
             self._speech_item = None
+            self._drop_utterance()
             await self.emit("input_audio_buffer.cleared")
             await self._close_echo()
         elif isinstance(ev, p.OutputAudioBufferClear):
@@ -171,8 +189,16 @@ class Session:
         if self.settings.mode == "echo":
             await self._echo_audio(data)
             return
-        for vad_event in self.input.append(data):
+        events = self.input.append(data)
+        if self._utterance is not None:  # an utterance opened by an earlier chunk: decode this one too
+            self._utterance.feed(self.input.last_pcm16k)
+        for vad_event in events:
             await self._on_vad(vad_event)
+
+    def _drop_utterance(self) -> None:
+        if self._utterance is not None:
+            self._utterance.cancel()
+            self._utterance = None
 
     async def _on_vad(self, e: VadEvent) -> None:
         td = self.state.turn_detection or {}
@@ -180,6 +206,10 @@ class Session:
             self._speech_item = new_id("item")
             self._speech_start_ms = e.ms
             self._speculative = None
+            self._drop_utterance()
+            if self.start_stream is not None:  # decode from the start of the segment (prefix padding included)
+                self._utterance = self.start_stream(self._spec())
+                self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
             await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
                             item_id=self._speech_item)
             if self.response is not None and td.get("interrupt_response", True):
@@ -187,7 +217,7 @@ class Session:
                 run.cancel("turn_detected")
                 if run.task is not None:
                     await asyncio.wait({run.task})
-        elif e.kind == "tentative_end" and self._speech_item:
+        elif e.kind == "tentative_end" and self._speech_item and self._utterance is None:
             _, pcm = self.input.segment(self._speech_start_ms, e.ms)
             self._speculative = (e.ms, self.spawn(self.recognize(self._spec(), pcm)))
         elif e.kind == "resumed":
@@ -199,7 +229,9 @@ class Session:
             raw, pcm, _ = self.input.take(e.ms)
             spec = self._speculative
             self._speculative = None
-            await self._commit(item_id, raw, pcm, spec[1] if spec else None)
+            utterance, self._utterance = self._utterance, None
+            pending = self.spawn(utterance.finish()) if utterance is not None else (spec[1] if spec else None)
+            await self._commit(item_id, raw, pcm, pending)
             if td.get("create_response", True) and self.response is None:
                 self.start_response(None, None)
             if self.input.vad is not None:
@@ -238,7 +270,16 @@ class Session:
     async def _transcribe(self, stored: StoredItem, pcm: npt.NDArray[np.int16],
                           speculative: asyncio.Task[Transcript] | None, future: asyncio.Future[str]) -> None:
         try:
-            result = await speculative if speculative is not None else await self.recognize(self._spec(), pcm)
+            result = None
+            if speculative is not None:
+                try:
+                    result = await speculative
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("streamed recognition failed; recognising the utterance whole", exc_info=True)
+            if result is None:
+                result = await self.recognize(self._spec(), pcm)
             text = result.text
         except Exception:
             log.exception("recognition failed")
