@@ -96,6 +96,43 @@ async def recorder_fixture(peer_bus: Bus) -> AsyncIterator[Recorder]:
     await sub.unsubscribe()
 
 
+class AudioTap:
+    """Every ``call.<id>.audio.in`` frame, by call id, from one wildcard subscription opened BEFORE the call.
+
+    A subscription made after the call started, right before the frames are sent, can miss them: with the
+    nats-server in the wheel, a second subscription to a subject sometimes does not yet receive messages
+    published just after its ``flush`` returned (seen in ~9 % of trials, on the same and on another
+    connection). Interest registered before the call exists is always in place by the first frame.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[Envelope]] = {}
+        self._sub: Any = None
+
+    async def start(self, bus: Bus) -> AudioTap:
+        async def on_audio(env: Envelope) -> None:
+            if env.call_id:
+                self.frames.setdefault(env.call_id, []).append(env)
+
+        self._sub = await bus.subscribe(subjects.call_audio_in_all(), on_audio)
+        return self
+
+    def of(self, call_id: str) -> list[Envelope]:
+        """The frames of ``call_id`` heard so far (a live list)."""
+        return self.frames.setdefault(call_id, [])
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+@pytest.fixture(name="audio_tap")
+async def audio_tap_fixture(peer_bus: Bus) -> AsyncIterator[AudioTap]:
+    tap = await AudioTap().start(peer_bus)
+    yield tap
+    await tap.stop()
+
+
 async def wait_until(predicate: Any, timeout: float = TIMEOUT) -> None:
     """Poll ``predicate()`` every 20 ms until it is true (TimeoutError after ``timeout`` s)."""
     async with asyncio.timeout(timeout):

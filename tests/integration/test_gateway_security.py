@@ -17,11 +17,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCM24K, pcm16_to_bytes
-from shared.bus import Bus, Envelope, Headers
+from shared.bus import Bus, Headers
 from shared.config import load_settings
 from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     TIMEOUT,
+    AudioTap,
     Recorder,
+    audio_tap_fixture,
     bus_fixture,
     gw_fixture,
     peer_bus_fixture,
@@ -69,7 +71,8 @@ async def test_media_upgrade_signature(signed_gw: RunningGateway, recorder: Reco
         assert err.value.response.status_code == 403
 
 
-async def test_browser_token_and_call(gw: RunningGateway, peer_bus: Bus, recorder: Recorder) -> None:
+async def test_browser_token_and_call(gw: RunningGateway, peer_bus: Bus, recorder: Recorder,
+                                      audio_tap: AudioTap) -> None:
     url = gw.ws_url + "/browser"
     async with httpx.AsyncClient(base_url=gw.http_url) as client:
         minted = (await client.post("/browser/token")).json()
@@ -82,11 +85,6 @@ async def test_browser_token_and_call(gw: RunningGateway, peer_bus: Bus, recorde
         with pytest.raises(InvalidStatus) as err:
             await websockets.connect(url + bad)
         assert err.value.response.status_code == 403
-    heard: list[Envelope] = []
-
-    async def on_audio(env: Envelope) -> None:
-        heard.append(env)
-
     async with websockets.connect(url + "?token=" + token) as ws:
         await ws.send(json.dumps({"event": "start", "sample_rate": 16000}))
         started = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
@@ -94,7 +92,7 @@ async def test_browser_token_and_call(gw: RunningGateway, peer_bus: Bus, recorde
         call_id = started["call_id"]
         info = (await recorder.wait_for(lambda: recorder.of(call_id, "started")))[0].json()
         assert info["carrier"] == "browser" and info["audio_format"] == PCM24K
-        sub = await peer_bus.subscribe(subjects.call_audio_in(call_id), on_audio)
+        heard = audio_tap.of(call_id)
         tone = (np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000) * 8000).astype(np.int16)
         for i in range(0, 16000, 320):  # 1 s at 16 kHz in 20 ms frames
             await ws.send(pcm16_to_bytes(tone[i:i + 320]))
@@ -111,7 +109,6 @@ async def test_browser_token_and_call(gw: RunningGateway, peer_bus: Bus, recorde
         await ws.send(json.dumps({"event": "stop"}))
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
-        await sub.unsubscribe()
     ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
     assert ended["reason"] == "caller_hangup" and ended["carrier"] == "browser"
     # a token works once

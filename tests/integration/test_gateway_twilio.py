@@ -18,12 +18,14 @@ from services.gateway.echo_peer import EchoPeer
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCMU
-from shared.bus import Bus, Envelope, Headers
+from shared.bus import Bus, Headers
 from shared.carriers.twilio import parse_twiml
 from shared.config import load_settings
 from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     TIMEOUT,
+    AudioTap,
     Recorder,
+    audio_tap_fixture,
     bus_fixture,
     gw_fixture,
     media_frame,
@@ -54,7 +56,7 @@ async def test_twiml_uses_public_url(bus: Bus, nats_url: str) -> None:
 
 
 async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer, recorder: Recorder,
-                                             peer_bus: Bus) -> None:
+                                             peer_bus: Bus, audio_tap: AudioTap) -> None:
     ws, call_id, started = await open_call(gw, recorder, peer)
     assert subjects.validate_call_id(call_id) == call_id
     assert started["carrier"] == "twilio" and started["audio_format"] == PCMU
@@ -64,8 +66,7 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
     assert started["stream_id"] == "MZ00000000000000000000000000000001"
     assert started["started_at"]
     # caller audio: in order, raw bytes, with the audio format header
-    heard: list[Envelope] = []
-    sub = await peer_bus.subscribe(subjects.call_audio_in(call_id), lambda e: _append(heard, e))
+    heard = audio_tap.of(call_id)
     frames = [bytes([i]) * 160 for i in range(1, 11)]
     for n, frame in enumerate(frames, start=1):
         await ws.send(media_frame(frame, n))
@@ -88,7 +89,6 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
     assert [e.data for e in heard] == frames
     assert all(e.headers[Headers.AUDIO_FORMAT] == PCMU for e in heard)
     assert [e.seq for e in heard] == sorted(e.seq for e in heard if e.seq is not None)
-    await sub.unsubscribe()
     # mark echoes (played) → carrier.mark
     for n, name in enumerate(marks[:3], start=1):
         await ws.send(json.dumps({"event": "mark", "sequenceNumber": str(20 + n), "streamSid": "MZ1",
@@ -117,10 +117,6 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
                                                                          subjects.CALLS_STREAM)]
     assert kinds[0] == "started" and kinds[-1] == "ended"
     assert kinds.count("carrier.mark") == 3 and "carrier.dtmf" in kinds
-
-
-async def _append(into: list[Envelope], env: Envelope) -> None:
-    into.append(env)
 
 
 async def test_clear_is_prompt_and_pending_marks_echo_cleared(gw: RunningGateway, peer: EchoPeer,
@@ -207,18 +203,13 @@ async def test_calls_are_isolated(gw: RunningGateway, peer: EchoPeer, recorder: 
 
 
 async def test_one_trace_per_call_rooted_at_the_gateway(gw: RunningGateway, peer: EchoPeer, recorder: Recorder,
-                                                        peer_bus: Bus) -> None:
+                                                        audio_tap: AudioTap) -> None:
     """Every message the gateway publishes for a call carries the trace of the call's root span."""
     from shared.telemetry import setup_telemetry
 
     setup_telemetry("switchboard-test")  # a real tracer provider (idempotent: the first call wins)
-    heard: list[Envelope] = []
-
-    async def on_audio(env: Envelope) -> None:
-        heard.append(env)
-
     ws, call_id, _ = await open_call(gw, recorder, peer)
-    sub = await peer_bus.subscribe(subjects.call_audio_in(call_id), on_audio)
+    heard = audio_tap.of(call_id)
     await ws.send(media_frame(b"\x01" * 160, 1))
     mark = (await recv_json(ws), await recv_json(ws))[1]
     await ws.send(json.dumps({"event": "mark", "streamSid": "MZ1", "sequenceNumber": "3", "mark": mark["mark"]}))
@@ -226,7 +217,6 @@ async def test_one_trace_per_call_rooted_at_the_gateway(gw: RunningGateway, peer
     await ws.close()
     await recorder.wait_for(lambda: recorder.of(call_id, "ended"))
     await wait_until(lambda: bool(heard))
-    await sub.unsubscribe()
     envelopes = [*recorder.of(call_id, "started"), heard[0], *recorder.of(call_id, "carrier.mark"),
                  *recorder.of(call_id, "ended")]
     trace_ids = {env.headers[Headers.TRACEPARENT].split("-")[1] for env in envelopes}
