@@ -187,7 +187,7 @@ class Session:
             raise ProtocolError("invalid_value", "Invalid 'audio': not valid base64.", param="audio",
                                 event_id=ev.event_id) from None
         if self.settings.mode == "echo":
-            await self._echo_audio(data)
+            await self._echo_audio(data, ev.audio)
             return
         events = self.input.append(data)
         if self._utterance is not None:  # an utterance opened by an earlier chunk: decode this one too
@@ -390,13 +390,14 @@ class Session:
 
     # --- echo mode ---------------------------------------------------------------------------------------
 
-    async def _echo_audio(self, data: bytes) -> None:
+    async def _echo_audio(self, data: bytes, b64: str) -> None:
         """Echo mode: input audio comes back as output audio deltas of one open response (closed on commit or
-        clear); converted when the input and output formats differ."""
+        clear); converted when the input and output formats differ, else the client's (validated) base64
+        ``b64`` is sent back as it came."""
         from shared.audio import convert
 
         out_fmt, in_fmt = self.state.output_format, self.state.input_format
-        audio = data if out_fmt == in_fmt else convert(data, in_fmt.name, out_fmt.name)
+        delta = b64 if out_fmt == in_fmt else base64.b64encode(convert(data, in_fmt.name, out_fmt.name)).decode()
         if self._echo is None:
             run = ResponseRun(self.emit_raw, self.conversation, fmt=out_fmt, text_only=False, chunk_ms=40,
                               realtime=False, voice="marin", metadata=None)
@@ -410,7 +411,7 @@ class Session:
             await self.emit("response.output_item.added", response_id=run.id, output_index=0, item=item)
             await self.emit("response.content_part.added", part={"type": "audio", "transcript": ""},
                             **self._echo_ids)
-        await self.emit("response.output_audio.delta", delta=base64.b64encode(audio).decode(), **self._echo_ids)
+        await self.emit("response.output_audio.delta", delta=delta, **self._echo_ids)
 
     async def _close_echo(self) -> None:
         run, self._echo = self._echo, None
