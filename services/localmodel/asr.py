@@ -87,18 +87,23 @@ class _Model:
     idle: list[Any]
 
 
-def trim_leading_silence(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
-    """``pcm`` (16 kHz) without its leading silence beyond :data:`LEAD_KEEP_MS`; unchanged if never voiced."""
+def _first_voiced_frame(pcm: npt.NDArray[np.int16]) -> int | None:
+    """Index of the first 10 ms frame of ``pcm`` (16 kHz) louder than -45 dBFS, or None."""
     frame = SAMPLE_RATE // 100
     n = len(pcm) // frame
     if n == 0:
-        return pcm
+        return None
     frames = pcm[:n * frame].astype(np.float64).reshape(n, frame)
     voiced = np.flatnonzero(np.sqrt(np.mean(frames ** 2, axis=1)) > _VOICED_RMS)
-    if len(voiced) == 0:
+    return int(voiced[0]) if len(voiced) else None
+
+
+def trim_leading_silence(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """``pcm`` (16 kHz) without its leading silence beyond :data:`LEAD_KEEP_MS`; unchanged if never voiced."""
+    first = _first_voiced_frame(pcm)
+    if first is None:
         return pcm
-    start = max(0, int(voiced[0]) * frame - LEAD_KEEP_MS * SAMPLE_RATE // 1000)
-    return pcm[start:]
+    return pcm[max(0, first * (SAMPLE_RATE // 100) - LEAD_KEEP_MS * SAMPLE_RATE // 1000):]
 
 
 class Recognizer:
@@ -272,8 +277,7 @@ class UtteranceStream:
         self._chunks.append(chunk)
         if not self._voiced:
             self._held = np.concatenate([self._held, chunk])
-            trimmed = trim_leading_silence(self._held)
-            if len(trimmed) == len(self._held) and not _is_voiced(self._held):
+            if _first_voiced_frame(self._held) is None:
                 # still silence: hold only what may be kept later, dropping whole 10 ms frames so the voiced
                 # frame is found on the same grid as trim_leading_silence over the whole utterance
                 frame, keep = SAMPLE_RATE // 100, LEAD_KEEP_MS * SAMPLE_RATE // 1000
@@ -281,7 +285,7 @@ class UtteranceStream:
                 self._cpu += time.perf_counter() - started
                 return
             self._voiced = True
-            chunk, self._held = trimmed, np.zeros(0, dtype=np.int16)
+            chunk, self._held = trim_leading_silence(self._held), np.zeros(0, dtype=np.int16)
         for i in range(0, len(chunk), _CHUNK):
             self._decoder.process_raw(chunk[i:i + _CHUNK].tobytes())
         self._cpu += time.perf_counter() - started
@@ -320,11 +324,3 @@ class UtteranceStream:
                 self._decoder.end_utt()
             self._recognizer._release(self._model, self._decoder)
 
-
-def _is_voiced(pcm: npt.NDArray[np.int16]) -> bool:
-    frame = SAMPLE_RATE // 100
-    n = len(pcm) // frame
-    if n == 0:
-        return False
-    frames = pcm[:n * frame].astype(np.float64).reshape(n, frame)
-    return bool(np.any(np.sqrt(np.mean(frames ** 2, axis=1)) > _VOICED_RMS))

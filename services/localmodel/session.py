@@ -56,12 +56,11 @@ class Session:
     """State of one connection. Feed frames to :meth:`handle`; call :meth:`close` when the socket closes."""
 
     def __init__(self, send: Send, settings: LocalModelSettings, recognize: Recognize, *, model: str,
-                 stream: StartStream | None = None, on_first_audio: Callable[[float], None] | None = None) -> None:
+                 stream: StartStream, on_first_audio: Callable[[float], None] | None = None) -> None:
         self.send = send
         self.settings = settings
         self.recognize = recognize
         self.start_stream = stream
-        """Without it, each utterance is recognised whole (speculatively from the VAD's tentative end)."""
         self._utterance: UtteranceStream | None = None
         self.state = SessionState(model)
         self.conversation = Conversation()
@@ -72,8 +71,6 @@ class Session:
         self.transcripts: dict[str, asyncio.Future[str]] = {}
         self.handled: set[str] = set()
         self._speech_item: str | None = None
-        self._speech_start_ms = 0.0
-        self._speculative: tuple[float, asyncio.Task[Transcript]] | None = None
         self._stopped_at: float | None = None
         self._on_first_audio = on_first_audio
         self._echo: ResponseRun | None = None
@@ -204,12 +201,9 @@ class Session:
         td = self.state.turn_detection or {}
         if e.kind == "start":
             self._speech_item = new_id("item")
-            self._speech_start_ms = e.ms
-            self._speculative = None
-            self._drop_utterance()
-            if self.start_stream is not None:  # decode from the start of the segment (prefix padding included)
-                self._utterance = self.start_stream(self._spec())
-                self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
+            self._drop_utterance()  # decode from the start of the segment (prefix padding included)
+            self._utterance = self.start_stream(self._spec())
+            self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
             await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
                             item_id=self._speech_item)
             if self.response is not None and td.get("interrupt_response", True):
@@ -217,21 +211,13 @@ class Session:
                 run.cancel("turn_detected")
                 if run.task is not None:
                     await asyncio.wait({run.task})
-        elif e.kind == "tentative_end" and self._speech_item and self._utterance is None:
-            _, pcm = self.input.segment(self._speech_start_ms, e.ms)
-            self._speculative = (e.ms, self.spawn(self.recognize(self._spec(), pcm)))
-        elif e.kind == "resumed":
-            self._speculative = None
         elif e.kind == "stop" and self._speech_item:
             item_id, self._speech_item = self._speech_item, None
             self._stopped_at = time.monotonic()
             await self.emit("input_audio_buffer.speech_stopped", audio_end_ms=int(e.ms), item_id=item_id)
             raw, pcm, _ = self.input.take(e.ms)
-            spec = self._speculative
-            self._speculative = None
             utterance, self._utterance = self._utterance, None
-            pending = self.spawn(utterance.finish()) if utterance is not None else (spec[1] if spec else None)
-            await self._commit(item_id, raw, pcm, pending)
+            await self._commit(item_id, raw, pcm, self.spawn(utterance.finish()) if utterance is not None else None)
             if td.get("create_response", True) and self.response is None:
                 self.start_response(None, None)
             if self.input.vad is not None:
@@ -255,7 +241,7 @@ class Session:
         await self._commit(item_id, raw, pcm, None)
 
     async def _commit(self, item_id: str, raw: bytes, pcm: npt.NDArray[np.int16],
-                      speculative: asyncio.Task[Transcript] | None) -> None:
+                      streamed: asyncio.Task[Transcript] | None) -> None:
         item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
                 "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
         stored = StoredItem(item, bytearray(raw), len(raw) / self.state.input_format.bytes_per_ms)
@@ -265,15 +251,15 @@ class Session:
         await self.emit("conversation.item.done", previous_item_id=previous, item=item)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.transcripts[item_id] = future
-        self.spawn(self._transcribe(stored, pcm, speculative, future))
+        self.spawn(self._transcribe(stored, pcm, streamed, future))
 
     async def _transcribe(self, stored: StoredItem, pcm: npt.NDArray[np.int16],
-                          speculative: asyncio.Task[Transcript] | None, future: asyncio.Future[str]) -> None:
+                          streamed: asyncio.Task[Transcript] | None, future: asyncio.Future[str]) -> None:
         try:
             result = None
-            if speculative is not None:
+            if streamed is not None:
                 try:
-                    result = await speculative
+                    result = await streamed
                 except asyncio.CancelledError:
                     raise
                 except Exception:

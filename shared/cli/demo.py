@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.scenario import ScenarioError, load_scenario
 from shared.supervisor import Supervisor
 
-__all__ = ["first_audio_latencies_ms", "register"]
+__all__ = ["first_audio_latencies_ms", "register", "wait_archived"]
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 """Piped output (``make demo | tee``, CI logs) gets 140 columns instead of Rich's 80, so tables stay readable."""
@@ -64,9 +64,11 @@ def first_audio_latencies_ms(events: list[dict[str, Any]]) -> list[float]:
     return out
 
 
-async def _archived(client: httpx.AsyncClient, call_id: str) -> dict[str, Any]:
-    """The recorder's view of the call once it is ended, projected and recorded (or what it has at timeout)."""
-    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+async def wait_archived(client: httpx.AsyncClient, call_id: str,
+                        timeout: float = ARCHIVE_TIMEOUT_S) -> dict[str, Any]:
+    """``GET /calls/{call_id}`` from the recorder API at ``client`` once the call is ended, projected and
+    recorded; what the recorder has (possibly ``{}``) when that does not happen within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     call: dict[str, Any] = {}
     while time.monotonic() < deadline:
         response = await client.get(f"/calls/{call_id}")
@@ -145,7 +147,7 @@ async def run_demo(settings: Settings, scenario_path: Path, speed: float) -> int
         headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.recorder_port}", headers=headers,
                                      timeout=30.0) as client:
-            call = await _archived(client, result.call_id)
+            call = await wait_archived(client, result.call_id)
             transcript = (await client.get(f"/calls/{result.call_id}/transcript")).json()
             lines = (await client.get(f"/calls/{result.call_id}/events")).text.splitlines()
             events = [json.loads(line) for line in lines if line.strip()]

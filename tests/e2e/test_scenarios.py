@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 from shared import subjects
 from shared.bus import Bus
 from shared.caller import CallResult, run_scenario
+from shared.cli.demo import wait_archived
 from shared.scenario import load_scenario
 from tests.e2e.conftest import ROOT, SPEED, System
 
@@ -35,19 +35,12 @@ RESULTS: dict[str, tuple[CallResult, dict[str, Any]]] = {}
 """Calls placed so far in this session, by scenario file stem (reused by the trace test)."""
 
 
-async def archived(system: System, call_id: str, timeout: float = 60.0) -> dict[str, Any]:
+async def archived(system: System, call_id: str) -> dict[str, Any]:
     """The recorder's call record once it is ended, projected and recorded."""
-    deadline = time.monotonic() + timeout
-    call: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=system.recorder_url, timeout=10) as client:
-        while time.monotonic() < deadline:
-            response = await client.get(f"/calls/{call_id}")
-            if response.status_code == 200:
-                call = response.json()
-                if call.get("projected_ns") and call.get("recording_path"):
-                    return call
-            await asyncio.sleep(0.5)
-    raise AssertionError(f"call {call_id} not archived within {timeout:.0f} s: {call}")
+        call = await wait_archived(client, call_id)
+    assert call.get("projected_ns") and call.get("recording_path"), f"call {call_id} not archived: {call}"
+    return call
 
 
 async def placed(system: System, path: Path) -> tuple[CallResult, dict[str, Any]]:
