@@ -23,18 +23,7 @@ from services.recorder.records import Incoming
 from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared.bus import Bus
-from shared.config import load_settings
 from shared.telemetry import setup_telemetry
-
-
-@pytest.fixture
-async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
-    gateway = await Bus.connect(nats_url, name="test-gateway", source="gateway")
-    session = await Bus.connect(nats_url, name="test-session", source="session")
-    await gateway.ensure_streams(load_settings(js_max_age=3600))
-    yield gateway, session
-    await gateway.close()
-    await session.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ database's committed position so the archive equals an uninterrupted one (same r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,6 @@ from services.recorder.records import Incoming
 from services.recorder.scripted import publish_call, script
 from shared import subjects
 from shared.bus import Bus
-from shared.config import load_settings
-
-
-@pytest.fixture
-async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
-    gateway = await Bus.connect(nats_url, name="test-gateway", source="gateway")
-    session = await Bus.connect(nats_url, name="test-session", source="session")
-    await gateway.ensure_streams(load_settings(js_max_age=3600))
-    yield gateway, session
-    await gateway.close()
-    await session.close()
 
 
 async def start_at_stream_end(bus: Bus, engine: AsyncEngine) -> None:

@@ -8,12 +8,10 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from services.recorder import models, queries
@@ -22,19 +20,8 @@ from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared import natsserver
 from shared.bus import Bus
-from shared.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
-    gateway = await Bus.connect(nats_url, name="test-gateway", source="gateway")
-    session = await Bus.connect(nats_url, name="test-session", source="session")
-    await gateway.ensure_streams(load_settings(js_max_age=3600))
-    yield gateway, session
-    await gateway.close()
-    await session.close()
 
 
 class RecorderProcess:

@@ -1,0 +1,21 @@
+"""Fixtures shared by the integration tests (a module defining a fixture of the same name uses its own)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.bus import Bus
+from shared.config import load_settings
+
+
+@pytest.fixture
+async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
+    """A gateway-side and a session-side bus connection, with the streams in place (1 h max age)."""
+    gateway = await Bus.connect(nats_url, name="test-gateway", source="gateway")
+    session = await Bus.connect(nats_url, name="test-session", source="session")
+    await gateway.ensure_streams(load_settings(js_max_age=3600))
+    yield gateway, session
+    await gateway.close()
+    await session.close()
