@@ -36,6 +36,7 @@ from shared.bus.envelope import (
 )
 from shared.bus.micro import MicroMixin
 from shared.bus.streams import StreamsMixin
+from shared.bus.wire import SwitchboardClient
 from shared.errors import BusError, PublishFailedError, ServiceCallError
 from shared.telemetry import current_call_id
 
@@ -127,13 +128,14 @@ class Bus(StreamsMixin, MicroMixin):
 
         while time.monotonic() < deadline:
             try:
-                nc = await nats.connect(
+                nc = SwitchboardClient()
+                await nc.connect(
                     servers=url.split(","),
                     name=name,
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py sleeps on it (annotated int)
                     error_cb=_log_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=_log_reconnect,

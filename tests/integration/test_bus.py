@@ -74,6 +74,55 @@ async def test_message_crosses_processes_with_trace_and_headers(bus: Bus, unique
     assert propagate.get_global_textmap() is not None
 
 
+async def test_headers_interoperate_with_stock_nats_py(bus: Bus, nats_url: str, unique: str) -> None:
+    """Our header codec (shared.bus.wire) and nats-py's read each other's messages identically."""
+    import nats
+
+    stock = await nats.connect(nats_url)
+    try:
+        odd = {"Plain": "v", "Spaced": "  padded  ", "Multi": "a\r\nb", "Utf8": "caf\u00e9"}
+        by_stock: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        by_bus: asyncio.Queue[Envelope] = asyncio.Queue()
+
+        warm = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+        async def stock_cb(msg: object) -> None:
+            if getattr(msg, "data", b"") == b"warm":
+                warm["a"].set()
+            else:
+                by_stock.put_nowait(dict(getattr(msg, "headers", None) or {}))
+
+        async def handler(env: Envelope) -> None:
+            if env.data == b"warm":
+                warm["b"].set()
+            else:
+                by_bus.put_nowait(env)
+
+        await stock.subscribe(f"wire.{unique}.a", cb=stock_cb)
+        await stock.flush()
+        await bus.subscribe(f"wire.{unique}.b", handler, dedupe=False)
+        # nats-server can miss the first message another connection publishes right after a subscribe's
+        # flush (see tests/integration/gateway_harness.py): warm both routes first
+        for _ in range(40):
+            if warm["a"].is_set() and warm["b"].is_set():
+                break
+            await bus.nc.publish(f"wire.{unique}.a", b"warm")
+            await stock.publish(f"wire.{unique}.b", b"warm")
+            await asyncio.gather(bus.nc.flush(), stock.flush())
+            await asyncio.sleep(0.05)
+
+        sent = await bus.publish(f"wire.{unique}.a", b"x", call_id=f"w{unique}", headers=odd)
+        seen_by_stock = await asyncio.wait_for(by_stock.get(), 10)
+        assert seen_by_stock == {k: v.strip().replace("\r\n", "  ") for k, v in sent.items()}
+
+        await stock.publish(f"wire.{unique}.b", b"y", headers=odd)
+        env = await asyncio.wait_for(by_bus.get(), 10)
+        await stock.publish(f"wire.{unique}.a", b"y", headers=odd)
+        assert env.headers == await asyncio.wait_for(by_stock.get(), 10)
+    finally:
+        await stock.close()
+
+
 async def test_seq_is_per_call_and_gapless(bus: Bus, unique: str) -> None:
     seen: list[tuple[str, int | None]] = []
     done = asyncio.Event()
