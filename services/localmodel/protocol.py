@@ -14,10 +14,10 @@ matches it, protocols.md §1.11 point 5).
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import secrets
-import string
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -39,12 +39,15 @@ MAX_APPEND_BYTES = 15 * 1024 * 1024
 _ID_RANDOM = random.Random(secrets.randbits(128))
 """Ids need to be unique, not secret: a PRNG seeded once from the OS, instead of a ``urandom`` syscall per
 event (every audio delta has an ``event_id``; the syscall was ~5 % of the server's CPU in echo mode)."""
-_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
 def new_id(prefix: str) -> str:
-    """A fresh id like OpenAI's: ``<prefix>_`` + 21 URL-safe random characters (``event``, ``item``, …)."""
-    return prefix + "_" + "".join(_ID_RANDOM.choices(_ID_ALPHABET, k=21))
+    """A fresh id like OpenAI's: ``<prefix>_`` + 21 URL-safe random characters (``event``, ``item``, …).
+
+    The characters are the URL-safe base64 of 16 random bytes (126 random bits kept), a third of the CPU of
+    drawing 21 characters one by one.
+    """
+    return prefix + "_" + base64.urlsafe_b64encode(_ID_RANDOM.randbytes(16))[:21].decode()
 
 
 class ProtocolError(Exception):

@@ -8,6 +8,7 @@ The full effective session — including ``audio`` — is echoed in ``session.cr
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any, Final
 
@@ -22,6 +23,10 @@ SERVER_VAD_DEFAULTS: Final[dict[str, Any]] = {
     "idle_timeout_ms": None, "create_response": True, "interrupt_response": True,
 }
 _PCM_FORMAT: Final = {"type": "audio/pcm", "rate": 24000}
+
+
+_parse_format = functools.lru_cache(maxsize=16)(parse_format)
+"""``parse_format`` memoized: the formats are read for every audio chunk and there are only a handful of names."""
 
 
 def _format_name(fmt: dict[str, Any]) -> str:
@@ -92,12 +97,12 @@ class SessionState:
     @property
     def input_format(self) -> AudioFormat:
         """The input audio format (``audio/pcm`` 24 kHz, ``audio/pcmu`` or ``audio/pcma``)."""
-        return parse_format(_format_name(self.session["audio"]["input"]["format"]))
+        return _parse_format(_format_name(self.session["audio"]["input"]["format"]))
 
     @property
     def output_format(self) -> AudioFormat:
         """The output audio format."""
-        return parse_format(_format_name(self.session["audio"]["output"]["format"]))
+        return _parse_format(_format_name(self.session["audio"]["output"]["format"]))
 
     @property
     def turn_detection(self) -> dict[str, Any] | None:
