@@ -49,6 +49,8 @@ HOP_SAMPLE_EVERY = 8
 deltas, marks: 50 a second per call; one histogram record costs about as much as the rest of the receive)."""
 CONTEXT_CACHE_SIZE = 4096
 """Extracted trace contexts kept per distinct ``traceparent`` (cleared when full)."""
+INJECTION_CACHE_SIZE = 256
+"""Injected trace headers kept per current context object for untraced publishes (cleared when full)."""
 
 FailureCallback = Callable[[PublishFailedError, str | None], Awaitable[None]]
 
@@ -90,6 +92,7 @@ class Bus(StreamsMixin, MicroMixin):
         self._acks_idle.set()
         self._ack_worker: asyncio.Task[None] | None = None
         self._contexts: dict[tuple[str | None, str | None], otel_context.Context] = {}
+        self._injections: dict[int, tuple[otel_context.Context, dict[str, str]]] = {}
         self._received = 0
         self._failure_callbacks: list[FailureCallback] = []
         self.failed_publishes: list[PublishFailedError] = []
@@ -173,7 +176,8 @@ class Bus(StreamsMixin, MicroMixin):
         """Drop per-call state (seq counter) once a call is over."""
         self._seq.forget(call_id)
 
-    def _headers(self, call_id: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def _headers(self, call_id: str | None, extra: Mapping[str, str] | None, *,
+                 reuse_context: bool = False) -> dict[str, str]:
         headers: dict[str, str] = {Headers.SOURCE: self.source, Headers.TS: str(time.time_ns())}
         if call_id is not None:
             seq = self._seq.next(call_id)
@@ -182,10 +186,33 @@ class Bus(StreamsMixin, MicroMixin):
             headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
         else:
             headers[Headers.MSG_ID] = secrets.token_hex(12)
-        propagate.inject(headers)
+        if reuse_context:
+            headers.update(self._injected())
+        else:
+            propagate.inject(headers)
         if extra:
             headers.update(extra)
         return headers
+
+    def _injected(self) -> dict[str, str]:
+        """What the global propagator injects for the current context, computed once per context object.
+
+        For untraced (high-rate) publishes: every audio frame of a call is published in the same attached
+        context, and injection costs ~2.5 µs a message (7 % of the gateway's CPU). Contexts are immutable and
+        the propagators (W3C trace context, baggage) are functions of the context, so the result is reused
+        while the same context object is current; entries keep their context alive, so a recycled ``id`` can
+        never match a different context.
+        """
+        ctx = otel_context.get_current()
+        hit = self._injections.get(id(ctx))
+        if hit is not None and hit[0] is ctx:
+            return hit[1]
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=ctx)
+        if len(self._injections) >= INJECTION_CACHE_SIZE:
+            self._injections.clear()
+        self._injections[id(ctx)] = (ctx, carrier)
+        return carrier
 
     def _producer_span(self, subject: str, call_id: str | None, size: int) -> trace.Span:
         span = self._tracer.start_span(
@@ -224,7 +251,7 @@ class Bus(StreamsMixin, MicroMixin):
         if traced is None:
             traced = not is_high_rate(subject)
         if not traced:
-            hdrs = self._headers(call_id, headers)
+            hdrs = self._headers(call_id, headers, reuse_context=True)
             await self.nc.publish(subject, data, headers=hdrs)
             return hdrs
         span = self._producer_span(subject, call_id, len(data))
@@ -308,7 +335,7 @@ class Bus(StreamsMixin, MicroMixin):
             traced = not is_high_rate(subject)
         span = self._producer_span(subject, call_id, len(data)) if traced else None
         with trace.use_span(span, end_on_exit=True) if span else contextlib.nullcontext():
-            hdrs = self._headers(call_id, headers)
+            hdrs = self._headers(call_id, headers, reuse_context=span is None)
             if span is not None:
                 span.set_attribute("messaging.message.id", hdrs[Headers.MSG_ID])
             future: asyncio.Future[Any] | None
