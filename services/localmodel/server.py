@@ -110,8 +110,8 @@ class LocalModelServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        async def send(event: dict[str, Any]) -> None:
-            await ws.send(json.dumps(event, separators=(",", ":")))
+        async def send(event: dict[str, Any] | str) -> None:
+            await ws.send(event if isinstance(event, str) else json.dumps(event, separators=(",", ":")))
 
         if ws.request.headers.get("OpenAI-Beta", "").lower().startswith("realtime"):
             await send(error_event(ProtocolError(

@@ -58,14 +58,22 @@ async def test_echo_mode_returns_input_audio() -> None:
                                       "audio": base64.b64encode(frame).decode()}))
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         echoed = []
+        events = []
         while True:
             event = json.loads(await asyncio.wait_for(ws.recv(), 10))
             validate(event)
+            events.append(event)
             if event["type"] == "response.output_audio.delta":
                 echoed.append(base64.b64decode(event["delta"]))
             if event["type"] == "response.done":
                 break
         assert echoed == frames
+        ids = [e["event_id"] for e in events]
+        assert len(set(ids)) == len(ids)
+        added = next(e for e in events if e["type"] == "response.output_item.added")
+        deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
+        assert {(d["response_id"], d["item_id"], d["output_index"], d["content_index"]) for d in deltas} == {
+            (added["response_id"], added["item"]["id"], 0, 0)}
 
 
 async def test_disconnect_mid_response_leaves_no_tasks_and_server_usable() -> None:
