@@ -10,19 +10,50 @@ a key is validated and encoded once, a value is only rewritten when it holds a C
 is checked once per distinct spelling.
 
 ``tests/unit/test_wire.py`` checks, for arbitrary header sets, that the bytes sent and the dict received are
-identical to nats-py's own implementation (so an upgrade of nats-py that changes the rules fails there).
+identical to nats-py's own implementation (so an upgrade of nats-py that changes the rules fails there). The
+override is only active on the nats-py minor versions listed in :data:`TESTED_NATS_PY`; on any other the
+client is plain nats-py (slower, never wrong) and a warning says so.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from nats import errors
-from nats.aio.client import _HEADER_KEY_RE, _HEADER_VALUE_NEWLINES
 from nats.aio.client import Client as _NatsClient
 from nats.protocol import command as prot_command
 
-__all__ = ["SwitchboardClient", "encode_headers", "parse_header_lines"]
+try:  # nats-py's own rules, so both codecs agree; absent from a nats-py we do not know: fast path off
+    from nats.aio.client import _HEADER_KEY_RE, _HEADER_VALUE_NEWLINES
+    _RULES_FOUND = True
+except ImportError:  # pragma: no cover - depends on the nats-py release
+    _HEADER_KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 token
+    _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+    _RULES_FOUND = False
+
+__all__ = ["FAST_CODEC", "TESTED_NATS_PY", "SwitchboardClient", "encode_headers", "parse_header_lines"]
+
+log = logging.getLogger(__name__)
+
+TESTED_NATS_PY = ("2.16",)
+"""nats-py minor versions whose private ``_send_publish`` / ``_parse_header_lines`` this codec matches."""
+
+
+def _nats_py_minor() -> str:
+    try:
+        return ".".join(version("nats-py").split(".")[:2])
+    except PackageNotFoundError:  # pragma: no cover - nats-py is a declared dependency
+        return "unknown"
+
+
+FAST_CODEC = _RULES_FOUND and _nats_py_minor() in TESTED_NATS_PY
+"""Whether :class:`SwitchboardClient` uses this module's codec (else it is nats-py's client unchanged)."""
+if not FAST_CODEC:
+    log.warning("nats-py %s is not among the versions the fast header codec was checked against (%s): "
+                "using nats-py's own codec", _nats_py_minor(), ", ".join(TESTED_NATS_PY))
 
 _KEY_CACHE_SIZE = 1024
 """Distinct header keys remembered by the encoder and by the parser each (cleared when full)."""
@@ -118,6 +149,9 @@ class SwitchboardClient(_NatsClient):
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        if not FAST_CODEC:
+            parsed: dict[str, str] = _NatsClient._parse_header_lines(raw)
+            return parsed
         return parse_header_lines(raw)
 
     async def _send_publish(
@@ -128,7 +162,7 @@ class SwitchboardClient(_NatsClient):
         payload_size: int,
         headers: dict[str, Any] | None,
     ) -> None:
-        if headers is None:
+        if headers is None or not FAST_CODEC:
             await super()._send_publish(subject, reply, payload, payload_size, headers)
             return
         if subject == "":

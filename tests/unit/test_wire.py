@@ -70,3 +70,30 @@ def test_an_invalid_key_is_refused_as_nats_py_does() -> None:
         encode_headers({"Bad Key": "x"})
     with pytest.raises(errors.BadHeaderError):  # and again, from the cache's point of view
         encode_headers({"Bad Key": "y"})
+
+
+def test_the_fast_codec_is_on_for_the_installed_nats_py() -> None:
+    from importlib.metadata import version
+
+    from shared.bus import wire
+
+    minor = ".".join(version("nats-py").split(".")[:2])
+    if minor not in wire.TESTED_NATS_PY:
+        pytest.skip(f"nats-py {minor} is not in TESTED_NATS_PY {wire.TESTED_NATS_PY}: the client falls back to "
+                    "nats-py's codec; add it once the equivalence tests above pass on it")
+    assert wire.FAST_CODEC
+
+
+@settings(max_examples=50, deadline=None)
+@given(header_sets)
+def test_with_the_fast_codec_off_the_client_is_plain_nats_py(headers: dict[str, str]) -> None:
+    from shared.bus import wire
+
+    saved = wire.FAST_CODEC
+    wire.FAST_CODEC = False
+    try:
+        assert _wire(SwitchboardClient, headers) == _wire(Client, headers)
+        raw = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items() if "\r" not in k + v and "\n" not in k + v)
+        assert SwitchboardClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
+    finally:
+        wire.FAST_CODEC = saved
