@@ -9,6 +9,7 @@ history and can be watched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -100,13 +101,16 @@ async def load(js: JetStreamContext) -> dict[str, ToolSpec]:
     prefix = f"$KV.{BUCKET}."
     info = await js.stream_info(f"KV_{BUCKET}", subjects_filter=f"{prefix}>")
     keys = sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))
-    specs: dict[str, ToolSpec] = {}
-    for key in keys:
+
+    async def get(key: str) -> bytes | None:
         try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if entry.value:
-            spec = ToolSpec.from_json(entry.value)
+            return (await kv.get(key)).value
+        except nats.js.errors.KeyNotFoundError:  # deleted since the stream state was read
+            return None
+
+    specs: dict[str, ToolSpec] = {}
+    for value in await asyncio.gather(*(get(key) for key in keys)):  # one round trip, not one per tool
+        if value:
+            spec = ToolSpec.from_json(value)
             specs[spec.name] = spec
     return specs

@@ -46,7 +46,6 @@ class AudioBatcher:
         self._size = 0
         self.ready = False
         self.dropped_bytes = 0
-        self.bytes_in = 0
 
     @property
     def buffered(self) -> int:
@@ -55,7 +54,6 @@ class AudioBatcher:
 
     def push(self, audio: bytes) -> bytes | None:
         """Add a frame; returns a chunk to send now (≥ ``min_ms``, when ready) or None."""
-        self.bytes_in += len(audio)
         self._parts.append(audio)
         self._size += len(audio)
         if not self.ready:

@@ -14,9 +14,8 @@ for the item so far; protocols.md §1.9 D and §3.3).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["ItemPlayback", "PlaybackTracker", "b64_decoded_len"]
 
@@ -40,7 +39,6 @@ class ItemPlayback:
     played: int = 0
     cleared: bool = False
     """A cleared echo arrived: nothing after ``played`` will ever play."""
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class PlaybackTracker:

@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 from shared import subjects, tool_registry
 from shared.audio import parse_format
-from shared.bus import Bus, Envelope
+from shared.bus import Bus, Envelope, encode_payload
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -239,13 +239,16 @@ class Call:
         Raises:
             ModelClosedError: no usable model session (down, or still being set up and ``setup`` is False).
         """
-        frame = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        await self._send_frame(str(event["type"]), encode_payload(event), setup=setup)
+
+    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool) -> None:
+        """Send one client event's exact bytes and log them, under the log lock (see :meth:`send`)."""
         async with self.log.lock:
             sock = self.model
             if sock is None or not (setup or self.ready.is_set()):
                 raise ModelClosedError("model session not ready")
             await sock.send(frame)
-            await self.log.publish_locked("client", str(event["type"]), frame)
+            await self.log.publish_locked("client", event_type, frame)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """Send once the model session is ready, waiting through reconnects (never dropped)."""
@@ -366,13 +369,7 @@ class Call:
     # --- carrier side ------------------------------------------------------------------------------------
 
     async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
-        frame = append_event(chunk)
-        async with self.log.lock:
-            sock = self.model
-            if sock is None or not (setup or self.ready.is_set()):
-                raise ModelClosedError("model session not ready")
-            await sock.send(frame)
-            await self.log.publish_locked("client", "input_audio_buffer.append", frame)
+        await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
 
     async def _on_audio(self, env: Envelope) -> None:
         """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""

@@ -22,6 +22,8 @@ __all__ = ["UNPARSABLE_TYPE", "EventLog"]
 
 log = logging.getLogger(__name__)
 
+SUBJECT_CACHE_SIZE = 256
+"""Distinct (direction, type) subjects remembered per call (cleared when full: types come from the model)."""
 UNPARSABLE_TYPE = "unparsable"
 """Event type used in the subject when a server frame is not JSON or has no valid ``type`` (kept, not lost)."""
 
@@ -35,14 +37,23 @@ class EventLog:
         self.lock = asyncio.Lock()
         """Held while sending a client event AND logging it, so socket order equals log order."""
         self.counts: dict[str, int] = {"client": 0, "server": 0}
+        self._subjects: dict[tuple[str, str], str] = {}
+        """Built subjects by (direction, type): audio appends and deltas log dozens of events a second."""
 
     def subject(self, direction: str, event_type: str) -> str:
         """``rt.<id>.<direction>.<type>``; an invalid type maps to :data:`UNPARSABLE_TYPE`."""
-        build = subjects.rt_client if direction == "client" else subjects.rt_server
-        try:
-            return build(self.call_id, event_type)
-        except subjects.InvalidSubjectTokenError:
-            return build(self.call_id, UNPARSABLE_TYPE)
+        key = (direction, event_type)
+        subject = self._subjects.get(key)
+        if subject is None:
+            build = subjects.rt_client if direction == "client" else subjects.rt_server
+            try:
+                subject = build(self.call_id, event_type)
+            except subjects.InvalidSubjectTokenError:
+                subject = build(self.call_id, UNPARSABLE_TYPE)
+            if len(self._subjects) >= SUBJECT_CACHE_SIZE:
+                self._subjects.clear()
+            self._subjects[key] = subject
+        return subject
 
     async def publish_locked(self, direction: str, event_type: str, data: bytes) -> None:
         """Publish one event; the caller holds :attr:`lock`."""

@@ -49,7 +49,6 @@ class ConversationLog:
     def __init__(self) -> None:
         self._items: dict[str, _Item] = {}
         self._client_n = 0
-        self.responses_open: set[str] = set()
 
     def feed_all(self, records: Iterable[LogRecord]) -> ConversationLog:
         """Feed every record in log order; returns self."""
@@ -78,10 +77,6 @@ class ConversationLog:
             self._output_item(ev["item"])
         elif etype == "conversation.item.deleted":
             self._items.pop(str(ev.get("item_id")), None)
-        elif etype == "response.created":
-            self.responses_open.add(str(ev.get("response", {}).get("id")))
-        elif etype == "response.done":
-            self.responses_open.discard(str(ev.get("response", {}).get("id")))
 
     def _output_item(self, item: dict[str, Any]) -> None:
         item_id = str(item.get("id"))

@@ -43,7 +43,6 @@ class SessionHooks:
         self._connection: Span | None = None
         self._response: Span | None = None
         self._speech_stopped_at: float | None = None
-        self._response_started_at: float | None = None
         self._first_audio_seen = False
         self.first_audio_ms: list[float] = []
 
@@ -97,7 +96,6 @@ class SessionHooks:
         self._response = _tracer.start_span(
             "response", context=parent, start_time=start_ns,
             attributes=self._attrs(**{"gen_ai.operation.name": "realtime", "gen_ai.response.id": response_id}))
-        self._response_started_at = time.monotonic()
 
     def output_audio(self) -> None:
         """A ``response.output_audio.delta``: records first-audio latency once per turn."""

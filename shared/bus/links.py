@@ -28,7 +28,12 @@ def links_for(headers: Iterable[Mapping[str, str]], limit: int = MAX_LINKS) -> l
     are skipped)."""
     links: list[Link] = []
     seen: set[tuple[int, int]] = set()
+    raw_seen: set[tuple[str | None, str | None]] = set()
     for h in headers:
+        raw = (h.get("traceparent"), h.get("tracestate"))
+        if raw in raw_seen:  # a call's messages mostly share one traceparent: extract each value once
+            continue
+        raw_seen.add(raw)
         ctx = trace.get_current_span(propagate.extract(h)).get_span_context()
         key = (ctx.trace_id, ctx.span_id)
         if not ctx.is_valid or key in seen:
