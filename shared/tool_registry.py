@@ -104,9 +104,11 @@ async def load(js: JetStreamContext) -> dict[str, ToolSpec]:
 
     async def get(key: str) -> bytes | None:
         try:
-            return (await kv.get(key)).value
+            entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:  # deleted since the stream state was read
             return None
+        value: bytes | None = entry.value
+        return value
 
     specs: dict[str, ToolSpec] = {}
     for value in await asyncio.gather(*(get(key) for key in keys)):  # one round trip, not one per tool
