@@ -111,12 +111,6 @@ def _load() -> _Engine:
     return _engine
 
 
-def native_rate() -> int:
-    """The sample rate (Hz) libespeak-ng synthesises at (22,050 for the bundled voices)."""
-    with _LOCK:
-        return _load().sample_rate
-
-
 def synthesize(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = DEFAULT_RATE_WPM) -> tuple[Int16Array, int]:
     """Synthesise ``text`` (UTF-8, ≤ 10,000 characters) with espeak-ng.
 

@@ -22,10 +22,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
 from services.gateway.call import CallBridge, CallStart
-from services.gateway.twilio import INTERNAL_ERROR, POLICY_VIOLATION
+from services.gateway.twilio import INTERNAL_ERROR, POLICY_VIOLATION, close_socket
 from shared.audio import PCM24K, Converter
 from shared.bus import Bus
 from shared.carriers.twilio import MAX_MESSAGE_BYTES
@@ -61,8 +61,7 @@ class BrowserSink:
 
     async def close(self, code: int, reason: str) -> None:
         """Close the socket."""
-        if self.ws.application_state != WebSocketState.DISCONNECTED:
-            await self.ws.close(code, reason)
+        await close_socket(self.ws, code, reason)
 
 
 class BrowserStream:
@@ -93,7 +92,7 @@ class BrowserStream:
             if self.bridge is not None:
                 await self.bridge.end("protocol_error", error=str(exc))
             try:
-                await BrowserSink(self.ws).close(POLICY_VIOLATION, str(exc)[:120])
+                await close_socket(self.ws, POLICY_VIOLATION, str(exc)[:120])
             except Exception as close_exc:
                 log.debug("close failed: %s", close_exc)
         except RuntimeError:
@@ -104,7 +103,7 @@ class BrowserStream:
             if self.bridge is not None:
                 await self.bridge.end("gateway_error", error=type(exc).__name__)
             with contextlib.suppress(Exception):
-                await BrowserSink(self.ws).close(INTERNAL_ERROR, "gateway error")
+                await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
         finally:
             if self.bridge is not None:
                 self.calls.pop(self.bridge.call_id, None)
@@ -144,7 +143,7 @@ class BrowserStream:
             if self.bridge is not None:
                 await self.bridge.end("caller_hangup")
             with contextlib.suppress(Exception):
-                await BrowserSink(self.ws).close(1000, "stop")
+                await close_socket(self.ws, 1000, "stop")
             return False
         else:
             raise BrowserProtocolError(f"unknown event {str(kind)[:40]!r}")

@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
 from shared import metrics, subjects
-from shared.audio import Converter, ms_for_bytes, parse_format
+from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.bus import Bus, Envelope, Headers
 from shared.telemetry import get_tracer
 
@@ -258,7 +258,7 @@ class CallBridge:
         dropped = self.queue.put_clear()
         self.marks.clear()
         for echo in self.marks.unsent(dropped):
-            self._publish_soon(subjects.carrier_mark(self.call_id), echo.payload())
+            self._publish_soon(self._mark_subject, echo.payload())
 
     def _play(self, body: dict[str, Any]) -> None:
         """``command.play``: ``{audio: base64, audio_format?, item_id?}`` queued like model audio."""
@@ -266,8 +266,7 @@ class CallBridge:
             audio = base64.b64decode(str(body.get("audio", "")), validate=True)
             fmt = str(body.get("audio_format") or self._carrier_fmt)
             if fmt != self._carrier_fmt:
-                conv = Converter(fmt, self._carrier_fmt)
-                audio = conv.convert(audio) + conv.flush()
+                audio = convert(audio, fmt, self._carrier_fmt)
         except (ValueError, binascii.Error):
             log.warning("call %s: ignoring malformed play command", self.call_id)
             return
@@ -286,8 +285,7 @@ class CallBridge:
                 if isinstance(item, AudioChunk):
                     await self.sink.send_audio(item.audio)
                     self._audio_out_bytes += len(item.audio)
-                    self.marks.sent(item)
-                    await self.sink.send_mark(item.mark)
+                    await self.sink.send_mark(self.marks.sent(item))
                 elif item.kind == "clear":
                     await self.sink.send_clear()
                 else:

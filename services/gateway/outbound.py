@@ -63,9 +63,6 @@ class OutboundQueue:
         self.dropped = 0
         """Audio chunks refused because the queue was full."""
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def put_audio(self, chunk: AudioChunk) -> bool:
         """Queue a chunk; False (and counted in :attr:`dropped`) when ``max_chunks`` are already queued."""
         if self._audio >= self.max_chunks:
@@ -76,12 +73,12 @@ class OutboundQueue:
         self._ready.set()
         return True
 
-    def put_clear(self, reason: str = "") -> list[AudioChunk]:
+    def put_clear(self) -> list[AudioChunk]:
         """Drop every queued (unsent) chunk and put a ``clear`` at the head; returns the dropped chunks."""
         dropped = [item for item in self._items if isinstance(item, AudioChunk)]
         kept = [item for item in self._items if isinstance(item, Control)]
         self._items.clear()
-        self._items.append(Control("clear", reason))
+        self._items.append(Control("clear"))
         self._items.extend(kept)
         self._audio = 0
         self._ready.set()
@@ -126,14 +123,11 @@ class MarkBook:
         self._played: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._max_items = max_items
 
-    @property
-    def pending(self) -> int:
-        """Marks sent and not yet echoed."""
-        return len(self._pending)
-
-    def sent(self, chunk: AudioChunk) -> None:
-        """Record that ``chunk.mark`` was sent after its audio."""
-        self._pending[chunk.mark] = (chunk.item_id, chunk.cumulative_bytes, False)
+    def sent(self, chunk: AudioChunk) -> str:
+        """Record that ``chunk.mark`` is sent after its audio; returns that mark name."""
+        name = chunk.mark
+        self._pending[name] = (chunk.item_id, chunk.cumulative_bytes, False)
+        return name
 
     def clear(self) -> int:
         """A ``clear`` was sent: every pending mark will echo as cleared. Returns how many."""

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -26,7 +25,7 @@ from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
 
-__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "TwilioSink", "TwilioStream", "twiml_response"]
+__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "TwilioSink", "TwilioStream", "close_socket", "twiml_response"]
 
 log = logging.getLogger("services.gateway.twilio")
 
@@ -34,6 +33,12 @@ POLICY_VIOLATION = 1008
 """RFC 6455 §7.4.1 close code for a message that violates the protocol."""
 INTERNAL_ERROR = 1011
 """RFC 6455 §7.4.1 close code for an unexpected condition on the server (e.g. the bus failed)."""
+
+
+async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
+    """Close a carrier socket with ``code`` and ``reason`` unless it is already disconnected."""
+    if ws.application_state != WebSocketState.DISCONNECTED:
+        await ws.close(code, reason)
 
 
 def twiml_response(stream_url: str, form: Mapping[str, str], agent: str) -> str:
@@ -74,8 +79,7 @@ class TwilioSink:
 
     async def close(self, code: int, reason: str) -> None:
         """Close the socket (Twilio then continues with the TwiML after ``<Connect>``)."""
-        if self.ws.application_state != WebSocketState.DISCONNECTED:
-            await self.ws.close(code, reason)
+        await close_socket(self.ws, code, reason)
 
 
 class TwilioStream:
@@ -115,7 +119,7 @@ class TwilioStream:
             if self.bridge is not None:
                 await self.bridge.end("gateway_error", error=type(exc).__name__)
             with contextlib.suppress(Exception):
-                await TwilioSink(self.ws, "").close(INTERNAL_ERROR, "gateway error")
+                await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
         finally:
             if self.bridge is not None:
                 self.calls.pop(self.bridge.call_id, None)
@@ -128,13 +132,14 @@ class TwilioStream:
             TwilioProtocolError: bad input (the caller closes with 1008).
         """
         bridge = self.bridge
-        fast = tw.parse_media(text)
+        raw = tw.load_frame(text)  # decoded once for the media fast path and full validation
+        fast = tw.media_fields(raw)
         if fast is not None and bridge is not None:
             track, payload = fast
             if track in ("inbound", "inbound_track"):
                 await bridge.audio_in(tw.decode_payload(payload))
             return True
-        msg = tw.parse_inbound(text)
+        msg = tw.validate_inbound(raw)
         if isinstance(msg, tw.Media):
             if bridge is None:
                 raise tw.TwilioProtocolError("media before start")
@@ -161,7 +166,7 @@ class TwilioStream:
             if bridge is not None:
                 await bridge.end("caller_hangup")
             with contextlib.suppress(Exception):  # Twilio may already have closed its side
-                await TwilioSink(self.ws, "").close(1000, "stop")
+                await close_socket(self.ws, 1000, "stop")
             return False
         return True  # connected
 
@@ -169,12 +174,12 @@ class TwilioStream:
         fmt = msg.start.media_format
         if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000 or fmt.channels != 1:
             raise tw.TwilioProtocolError(f"unsupported media format {fmt.encoding}/{fmt.sample_rate}")
-        params: dict[str, Any] = dict(msg.start.custom_parameters)
+        params = dict(msg.start.custom_parameters)
         start = CallStart(
             carrier="twilio", audio_format=PCMU, agent=str(params.get("agent") or self.default_agent),
             from_=params.get("caller") or params.get("from"), to=params.get("called") or params.get("to"),
             carrier_call_id=msg.start.call_sid, stream_id=msg.start.stream_sid or msg.stream_sid,
-            custom_parameters=dict(msg.start.custom_parameters),
+            custom_parameters=params,
         )
         bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
                             max_outbound_chunks=self.max_outbound_chunks)
@@ -187,6 +192,6 @@ class TwilioStream:
         if self.bridge is not None:
             await self.bridge.end("protocol_error", error=reason)
         try:
-            await TwilioSink(self.ws, "").close(POLICY_VIOLATION, reason)
+            await close_socket(self.ws, POLICY_VIOLATION, reason)
         except Exception as exc:  # already gone
             log.debug("close after protocol error failed: %s", exc)

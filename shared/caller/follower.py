@@ -23,7 +23,7 @@ from typing import Any
 from nats.aio.subscription import Subscription
 
 from shared import subjects
-from shared.bus import Bus, Envelope
+from shared.bus import Bus, Envelope, is_high_rate
 
 __all__ = ["CallFollower"]
 
@@ -42,18 +42,14 @@ class CallFollower:
         self.run_id = run_id
         self.on_line = on_line
         self.call_id: str | None = None
-        self.started: dict[str, Any] | None = None
         self.found = asyncio.Event()
         self.ended = asyncio.Event()
-        self.ended_payload: dict[str, Any] | None = None
         self.changed = asyncio.Event()
         self.responses_done = 0
         self.responses_created = 0
         self.creates_sent = 0
         self.in_progress: set[str] = set()
         self.function_call_pending = False
-        self.tool_calls: list[dict[str, Any]] = []
-        self.lines: list[tuple[str, str]] = []
         self._subs: list[Subscription] = []
 
     async def start(self) -> None:
@@ -100,26 +96,20 @@ class CallFollower:
         except (ValueError, KeyError, TypeError, AttributeError):
             return
         self.call_id = call_id
-        self.started = payload
         self._subs.append(await self.bus.subscribe(subjects.rt_all(call_id), self._on_rt))
         self._subs.append(await self.bus.subscribe(subjects.call_ended(call_id), self._on_ended))
         self.found.set()
         self._touch()
 
     async def _on_ended(self, env: Envelope) -> None:
-        try:
-            payload = env.json()
-        except ValueError:
-            payload = {}
-        self.ended_payload = payload if isinstance(payload, dict) else {}
         self.ended.set()
         self._touch()
 
     async def _on_rt(self, env: Envelope) -> None:
         parsed = subjects.parse(env.subject)
-        etype = parsed.rest
-        if etype.endswith(("output_audio.delta", "input_audio_buffer.append", "transcript.delta")):
+        if is_high_rate(env.subject):
             return  # high-rate events carry nothing the turn logic needs
+        etype = parsed.rest
         try:
             event = env.json()
         except ValueError:
@@ -149,13 +139,11 @@ class CallFollower:
             item = event.get("item") or {}
             if item.get("type") == "function_call":
                 self.function_call_pending = True
-                self.tool_calls.append({"name": item.get("name"), "arguments": item.get("arguments")})
         elif etype == "response.output_audio_transcript.done":
             self._line("agent", str(event.get("transcript", "")))
         elif etype == "conversation.item.input_audio_transcription.completed":
             self._line("heard", str(event.get("transcript", "")))
 
     def _line(self, speaker: str, text: str) -> None:
-        self.lines.append((speaker, text))
         if self.on_line is not None:
             self.on_line(speaker, text)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-__all__ = ["FRAME_BYTES", "FRAME_MS", "PlaybackClock", "TickResult"]
+__all__ = ["FRAME_BYTES", "FRAME_MS", "SILENCE_FRAME", "PlaybackClock", "TickResult"]
 
 FRAME_MS = 20
 """One tick of the clock, in ms."""
 FRAME_BYTES = 160
 """μ-law bytes per tick (8000 Hz × 20 ms)."""
-_SILENCE = b"\xff" * FRAME_BYTES
+SILENCE_FRAME = b"\xff" * FRAME_BYTES
+"""One tick of μ-law digital silence."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +40,16 @@ class PlaybackClock:
         self._marks: collections.deque[tuple[int, str]] = collections.deque()
         self._received = 0
         self._played = 0
-        self.played_ms_total = 0.0
-        """Agent audio played so far on this clock (ms)."""
 
     @property
     def idle(self) -> bool:
         """True when every byte received has been played (or cleared) and no mark is waiting."""
         return not self._buffer and not self._marks
+
+    @property
+    def played_ms_total(self) -> float:
+        """Agent audio played so far on this clock (ms)."""
+        return self._played / 8.0
 
     @property
     def buffered_ms(self) -> float:
@@ -78,8 +82,7 @@ class PlaybackClock:
         played = bytes(self._buffer[:n])
         del self._buffer[:n]
         self._played += n
-        self.played_ms_total += n / 8.0
         due: list[str] = []
         while self._marks and self._marks[0][0] <= self._played:
             due.append(self._marks.popleft()[1])
-        return TickResult(played + _SILENCE[n:], due, n)
+        return TickResult(played + SILENCE_FRAME[n:], due, n)

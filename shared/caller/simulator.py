@@ -34,7 +34,7 @@ from shared.audio import PCMU
 from shared.bus import Bus
 from shared.caller.client import TwilioCallerSocket, fetch_twiml
 from shared.caller.follower import CallFollower
-from shared.caller.playback import FRAME_BYTES, FRAME_MS, PlaybackClock
+from shared.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from shared.caller.recording import StereoRecorder
 from shared.carriers import twilio as tw
 from shared.scenario import Scenario, Turn, check_expectations, read_call_log
@@ -43,7 +43,6 @@ from shared.tts import synthesize_format_async
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
 
 log = logging.getLogger("shared.caller")
-_SILENCE = b"\xff" * FRAME_BYTES
 
 
 @dataclass
@@ -91,8 +90,6 @@ class CallerSimulator:
         self.speech: deque[bytes] = deque()
         self.socket: TwilioCallerSocket | None = None
         self.closed = asyncio.Event()
-        self.hung_up = False
-        self.clears = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._said: list[str] = []
 
@@ -170,7 +167,7 @@ class CallerSimulator:
         period = FRAME_MS / 1000.0 / self.speed
         next_at = time.monotonic()
         while not self.closed.is_set():
-            frame = self.speech.popleft() if self.speech else _SILENCE
+            frame = self.speech.popleft() if self.speech else SILENCE_FRAME
             tick = self.playback.tick()
             self.recorder.add(frame, tick.played)
             try:
@@ -199,7 +196,6 @@ class CallerSimulator:
                     for name in self.playback.add_mark(message.mark.name):
                         await self.socket.mark(name)
                 else:
-                    self.clears += 1
                     for name in self.playback.clear():
                         await self.socket.mark(name)
         except ConnectionClosed:
@@ -280,13 +276,12 @@ class CallerSimulator:
         self._said.append(turn.say)
         frames = [audio[i:i + FRAME_BYTES] for i in range(0, len(audio), FRAME_BYTES)]
         if frames and len(frames[-1]) < FRAME_BYTES:
-            frames[-1] = frames[-1] + _SILENCE[len(frames[-1]):]
+            frames[-1] = frames[-1] + SILENCE_FRAME[len(frames[-1]):]
         self.speech.extend(frames)
         await self._wait(lambda: not self.speech, "the caller's line could not be sent")
 
     async def _hang_up(self) -> None:
         if self.socket is not None and not self.closed.is_set():
-            self.hung_up = True
             with contextlib.suppress(ConnectionClosed):
                 await self.socket.stop()
         self.closed.set()

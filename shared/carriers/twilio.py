@@ -46,10 +46,12 @@ __all__ = [
     "decode_payload",
     "dump",
     "encode_payload",
+    "load_frame",
+    "media_fields",
     "parse_inbound",
-    "parse_media",
     "parse_outbound",
     "parse_twiml",
+    "validate_inbound",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -216,13 +218,22 @@ _INBOUND_EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
 _OUTBOUND_EVENTS = ("media", "mark", "clear")
 
 
-def _parse(frame: str | bytes, adapter: TypeAdapter[Any], events: tuple[str, ...]) -> Any:
+def load_frame(frame: str | bytes) -> Any:
+    """Decode one text frame's JSON (the first step of :func:`parse_inbound`), for :func:`media_fields` and
+    :func:`validate_inbound` to share one decode.
+
+    Raises:
+        TwilioProtocolError: over 64 KiB or not JSON.
+    """
     if len(frame) > MAX_MESSAGE_BYTES:
         raise TwilioProtocolError(f"message over {MAX_MESSAGE_BYTES // 1024} KiB")
     try:
-        raw = json.loads(frame)
+        return json.loads(frame)
     except (ValueError, UnicodeDecodeError):
         raise TwilioProtocolError("malformed JSON") from None
+
+
+def _validate(raw: Any, adapter: TypeAdapter[Any], events: tuple[str, ...]) -> Any:
     if not isinstance(raw, dict):
         raise TwilioProtocolError("message is not a JSON object")
     event = raw.get("event")
@@ -236,19 +247,15 @@ def _parse(frame: str | bytes, adapter: TypeAdapter[Any], events: tuple[str, ...
         raise TwilioProtocolError(f"invalid {event}: {where}: {first['msg']}"[:120]) from None
 
 
-def parse_media(frame: str | bytes) -> tuple[str, str] | None:
+def media_fields(raw: Any) -> tuple[str, str] | None:
     """Fast path for the common case — a well-formed ``media`` frame, 50 per second per call.
+
+    ``raw`` is the frame as decoded by :func:`load_frame`.
 
     Returns:
         ``(media.track, media.payload)`` (payload still base64), or None for anything else, which the caller
-        then passes to :func:`parse_inbound` for full validation and a precise error.
+        then passes to :func:`validate_inbound` for full validation and a precise error.
     """
-    if len(frame) > MAX_MESSAGE_BYTES:
-        return None
-    try:
-        raw = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        return None
     if type(raw) is not dict or raw.get("event") != "media":
         return None
     media = raw.get("media")
@@ -272,7 +279,16 @@ def parse_inbound(frame: str | bytes) -> Connected | Start | Media | Dtmf | Mark
         TwilioProtocolError: over 64 KiB, not JSON, not an object, unknown ``event`` or a missing/ill-typed
             field. (``media.payload`` is not base64-decoded here: see :func:`decode_payload`.)
     """
-    result: Connected | Start | Media | Dtmf | Mark | Stop = _parse(frame, _INBOUND, _INBOUND_EVENTS)
+    return validate_inbound(load_frame(frame))
+
+
+def validate_inbound(raw: Any) -> Connected | Start | Media | Dtmf | Mark | Stop:
+    """:func:`parse_inbound` on a frame already decoded by :func:`load_frame`.
+
+    Raises:
+        TwilioProtocolError: as :func:`parse_inbound` (except size and JSON, checked by :func:`load_frame`).
+    """
+    result: Connected | Start | Media | Dtmf | Mark | Stop = _validate(raw, _INBOUND, _INBOUND_EVENTS)
     if isinstance(result, Dtmf) and _DTMF_DIGITS.fullmatch(result.dtmf.digit) is None:
         raise TwilioProtocolError(f"invalid dtmf digit {result.dtmf.digit[:8]!r}")
     return result
@@ -284,7 +300,7 @@ def parse_outbound(frame: str | bytes) -> OutboundMedia | Mark | Clear:
     Raises:
         TwilioProtocolError: as :func:`parse_inbound`.
     """
-    result: OutboundMedia | Mark | Clear = _parse(frame, _OUTBOUND, _OUTBOUND_EVENTS)
+    result: OutboundMedia | Mark | Clear = _validate(load_frame(frame), _OUTBOUND, _OUTBOUND_EVENTS)
     return result
 
 
