@@ -35,7 +35,6 @@ class InputAudio:
         self.pcm16k: list[npt.NDArray[np.int16]] = []
         self.last_pcm16k: npt.NDArray[np.int16] = np.zeros(0, dtype=np.int16)
         """The 16 kHz samples the last :meth:`append` added."""
-        self._pcm_samples = 0
         self.base_ms = start_ms
         """Timeline position (ms) of the first buffered byte."""
         self.position_ms = start_ms
@@ -56,7 +55,6 @@ class InputAudio:
         pcm = self._resampler.process(samples) if self._resampler else samples
         self.last_pcm16k = pcm.astype(np.int16, copy=False)
         self.pcm16k.append(self.last_pcm16k)
-        self._pcm_samples += len(pcm)
         events = self.vad.feed(pcm) if self.vad else []
         in_speech = self.vad is not None and self.vad.in_speech
         keep_ms = MAX_BUFFER_MS if (self.vad is None or in_speech) else self.vad.params.prefix_padding_ms + 1000
@@ -75,7 +73,6 @@ class InputAudio:
         pcm = self._joined()
         drop16 = min(len(pcm), int(cut_ms * 16))
         self.pcm16k = [pcm[drop16:]]
-        self._pcm_samples = len(self.pcm16k[0])
 
     def _joined(self) -> npt.NDArray[np.int16]:
         if len(self.pcm16k) != 1:
@@ -101,8 +98,6 @@ class InputAudio:
 
     def clear(self) -> None:
         """Empty the buffer (the timeline keeps counting)."""
-        self.drop_before(self.position_ms)
         self.raw.clear()
         self.pcm16k = []
-        self._pcm_samples = 0
         self.base_ms = self.position_ms

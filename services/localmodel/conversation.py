@@ -44,10 +44,6 @@ class Conversation:
         """Item ids in conversation order."""
         return [s.item["id"] for s in self._items]
 
-    def last_id(self) -> str | None:
-        """The id of the last item, or None."""
-        return self._items[-1].item["id"] if self._items else None
-
     def get(self, item_id: str) -> StoredItem | None:
         """The stored item with ``item_id``, or None."""
         return next((s for s in self._items if s.item["id"] == item_id), None)

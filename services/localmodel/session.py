@@ -32,6 +32,7 @@ from services.localmodel.responses import ResponseRun
 from services.localmodel.settings import LocalModelSettings
 from services.localmodel.state import SessionState
 from services.localmodel.vad import VadEvent
+from shared.audio import Converter
 
 __all__ = ["Session"]
 
@@ -76,6 +77,8 @@ class Session:
         self._on_first_audio = on_first_audio
         self._echo: ResponseRun | None = None
         self._echo_ids: dict[str, Any] = {}
+        self._echo_converter: Converter | None = None
+        """Streaming input → output conversion of the open echo response (formats differ only)."""
         self._echo_delta_rest = ""
         """The echo delta's JSON after its event id, up to the opening quote of ``delta``."""
 
@@ -383,10 +386,14 @@ class Session:
         """Echo mode: input audio comes back as output audio deltas of one open response (closed on commit or
         clear); converted when the input and output formats differ, else the client's (validated) base64
         ``b64`` is sent back as it came."""
-        from shared.audio import convert
-
         out_fmt, in_fmt = self.state.output_format, self.state.input_format
-        delta = b64 if out_fmt == in_fmt else base64.b64encode(convert(data, in_fmt.name, out_fmt.name)).decode()
+        if out_fmt == in_fmt:
+            delta = b64
+        else:
+            conv = self._echo_converter
+            if conv is None or conv.src != in_fmt or conv.dst != out_fmt:  # opened, or a session.update since
+                conv = self._echo_converter = Converter(in_fmt, out_fmt)
+            delta = base64.b64encode(conv.convert(data)).decode()
         if self._echo is None:
             run = ResponseRun(self.emit_raw, self.conversation, fmt=out_fmt, text_only=False, chunk_ms=40,
                               realtime=False, voice="marin", metadata=None)
@@ -409,6 +416,7 @@ class Session:
 
     async def _close_echo(self) -> None:
         run, self._echo = self._echo, None
+        self._echo_converter = None
         if run is None:
             return
         item = run.output[0]

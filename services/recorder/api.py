@@ -67,6 +67,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.")
     app.state.api_token = api_token
     add_ops_routes(app, ready)
+    live_html = (_STATIC / "live.html").read_text(encoding="utf-8")
 
     async def existing(call_id: str) -> dict[str, Any]:
         call = await queries.get_call(engine, call_id)
@@ -133,7 +134,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
 
     @app.get("/calls/{call_id}/live", response_class=HTMLResponse, summary="Live transcript page")
     async def live_page(_: Auth, call_id: CallId) -> HTMLResponse:
-        return HTMLResponse((_STATIC / "live.html").read_text(encoding="utf-8"))
+        return HTMLResponse(live_html)
 
     @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events")
     async def live_events(_: Auth, call_id: CallId) -> StreamingResponse:

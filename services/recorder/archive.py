@@ -128,6 +128,7 @@ class Archive:
             heads: dict[tuple[str, str], ChainHead] = {}
             rows: list[dict[str, Any]] = []
             started: list[tuple[str, Incoming]] = []
+            ended: list[tuple[str, Incoming]] = []
             async with self.engine.begin() as conn:
                 classified = [(m, *classify(m.subject, m.headers)) for m in fresh]
                 await self._load_heads(conn, {(c[1], stream) for c in classified})
@@ -151,13 +152,14 @@ class Archive:
                         started.append((call_id, msg))
                     elif direction is None and type_ == "ended":
                         result.ended.add(call_id)
+                        ended.append((call_id, msg))
                 await _insert_events(conn, rows)
                 await _upsert_heads(conn, heads)
                 last = fresh[-1].stream_seq
                 pos = upsert(conn, models.consumer_positions)
                 await conn.execute(pos.values(stream=stream, last_stream_seq=last).on_conflict_do_update(
                     index_elements=["stream"], set_={"last_stream_seq": last}))
-                await self._touch_calls(conn, result.calls, started, result.ended, fresh)
+                await self._touch_calls(conn, result.calls, started, ended)
             # committed: only now advance the caches
             for key, value in heads.items():
                 self._heads[key] = value
@@ -177,7 +179,7 @@ class Archive:
         return result
 
     async def _touch_calls(self, conn: AsyncConnection, call_ids: set[str], started: list[tuple[str, Incoming]],
-                           ended: set[str], batch: Sequence[Incoming]) -> None:
+                           ended: list[tuple[str, Incoming]]) -> None:
         new = [c for c in call_ids if c not in self._known_calls]
         if new:
             await conn.execute(upsert(conn, models.calls).on_conflict_do_nothing(index_elements=["call_id"]),
@@ -185,12 +187,9 @@ class Archive:
         for call_id, msg in started:
             await conn.execute(update(models.calls).where(models.calls.c.call_id == call_id)
                                .values(**_started_fields(msg)))
-        if ended:
-            for msg in batch:
-                cid, direction, type_ = classify(msg.subject, msg.headers)
-                if cid in ended and direction is None and type_ == "ended":
-                    await conn.execute(update(models.calls).where(models.calls.c.call_id == cid)
-                                       .values(**_ended_fields(msg)))
+        for call_id, msg in ended:
+            await conn.execute(update(models.calls).where(models.calls.c.call_id == call_id)
+                               .values(**_ended_fields(msg)))
 
     async def persist_spans(self, batch: Sequence[Incoming]) -> int:
         """Store span records (``shared.telemetry.span_to_dict`` JSON; a message holds one record or an array

@@ -28,7 +28,15 @@ from services.recorder.pricing import Usage, estimate_cost
 from services.recorder.recording import Timeline, render
 from services.recorder.records import ArchivedEvent
 
-__all__ = ["BargeIn", "Projection", "ToolCall", "Turn", "project"]
+__all__ = ["BargeIn", "Projection", "ToolCall", "Turn", "parse_arguments", "project"]
+
+
+def parse_arguments(arguments: str) -> Any:
+    """Function-call arguments as JSON (the raw string when they do not parse)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 @dataclass(slots=True)
@@ -58,10 +66,7 @@ class ToolCall:
 
     def parsed_arguments(self) -> Any:
         """The arguments as JSON (the raw string when they do not parse)."""
-        try:
-            return json.loads(self.arguments)
-        except ValueError:
-            return self.arguments
+        return parse_arguments(self.arguments)
 
 
 @dataclass(slots=True)

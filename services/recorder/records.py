@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,13 @@ class ArchivedEvent:
             if parsed is not None:
                 out["body"] = parsed
             else:
-                import base64
-
                 out["body_b64"] = base64.b64encode(self.body).decode()
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchivedEvent:
+        """The inverse of :meth:`to_dict`: ``body`` (JSON, re-serialised) or ``body_b64`` (absent: empty)."""
+        body = json.dumps(d["body"]).encode() if "body" in d else base64.b64decode(d.get("body_b64", ""))
+        return cls(d["stream"], d["stream_seq"], d["call_id"], d["chain_index"], d["subject"], d["direction"],
+                   d["type"], d["source"], d["seq"], d["msg_id"], d["ts_ns"], d["stream_ts_ns"], d["trace_id"],
+                   d["headers"], body, d["hash"])

@@ -27,7 +27,7 @@ from typing import Any
 
 import websockets
 
-from services.recorder.projections import project
+from services.recorder.projections import parse_arguments, project
 from services.recorder.records import ArchivedEvent
 
 __all__ = [
@@ -73,19 +73,12 @@ class Comparison:
                 "agent_similarity": round(self.agent_similarity, 3)}
 
 
-def _parse_args(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
-
-
 def extract_run(events: Sequence[ArchivedEvent]) -> RunResult:
     """The tool calls (name, parsed arguments) and transcripts of an archived call."""
     projection = project(events, with_audio=False)
     out = RunResult()
     for call in projection.tool_calls:
-        out.tool_calls.append((call.name, _parse_args(call.arguments)))
+        out.tool_calls.append((call.name, call.parsed_arguments()))
         out.tool_outputs.append(call.output)
     for turn in projection.turns:
         (out.user if turn.role == "user" else out.agent).append(turn.text)
@@ -227,7 +220,7 @@ async def _on_event(ws: Any, msg: dict[str, Any], result: RunResult,
     elif kind == "response.output_item.done":
         item = msg.get("item") or {}
         if item.get("type") == "function_call" and item.get("status") == "completed":
-            key: ToolCallKey = (str(item.get("name")), _parse_args(str(item.get("arguments") or "")))
+            key: ToolCallKey = (str(item.get("name")), parse_arguments(str(item.get("arguments") or "")))
             result.tool_calls.append(key)
             index = len(result.tool_calls) - 1
             output: str | None = None

@@ -86,21 +86,7 @@ def _events(client: httpx.Client, call_id: str) -> list[Any]:
     from services.recorder.records import ArchivedEvent
 
     response = _get(client, f"/calls/{call_id}/events")
-    out = []
-    for line in response.text.splitlines():
-        if not line.strip():
-            continue
-        d = json.loads(line)
-        if "body" in d:
-            body = json.dumps(d["body"]).encode()
-        else:
-            import base64
-
-            body = base64.b64decode(d.get("body_b64", ""))
-        out.append(ArchivedEvent(d["stream"], d["stream_seq"], d["call_id"], d["chain_index"], d["subject"],
-                                 d["direction"], d["type"], d["source"], d["seq"], d["msg_id"], d["ts_ns"],
-                                 d["stream_ts_ns"], d["trace_id"], d["headers"], body, d["hash"]))
-    return out
+    return [ArchivedEvent.from_dict(json.loads(line)) for line in response.text.splitlines() if line.strip()]
 
 
 def replay(call_id: str = typer.Argument(..., help="The call id"),

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from shared.caller import CallResult, run_scenario
-from shared.config import ConfigError, load_settings
+from shared.cli.up import settings_or_exit
 from shared.errors import BusError
 from shared.scenario import ScenarioError, load_scenario
 
@@ -47,10 +47,10 @@ def call(
     twiml: Annotated[bool, typer.Option(help="Fetch POST /twilio/voice first to learn the stream URL.")] = True,
 ) -> None:
     """Place a simulated Twilio call that speaks SCENARIO's lines and check its expectations against the log."""
+    settings = settings_or_exit()
     try:
-        settings = load_settings()
         spec = load_scenario(scenario)
-    except (ConfigError, ScenarioError) as exc:
+    except ScenarioError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     gateway_url = gateway or f"http://127.0.0.1:{settings.gateway_port}"
