@@ -112,7 +112,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             await ws.close(1008, str(exc))
             return
         await ws.accept()
-        await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls).run()
+        await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
+                            max_outbound_chunks=gateway.max_outbound_chunks).run()
 
     @app.get("/phone", include_in_schema=False)
     async def phone() -> FileResponse:

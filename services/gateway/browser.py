@@ -67,9 +67,10 @@ class BrowserSink:
 class BrowserStream:
     """The state machine of one accepted ``WS /browser`` connection."""
 
-    def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str,
+    def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None) -> None:
         self.ws = ws
+        self.max_outbound_chunks = max_outbound_chunks
         self.bus = bus
         self.default_agent = default_agent
         self.calls = calls if calls is not None else {}
@@ -161,7 +162,7 @@ class BrowserStream:
         start = CallStart(carrier="browser", audio_format=PCM24K,
                           agent=agent if isinstance(agent, str) and agent else self.default_agent,
                           custom_parameters={"input_format": source})
-        bridge = CallBridge(self.bus, BrowserSink(self.ws), start)
+        bridge = CallBridge(self.bus, BrowserSink(self.ws), start, max_outbound_chunks=self.max_outbound_chunks)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()
