@@ -4,6 +4,12 @@ Prints, for core publish → subscriber delivery and request/reply round trips, 
 JetStream asynchronous publish the throughput in messages/s — each beside raw nats-py and with the ratio
 (target: wrappers ≤ 1.2× raw). Telemetry is on, as in production (spans exported to ``otel.spans``).
 
+Two baselines: ``raw`` (nats-py, no headers; JetStream: only ``Nats-Msg-Id``) and ``raw+h`` (nats-py sending
+the same six headers the bus sets — for JetStream built per message, as any caller must: unique id, seq, ts),
+so the wrapper's own cost is visible apart from the header bytes on the wire. It also prints the floor of a
+traced message: the CPU cost of its two OpenTelemetry SDK spans measured in the same process, and the best
+ratio a traced publish could reach if everything else were free.
+
 Run: ``.venv/bin/python bench/bus.py [--n 5000]``.
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -18,11 +25,21 @@ from pathlib import Path
 
 import nats
 from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from shared import natsserver, subjects
 from shared.bus import Envelope
 from shared.config import load_settings
 from shared.runtime import start_service, stop_service
+from shared.telemetry import span_to_dict
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -31,21 +48,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def raw_publish_latency(url: str, n: int, payload: bytes,
+async def raw_publish_latency(url: str, n: int, payload: bytes, subject: str = "bench.raw",
                               headers: dict[str, str] | None = None) -> list[float]:
-    """Raw nats-py publish → subscriber delivery, optionally with a fixed set of headers (µs each)."""
+    """Raw nats-py publish → subscriber delivery on ``subject``, optionally with a fixed set of headers (µs each).
+
+    Each row publishes raw and bus messages on subjects of the same kind: a ``call.<id>.session.*`` event is
+    also stored by the CALLS stream on the server, an ``audio.in`` frame is not.
+    """
     nc = await nats.connect(url)
     got: asyncio.Queue[int] = asyncio.Queue()
 
     async def cb(msg: Msg) -> None:
         got.put_nowait(time.perf_counter_ns())
 
-    await nc.subscribe("bench.raw", cb=cb)
+    await nc.subscribe(subject, cb=cb)
     await nc.flush()
     lat = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        await nc.publish("bench.raw", payload, headers=headers)
+        await nc.publish(subject, payload, headers=headers)
         await nc.flush()
         t1 = await got.get()
         lat.append((t1 - t0) / 1000)
@@ -113,16 +134,70 @@ async def bus_request_latency(bus: object, n: int, payload: dict[str, object]) -
     return lat
 
 
-async def raw_js_throughput(url: str, n: int, payload: bytes) -> float:
+async def raw_js_throughput(url: str, n: int, payload: bytes, run: int, same_headers: bool = False) -> float:
+    """Raw nats-py ``publish_async`` throughput (msg/s): only ``Nats-Msg-Id``, or (``same_headers``) the six
+    headers the bus sets, built per message the way a caller of nats-py would (f-strings, ``time.time_ns``)."""
     nc = await nats.connect(url)
     js = nc.jetstream()
+    call = f"raw{run}{int(same_headers)}"
     t0 = time.perf_counter()
     for i in range(n):
-        await js.publish_async(f"rt.rawbench.client.x{i % 4}", payload, headers={"Nats-Msg-Id": f"raw-{i}"})
+        if same_headers:
+            headers = {"Switchboard-Source": "bench", "Switchboard-Ts": str(time.time_ns()),
+                       "Switchboard-Call-Id": call, "Switchboard-Seq": str(i + 1),
+                       "Nats-Msg-Id": f"{call}:bench:{i + 1}", "traceparent": TRACEPARENT}
+        else:
+            headers = {"Nats-Msg-Id": f"{call}-{i}"}
+        await js.publish_async(f"rt.{call}.client.x{i % 4}", payload, headers=headers)
     await js.publish_async_completed()
     dt = time.perf_counter() - t0
     await nc.close()
     return n / dt
+
+
+def span_pair_us(n: int) -> list[float]:
+    """CPU-bound cost (µs) of the two SDK spans a traced message makes — PRODUCER started and ended, CONSUMER
+    started as current and ended — with the same attributes the bus sets and the process's real tracer
+    provider (batch processor → ``otel.spans``). This is the floor any OTel-traced publish pays over raw."""
+    tracer = trace.get_tracer("bench.spans")
+    attrs: dict[str, AttributeValue] = {
+        "messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "publish",
+        "messaging.destination.name": "call.benchcall.session.bench",
+        "messaging.destination.template": "call.{call_id}.session.bench", "messaging.message.body.size": 72}
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        span = tracer.start_span("publish call.{call_id}.session.bench", kind=SpanKind.PRODUCER, attributes=attrs)
+        span.set_attribute("switchboard.call_id", "benchcall")
+        span.end()
+        with tracer.start_as_current_span("process call.{call_id}.session.bench", kind=SpanKind.CONSUMER,
+                                          attributes=attrs):
+            pass
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
+
+
+def span_export_us(n: int) -> list[float]:
+    """CPU cost (µs) of serializing those two finished spans for ``otel.spans`` (:func:`span_to_dict` + JSON),
+    which the batch processor's thread pays later, off the message's path but on the same GIL."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "switchboard-bench"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("bench.spans")
+    attrs: dict[str, AttributeValue] = {
+        "messaging.system": "nats", "messaging.destination.name": "call.benchcall.session.bench",
+        "messaging.destination.template": "call.{call_id}.session.bench", "messaging.message.body.size": 72,
+        "messaging.message.id": "benchcall:bench:1", "switchboard.call_id": "benchcall"}
+    tracer.start_span("publish", kind=SpanKind.PRODUCER, attributes=attrs).end()
+    tracer.start_span("process", kind=SpanKind.CONSUMER, attributes=attrs).end()
+    pair = memory.get_finished_spans()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        json.dumps([span_to_dict(span) for span in pair], separators=(",", ":")).encode()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    provider.shutdown()
+    return out
 
 
 async def bus_js_throughput(bus: object, n: int, payload: dict[str, object], call_id: str) -> float:
@@ -145,19 +220,21 @@ async def main(n: int) -> None:
     raw_event = b'{"type":"response.done","response":{"id":"resp_1","status":"completed"}}'
     try:
         # warm-up
-        await raw_publish_latency(server.url, 200, raw_event)
+        await raw_publish_latency(server.url, 200, raw_event, subjects.session_event("warm", "bench"))
         await bus_publish_latency(ctx.bus, 200, event, "warm")
         frame = b"\xff" * 160
         same_headers = {"Nats-Msg-Id": "c:gateway:1", "Switchboard-Source": "gateway", "Switchboard-Call-Id": "c",
                         "Switchboard-Seq": "1", "Switchboard-Ts": str(time.time_ns()),
-                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+                        "traceparent": TRACEPARENT}
         rows = []
-        bare = await raw_publish_latency(server.url, n, frame)
-        with_headers = await raw_publish_latency(server.url, n, frame, same_headers)
+        audio = subjects.call_audio_in("rawaudio")
+        bare = await raw_publish_latency(server.url, n, frame, audio)
+        with_headers = await raw_publish_latency(server.url, n, frame, audio, same_headers)
         ours = await bus_publish_latency(ctx.bus, n, frame, "benchaudio", "audio")
         rows.append(("audio frame (no span)", bare, with_headers, ours))
-        bare = await raw_publish_latency(server.url, n, raw_event)
-        with_headers = await raw_publish_latency(server.url, n, raw_event, same_headers)
+        stored = subjects.session_event("rawcall", "bench")  # captured by the CALLS stream, like the bus's
+        bare = await raw_publish_latency(server.url, n, raw_event, stored)
+        with_headers = await raw_publish_latency(server.url, n, raw_event, stored, same_headers)
         ours = await bus_publish_latency(ctx.bus, n, event, "benchcall")
         rows.append(("event (2 spans)", bare, with_headers, ours))
         bare = await raw_request_latency(server.url, n, raw_event)
@@ -170,11 +247,24 @@ async def main(n: int) -> None:
             values = (pct(r, 0.5), pct(r, 0.99), pct(h, 0.5), pct(h, 0.99), pct(o, 0.5), pct(o, 0.99))
             print(f"{name:<25}" + "".join(f"{v:>11.1f}" for v in values)
                   + f"{values[4] / values[0]:>13.2f}{values[4] / values[2]:>15.2f}")
+        spans, export = span_pair_us(n), span_export_us(n)
+        event_raw_h = pct(rows[1][2], 0.5)
+        print(f"floor of a traced message: its two SDK spans cost {pct(spans, 0.5):.1f} µs p50 "
+              f"({pct(spans, 0.99):.1f} p99) to start and end in this process, so a traced event can be no better "
+              f"than {(event_raw_h + pct(spans, 0.5)) / event_raw_h:.2f}x raw+h p50 even if everything else were "
+              f"free; serializing them for otel.spans costs another {pct(export, 0.5):.1f} µs p50 (off the path)")
         js_n = n * 4
-        raw_tp = statistics.median([await raw_js_throughput(server.url, js_n, raw_event) for _ in range(3)])
-        bus_tp = statistics.median([await bus_js_throughput(ctx.bus, js_n, event, f"tp{i}") for i in range(3)])
-        print(f"jetstream async publish: raw {raw_tp:,.0f} msg/s, bus {bus_tp:,.0f} msg/s, "
-              f"raw/bus time ratio {raw_tp / bus_tp:.2f} (target ≤ 1.2)")
+        raw_tp: list[float] = []
+        raw_h_tp: list[float] = []
+        bus_tp: list[float] = []
+        for i in range(3):  # interleaved, so drift on a shared machine hits all three alike
+            raw_tp.append(await raw_js_throughput(server.url, js_n, raw_event, i))
+            raw_h_tp.append(await raw_js_throughput(server.url, js_n, raw_event, i, same_headers=True))
+            bus_tp.append(await bus_js_throughput(ctx.bus, js_n, event, f"tp{i}"))
+        r_mps, rh_mps, b_mps = (statistics.median(v) for v in (raw_tp, raw_h_tp, bus_tp))
+        print(f"jetstream async publish (median of 3): raw {r_mps:,.0f} msg/s, raw+h {rh_mps:,.0f} msg/s, bus "
+              f"{b_mps:,.0f} msg/s; time ratio bus/raw {r_mps / b_mps:.2f}, bus/raw+h {rh_mps / b_mps:.2f} "
+              "(target ≤ 1.2)")
     finally:
         await stop_service(ctx)
         server.stop()

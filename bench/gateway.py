@@ -13,7 +13,10 @@ Per call the load generator sends ``connected`` + ``start`` and then a 160-byte 
 - ``clear`` latency: ``call.<id>.command.clear`` published → ``clear`` received on the call's socket
   (a few calls per second are cleared);
 - gateway CPU-ms per call-second (``/proc/<pid>/stat`` utime+stime over the measurement window);
-- late frames: round trip > 20 ms (one frame period); the largest N with < 1 % late is reported.
+- late frames: round trip > 20 ms (one frame period); the largest N with < 1 % late is reported;
+- the CPU (cores) of every process of the rig during each run, and what the rig without the gateway (load
+  generator + echo peer + nats-server) would need at 300 calls if its use scaled linearly from 100 and more calls
+  — on a 2-core machine this says whether 300 calls can fit at all, whatever the gateway costs.
 
 Run: ``.venv/bin/python bench/gateway.py [--calls 10,100,300] [--seconds 10] [--batch 5]``.
 """
@@ -314,12 +317,14 @@ async def main(args: argparse.Namespace) -> None:
         print(header)
         best = 0
         loads: list[str] = []
+        rig: list[tuple[int, float]] = []  # (calls, cores used by the load generator, echo peer and nats-server)
         for n in args.calls:
             base = await run_baseline(n, server.url, args.batch, min(args.seconds, 6.0))
             gw = await run_gateway(n, f"ws://127.0.0.1:{port}/twilio/media", bus, args.batch, args.seconds,
                                    gateway.pid, {"echo": echo.pid, "nats": server.process.pid})
             loads.append(f"{n:>6}  " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in gw.items()
                                             if k.startswith("cpu_") and k != "cpu_ms_per_call_s"))
+            rig.append((n, gw["cpu_loadgen"] + gw["cpu_echo"] + gw["cpu_nats"]))
             if gw["late_pct"] < 1.0 and gw["echoes"] > 0 and gw["errors"] == 0:
                 best = max(best, n)
             print(f"{n:>6} {gw['rtt_p50']:>8.2f} {gw['rtt_p99']:>8.2f} {base['rtt_p50']:>9.2f} {base['rtt_p99']:>9.2f} "
@@ -332,6 +337,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"CPU used during each gateway run (cores; {os.cpu_count()} on the machine; 'others' = processes"
               " outside this benchmark, e.g. other work sharing the machine):")
         print("\n".join(loads))
+        cores = os.cpu_count() or 1
+        for n, used in rig:
+            if n >= 100:  # below that fixed costs (timers, idle polling) dominate the per-call share
+                print(f"without the gateway, the rest of the rig (load generator + echo peer + nats-server) used "
+                      f"{used:.2f} cores at {n} calls: {used * 300 / n:.2f} cores at 300 calls if it scales "
+                      f"linearly, of the {cores} on the machine")
         print(f"largest N with < 1% of frames late (> {LATE_MS:.0f} ms round trip): {best}")
         await bus.close()
     finally:
