@@ -73,6 +73,26 @@ def slots(settings: ToolsSettings) -> Iterator[tuple[str, str]]:
             at += step
 
 
+async def interleaved(n: int, first: Callable[[int], Awaitable[Any]], second: Callable[[int], Awaitable[Any]],
+                      blocks: int = 10) -> tuple[tuple[list[float], float], tuple[list[float], float]]:
+    """:func:`timed` for two variants in alternating blocks (n requests each in all), so that drift over the run
+    — a growing table, the disk's flush times on a shared machine — falls on both alike."""
+    latencies: tuple[list[float], list[float]] = ([], [])
+    seconds = [0.0, 0.0]
+    size = max(1, n // blocks)
+    for start in range(0, n, size):
+        k = min(size, n - start)
+        for slot, make in enumerate((first, second)):
+
+            def shifted(i: int, make: Callable[[int], Awaitable[Any]] = make, start: int = start) -> Awaitable[Any]:
+                return make(start + i)
+
+            lat, rps = await timed(k, shifted)
+            latencies[slot].extend(lat)
+            seconds[slot] += k / rps
+    return (latencies[0], n / seconds[0]), (latencies[1], n / seconds[1])
+
+
 async def timed(n: int, make: Callable[[int], Awaitable[Any]]) -> tuple[list[float], float]:
     """Run ``make(i)`` n times sequentially; per-call latency (ms) and requests/s."""
     lat = []
@@ -100,6 +120,7 @@ async def throughput(n: int, concurrency: int, make: Callable[[int], Awaitable[A
 async def raw_nats(url: str, n: int, body: bytes) -> tuple[list[float], float]:
     """The transport floor: raw nats-py request → raw nats-py responder (no headers, spans or JSON), ms each."""
     import nats
+    import nats.errors
     from nats.aio.msg import Msg
 
     responder = await nats.connect(url)
@@ -111,6 +132,13 @@ async def raw_nats(url: str, n: int, body: bytes) -> tuple[list[float], float]:
     await responder.subscribe("bench.raw.tool", queue="q", cb=answer)
     await responder.flush()
     try:
+        # the server can answer "no responders" for a moment after another connection's subscribe is flushed
+        for _ in range(100):
+            try:
+                await requester.request("bench.raw.tool", body, timeout=10)
+                break
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.02)
         await timed(200, lambda i: requester.request("bench.raw.tool", body, timeout=10))
         return await timed(n, lambda i: requester.request("bench.raw.tool", body, timeout=10))
     finally:
@@ -243,8 +271,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         conc = await throughput(n, concurrency, noop_bus)
         print(f"  bus throughput, {concurrency} in flight: {conc:.0f} req/s")
         print("book_appointment")
-        bdirect, bdirect_rps = await timed(n, book_direct)
-        bbus, bbus_rps = await timed(n, book_bus)
+        (bdirect, bdirect_rps), (bbus, bbus_rps) = await interleaved(n, book_direct, book_bus)
         print(row("direct (ToolWorker.execute)", bdirect, bdirect_rps))
         print(row("bus (call_tool → nats.micro)", bbus, bbus_rps))
         print(overhead(bbus, bdirect))
