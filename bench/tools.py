@@ -132,7 +132,8 @@ async def raw_nats(url: str, n: int, body: bytes) -> tuple[list[float], float]:
     await responder.subscribe("bench.raw.tool", queue="q", cb=answer)
     await responder.flush()
     try:
-        # the server can answer "no responders" for a moment after another connection's subscribe is flushed
+        # stock nats-py's flush can return before the server has the SUB (see shared.bus.wire), so the first
+        # request may find no responder yet
         for _ in range(100):
             try:
                 await requester.request("bench.raw.tool", body, timeout=10)

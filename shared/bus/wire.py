@@ -9,6 +9,15 @@ https://github.com/nats-io/nats-architecture-and-design/blob/main/adr/ADR-4.md) 
 a key is validated and encoded once, a value is only rewritten when it holds a CR or LF, and a received key
 is checked once per distinct spelling.
 
+It also keeps a ``flush`` behind everything queued before it. nats-py 2.16's ``_send_ping`` writes ``PING``
+straight to the socket while an earlier ``SUB`` still waits in the pending buffer for the flusher task, so the
+server can answer ``PONG`` before it has the subscription: ``subscribe`` + ``flush`` returned, and a message
+published right then from another connection was not delivered (2–8 in 100 new subscriptions here; a raw
+socket client sending ``SUB`` then ``PING`` missed none in 200). :meth:`SwitchboardClient._send_ping` queues the
+``PING`` behind the pending commands instead, which is what a flush promises: once the PONG is back, the
+server has processed everything sent before it (NATS docs, "Caches, Flush and Ping",
+https://docs.nats.io/developing-with-nats/sending/caches).
+
 ``tests/unit/test_wire.py`` checks, for arbitrary header sets, that the bytes sent and the dict received are
 identical to nats-py's own implementation (so an upgrade of nats-py that changes the rules fails there). The
 override is only active on the nats-py minor versions listed in :data:`TESTED_NATS_PY`; on any other the
@@ -17,12 +26,14 @@ client is plain nats-py (slower, never wrong) and a warning says so.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from nats import errors
+from nats.aio.client import PING_PROTO
 from nats.aio.client import Client as _NatsClient
 from nats.protocol import command as prot_command
 
@@ -34,7 +45,7 @@ except ImportError:  # pragma: no cover - depends on the nats-py release
     _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
     _RULES_FOUND = False
 
-__all__ = ["FAST_CODEC", "TESTED_NATS_PY", "SwitchboardClient", "encode_headers", "parse_header_lines"]
+__all__ = ["FAST_CODEC", "ORDERED_PING", "TESTED_NATS_PY", "SwitchboardClient", "encode_headers", "parse_header_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,9 @@ def _nats_py_minor() -> str:
     except PackageNotFoundError:  # pragma: no cover - nats-py is a declared dependency
         return "unknown"
 
+
+ORDERED_PING = _nats_py_minor() in TESTED_NATS_PY
+"""Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 
 FAST_CODEC = _RULES_FOUND and _nats_py_minor() in TESTED_NATS_PY
 """Whether :class:`SwitchboardClient` uses this module's codec (else it is nats-py's client unchanged)."""
@@ -141,11 +155,21 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 
 
 class SwitchboardClient(_NatsClient):
-    """nats-py's client with :func:`encode_headers` / :func:`parse_header_lines` as its header codec.
+    """nats-py's client with :func:`encode_headers` / :func:`parse_header_lines` as its header codec, and a
+    ``flush`` that cannot overtake an earlier ``SUB`` (see the module docstring).
 
     Everything else (connection, flushing, stats, errors) is nats-py's. Create it and call ``connect`` as
     with ``nats.aio.client.Client``.
     """
+
+    async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
+        """Send ``PING`` after every command already queued (nats-py writes it ahead of them)."""
+        if not ORDERED_PING:
+            await super()._send_ping(future)
+            return
+        self._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
+        await self._send_command(PING_PROTO)
+        await self._flush_pending()
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:

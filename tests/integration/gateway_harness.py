@@ -99,10 +99,10 @@ async def recorder_fixture(peer_bus: Bus) -> AsyncIterator[Recorder]:
 class AudioTap:
     """Every ``call.<id>.audio.in`` frame, by call id, from one wildcard subscription opened BEFORE the call.
 
-    A subscription made after the call started, right before the frames are sent, can miss them: with the
-    nats-server in the wheel, a second subscription to a subject sometimes does not yet receive messages
-    published just after its ``flush`` returned (seen in ~9 % of trials, on the same and on another
-    connection). Interest registered before the call exists is always in place by the first frame.
+    A subscription made after the call started, right before the frames are sent, could miss them: nats-py's
+    flush could return before the server had the SUB (seen in ~9 % of trials; fixed in
+    :class:`shared.bus.wire.SwitchboardClient`, see ``test_flush_after_subscribe_means_the_server_has_the_
+    subscription``). Interest registered before the call exists is in place by the first frame either way.
     """
 
     def __init__(self) -> None:

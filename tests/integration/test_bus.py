@@ -18,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from shared import natsserver, subjects
 from shared.bus import Bus, Envelope, Headers
+from shared.bus.wire import SwitchboardClient
 from shared.config import load_settings
 from shared.errors import PublishFailedError, ServiceCallError
 
@@ -101,8 +102,8 @@ async def test_headers_interoperate_with_stock_nats_py(bus: Bus, nats_url: str, 
         await stock.subscribe(f"wire.{unique}.a", cb=stock_cb)
         await stock.flush()
         await bus.subscribe(f"wire.{unique}.b", handler, dedupe=False)
-        # nats-server can miss the first message another connection publishes right after a subscribe's
-        # flush (see tests/integration/gateway_harness.py): warm both routes first
+        # the stock client's flush can return before the server has its SUB (see
+        # test_flush_after_subscribe_means_the_server_has_the_subscription): warm both routes first
         for _ in range(40):
             if warm["a"].is_set() and warm["b"].is_set():
                 break
@@ -121,6 +122,52 @@ async def test_headers_interoperate_with_stock_nats_py(bus: Bus, nats_url: str, 
         assert env.headers == await asyncio.wait_for(by_stock.get(), 10)
     finally:
         await stock.close()
+
+
+async def test_flush_after_subscribe_means_the_server_has_the_subscription(bus: Bus, nats_url: str,
+                                                                          unique: str) -> None:
+    """nats-py 2.16 writes a flush's PING ahead of a SUB still queued for its flusher, so ``subscribe`` +
+    ``flush`` could return before the server had the subscription (2–8 in 100 messages published right then
+    were lost). Our client sends the SUB first, and every message published once ``subscribe`` returned
+    arrives."""
+    probe = SwitchboardClient()
+    await probe.connect(nats_url)
+    written: list[bytes] = []
+    transport = probe._transport
+    assert transport is not None
+    real_write, real_writelines = transport.write, transport.writelines
+
+    def write(data: bytes) -> None:
+        written.append(bytes(data))
+        real_write(data)
+
+    def writelines(lines: list[bytes]) -> None:
+        written.extend(bytes(line) for line in lines)
+        real_writelines(lines)
+
+    transport.write, transport.writelines = write, writelines  # type: ignore[method-assign, assignment]
+    await probe.subscribe(f"order.{unique}.*", cb=None)
+    await probe.flush()
+    stream = b"".join(written)
+    assert stream.index(f"SUB order.{unique}.*".encode()) < stream.index(b"PING\r\n")
+    await probe.close()
+
+    missed = 0
+    for i in range(100):
+        fresh = await Bus.connect(nats_url, name="test-fresh", source="tools")
+        got = asyncio.Event()
+
+        async def on_message(env: Envelope, got: asyncio.Event = got) -> None:
+            got.set()
+
+        await fresh.subscribe(f"fresh.{unique}{i}.*", on_message, dedupe=False)  # subscribe flushes
+        await bus.nc.publish(f"fresh.{unique}{i}.x", b"{}")
+        try:
+            await asyncio.wait_for(got.wait(), 2)
+        except TimeoutError:
+            missed += 1
+        await fresh.close()
+    assert missed == 0
 
 
 async def test_seq_is_per_call_and_gapless(bus: Bus, unique: str) -> None:
