@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import nats
+import orjson
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -194,7 +194,7 @@ def span_export_us(n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        json.dumps([span_to_dict(span) for span in pair], separators=(",", ":")).encode()
+        orjson.dumps([span_to_dict(span) for span in pair])  # as NatsSpanExporter does
         out.append((time.perf_counter_ns() - t0) / 1000)
     provider.shutdown()
     return out
