@@ -1,13 +1,16 @@
 """Gateway benchmark: N concurrent simulated Twilio calls through the gateway and the bus against an echo peer.
 
 Processes (2-core machine, all local): nats-server (JetStream), the gateway (``python -m services.gateway``,
-telemetry on as in production), an echo peer (``--role echo``: answers every ``--batch`` inbound frames with
+telemetry on as in production), an echo peer (``--role echo``: answers every ``--batch`` inbound 20 ms frames with
 one ``response.output_audio.delta`` published through JetStream, like the session), and this load generator.
 
 Per call the load generator sends ``connected`` + ``start`` and then a 160-byte μ-law ``media`` frame every
 20 ms (absolute schedule; frame index in the payload), echoes each ``mark`` at once, and measures:
 
-- frame round trip: send of the frame that completed a batch → its echo arriving as outbound ``media``;
+- frame round trip: send of the frame that completed a batch → its echo arriving as outbound ``media``. The
+  gateway publishes ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS`` (default 40 ms: two frames) per ``audio.in`` message, so
+  ``--batch`` must be a multiple of that (default 4 = 80 ms deltas) for the completing frame to be the one that
+  completes a message, as the session's own ≥ 40 ms appends would see it;
 - baseline: the same echo through the bus only (publish ``call.<id>.audio.in`` directly, subscribe to the
   delta subject), same N, same run; "added by the gateway" = gateway figure − baseline figure;
 - ``clear`` latency: ``call.<id>.command.clear`` published → ``clear`` received on the call's socket
@@ -18,7 +21,7 @@ Per call the load generator sends ``connected`` + ``start`` and then a 160-byte 
   generator + echo peer + nats-server) would need at 300 calls if its use scaled linearly from 100 and more calls
   — on a 2-core machine this says whether 300 calls can fit at all, whatever the gateway costs.
 
-Run: ``.venv/bin/python bench/gateway.py [--calls 10,100,300] [--seconds 10] [--batch 5]``.
+Run: ``.venv/bin/python bench/gateway.py [--calls 10,100,300] [--seconds 10] [--batch 4]``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import websockets
 
 from shared import natsserver, subjects
 from shared.bus import Bus, Envelope, Headers
+from shared.config import load_settings
 
 THIS = Path(__file__).resolve()
 ROOT = THIS.parents[1]
@@ -234,6 +238,7 @@ async def run_gateway(n: int, ws_url: str, bus: Bus, batch: int, seconds: float,
 
 
 async def run_baseline(n: int, nats_url: str, batch: int, seconds: float) -> dict[str, float]:
+    per_message = load_settings().gateway_audio_in_ms // 20
     bus = await Bus.connect(nats_url, name="bench-baseline", source="gateway")
     stats = Stats()
     measuring = asyncio.Event()
@@ -256,15 +261,20 @@ async def run_baseline(n: int, nats_url: str, batch: int, seconds: float) -> dic
         await asyncio.sleep(0.5 + (index % 50) * FRAME_S / 50)
         headers = {Headers.AUDIO_FORMAT.value: "audio/pcmu"}
         start, k = time.perf_counter(), 0
+        held: list[bytes] = []
         while not stop.is_set():
             k += 1
             due = start + (k - 1) * FRAME_S
             now = time.perf_counter()
             if now < due:
                 await asyncio.sleep(due - now)
+            held.append(frame(k))
+            if len(held) < per_message:  # as the gateway does: one audio.in message per per_message frames
+                continue
             sent_at[k] = time.perf_counter()
             sent_at.pop(k - 200, None)
-            await bus.publish(subjects.call_audio_in(call_id), frame(k), call_id=call_id, headers=headers)
+            await bus.publish(subjects.call_audio_in(call_id), b"".join(held), call_id=call_id, headers=headers)
+            held.clear()
         await sub.unsubscribe()
 
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
@@ -309,7 +319,12 @@ async def main(args: argparse.Namespace) -> None:
         assert echo.stdout is not None
         await asyncio.to_thread(echo.stdout.readline)
         bus = await Bus.connect(server.url, name="bench-loadgen", source="session")
-        print(f"gateway bench: {args.batch * 20} ms deltas (batch {args.batch}), {args.seconds:.0f} s per run, "
+        per_message = load_settings().gateway_audio_in_ms // 20
+        if args.batch % per_message:
+            print(f"WARNING: --batch {args.batch} is not a multiple of the {per_message} frames per audio.in message:"
+                  " some round trips include the gateway holding a frame for its message")
+        print(f"gateway bench: {args.batch * 20} ms deltas (batch {args.batch}), {20 * per_message} ms per audio.in "
+              f"message, {args.seconds:.0f} s per run, "
               f"late = round trip > {LATE_MS:.0f} ms; cpu {os.cpu_count()} cores")
         header = (f"{'calls':>6} {'rtt p50':>8} {'rtt p99':>8} {'base p50':>9} {'base p99':>9} {'added p50':>10} "
                   f"{'added p99':>10} {'ratio p50':>9} {'late %':>7} {'clear p50':>10} {'clear p99':>10} "
@@ -361,7 +376,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calls", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100, 300],
                         help="comma-separated concurrent call counts (default 10,100,300)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per N (s)")
-    parser.add_argument("--batch", type=int, default=5, help="inbound frames per echoed delta (5 = 100 ms)")
+    parser.add_argument("--batch", type=int, default=4,
+                        help="inbound 20 ms frames per echoed delta (4 = 80 ms; a multiple of the gateway's "
+                             "frames per audio.in message)")
     parser.add_argument("--role", choices=["bench", "echo"], default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--nats", default="", help=argparse.SUPPRESS)
     return parser.parse_args()

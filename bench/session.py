@@ -4,9 +4,11 @@ Measures, with the session service running as its own process (``python -m servi
 as in production) against a minimal bench-only Realtime endpoint (a sink that answers ``session.update`` and,
 on ``response.create``, streams ``response.output_audio.delta`` events as fast as it can):
 
-1. **forwarded audio frame**: N simulated calls push 20 ms μ-law frames (160 bytes) on ``call.<id>.audio.in``;
-   the session batches them (≥ 40 ms) into ``input_audio_buffer.append``, sends them to the model and logs
-   each append to JetStream. Figure: session-process CPU µs per frame (target ≤ 50 µs).
+1. **forwarded audio frame**: N simulated calls push μ-law audio on ``call.<id>.audio.in`` the way the gateway
+   does: ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS`` (default 40 ms = two 20 ms Twilio frames, 320 bytes) per message;
+   the session batches it (≥ 40 ms) into ``input_audio_buffer.append``, sends it to the model and logs each
+   append to JetStream. Figure: session-process CPU µs per 20 ms frame of caller audio, i.e. per Twilio media
+   frame (target ≤ 50 µs), and per ``audio.in`` message.
 2. **logged server event**: the sink streams audio deltas (the greeting response); the session receives,
    parses, logs (JetStream) and tracks each. Figure: CPU µs per logged event and events/s per core.
 
@@ -193,7 +195,10 @@ async def main() -> None:
     try:
         await gw.ensure_streams(load_settings(js_max_age=600))
         await wait_ready(nats_srv.url)
-        frames_n = int(args.seconds * 50)
+        per_message = load_settings().gateway_audio_in_ms // 20  # 20 ms frames per audio.in message
+        message = FRAME * per_message
+        messages_n = int(args.seconds * 50) // per_message
+        frames_n = messages_n * per_message
 
         # phase 0: idle CPU of the session process over a quiet window
         c0 = proc_cpu(session.pid)
@@ -213,7 +218,7 @@ async def main() -> None:
                 done.set()
 
         all_appended = asyncio.Event()
-        expected = args.calls * int(args.seconds * 50) * len(FRAME) - 40 * 8 * args.calls
+        expected = args.calls * frames_n * len(FRAME) - 40 * 8 * args.calls
 
         async def on_append(env: Envelope) -> None:
             nonlocal appended
@@ -240,11 +245,11 @@ async def main() -> None:
         await floor.stdout.readline()
         f0 = proc_cpu(floor.pid)
         c3, t3 = proc_cpu(session.pid), time.monotonic()
-        for _ in range(frames_n):
+        for _ in range(messages_n):
             for cid in calls:
-                await gw.publish(subjects.call_audio_in(cid), FRAME, call_id=cid,
+                await gw.publish(subjects.call_audio_in(cid), message, call_id=cid,
                                  headers={"Switchboard-Audio-Format": "audio/pcmu"})
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002 * per_message)
         sent = frames_n * len(calls) * len(FRAME)
         try:
             await asyncio.wait_for(all_appended.wait(), 60)
@@ -264,14 +269,15 @@ async def main() -> None:
             await gw.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup"}, call_id=cid)
         await asyncio.sleep(1.0)
 
-        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames "
-              f"({args.seconds:.0f} s audio/call at ~10x), {total_deltas} server events; "
-              f"session idle CPU {idle_per_s * 1e3:.1f} ms/s")
+        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms in "
+              f"{frames // per_message} audio.in messages of {20 * per_message} ms ({args.seconds:.0f} s audio/call "
+              f"at ~10x), {total_deltas} server events; session idle CPU {idle_per_s * 1e3:.1f} ms/s")
         print(f"  forwarded audio frames: {appended}/{sent} bytes appended "
               f"({'all' if appended >= sent - 40 * 8 * len(calls) else 'MISSING'}; ≤ 40 ms/call may stay batched)")
-        print(f"  CPU per forwarded 20 ms frame : {per_frame:8.1f} µs  (target ≤ 50)   "
+        print(f"  CPU per forwarded 20 ms frame : {per_frame:8.1f} µs  (target ≤ 50; "
+              f"{per_frame * per_message:.1f} µs per audio.in message)   "
               f"baseline raw nats-py core publish {base_core:.1f} µs → ratio {per_frame / base_core:.1f}x")
-        print(f"    of which receiving the frame (Bus.subscribe, no-op handler, same frames): {per_frame_floor:.1f} µs "
+        print(f"    of which receiving it (Bus.subscribe, no-op handler, same messages): {per_frame_floor:.1f} µs "
               f"→ session's own work {per_frame - per_frame_floor:.1f} µs per frame")
         print(f"  CPU per logged server event   : {per_event:8.1f} µs  (incl. call setup)  "
               f"baseline raw nats-py JetStream publish_async {base_js:.1f} µs → ratio {per_event / base_js:.1f}x")

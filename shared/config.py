@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     localmodel_mode: Literal["agent", "echo"] = "agent"
     localmodel_token: str | None = None
     gateway_port: int = Field(8080, ge=1, le=65535)
+    gateway_audio_in_ms: int = Field(40, ge=20, le=200)
+    """Caller audio per ``call.<id>.audio.in`` message (ms; 20 = one message per Twilio frame). The session
+    appends at least 40 ms at a time, so the gateway holding the first 20 ms frame adds no latency end to end
+    while halving the audio messages every service handles."""
     recorder_port: int = Field(8081, ge=1, le=65535)
     localmodel_port: int = Field(8765, ge=1, le=65535)
     public_url: str | None = None

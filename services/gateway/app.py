@@ -94,7 +94,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             return
         await ws.accept()
         await TwilioStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
-                           max_outbound_chunks=gateway.max_outbound_chunks).run()
+                           max_outbound_chunks=gateway.max_outbound_chunks,
+                           audio_in_ms=settings.gateway_audio_in_ms).run()
 
     @app.post("/browser/token")
     async def browser_token(request: Request) -> JSONResponse:
@@ -113,7 +114,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             return
         await ws.accept()
         await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
-                            max_outbound_chunks=gateway.max_outbound_chunks).run()
+                            max_outbound_chunks=gateway.max_outbound_chunks,
+                            audio_in_ms=settings.gateway_audio_in_ms).run()
 
     @app.get("/phone", include_in_schema=False)
     async def phone() -> FileResponse:

@@ -68,9 +68,10 @@ class BrowserStream:
     """The state machine of one accepted ``WS /browser`` connection."""
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
-                 calls: dict[str, CallBridge] | None = None) -> None:
+                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40) -> None:
         self.ws = ws
         self.max_outbound_chunks = max_outbound_chunks
+        self.audio_in_ms = audio_in_ms
         self.bus = bus
         self.default_agent = default_agent
         self.calls = calls if calls is not None else {}
@@ -162,7 +163,8 @@ class BrowserStream:
         start = CallStart(carrier="browser", audio_format=PCM24K,
                           agent=agent if isinstance(agent, str) and agent else self.default_agent,
                           custom_parameters={"input_format": source})
-        bridge = CallBridge(self.bus, BrowserSink(self.ws), start, max_outbound_chunks=self.max_outbound_chunks)
+        bridge = CallBridge(self.bus, BrowserSink(self.ws), start, max_outbound_chunks=self.max_outbound_chunks,
+                            audio_in_ms=self.audio_in_ms)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()

@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
 from shared import metrics, subjects
-from shared.audio import Converter, convert, ms_for_bytes, parse_format
+from shared.audio import Converter, bytes_for_ms, convert, ms_for_bytes, parse_format
 from shared.bus import Bus, Envelope, Headers
 from shared.telemetry import get_tracer
 
@@ -77,7 +77,8 @@ class CallBridge:
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`).
     """
 
-    def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000) -> None:
+    def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
+                 audio_in_ms: int = 40) -> None:
         parse_format(start.audio_format)
         self.bus = bus
         self.sink = sink
@@ -100,6 +101,9 @@ class CallBridge:
         self._span: trace.Span | None = None
         self._ctx_token: object | None = None
         self._audio_headers = {Headers.AUDIO_FORMAT.value: start.audio_format}
+        self._audio_min = bytes_for_ms(start.audio_format, audio_in_ms)
+        self._audio_parts: list[bytes] = []
+        self._audio_held = 0
         self._audio_subject = subjects.call_audio_in(self.call_id)
         self._mark_subject = subjects.carrier_mark(self.call_id)
 
@@ -142,6 +146,10 @@ class CallBridge:
             return
         self.ended.set()
         self.end_reason = reason
+        try:  # the caller's last words go out before ended
+            await self._flush_audio()
+        except Exception:
+            log.exception("call %s: could not publish the last audio", self.call_id)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -178,10 +186,29 @@ class CallBridge:
     # --- carrier → bus -----------------------------------------------------------------------------------
 
     async def audio_in(self, audio: bytes) -> None:
-        """Publish one inbound frame on ``call.<id>.audio.in`` (raw bytes, core NATS, in order)."""
-        if self.ended.is_set():
+        """Take one inbound frame; publish ``call.<id>.audio.in`` (raw bytes, core NATS, in order) once at
+        least ``audio_in_ms`` of audio is held (at once when a frame alone is that long)."""
+        if self.ended.is_set() or not audio:
             return
         self._audio_in_bytes += len(audio)
+        if not self._audio_parts and len(audio) >= self._audio_min:
+            await self._publish_audio(audio)
+            return
+        self._audio_parts.append(audio)
+        self._audio_held += len(audio)
+        if self._audio_held >= self._audio_min:
+            await self._flush_audio()
+
+    async def _flush_audio(self) -> None:
+        """Publish the audio held (the call is ending, or it reached ``audio_in_ms``)."""
+        if not self._audio_parts:
+            return
+        chunk = b"".join(self._audio_parts)
+        self._audio_parts.clear()
+        self._audio_held = 0
+        await self._publish_audio(chunk)
+
+    async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
 
     async def dtmf(self, digit: str) -> None:

@@ -22,18 +22,21 @@ __all__ = ["EchoPeer"]
 
 
 class EchoPeer:
-    """Echo every ``batch`` inbound frames of every call back as one output audio delta.
+    """Echo the inbound audio of every call back as output audio deltas, one once at least ``batch`` frames
+    (``frame_bytes`` each: 160 = 20 ms of μ-law) are pending; ``batch=1`` echoes every ``audio.in`` message.
 
     ``jetstream`` publishes the deltas through JetStream (logged in RT, as the session does); otherwise on
-    core NATS. ``on_started(payload)`` is called for each ``call.<id>.started``.
+    core NATS. ``on_started(payload)`` is called for each ``call.<id>.started``. :attr:`frames` counts the
+    ``audio.in`` messages received per call.
     """
 
-    def __init__(self, bus: Bus, *, batch: int = 1, jetstream: bool = True,
+    def __init__(self, bus: Bus, *, batch: int = 1, jetstream: bool = True, frame_bytes: int = 160,
                  on_started: Callable[[dict[str, Any]], None] | None = None) -> None:
-        if batch < 1:
-            raise ValueError("batch must be at least 1 frame")
+        if batch < 1 or frame_bytes < 1:
+            raise ValueError("batch must be at least 1 frame and frame_bytes positive")
         self.bus = bus
         self.batch = batch
+        self._batch_bytes = batch * frame_bytes
         self.jetstream = jetstream
         self.on_started = on_started
         self.started: dict[str, dict[str, Any]] = {}
@@ -71,7 +74,7 @@ class EchoPeer:
         self.frames[call_id] = self.frames.get(call_id, 0) + 1
         pending = self._pending.setdefault(call_id, [])
         pending.append(env.data)
-        if len(pending) >= self.batch:
+        if sum(len(part) for part in pending) >= self._batch_bytes:
             self._pending[call_id] = []
             await self.send_audio(call_id, b"".join(pending))
 

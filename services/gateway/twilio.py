@@ -86,11 +86,12 @@ class TwilioStream:
     """The state machine of one ``WS /twilio/media`` connection (already accepted)."""
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
-                 calls: dict[str, CallBridge] | None = None) -> None:
+                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40) -> None:
         self.ws = ws
         self.bus = bus
         self.default_agent = default_agent
         self.max_outbound_chunks = max_outbound_chunks
+        self.audio_in_ms = audio_in_ms
         self.calls = calls if calls is not None else {}
         self.bridge: CallBridge | None = None
 
@@ -182,7 +183,7 @@ class TwilioStream:
             custom_parameters=params,
         )
         bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
-                            max_outbound_chunks=self.max_outbound_chunks)
+                            max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()

@@ -84,9 +84,10 @@ async def test_bad_input_after_start_ends_call_and_spares_others(
     ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
     assert ended["reason"] == "protocol_error" and ended["error"].startswith(reason)
     # the other call still works end to end
-    await bystander.send(media_frame(b"\x42" * 160, 1))
+    for n in (1, 2):  # 40 ms: one audio.in message
+        await bystander.send(media_frame(b"\x42" * 160, n))
     msg = await recv_json(bystander)
-    assert base64.b64decode(msg["media"]["payload"]) == b"\x42" * 160
+    assert base64.b64decode(msg["media"]["payload"]) == b"\x42" * 320
     assert not recorder.of(other_id, "ended")
     await bystander.close()
 
@@ -121,7 +122,8 @@ async def test_random_frames_never_break_the_gateway(gw: RunningGateway, peer: E
         assert ws.close_code in (1000, 1008)
     # the gateway still serves a clean call
     ws, _, _ = await open_call(gw, recorder, peer)
-    await ws.send(media_frame(b"\x10" * 160, 1))
+    for n in (1, 2):  # 40 ms: one audio.in message
+        await ws.send(media_frame(b"\x10" * 160, n))
     assert (await recv_json(ws))["event"] == "media"
     await ws.close()
 
@@ -174,9 +176,10 @@ async def test_slow_socket_drops_its_own_frames_only(small_queue_gw: RunningGate
     for _ in range(400):
         await peer.send_audio(slow_id, chunk)
     await peer.bus.nc.flush()
-    await fast.send(media_frame(b"\x33" * 160, 1))
+    for n in (1, 2):  # 40 ms: one audio.in message
+        await fast.send(media_frame(b"\x33" * 160, n))
     msg = await recv_json(fast)
-    assert base64.b64decode(msg["media"]["payload"]) == b"\x33" * 160
+    assert base64.b64decode(msg["media"]["payload"]) == b"\x33" * 320
     await wait_until(lambda: bridge.queue.dropped > 0)
     await fast.close()
     writer.transport.abort()

@@ -65,15 +65,16 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
     assert started["carrier_call_id"] == "CA" + "1" * 32
     assert started["stream_id"] == "MZ00000000000000000000000000000001"
     assert started["started_at"]
-    # caller audio: in order, raw bytes, with the audio format header
+    # caller audio: in order, raw bytes, with the audio format header, 40 ms (two Twilio frames) a message
     heard = audio_tap.of(call_id)
     frames = [bytes([i]) * 160 for i in range(1, 11)]
+    pairs = [frames[i] + frames[i + 1] for i in range(0, len(frames), 2)]
     for n, frame in enumerate(frames, start=1):
         await ws.send(media_frame(frame, n))
-    # the echo peer sends each frame back as an output_audio.delta: media then mark, per chunk
+    # the echo peer sends each audio.in message back as an output_audio.delta: media then mark, per chunk
     received: list[bytes] = []
     marks: list[str] = []
-    while len(marks) < len(frames):
+    while len(marks) < len(pairs):
         msg = await recv_json(ws)
         if msg["event"] == "media":
             assert msg["streamSid"] == "MZ00000000000000000000000000000001"
@@ -82,11 +83,11 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
         else:
             assert msg["event"] == "mark" and msg["streamSid"] == "MZ00000000000000000000000000000001"
             marks.append(msg["mark"]["name"])
-    assert received == frames
+    assert received == pairs
     item = peer.item_ids[call_id]
-    assert marks == [f"{item}:{160 * n}" for n in range(1, 11)]
-    await wait_until(lambda: len(heard) >= len(frames))
-    assert [e.data for e in heard] == frames
+    assert marks == [f"{item}:{320 * n}" for n in range(1, 6)]
+    await wait_until(lambda: len(heard) >= len(pairs))
+    assert [e.data for e in heard] == pairs
     assert all(e.headers[Headers.AUDIO_FORMAT] == PCMU for e in heard)
     assert [e.seq for e in heard] == sorted(e.seq for e in heard if e.seq is not None)
     # mark echoes (played) → carrier.mark
@@ -96,7 +97,7 @@ async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer,
     echoes = await recorder.wait_for(lambda: len(recorder.of(call_id, "carrier.mark")) >= 3 and
                                      recorder.of(call_id, "carrier.mark"))
     assert [e.json() for e in echoes] == [
-        {"name": marks[i], "item_id": item, "played_bytes": 160 * (i + 1), "cleared": False} for i in range(3)]
+        {"name": marks[i], "item_id": item, "played_bytes": 320 * (i + 1), "cleared": False} for i in range(3)]
     # dtmf
     await ws.send(json.dumps({"event": "dtmf", "streamSid": "MZ1", "sequenceNumber": "30",
                               "dtmf": {"track": "inbound_track", "digit": "7"}}))
@@ -193,11 +194,12 @@ async def test_calls_are_isolated(gw: RunningGateway, peer: EchoPeer, recorder: 
     ws_a, call_a, _ = await open_call(gw, recorder, peer)
     ws_b, call_b, _ = await open_call(gw, recorder, peer)
     assert call_a != call_b
-    await ws_a.send(media_frame(b"\xaa" * 160, 1))
-    await ws_b.send(media_frame(b"\xbb" * 160, 1))
+    for n in (1, 2):  # 40 ms each: one audio.in message per call
+        await ws_a.send(media_frame(b"\xaa" * 160, n))
+        await ws_b.send(media_frame(b"\xbb" * 160, n))
     msg_a, msg_b = await recv_json(ws_a), await recv_json(ws_b)
-    assert base64.b64decode(msg_a["media"]["payload"]) == b"\xaa" * 160
-    assert base64.b64decode(msg_b["media"]["payload"]) == b"\xbb" * 160
+    assert base64.b64decode(msg_a["media"]["payload"]) == b"\xaa" * 320
+    assert base64.b64decode(msg_b["media"]["payload"]) == b"\xbb" * 320
     await ws_a.close()
     await ws_b.close()
 
@@ -211,6 +213,7 @@ async def test_one_trace_per_call_rooted_at_the_gateway(gw: RunningGateway, peer
     ws, call_id, _ = await open_call(gw, recorder, peer)
     heard = audio_tap.of(call_id)
     await ws.send(media_frame(b"\x01" * 160, 1))
+    await ws.send(media_frame(b"\x02" * 160, 2))  # 40 ms: one audio.in message
     mark = (await recv_json(ws), await recv_json(ws))[1]
     await ws.send(json.dumps({"event": "mark", "streamSid": "MZ1", "sequenceNumber": "3", "mark": mark["mark"]}))
     await recorder.wait_for(lambda: recorder.of(call_id, "carrier.mark"))
@@ -221,3 +224,35 @@ async def test_one_trace_per_call_rooted_at_the_gateway(gw: RunningGateway, peer
                  *recorder.of(call_id, "ended")]
     trace_ids = {env.headers[Headers.TRACEPARENT].split("-")[1] for env in envelopes}
     assert len(trace_ids) == 1 and trace_ids != {"0" * 32}
+
+
+async def test_caller_audio_goes_out_40_ms_a_message_and_the_rest_before_ended(
+        gw: RunningGateway, recorder: Recorder, audio_tap: AudioTap) -> None:
+    """Two Twilio frames per ``audio.in`` message; a frame still held when the call ends is published."""
+    ws, call_id, _ = await open_call(gw, recorder)
+    heard = audio_tap.of(call_id)
+    for n in range(1, 4):
+        await ws.send(media_frame(bytes([n]) * 160, n))
+    await wait_until(lambda: len(heard) >= 1)
+    assert [e.data for e in heard] == [b"\x01" * 160 + b"\x02" * 160]  # the third frame is held
+    await ws.send(json.dumps({"event": "stop", "sequenceNumber": "9", "streamSid": "MZ1",
+                              "stop": {"accountSid": "AC1", "callSid": "CA1"}}))
+    ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
+    await wait_until(lambda: len(heard) >= 2)
+    assert [e.data for e in heard] == [b"\x01" * 160 + b"\x02" * 160, b"\x03" * 160]
+    assert ended["audio_in_ms"] == 60.0
+    assert heard[1].seq is not None and heard[0].seq is not None and heard[1].seq == heard[0].seq + 1
+    await ws.close()
+
+
+async def test_audio_in_ms_20_publishes_every_frame(bus: Bus, nats_url: str, recorder: Recorder,
+                                                   audio_tap: AudioTap) -> None:
+    """``SWITCHBOARD_GATEWAY_AUDIO_IN_MS=20``: one ``audio.in`` message per Twilio frame."""
+    async with running_gateway(bus, load_settings(nats_url=nats_url, gateway_audio_in_ms=20)) as gw20:
+        ws, call_id, _ = await open_call(gw20, recorder)
+        heard = audio_tap.of(call_id)
+        for n in range(1, 4):
+            await ws.send(media_frame(bytes([n]) * 160, n))
+        await wait_until(lambda: len(heard) >= 3)
+        assert [e.data for e in heard] == [bytes([n]) * 160 for n in range(1, 4)]
+        await ws.close()
