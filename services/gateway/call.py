@@ -30,7 +30,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
 from shared import metrics, subjects
-from shared.audio import Converter, bytes_for_ms, convert, ms_for_bytes, parse_format
+from shared.audio import Converter, convert, ms_for_bytes, parse_format
+from shared.audio_batch import AudioBatcher
 from shared.bus import Bus, Envelope, Headers
 from shared.telemetry import get_tracer
 
@@ -74,7 +75,8 @@ class CallStart:
 class CallBridge:
     """The bus side of one call. Create, :meth:`open`, feed carrier events, :meth:`end` exactly once.
 
-    ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`).
+    ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
+    ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``).
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
@@ -101,9 +103,8 @@ class CallBridge:
         self._span: trace.Span | None = None
         self._ctx_token: object | None = None
         self._audio_headers = {Headers.AUDIO_FORMAT.value: start.audio_format}
-        self._audio_min = bytes_for_ms(start.audio_format, audio_in_ms)
-        self._audio_parts: list[bytes] = []
-        self._audio_held = 0
+        self._audio = AudioBatcher(int(parse_format(start.audio_format).bytes_per_ms), min_ms=audio_in_ms,
+                                   ready=True)
         self._audio_subject = subjects.call_audio_in(self.call_id)
         self._mark_subject = subjects.carrier_mark(self.call_id)
 
@@ -147,7 +148,9 @@ class CallBridge:
         self.ended.set()
         self.end_reason = reason
         try:  # the caller's last words go out before ended
-            await self._flush_audio()
+            held = self._audio.take()
+            if held:
+                await self._publish_audio(held)
         except Exception:
             log.exception("call %s: could not publish the last audio", self.call_id)
         for sub in self._subs:
@@ -191,22 +194,9 @@ class CallBridge:
         if self.ended.is_set() or not audio:
             return
         self._audio_in_bytes += len(audio)
-        if not self._audio_parts and len(audio) >= self._audio_min:
-            await self._publish_audio(audio)
-            return
-        self._audio_parts.append(audio)
-        self._audio_held += len(audio)
-        if self._audio_held >= self._audio_min:
-            await self._flush_audio()
-
-    async def _flush_audio(self) -> None:
-        """Publish the audio held (the call is ending, or it reached ``audio_in_ms``)."""
-        if not self._audio_parts:
-            return
-        chunk = b"".join(self._audio_parts)
-        self._audio_parts.clear()
-        self._audio_held = 0
-        await self._publish_audio(chunk)
+        chunk = self._audio.push(audio)
+        if chunk is not None:
+            await self._publish_audio(chunk)
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)

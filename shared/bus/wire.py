@@ -60,10 +60,12 @@ def _nats_py_minor() -> str:
         return "unknown"
 
 
-ORDERED_PING = _nats_py_minor() in TESTED_NATS_PY
+_TESTED = _nats_py_minor() in TESTED_NATS_PY
+
+ORDERED_PING = _TESTED
 """Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 
-FAST_CODEC = _RULES_FOUND and _nats_py_minor() in TESTED_NATS_PY
+FAST_CODEC = _RULES_FOUND and _TESTED
 """Whether :class:`SwitchboardClient` uses this module's codec (else it is nats-py's client unchanged)."""
 if not FAST_CODEC:
     log.warning("nats-py %s is not among the versions the fast header codec was checked against (%s): "
