@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import nats
@@ -23,6 +21,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import metrics
+from shared.bus.acks import AckTracker, FailureCallback
 from shared.bus.envelope import (
     Envelope,
     Handler,
@@ -52,22 +51,6 @@ CONTEXT_CACHE_SIZE = 4096
 INJECTION_CACHE_SIZE = 256
 """Injected trace headers kept per current context object for untraced publishes (cleared when full)."""
 
-FailureCallback = Callable[[PublishFailedError, str | None], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class _PendingAck:
-    """A JetStream publish whose ack has not been checked yet."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    future: asyncio.Future[Any] | None
-    call_id: str | None
-    deadline: float
-    cause: str = "not sent"
-
-
 class Bus(StreamsMixin, MicroMixin):
     """A service's connection to NATS, with Switchboard's headers, tracing and JetStream conventions.
 
@@ -80,23 +63,36 @@ class Bus(StreamsMixin, MicroMixin):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.source = source
-        self.ack_timeout = ack_timeout
-        self.max_attempts = max_attempts
+        self.acks = AckTracker(nc, self.js, ack_timeout=ack_timeout, max_attempts=max_attempts)
+        """JetStream publishes awaiting their ack (see :mod:`shared.bus.acks`)."""
         self._seq = _Sequencer()
         self._tracer = trace.get_tracer("switchboard.bus")
-        self._ack_tasks: set[asyncio.Task[None]] = set()
-        """Retry tasks for publishes whose first ack failed (one per failed publish, rare)."""
-        self._pending: collections.deque[_PendingAck] = collections.deque()
-        self._ack_wakeup = asyncio.Event()
-        self._acks_idle = asyncio.Event()
-        self._acks_idle.set()
-        self._ack_worker: asyncio.Task[None] | None = None
         self._contexts: dict[tuple[str | None, str | None], otel_context.Context] = {}
         self._injections: dict[int, tuple[otel_context.Context, dict[str, str]]] = {}
         self._received = 0
-        self._failure_callbacks: list[FailureCallback] = []
-        self.failed_publishes: list[PublishFailedError] = []
+
+    @property
+    def ack_timeout(self) -> float:
+        """Seconds to wait for each JetStream publish attempt's ack."""
+        return self.acks.ack_timeout
+
+    @ack_timeout.setter
+    def ack_timeout(self, value: float) -> None:
+        self.acks.ack_timeout = value
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per JetStream publish, the first included, before it is surfaced as failed."""
+        return self.acks.max_attempts
+
+    @max_attempts.setter
+    def max_attempts(self, value: int) -> None:
+        self.acks.max_attempts = value
+
+    @property
+    def failed_publishes(self) -> list[PublishFailedError]:
         """Publishes that failed after every retry (kept, bounded to the last 1000, for inspection)."""
+        return self.acks.failed
 
     # --- connection ------------------------------------------------------------------------------------
 
@@ -154,8 +150,7 @@ class Bus(StreamsMixin, MicroMixin):
     async def close(self) -> None:
         """Wait (bounded) for pending JetStream acks, then drain and close the connection."""
         await self.flush_acks(self.ack_timeout * (self.max_attempts + 1))
-        if self._ack_worker is not None:
-            self._ack_worker.cancel()
+        self.acks.stop()
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -164,7 +159,7 @@ class Bus(StreamsMixin, MicroMixin):
 
     def on_publish_failure(self, callback: FailureCallback) -> None:
         """Register ``async callback(error, call_id)`` run when a JetStream publish finally fails."""
-        self._failure_callbacks.append(callback)
+        self.acks.on_failure(callback)
 
     # --- headers and seq -------------------------------------------------------------------------------
 
@@ -323,8 +318,8 @@ class Bus(StreamsMixin, MicroMixin):
     ) -> dict[str, str]:
         """Publish to JetStream asynchronously; the ack is checked off the caller's path.
 
-        The message is sent at once (in order with the caller's other publishes); a background task awaits
-        the ack for ``ack_timeout`` s and, when it fails, retries with the SAME ``Nats-Msg-Id`` (the
+        The message is sent at once (in order with the caller's other publishes); :class:`AckTracker` checks
+        its ack within ``ack_timeout`` s and, when it fails, retries with the SAME ``Nats-Msg-Id`` (the
         stream's duplicate window drops a copy that did land) up to ``max_attempts``. If every attempt
         fails the failure is surfaced — logged, counted in ``switchboard.bus.publish.failures``, kept in
         :attr:`failed_publishes` and passed to the :meth:`on_publish_failure` callbacks — never dropped
@@ -333,93 +328,20 @@ class Bus(StreamsMixin, MicroMixin):
         data = encode_payload(payload)
         if traced is None:
             traced = not is_high_rate(subject)
-        span = self._producer_span(subject, call_id, len(data)) if traced else None
-        with trace.use_span(span, end_on_exit=True) if span else contextlib.nullcontext():
-            hdrs = self._headers(call_id, headers, reuse_context=span is None)
-            if span is not None:
-                span.set_attribute("messaging.message.id", hdrs[Headers.MSG_ID])
-            future: asyncio.Future[Any] | None
-            try:
-                # no wait_stall: with a timeout asyncio.wait_for would add a task and a yield per message;
-                # the ack checker times futures out, which releases the pending-publish semaphore
-                future = await self.js.publish_async(subject, data, headers=dict(hdrs))
-            except Exception as exc:  # connection closed/stalled: retried below, not lost
-                log.warning("jetstream publish to %s not sent at first attempt: %s", subject, exc)
-                future = None
-        self._pending.append(_PendingAck(subject, data, hdrs, future, call_id,
-                                         time.monotonic() + self.ack_timeout))
-        self._acks_idle.clear()
-        self._ack_wakeup.set()
-        if self._ack_worker is None or self._ack_worker.done():
-            self._ack_worker = asyncio.create_task(self._check_acks(), name="bus-ack-checker")
+        if not traced:
+            hdrs = self._headers(call_id, headers, reuse_context=True)
+            await self.acks.publish(subject, data, hdrs, call_id)
+            return hdrs
+        span = self._producer_span(subject, call_id, len(data))
+        with trace.use_span(span, end_on_exit=True):
+            hdrs = self._headers(call_id, headers)
+            span.set_attribute("messaging.message.id", hdrs[Headers.MSG_ID])
+            await self.acks.publish(subject, data, hdrs, call_id)
         return hdrs
-
-    async def _check_acks(self) -> None:
-        """Await first-attempt acks in publish order (one task for all); hand failures to :meth:`_confirm`."""
-        while True:
-            if not self._pending:
-                if not self._ack_tasks:
-                    self._acks_idle.set()
-                self._ack_wakeup.clear()
-                await self._ack_wakeup.wait()
-                continue
-            item = self._pending[0]
-            ok = False
-            if item.future is not None:
-                try:
-                    if not item.future.done():
-                        await asyncio.wait_for(item.future, max(0.0, item.deadline - time.monotonic()))
-                    item.future.result()
-                    ok = True
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # the checker itself is being stopped
-                    item.cause = "ack future cancelled"
-                except Exception as exc:  # TimeoutError, JetStream API errors
-                    item.cause = f"{type(exc).__name__}: {exc}"
-            self._pending.popleft()
-            if not ok:
-                task = asyncio.create_task(self._confirm(item))
-                self._ack_tasks.add(task)
-                task.add_done_callback(self._retry_done)
-
-    def _retry_done(self, task: asyncio.Task[None]) -> None:
-        self._ack_tasks.discard(task)
-        if not self._ack_tasks and not self._pending:
-            self._acks_idle.set()
-
-    async def _confirm(self, item: _PendingAck) -> None:
-        """Retry one unacknowledged publish with the same ``Nats-Msg-Id``; surface it if all attempts fail."""
-        subject, data, headers, call_id = item.subject, item.data, item.headers, item.call_id
-        msg_id = headers[Headers.MSG_ID]
-        cause = item.cause
-        delay = 0.1
-        for attempt in range(2, self.max_attempts + 1):
-            metrics.PUBLISH_RETRIES.add(1, {"messaging.destination.template": destination_template(subject)})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            try:
-                await self.js.publish(subject, data, timeout=self.ack_timeout, headers=dict(headers))
-                log.info("jetstream publish to %s (msg id %s) succeeded at attempt %d", subject, msg_id, attempt)
-                return
-            except Exception as exc:
-                cause = f"{type(exc).__name__}: {exc}"
-        error = PublishFailedError(subject, msg_id, self.max_attempts, cause)
-        metrics.PUBLISH_FAILURES.add(1, {"messaging.destination.template": destination_template(subject)})
-        log.error("%s", error, extra={"call_id": call_id})
-        self.failed_publishes.append(error)
-        del self.failed_publishes[:-1000]
-        for callback in self._failure_callbacks:
-            try:
-                await callback(error, call_id)
-            except Exception:
-                log.exception("publish-failure callback failed")
 
     async def flush_acks(self, timeout: float | None = None) -> None:
         """Wait until every pending JetStream publish is acknowledged or surfaced as failed."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._acks_idle.wait(), timeout)
+        await self.acks.wait_idle(timeout)
 
     # --- subscribe -------------------------------------------------------------------------------------
 
