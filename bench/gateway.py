@@ -259,7 +259,7 @@ async def run_baseline(n: int, nats_url: str, batch: int, seconds: float) -> dic
         await bus.publish_event(subjects.call_started(call_id), {"call_id": call_id, "carrier": "bench",
                                                                  "audio_format": "audio/pcmu"}, call_id=call_id)
         await asyncio.sleep(0.5 + (index % 50) * FRAME_S / 50)
-        headers = {Headers.AUDIO_FORMAT.value: "audio/pcmu"}
+        headers = {Headers.AUDIO_FORMAT: "audio/pcmu"}
         start, k = time.perf_counter(), 0
         held: list[bytes] = []
         while not stop.is_set():

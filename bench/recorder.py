@@ -65,9 +65,9 @@ def realistic_events(n: int, calls: int = 100, first_seq: int = 1) -> list[Incom
         step = steps[i % len(steps)]
         call_id = f"CAbench{i % calls:04d}"
         subject = step.subject.replace("CAbench", call_id, 1)
-        headers = {Headers.CALL_ID.value: call_id, Headers.SOURCE.value: "session", Headers.SEQ.value: str(i),
-                   Headers.TS.value: str(now + i), Headers.MSG_ID.value: f"{call_id}:session:{run}:{i}",
-                   Headers.TRACEPARENT.value: f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
+        headers = {Headers.CALL_ID: call_id, Headers.SOURCE: "session", Headers.SEQ: str(i),
+                   Headers.TS: str(now + i), Headers.MSG_ID: f"{call_id}:session:{run}:{i}",
+                   Headers.TRACEPARENT: f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
         out.append(Incoming("RT", first_seq + i, now + i, subject, headers, json.dumps(step.payload).encode()))
     return out
 

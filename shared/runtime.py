@@ -88,7 +88,7 @@ async def start_service(name: str, settings: Settings | None = None, *, metadata
             for payload, call_id in records:
                 if bus.nc.is_closed:
                     return
-                headers = {Headers.CALL_ID.value: call_id} if call_id else None
+                headers = {Headers.CALL_ID: call_id} if call_id else None
                 await bus.nc.publish(OTEL_SPANS, payload, headers=headers)
 
         telemetry.add_span_processor(BatchSpanProcessor(

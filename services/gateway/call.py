@@ -102,7 +102,7 @@ class CallBridge:
         self._counted = False
         self._span: trace.Span | None = None
         self._ctx_token: object | None = None
-        self._audio_headers = {Headers.AUDIO_FORMAT.value: start.audio_format}
+        self._audio_headers = {Headers.AUDIO_FORMAT: start.audio_format}
         self._audio = AudioBatcher(int(parse_format(start.audio_format).bytes_per_ms), min_ms=audio_in_ms,
                                    ready=True)
         self._audio_subject = subjects.call_audio_in(self.call_id)

@@ -62,7 +62,7 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
     deadline = start + budget_ms / 1000
     retry_silence = spec.idempotent and bool(request.tool_call_id)
     subject = subjects.tool(spec.name)
-    headers = {Headers.CALL_ID.value: request.call.call_id} if request.call.call_id else None
+    headers = {Headers.CALL_ID: request.call.call_id} if request.call.call_id else None
     attrs = {"gen_ai.tool.name": spec.name}
     last: ServiceCallError = ServiceCallError(504, "That took too long to answer.")
     while True:

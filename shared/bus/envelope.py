@@ -6,8 +6,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.msg import Msg
 
@@ -31,19 +30,23 @@ Payload = Mapping[str, Any] | list[Any] | bytes | bytearray | memoryview
 
 
 
-class Headers(StrEnum):
-    """Header names carried on every Switchboard message."""
+class Headers:
+    """Header names carried on every Switchboard message.
 
-    MSG_ID = "Nats-Msg-Id"
-    TRACEPARENT = "traceparent"
-    TRACESTATE = "tracestate"
-    CALL_ID = "Switchboard-Call-Id"
-    SOURCE = "Switchboard-Source"
-    SEQ = "Switchboard-Seq"
-    TS = "Switchboard-Ts"
-    AUDIO_FORMAT = "Switchboard-Audio-Format"
-    SERVICE_ERROR = "Nats-Service-Error"
-    SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+    Plain ``str`` constants, not an enum: they are read several times per message on the media path, and an
+    enum member costs an extra lookup each time (~0.1 µs).
+    """
+
+    MSG_ID: Final = "Nats-Msg-Id"
+    TRACEPARENT: Final = "traceparent"
+    TRACESTATE: Final = "tracestate"
+    CALL_ID: Final = "Switchboard-Call-Id"
+    SOURCE: Final = "Switchboard-Source"
+    SEQ: Final = "Switchboard-Seq"
+    TS: Final = "Switchboard-Ts"
+    AUDIO_FORMAT: Final = "Switchboard-Audio-Format"
+    SERVICE_ERROR: Final = "Nats-Service-Error"
+    SERVICE_ERROR_CODE: Final = "Nats-Service-Error-Code"
 
 
 _HIGH_RATE_SUFFIXES = (
@@ -105,20 +108,26 @@ class Envelope:
 
     @classmethod
     def from_msg(cls, msg: Msg, bus: Bus | None = None) -> Envelope:
-        """Parse a nats-py message into an Envelope (never raises on odd headers)."""
-        headers = dict(msg.headers or {})
-        ts = headers.get(Headers.TS)
+        """Parse a nats-py message into an Envelope (never raises on odd headers).
+
+        ``headers`` is the message's own dict (nats-py builds one per message), not a copy: treat it as
+        read-only.
+        """
+        headers = msg.headers if msg.headers is not None else {}
+        get = headers.get
+        ts = get(Headers.TS)
+        seq = get(Headers.SEQ)
         return cls(
-            subject=msg.subject,
-            data=msg.data,
-            headers=headers,
-            call_id=headers.get(Headers.CALL_ID),
-            source=headers.get(Headers.SOURCE),
-            seq=decode_headers_seq(headers),
-            ts_ns=int(ts) if ts and ts.isdigit() else None,
-            msg_id=headers.get(Headers.MSG_ID),
-            msg=msg,
-            _bus=bus,
+            msg.subject,
+            msg.data,
+            headers,
+            get(Headers.CALL_ID),
+            get(Headers.SOURCE),
+            int(seq) if seq is not None and seq.isdigit() else decode_headers_seq(headers),
+            int(ts) if ts and ts.isdigit() else None,
+            get(Headers.MSG_ID),
+            msg,
+            bus,
         )
 
     def json(self) -> Any:

@@ -37,9 +37,9 @@ async def archive_script(engine: AsyncEngine, call_id: str) -> None:
     for step in script(call_id):
         stream = "RT" if step.subject.startswith("rt.") else "CALLS"
         seqs[step.source] = seqs.get(step.source, 0) + 1
-        headers = {Headers.CALL_ID.value: call_id, Headers.SOURCE.value: step.source,
-                   Headers.SEQ.value: str(seqs[step.source]), Headers.TS.value: str(now),
-                   Headers.MSG_ID.value: f"{call_id}:{step.source}:{seqs[step.source]}"}
+        headers = {Headers.CALL_ID: call_id, Headers.SOURCE: step.source,
+                   Headers.SEQ: str(seqs[step.source]), Headers.TS: str(now),
+                   Headers.MSG_ID: f"{call_id}:{step.source}:{seqs[step.source]}"}
         batches[stream].append(Incoming(stream, len(batches[stream]) + 1, now + 1, step.subject, headers,
                                         json.dumps(step.payload).encode()))
         now += int(step.after_ms * 1e6) + 1000
