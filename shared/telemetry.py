@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
 
 __all__ = [
     "MAX_SPANS_PER_MESSAGE",
@@ -111,42 +112,50 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     Shape: ``trace_id`` / ``span_id`` / ``parent_span_id`` (lower-case hex), ``name``, ``kind``
     (``SERVER``, ``CLIENT``, ``PRODUCER``, ``CONSUMER``, ``INTERNAL``), ``start_ns`` / ``end_ns`` (unix ns),
     ``service`` (``service.name``), ``attributes``, ``events`` (name, ts_ns, attributes), ``links``
-    (trace_id, span_id), ``status`` (``UNSET``/``OK``/``ERROR``) and ``status_message``.
+    (trace_id, span_id), ``status`` (``UNSET``/``OK``/``ERROR``) and ``status_message``. Sequence attribute
+    values stay tuples, which every JSON encoder writes as arrays.
     """
     ctx = span.get_span_context()
     parent = span.parent
+    status = span.status
     return {
         "trace_id": format(ctx.trace_id, "032x") if ctx else "",
         "span_id": format(ctx.span_id, "016x") if ctx else "",
         "parent_span_id": format(parent.span_id, "016x") if parent else None,
         "name": span.name,
-        "kind": span.kind.name,
+        "kind": _KIND_NAMES[span.kind],
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "service": span.resource.attributes.get("service.name", ""),
-        "attributes": _jsonable_attributes(span.attributes),
+        "attributes": _attribute_dict(span.attributes),
         "events": [
-            {"name": e.name, "ts_ns": e.timestamp, "attributes": _jsonable_attributes(e.attributes)}
+            {"name": e.name, "ts_ns": e.timestamp, "attributes": _attribute_dict(e.attributes)}
             for e in span.events
         ],
         "links": [
             {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
             for link in span.links
         ],
-        "status": span.status.status_code.name,
-        "status_message": span.status.description,
+        "status": _STATUS_NAMES[status.status_code],
+        "status_message": status.description,
     }
 
 
-def _jsonable_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
-    """Attributes as a plain dict, sequence values (tuples in the SDK) as lists."""
+_KIND_NAMES = {kind: kind.name for kind in SpanKind}
+_STATUS_NAMES = {code: code.name for code in StatusCode}
+
+
+def _attribute_dict(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    """Attributes as a plain dict.
+
+    The SDK's ``BoundedAttributes`` keeps its items in a ``_dict``; copying that dict is one C call, where
+    ``dict(attributes)`` goes through the Mapping protocol in Python per key (2.6 µs for a bus span's 8).
+    Anything else is copied through the Mapping protocol.
+    """
     if not attributes:
         return {}
-    out = dict(attributes)
-    for key, value in out.items():
-        if isinstance(value, tuple):
-            out[key] = list(value)
-    return out
+    items = getattr(attributes, "_dict", None)
+    return dict(items) if isinstance(items, dict) else dict(attributes)
 
 
 MAX_SPANS_PER_MESSAGE = 200

@@ -173,6 +173,12 @@ class Bus(StreamsMixin, MicroMixin):
 
     def _headers(self, call_id: str | None, extra: Mapping[str, str] | None, *,
                  reuse_context: bool = False) -> dict[str, str]:
+        headers = self._id_headers(call_id)
+        self._add_context(headers, extra, reuse_context=reuse_context)
+        return headers
+
+    def _id_headers(self, call_id: str | None) -> dict[str, str]:
+        """Source, timestamp, call id, seq and ``Nats-Msg-Id`` (the seq is taken now)."""
         headers: dict[str, str] = {Headers.SOURCE: self.source, Headers.TS: str(time.time_ns())}
         if call_id is not None:
             seq = self._seq.next(call_id)
@@ -181,13 +187,17 @@ class Bus(StreamsMixin, MicroMixin):
             headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
         else:
             headers[Headers.MSG_ID] = secrets.token_hex(12)
+        return headers
+
+    def _add_context(self, headers: dict[str, str], extra: Mapping[str, str] | None, *,
+                     reuse_context: bool = False) -> None:
+        """Add the current trace context (``traceparent``/``tracestate``), then the caller's own headers."""
         if reuse_context:
             headers.update(self._injected())
         else:
             propagate.inject(headers)
         if extra:
             headers.update(extra)
-        return headers
 
     def _injected(self) -> dict[str, str]:
         """What the global propagator injects for the current context, computed once per context object.
@@ -209,22 +219,21 @@ class Bus(StreamsMixin, MicroMixin):
         self._injections[id(ctx)] = (ctx, carrier)
         return carrier
 
-    def _producer_span(self, subject: str, call_id: str | None, size: int) -> trace.Span:
-        span = self._tracer.start_span(
-            f"publish {destination_template(subject)}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": subject,
-                "messaging.destination.template": destination_template(subject),
-                "messaging.message.body.size": size,
-            },
-        )
+    def _producer_span(self, subject: str, call_id: str | None, size: int, msg_id: str) -> trace.Span:
+        template = destination_template(subject)
+        attributes: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.destination.name": subject,
+            "messaging.destination.template": template,
+            "messaging.message.body.size": size,
+            "messaging.message.id": msg_id,
+        }
         if call_id is not None:
-            span.set_attribute("switchboard.call_id", call_id)
-        return span
+            attributes["switchboard.call_id"] = call_id
+        # every attribute at start: each set_attribute afterwards takes the span's lock and re-validates
+        return self._tracer.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes)
 
     # --- core publish / request ------------------------------------------------------------------------
 
@@ -249,10 +258,10 @@ class Bus(StreamsMixin, MicroMixin):
             hdrs = self._headers(call_id, headers, reuse_context=True)
             await self.nc.publish(subject, data, headers=hdrs)
             return hdrs
-        span = self._producer_span(subject, call_id, len(data))
+        hdrs = self._id_headers(call_id)
+        span = self._producer_span(subject, call_id, len(data), hdrs[Headers.MSG_ID])
         with trace.use_span(span, end_on_exit=True):
-            hdrs = self._headers(call_id, headers)
-            span.set_attribute("messaging.message.id", hdrs[Headers.MSG_ID])
+            self._add_context(hdrs, headers)
             await self.nc.publish(subject, data, headers=hdrs)
         return hdrs
 
@@ -272,20 +281,18 @@ class Bus(StreamsMixin, MicroMixin):
                 no responder exists (503) or none answered within ``timeout`` seconds (504).
         """
         data = encode_payload(payload)
-        span = self._tracer.start_span(
-            f"send {destination_template(subject)}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "request",
-                "messaging.destination.name": subject,
-                "messaging.destination.template": destination_template(subject),
-                "messaging.message.body.size": len(data),
-            },
-        )
+        template = destination_template(subject)
+        attributes: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "request",
+            "messaging.destination.name": subject,
+            "messaging.destination.template": template,
+            "messaging.message.body.size": len(data),
+        }
         if call_id is not None:
-            span.set_attribute("switchboard.call_id", call_id)
+            attributes["switchboard.call_id"] = call_id
+        span = self._tracer.start_span(f"send {template}", kind=SpanKind.CLIENT, attributes=attributes)
         with trace.use_span(span, end_on_exit=True):
             hdrs = self._headers(call_id, headers)
             try:
@@ -332,10 +339,10 @@ class Bus(StreamsMixin, MicroMixin):
             hdrs = self._headers(call_id, headers, reuse_context=True)
             await self.acks.publish(subject, data, hdrs, call_id)
             return hdrs
-        span = self._producer_span(subject, call_id, len(data))
+        hdrs = self._id_headers(call_id)
+        span = self._producer_span(subject, call_id, len(data), hdrs[Headers.MSG_ID])
         with trace.use_span(span, end_on_exit=True):
-            hdrs = self._headers(call_id, headers)
-            span.set_attribute("messaging.message.id", hdrs[Headers.MSG_ID])
+            self._add_context(hdrs, headers)
             await self.acks.publish(subject, data, hdrs, call_id)
         return hdrs
 

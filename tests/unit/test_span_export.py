@@ -59,3 +59,16 @@ def test_recorder_reads_a_record_from_a_batched_message() -> None:
     msg = Incoming("TRACES", 1, 1, "otel.spans", {"Switchboard-Call-Id": "CAr"}, json.dumps([record]).encode())
     row = _span_row(msg, record)
     assert row["call_id"] == "CAr" and row["name"] == "x" and len(row["span_id"]) == 16
+
+
+def test_span_record_carries_every_attribute_and_sequences_as_arrays() -> None:
+    setup_telemetry("switchboard-test")
+    with trace.get_tracer("test").start_as_current_span(
+            "x", attributes={"switchboard.call_id": "CAa", "messaging.message.body.size": 80,
+                             "tags": ("a", "b")}) as span:
+        span.add_event("e", {"n": 1})
+    record = json.loads(json.dumps(span_to_dict(span)))  # type: ignore[arg-type]
+    assert record["attributes"] == {"switchboard.call_id": "CAa", "messaging.message.body.size": 80,
+                                    "tags": ["a", "b"]}
+    assert [(e["name"], e["attributes"]) for e in record["events"]] == [("e", {"n": 1})]
+    assert record["kind"] == "INTERNAL" and record["status"] == "UNSET"
