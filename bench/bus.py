@@ -36,7 +36,7 @@ from opentelemetry.util.types import AttributeValue
 from shared import natsserver, subjects
 from shared.bus import Envelope
 from shared.config import load_settings
-from shared.runtime import start_service, stop_service
+from shared.runtime import start_service, stop_service, tune_gc
 from shared.telemetry import span_to_dict
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -218,6 +218,7 @@ async def main(n: int) -> None:
     server = natsserver.start(tmp / "nats")
     settings = load_settings(nats_url=server.url, data_dir=tmp, js_max_age=600)
     ctx = await start_service("bench", settings)
+    tune_gc()  # as run_service does for every service process
     event: dict[str, object] = {"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}
     raw_event = b'{"type":"response.done","response":{"id":"resp_1","status":"completed"}}'
     try:

@@ -77,7 +77,7 @@ def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
     with a given audio batch size (subprocess entry point)."""
     from services.session.call import CallOptions, ModelEndpoint
     from services.session.service import SessionService
-    from shared.runtime import start_service, stop_service
+    from shared.runtime import start_service, stop_service, tune_gc
 
     async def main() -> None:
         settings = load_settings(nats_url=nats_url, realtime_url=realtime_url, js_max_age=600,
@@ -86,6 +86,7 @@ def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
         service = SessionService(ctx.bus, settings, endpoint=ModelEndpoint(realtime_url, None, None),
                                  options=CallOptions(audio_batch_ms=batch_ms))
         await service.start()
+        tune_gc()  # as run_service does
         await ctx.stopping.wait()
         await service.stop()
         await stop_service(ctx)

@@ -41,7 +41,7 @@ from services.tools.worker import ToolWorker, load_tools
 from shared import natsserver, tool_registry
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
-from shared.runtime import start_service, stop_service
+from shared.runtime import start_service, stop_service, tune_gc
 
 CALL = CallInfo("bench-call", "+15551230001", "+15559870000", "receptionist")
 
@@ -249,6 +249,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         async def plain_endpoint(i: int) -> Any:
             return await bus_bound.request("bench.trivial", noop_body, timeout=10)
 
+        tune_gc()  # as run_service does for every service process
         for make in (noop_direct, noop_bus, plain_endpoint):  # warm up imports, pools, JIT-less caches
             await timed(200, make)
         await timed(50, lambda i: worker.execute(book_tool, book_request("warm", i)))

@@ -15,6 +15,7 @@ import signal
 from services.localmodel.server import LocalModelServer
 from services.localmodel.settings import LocalModelSettings
 from shared.config import get_settings
+from shared.runtime import tune_gc
 from shared.telemetry import setup_logging
 
 log = logging.getLogger("services.localmodel")
@@ -33,9 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(settings: LocalModelSettings) -> None:
-    """Run the server until SIGTERM/SIGINT."""
+    """Run the server until SIGTERM/SIGINT (a process entry point: start-up objects are frozen out of garbage
+    collection, see :func:`shared.runtime.tune_gc`)."""
     server = LocalModelServer(settings)
     await server.start()
+    tune_gc()
     log.info("localmodel listening on ws://%s:%d/v1/realtime (mode %s, pacing %s)", settings.host, server.port,
              settings.mode, settings.pacing)
     stop = asyncio.Event()
