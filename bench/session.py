@@ -97,11 +97,13 @@ def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
 def run_floor(nats_url: str) -> None:
     """A process that only receives the audio frames through ``Bus.subscribe`` (no-op handler): the floor any
     bus consumer of ``call.<id>.audio.in`` pays (subprocess entry point)."""
+    from shared.runtime import tune_gc
     from shared.telemetry import setup_telemetry
 
     async def main() -> None:
         setup_telemetry("switchboard-bench-floor")
         bus = await Bus.connect(nats_url, name="bench-floor", source="bench")
+        tune_gc()  # as a service process does
 
         async def noop(env: Envelope) -> None:
             return None
