@@ -43,9 +43,10 @@ from nats.js.api import Header as JetStreamHeader
 
 from shared import metrics
 from shared.bus.envelope import Headers, destination_template
+from shared.bus.wire import INLINE_HANDLERS, SwitchboardClient
 from shared.errors import PublishFailedError
 
-__all__ = ["DEFAULT_MAX_PENDING", "AckTracker", "FailureCallback"]
+__all__ = ["DEFAULT_MAX_PENDING", "AckTracker", "FailureCallback", "ack_failure", "header_status"]
 
 log = logging.getLogger("shared.bus")
 
@@ -71,14 +72,17 @@ class PendingAck:
     cause: str = "not sent"
 
 
-def ack_failure(msg: Msg) -> str | None:
-    """Why a JetStream ack message refuses the publish, or None when it acknowledges it.
+def ack_failure(data: bytes, status: str | None = None) -> str | None:
+    """Why a JetStream ack refuses the publish, or None when it acknowledges it.
 
-    Never raises: an ack that is not JSON counts as a failure (the publish is retried, not assumed stored).
+    ``data`` is the ack's body, ``status`` the NATS status code of its header block (``"503"`` when no stream
+    listens on the subject), if any. Never raises: an ack that is not JSON counts as a failure (the publish is
+    retried, not assumed stored).
     """
-    if msg.headers and msg.headers.get(JetStreamHeader.STATUS) == NO_RESPONDERS_STATUS:
+    if status == NO_RESPONDERS_STATUS:
         return "no stream listens on the subject (503 no responders)"
-    data = msg.data
+    if status is not None and not data:
+        return f"JetStream answered with status {status}"
     if b'"error"' not in data:
         return None if data.startswith(b"{") else f"unexpected ack {data[:200]!r}"
     try:
@@ -91,6 +95,15 @@ def ack_failure(msg: Msg) -> str | None:
     if isinstance(error, dict):
         return f"JetStream error {error.get('code')} ({error.get('err_code')}): {error.get('description')}"
     return f"JetStream error: {error!r}"
+
+
+def header_status(raw_headers: bytes | None) -> str | None:
+    """The status code of a raw NATS header block (``NATS/1.0 503\r\n…`` → ``"503"``), or None."""
+    if not raw_headers:
+        return None
+    line = raw_headers.split(b"\r\n", 1)[0]
+    parts = line.split(None, 2)
+    return parts[1].decode("ascii", "replace") if len(parts) > 1 else None
 
 
 class AckTracker:
@@ -115,7 +128,7 @@ class AckTracker:
         """Reply token → message, in publish order (so the first entry has the earliest deadline)."""
         self._tokens = itertools.count(1)
         self._prefix = ""
-        self._prefix_len = 0
+        self._prefix_bytes = b""
         self._sub: Subscription | None = None
         self._subscribing: asyncio.Lock | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -183,14 +196,27 @@ class AckTracker:
             if self._sub is not None:
                 return
             prefix = self.nc.new_inbox() + "."
-            self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
-            self._prefix, self._prefix_len = prefix, len(prefix)
+            self._prefix, self._prefix_bytes = prefix, prefix.encode()
+            # acks are handled in the read loop when the client supports it (no Msg, queue or task per ack)
+            if isinstance(self.nc, SwitchboardClient) and INLINE_HANDLERS:
+                self._sub = await self.nc.subscribe(prefix + "*")
+                self.nc.add_inline_handler(self._sub._id, self._on_ack_raw)
+            else:
+                self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
+
+    def _on_ack_raw(self, subject: bytes, data: bytes, raw_headers: bytes | None) -> None:
+        token = subject[len(self._prefix_bytes):].decode("ascii", "replace")
+        self._settle(token, data, header_status(raw_headers))
 
     async def _on_ack(self, msg: Msg) -> None:
-        item = self._pending.pop(msg.subject[self._prefix_len:], None)
+        status = msg.headers.get(JetStreamHeader.STATUS) if msg.headers else None
+        self._settle(msg.subject[len(self._prefix):], msg.data, status)
+
+    def _settle(self, token: str, data: bytes, status: str | None) -> None:
+        item = self._pending.pop(token, None)
         if item is None:
             return  # an ack after its deadline: the retry (same Nats-Msg-Id) is already under way
-        cause = ack_failure(msg)
+        cause = ack_failure(data, status)
         if cause is not None:
             item.cause = cause
             self._retry(item)

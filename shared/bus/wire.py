@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -45,9 +46,13 @@ except ImportError:  # pragma: no cover - depends on the nats-py release
     _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
     _RULES_FOUND = False
 
-__all__ = ["FAST_CODEC", "ORDERED_PING", "TESTED_NATS_PY", "SwitchboardClient", "encode_headers", "parse_header_lines"]
+__all__ = ["FAST_CODEC", "INLINE_HANDLERS", "ORDERED_PING", "TESTED_NATS_PY", "InlineHandler", "SwitchboardClient",
+           "encode_headers", "parse_header_lines"]
 
 log = logging.getLogger(__name__)
+
+InlineHandler = Callable[[bytes, bytes, bytes | None], None]
+"""``handler(subject, data, raw_headers)`` run in the read loop (raw_headers: the ``NATS/1.0…`` block or None)."""
 
 TESTED_NATS_PY = ("2.16",)
 """nats-py minor versions whose private ``_send_publish`` / ``_parse_header_lines`` this codec matches."""
@@ -63,6 +68,8 @@ def _nats_py_minor() -> str:
 _TESTED = _nats_py_minor() in TESTED_NATS_PY
 
 ORDERED_PING = _TESTED
+INLINE_HANDLERS = _TESTED
+"""Whether :meth:`SwitchboardClient.add_inline_handler` is active (``_process_msg`` checked on these versions)."""
 """Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 
 FAST_CODEC = _RULES_FOUND and _TESTED
@@ -163,6 +170,37 @@ class SwitchboardClient(_NatsClient):
     Everything else (connection, flushing, stats, errors) is nats-py's. Create it and call ``connect`` as
     with ``nats.aio.client.Client``.
     """
+
+    _inline: dict[int, InlineHandler] | None = None
+
+    def add_inline_handler(self, sid: int, handler: InlineHandler) -> bool:
+        """Have ``handler(subject, data, raw_headers)`` called for subscription ``sid``'s messages straight from
+        the read loop: no ``Msg`` object, no queue and no task switch (for tiny handlers that never block,
+        like JetStream ack bookkeeping). Returns False (nothing done) when nats-py's version is not one this
+        was checked against; the caller then keeps a normal callback subscription.
+        """
+        if not INLINE_HANDLERS:
+            return False
+        if self._inline is None:
+            self._inline = {}
+        self._inline[sid] = handler
+        return True
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                           headers: bytes | None) -> None:
+        inline = self._inline
+        if inline is not None:
+            handler = inline.get(sid)
+            if handler is not None:
+                stats = self.stats
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += len(data)
+                try:
+                    handler(subject, data, headers)
+                except Exception:
+                    log.exception("inline handler for subscription %d failed", sid)
+                return
+        await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]  # None: no headers
 
     async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
         """Send ``PING`` after every command already queued (nats-py writes it ahead of them)."""
