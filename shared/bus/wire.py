@@ -18,6 +18,11 @@ socket client sending ``SUB`` then ``PING`` missed none in 200). :meth:`Switchbo
 server has processed everything sent before it (NATS docs, "Caches, Flush and Ping",
 https://docs.nats.io/developing-with-nats/sending/caches).
 
+And it can hand one subscription's messages to a plain function straight from the read loop
+(:meth:`SwitchboardClient.add_inline_handler`): nats-py otherwise builds a ``Msg``, queues it and switches to the
+subscription's task for each one. The JetStream ack tracker (:mod:`shared.bus.acks`) uses it: one ack per logged
+event.
+
 ``tests/unit/test_wire.py`` checks, for arbitrary header sets, that the bytes sent and the dict received are
 identical to nats-py's own implementation (so an upgrade of nats-py that changes the rules fails there). The
 override is only active on the nats-py minor versions listed in :data:`TESTED_NATS_PY`; on any other the
