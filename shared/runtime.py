@@ -41,14 +41,14 @@ def tune_gc() -> int:
     number of objects frozen.
 
     - A full collection, then ``gc.freeze()`` (https://docs.python.org/3/library/gc.html#gc.freeze): every object
-      alive after start-up (modules, the OTel SDK, SQLAlchemy, pydantic models: ~130,000 tracked objects for a
-      service) moves to the permanent generation, which later collections do not scan. Measured on the
-      reference machine: a full collection over that heap stops the event loop for 81 ms (four 20 ms audio
-      frames), against 0.0 ms once it is frozen.
+      alive after start-up (modules, the OTel SDK, SQLAlchemy, pydantic models: ~133,000 tracked objects after
+      importing the gateway, session, tools and recorder modules) moves to the permanent generation, which later
+      collections do not scan. Measured on the reference machine: a full collection over that heap stops the
+      event loop for 81 ms (four 20 ms audio frames), against 0.0 ms once it is frozen.
     - Young-generation threshold :data:`GC_GEN0_THRESHOLD` instead of 700: short-lived objects are freed by
-      reference counting; what the collector finds is the few that survive. In bench/tools.py (one process,
-      6,000 requests) the collector ran 310 young and 28 middle collections (69 + 36 ms in all, up to 5 ms
-      each) by default, and 12 and 1 (2 + 2.4 ms) with this threshold.
+      reference counting; what the collector finds is the few that survive. In one bench/tools.py run (one
+      process) the collector ran 308–313 young and 28 middle collections (69–76 + 34–42 ms in all, up to 5 ms
+      each) by default, and 12 and 1 (2 + 2.5 ms) frozen and with this threshold.
 
     Frozen objects are never collected, so this is for a service process's entry point, not for code that
     runs inside a test process.

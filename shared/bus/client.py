@@ -219,21 +219,51 @@ class Bus(StreamsMixin, MicroMixin):
         self._injections[id(ctx)] = (ctx, carrier)
         return carrier
 
-    def _producer_span(self, subject: str, call_id: str | None, size: int, msg_id: str) -> trace.Span:
+    def _send_span(self, operation: str, subject: str, call_id: str | None, size: int,
+                   msg_id: str | None = None) -> trace.Span:
+        """A PRODUCER span ``publish <template>`` (``operation="publish"``) or a CLIENT span ``send <template>``
+        (``operation="request"``), with every attribute given at start: each ``set_attribute`` afterwards
+        takes the span's lock and validates again."""
         template = destination_template(subject)
         attributes: dict[str, Any] = {
             "messaging.system": "nats",
             "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
+            "messaging.operation.name": operation,
             "messaging.destination.name": subject,
             "messaging.destination.template": template,
             "messaging.message.body.size": size,
-            "messaging.message.id": msg_id,
         }
+        if msg_id is not None:
+            attributes["messaging.message.id"] = msg_id
         if call_id is not None:
             attributes["switchboard.call_id"] = call_id
-        # every attribute at start: each set_attribute afterwards takes the span's lock and re-validates
-        return self._tracer.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes)
+        if operation == "publish":
+            return self._tracer.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=attributes)
+        return self._tracer.start_span(f"send {template}", kind=SpanKind.CLIENT, attributes=attributes)
+
+    async def _send(self, subject: str, data: bytes, call_id: str | None, headers: Mapping[str, str] | None,
+                    traced: bool | None, *, jetstream: bool) -> dict[str, str]:
+        """Build the headers and send on core NATS or (``jetstream``) through :attr:`acks`; in a PRODUCER
+        span unless untraced (default: high-rate subjects are untraced). Returns the headers sent."""
+        if traced is None:
+            traced = not is_high_rate(subject)
+        if not traced:
+            hdrs = self._headers(call_id, headers, reuse_context=True)
+            await self._send_now(subject, data, hdrs, call_id, jetstream)
+            return hdrs
+        hdrs = self._id_headers(call_id)
+        span = self._send_span("publish", subject, call_id, len(data), hdrs[Headers.MSG_ID])
+        with trace.use_span(span, end_on_exit=True):
+            self._add_context(hdrs, headers)
+            await self._send_now(subject, data, hdrs, call_id, jetstream)
+        return hdrs
+
+    async def _send_now(self, subject: str, data: bytes, hdrs: dict[str, str], call_id: str | None,
+                        jetstream: bool) -> None:
+        if jetstream:
+            await self.acks.publish(subject, data, hdrs, call_id)
+        else:
+            await self.nc.publish(subject, data, headers=hdrs)
 
     # --- core publish / request ------------------------------------------------------------------------
 
@@ -251,19 +281,7 @@ class Bus(StreamsMixin, MicroMixin):
         ``traced`` (default: not a high-rate subject) wraps the publish in a PRODUCER span whose context is
         the one injected. Raises nats-py's connection errors when the connection is closed.
         """
-        data = encode_payload(payload)
-        if traced is None:
-            traced = not is_high_rate(subject)
-        if not traced:
-            hdrs = self._headers(call_id, headers, reuse_context=True)
-            await self.nc.publish(subject, data, headers=hdrs)
-            return hdrs
-        hdrs = self._id_headers(call_id)
-        span = self._producer_span(subject, call_id, len(data), hdrs[Headers.MSG_ID])
-        with trace.use_span(span, end_on_exit=True):
-            self._add_context(hdrs, headers)
-            await self.nc.publish(subject, data, headers=hdrs)
-        return hdrs
+        return await self._send(subject, encode_payload(payload), call_id, headers, traced, jetstream=False)
 
     async def request(
         self,
@@ -281,18 +299,7 @@ class Bus(StreamsMixin, MicroMixin):
                 no responder exists (503) or none answered within ``timeout`` seconds (504).
         """
         data = encode_payload(payload)
-        template = destination_template(subject)
-        attributes: dict[str, Any] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "request",
-            "messaging.destination.name": subject,
-            "messaging.destination.template": template,
-            "messaging.message.body.size": len(data),
-        }
-        if call_id is not None:
-            attributes["switchboard.call_id"] = call_id
-        span = self._tracer.start_span(f"send {template}", kind=SpanKind.CLIENT, attributes=attributes)
+        span = self._send_span("request", subject, call_id, len(data))
         with trace.use_span(span, end_on_exit=True):
             hdrs = self._headers(call_id, headers)
             try:
@@ -332,19 +339,7 @@ class Bus(StreamsMixin, MicroMixin):
         :attr:`failed_publishes` and passed to the :meth:`on_publish_failure` callbacks — never dropped
         silently. Returns the headers sent.
         """
-        data = encode_payload(payload)
-        if traced is None:
-            traced = not is_high_rate(subject)
-        if not traced:
-            hdrs = self._headers(call_id, headers, reuse_context=True)
-            await self.acks.publish(subject, data, hdrs, call_id)
-            return hdrs
-        hdrs = self._id_headers(call_id)
-        span = self._producer_span(subject, call_id, len(data), hdrs[Headers.MSG_ID])
-        with trace.use_span(span, end_on_exit=True):
-            self._add_context(hdrs, headers)
-            await self.acks.publish(subject, data, hdrs, call_id)
-        return hdrs
+        return await self._send(subject, encode_payload(payload), call_id, headers, traced, jetstream=True)
 
     async def flush_acks(self, timeout: float | None = None) -> None:
         """Wait until every pending JetStream publish is acknowledged or surfaced as failed."""

@@ -116,14 +116,13 @@ class Envelope:
         headers = msg.headers if msg.headers is not None else {}
         get = headers.get
         ts = get(Headers.TS)
-        seq = get(Headers.SEQ)
         return cls(
             msg.subject,
             msg.data,
             headers,
             get(Headers.CALL_ID),
             get(Headers.SOURCE),
-            int(seq) if seq is not None and seq.isdigit() else decode_headers_seq(headers),
+            decode_headers_seq(headers),
             int(ts) if ts and ts.isdigit() else None,
             get(Headers.MSG_ID),
             msg,

@@ -73,9 +73,9 @@ def _nats_py_minor() -> str:
 _TESTED = _nats_py_minor() in TESTED_NATS_PY
 
 ORDERED_PING = _TESTED
+"""Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 INLINE_HANDLERS = _TESTED
 """Whether :meth:`SwitchboardClient.add_inline_handler` is active (``_process_msg`` checked on these versions)."""
-"""Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 
 FAST_CODEC = _RULES_FOUND and _TESTED
 """Whether :class:`SwitchboardClient` uses this module's codec (else it is nats-py's client unchanged)."""

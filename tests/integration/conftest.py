@@ -19,3 +19,12 @@ async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
     yield gateway, session
     await gateway.close()
     await session.close()
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A session-side bus connection, with the streams in place (10 min max age)."""
+    b = await Bus.connect(nats_url, name="test", source="session")
+    await b.ensure_streams(load_settings(js_max_age=600))
+    yield b
+    await b.close()

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,6 @@ PUBLISHER = textwrap.dedent("""
 
     asyncio.run(main())
 """)
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="test", source="session")
-    await b.ensure_streams(load_settings(js_max_age=600))
-    yield b
-    await b.close()
 
 
 async def test_message_crosses_processes_with_trace_and_headers(bus: Bus, unique: str) -> None:

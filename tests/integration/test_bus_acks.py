@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from shared.bus import Bus, Headers, acks
 from shared.bus.acks import ack_failure, header_status
 from shared.config import load_settings
 from shared.errors import PublishFailedError
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="test-acks", source="session")
-    await b.ensure_streams(load_settings(js_max_age=600))
-    yield b
-    await b.close()
 
 
 def test_ack_failure_reads_acks_errors_and_no_responders() -> None:
