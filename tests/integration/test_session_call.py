@@ -278,8 +278,7 @@ async def test_model_disconnect_is_survived_with_the_conversation_rebuilt(
     heard = gw.of("server.conversation.item.input_audio_transcription.completed")[0]["transcript"]
     call = service.calls[gw.call_id]
     assert call.model is not None
-    transport = call.model.ws.transport
-    transport.abort()  # the model's socket dies under the session
+    call.model.abort()  # the model's socket dies under the session
     await gw.wait_for(lambda: gw.count("server.session.created") == 2, 30, "second session")
     await gw.wait_for(lambda: sum(1 for n, e in gw.session_events if n == "model_connected") == 2, 30,
                       "reconnected")
