@@ -19,7 +19,10 @@ same process over an equally long quiet window. Baseline, in this process: raw n
 160-byte frame, and raw nats-py JetStream ``publish_async`` of an audio-delta-sized event (CPU µs per message, from
 ``time.process_time``). Every frame sent is checked to have been forwarded (bytes appended = bytes sent).
 
-Run: ``.venv/bin/python bench/session.py [--calls 20] [--seconds 5] [--deltas 2000] [--batch-ms 40]``.
+Phase 1 runs ``--rounds`` times (default 3) and the median round is reported, each round printed: this 2-core
+machine's speed drifts by tens of percent from one minute to the next.
+
+Run: ``.venv/bin/python bench/session.py [--calls 20] [--seconds 5] [--deltas 2000] [--batch-ms 40] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import base64
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,6 +189,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="audio seconds pushed per call (phase 1)")
     parser.add_argument("--deltas", type=int, default=2000, help="server events streamed per call (phase 2)")
     parser.add_argument("--batch-ms", type=int, default=40, help="audio batch per append (ms)")
+    parser.add_argument("--rounds", type=int, default=3, help="phase 1 repetitions (the median is reported)")
     args = parser.parse_args()
 
     nats_srv = natsserver.start(Path(tempfile.mkdtemp(prefix="bench-session-")))
@@ -241,30 +246,35 @@ async def main() -> None:
         # includes per-call setup (connect, session.update, registry, seq resume): reported separately below
         per_event = (cpu2 - idle_per_s * wall2) / total_deltas * 1e6
 
-        # phase 1: audio frames, pushed at 10× real time across all calls; a bus-only receiver measures the floor
+        # phase 1: audio frames, pushed at 10× real time across all calls, in --rounds rounds (median reported:
+        # the machine's speed drifts between runs); a bus-only receiver measures the floor in the same round
         floor = await asyncio.create_subprocess_exec(sys.executable, __file__, "--floor", nats_srv.url,
                                                      stdout=subprocess.PIPE)
         assert floor.stdout is not None
         await floor.stdout.readline()
-        f0 = proc_cpu(floor.pid)
-        c3, t3 = proc_cpu(session.pid), time.monotonic()
-        for _ in range(messages_n):
-            for cid in calls:
-                await gw.publish(subjects.call_audio_in(cid), message, call_id=cid,
-                                 headers={"Switchboard-Audio-Format": "audio/pcmu"})
-            await asyncio.sleep(0.002 * per_message)
-        sent = frames_n * len(calls) * len(FRAME)
-        try:
-            await asyncio.wait_for(all_appended.wait(), 60)
-        except TimeoutError:
-            print("  WARNING: not every frame was forwarded within 60 s")
-        cpu1, wall1 = proc_cpu(session.pid) - c3, time.monotonic() - t3
-        floor_cpu = proc_cpu(floor.pid) - f0
+        frames = frames_n * len(calls)
+        sent = frames * len(FRAME)
+        rounds: list[tuple[float, float]] = []
+        for _ in range(args.rounds):
+            appended = 0
+            all_appended.clear()
+            f0 = proc_cpu(floor.pid)
+            c3, t3 = proc_cpu(session.pid), time.monotonic()
+            for _ in range(messages_n):
+                for cid in calls:
+                    await gw.publish(subjects.call_audio_in(cid), message, call_id=cid,
+                                     headers={"Switchboard-Audio-Format": "audio/pcmu"})
+                await asyncio.sleep(0.002 * per_message)
+            try:
+                await asyncio.wait_for(all_appended.wait(), 60)
+            except TimeoutError:
+                print("  WARNING: not every frame was forwarded within 60 s")
+            cpu1, wall1 = proc_cpu(session.pid) - c3, time.monotonic() - t3
+            rounds.append(((cpu1 - idle_per_s * wall1) / frames * 1e6, (proc_cpu(floor.pid) - f0) / frames * 1e6))
         floor.kill()
         await floor.wait()
-        frames = frames_n * len(calls)
-        per_frame = (cpu1 - idle_per_s * wall1) / frames * 1e6
-        per_frame_floor = floor_cpu / frames * 1e6
+        per_frame = statistics.median(r[0] for r in rounds)
+        per_frame_floor = statistics.median(r[1] for r in rounds)
 
         base_core = await baseline_core(nats_srv.url, 20_000)
         base_js = await baseline_js(nats_srv.url, 20_000)
@@ -272,7 +282,7 @@ async def main() -> None:
             await gw.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup"}, call_id=cid)
         await asyncio.sleep(1.0)
 
-        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms in "
+        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms per round in "
               f"{frames // per_message} audio.in messages of {20 * per_message} ms ({args.seconds:.0f} s audio/call "
               f"at ~10x), {total_deltas} server events; session idle CPU {idle_per_s * 1e3:.1f} ms/s")
         print(f"  forwarded audio frames: {appended}/{sent} bytes appended "
@@ -280,6 +290,8 @@ async def main() -> None:
         print(f"  CPU per forwarded 20 ms frame : {per_frame:8.1f} µs  (target ≤ 50; "
               f"{per_frame * per_message:.1f} µs per audio.in message)   "
               f"baseline raw nats-py core publish {base_core:.1f} µs → ratio {per_frame / base_core:.1f}x")
+        print(f"    median of {len(rounds)} rounds: " + ", ".join(f"{r[0]:.1f}" for r in rounds) + " µs per frame "
+              "(receive floor " + ", ".join(f"{r[1]:.1f}" for r in rounds) + ")")
         print(f"    of which receiving it (Bus.subscribe, no-op handler, same messages): {per_frame_floor:.1f} µs "
               f"→ session's own work {per_frame - per_frame_floor:.1f} µs per frame")
         print(f"  CPU per logged server event   : {per_event:8.1f} µs  (incl. call setup)  "
