@@ -323,3 +323,89 @@ def test_switchboard_up_starts_and_stops_nats(tmp_path: Path) -> None:
     assert proc.returncode in (0, 1), rest
     assert "nats-server stopped" in rest
     assert not natsserver._port_open("127.0.0.1", port)
+
+
+async def test_fast_delivery_gives_the_messages_nats_py_gives(nats_url: str, unique: str) -> None:
+    """SwitchboardClient's lean core-message path (plain header blocks) delivers the same subject, reply, data
+    and headers as stock nats-py; blocks with an inline status still take nats-py's path; a full pending-bytes
+    budget is a slow-consumer error as in nats-py."""
+    import nats
+    from nats.aio.msg import Msg
+    from nats.errors import SlowConsumerError
+
+    from shared.bus import wire
+
+    assert wire.FAST_DELIVERY
+    ours = SwitchboardClient()
+    ours_errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        ours_errors.append(exc)
+
+    await ours.connect(nats_url, error_cb=on_error)
+    stock = await nats.connect(nats_url)
+    fallbacks = 0
+    process_headers = ours._process_headers
+
+    async def counting(headers: bytes) -> dict[str, str] | None:
+        nonlocal fallbacks
+        fallbacks += 1
+        return await process_headers(headers)
+
+    ours._process_headers = counting  # type: ignore[method-assign]
+    try:
+        got: dict[str, list[Msg]] = {"ours": [], "stock": []}
+        done = {"ours": asyncio.Event(), "stock": asyncio.Event()}
+        blocks = [
+            None,  # MSG, no headers
+            b"NATS/1.0\r\n\r\n",  # an empty header block
+            b"NATS/1.0\r\nA: 1\r\nSpaced :  v  \r\nno-colon\r\nUtf8: caf\xc3\xa9\r\nBad\xff: x\r\n\r\n",
+            b"NATS/1.0 503\r\n\r\n",  # inline status: nats-py's own path
+            b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Stream: 3\r\n\r\n",
+        ]
+
+        def collector(name: str) -> object:
+            async def cb(msg: Msg) -> None:
+                got[name].append(msg)
+                if len(got[name]) == len(blocks):
+                    done[name].set()
+            return cb
+
+        await ours.subscribe(f"fast.{unique}", cb=collector("ours"))  # type: ignore[arg-type]
+        await stock.subscribe(f"fast.{unique}", cb=collector("stock"))  # type: ignore[arg-type]
+        await asyncio.gather(ours.flush(), stock.flush())
+        await asyncio.sleep(0.1)
+        for i, block in enumerate(blocks):
+            payload = f"body {i}".encode()
+            if block is None:
+                cmd = f"PUB fast.{unique} reply.{i} {len(payload)}\r\n".encode() + payload + b"\r\n"
+            else:
+                cmd = (f"HPUB fast.{unique} reply.{i} {len(block)} {len(block) + len(payload)}\r\n".encode()
+                       + block + payload + b"\r\n")
+            await stock._send_command(cmd)
+        await stock.flush()
+        await asyncio.wait_for(asyncio.gather(done["ours"].wait(), done["stock"].wait()), 10)
+        assert [(m.subject, m.reply, m.data, m.headers) for m in got["ours"]] == \
+            [(m.subject, m.reply, m.data, m.headers) for m in got["stock"]]
+        assert got["ours"][2].headers == {"A": "1", "Spaced": "v", "Utf8": "caf\u00e9"}
+        assert fallbacks == 2  # only the two status blocks went through nats-py's header processing
+
+        # a pending-bytes budget that the third message overflows: a slow-consumer error, not a lost process
+        release = asyncio.Event()
+
+        async def stuck(msg: Msg) -> None:
+            await release.wait()
+
+        await ours.subscribe(f"slow.{unique}", cb=stuck, pending_bytes_limit=100)
+        await ours.flush()
+        for _ in range(3):
+            await stock.publish(f"slow.{unique}", b"x" * 45)
+        await stock.flush()
+        for _ in range(100):
+            if ours_errors:
+                break
+            await asyncio.sleep(0.02)
+        release.set()
+        assert any(isinstance(e, SlowConsumerError) for e in ours_errors)
+    finally:
+        await asyncio.gather(ours.close(), stock.close())
