@@ -282,9 +282,10 @@ async def main() -> None:
             await gw.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup"}, call_id=cid)
         await asyncio.sleep(1.0)
 
-        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms per round in "
-              f"{frames // per_message} audio.in messages of {20 * per_message} ms ({args.seconds:.0f} s audio/call "
-              f"at ~10x), {total_deltas} server events; session idle CPU {idle_per_s * 1e3:.1f} ms/s")
+        print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms "
+              f"per round in {frames // per_message} audio.in messages of {20 * per_message} ms "
+              f"({args.seconds:.0f} s audio/call at ~10x), {total_deltas} server events; "
+              f"session idle CPU {idle_per_s * 1e3:.1f} ms/s")
         print(f"  forwarded audio frames: {appended}/{sent} bytes appended "
               f"({'all' if appended >= sent - 40 * 8 * len(calls) else 'MISSING'}; ≤ 40 ms/call may stay batched)")
         print(f"  CPU per forwarded 20 ms frame : {per_frame:8.1f} µs  (target ≤ 50; "
