@@ -83,13 +83,14 @@ ORDERED_PING = _TESTED
 """Whether :class:`SwitchboardClient` queues ``PING`` behind pending commands (checked on these versions)."""
 INLINE_HANDLERS = _TESTED
 """Whether :meth:`SwitchboardClient.add_inline_handler` is active (``_process_msg`` checked on these versions)."""
-FAST_DELIVERY = _TESTED and _RULES_FOUND
-"""Whether core messages with plain headers skip nats-py's generic ``_process_msg`` (same Msg, same queue)."""
-_PLAIN_HEADER_LINE = b"NATS/1.0\r\n"
-"""A header block with no inline status starts with exactly this (ADR-4); anything else takes nats-py's path."""
 
 FAST_CODEC = _RULES_FOUND and _TESTED
 """Whether :class:`SwitchboardClient` uses this module's codec (else it is nats-py's client unchanged)."""
+FAST_DELIVERY = FAST_CODEC
+"""Whether core messages with plain headers skip nats-py's generic ``_process_msg`` (same Msg, same queue; the
+header dict comes from this module's parser, so it goes with the codec)."""
+_PLAIN_HEADER_LINE = b"NATS/1.0\r\n"
+"""A header block with no inline status starts with exactly this (ADR-4); anything else takes nats-py's path."""
 if not FAST_CODEC:
     log.warning("nats-py %s is not among the versions the fast header codec was checked against (%s): "
                 "using nats-py's own codec", _nats_py_minor(), ", ".join(TESTED_NATS_PY))
@@ -235,15 +236,15 @@ class SwitchboardClient(_NatsClient):
         msg = self.msg_class(subject=subject.decode(), reply=reply.decode(), data=data, headers=hdr,
                              _client=self, _sid=sid)
         sub._pending_size += size
-        if sub._pending_bytes_limit > 0 and sub._pending_size >= sub._pending_bytes_limit:
-            sub._pending_size -= size
-            await self._error_cb(errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub))
-            return
-        try:
-            sub._pending_queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            sub._pending_size -= size
-            await self._error_cb(errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub))
+        if sub._pending_bytes_limit <= 0 or sub._pending_size < sub._pending_bytes_limit:
+            try:
+                sub._pending_queue.put_nowait(msg)
+                return
+            except asyncio.QueueFull:
+                pass
+        # over the pending bytes or messages limit: dropped and reported, as nats-py does
+        sub._pending_size -= size
+        await self._error_cb(errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub))
 
     async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
         """Send ``PING`` after every command already queued (nats-py writes it ahead of them)."""

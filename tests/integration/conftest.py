@@ -21,10 +21,22 @@ async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
     await session.close()
 
 
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    """A session-side bus connection, with the streams in place (10 min max age)."""
-    b = await Bus.connect(nats_url, name="test", source="session")
+async def _connected(nats_url: str, name: str, source: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, name=name, source=source)
     await b.ensure_streams(load_settings(js_max_age=600))
     yield b
     await b.close()
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A session-side bus connection, with the streams in place (10 min max age)."""
+    async for b in _connected(nats_url, "test", "session"):
+        yield b
+
+
+@pytest.fixture
+async def gateway_bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A gateway-side bus connection (``source="gateway"``), with the streams in place (10 min max age)."""
+    async for b in _connected(nats_url, "test-gateway", "gateway"):
+        yield b

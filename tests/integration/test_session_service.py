@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -23,14 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 def unreachable() -> ModelEndpoint:
     """A Realtime URL nothing listens on (connects are refused at once)."""
     return ModelEndpoint(f"ws://127.0.0.1:{natsserver.free_port()}/v1/realtime", None, None)
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="test-gateway", source="gateway")
-    await b.ensure_streams(load_settings(js_max_age=600))
-    yield b
-    await b.close()
 
 
 async def make_service(nats_url: str, **options: object) -> tuple[Bus, SessionService]:
@@ -55,12 +47,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: s
     raise AssertionError(f"{what} not met within {timeout} s")
 
 
-async def test_each_call_is_taken_by_exactly_one_instance(bus: Bus, nats_url: str) -> None:
+async def test_each_call_is_taken_by_exactly_one_instance(gateway_bus: Bus, nats_url: str) -> None:
     instances = [await make_service(nats_url) for _ in range(3)]
     calls = [subjects.new_call_id() for _ in range(12)]
     try:
         for cid in calls:
-            await bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
+            await gateway_bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
         await wait_until(lambda: sum(len(s.calls) for _, s in instances) == len(calls))
         await asyncio.sleep(0.3)  # a second taker would show up here
         taken = [cid for _, s in instances for cid in s.calls]
@@ -72,7 +64,7 @@ async def test_each_call_is_taken_by_exactly_one_instance(bus: Bus, nats_url: st
             await session_bus.close()
 
 
-async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(bus: Bus, nats_url: str) -> None:
+async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(gateway_bus: Bus, nats_url: str) -> None:
     session_bus, service = await make_service(nats_url, model_error_after=2)
     good = subjects.new_call_id()
     events: list[tuple[str, dict[str, object]]] = []
@@ -80,13 +72,13 @@ async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(bus:
     async def collect(env: Envelope) -> None:
         events.append((env.subject.rsplit(".", 1)[1], env.json()))
 
-    await bus.subscribe(subjects.session_events(good), collect)
+    await gateway_bus.subscribe(subjects.session_events(good), collect)
     try:
         bad = subjects.new_call_id()
-        await bus.publish(subjects.call_started(bad), b"not json", call_id=bad)
-        await bus.publish(subjects.call_started(bad), {"call_id": "bad id!", "audio_format": "audio/pcmu"})
-        await bus.publish(subjects.call_started(bad), {"call_id": bad, "audio_format": "audio/mp3"})
-        await bus.publish_event(subjects.call_started(good), started(good), call_id=good)
+        await gateway_bus.publish(subjects.call_started(bad), b"not json", call_id=bad)
+        await gateway_bus.publish(subjects.call_started(bad), {"call_id": "bad id!", "audio_format": "audio/pcmu"})
+        await gateway_bus.publish(subjects.call_started(bad), {"call_id": bad, "audio_format": "audio/mp3"})
+        await gateway_bus.publish_event(subjects.call_started(good), started(good), call_id=good)
         await wait_until(lambda: good in service.calls)
         assert list(service.calls) == [good]
         # the model cannot be reached: surfaced once as session.error, the call keeps trying
@@ -94,7 +86,7 @@ async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(bus:
         error = next(e for n, e in events if n == "error")
         assert error["code"] == "model_unavailable" and error["message"]
         # the carrier hangs up: the session ends and publishes its summary anyway
-        await bus.publish_event(subjects.call_ended(good), {"reason": "caller_hangup"}, call_id=good)
+        await gateway_bus.publish_event(subjects.call_ended(good), {"reason": "caller_hangup"}, call_id=good)
         await wait_until(lambda: any(n == "summary" for n, _ in events))
         summary = next(e for n, e in events if n == "summary")
         assert summary["ended_reason"] == "caller_hangup" and summary["call_id"] == good
@@ -105,20 +97,21 @@ async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(bus:
         await session_bus.close()
 
 
-async def test_early_audio_is_buffered_while_the_model_is_away(bus: Bus, nats_url: str) -> None:
+async def test_early_audio_is_buffered_while_the_model_is_away(gateway_bus: Bus, nats_url: str) -> None:
     session_bus, service = await make_service(nats_url)
     cid = subjects.new_call_id()
     try:
-        await bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
+        await gateway_bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
         await wait_until(lambda: cid in service.calls, what="call taken")
         call = service.calls[cid]
         await wait_until(call.subscribed.is_set, what="subscribed")
         for _ in range(25):
-            await bus.publish(subjects.call_audio_in(cid), b"\xff" * 160, call_id=cid)
+            await gateway_bus.publish(subjects.call_audio_in(cid), b"\xff" * 160, call_id=cid)
         await wait_until(lambda: call.audio.buffered == 25 * 160,
                          what=f"all audio buffered (have {call.audio.buffered} bytes)")
         assert call.log.counts == {"client": 0, "server": 0}  # nothing sent or logged without a model
-        await bus.publish_event(subjects.call_ended(cid), json.loads('{"reason": "caller_hangup"}'), call_id=cid)
+        await gateway_bus.publish_event(subjects.call_ended(cid), json.loads('{"reason": "caller_hangup"}'),
+                                        call_id=cid)
         await wait_until(lambda: not service.calls, what="call ended")
     finally:
         await service.stop()
