@@ -7,8 +7,12 @@ JetStream asynchronous publish the throughput in messages/s — each beside raw 
 Two baselines: ``raw`` (nats-py, no headers; JetStream: only ``Nats-Msg-Id``) and ``raw+h`` (nats-py sending
 the same six headers the bus sets — for JetStream built per message, as any caller must: unique id, seq, ts),
 so the wrapper's own cost is visible apart from the header bytes on the wire. It also prints the floor of a
-traced message: the CPU cost of its two OpenTelemetry SDK spans measured in the same process, and the best
-ratio a traced publish could reach if everything else were free.
+traced message (:func:`telemetry_floor_us`): the CPU cost, measured in the same process and run, of the
+OpenTelemetry work a traced message does on the measured path (its SDK spans, W3C context inject/extract, the
+bus-hop histogram), and the best ratio a traced event or request could reach if everything else were free; then
+the two traced rows again in a child process started with ``OTEL_SDK_DISABLED=true`` against the same server (the
+bus code unchanged, the SDK's tracers and meters no-ops), so what the SDK costs in place — caches, allocation,
+the export thread — shows beside what the bus itself costs.
 
 Run: ``.venv/bin/python bench/bus.py [--n 5000]``.
 """
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +32,8 @@ from pathlib import Path
 import nats
 import orjson
 from nats.aio.msg import Msg
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -155,25 +163,67 @@ async def raw_js_throughput(url: str, n: int, payload: bytes, run: int, same_hea
     return n / dt
 
 
-def span_pair_us(n: int) -> list[float]:
-    """CPU-bound cost (µs) of the two SDK spans a traced message makes — PRODUCER started and ended, CONSUMER
-    started as current and ended — with the same attributes the bus sets and the process's real tracer
-    provider (batch processor → ``otel.spans``). This is the floor any OTel-traced publish pays over raw."""
-    tracer = trace.get_tracer("bench.spans")
-    attrs: dict[str, AttributeValue] = {
-        "messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "publish",
-        "messaging.destination.name": "call.benchcall.session.bench",
-        "messaging.destination.template": "call.{call_id}.session.bench", "messaging.message.body.size": 72}
+def _messaging_attributes(operation: str, subject: str, template: str) -> dict[str, AttributeValue]:
+    """The attributes the bus gives a messaging span (``shared.bus.client``: ``_send_span`` / ``dispatch``)."""
+    return {"messaging.system": "nats", "messaging.operation.type": "process" if operation == "process" else "send",
+            "messaging.operation.name": operation, "messaging.destination.name": subject,
+            "messaging.destination.template": template, "messaging.message.body.size": 72,
+            "messaging.message.id": "benchcall:bench:1", "switchboard.call_id": "benchcall"}
+
+
+def telemetry_floor_us(n: int, kind: str) -> list[float]:
+    """CPU µs of the OpenTelemetry work a traced message does BEFORE its handler (event) or before the caller
+    has its reply (request), with the bus's attribute sets and this process's tracer and meter providers (batch
+    processor → ``otel.spans``): what any per-message-traced NATS client pays on the measured path, whatever its
+    own code costs. Everything the design asks of a traced message (design.md, "Telemetry": a span per
+    lifecycle/control message on each side, W3C context in headers, the bus-hop histogram) and nothing else.
+
+    - ``event``: PRODUCER span started, context injected, span ended (the publish returns before nats-py's
+      flusher writes, so its end is on the path); then the receiver extracts the context, records the hop and
+      starts its CONSUMER span as current — timer stops, as the handler would run — and ends it off the clock.
+    - ``request``: CLIENT span started, context injected; the responder extracts, records the hop, runs its SERVER
+      span (started as current, reply context injected, ended: the reply is published inside it and the same
+      process must finish that step before the caller resumes); the caller's CLIENT span ends.
+    """
+    from shared import metrics
+
+    tracer = trace.get_tracer("bench.floor")
+    subject = "call.benchcall.session.bench" if kind == "event" else "tools.bench_noop"
+    template = "call.{call_id}.session.bench" if kind == "event" else subject
+    send_attrs = _messaging_attributes("publish" if kind == "event" else "request", subject, template)
+    process_attrs = _messaging_attributes("process", subject, template)
+    hop_attrs = {"messaging.destination.template": template}
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        span = tracer.start_span("publish call.{call_id}.session.bench", kind=SpanKind.PRODUCER, attributes=attrs)
-        span.set_attribute("switchboard.call_id", "benchcall")
-        span.end()
-        with tracer.start_as_current_span("process call.{call_id}.session.bench", kind=SpanKind.CONSUMER,
-                                          attributes=attrs):
-            pass
-        out.append((time.perf_counter_ns() - t0) / 1000)
+        headers: dict[str, str] = {}
+        if kind == "event":
+            span = tracer.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=send_attrs)
+            with trace.use_span(span, end_on_exit=True):
+                propagate.inject(headers)
+        else:
+            span = tracer.start_span(f"send {template}", kind=SpanKind.CLIENT, attributes=send_attrs)
+            client = trace.use_span(span, end_on_exit=True)
+            client.__enter__()
+            propagate.inject(headers)
+        ctx = propagate.extract(headers)
+        metrics.BUS_HOP.record(0.1, hop_attrs)
+        token = otel_context.attach(ctx)
+        consumer = tracer.start_as_current_span(
+            f"process {template}", kind=SpanKind.CONSUMER if kind == "event" else SpanKind.SERVER,
+            attributes=process_attrs)
+        consumer.__enter__()
+        if kind == "event":
+            t1 = time.perf_counter_ns()
+            consumer.__exit__(None, None, None)
+            otel_context.detach(token)
+        else:
+            propagate.inject({})
+            consumer.__exit__(None, None, None)
+            otel_context.detach(token)
+            client.__exit__(None, None, None)
+            t1 = time.perf_counter_ns()
+        out.append((t1 - t0) / 1000)
     return out
 
 
@@ -213,6 +263,44 @@ async def bus_js_throughput(bus: object, n: int, payload: bytes, call_id: str) -
     return n / (time.perf_counter() - t0)
 
 
+async def traced_rows(url: str, bus: object, n: int) -> dict[str, float]:
+    """p50 (µs) of raw and bus latency for the two traced rows: ``event`` and ``request`` (raw first, then bus)."""
+    event: dict[str, object] = {"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}
+    raw_event = b'{"type":"response.done","response":{"id":"resp_1","status":"completed"}}'
+    stored = subjects.session_event("rawoff", "bench")
+    return {
+        "event raw": pct(await raw_publish_latency(url, n, raw_event, stored), 0.5),
+        "event bus": pct(await bus_publish_latency(bus, n, event, "benchoff"), 0.5),
+        "request raw": pct(await raw_request_latency(url, n, raw_event), 0.5),
+        "request bus": pct(await bus_request_latency(bus, n, event), 0.5),
+    }
+
+
+async def sdk_off_child(url: str, n: int) -> None:
+    """The traced rows in a process started with ``OTEL_SDK_DISABLED=true`` (the SDK hands out no-op tracers and
+    meters): the same bus code with everything else equal. Prints one JSON object (subprocess entry point)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bus-off-"))
+    ctx = await start_service("bench-sdk-off", load_settings(nats_url=url, data_dir=tmp, js_max_age=600))
+    tune_gc()
+    try:
+        await traced_rows(url, ctx.bus, 200)  # warm-up
+        print(json.dumps(await traced_rows(url, ctx.bus, n)), flush=True)
+    finally:
+        await stop_service(ctx)
+
+
+async def sdk_off_figures(url: str, n: int) -> dict[str, float]:
+    """Run :func:`sdk_off_child` in a child process against the same server; its figures."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--sdk-off", url, "--n", str(n), stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true"})
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the OTEL_SDK_DISABLED child failed with exit code {child.returncode}")
+    figures: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return figures
+
+
 async def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-bus-"))
     server = natsserver.start(tmp / "nats")
@@ -250,12 +338,25 @@ async def main(n: int) -> None:
             values = (pct(r, 0.5), pct(r, 0.99), pct(h, 0.5), pct(h, 0.99), pct(o, 0.5), pct(o, 0.99))
             print(f"{name:<25}" + "".join(f"{v:>11.1f}" for v in values)
                   + f"{values[4] / values[0]:>13.2f}{values[4] / values[2]:>15.2f}")
-        spans, export = span_pair_us(n), span_export_us(n)
-        event_raw_h = pct(rows[1][2], 0.5)
-        print(f"floor of a traced message: its two SDK spans cost {pct(spans, 0.5):.1f} µs p50 "
-              f"({pct(spans, 0.99):.1f} p99) to start and end in this process, so a traced event can be no better "
-              f"than {(event_raw_h + pct(spans, 0.5)) / event_raw_h:.2f}x raw+h p50 even if everything else were "
-              f"free; serializing them for otel.spans costs another {pct(export, 0.5):.1f} µs p50 (off the path)")
+        export = pct(span_export_us(n), 0.5)
+        print("floor of a traced message, measured now in this process (telemetry only, everything else free; an "
+              "untraced message through the bus costs what raw does, see the audio row):")
+        print(f"  serializing a message's two finished spans for otel.spans costs {export:.1f} µs p50 more, in the "
+              "batch processor's thread: off the path, but on this process's GIL")
+        for label, kind, row in (("event", "event", rows[1]), ("request/reply", "request", rows[2])):
+            floor = telemetry_floor_us(n, kind)
+            raw_p50, bus_p50 = pct(row[1], 0.5), pct(row[3], 0.5)
+            best = (raw_p50 + pct(floor, 0.5)) / raw_p50
+            print(f"  {label:<14} OpenTelemetry on the path {pct(floor, 0.5):5.1f} µs p50 ({pct(floor, 0.99):.1f} p99)"
+                  f" = {pct(floor, 0.5) / raw_p50:.2f} of raw p50 → best possible {best:.2f}x raw, "
+                  f"{best + export / raw_p50:.2f}x with the export's CPU (target 1.2); "
+                  f"measured {bus_p50 / raw_p50:.2f}x")
+        off = await sdk_off_figures(server.url, n)
+        print("the same traced rows in a child process with OTEL_SDK_DISABLED=true (no spans, no metrics; the bus "
+              "code unchanged): event {:.2f}x raw ({:.1f} vs {:.1f} µs p50), request/reply {:.2f}x raw ({:.1f} vs "
+              "{:.1f}) — what the OpenTelemetry SDK adds in place is the difference from the table above".format(
+                  off["event bus"] / off["event raw"], off["event bus"], off["event raw"],
+                  off["request bus"] / off["request raw"], off["request bus"], off["request raw"]))
         js_n = n * 4
         raw_tp: list[float] = []
         raw_h_tp: list[float] = []
@@ -276,4 +377,9 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=5000, help="messages per latency measurement")
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument("--sdk-off", metavar="NATS_URL", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sdk_off:
+        asyncio.run(sdk_off_child(args.sdk_off, args.n))
+    else:
+        asyncio.run(main(args.n))

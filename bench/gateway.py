@@ -15,7 +15,8 @@ Per call the load generator sends ``connected`` + ``start`` and then a 160-byte 
   delta subject), same N, same run; "added by the gateway" = gateway figure − baseline figure;
 - ``clear`` latency: ``call.<id>.command.clear`` published → ``clear`` received on the call's socket
   (a few calls per second are cleared);
-- gateway CPU-ms per call-second (``/proc/<pid>/stat`` utime+stime over the measurement window);
+- gateway CPU-ms per call-second (the scheduler's per-thread accounting, ``bench/proc_cpu.py``, over the
+  measurement window);
 - late frames: round trip > 20 ms (one frame period); the largest N with < 1 % late is reported;
 - the CPU (cores) of every process of the rig during each run, and what the rig without the gateway (load
   generator + echo peer + nats-server) would need at 300 calls if its use scaled linearly from 100 and more calls
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+from proc_cpu import cpu_seconds
 
 from shared import natsserver, subjects
 from shared.bus import Bus, Envelope, Headers
@@ -60,12 +62,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:
@@ -333,6 +329,7 @@ async def main(args: argparse.Namespace) -> None:
         best = 0
         loads: list[str] = []
         rig: list[tuple[int, float]] = []  # (calls, cores used by the load generator, echo peer and nats-server)
+        gateway_ms: list[float] = []  # the gateway's CPU-ms per call-second at each N
         for n in args.calls:
             base = await run_baseline(n, server.url, args.batch, min(args.seconds, 6.0))
             gw = await run_gateway(n, f"ws://127.0.0.1:{port}/twilio/media", bus, args.batch, args.seconds,
@@ -340,6 +337,7 @@ async def main(args: argparse.Namespace) -> None:
             loads.append(f"{n:>6}  " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in gw.items()
                                             if k.startswith("cpu_") and k != "cpu_ms_per_call_s"))
             rig.append((n, gw["cpu_loadgen"] + gw["cpu_echo"] + gw["cpu_nats"]))
+            gateway_ms.append(gw["cpu_ms_per_call_s"])
             if gw["late_pct"] < 1.0 and gw["echoes"] > 0 and gw["errors"] == 0:
                 best = max(best, n)
             print(f"{n:>6} {gw['rtt_p50']:>8.2f} {gw['rtt_p99']:>8.2f} {base['rtt_p50']:>9.2f} {base['rtt_p99']:>9.2f} "
@@ -353,11 +351,15 @@ async def main(args: argparse.Namespace) -> None:
               " outside this benchmark, e.g. other work sharing the machine):")
         print("\n".join(loads))
         cores = os.cpu_count() or 1
-        for n, used in rig:
+        for (n, used), gw_ms in zip(rig, gateway_ms, strict=True):
             if n >= 100:  # below that fixed costs (timers, idle polling) dominate the per-call share
                 print(f"without the gateway, the rest of the rig (load generator + echo peer + nats-server) used "
                       f"{used:.2f} cores at {n} calls: {used * 300 / n:.2f} cores at 300 calls if it scales "
                       f"linearly, of the {cores} on the machine")
+                print(f"  the gateway at {n} calls: {gw_ms:.2f} CPU-ms per call-second, so one gateway process (one "
+                      f"core at most: the GIL) is full at {1000 / gw_ms:.0f} calls; 300 calls need {gw_ms * 0.3:.2f} "
+                      f"cores of gateway + {used * 300 / n:.2f} of rig = {gw_ms * 0.3 + used * 300 / n:.2f} of the "
+                      f"{cores}")
         print(f"largest N with < 1% of frames late (> {LATE_MS:.0f} ms round trip): {best}")
         await bus.close()
     finally:

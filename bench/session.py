@@ -14,10 +14,11 @@ on ``response.create``, streams ``response.output_audio.delta`` events as fast a
 
 A third process receives the same frames through ``Bus.subscribe`` with a no-op handler: the floor any bus consumer
 of ``audio.in`` pays (nats-py header parsing, envelope, trace-context restore, bus-hop metric), so the session's own
-share per frame is visible. Session CPU is read from ``/proc/<pid>/stat`` (user + system), minus the idle CPU of the
-same process over an equally long quiet window. Baseline, in this process: raw nats-py core publish of the same
-160-byte frame, and raw nats-py JetStream ``publish_async`` of an audio-delta-sized event (CPU µs per message, from
-``time.process_time``). Every frame sent is checked to have been forwarded (bytes appended = bytes sent).
+share per frame is visible. Session CPU is the scheduler's per-thread accounting (``/proc/<pid>/task/*/schedstat``,
+nanoseconds; see ``bench/proc_cpu.py``), minus the idle CPU of the same process over an equally long quiet
+window. Baseline, in this process: raw nats-py core publish of the same 160-byte frame, and raw nats-py JetStream
+``publish_async`` of an audio-delta-sized event (CPU µs per message, from ``time.process_time``). Every frame
+sent is checked to have been forwarded (bytes appended = bytes sent).
 
 Phase 1 runs ``--rounds`` times (default 3) and the median round is reported, each round printed: this 2-core
 machine's speed drifts by tens of percent from one minute to the next.
@@ -32,7 +33,6 @@ import asyncio
 import base64
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import nats
 import websockets
+from proc_cpu import cpu_seconds as proc_cpu
 from websockets.asyncio.server import ServerConnection
 
 from shared import natsserver, subjects
@@ -50,7 +51,6 @@ from shared.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = bytes([0xFF]) * 160
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the bench-only model endpoint -------------------------------------------------------------------------
@@ -128,12 +128,6 @@ def run_sink(port: int, deltas: int) -> None:
 
 
 # --- measurement helpers -----------------------------------------------------------------------------------
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 async def wait_ready(url: str, timeout: float = 30) -> None:
     nc = await nats.connect(url)

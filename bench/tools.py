@@ -25,8 +25,10 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import os
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -269,7 +271,13 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         print(row("bus endpoint, trivial handler", plain, plain_rps))
         print(overhead(bus, direct))
         print(f"  of which the NATS hop itself (raw request/reply): p50 {pct(raw, 0.5):.3f} ms, "
-              f"p99 {pct(raw, 0.99):.3f} ms")
+              f"p99 {pct(raw, 0.99):.3f} ms = {pct(raw, 0.99) / 0.5:.0%} of the 0.5 ms p99 budget before the bus, "
+              "the tool framework or telemetry add anything")
+        off = await sdk_off_figures(n)
+        print("  the same no-op path with OTEL_SDK_DISABLED=true (child process, own nats-server, no spans or "
+              f"metrics): bus p50 {off['bus p50']:.3f} ms, p99 {off['bus p99']:.3f} ms; overhead p50 "
+              f"+{off['bus p50'] - off['direct p50']:.3f} ms, p99 +{off['bus p99'] - off['direct p99']:.3f} ms "
+              f"(raw hop there p50 {off['raw p50']:.3f}, p99 {off['raw p99']:.3f} ms)")
         conc = await throughput(n, concurrency, noop_bus)
         print(f"  bus throughput, {concurrency} in flight: {conc:.0f} req/s")
         print("book_appointment")
@@ -287,6 +295,60 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         server.stop()
 
 
+async def sdk_off_child(n: int) -> None:
+    """The no-op tool through the bus, in a process started with ``OTEL_SDK_DISABLED=true`` (no spans, no metrics;
+    the same bus, worker and client code) on its own nats-server; prints one JSON object with the p50/p99 (ms) of
+    ``direct``, ``bus`` and ``raw`` (subprocess entry point)."""
+    with tempfile.TemporaryDirectory(prefix="sb-bench-tools-off-") as tmp:
+        workdir = Path(tmp)
+        server = natsserver.start(workdir / "nats")
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+        ctx = await start_service("tools", load_settings(nats_url=server.url, database_url=url, data_dir=workdir))
+        database = Database(url)
+        caller: Bus | None = None
+        try:
+            await database.migrate()
+            worker = ToolWorker([NOOP], database=database, settings=ToolsSettings())
+            await worker.register(ctx.bus, ctx.micro)
+            caller = await Bus.connect(server.url, name="bench-caller", source="session")
+            bus_bound = caller
+            specs = await tool_registry.load(caller.js)
+            request = ToolRequest({}, None, CALL, 10_000)
+
+            async def direct(i: int) -> Any:
+                return await worker.execute(NOOP, request)
+
+            async def via_bus(i: int) -> Any:
+                return await call_tool(bus_bound, specs["bench_noop"], request)
+
+            tune_gc()
+            for make in (direct, via_bus):
+                await timed(200, make)
+            figures: dict[str, float] = {}
+            for name, lat in (("direct", (await timed(n, direct))[0]), ("bus", (await timed(n, via_bus))[0]),
+                              ("raw", (await raw_nats(server.url, n, json.dumps(request.to_json()).encode()))[0])):
+                figures[f"{name} p50"], figures[f"{name} p99"] = pct(lat, 0.5), pct(lat, 0.99)
+            print(json.dumps(figures), flush=True)
+        finally:
+            if caller is not None:
+                await caller.close()
+            await stop_service(ctx)
+            await database.dispose()
+            server.stop()
+
+
+async def sdk_off_figures(n: int) -> dict[str, float]:
+    """Run :func:`sdk_off_child` in a child process with ``OTEL_SDK_DISABLED=true``; its figures."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--sdk-off", "--n", str(n), stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true"})
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the OTEL_SDK_DISABLED child failed with exit code {child.returncode}")
+    figures: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return figures
+
+
 def main() -> None:
     """Parse arguments and run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -295,7 +357,11 @@ def main() -> None:
     parser.add_argument("--database-url", default=None,
                         help="SQLAlchemy async URL (default: SQLite temp file; PostgreSQL: a scratch database "
                              "is created on that server and dropped afterwards)")
+    parser.add_argument("--sdk-off", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sdk_off:
+        asyncio.run(sdk_off_child(args.n))
+        return
     with tempfile.TemporaryDirectory(prefix="sb-bench-tools-") as tmp:
         asyncio.run(run(args.n, args.concurrency, args.database_url, Path(tmp)))
 
