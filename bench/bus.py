@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
+from sdk_off import sdk_off_figures
 
 from shared import natsserver, subjects
 from shared.bus import Envelope
@@ -289,18 +288,6 @@ async def sdk_off_child(url: str, n: int) -> None:
         await stop_service(ctx)
 
 
-async def sdk_off_figures(url: str, n: int) -> dict[str, float]:
-    """Run :func:`sdk_off_child` in a child process against the same server; its figures."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--sdk-off", url, "--n", str(n), stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "OTEL_SDK_DISABLED": "true"})
-    out, _ = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"the OTEL_SDK_DISABLED child failed with exit code {child.returncode}")
-    figures: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
-    return figures
-
-
 async def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-bus-"))
     server = natsserver.start(tmp / "nats")
@@ -351,7 +338,7 @@ async def main(n: int) -> None:
                   f" = {pct(floor, 0.5) / raw_p50:.2f} of raw p50 → best possible {best:.2f}x raw, "
                   f"{best + export / raw_p50:.2f}x with the export's CPU (target 1.2); "
                   f"measured {bus_p50 / raw_p50:.2f}x")
-        off = await sdk_off_figures(server.url, n)
+        off = await sdk_off_figures(__file__, server.url, "--n", str(n))
         print("the same traced rows in a child process with OTEL_SDK_DISABLED=true (no spans, no metrics; the bus "
               "code unchanged): event {:.2f}x raw ({:.1f} vs {:.1f} µs p50), request/reply {:.2f}x raw ({:.1f} vs "
               "{:.1f}) — what the OpenTelemetry SDK adds in place is the difference from the table above".format(

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
-import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from sdk_off import sdk_off_figures
 
 from services.tools.client import call_tool
 from services.tools.db import Database
@@ -43,7 +44,8 @@ from services.tools.worker import ToolWorker, load_tools
 from shared import natsserver, tool_registry
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
-from shared.runtime import start_service, stop_service, tune_gc
+from shared.natsserver import EmbeddedNats
+from shared.runtime import ServiceContext, start_service, stop_service, tune_gc
 
 CALL = CallInfo("bench-call", "+15551230001", "+15559870000", "receptionist")
 
@@ -194,21 +196,34 @@ async def run(n: int, concurrency: int, database_url: str | None, workdir: Path)
             await _admin(database_url or "", f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
-async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
-    """Start NATS and one worker in-process on ``url``, then measure."""
+@contextlib.asynccontextmanager
+async def rig(url: str, workdir: Path) -> AsyncIterator[tuple[EmbeddedNats, ServiceContext, Database, Bus]]:
+    """nats-server, the tools service context (telemetry, bus, micro service), the migrated database at ``url``
+    and a caller bus (source ``session``), all in this process; everything closed on exit."""
     server = natsserver.start(workdir / "nats")
-    settings = load_settings(nats_url=server.url, database_url=url, data_dir=workdir)
-    ctx = await start_service("tools", settings)
-    tools_settings = ToolsSettings(clinic_open="00:00", clinic_close="23:55", clinic_slot_minutes=5,
-                                   booking_horizon_days=3650, clinic_timezone="UTC")
+    ctx = await start_service("tools", load_settings(nats_url=server.url, database_url=url, data_dir=workdir))
     database = Database(url)
     caller: Bus | None = None
     try:
         await database.migrate()
+        caller = await Bus.connect(server.url, name="bench-caller", source="session")
+        yield server, ctx, database, caller
+    finally:
+        if caller is not None:
+            await caller.close()
+        await stop_service(ctx)
+        await database.dispose()
+        server.stop()
+
+
+async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
+    """Start NATS and one worker in-process on ``url``, then measure."""
+    tools_settings = ToolsSettings(clinic_open="00:00", clinic_close="23:55", clinic_slot_minutes=5,
+                                   booking_horizon_days=3650, clinic_timezone="UTC")
+    async with rig(url, workdir) as (server, ctx, database, caller):
         worker = ToolWorker([*load_tools(["services.tools.receptionist"]), NOOP], database=database,
                             settings=tools_settings)
         await worker.register(ctx.bus, ctx.micro)
-        caller = await Bus.connect(server.url, name="bench-caller", source="session")
         specs = await tool_registry.load(caller.js)
         book_tool = worker.tools["book_appointment"]
         free = slots(tools_settings)
@@ -219,7 +234,6 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
                                f"bench-{tag}-{i}", CALL, 10_000)
 
         noop_req = ToolRequest({}, None, CALL, 10_000)
-        bus_bound = caller
 
         bare_ctx = ToolContext(tool=NOOP.name, call=CALL, tool_call_id=None, deadline=time.monotonic() + 3600,
                                settings=tools_settings)
@@ -231,16 +245,16 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
             return await worker.execute(NOOP, noop_req)
 
         async def noop_bus(i: int) -> Any:
-            return await call_tool(bus_bound, specs["bench_noop"], noop_req)
+            return await call_tool(caller, specs["bench_noop"], noop_req)
 
         async def book_direct(i: int) -> Any:
             return await worker.execute(book_tool, book_request("direct", i))
 
         async def book_bus(i: int) -> Any:
-            return await call_tool(bus_bound, specs["book_appointment"], book_request("bus", i))
+            return await call_tool(caller, specs["book_appointment"], book_request("bus", i))
 
         async def book_bus_conc(i: int) -> Any:
-            return await call_tool(bus_bound, specs["book_appointment"], book_request("conc", i))
+            return await call_tool(caller, specs["book_appointment"], book_request("conc", i))
 
         async def trivial(env: Envelope) -> dict[str, Any]:
             return {"output": {"ok": True}}
@@ -249,7 +263,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         noop_body = noop_req.to_json()
 
         async def plain_endpoint(i: int) -> Any:
-            return await bus_bound.request("bench.trivial", noop_body, timeout=10)
+            return await caller.request("bench.trivial", noop_body, timeout=10)
 
         tune_gc()  # as run_service does for every service process
         for make in (noop_direct, noop_bus, plain_endpoint):  # warm up imports, pools, JIT-less caches
@@ -273,7 +287,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         print(f"  of which the NATS hop itself (raw request/reply): p50 {pct(raw, 0.5):.3f} ms, "
               f"p99 {pct(raw, 0.99):.3f} ms = {pct(raw, 0.99) / 0.5:.0%} of the 0.5 ms p99 budget before the bus, "
               "the tool framework or telemetry add anything")
-        off = await sdk_off_figures(n)
+        off = await sdk_off_figures(__file__, "--n", str(n))
         print("  the same no-op path with OTEL_SDK_DISABLED=true (child process, own nats-server, no spans or "
               f"metrics): bus p50 {off['bus p50']:.3f} ms, p99 {off['bus p99']:.3f} ms; overhead p50 "
               f"+{off['bus p50'] - off['direct p50']:.3f} ms, p99 +{off['bus p99'] - off['direct p99']:.3f} ms "
@@ -287,12 +301,6 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         print(overhead(bbus, bdirect))
         bconc = await throughput(n, concurrency, book_bus_conc)
         print(f"  bus throughput, {concurrency} in flight: {bconc:.0f} req/s")
-    finally:
-        if caller is not None:
-            await caller.close()
-        await stop_service(ctx)
-        await database.dispose()
-        server.stop()
 
 
 async def sdk_off_child(n: int) -> None:
@@ -300,18 +308,9 @@ async def sdk_off_child(n: int) -> None:
     the same bus, worker and client code) on its own nats-server; prints one JSON object with the p50/p99 (ms) of
     ``direct``, ``bus`` and ``raw`` (subprocess entry point)."""
     with tempfile.TemporaryDirectory(prefix="sb-bench-tools-off-") as tmp:
-        workdir = Path(tmp)
-        server = natsserver.start(workdir / "nats")
-        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-        ctx = await start_service("tools", load_settings(nats_url=server.url, database_url=url, data_dir=workdir))
-        database = Database(url)
-        caller: Bus | None = None
-        try:
-            await database.migrate()
+        async with rig(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}", Path(tmp)) as (server, ctx, database, caller):
             worker = ToolWorker([NOOP], database=database, settings=ToolsSettings())
             await worker.register(ctx.bus, ctx.micro)
-            caller = await Bus.connect(server.url, name="bench-caller", source="session")
-            bus_bound = caller
             specs = await tool_registry.load(caller.js)
             request = ToolRequest({}, None, CALL, 10_000)
 
@@ -319,7 +318,7 @@ async def sdk_off_child(n: int) -> None:
                 return await worker.execute(NOOP, request)
 
             async def via_bus(i: int) -> Any:
-                return await call_tool(bus_bound, specs["bench_noop"], request)
+                return await call_tool(caller, specs["bench_noop"], request)
 
             tune_gc()
             for make in (direct, via_bus):
@@ -329,24 +328,6 @@ async def sdk_off_child(n: int) -> None:
                               ("raw", (await raw_nats(server.url, n, json.dumps(request.to_json()).encode()))[0])):
                 figures[f"{name} p50"], figures[f"{name} p99"] = pct(lat, 0.5), pct(lat, 0.99)
             print(json.dumps(figures), flush=True)
-        finally:
-            if caller is not None:
-                await caller.close()
-            await stop_service(ctx)
-            await database.dispose()
-            server.stop()
-
-
-async def sdk_off_figures(n: int) -> dict[str, float]:
-    """Run :func:`sdk_off_child` in a child process with ``OTEL_SDK_DISABLED=true``; its figures."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--sdk-off", "--n", str(n), stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "OTEL_SDK_DISABLED": "true"})
-    out, _ = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"the OTEL_SDK_DISABLED child failed with exit code {child.returncode}")
-    figures: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
-    return figures
 
 
 def main() -> None:
