@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nats
 import orjson
+from _sdk_off import sdk_off_figures
 from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -38,7 +39,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
-from sdk_off import sdk_off_figures
 
 from shared import natsserver, subjects
 from shared.bus import Envelope

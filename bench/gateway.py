@@ -15,7 +15,7 @@ Per call the load generator sends ``connected`` + ``start`` and then a 160-byte 
   delta subject), same N, same run; "added by the gateway" = gateway figure − baseline figure;
 - ``clear`` latency: ``call.<id>.command.clear`` published → ``clear`` received on the call's socket
   (a few calls per second are cleared);
-- gateway CPU-ms per call-second (the scheduler's per-thread accounting, ``bench/proc_cpu.py``, over the
+- gateway CPU-ms per call-second (the scheduler's per-thread accounting, ``bench/_proc_cpu.py``, over the
   measurement window);
 - late frames: round trip > 20 ms (one frame period); the largest N with < 1 % late is reported;
 - the CPU (cores) of every process of the rig during each run, and what the rig without the gateway (load
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 import websockets
-from proc_cpu import cpu_seconds
+from _proc_cpu import cpu_seconds
 
 from shared import natsserver, subjects
 from shared.bus import Bus, Envelope, Headers

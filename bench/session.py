@@ -15,7 +15,7 @@ on ``response.create``, streams ``response.output_audio.delta`` events as fast a
 A third process receives the same frames through ``Bus.subscribe`` with a no-op handler: the floor any bus consumer
 of ``audio.in`` pays (nats-py header parsing, envelope, trace-context restore, bus-hop metric), so the session's own
 share per frame is visible. Session CPU is the scheduler's per-thread accounting (``/proc/<pid>/task/*/schedstat``,
-nanoseconds; see ``bench/proc_cpu.py``), minus the idle CPU of the same process over an equally long quiet
+nanoseconds; see ``bench/_proc_cpu.py``), minus the idle CPU of the same process over an equally long quiet
 window. Baseline, in this process: raw nats-py core publish of the same 160-byte frame, and raw nats-py JetStream
 ``publish_async`` of an audio-delta-sized event (CPU µs per message, from ``time.process_time``). Every frame
 sent is checked to have been forwarded (bytes appended = bytes sent).
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import nats
 import websockets
-from proc_cpu import cpu_seconds as proc_cpu
+from _proc_cpu import cpu_seconds as proc_cpu
 from websockets.asyncio.server import ServerConnection
 
 from shared import natsserver, subjects

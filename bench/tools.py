@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sdk_off import sdk_off_figures
+from _sdk_off import sdk_off_figures
 
 from services.tools.client import call_tool
 from services.tools.db import Database
