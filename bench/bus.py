@@ -187,41 +187,38 @@ def telemetry_floor_us(n: int, kind: str) -> list[float]:
     from shared import metrics
 
     tracer = trace.get_tracer("bench.floor")
-    subject = "call.benchcall.session.bench" if kind == "event" else "tools.bench_noop"
-    template = "call.{call_id}.session.bench" if kind == "event" else subject
-    send_attrs = _messaging_attributes("publish" if kind == "event" else "request", subject, template)
+    event = kind == "event"
+    subject = "call.benchcall.session.bench" if event else "tools.bench_noop"
+    template = "call.{call_id}.session.bench" if event else subject
+    send_attrs = _messaging_attributes("publish" if event else "request", subject, template)
     process_attrs = _messaging_attributes("process", subject, template)
     hop_attrs = {"messaging.destination.template": template}
+
+    def receive(headers: dict[str, str]) -> int:
+        """The receiving side; returns when its handler would start (perf_counter ns)."""
+        token = otel_context.attach(propagate.extract(headers))
+        try:
+            metrics.BUS_HOP.record(0.1, hop_attrs)
+            with tracer.start_as_current_span(f"process {template}", attributes=process_attrs,
+                                              kind=SpanKind.CONSUMER if event else SpanKind.SERVER):
+                started = time.perf_counter_ns()
+                if not event:
+                    propagate.inject({})  # the reply's headers
+        finally:
+            otel_context.detach(token)
+        return started
+
     out = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
         headers: dict[str, str] = {}
-        if kind == "event":
-            span = tracer.start_span(f"publish {template}", kind=SpanKind.PRODUCER, attributes=send_attrs)
-            with trace.use_span(span, end_on_exit=True):
-                propagate.inject(headers)
-        else:
-            span = tracer.start_span(f"send {template}", kind=SpanKind.CLIENT, attributes=send_attrs)
-            client = trace.use_span(span, end_on_exit=True)
-            client.__enter__()
+        span = tracer.start_span(f"publish {template}" if event else f"send {template}", attributes=send_attrs,
+                                 kind=SpanKind.PRODUCER if event else SpanKind.CLIENT)
+        with trace.use_span(span, end_on_exit=True):
             propagate.inject(headers)
-        ctx = propagate.extract(headers)
-        metrics.BUS_HOP.record(0.1, hop_attrs)
-        token = otel_context.attach(ctx)
-        consumer = tracer.start_as_current_span(
-            f"process {template}", kind=SpanKind.CONSUMER if kind == "event" else SpanKind.SERVER,
-            attributes=process_attrs)
-        consumer.__enter__()
-        if kind == "event":
-            t1 = time.perf_counter_ns()
-            consumer.__exit__(None, None, None)
-            otel_context.detach(token)
-        else:
-            propagate.inject({})
-            consumer.__exit__(None, None, None)
-            otel_context.detach(token)
-            client.__exit__(None, None, None)
-            t1 = time.perf_counter_ns()
+            if not event:  # the responder runs inside the caller's CLIENT span
+                receive(headers)
+        t1 = receive(headers) if event else time.perf_counter_ns()
         out.append((t1 - t0) / 1000)
     return out
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -232,10 +231,9 @@ class CallBridge:
     async def _on_delta(self, env: Envelope) -> None:
         """Queue one ``response.output_audio.delta`` (base64 ``delta``, ``item_id``) for the carrier.
 
-        Decoded with orjson (a 1 KB delta: 0.9 µs against 3.6 µs with ``json.loads``; its fields are strings and
-        small integers), 12–50 a second per call."""
+        12–50 a second per call; its fields are strings and small integers, so :meth:`Envelope.json_fast`."""
         try:
-            event = orjson.loads(env.data)
+            event = env.json_fast()
             audio = base64.b64decode(event["delta"], validate=True)
             item_id = str(event.get("item_id") or event.get("response_id") or "item")
         except (ValueError, KeyError, TypeError, binascii.Error):
