@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "cpu_seconds_ticks"]
+__all__ = ["context_switches", "cpu_seconds", "cpu_seconds_ticks"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -47,3 +47,26 @@ def cpu_seconds_ticks(pid: int) -> float:
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """``(voluntary, involuntary)`` context switches of process ``pid`` so far, summed over its live threads
+    (``/proc/<pid>/task/*/status``). An event loop that sleeps in ``epoll_wait`` between messages switches out
+    voluntarily once per wait, so the voluntary count over a window is its wakeups from idle; involuntary ones
+    are preemptions by other processes.
+
+    Raises:
+        FileNotFoundError: no process ``pid``.
+    """
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except FileNotFoundError:  # the thread exited between listing and reading
+            continue
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary

@@ -23,7 +23,17 @@ sent is checked to have been forwarded (bytes appended = bytes sent).
 Phase 1 runs ``--rounds`` times (default 3) and the median round is reported, each round printed: this 2-core
 machine's speed drifts by tens of percent from one minute to the next.
 
-Run: ``.venv/bin/python bench/session.py [--calls 20] [--seconds 5] [--deltas 2000] [--batch-ms 40] [--rounds 3]``.
+Phase 1 pushes each round's messages in bursts (all calls' next message, then a 4 ms pause), so the session's
+event loop handles ~20 messages per wakeup, as a loaded process does: the figure is the marginal cost per frame,
+which sets how many calls a core carries. **Paced arrival** (``--paced``, default ``1,5``) sends the same
+messages with a 1 ms pause after every k of them, so the session wakes for every k messages, as at light load.
+A Python asyncio process pays a fixed CPU cost each time its event loop wakes from idle (epoll, the socket read,
+cold caches); a fourth process, a plain nats-py subscriber to the same subjects, shows that cost for nats-py
+alone in the same rounds. The session wakes about twice per message when idle (the frame, then the JetStream
+ack of its logged append), so at k = 1 the per-frame figure is mostly wakeups, not work.
+
+Run: ``.venv/bin/python bench/session.py [--calls 20] [--seconds 5] [--deltas 2000] [--batch-ms 40] [--rounds 3]
+[--paced 1,5]``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ from pathlib import Path
 
 import nats
 import websockets
+from _proc_cpu import context_switches
 from _proc_cpu import cpu_seconds as proc_cpu
+from nats.aio.msg import Msg
 from websockets.asyncio.server import ServerConnection
 
 from shared import natsserver, subjects
@@ -98,21 +110,33 @@ def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
     asyncio.run(main())
 
 
-def run_floor(nats_url: str) -> None:
-    """A process that only receives the audio frames through ``Bus.subscribe`` (no-op handler): the floor any
-    bus consumer of ``call.<id>.audio.in`` pays (subprocess entry point)."""
+def run_floor(nats_url: str, kind: str) -> None:
+    """A process that only receives the audio frames, with a no-op handler (subprocess entry point).
+
+    ``kind`` ``bus``: through ``Bus.subscribe``, the floor any bus consumer of ``call.<id>.audio.in`` pays.
+    ``raw``: a plain nats-py subscription with a callback, the floor of nats-py and asyncio alone.
+    """
     from shared.runtime import tune_gc
     from shared.telemetry import setup_telemetry
 
     async def main() -> None:
-        setup_telemetry("switchboard-bench-floor")
-        bus = await Bus.connect(nats_url, name="bench-floor", source="bench")
-        tune_gc()  # as a service process does
+        if kind == "raw":
+            nc = await nats.connect(nats_url, name="bench-floor-raw")
 
-        async def noop(env: Envelope) -> None:
-            return None
+            async def raw_noop(msg: Msg) -> None:
+                return None
 
-        await bus.subscribe(subjects.call_audio_in_all(), noop)
+            await nc.subscribe(subjects.call_audio_in_all(), cb=raw_noop, pending_msgs_limit=65_536)
+            await nc.flush()
+        else:
+            setup_telemetry("switchboard-bench-floor")
+            bus = await Bus.connect(nats_url, name="bench-floor", source="bench")
+            tune_gc()  # as a service process does
+
+            async def noop(env: Envelope) -> None:
+                return None
+
+            await bus.subscribe(subjects.call_audio_in_all(), noop)
         print("ready", flush=True)
         await asyncio.Event().wait()
 
@@ -184,6 +208,8 @@ async def main() -> None:
     parser.add_argument("--deltas", type=int, default=2000, help="server events streamed per call (phase 2)")
     parser.add_argument("--batch-ms", type=int, default=40, help="audio batch per append (ms)")
     parser.add_argument("--rounds", type=int, default=3, help="phase 1 repetitions (the median is reported)")
+    parser.add_argument("--paced", default="1,5",
+                        help="paced rounds: audio.in messages per 1 ms tick, comma-separated ('' for none)")
     args = parser.parse_args()
 
     nats_srv = natsserver.start(Path(tempfile.mkdtemp(prefix="bench-session-")))
@@ -241,34 +267,61 @@ async def main() -> None:
         per_event = (cpu2 - idle_per_s * wall2) / total_deltas * 1e6
 
         # phase 1: audio frames, pushed at 10× real time across all calls, in --rounds rounds (median reported:
-        # the machine's speed drifts between runs); a bus-only receiver measures the floor in the same round
-        floor = await asyncio.create_subprocess_exec(sys.executable, __file__, "--floor", nats_srv.url,
-                                                     stdout=subprocess.PIPE)
-        assert floor.stdout is not None
-        await floor.stdout.readline()
+        # the machine's speed drifts between runs); the bus-only and raw nats-py receivers measure the floors in
+        # the same rounds
+        floors = [await asyncio.create_subprocess_exec(sys.executable, __file__, "--floor", nats_srv.url, kind,
+                                                       stdout=subprocess.PIPE) for kind in ("bus", "raw")]
+        for proc in floors:
+            assert proc.stdout is not None
+            await proc.stdout.readline()
         frames = frames_n * len(calls)
         sent = frames * len(FRAME)
-        rounds: list[tuple[float, float]] = []
-        for _ in range(args.rounds):
+
+        switches: dict[int | None, list[tuple[float, float]]] = {}
+        """Session (voluntary, involuntary) context switches per audio.in message, by messages per tick (None:
+        bursts): its event loop's wakeups from idle, and its preemptions."""
+
+        async def push_round(per_tick: int | None) -> tuple[float, float, float]:
+            """One round of every call's messages: in bursts (``per_tick`` None: all calls, then 2 ms per 20 ms
+            frame) or paced (a 1 ms pause after every ``per_tick`` messages). Returns CPU µs per frame of the
+            session, the bus floor and the raw nats-py floor."""
+            nonlocal appended
             appended = 0
             all_appended.clear()
-            f0 = proc_cpu(floor.pid)
+            f0 = [proc_cpu(proc.pid) for proc in floors]
+            s0 = context_switches(session.pid)
             c3, t3 = proc_cpu(session.pid), time.monotonic()
+            sent_n = 0
             for _ in range(messages_n):
                 for cid in calls:
                     await gw.publish(subjects.call_audio_in(cid), message, call_id=cid,
                                      headers={"Switchboard-Audio-Format": "audio/pcmu"})
-                await asyncio.sleep(0.002 * per_message)
+                    sent_n += 1
+                    if per_tick is not None and sent_n % per_tick == 0:
+                        await asyncio.sleep(0.001)
+                if per_tick is None:
+                    await asyncio.sleep(0.002 * per_message)
             try:
                 await asyncio.wait_for(all_appended.wait(), 60)
             except TimeoutError:
                 print("  WARNING: not every frame was forwarded within 60 s")
             cpu1, wall1 = proc_cpu(session.pid) - c3, time.monotonic() - t3
-            rounds.append(((cpu1 - idle_per_s * wall1) / frames * 1e6, (proc_cpu(floor.pid) - f0) / frames * 1e6))
-        floor.kill()
-        await floor.wait()
-        per_frame = statistics.median(r[0] for r in rounds)
-        per_frame_floor = statistics.median(r[1] for r in rounds)
+            s1 = context_switches(session.pid)
+            switches.setdefault(per_tick, []).append(((s1[0] - s0[0]) / sent_n, (s1[1] - s0[1]) / sent_n))
+            bus_floor, raw_floor = ((proc_cpu(proc.pid) - f) / frames * 1e6 for proc, f in zip(floors, f0, strict=True))
+            return (cpu1 - idle_per_s * wall1) / frames * 1e6, bus_floor, raw_floor
+
+        def median_of(rounds: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+            m = [statistics.median(r[i] for r in rounds) for i in range(3)]
+            return m[0], m[1], m[2]
+
+        rounds = [await push_round(None) for _ in range(args.rounds)]
+        per_frame, per_frame_floor, per_frame_raw = median_of(rounds)
+        paced = {k: median_of([await push_round(k) for _ in range(args.rounds)])
+                 for k in (int(x) for x in args.paced.split(",") if x.strip())}
+        for proc in floors:
+            proc.kill()
+            await proc.wait()
 
         base_core = await baseline_core(nats_srv.url, 20_000)
         base_js = await baseline_js(nats_srv.url, 20_000)
@@ -288,7 +341,19 @@ async def main() -> None:
         print(f"    median of {len(rounds)} rounds: " + ", ".join(f"{r[0]:.1f}" for r in rounds) + " µs per frame "
               "(receive floor " + ", ".join(f"{r[1]:.1f}" for r in rounds) + ")")
         print(f"    of which receiving it (Bus.subscribe, no-op handler, same messages): {per_frame_floor:.1f} µs "
-              f"→ session's own work {per_frame - per_frame_floor:.1f} µs per frame")
+              f"→ session's own work {per_frame - per_frame_floor:.1f} µs per frame; "
+              f"raw nats-py subscriber {per_frame_raw:.1f} µs")
+        print(f"    session woken {statistics.median(s[0] for s in switches[None]):.2f} and preempted "
+              f"{statistics.median(s[1] for s in switches[None]):.2f} times per audio.in message")
+        if paced:
+            print("  paced arrival, a 1 ms pause after every k audio.in messages (median of "
+                  f"{args.rounds}), CPU µs per frame: session / Bus.subscribe floor / raw nats-py subscriber")
+            for k, (p_session, p_bus, p_raw) in paced.items():
+                print(f"    k = {k:2d}: {p_session:7.1f} / {p_bus:6.1f} / {p_raw:6.1f}   "
+                      f"(raw nats-py: {p_raw * per_message:.1f} µs per message, "
+                      f"{p_raw / per_frame_raw:.1f}x its cost in bursts; session woken "
+                      f"{statistics.median(s[0] for s in switches[k]):.2f} and preempted "
+                      f"{statistics.median(s[1] for s in switches[k]):.2f} times per message)")
         print(f"  CPU per logged server event   : {per_event:8.1f} µs  (incl. call setup)  "
               f"baseline raw nats-py JetStream publish_async {base_js:.1f} µs → ratio {per_event / base_js:.1f}x")
         print(f"  logged server events/s per core: {1e6 / per_event:8.0f}   "
@@ -308,8 +373,8 @@ async def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--sink":
         run_sink(int(sys.argv[2]), int(sys.argv[3]))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--floor":
-        run_floor(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--floor":
+        run_floor(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 5 and sys.argv[1] == "--session":
         run_session(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
