@@ -399,9 +399,9 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    import uvloop  # the gateway runs on uvloop too (services/gateway/__main__.py)
+    from shared.runtime import install_uvloop
 
-    uvloop.install()
+    install_uvloop()  # the gateway runs on uvloop too (services/gateway/__main__.py)
     arguments = parse_args()
     if arguments.role == "echo":
         asyncio.run(echo_role(arguments.nats, arguments.batch))

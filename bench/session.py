@@ -89,11 +89,11 @@ async def _sink(ws: ServerConnection, deltas: int) -> None:
 
 
 def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
-    """The session service as production runs it (``start_service``: telemetry, spans to ``otel.spans``),
-    with a given audio batch size (subprocess entry point)."""
+    """The session service as production runs it (uvloop, ``start_service``: telemetry, spans to
+    ``otel.spans``), with a given audio batch size (subprocess entry point)."""
     from services.session.call import CallOptions, ModelEndpoint
     from services.session.service import SessionService
-    from shared.runtime import start_service, stop_service, tune_gc
+    from shared.runtime import install_uvloop, start_service, stop_service, tune_gc
 
     async def main() -> None:
         settings = load_settings(nats_url=nats_url, realtime_url=realtime_url, js_max_age=600,
@@ -107,6 +107,7 @@ def run_session(nats_url: str, realtime_url: str, batch_ms: int) -> None:
         await service.stop()
         await stop_service(ctx)
 
+    install_uvloop()  # as python -m services.session does
     asyncio.run(main())
 
 

@@ -1,8 +1,12 @@
-"""``python -m services.session``: the session service (see :mod:`services.session.service`)."""
+"""``python -m services.session``: the session service (see :mod:`services.session.service`).
+
+Runs on uvloop (:func:`shared.runtime.install_uvloop`): each caller frame and each logged event is socket I/O,
+and uvloop's loop costs less per wakeup (``bench/session.py``, ``docs/session.md``).
+"""
 
 from __future__ import annotations
 
-from shared.runtime import ServiceContext, run_service
+from shared.runtime import ServiceContext, install_uvloop, run_service
 
 from .service import SessionService
 
@@ -18,4 +22,5 @@ async def main(ctx: ServiceContext) -> None:
 
 
 if __name__ == "__main__":
+    install_uvloop()
     run_service("session", main)
