@@ -3,7 +3,9 @@
 One deadline for the whole call (``request.deadline_ms``, default ``spec.timeout_ms``), several attempts
 inside it, all with the SAME ``tool_call_id`` so the worker's idempotency store makes the retries safe:
 
-- 503 (no responder: no worker subscribed yet, or every worker restarting) → retry after a short backoff;
+- 503 (no responder: no worker subscribed yet, or every worker restarting) → retry after a short backoff, while
+  at least ``min_retry_ms`` of the budget is left after it; with less, the 503 stands (a last attempt with a
+  sliver of budget would end in a timeout that says nothing about any worker, and would be reported as 504);
 - no reply within the attempt's share of the budget (a worker died mid-request, or is stuck) → retry, but only
   for tools whose retries are safe (``spec.idempotent`` with a ``tool_call_id``); the retry reaches another
   worker of the queue group, and if the first attempt did commit, the retry returns its stored result;
@@ -40,12 +42,16 @@ class RetryPolicy:
     """Lower bound of one attempt's wait (ms)."""
     backoff_ms: float = 50.0
     """Pause before retrying after 503 no-responders (ms)."""
+    min_retry_ms: float = 50.0
+    """Least budget (ms) that must be left after the backoff to retry after a 503; with less, the 503 is raised.
+    A no-responders answer takes one round trip through nats-server, which on a loaded machine can take a few
+    ms; a worker that only now subscribes could not answer a real request in less than this anyway."""
 
     def __post_init__(self) -> None:
         if not 0 < self.attempt_fraction <= 1:
             raise ValueError("attempt_fraction must be in (0, 1]")
-        if self.min_attempt_ms <= 0 or self.backoff_ms < 0:
-            raise ValueError("min_attempt_ms must be positive and backoff_ms not negative")
+        if self.min_attempt_ms <= 0 or self.backoff_ms < 0 or self.min_retry_ms < 0:
+            raise ValueError("min_attempt_ms must be positive, backoff_ms and min_retry_ms not negative")
 
 
 async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
@@ -79,8 +85,8 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
             env = await bus.request(subject, attempt.to_json(), timeout=wait, headers=headers)
         except ServiceCallError as exc:
             last = exc
-            if exc.code == 503:
-                await asyncio.sleep(min(policy.backoff_ms / 1000, max(0.0, deadline - time.monotonic())))
+            if exc.code == 503 and deadline - time.monotonic() >= (policy.backoff_ms + policy.min_retry_ms) / 1000:
+                await asyncio.sleep(policy.backoff_ms / 1000)
                 continue
             if exc.code == 504 and retry_silence:  # silence (or the worker's own 504 at the deadline)
                 continue

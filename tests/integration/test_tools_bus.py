@@ -171,6 +171,24 @@ async def test_no_worker_is_503_after_retrying_within_deadline(served: Served) -
     assert info.value.code == 503
 
 
+async def test_no_worker_is_503_for_many_callers_at_once(served: Served) -> None:
+    """Many callers retrying at once slow each no-responders round trip; none may end in a 504 (the last retry
+    must not be a sliver of budget that times out before nats-server's 503 comes back)."""
+    spec = ToolSpec(name="nobody_serves_this", description="x", timeout_ms=300)
+    policy = RetryPolicy(backoff_ms=5)
+
+    async def one(i: int) -> int:
+        try:
+            await call_tool(served.caller, spec, ToolRequest({}, f"nobody_many_{i}", CALLER), policy=policy)
+        except ServiceCallError as exc:
+            return exc.code
+        return 200
+
+    for _ in range(3):
+        codes = await asyncio.gather(*(one(i) for i in range(40)))
+        assert set(codes) == {503}, sorted(codes)
+
+
 async def test_execute_tool_span(served: Served) -> None:
     telemetry = setup_telemetry("switchboard-tests")
     exporter = InMemorySpanExporter()
