@@ -213,7 +213,7 @@ class Call:
                         self.gate.reset()
                         self.stats.model_down()
                     await sock.close()  # also when cancelled before or while reading: never left open
-                if self._closing:
+                if self._closing or self.ended.is_set():
                     break
                 self.hooks.model_disconnected(reason)
                 self.stats.reconnects += 1
