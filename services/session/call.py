@@ -6,7 +6,8 @@ Lifecycle (design.md; protocols.md §1.9):
    subjects, then opens the model WebSocket at once (the carrier is still setting up) while loading the tool
    registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered. Right after
    subscribing it also reads the CALLS stream's last ``call.<id>.ended``: a call the gateway ended before the
-   session picked it up (start-then-stop) ends at once, with no window between the two checks.
+   session picked it up (start-then-stop) ends at once (subscribed first, so an ``ended`` is either delivered
+   or already in the stream; docs/session.md, "When the call ends").
 2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
    ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
@@ -14,7 +15,7 @@ Lifecycle (design.md; protocols.md §1.9):
 4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
    conversation rebuilt from the log (:mod:`.rebuild`), then audio resumes.
 5. ``call.<id>.ended`` → the reader stops (server frames arriving after it are neither logged nor handled),
-   the model socket is closed (bounded by :data:`~.model.CLOSE_TIMEOUT_S`; then dropped) and
+   the model socket is closed (the handshake gets at most 1 s, then the connection is dropped) and
    ``call.<id>.session.summary`` published. Every socket a connect attempt opened is closed on every path.
 
 A bad server event (invalid JSON, an ``error`` event, an exception in a handler) is logged and never ends the
