@@ -4,8 +4,9 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_DATABASE_URL``, ``OPENAI_API_KEY``, ``SWITCHBOARD_MODEL``, ``SWITCHBOARD_REALTIME_URL``,
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``,
 ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``, ``SWITCHBOARD_API_TOKEN``,
-``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, the ports ``SWITCHBOARD_{GATEWAY,RECORDER,
-LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the OpenTelemetry SDK itself).
+``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``, the ports
+``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the OpenTelemetry
+SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
 """
@@ -58,6 +59,9 @@ class Settings(BaseSettings):
     """Caller audio per ``call.<id>.audio.in`` message (ms; 20 = one message per Twilio frame). The session
     appends at least 40 ms at a time, so the gateway holding the first 20 ms frame adds no latency end to end
     while halving the audio messages every service handles."""
+    carrier_idle_s: float = Field(30.0, gt=0)
+    """Seconds without inbound media on a started carrier stream (Twilio or browser) after which the gateway
+    ends the call with end reason ``carrier_silent`` and closes the socket."""
     recorder_port: int = Field(8081, ge=1, le=65535)
     localmodel_port: int = Field(8765, ge=1, le=65535)
     public_url: str | None = None

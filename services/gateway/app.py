@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
 from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
-from services.gateway.twilio import TwilioStream, twiml_response
+from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
 from shared.bus import Bus
 from shared.config import Settings
 from shared.http import add_ops_routes
@@ -35,8 +35,11 @@ _SIGNATURE = "X-Twilio-Signature"
 class Gateway:
     """Process-wide gateway state: bus, settings, signature checker, browser tokens, live calls."""
 
-    def __init__(self, bus: Bus, settings: Settings, *, max_outbound_chunks: int = 1000) -> None:
+    def __init__(self, bus: Bus, settings: Settings, *, max_outbound_chunks: int = 1000,
+                 start_timeout_s: float = START_TIMEOUT_S) -> None:
         self.bus = bus
+        self.start_timeout_s = start_timeout_s
+        """Seconds a carrier socket may stay open without ``start`` (closed 1008 then)."""
         self.settings = settings
         self.signatures = TwilioSignatures(settings.twilio_auth_token)
         self.tokens = BrowserTokens(settings.api_token)
@@ -95,7 +98,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         await ws.accept()
         await TwilioStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
                            max_outbound_chunks=gateway.max_outbound_chunks,
-                           audio_in_ms=settings.gateway_audio_in_ms).run()
+                           audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
+                           idle_s=settings.carrier_idle_s).run()
 
     @app.post("/browser/token")
     async def browser_token(request: Request) -> JSONResponse:
@@ -115,7 +119,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         await ws.accept()
         await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
                             max_outbound_chunks=gateway.max_outbound_chunks,
-                            audio_in_ms=settings.gateway_audio_in_ms).run()
+                            audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
+                            idle_s=settings.carrier_idle_s).run()
 
     @app.get("/phone", include_in_schema=False)
     async def phone() -> FileResponse:

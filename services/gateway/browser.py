@@ -11,11 +11,15 @@ Connection: ``/browser?token=<token from POST /browser/token>`` (single use, sho
   pending mark).
 
 Browser audio is converted to ``audio/pcm;rate=24000`` by the gateway before it enters the bus
-(design.md, "Audio"); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008.
+(design.md, "Audio"); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008
+and ends the call with ``protocol_error``, as does a frame the WebSocket layer rejects (over the WebSocket max
+size: 1009; see :data:`~services.gateway.twilio.PROTOCOL_CLOSE_CODES`). No ``start`` within ``start_timeout_s``
+closes with 1008; no audio for ``idle_s`` (``SWITCHBOARD_CARRIER_IDLE_S``) ends the call with ``carrier_silent``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,7 +29,14 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from services.gateway.call import CallBridge, CallStart
-from services.gateway.twilio import INTERNAL_ERROR, POLICY_VIOLATION, close_socket
+from services.gateway.twilio import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    START_TIMEOUT_S,
+    close_socket,
+    disconnect_reason,
+    receive_before,
+)
 from shared.audio import PCM24K, Converter
 from shared.bus import Bus
 from shared.carriers.twilio import MAX_MESSAGE_BYTES
@@ -68,8 +79,11 @@ class BrowserStream:
     """The state machine of one accepted ``WS /browser`` connection."""
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
-                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40) -> None:
+                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
+                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
         self.ws = ws
+        self.start_timeout_s = start_timeout_s
+        self.idle_s = idle_s
         self.max_outbound_chunks = max_outbound_chunks
         self.audio_in_ms = audio_in_ms
         self.bus = bus
@@ -79,16 +93,21 @@ class BrowserStream:
         self._converter: Converter | None = None
 
     async def run(self) -> None:
-        """Read frames until ``stop``, a disconnect, bad input or the agent hanging up."""
+        """Read frames until ``stop``, a disconnect, bad input, the start timeout or the agent hanging up."""
+        start_by = asyncio.get_running_loop().time() + self.start_timeout_s
         try:
             while True:
-                message = await self.ws.receive()
+                try:
+                    message = await receive_before(self.ws, start_by if self.bridge is None else None)
+                except TimeoutError:
+                    raise BrowserProtocolError(f"no start within {self.start_timeout_s:g} s") from None
                 if message["type"] == "websocket.disconnect":
+                    if self.bridge is not None:
+                        reason, detail = disconnect_reason(message)
+                        await self.bridge.end(reason, **detail)
                     break
                 if not await self.on_message(message):
                     break
-            if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
         except BrowserProtocolError as exc:
             log.warning("browser protocol error: %s", exc)
             if self.bridge is not None:
@@ -164,7 +183,7 @@ class BrowserStream:
                           agent=agent if isinstance(agent, str) and agent else self.default_agent,
                           custom_parameters={"input_format": source})
         bridge = CallBridge(self.bus, BrowserSink(self.ws), start, max_outbound_chunks=self.max_outbound_chunks,
-                            audio_in_ms=self.audio_in_ms)
+                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()

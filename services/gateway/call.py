@@ -6,7 +6,11 @@ Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native 
 the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
 only when the model's output format (from ``session.updated``) differs from the carrier's; commands
 ``call.<id>.command.{clear,hangup,transfer,play}``. Lifecycle: ``call.<id>.started`` when the carrier's start
-arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once.
+arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the first
+reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
+once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
+frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
+and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.
 
 The carrier side is abstracted as a :class:`CarrierSink` so Twilio and the browser share this bridge.
 """
@@ -76,11 +80,12 @@ class CallBridge:
     """The bus side of one call. Create, :meth:`open`, feed carrier events, :meth:`end` exactly once.
 
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
-    ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``).
+    ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``);
+    ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring).
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
-                 audio_in_ms: int = 40) -> None:
+                 audio_in_ms: int = 40, idle_s: float | None = None) -> None:
         parse_format(start.audio_format)
         self.bus = bus
         self.sink = sink
@@ -94,6 +99,9 @@ class CallBridge:
         self._converter: Converter | None = None
         self._item_bytes: dict[str, int] = {}
         self._audio_in_bytes = 0
+        self._media_frames = 0
+        self.idle_s = idle_s
+        self._watchdog: asyncio.Task[None] | None = None
         self._audio_out_bytes = 0
         self._started_mono = time.monotonic()
         self._subs: list[Subscription] = []
@@ -128,6 +136,8 @@ class CallBridge:
             await self.bus.subscribe(subjects.command(cid, "*"), self._on_command),
         ]
         self._writer = asyncio.create_task(self._write_loop(), name=f"gateway-writer-{cid}")
+        if self.idle_s is not None:
+            self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
         s = self.start
         await self.bus.publish_event(subjects.call_started(cid), {
             "call_id": cid, "carrier": s.carrier, "agent": s.agent, "audio_format": s.audio_format,
@@ -156,11 +166,11 @@ class CallBridge:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+        for task in (self._writer, self._watchdog):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         payload = {
             "reason": reason,
             "duration_ms": round((time.monotonic() - self._started_mono) * 1000.0, 1),
@@ -191,12 +201,29 @@ class CallBridge:
     async def audio_in(self, audio: bytes) -> None:
         """Take one inbound frame; publish ``call.<id>.audio.in`` (raw bytes, core NATS, in order) once at
         least ``audio_in_ms`` of audio is held (at once when a frame alone is that long)."""
+        self._media_frames += 1
         if self.ended.is_set() or not audio:
             return
         self._audio_in_bytes += len(audio)
         chunk = self._audio.push(audio)
         if chunk is not None:
             await self._publish_audio(chunk)
+
+    async def _watch_media(self, idle_s: float) -> None:
+        """End the call with ``carrier_silent`` after ``idle_s`` s without a media frame (module docstring)."""
+        interval = min(5.0, idle_s / 4)
+        seen, quiet_since = self._media_frames, time.monotonic()
+        while not self.ended.is_set():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self._media_frames != seen:
+                seen, quiet_since = self._media_frames, now
+            elif now - quiet_since >= idle_s:
+                log.warning("call %s: no media from the carrier for %.1f s; ending", self.call_id, now - quiet_since)
+                await self.end("carrier_silent", idle_s=idle_s)
+                with contextlib.suppress(Exception):
+                    await self.sink.close(_CLOSE_NORMAL, "carrier_silent")
+                return
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 import uvicorn
 
 from services.gateway.app import Gateway, create_app
+from services.gateway.twilio import START_TIMEOUT_S
 from shared.bus import Bus
 from shared.config import Settings
 
-__all__ = ["RunningGateway", "running_gateway"]
+__all__ = ["WS_MAX_SIZE", "RunningGateway", "running_gateway"]
+
+WS_MAX_SIZE = 1 << 20
+"""Largest WebSocket message the gateway accepts (bytes); a larger one is closed with 1009 by uvicorn."""
 
 
 @dataclass
@@ -36,9 +40,10 @@ class RunningGateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(bus: Bus, settings: Settings, *, port: int = 0,
-                          max_outbound_chunks: int = 1000) -> AsyncIterator[RunningGateway]:
-    """Serve a :class:`Gateway` on 127.0.0.1 (``port`` 0 = a free port chosen by the OS) until exit.
+async def running_gateway(bus: Bus, settings: Settings, *, port: int = 0, max_outbound_chunks: int = 1000,
+                          start_timeout_s: float = START_TIMEOUT_S) -> AsyncIterator[RunningGateway]:
+    """Serve a :class:`Gateway` on 127.0.0.1 (``port`` 0 = a free port chosen by the OS) until exit; the
+    WebSocket max size is :data:`WS_MAX_SIZE` as in the service (``shared.runtime.serve_http``).
 
     Raises:
         OSError: the port cannot be bound.
@@ -46,9 +51,9 @@ async def running_gateway(bus: Bus, settings: Settings, *, port: int = 0,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    gateway = Gateway(bus, settings, max_outbound_chunks=max_outbound_chunks)
+    gateway = Gateway(bus, settings, max_outbound_chunks=max_outbound_chunks, start_timeout_s=start_timeout_s)
     config = uvicorn.Config(create_app(gateway), log_level="warning", lifespan="on", access_log=False,
-                            ws_max_size=1 << 20, ws_ping_interval=None)
+                            ws_max_size=WS_MAX_SIZE, ws_ping_interval=None)
     server = uvicorn.Server(config)
     setattr(server, "capture_signals", contextlib.nullcontext)  # noqa: B010 - the caller owns signals
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -3,20 +3,28 @@
 Protocol: protocols.md §3 (https://www.twilio.com/docs/voice/media-streams/websocket-messages). Inbound
 ``connected`` → ignored; ``start`` → a new call (:class:`~services.gateway.call.CallBridge`); ``media`` →
 ``call.<id>.audio.in``; ``dtmf`` → ``call.<id>.carrier.dtmf``; ``mark`` → ``call.<id>.carrier.mark``;
-``stop`` → ``call.<id>.ended(reason="caller_hangup")``; a disconnect without ``stop`` ends the call the same
-way. Outbound ``media`` + ``mark`` per chunk, ``clear``.
+``stop`` → ``call.<id>.ended(reason="caller_hangup")``; the carrier closing the socket without ``stop`` ends
+the call the same way (``close_code`` in the payload). Outbound ``media`` + ``mark`` per chunk, ``clear``.
 
 Bad input (malformed JSON, unknown event, invalid base64, media before start, a frame over 64 KiB, a second
 start, a binary frame) closes the socket with code 1008 and a reason, and ends the call (if one started)
-with ``reason="protocol_error"``. Nothing else is affected: each socket has its own handler task.
+with ``reason="protocol_error"``. A frame the WebSocket layer itself rejects — over the server's WebSocket max
+size (uvicorn ``ws_max_size``, 1 MiB; closed 1009), invalid UTF-8 (1007) or a framing error (1002) — also ends
+the call with ``protocol_error`` (:data:`PROTOCOL_CLOSE_CODES`), never ``caller_hangup``.
+
+Timeouts: no ``start`` within ``start_timeout_s`` (10 s) of the upgrade closes the socket with 1008; after
+``start``, no media for ``idle_s`` (``SWITCHBOARD_CARRIER_IDLE_S``) ends the call with ``carrier_silent``
+(:class:`~services.gateway.call.CallBridge`). Nothing else is affected: each socket has its own handler task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -25,7 +33,8 @@ from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
 
-__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "TwilioSink", "TwilioStream", "close_socket", "twiml_response"]
+__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S", "TwilioSink",
+           "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
 
 log = logging.getLogger("services.gateway.twilio")
 
@@ -33,6 +42,33 @@ POLICY_VIOLATION = 1008
 """RFC 6455 §7.4.1 close code for a message that violates the protocol."""
 INTERNAL_ERROR = 1011
 """RFC 6455 §7.4.1 close code for an unexpected condition on the server (e.g. the bus failed)."""
+PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+"""RFC 6455 §7.4.1 close codes that mean the peer broke the protocol (framing error, unacceptable data type,
+invalid payload data, message too big); a disconnect with one of them ends the call with ``protocol_error``."""
+START_TIMEOUT_S = 10.0
+"""Seconds a carrier socket may stay open without ``start`` before it is closed with 1008."""
+
+
+def disconnect_reason(message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """End reason and ``ended`` detail for an ASGI ``websocket.disconnect`` ``message`` (its ``code``):
+    ``protocol_error`` for :data:`PROTOCOL_CLOSE_CODES`, else ``caller_hangup``; the detail carries
+    ``close_code`` (and ``error`` for a protocol error)."""
+    code = message.get("code")
+    if code in PROTOCOL_CLOSE_CODES:
+        return "protocol_error", {"close_code": code, "error": f"websocket closed with {code}"}
+    return "caller_hangup", {"close_code": code}
+
+
+async def receive_before(ws: WebSocket, deadline: float | None) -> Mapping[str, Any]:
+    """The next ASGI message of ``ws``; with ``deadline`` (event-loop time) set, at most until then.
+
+    Raises:
+        TimeoutError: the deadline passed first.
+    """
+    if deadline is None:
+        return await ws.receive()
+    async with asyncio.timeout_at(deadline):
+        return await ws.receive()
 
 
 async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
@@ -86,8 +122,11 @@ class TwilioStream:
     """The state machine of one ``WS /twilio/media`` connection (already accepted)."""
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
-                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40) -> None:
+                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
+                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
         self.ws = ws
+        self.start_timeout_s = start_timeout_s
+        self.idle_s = idle_s
         self.bus = bus
         self.default_agent = default_agent
         self.max_outbound_chunks = max_outbound_chunks
@@ -96,19 +135,25 @@ class TwilioStream:
         self.bridge: CallBridge | None = None
 
     async def run(self) -> None:
-        """Read frames until ``stop``, a disconnect, a protocol error or the bridge closing the socket."""
+        """Read frames until ``stop``, a disconnect, a protocol error, the start timeout or the bridge closing
+        the socket."""
+        start_by = asyncio.get_running_loop().time() + self.start_timeout_s
         try:
             while True:
-                message = await self.ws.receive()
+                try:
+                    message = await receive_before(self.ws, start_by if self.bridge is None else None)
+                except TimeoutError:
+                    raise tw.TwilioProtocolError(f"no start within {self.start_timeout_s:g} s") from None
                 if message["type"] == "websocket.disconnect":
+                    if self.bridge is not None:
+                        reason, detail = disconnect_reason(message)
+                        await self.bridge.end(reason, **detail)
                     break
                 text = message.get("text")
                 if text is None:
                     raise tw.TwilioProtocolError("binary frames are not part of the Twilio protocol")
                 if not await self.on_frame(text):
                     break
-            if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
         except tw.TwilioProtocolError as exc:
             await self._protocol_error(exc.reason)
         except RuntimeError as exc:  # starlette: receive after the bridge closed the socket
@@ -183,7 +228,8 @@ class TwilioStream:
             custom_parameters=params,
         )
         bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
-                            max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms)
+                            max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms,
+                            idle_s=self.idle_s)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()

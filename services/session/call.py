@@ -4,14 +4,19 @@ Lifecycle (design.md; protocols.md §1.9):
 
 1. :meth:`Call.run` subscribes to the call's ``audio.in``, ``carrier.mark``, ``carrier.dtmf`` and ``ended``
    subjects, then opens the model WebSocket at once (the carrier is still setting up) while loading the tool
-   registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered.
+   registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered. Right after
+   subscribing it also reads the CALLS stream's last ``call.<id>.ended``: a call the gateway ended before the
+   session picked it up (start-then-stop) ends at once (subscribed first, so an ``ended`` is either delivered
+   or already in the stream; docs/session.md, "When the call ends").
 2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
    ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
    they are handled, so output audio reaches the gateway (which plays it from the logged subject) at once.
 4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
    conversation rebuilt from the log (:mod:`.rebuild`), then audio resumes.
-5. ``call.<id>.ended`` → the model session is closed and ``call.<id>.session.summary`` published.
+5. ``call.<id>.ended`` → the reader stops (server frames arriving after it are neither logged nor handled),
+   the model socket is closed (the handshake gets at most 1 s, then the connection is dropped) and
+   ``call.<id>.session.summary`` published. Every socket a connect attempt opened is closed on every path.
 
 A bad server event (invalid JSON, an ``error`` event, an exception in a handler) is logged and never ends the
 call; an exception that escapes :meth:`Call.run` ends only this call (:mod:`.service` supervises).
@@ -103,6 +108,7 @@ class Call:
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
+            self._spawn(self._ended_before_pickup())
             model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
             watchdog = self._spawn(self._watch_carrier())
             ended = asyncio.ensure_future(self.ended.wait())
@@ -118,6 +124,12 @@ class Call:
         """End the session from our side (service shutdown, carrier gone)."""
         self.ended_reason = self.ended_reason or reason
         self.ended.set()
+
+    async def _ended_before_pickup(self) -> None:
+        """``call.<id>.ended`` published before :meth:`run` subscribed: the CALLS stream holds it."""
+        env = await self.bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(self.call_id))
+        if env is not None:
+            await self._on_ended(env)
 
     async def _shutdown(self, model_task: asyncio.Task[None] | None) -> None:
         self._closing = True
@@ -185,22 +197,24 @@ class Call:
                     await asyncio.sleep(next(delays))
                     continue
                 failures = 0
-                await prepared
-                self.model = sock
-                self.connections += 1
                 connected_at = time.monotonic()
                 reason = "closed"
                 try:
+                    await prepared
+                    self.model = sock
+                    self.connections += 1
                     await self._read(sock)
                 except ModelClosedError as exc:
                     reason = str(exc) or "closed"
                 finally:
-                    self.model = None
-                    self.ready.clear()
-                    self.audio.ready = False
-                    self.gate.reset()
-                    self.stats.model_down()
-                if self._closing:
+                    if self.model is sock:
+                        self.model = None
+                        self.ready.clear()
+                        self.audio.ready = False
+                        self.gate.reset()
+                        self.stats.model_down()
+                    await sock.close()  # also when cancelled before or while reading: never left open
+                if self._closing or self.ended.is_set():
                     break
                 self.hooks.model_disconnected(reason)
                 self.stats.reconnects += 1
@@ -215,6 +229,8 @@ class Call:
     async def _read(self, sock: ModelSocket) -> None:
         while True:
             raw = await sock.recv()
+            if self.ended.is_set():
+                raise ModelClosedError("call ended")
             try:
                 event = json.loads(raw)
             except ValueError:

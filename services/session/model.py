@@ -34,8 +34,9 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 """Largest server frame accepted (bytes); a ``session.updated`` with long instructions stays far below."""
 HEARTBEAT_S = 20.0
 """WebSocket ping interval (s); no pong within half of it closes the connection (a dead peer is noticed)."""
-CLOSE_TIMEOUT_S = 2.0
-"""How long :meth:`ModelSocket.close` waits for the peer's close frame (s)."""
+CLOSE_TIMEOUT_S = 0.5
+"""How long :meth:`ModelSocket.close` waits for the peer's close frame (s); the whole close (the reader task
+letting go, our close frame, the peer's) is bounded by twice this, after which the TCP connection is dropped."""
 
 
 class ModelClosedError(ConnectionError):
@@ -110,9 +111,14 @@ class ModelSocket:
         raise ModelClosedError(f"closed (code {code}){reason}")
 
     async def close(self) -> None:
-        """Close the connection (close handshake, at most :data:`CLOSE_TIMEOUT_S`) and its session (idempotent)."""
+        """Close the connection and its session (idempotent). The close handshake gets at most
+        2 × :data:`CLOSE_TIMEOUT_S` s (RFC 6455 §7.1.1 lets the client drop the TCP connection when the server
+        does not answer); then the connection is dropped, so the socket is gone within 1 s in every case."""
         try:
-            await self._ws.close()
+            async with asyncio.timeout(2 * CLOSE_TIMEOUT_S):
+                await self._ws.close()
+        except TimeoutError:
+            self.abort()
         finally:
             await self._session.close()
 

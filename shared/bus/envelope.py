@@ -130,6 +130,14 @@ class Envelope:
             bus,
         )
 
+    @classmethod
+    def from_stored(cls, subject: str, data: bytes, headers: dict[str, str], bus: Bus | None = None) -> Envelope:
+        """An Envelope for a message read from a stream by sequence or subject (no nats-py ``Msg``)."""
+        get = headers.get
+        ts = get(Headers.TS)
+        return cls(subject, data, headers, get(Headers.CALL_ID), get(Headers.SOURCE), decode_headers_seq(headers),
+                   int(ts) if ts and ts.isdigit() else None, get(Headers.MSG_ID), None, bus)
+
     def json(self) -> Any:
         """The body parsed as JSON.
 

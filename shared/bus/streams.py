@@ -108,6 +108,18 @@ class StreamsMixin:
                 last = max(last, env.seq)
         return last
 
+    async def last_message(self, stream: subjects.StreamSpec, subject: str) -> Envelope | None:
+        """The last message ``stream`` stores on ``subject`` (a literal subject), or None when it has none.
+
+        One JetStream ``STREAM.MSG.GET`` request (``last_by_subj``). Raises the nats-py errors of that request
+        (``nats.errors.TimeoutError``, ``nats.js.errors.APIError``) except "not found".
+        """
+        try:
+            raw = await self.js.get_last_msg(stream.name, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        headers = {str(k): str(v) for k, v in (raw.headers or {}).items()}
+        return Envelope.from_stored(raw.subject or subject, raw.data or b"", headers, self._as_bus())
 
     def _as_bus(self) -> Bus:
         from shared.bus.client import Bus
