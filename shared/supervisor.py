@@ -187,7 +187,7 @@ class Supervisor:
         import nats
 
         deadline = time.monotonic() + timeout
-        nc = None if state.ready_url else await nats.connect(self.nats_url, connect_timeout=5)
+        nc = None if state.ready_url else await nats.connect(servers=self.nats_url.split(","), connect_timeout=5)
         try:
             async with httpx.AsyncClient() as client:
                 while time.monotonic() < deadline:

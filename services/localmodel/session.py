@@ -29,7 +29,7 @@ from services.localmodel.grammar import LanguageModelSpec
 from services.localmodel.policy import DialoguePolicy, Reply
 from services.localmodel.protocol import ProtocolError, new_id
 from services.localmodel.responses import ResponseRun
-from services.localmodel.settings import LocalModelSettings
+from services.localmodel.settings import ECHO_MODEL, LocalModelSettings
 from services.localmodel.state import SessionState
 from services.localmodel.vad import VadEvent
 from shared.audio import Converter
@@ -61,6 +61,8 @@ class Session:
                  stream: StartStream, on_first_audio: Callable[[float], None] | None = None) -> None:
         self.send = send
         self.settings = settings
+        self.mode = "echo" if model == ECHO_MODEL else settings.mode
+        """``echo`` or ``agent``: the server's mode, or echo for a session opened with :data:`ECHO_MODEL`."""
         self.recognize = recognize
         self.start_stream = stream
         self._utterance: UtteranceStream | None = None
@@ -134,7 +136,7 @@ class Session:
         elif isinstance(ev, p.InputAudioBufferAppend):
             await self._append(ev)
         elif isinstance(ev, p.InputAudioBufferCommit):
-            if self.settings.mode == "echo":
+            if self.mode == "echo":
                 await self._close_echo()
             else:
                 await self._commit_manual(ev.event_id)
@@ -189,7 +191,7 @@ class Session:
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_value", "Invalid 'audio': not valid base64.", param="audio",
                                 event_id=ev.event_id) from None
-        if self.settings.mode == "echo":
+        if self.mode == "echo":
             await self._echo_audio(data, ev.audio)
             return
         events = self.input.append(data)

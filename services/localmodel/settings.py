@@ -12,7 +12,11 @@ from typing import Literal
 
 from shared.config import ConfigError, Settings
 
-__all__ = ["LocalModelSettings"]
+__all__ = ["ECHO_MODEL", "LocalModelSettings"]
+
+ECHO_MODEL = "switchboard-echo"
+"""A session opened with ``?model=switchboard-echo`` runs in echo mode whatever the server's mode (load tests
+and drills: an agent spec with ``model: switchboard-echo`` gets echo calls on an agent-mode server)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Example::
 
     name: receptionist
     instructions: "You are the receptionist of ..."
+    model: gpt-realtime         # optional; default SWITCHBOARD_MODEL
     voice: marin
     greeting: "Thank you for calling. How can I help?"
     turn_detection: {type: server_vad, silence_duration_ms: 500}
@@ -97,6 +98,9 @@ class AgentSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     instructions: str
+    model: str | None = None
+    """Realtime model for this agent's calls (the ``?model=`` of the WebSocket URL and ``session.model``);
+    None: ``SWITCHBOARD_MODEL``."""
     voice: str = "marin"
     greeting: str | None = None
     turn_detection: dict[str, Any] | None = Field(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,9 @@ class SessionService:
             return
         if info.call_id in self.calls:
             return  # a redelivered started for a call this instance already runs
-        call = Call(self.bus, self.agent_for(info.agent), info, self.endpoint, self.options)
+        spec = self.agent_for(info.agent)
+        endpoint = replace(self.endpoint, model=spec.model) if spec.model else self.endpoint
+        call = Call(self.bus, spec, info, endpoint, self.options)
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")
         self._tasks[info.call_id] = task
