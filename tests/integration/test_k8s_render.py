@@ -51,7 +51,8 @@ SPREAD = ("gateway", "session", "tools")
 
 Doc = dict[str, Any]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_HASHED = re.compile(r"\b(switchboard-config|otel-collector-config|switchboard-secrets|postgres-credentials)-[a-z0-9]{10}\b")
+_HASHED = re.compile(
+    r"\b(switchboard-config|otel-collector-config|switchboard-secrets|postgres-credentials)-[a-z0-9]{10}\b")
 
 
 # --- kubectl discovery and rendering -----------------------------------------------------------------
