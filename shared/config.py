@@ -2,11 +2,11 @@
 
 Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_DATA_DIR``,
 ``SWITCHBOARD_DATABASE_URL``, ``OPENAI_API_KEY``, ``SWITCHBOARD_MODEL``, ``SWITCHBOARD_REALTIME_URL``,
-``SWITCHBOARD_AGENT``, ``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``,
-``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``, ``SWITCHBOARD_API_TOKEN``,
-``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``, the ports
-``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the OpenTelemetry
-SDK itself).
+``SWITCHBOARD_AGENT``, ``SWITCHBOARD_RECORDINGS_DIR``, ``SWITCHBOARD_LOCALMODEL_MODE``,
+``SWITCHBOARD_LOCALMODEL_TOKEN``, ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``,
+``SWITCHBOARD_API_TOKEN``, ``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``,
+the ports ``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by
+the OpenTelemetry SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
 """
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """Interface the HTTP services bind to (loopback by default)."""
     data_dir: Path = Path(".switchboard")
     """Where the embedded NATS store, the SQLite database and recordings live."""
+    recordings_dir: Path | None = None
+    """The recorder's cache of rendered ``<call id>.wav`` files; default ``<data_dir>/recordings``. Only a cache:
+    a missing file is rendered again from the archive (on Kubernetes: a PersistentVolumeClaim)."""
     database_url: str | None = None
     """SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/switchboard.db``."""
     openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
@@ -86,6 +89,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @property
+    def effective_recordings_dir(self) -> Path:
+        """Where the recorder caches recordings: the setting, else ``<data_dir>/recordings``."""
+        return self.recordings_dir or self.data_dir / "recordings"
 
     @property
     def effective_nats_url(self) -> str:

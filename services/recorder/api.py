@@ -27,9 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.recorder import queries
 from services.recorder.live import live_stream
 from services.recorder.projections import project
+from services.recorder.recording import cached_wav
 from services.recorder.waterfall import waterfall
 from shared import subjects
 from shared.bus import Bus
+from shared.config import get_settings
 from shared.http import add_ops_routes
 
 __all__ = ["create_app"]
@@ -61,8 +63,9 @@ CallId = Annotated[str, Depends(_valid_call_id)]
 
 
 def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = None,
-               ready: Callable[[], bool] = lambda: True) -> FastAPI:
-    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only)."""
+               ready: Callable[[], bool] = lambda: True, recordings_dir: Path | None = None) -> FastAPI:
+    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only); ``recordings_dir`` caches
+    re-rendered recordings (None: ``SWITCHBOARD_RECORDINGS_DIR``, default ``<data dir>/recordings``)."""
     app = FastAPI(title="Switchboard recorder", version="1",
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.")
     app.state.api_token = api_token
@@ -113,10 +116,19 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
 
     @app.get("/calls/{call_id}/recording.wav", summary="Stereo WAV: caller left, agent right")
     async def recording(_: Auth, call_id: CallId) -> FileResponse:
+        # A projection of the archive: the cached file when it exists, else rendered again from the archived
+        # audio events into the recordings directory (services.recorder.recording.cached_wav). Only calls the
+        # finalizer has projected, so a cache is never written from a call whose events are still arriving.
         call = await existing(call_id)
-        path = call.get("recording_path")
-        if not path or not await asyncio.to_thread(Path(path).is_file):
-            raise HTTPException(status_code=404, detail="no recording (the call has not ended or had no audio)")
+        if not call.get("projected_ns"):
+            raise HTTPException(status_code=404, detail="no recording (the call has not ended)")
+        stored = call.get("recording_path")
+        path: Path | None = Path(stored) if stored else None
+        if path is None or not await asyncio.to_thread(path.is_file):
+            cache_dir = recordings_dir or get_settings().effective_recordings_dir
+            path = await cached_wav(cache_dir / f"{call_id}.wav", lambda: queries.call_events(engine, call_id))
+        if path is None:
+            raise HTTPException(status_code=404, detail="no recording (the call had no audio)")
         return FileResponse(path, media_type="audio/wav", filename=f"{call_id}.wav")
 
     @app.get("/calls/{call_id}/trace", summary="The call's spans and a waterfall")

@@ -16,14 +16,21 @@
 
 Both channels are PCM16 at the caller's input rate (8 kHz for μ-law/A-law calls, 24 kHz for PCM calls);
 agent audio in another format is converted with :class:`shared.audio.Converter`.
+
+A recording is a projection of the archive, not a file that can be lost: :func:`cached_wav` serves the cached
+``<call id>.wav`` (``SWITCHBOARD_RECORDINGS_DIR``, a PersistentVolumeClaim on Kubernetes) and renders it again
+from the archived events when the file is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import os
+import tempfile
 import wave
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,8 @@ import numpy.typing as npt
 from services.recorder.records import ArchivedEvent
 from shared import audio
 
-__all__ = ["GAP_TOLERANCE_MS", "ItemPlayout", "Timeline", "call_formats", "format_name", "render", "write_wav"]
+__all__ = ["GAP_TOLERANCE_MS", "EventLoader", "ItemPlayout", "Timeline", "cached_wav", "call_formats", "format_name",
+           "render", "render_wav", "write_wav"]
 
 GAP_TOLERANCE_MS = 120.0
 """Caller frames arriving later than this after the previous frame's end start a silent gap (ms)."""
@@ -246,16 +254,55 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
 def write_wav(path: Path, timeline: Timeline) -> Path:
     """Write ``timeline`` as a 16-bit stereo WAV (left = caller, right = agent) atomically; returns ``path``.
 
+    The file is written under a unique temporary name in the same directory and renamed over ``path``, so
+    concurrent writers (the finalizer and an API request re-rendering the cache) never expose a partial file.
+
     Raises:
         OSError: the file cannot be written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.column_stack((timeline.caller, timeline.agent)).astype("<i2").tobytes()
-    tmp = path.with_suffix(".wav.tmp")
-    with wave.open(str(tmp), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(timeline.rate)
-        out.writeframes(frames)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav.tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as raw, wave.open(raw, "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(timeline.rate)
+            out.writeframes(frames)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def render_wav(path: Path, events: Sequence[ArchivedEvent]) -> Path | None:
+    """Render the call's ``events`` (:func:`render`) and write them to ``path`` (:func:`write_wav`); None, and
+    no file, when the call has no caller audio.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    timeline = render(events)
+    if not len(timeline.caller):
+        return None
+    return write_wav(path, timeline)
+
+
+EventLoader = Callable[[], Awaitable[Sequence[ArchivedEvent]]]
+"""Returns one call's archived events (e.g. ``lambda: queries.call_events(engine, call_id)``)."""
+
+
+async def cached_wav(path: Path, load_events: EventLoader) -> Path | None:
+    """The recording cached at ``path``; when the file is missing it is rendered again from ``load_events()``
+    (the same rendering as the finalizer's, so the audio is identical) and cached there. None when the call
+    has no caller audio. Rendering and file I/O run in a worker thread.
+
+    Raises:
+        OSError: the cache directory cannot be written.
+    """
+    if await asyncio.to_thread(path.is_file):
+        return path
+    events = await load_events()
+    return await asyncio.to_thread(render_wav, path, events)

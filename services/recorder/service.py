@@ -36,11 +36,12 @@ class Recorder:
     """Consumers for CALLS, RT and TRACES plus the finalizer, over one engine and bus."""
 
     def __init__(self, bus: Bus, engine: AsyncEngine, data_dir: Path, *, durable_prefix: str = "recorder",
-                 batch: int = 512, settle_s: float = 1.0, track_lag: bool = False) -> None:
+                 batch: int = 512, settle_s: float = 1.0, track_lag: bool = False,
+                 recordings_dir: Path | None = None) -> None:
         self.bus = bus
         self.engine = engine
         self.archive = Archive(engine)
-        self.finalizer = Finalizer(engine, self.archive, data_dir / "recordings", self._rt_last_seq,
+        self.finalizer = Finalizer(engine, self.archive, recordings_dir or data_dir / "recordings", self._rt_last_seq,
                                    settle_s=settle_s)
         self.consumers = [
             StreamConsumer(bus.nc, self.archive, spec, durable_prefix=durable_prefix, batch=batch,
@@ -94,11 +95,13 @@ async def main(ctx: ServiceContext) -> None:
     engine = await open_database(settings.effective_database_url)
     ctx.stack.push_async_callback(engine.dispose)
     recorder = Recorder(ctx.bus, engine, settings.data_dir,
-                        durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder")
+                        durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder",
+                        recordings_dir=settings.effective_recordings_dir)
     await recorder.start()
     ctx.stack.push_async_callback(recorder.stop)
     host = settings.host if settings.api_token else "127.0.0.1"
-    app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=recorder.ready)
+    app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=recorder.ready,
+                     recordings_dir=settings.effective_recordings_dir)
     log.info("recorder API on http://%s:%d (database %s)", host, settings.recorder_port,
              engine.url.render_as_string(hide_password=True))
     await serve_http(ctx, app, host, settings.recorder_port)
