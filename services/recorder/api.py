@@ -30,6 +30,7 @@ from services.recorder.projections import project
 from services.recorder.waterfall import waterfall
 from shared import subjects
 from shared.bus import Bus
+from shared.health import Readiness
 from shared.http import add_ops_routes
 
 __all__ = ["create_app"]
@@ -61,8 +62,9 @@ CallId = Annotated[str, Depends(_valid_call_id)]
 
 
 def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = None,
-               ready: Callable[[], bool] = lambda: True) -> FastAPI:
-    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only)."""
+               ready: Readiness | Callable[[], bool] = lambda: True) -> FastAPI:
+    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only); ``ready`` answers
+    ``/readyz`` (the service passes its started :class:`~shared.health.Readiness`)."""
     app = FastAPI(title="Switchboard recorder", version="1",
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.")
     app.state.api_token = api_token
