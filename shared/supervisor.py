@@ -152,6 +152,11 @@ class ServiceState:
         return max(self.longest_health, current)
 
 
+async def _quiet_error(exc: Exception) -> None:
+    """The supervisor's own connection: its outages are reported through the ``nats`` entry's readiness."""
+    log.debug("supervisor's nats connection: %s", exc)
+
+
 def _service_present(name: str) -> bool:
     return importlib.util.find_spec(f"services.{name}.__main__") is not None
 
@@ -252,8 +257,8 @@ class Supervisor:
             self.nats_url = self.nats_state.url = self.nats.url
             self.nats_state.watcher = asyncio.create_task(self._watch_nats())
         self._nc = await nats.connect(self.nats_url, connect_timeout=5, allow_reconnect=True,
-                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,  # type: ignore[arg-type]
-                                      name="switchboard-supervisor")
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                      name="switchboard-supervisor", error_cb=_quiet_error)
         self.nats_state.mark(True)
         self.nats_state.monitor = asyncio.create_task(self._monitor(self.nats_state))
         self._plan()
@@ -407,8 +412,8 @@ class Supervisor:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the services in reverse start order (SIGTERM, then SIGKILL after ``grace`` s), then NATS."""
         self._stopping = True
-        for state in (*self.services.values(), self.nats_state):
-            for task in (state.watcher, state.monitor):
+        for child in (*self.services.values(), self.nats_state):
+            for task in (child.watcher, child.monitor):
                 if task is not None:
                     task.cancel()
         if self.nats_state.watcher is not None:
