@@ -41,6 +41,15 @@ async def own_bus(own_nats: natsserver.EmbeddedNats) -> AsyncIterator[Bus]:
     await bus.close()
 
 
+async def _freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait (bounded) until the kernel shows it stopped (``T`` in /proc/<pid>/stat)."""
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(100):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        await asyncio.sleep(0.02)
+
+
 async def _until(readiness: Readiness, want: bool, rounds: int = 100) -> list[CheckResult]:
     """Evaluate until ready == want (bounded); returns the last results."""
     for _ in range(rounds):
@@ -56,7 +65,7 @@ async def test_a_frozen_server_is_not_ready_although_the_client_says_connected(
     readiness = Readiness([health.nats_connection(own_bus.nc, timeout=0.5)], timeout=1.0)
     await readiness.evaluate()
     assert readiness.ready, readiness.results
-    os.kill(own_nats.process.pid, signal.SIGSTOP)  # the socket stays open: nats-py still reports connected
+    await _freeze(own_nats.process.pid)  # the socket stays open: nats-py still reports connected
     try:
         results = await readiness.evaluate()
         assert own_bus.nc.is_connected
@@ -174,7 +183,7 @@ async def test_recorder_readyz_goes_false_when_nats_stops_answering(
             assert ready.status_code == 200, ready.json()
             names = {c["name"] for c in ready.json()["checks"]}
             assert {"nats", "database", "consumers bound", f"consumer CALLS/ready{unique}-calls"} <= names
-            os.kill(own_nats.process.pid, signal.SIGSTOP)
+            await _freeze(own_nats.process.pid)
             try:
                 frozen = await status_becomes(503)
                 assert frozen.status_code == 503 and frozen.json()["status"] == "not_ready"
