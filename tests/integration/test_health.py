@@ -44,8 +44,9 @@ async def own_bus(own_nats: natsserver.EmbeddedNats) -> AsyncIterator[Bus]:
 async def _freeze(pid: int) -> None:
     """SIGSTOP ``pid`` and wait (bounded) until the kernel shows it stopped (``T`` in /proc/<pid>/stat)."""
     os.kill(pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{pid}/stat")
     for _ in range(100):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+        if (await asyncio.to_thread(stat.read_text)).rsplit(")", 1)[1].split()[0] == "T":
             return
         await asyncio.sleep(0.02)
 

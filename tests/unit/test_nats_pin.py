@@ -26,4 +26,4 @@ def test_pyproject_pins_nats_py_to_the_overridden_minor() -> None:
     assert floor and ceiling, f"nats-py is not pinned to a minor version range: {spec!r}"
     major, minor = int(floor[1]), int(floor[2])
     assert (int(ceiling[1]), int(ceiling[2])) == (major, minor + 1), spec
-    assert wire.TESTED_NATS_PY == (f"{major}.{minor}",)
+    assert (f"{major}.{minor}",) == wire.TESTED_NATS_PY
