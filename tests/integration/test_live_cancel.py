@@ -116,3 +116,25 @@ async def test_cancelled_live_streams_never_break_the_recorder_connection(
         await recorder_bus.close()
         await gateway.close()
         await session.close()
+
+
+async def test_subscribes_cancelled_while_waiting_for_the_pong_leave_the_connection_reading(
+        bus: Bus, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The same at the bus level: 200 ``Bus.subscribe`` calls cancelled right after they sent SUB + PING."""
+    caplog.set_level(logging.ERROR, logger="nats.aio.client")
+
+    async def handler(_: object) -> None:
+        return None
+
+    cancelled = 0
+    for i in range(200):
+        task = asyncio.create_task(bus.subscribe(f"cancel.{unique}.{i}", handler))
+        for _ in range(i % 4):  # cancel at different points of the subscribe
+            await asyncio.sleep(0)
+        task.cancel()
+        done = await asyncio.gather(task, return_exceptions=True)
+        cancelled += isinstance(done[0], asyncio.CancelledError)
+    assert cancelled > 0
+    assert bus.nc.is_connected
+    await bus.js.account_info()  # answered: the read loop still runs
+    assert not [r for r in caplog.records if r.name == "nats.aio.client"], "nats-py's read loop failed"
