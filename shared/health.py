@@ -157,9 +157,11 @@ def nats_connection(nc: NATS, *, timeout: float = 2.0, name: str = "nats") -> Ch
 
     The round trip runs shielded, one at a time, for up to :data:`PONG_WAIT_S` s: a timed-out check never
     cancels its PING's future (a PONG on a cancelled future ends nats-py's read loop, see
-    :mod:`shared.bus.wire`); the next round waits on the same probe.
+    :mod:`shared.bus.wire`); the next round waits on the same probe, unless the connection has reconnected
+    since (nats-py forgets the PINGs of the old connection), then a new probe starts.
     """
     probe: list[asyncio.Future[float]] = []
+    probe_reconnects = [0]
 
     def _seen(task: asyncio.Future[float]) -> None:
         if not task.cancelled():
@@ -169,9 +171,12 @@ def nats_connection(nc: NATS, *, timeout: float = 2.0, name: str = "nats") -> Ch
         if not nc.is_connected:
             state = "closed" if nc.is_closed else "reconnecting" if nc.is_reconnecting else "not connected"
             return CheckResult(name, False, state)
-        if not probe or probe[0].done():
+        reconnects = nc.stats["reconnects"]
+        # a probe from before a reconnect waits for a PONG that will never come (nats-py drops its PINGs)
+        if not probe or probe[0].done() or probe_reconnects[0] != reconnects:
             probe[:] = [asyncio.ensure_future(nc.rtt(PONG_WAIT_S))]
             probe[0].add_done_callback(_seen)
+            probe_reconnects[0] = reconnects
         try:
             rtt = await asyncio.wait_for(asyncio.shield(probe[0]), timeout)
         except TimeoutError:

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from shared import natsserver, subjects
+from shared import health, natsserver, subjects
 from shared.config import Settings
 
 __all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "ServiceState", "Supervisor"]
@@ -187,6 +187,7 @@ class Supervisor:
         self._on_event = on_event or (lambda line: log.info("%s", line))
         self._extra_env = extra_env or {}
         self._nc: Any = None
+        self._nats_check: health.Check | None = None
         self._state_path: Path | None = None
 
     @property
@@ -259,6 +260,7 @@ class Supervisor:
         self._nc = await nats.connect(self.nats_url, connect_timeout=5, allow_reconnect=True,
                                       max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                       name="switchboard-supervisor", error_cb=_quiet_error)
+        self._nats_check = health.nats_connection(self._nc, timeout=2.0)
         self.nats_state.mark(True)
         self.nats_state.monitor = asyncio.create_task(self._monitor(self.nats_state))
         self._plan()
@@ -325,11 +327,10 @@ class Supervisor:
         """One readiness probe: ``/readyz`` → 200, ``switchboard.ready.<name>`` answered without a service
         error, or (NATS) the supervisor's connection completes a PING/PONG."""
         if state is self.nats_state:
-            if self._nc is None or not self._nc.is_connected:
+            if self._nats_check is None:
                 return False
             try:
-                await asyncio.shield(self._nc.flush(timeout=2))  # shielded: see shared.bus.wire
-                return True
+                return (await self._nats_check()).ok
             except Exception:
                 return False
         if state.ready_url:

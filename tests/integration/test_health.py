@@ -196,3 +196,26 @@ async def test_recorder_readyz_goes_false_when_nats_stops_answering(
         await readiness.stop()
         await recorder.stop()
         await engine.dispose()
+
+
+async def test_a_probe_lost_in_a_reconnect_does_not_keep_the_check_failing(
+        own_nats: natsserver.EmbeddedNats, own_bus: Bus) -> None:
+    """A PING in flight when the server dies is dropped by nats-py on reconnect; its PONG never comes. The next
+    round after the reconnect starts a new probe instead of waiting on the lost one (up to PONG_WAIT_S = 60 s)."""
+    readiness = Readiness([health.nats_connection(own_bus.nc, timeout=0.3)], timeout=1.0)
+    await readiness.evaluate()
+    assert readiness.ready
+    await _freeze(own_nats.process.pid)
+    assert not (await readiness.evaluate())[0].ok  # a probe is now in flight, waiting for its PONG
+    own_nats.process.kill()
+    own_nats.process.wait()
+    restarted = await asyncio.to_thread(natsserver.start, own_nats.store_dir, port=own_nats.port)
+    try:
+        for _ in range(300):  # until reconnected; bounded well below PONG_WAIT_S
+            if own_bus.nc.is_connected and own_bus.nc.stats["reconnects"] >= 1:
+                break
+            await asyncio.sleep(0.1)
+        results = await _until(readiness, True, rounds=50)
+        assert readiness.ready, results
+    finally:
+        restarted.stop()
