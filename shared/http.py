@@ -11,11 +11,18 @@ from collections.abc import Callable
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from shared.health import Readiness
+
 __all__ = ["add_ops_routes"]
 
 
-def add_ops_routes(app: FastAPI, ready: Callable[[], bool]) -> None:
-    """Add ``GET /healthz`` (process alive), ``/readyz`` (``ready()`` true → 200, else 503), ``/metrics``."""
+def add_ops_routes(app: FastAPI, ready: Readiness | Callable[[], bool]) -> None:
+    """Add ``GET /healthz`` (process alive), ``/readyz``, ``/metrics``.
+
+    ``/readyz`` answers 200 when ready, else 503. With a :class:`~shared.health.Readiness` (started by the
+    service) the body is its :meth:`~shared.health.Readiness.report` (``status`` plus each check's name, ok
+    and detail); with a plain ``ready()`` predicate it is ``{"status": "ready"|"starting"}``.
+    """
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -23,6 +30,8 @@ def add_ops_routes(app: FastAPI, ready: Callable[[], bool]) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
+        if isinstance(ready, Readiness):
+            return JSONResponse(ready.report(), status_code=200 if ready.ready else 503)
         ok = ready()
         return JSONResponse({"status": "ready" if ok else "starting"}, status_code=200 if ok else 503)
 

@@ -41,6 +41,7 @@ __all__ = [
     "command",
     "new_call_id",
     "parse",
+    "ready",
     "rt_all",
     "rt_any_call",
     "rt_client",
@@ -194,6 +195,11 @@ def tool(name: str) -> str:
 def tool_wildcard() -> str:
     """``tools.>`` — every tool endpoint."""
     return "tools.>"
+
+
+def ready(service: str) -> str:
+    """``switchboard.ready.<service>`` — readiness requests to a service without HTTP (``shared.health``)."""
+    return f"switchboard.ready.{_token(service, 'service name')}"
 
 
 OTEL_SPANS = "otel.spans"

@@ -3,10 +3,17 @@
 Start order: nats-server (unless ``SWITCHBOARD_NATS_URL`` is set) → localmodel (only when neither
 ``OPENAI_API_KEY`` nor ``SWITCHBOARD_REALTIME_URL`` is set) → tools → recorder → session → gateway. Each child
 is ``python -m services.<name>`` with URLs and ports passed by environment, its output in
-``<data dir>/logs/<name>.log``. Ready means HTTP ``/readyz`` answers 200 (HTTP services) or the nats.micro
-service ``switchboard-<name>`` answers ``$SRV.PING``. A child that dies is reported and restarted with
-backoff (0.5 s doubling to 30 s). Stop (Ctrl-C / SIGTERM): children in reverse order with SIGTERM (drain),
-SIGKILL after a grace period, then NATS.
+``<data dir>/logs/<name>.log``. Ready means HTTP ``/readyz`` answers 200 (HTTP services) or a request on
+``switchboard.ready.<name>`` is answered without a service error (``shared.health``); the embedded
+nats-server is ready when the supervisor's own connection to it completes a PING/PONG.
+
+Every child is supervised the same way, nats-server included: readiness is probed every
+:data:`PROBE_INTERVAL_S` seconds for as long as it runs; a child that dies is reported and restarted after a
+backoff (:class:`Backoff`: 0.5 s doubling to 30 s, back to 0.5 s once the child had been ready for
+:data:`HEALTHY_RESET_S` seconds before it died). nats-server restarts on the same port and store directory,
+so JetStream keeps its streams and consumers and the services' connections reconnect to it. ``up.json``
+(:meth:`Supervisor.write_state`) is rewritten whenever a child's pid, restarts or readiness changes. Stop
+(Ctrl-C / SIGTERM): children in reverse order with SIGTERM (drain), SIGKILL after a grace period, then NATS.
 """
 
 from __future__ import annotations
@@ -22,18 +29,42 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from shared import natsserver
+from shared import health, natsserver, subjects
 from shared.config import Settings
 
-__all__ = ["SERVICE_ORDER", "ServiceState", "Supervisor"]
+__all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "ServiceState", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_ORDER = ("localmodel", "tools", "recorder", "session", "gateway")
 """Start order (stop order is the reverse)."""
+PROBE_INTERVAL_S = 1.0
+"""Seconds between readiness probes of a running child."""
+HEALTHY_RESET_S = 60.0
+"""A child ready for this long before it dies restarts after the initial backoff again."""
+
+
+class Backoff:
+    """Restart delays: ``start`` s doubling to ``cap`` s; back to ``start`` after ``reset_after`` s of health."""
+
+    def __init__(self, start: float = 0.5, cap: float = 30.0, reset_after: float = HEALTHY_RESET_S) -> None:
+        self.start = start
+        self.cap = cap
+        self.reset_after = reset_after
+        self._next = start
+
+    def delay(self, healthy_for: float) -> float:
+        """The delay before the next restart of a child that was ready for ``healthy_for`` s before it died
+        (0 when it never became ready)."""
+        if healthy_for >= self.reset_after:
+            self._next = self.start
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
 
 
 @dataclass
@@ -52,17 +83,78 @@ class ServiceState:
     started_at: float = 0.0
     note: str = ""
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    embedded: natsserver.EmbeddedNats | None = field(default=None, repr=False)
+    """The nats-server process (the ``nats`` entry only)."""
+    healthy_since: float | None = None
+    """``time.monotonic()`` since when the child has been ready without a break (None: not ready)."""
+    was_ready: bool = False
+    """The current process has been ready at least once."""
+    longest_health: float = 0.0
+    """The longest finished stretch (s) of readiness of the current process."""
+    external: bool = False
+    """Not ours to run (an external NATS): probed only."""
+    backoff: Backoff = field(default_factory=Backoff, repr=False)
+    monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid, if it has one."""
+        if self.embedded is not None:
+            return self.embedded.process.pid
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """The child process exists and has not exited."""
+        if self.external:
+            return True
+        if self.embedded is not None:
+            return self.embedded.process.poll() is None
+        return self.process is not None and self.process.returncode is None
 
     @property
     def status(self) -> str:
-        """``absent``, ``disabled``, ``starting``, ``ready`` or ``exited``."""
+        """``absent``, ``disabled``, ``starting``, ``ready``, ``unready`` (was ready, now fails its probe) or
+        ``exited``."""
         if not self.present:
             return "absent"
         if not self.enabled:
             return "disabled"
-        if self.process is None or self.process.returncode is not None:
+        if not self.running:
             return "exited"
-        return "ready" if self.ready else "starting"
+        if self.ready:
+            return "ready"
+        return "unready" if self.was_ready else "starting"
+
+    def mark(self, ready: bool) -> bool:
+        """Record a probe result; returns whether readiness changed."""
+        changed = ready != self.ready
+        self.ready = ready
+        if ready:
+            self.was_ready = True
+            if self.healthy_since is None:
+                self.healthy_since = time.monotonic()
+        elif self.healthy_since is not None:
+            self.longest_health = max(self.longest_health, time.monotonic() - self.healthy_since)
+            self.healthy_since = None
+        return changed
+
+    def new_process(self) -> None:
+        """Forget the readiness history of the previous process (a new one was started)."""
+        self.mark(False)
+        self.was_ready = False
+        self.longest_health = 0.0
+        self.started_at = time.monotonic()
+
+    def healthy_for(self) -> float:
+        """The longest time (s) the current process has been ready without a break (0 when never ready)."""
+        current = 0.0 if self.healthy_since is None else time.monotonic() - self.healthy_since
+        return max(self.longest_health, current)
+
+
+async def _quiet_error(exc: Exception) -> None:
+    """The supervisor's own connection: its outages are reported through the ``nats`` entry's readiness."""
+    log.debug("supervisor's nats connection: %s", exc)
 
 
 def _service_present(name: str) -> bool:
@@ -70,19 +162,38 @@ def _service_present(name: str) -> bool:
 
 
 class Supervisor:
-    """Starts, watches and stops NATS and the services for one ``switchboard up``/``demo``."""
+    """Starts, watches and stops NATS and the services for one ``switchboard up``/``demo``.
+
+    ``healthy_reset_s`` and ``probe_interval_s`` default to :data:`HEALTHY_RESET_S` and
+    :data:`PROBE_INTERVAL_S`.
+    """
 
     def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None,
-                 extra_env: dict[str, str] | None = None, only: set[str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, only: set[str] | None = None,
+                 healthy_reset_s: float = HEALTHY_RESET_S, probe_interval_s: float = PROBE_INTERVAL_S) -> None:
         self.settings = settings
         self.only = only
         """When set, start only these services (names from :data:`SERVICE_ORDER`); NATS always starts."""
-        self.nats: natsserver.EmbeddedNats | None = None
         self.nats_url = settings.effective_nats_url
+        self.nats_state = ServiceState("nats", present=True, enabled=True, url=self.nats_url,
+                                       note="external" if settings.nats_url else "embedded",
+                                       external=settings.nats_url is not None,
+                                       backoff=Backoff(reset_after=healthy_reset_s))
+        """The nats-server entry (embedded: supervised like a service; external: probed only)."""
         self.services: dict[str, ServiceState] = {}
+        self.healthy_reset_s = healthy_reset_s
+        self.probe_interval_s = probe_interval_s
         self._stopping = False
         self._on_event = on_event or (lambda line: log.info("%s", line))
         self._extra_env = extra_env or {}
+        self._nc: Any = None
+        self._nats_check: health.Check | None = None
+        self._state_path: Path | None = None
+
+    @property
+    def nats(self) -> natsserver.EmbeddedNats | None:
+        """The embedded nats-server now running (a new object after each restart), or None."""
+        return self.nats_state.embedded
 
     # --- environment -----------------------------------------------------------------------------------
 
@@ -120,7 +231,7 @@ class Supervisor:
                 state.url = base if name != "localmodel" else f"ws://{s.host}:{http[name]}/v1/realtime"
                 state.ready_url = f"{base}/readyz"
             else:
-                state.url = f"$SRV.PING.switchboard-{name}"
+                state.url = subjects.ready(name)
             if self.only is not None and name not in self.only:
                 state.note = "not selected (--only)"
             elif not enabled:
@@ -136,13 +247,22 @@ class Supervisor:
             RuntimeError: a service did not become ready within ``ready_timeout`` seconds (its log tail is
                 quoted).
         """
+        import nats
+
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         (s.data_dir / "logs").mkdir(exist_ok=True)
         if s.nats_url is None:
-            self.nats = await asyncio.to_thread(natsserver.start, s.data_dir / "nats", port=s.nats_port)
-            self.nats_url = self.nats.url
-            self._on_event(f"nats-server started at {self.nats_url}")
+            await self._start_nats(s.nats_port)
+            assert self.nats is not None
+            self.nats_url = self.nats_state.url = self.nats.url
+            self.nats_state.watcher = asyncio.create_task(self._watch_nats())
+        self._nc = await nats.connect(servers=self.nats_url.split(","), connect_timeout=5, allow_reconnect=True,
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                      name="switchboard-supervisor", error_cb=_quiet_error)
+        self._nats_check = health.nats_connection(self._nc, timeout=2.0)
+        self.nats_state.mark(True)
+        self.nats_state.monitor = asyncio.create_task(self._monitor(self.nats_state))
         self._plan()
         for state in self.services.values():
             if not (state.present and state.enabled):
@@ -150,6 +270,43 @@ class Supervisor:
             await self._spawn(state)
             await self._wait_ready(state, ready_timeout)
             state.watcher = asyncio.create_task(self._watch(state))
+            state.monitor = asyncio.create_task(self._monitor(state))
+
+    async def _start_nats(self, port: int) -> None:
+        self.nats_state.embedded = await asyncio.to_thread(natsserver.start, self.settings.data_dir / "nats",
+                                                           port=port)
+        self.nats_state.new_process()
+        self.nats_state.log_path = self.nats_state.embedded.log_file
+        self._on_event(f"nats-server started at {self.nats_state.embedded.url} (pid {self.nats_state.pid})")
+
+    async def _watch_nats(self) -> None:
+        """Restart the embedded nats-server (same port and store dir) whenever it dies."""
+        state = self.nats_state
+        while not self._stopping:
+            assert state.embedded is not None
+            code = state.embedded.process.poll()
+            if code is None:
+                await asyncio.sleep(0.1)
+                continue
+            healthy_for = state.healthy_for()
+            self._changed(state, False)
+            delay = state.backoff.delay(healthy_for)
+            self._on_event(f"nats-server exited with code {code}; restarting in {delay:.1f}s")
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            starting = asyncio.ensure_future(self._start_nats(state.embedded.port))
+            try:
+                await asyncio.shield(starting)  # stop() waits for a start under way, then stops that server
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await starting
+                raise
+            except RuntimeError as exc:  # the port is still held, the store is locked, ...: try again later
+                self._on_event(f"nats-server did not restart: {exc}")
+                continue
+            state.restarts += 1
+            self._write_if_started()
 
     async def _spawn(self, state: ServiceState) -> None:
         assert state.log_path is None or state.log_path.parent.exists()
@@ -163,47 +320,67 @@ class Supervisor:
             )
         finally:
             log_file.close()
-        state.ready = False
-        state.started_at = time.monotonic()
+        state.new_process()
         self._on_event(f"{state.name}: started (pid {state.process.pid})")
 
-    async def _probe(self, state: ServiceState, client: httpx.AsyncClient, nc: object | None) -> bool:
+    async def _probe(self, state: ServiceState, client: httpx.AsyncClient) -> bool:
+        """One readiness probe: ``/readyz`` → 200, ``switchboard.ready.<name>`` answered without a service
+        error, or (NATS) the supervisor's connection completes a PING/PONG."""
+        if state is self.nats_state:
+            if self._nats_check is None:
+                return False
+            try:
+                return (await self._nats_check()).ok
+            except Exception:
+                return False
         if state.ready_url:
             try:
-                response = await client.get(state.ready_url, timeout=1.0)
+                response = await client.get(state.ready_url, timeout=2.0)
                 return response.status_code == 200
             except httpx.HTTPError:
                 return False
-        from nats.aio.client import Client as NATS
-
-        assert isinstance(nc, NATS)
+        if self._nc is None:
+            return False
         try:
-            await nc.request(f"$SRV.PING.switchboard-{state.name}", b"", timeout=1.0)
-            return True
+            reply = await self._nc.request(subjects.ready(state.name), b"", timeout=2.0)
         except Exception:
             return False
+        return not (reply.headers or {}).get("Nats-Service-Error-Code")
 
     async def _wait_ready(self, state: ServiceState, timeout: float) -> None:
-        import nats
-
         deadline = time.monotonic() + timeout
-        nc = None if state.ready_url else await nats.connect(servers=self.nats_url.split(","), connect_timeout=5)
-        try:
-            async with httpx.AsyncClient() as client:
-                while time.monotonic() < deadline:
-                    assert state.process is not None
-                    if state.process.returncode is not None:
-                        break
-                    if await self._probe(state, client, nc):
-                        state.ready = True
-                        self._on_event(f"{state.name}: ready ({time.monotonic() - state.started_at:.1f}s)")
-                        return
-                    await asyncio.sleep(0.2)
-        finally:
-            if nc is not None:
-                await nc.close()
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if not state.running:
+                    break
+                if await self._probe(state, client):
+                    state.mark(True)
+                    self._on_event(f"{state.name}: ready ({time.monotonic() - state.started_at:.1f}s)")
+                    self._write_if_started()
+                    return
+                await asyncio.sleep(0.2)
         tail = self.log_tail(state.name)
         raise RuntimeError(f"service {state.name} did not become ready: {tail}")
+
+    async def _monitor(self, state: ServiceState) -> None:
+        """Probe a running child's readiness every ``probe_interval_s`` for as long as the supervisor runs."""
+        async with httpx.AsyncClient() as client:
+            while not self._stopping:
+                await asyncio.sleep(self.probe_interval_s)
+                if self._stopping:
+                    return
+                if state.running:
+                    self._changed(state, await self._probe(state, client))
+
+    def _changed(self, state: ServiceState, ready: bool) -> None:
+        if state.mark(ready):
+            self._on_event(f"{state.name}: {'ready' if ready else 'NOT ready'}")
+            self._write_if_started()
+
+    def _write_if_started(self) -> None:
+        if self._state_path is not None and not self._stopping:
+            with contextlib.suppress(OSError):
+                self.write_state()
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         """The last ``lines`` lines of a service's log."""
@@ -213,36 +390,39 @@ class Supervisor:
         return "\n".join(state.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     async def _watch(self, state: ServiceState) -> None:
-        backoff = 0.5
         while not self._stopping:
             assert state.process is not None
             code = await state.process.wait()
             if self._stopping:
                 return
-            state.ready = False
-            self._on_event(f"{state.name}: exited with code {code}; restarting in {backoff:.1f}s")
-            await asyncio.sleep(backoff)
+            healthy_for = state.healthy_for()
+            self._changed(state, False)
+            delay = state.backoff.delay(healthy_for)
+            self._on_event(f"{state.name}: exited with code {code}; restarting in {delay:.1f}s")
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
-            backoff = min(backoff * 2, 30.0)
             state.restarts += 1
             await self._spawn(state)
+            self._write_if_started()
             with contextlib.suppress(RuntimeError):
                 await self._wait_ready(state, 60.0)
-            if state.ready and time.monotonic() - state.started_at > 0:
-                backoff = 0.5 if state.restarts == 0 else backoff
 
     # --- stop ------------------------------------------------------------------------------------------
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the services in reverse start order (SIGTERM, then SIGKILL after ``grace`` s), then NATS."""
         self._stopping = True
+        for child in (*self.services.values(), self.nats_state):
+            for task in (child.watcher, child.monitor):
+                if task is not None:
+                    task.cancel()
+        if self.nats_state.watcher is not None:
+            await asyncio.gather(self.nats_state.watcher, return_exceptions=True)
         for name in reversed(SERVICE_ORDER):
             state = self.services.get(name)
             if state is None:
                 continue
-            if state.watcher is not None:
-                state.watcher.cancel()
             proc = state.process
             if proc is None or proc.returncode is not None:
                 continue
@@ -255,25 +435,29 @@ class Supervisor:
                     proc.kill()
                 await proc.wait()
             self._on_event(f"{name}: stopped (exit {proc.returncode})")
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
         if self.nats is not None:
             code = await asyncio.to_thread(self.nats.stop)
             self._on_event(f"nats-server stopped (exit {code})")
 
+    @staticmethod
+    def _row(state: ServiceState) -> dict[str, str]:
+        pid = state.pid
+        return {"name": state.name, "status": state.status, "url": state.url,
+                "pid": str(pid) if pid is not None else "-", "restarts": str(state.restarts), "note": state.note}
+
     def table(self) -> list[dict[str, str]]:
-        """One row per service (and NATS): name, status, url, pid, restarts, note."""
-        rows = [{"name": "nats", "status": "ready" if self.nats or self.settings.nats_url else "absent",
-                 "url": self.nats_url, "pid": str(self.nats.process.pid) if self.nats else "-",
-                 "restarts": "0", "note": "embedded" if self.nats else "external"}]
-        for state in self.services.values():
-            rows.append({
-                "name": state.name, "status": state.status, "url": state.url,
-                "pid": str(state.process.pid) if state.process else "-",
-                "restarts": str(state.restarts), "note": state.note,
-            })
-        return rows
+        """One row per service (NATS first): name, status, url, pid, restarts, note."""
+        return [self._row(self.nats_state), *(self._row(state) for state in self.services.values())]
 
     def write_state(self) -> Path:
-        """Write ``<data dir>/up.json`` (URLs of the running system) for other CLI commands."""
+        """Write ``<data dir>/up.json`` (URLs, pids, restarts and readiness of the running system) for other
+        CLI commands; from then on it is rewritten whenever a child's pid, restarts or readiness changes."""
         path = self.settings.data_dir / "up.json"
-        path.write_text(json.dumps({"nats_url": self.nats_url, "services": self.table()}, indent=2))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"nats_url": self.nats_url, "services": self.table()}, indent=2))
+        tmp.replace(path)
+        self._state_path = path
         return path

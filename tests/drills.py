@@ -192,17 +192,12 @@ class Stack:
         Raises:
             LookupError: the process is not running.
         """
-        if name == "nats":
-            nats_state = self.supervisor.services.get("nats")
-            if nats_state is not None and nats_state.process is not None:
-                return int(nats_state.process.pid)
-            if self.supervisor.nats is None:
-                raise LookupError("NATS is not embedded")
-            return int(self.supervisor.nats.process.pid)
-        state = self.supervisor.services[name]
-        if state.process is None or state.process.returncode is not None:
+        sup = self.supervisor
+        state = sup.nats_state if name == "nats" else sup.services[name]
+        pid = state.pid
+        if pid is None or not state.running:
             raise LookupError(f"{name} is not running")
-        return int(state.process.pid)
+        return int(pid)
 
     def signal(self, name: str, sig: signal.Signals) -> int:
         """Send ``sig`` to service ``name``; returns the pid signalled."""
@@ -219,9 +214,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(LookupError):
-                state = self.supervisor.services.get(name)
-                ready = state.ready if state is not None else True
-                if self.pid(name) != old_pid and ready:
+                state = self.supervisor.nats_state if name == "nats" else self.supervisor.services[name]
+                if self.pid(name) != old_pid and state.ready:
                     return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{name} was not restarted within {timeout:.0f}s")

@@ -2,7 +2,8 @@
 
 Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
-``/metrics``. Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
+``/metrics``. Ready (``shared.health``): still accepting calls, and the NATS connection answers a PING.
+Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
 from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
+from shared import health
 from shared.bus import Bus
 from shared.config import Settings
+from shared.health import Readiness
 from shared.http import add_ops_routes
 from shared.runtime import ServiceContext, serve_http
 
@@ -64,13 +67,21 @@ class Gateway:
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app for ``gateway`` (routes listed in the module docstring)."""
 
+    readiness = Readiness([health.flag("accepting", lambda: gateway.accepting, "shutting down"),
+                           health.nats_connection(gateway.bus.nc)])
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await gateway.end_all()
+        await readiness.evaluate()
+        readiness.start()
+        try:
+            yield
+        finally:
+            await readiness.stop()
+            await gateway.end_all()
 
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
-    add_ops_routes(app, lambda: gateway.accepting and gateway.bus.nc.is_connected)
+    add_ops_routes(app, readiness)
     settings = gateway.settings
 
     @app.post("/twilio/voice")

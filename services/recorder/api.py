@@ -32,6 +32,7 @@ from services.recorder.waterfall import waterfall
 from shared import subjects
 from shared.bus import Bus
 from shared.config import get_settings
+from shared.health import Readiness
 from shared.http import add_ops_routes
 
 __all__ = ["create_app"]
@@ -63,8 +64,10 @@ CallId = Annotated[str, Depends(_valid_call_id)]
 
 
 def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = None,
-               ready: Callable[[], bool] = lambda: True, recordings_dir: Path | None = None) -> FastAPI:
-    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only); ``recordings_dir`` caches
+               ready: Readiness | Callable[[], bool] = lambda: True,
+               recordings_dir: Path | None = None) -> FastAPI:
+    """Build the API over ``engine``; ``bus`` feeds the live page (None: archive only); ``ready`` answers
+    ``/readyz`` (the service passes its started :class:`~shared.health.Readiness`); ``recordings_dir`` caches
     re-rendered recordings (None: ``SWITCHBOARD_RECORDINGS_DIR``, default ``<data dir>/recordings``)."""
     app = FastAPI(title="Switchboard recorder", version="1",
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.")

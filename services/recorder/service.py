@@ -23,8 +23,9 @@ from services.recorder.archive import Archive
 from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
 from services.recorder.finalize import Finalizer
-from shared import subjects
+from shared import health, subjects
 from shared.bus import Bus
+from shared.health import Readiness
 from shared.runtime import ServiceContext, serve_http
 
 __all__ = ["Recorder", "main"]
@@ -58,6 +59,15 @@ class Recorder:
     def ready(self) -> bool:
         """True once every consumer is bound to its stream."""
         return all(c.ready.is_set() for c in self.consumers)
+
+    def readiness(self, *, stall_s: float = health.STALL_S) -> Readiness:
+        """Readiness (not started) for ``/readyz``: consumers bound, the NATS connection answers a PING, the
+        database answers ``SELECT 1``, and no durable consumer has a backlog without progress for ``stall_s``."""
+        checks = [health.flag("consumers bound", self.ready, "binding to the streams"),
+                  health.nats_connection(self.bus.nc), health.database(self.engine)]
+        checks += [health.jetstream_consumer(self.bus.js, c.stream.name, c.durable, stall_s=stall_s)
+                   for c in self.consumers]
+        return Readiness(checks)
 
     async def start(self) -> None:
         """Start consuming; returns once every consumer is bound."""
@@ -99,8 +109,11 @@ async def main(ctx: ServiceContext) -> None:
                         recordings_dir=settings.effective_recordings_dir)
     await recorder.start()
     ctx.stack.push_async_callback(recorder.stop)
+    readiness = recorder.readiness()
+    readiness.start()
+    ctx.stack.push_async_callback(readiness.stop)
     host = settings.host if settings.api_token else "127.0.0.1"
-    app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=recorder.ready,
+    app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=readiness,
                      recordings_dir=settings.effective_recordings_dir)
     log.info("recorder API on http://%s:%d (database %s)", host, settings.recorder_port,
              engine.url.render_as_string(hide_password=True))

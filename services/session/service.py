@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.subscription import Subscription
 
-from shared import subjects
+from shared import health, subjects
 from shared.bus import Bus, Envelope
 from shared.config import Settings
 from shared.errors import PublishFailedError
@@ -66,14 +66,23 @@ class SessionService:
         self._sub: Subscription | None = None
         self.options = options or CallOptions()
         self.failed_calls: list[str] = []
+        self.readiness = health.Readiness([health.nats_connection(bus.nc)])
+        """Answered on ``switchboard.ready.session`` while started (``shared.health``)."""
+        self._ready_sub: Subscription | None = None
 
     async def start(self) -> None:
-        """Subscribe to ``call.*.started`` in the queue group and watch for publish failures."""
+        """Subscribe to ``call.*.started`` in the queue group, watch for publish failures, answer readiness."""
         self.bus.on_publish_failure(self._on_publish_failure)
         self._sub = await self.bus.subscribe(subjects.all_calls_started(), self._on_started, queue=QUEUE_GROUP)
+        self.readiness.start(until=lambda: self.bus.nc.is_closed)
+        self._ready_sub = await health.answer_on_bus(self.bus, "session", self.readiness)
 
     async def stop(self) -> None:
         """Stop taking calls; end the calls in progress (each publishes its summary)."""
+        await self.readiness.stop()
+        if self._ready_sub is not None:
+            await self._ready_sub.unsubscribe()
+            self._ready_sub = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None

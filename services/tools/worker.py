@@ -44,7 +44,7 @@ from services.tools.framework import (
 from services.tools.results import run_lazy, run_once
 from services.tools.settings import ToolsSettings
 from services.tools.validation import ArgumentValidator
-from shared import subjects, tool_registry
+from shared import health, subjects, tool_registry
 from shared.bus import Bus, Envelope
 from shared.errors import ServiceCallError
 
@@ -91,9 +91,12 @@ class ToolWorker:
         self.database = database
         self.settings = settings or ToolsSettings()
         self._validators = {t.name: ArgumentValidator(t.parameters) for t in tools}
+        self.readiness = health.Readiness()
+        """Started by :meth:`register`."""
 
     async def register(self, bus: Bus, service: Any, *, replicas: int = 1) -> None:
-        """Add one endpoint per tool to the nats.micro ``service`` and publish the specs to the registry."""
+        """Add one endpoint per tool to the nats.micro ``service``, publish the specs to the registry and
+        answer readiness on ``switchboard.ready.tools`` (:attr:`readiness`: NATS round trip, ``SELECT 1``)."""
         for t in self.tools.values():
             await bus.add_endpoint(
                 service, name=t.name, subject=subjects.tool(t.name), handler=self._endpoint(t),
@@ -105,6 +108,10 @@ class ToolWorker:
                                  "gen_ai.tool.type": "function"},
             )
         await tool_registry.publish(bus.js, [t.spec for t in self.tools.values()], replicas=replicas)
+        self.readiness.add(health.nats_connection(bus.nc))
+        self.readiness.add(health.database(self.database.engine))
+        self.readiness.start(until=lambda: bus.nc.is_closed)
+        await health.answer_on_bus(bus, "tools", self.readiness)
         log.info("serving tools %s", ", ".join(self.tools))
 
     def _endpoint(self, t: Tool) -> Any:

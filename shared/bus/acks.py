@@ -13,11 +13,8 @@ one-process microbenchmark against a real server (``bench/bus.py``'s JetStream r
 raw nats-py's time per message), and the session logs every Realtime event this way. :class:`AckTracker`
 keeps one dict entry per unacknowledged message instead:
 
-- the reply subject is ``<inbox prefix>.<counter>``, one wildcard subscription per connection receives every
-  ack, and an ack removes its entry. With :class:`~shared.bus.wire.SwitchboardClient` on a nats-py version it
-  was checked against, acks are handled straight from the read loop (no ``Msg``, queue or task switch per ack;
-  ``bench/session.py``: 35.9 → 29.4 µs per logged event, mean of 7 interleaved pairs); otherwise through a
-  normal callback subscription;
+- the reply subject is ``<inbox prefix>.<counter>``, one wildcard subscription per connection (nats-py's public
+  callback subscription) receives every ack, and an ack removes its entry;
 - one sweeper task sleeps until the oldest entry's deadline (entries are kept in publish order and every
   deadline is ``ack_timeout`` after its publish, so the oldest is the first);
 - an entry that timed out, was refused or could not be sent is retried with the SAME ``Nats-Msg-Id`` (the
@@ -47,10 +44,9 @@ from nats.js.api import Header as JetStreamHeader
 
 from shared import metrics
 from shared.bus.envelope import Headers, destination_template
-from shared.bus.wire import INLINE_HANDLERS, SwitchboardClient
 from shared.errors import PublishFailedError
 
-__all__ = ["DEFAULT_MAX_PENDING", "AckTracker", "FailureCallback", "ack_failure", "header_status"]
+__all__ = ["DEFAULT_MAX_PENDING", "AckTracker", "FailureCallback", "ack_failure"]
 
 log = logging.getLogger("shared.bus")
 
@@ -101,15 +97,6 @@ def ack_failure(data: bytes, status: str | None = None) -> str | None:
     return f"JetStream error: {error!r}"
 
 
-def header_status(raw_headers: bytes | None) -> str | None:
-    """The status code of a raw NATS header block (``NATS/1.0 503\r\n…`` → ``"503"``), or None."""
-    if not raw_headers:
-        return None
-    line = raw_headers.split(b"\r\n", 1)[0]
-    parts = line.split(None, 2)
-    return parts[1].decode("ascii", "replace") if len(parts) > 1 else None
-
-
 class AckTracker:
     """Publishes to JetStream and checks each ack in the background (see the module docstring).
 
@@ -132,7 +119,6 @@ class AckTracker:
         """Reply token → message, in publish order (so the first entry has the earliest deadline)."""
         self._tokens = itertools.count(1)
         self._prefix = ""
-        self._prefix_bytes = b""
         self._sub: Subscription | None = None
         self._subscribing: asyncio.Lock | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -200,17 +186,8 @@ class AckTracker:
             if self._sub is not None:
                 return
             prefix = self.nc.new_inbox() + "."
-            self._prefix, self._prefix_bytes = prefix, prefix.encode()
-            # acks are handled in the read loop when the client supports it (no Msg, queue or task per ack)
-            if isinstance(self.nc, SwitchboardClient) and INLINE_HANDLERS:
-                self._sub = await self.nc.subscribe(prefix + "*")
-                self.nc.add_inline_handler(self._sub._id, self._on_ack_raw)
-            else:
-                self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
-
-    def _on_ack_raw(self, subject: bytes, data: bytes, raw_headers: bytes | None) -> None:
-        token = subject[len(self._prefix_bytes):].decode("ascii", "replace")
-        self._settle(token, data, header_status(raw_headers))
+            self._prefix = prefix
+            self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
 
     async def _on_ack(self, msg: Msg) -> None:
         status = msg.headers.get(JetStreamHeader.STATUS) if msg.headers else None

@@ -35,7 +35,7 @@ from shared.bus.envelope import (
 )
 from shared.bus.micro import MicroMixin
 from shared.bus.streams import StreamsMixin
-from shared.bus.wire import SwitchboardClient
+from shared.bus.wire import SwitchboardClient, flush_shielded
 from shared.errors import BusError, PublishFailedError, ServiceCallError
 from shared.telemetry import current_call_id
 
@@ -366,6 +366,9 @@ class Bus(StreamsMixin, MicroMixin):
         dropped (a retried publish must not play twice). ``traced`` (default: not a high-rate subject)
         wraps each handler run in a CONSUMER span ``process <template>``. A handler exception is logged and
         recorded on the span; the subscription carries on.
+
+        Cancelling the caller while it waits for the server's confirmation (an HTTP client that went away)
+        never harms the connection: the confirmation is awaited through :func:`shared.bus.wire.flush_shielded`.
         """
         deduper = _Deduper() if dedupe else None
 
@@ -376,7 +379,7 @@ class Bus(StreamsMixin, MicroMixin):
             await self.dispatch(env, handler, traced=traced)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=callback, pending_msgs_limit=pending_msgs_limit)
-        await self.nc.flush()  # the server has the interest before we return
+        await flush_shielded(self.nc)  # the server has the interest before we return
         return sub
 
     def _context_of(self, headers: Mapping[str, str]) -> otel_context.Context:

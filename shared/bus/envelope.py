@@ -114,12 +114,20 @@ class Envelope:
         ``headers`` is the message's own dict (nats-py builds one per message), not a copy: treat it as
         read-only.
         """
-        headers = msg.headers if msg.headers is not None else {}
+        return cls.from_parts(msg.subject, msg.data, msg.headers, bus, msg=msg)
+
+    @classmethod
+    def from_parts(cls, subject: str, data: bytes, headers: dict[str, str] | None, bus: Bus | None = None, *,
+                   msg: Msg | None = None) -> Envelope:
+        """An Envelope from a message's public parts (e.g. a nats.micro ``Request``'s ``subject``, ``data`` and
+        ``headers``); without ``msg`` it has no :attr:`reply` (answer through whatever delivered it). Never
+        raises on odd headers; ``headers`` is kept, not copied."""
+        headers = headers if headers is not None else {}
         get = headers.get
         ts = get(Headers.TS)
         return cls(
-            msg.subject,
-            msg.data,
+            subject,
+            data,
             headers,
             get(Headers.CALL_ID),
             get(Headers.SOURCE),

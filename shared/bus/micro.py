@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.bus.envelope import Envelope, Handler, Payload, encode_payload
+from shared.bus.wire import flush_shielded
 from shared.errors import ServiceCallError
 
 if TYPE_CHECKING:
@@ -67,12 +68,14 @@ class MicroMixin:
         ``handler(env)`` returns the reply payload, or raises :class:`ServiceCallError` (sent as a
         nats.micro error with its code and speakable message). Any other exception becomes a 500 with a
         generic message (logged with the trace id; never a stack trace or ``repr`` to the peer). The handler
-        runs in a SERVER span (``span_name``, default ``process <template>``) in the caller's trace.
+        runs in a SERVER span (``span_name``, default ``process <template>``) in the caller's trace. The
+        Envelope is built from the request's public ``subject``/``data``/``headers`` (it has no ``reply``: the
+        answer is the handler's return value).
         """
         from nats.micro.request import Request
 
         async def micro_handler(request: Request) -> None:
-            env = Envelope.from_msg(request._msg, self._as_bus())
+            env = Envelope.from_parts(request.subject, request.data, request.headers, self._as_bus())
 
             async def run(e: Envelope) -> None:
                 span = trace.get_current_span()
@@ -97,7 +100,7 @@ class MicroMixin:
 
         await service.add_endpoint(name=name, subject=subject, handler=micro_handler, queue_group=queue_group,
                                    metadata=dict(metadata or {}))
-        await self.nc.flush()  # the server knows the endpoint before we return
+        await flush_shielded(self.nc)  # the server knows the endpoint before we return
 
 
 

@@ -32,7 +32,8 @@ def services_table(rows: list[dict[str, str]]) -> Table:
     table = Table(title="Switchboard")
     for column in ("name", "status", "url", "pid", "restarts", "note"):
         table.add_column(column)
-    colours = {"ready": "green", "starting": "yellow", "exited": "red", "absent": "dim", "disabled": "dim"}
+    colours = {"ready": "green", "starting": "yellow", "unready": "red", "exited": "red", "absent": "dim",
+               "disabled": "dim"}
     for row in rows:
         colour = colours.get(row["status"], "white")
         table.add_row(row["name"], f"[{colour}]{row['status']}[/{colour}]", row["url"], row["pid"],
@@ -109,8 +110,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(nats: str = typer.Option(None, "--nats", help="NATS URL (default: the configured one)")) -> None:
-        """Each service's instances, from $SRV.INFO / $SRV.STATS."""
+        """The supervised children of a running ``switchboard up`` (from ``up.json``: status, pid, restarts),
+        then each service's instances, from $SRV.INFO / $SRV.STATS."""
         settings = settings_or_exit()
+        state_file = settings.data_dir / "up.json"
+        if state_file.is_file():
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                console.print(services_table(json.loads(state_file.read_text())["services"]))
         try:
             rows = asyncio.run(_status(nats or settings.effective_nats_url))
         except Exception as exc:

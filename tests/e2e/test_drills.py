@@ -52,6 +52,12 @@ async def test_nats_server_paused_loses_nothing(stack: drills.Stack) -> None:
     _assert_clean(result)
 
 
+async def test_nats_server_killed_and_restarted_loses_nothing(stack: drills.Stack) -> None:
+    result = await drills.run_drill("nats-kill", stack, calls=CALLS, seconds=SECONDS,
+                                    fault=drills.kill_nats(), fault_after=2.0)
+    _assert_clean(result)
+
+
 async def test_start_then_stop_calls_all_end(stack: drills.Stack) -> None:
     result = await drills.run_start_stop(stack, 60)
     _assert_clean(result)

@@ -7,11 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-
 from shared import natsserver, subjects
-from shared.bus import Bus, Headers, acks
-from shared.bus.acks import ack_failure, header_status
+from shared.bus import Bus, Headers
+from shared.bus.acks import ack_failure
 from shared.config import load_settings
 from shared.errors import PublishFailedError
 
@@ -28,35 +26,19 @@ def test_ack_failure_reads_acks_errors_and_no_responders() -> None:
     assert ack_failure(b'{"error": broken') is not None
 
 
-def test_header_status_reads_the_status_line() -> None:
-    assert header_status(b"NATS/1.0 503\r\n\r\n") == "503"
-    assert header_status(b"NATS/1.0 408 Request Timeout\r\n\r\n") == "408"
-    assert header_status(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n") is None
-    assert header_status(None) is None and header_status(b"") is None
-
-
-@pytest.fixture(params=["inline", "callback"])
-def ack_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Acks handled in the read loop (nats-py versions we checked) and through a normal subscription."""
-    if request.param == "callback":
-        monkeypatch.setattr(acks, "INLINE_HANDLERS", False)
-    return str(request.param)
-
-
-async def test_every_publish_is_acknowledged_and_lands_once(ack_path: str, bus: Bus, unique: str) -> None:
+async def test_every_publish_is_acknowledged_and_lands_once(bus: Bus, unique: str) -> None:
     call_id = f"acks{unique}"
     for n in range(500):
         await bus.publish_event(subjects.rt_client(call_id, "input_audio_buffer.append"), {"n": n},
                                 call_id=call_id)
     await bus.flush_acks(10)
     assert bus.acks.pending == 0 and bus.failed_publishes == []
-    assert bool(getattr(bus.nc, "_inline", None)) == (ack_path == "inline")
     events = [env async for env in bus.replay(subjects.rt_all(call_id), subjects.RT_STREAM)]
     assert [env.json()["n"] for env in events] == list(range(500))
     assert [env.seq for env in events] == list(range(1, 501))
 
 
-async def test_a_publish_no_stream_takes_is_retried_then_surfaced(ack_path: str, nats_url: str,
+async def test_a_publish_no_stream_takes_is_retried_then_surfaced(nats_url: str,
                                                                   unique: str) -> None:
     bus = await Bus.connect(nats_url, name="test-nostream", source="session", ack_timeout=2.0)
     bus.max_attempts = 2

@@ -127,5 +127,6 @@ async def test_browser_token_requires_api_token_when_configured(bus: Bus, nats_u
 async def test_ops_routes(gw: RunningGateway) -> None:
     async with httpx.AsyncClient(base_url=gw.http_url) as client:
         assert (await client.get("/healthz")).status_code == 200
-        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        ready = (await client.get("/readyz")).json()
+        assert ready["status"] == "ready" and {c["name"] for c in ready["checks"]} == {"accepting", "nats"}
         assert (await client.get("/metrics")).status_code == 200

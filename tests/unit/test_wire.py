@@ -72,18 +72,6 @@ def test_an_invalid_key_is_refused_as_nats_py_does() -> None:
         encode_headers({"Bad Key": "y"})
 
 
-def test_the_fast_codec_is_on_for_the_installed_nats_py() -> None:
-    from importlib.metadata import version
-
-    from shared.bus import wire
-
-    minor = ".".join(version("nats-py").split(".")[:2])
-    if minor not in wire.TESTED_NATS_PY:
-        pytest.skip(f"nats-py {minor} is not in TESTED_NATS_PY {wire.TESTED_NATS_PY}: the client falls back to "
-                    "nats-py's codec; add it once the equivalence tests above pass on it")
-    assert wire.FAST_CODEC
-
-
 @settings(max_examples=50, deadline=None)
 @given(header_sets)
 def test_with_the_fast_codec_off_the_client_is_plain_nats_py(headers: dict[str, str]) -> None:
