@@ -51,8 +51,9 @@ class RetryPolicy:
     hedge_ms: float = 400.0
     """Silence (ms) after the latest attempt before another is sent, for idempotent tools with a
     ``tool_call_id``; earlier attempts keep waiting."""
-    max_attempts: int = 16
-    """Most attempts one call sends (hedges and 503 retries together)."""
+    max_in_flight: int = 16
+    """Most attempts of one call waiting at once (bounds what hedging adds to a slow worker's queue); a 503
+    ends its attempt, so retries after 503 do not count against it."""
     backoff_ms: float = 50.0
     """Pause before retrying after 503 no-responders (ms)."""
     min_retry_ms: float = 50.0
@@ -64,8 +65,8 @@ class RetryPolicy:
     time for a reply committed at the workers' deadline to travel back before the caller gives up."""
 
     def __post_init__(self) -> None:
-        if self.hedge_ms <= 0 or self.max_attempts < 1:
-            raise ValueError("hedge_ms must be positive and max_attempts at least 1")
+        if self.hedge_ms <= 0 or self.max_in_flight < 1:
+            raise ValueError("hedge_ms must be positive and max_in_flight at least 1")
         if self.backoff_ms < 0 or self.min_retry_ms < 0 or self.reply_margin_ms < 0:
             raise ValueError("backoff_ms, min_retry_ms and reply_margin_ms must not be negative")
 
@@ -102,7 +103,6 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
     attrs = {"gen_ai.tool.name": spec.name}
     last = ServiceCallError(504, "That took too long to answer.")
     in_flight: set[asyncio.Task[Envelope]] = set()
-    sent = 0
     next_send: float | None = start  # when to send the next attempt (None: only after a 503)
 
     def finish(error: ServiceCallError | None) -> None:
@@ -113,14 +113,13 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
         while True:
             now = time.monotonic()
             if next_send is not None and now >= next_send:
-                if now < worker_deadline and sent < policy.max_attempts:
+                if now < worker_deadline and len(in_flight) < policy.max_in_flight:
                     attempt = dataclasses.replace(request, deadline_ms=round((worker_deadline - now) * 1000, 1))
                     # the call id travels as a header but not as a seq: tool requests are not in the event log
                     in_flight.add(asyncio.ensure_future(bus.request(subject, attempt.to_json(), timeout=deadline - now,
                                                                     headers=headers)))
-                    sent += 1
                 next_send = now + policy.hedge_ms / 1000 if hedge else None
-            if not in_flight and (next_send is None or next_send >= worker_deadline or sent >= policy.max_attempts):
+            if not in_flight and (next_send is None or next_send >= worker_deadline):
                 finish(last)
                 raise last
             wake = deadline if next_send is None else min(next_send, deadline)

@@ -5,7 +5,7 @@ the worker reads it is refused without running the tool; a tool whose process st
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from services.tools.db import Database
 from services.tools.framework import CallInfo, DeadlineExceeded, ToolContext, ToolRequest, tool
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
-from shared import subjects
+from shared import natsserver, subjects
 from shared.bus import Bus, Headers
 from shared.errors import ServiceCallError
 from tests.integration.tools_support import counts, day, stall_write
@@ -28,6 +28,21 @@ async def count_runs(ctx: ToolContext, tag: str = "") -> dict[str, Any]:
     """Test tool: record that it ran."""
     RUNS.append(tag)
     return {"ran": tag}
+
+
+@pytest.fixture(scope="module")
+def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server for this module only (its tools stay out of the shared server's registry)."""
+    server = natsserver.start(tmp_path_factory.mktemp("deadline-nats"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+async def bus(own_nats: str) -> AsyncIterator[Bus]:
+    connected = await Bus.connect(own_nats, name="test-deadline", source="tools")
+    yield connected
+    await connected.close()
 
 
 @pytest.fixture
