@@ -15,7 +15,9 @@ inside it, all with the SAME ``tool_call_id`` so the worker's idempotency store 
   ``backoff_ms``, for any tool (no worker got the request), while at least ``min_retry_ms`` of the budget
   is left after the pause; with less, the 503 stands (a last attempt with a sliver of budget would end in a
   timeout that says nothing about any worker, and would be reported as 504);
-- a worker's own 504 (the deadline passed on its side) ends that attempt; others keep waiting;
+- a worker's own 504 (the deadline passed on its side) ends that attempt; others keep waiting. An attempt sent
+  after a 503 that times out leaves the answer at 503: no worker was there, and the round trip that would have
+  said so again did not fit (a loaded machine);
 - any other error (400/404/409/500) → raised at once.
 
 Tool round trips are recorded in ``switchboard.tool.duration``.
@@ -103,6 +105,7 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
     attrs = {"gen_ai.tool.name": spec.name}
     last = ServiceCallError(504, "That took too long to answer.")
     in_flight: set[asyncio.Task[Envelope]] = set()
+    after_503: set[asyncio.Task[Envelope]] = set()  # attempts sent after a 503 (no worker was subscribed)
     next_send: float | None = start  # when to send the next attempt (None: only after a 503)
 
     def finish(error: ServiceCallError | None) -> None:
@@ -116,8 +119,11 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
                 if now < worker_deadline and len(in_flight) < policy.max_in_flight:
                     attempt = dataclasses.replace(request, deadline_ms=round((worker_deadline - now) * 1000, 1))
                     # the call id travels as a header but not as a seq: tool requests are not in the event log
-                    in_flight.add(asyncio.ensure_future(bus.request(subject, attempt.to_json(), timeout=deadline - now,
-                                                                    headers=headers)))
+                    task = asyncio.ensure_future(bus.request(subject, attempt.to_json(), timeout=deadline - now,
+                                                             headers=headers))
+                    in_flight.add(task)
+                    if last.code == 503:
+                        after_503.add(task)
                 next_send = now + policy.hedge_ms / 1000 if hedge else None
             if not in_flight and (next_send is None or next_send >= worker_deadline):
                 finish(last)
@@ -151,7 +157,8 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
                         next_send = retry_at if next_send is None else min(next_send, retry_at)
                     continue
                 if exc.code == 504:  # silence until the caller's deadline, or the worker's own 504
-                    last = exc
+                    if task not in after_503 or last.code != 503:
+                        last = exc  # a retry sent when no worker was there that times out stays a 503
                     continue
                 finish(exc)
                 raise exc
