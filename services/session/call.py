@@ -33,6 +33,7 @@ from typing import Any
 
 from nats.aio.subscription import Subscription
 
+from services.tools.framework import ToolResult
 from shared import subjects, tool_registry
 from shared.audio import parse_format
 from shared.bus import Bus, Envelope, encode_payload
@@ -49,7 +50,7 @@ from .rebuild import REBUILD_PREFIX, ConversationLog, parse_records
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
-from .tools import ToolDispatcher, ToolResult
+from .tools import Outcome, ToolDispatcher, model_output
 
 __all__ = ["Call", "CallInfo", "CallOptions", "ModelEndpoint"]  # the last three re-exported from .options
 
@@ -454,31 +455,33 @@ class Call:
 
     # --- tools, flows, control ---------------------------------------------------------------------------
 
-    async def _on_tool_result(self, result: ToolResult) -> None:
-        if result.phase == "final":
+    async def _on_tool_result(self, tool_call_id: str, name: str, outcome: Outcome, phase: str) -> None:
+        output = model_output(outcome)
+        if phase == "final":
             item: dict[str, Any] = {"type": "message", "role": "system", "content": [{
-                "type": "input_text", "text": f"The background tool {result.name} (call {result.tool_call_id}) "
-                                              f"finished with: {json.dumps(result.output, ensure_ascii=False)}"}]}
+                "type": "input_text", "text": f"The background tool {name} (call {tool_call_id}) "
+                                              f"finished with: {json.dumps(output, ensure_ascii=False)}"}]}
         else:
-            item = {"type": "function_call_output", "call_id": result.tool_call_id,
-                    "output": json.dumps(result.output, ensure_ascii=False)}
+            item = {"type": "function_call_output", "call_id": tool_call_id,
+                    "output": json.dumps(output, ensure_ascii=False)}
         await self.deliver({"type": "conversation.item.create", "item": item})
-        if result.ok and result.phase != "started":
-            changed = self.flow.on_tool_result(result.name, result.output)
+        result = outcome if isinstance(outcome, ToolResult) and phase != "started" else None
+        if result is not None:
+            changed = self.flow.on_tool_result(name, output)
             if changed is not None:
-                await self._change_state(changed, result)
+                await self._change_state(changed, name, tool_call_id)
         create_id = await self.gate.request()
-        if result.control and result.phase != "started":
+        if result is not None and result.control:
             self.control.arm(result.control, create_id, None)
 
-    async def _change_state(self, changed: tuple[str, str], result: ToolResult) -> None:
+    async def _change_state(self, changed: tuple[str, str], name: str, tool_call_id: str) -> None:
         previous, state = changed
         session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
                                     model=self.endpoint.model, state_id=state)
         await self.deliver({"type": "session.update", "session": session})
         await self._call_event(subjects.session_event(self.call_id, "state_changed"), {
-            "call_id": self.call_id, "from": previous, "to": state, "tool": result.name,
-            "tool_call_id": result.tool_call_id})
+            "call_id": self.call_id, "from": previous, "to": state, "tool": name,
+            "tool_call_id": tool_call_id})
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

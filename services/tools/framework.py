@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
+import math
 import re
 import time
 import types
@@ -33,6 +34,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from shared import subjects
+from shared.bus import Headers
 from shared.errors import ServiceCallError
 from shared.tool_registry import ToolSpec
 
@@ -97,6 +99,24 @@ class DeadlineExceeded(ServiceCallError):
 # --- wire types ----------------------------------------------------------------------------------------
 
 
+def _deadline_header(headers: Mapping[str, str] | None) -> float | None:
+    """The ``Switchboard-Deadline`` header (unix ms) as a float, None when absent.
+
+    Raises:
+        InvalidArguments: present but not a finite number.
+    """
+    raw = headers.get(Headers.DEADLINE) if headers else None
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArguments(f"The {Headers.DEADLINE} header must be a unix time in ms.") from None
+    if not math.isfinite(value):
+        raise InvalidArguments(f"The {Headers.DEADLINE} header must be a unix time in ms.")
+    return value
+
+
 def _opt_str(raw: Mapping[str, Any], key: str) -> str | None:
     value = raw.get(key)
     if value is None:
@@ -151,20 +171,24 @@ class ToolRequest:
         deadline_ms: the time budget in ms the caller still allows, counted from when it sent this attempt
             (a retry sends what is left). Values ≥ 10^12 are read as an absolute unix time in ms. None: the
             tool's ``timeout_ms``.
+        deadline_epoch_ms: the absolute deadline, unix time in ms, from the ``Switchboard-Deadline`` header
+            (not part of the body). When both are given, the earlier one binds.
     """
 
     arguments: dict[str, Any]
     tool_call_id: str | None = None
     call: CallInfo = field(default_factory=CallInfo)
     deadline_ms: float | None = None
+    deadline_epoch_ms: float | None = None
 
     @classmethod
-    def parse(cls, data: bytes) -> ToolRequest:
-        """Parse a request body.
+    def parse(cls, data: bytes, headers: Mapping[str, str] | None = None) -> ToolRequest:
+        """Parse a request body and its ``Switchboard-Deadline`` header (``headers``, if given).
 
         Raises:
             InvalidArguments: not JSON, not an object, ``arguments`` not an object (a JSON string holding an
-                object is accepted, as the Realtime API sends arguments as a string), or a field of the wrong type.
+                object is accepted, as the Realtime API sends arguments as a string), a field of the wrong type,
+                or a deadline header that is not a number of ms.
         """
         try:
             raw = json.loads(data) if data else {}
@@ -186,7 +210,7 @@ class ToolRequest:
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
             raise InvalidArguments("The request field deadline_ms must be a number.")
         return cls(arguments, _opt_str(raw, "tool_call_id"), CallInfo.from_json(raw.get("call")),
-                   float(deadline) if deadline is not None else None)
+                   float(deadline) if deadline is not None else None, _deadline_header(headers))
 
     def to_json(self) -> dict[str, Any]:
         """The request body."""
@@ -197,11 +221,19 @@ class ToolRequest:
         return body
 
     def deadline_at(self, received: float, default_ms: float) -> float:
-        """The ``time.monotonic()`` instant by which the reply is due, for a request received at ``received``."""
+        """The ``time.monotonic()`` instant by which the work must be committed, for a request received at
+        ``received`` (a ``time.monotonic()`` reading): the earliest of the body's ``deadline_ms`` (relative to
+        ``received``, or absolute when ≥ 10^12) and the header's absolute ``deadline_epoch_ms``; ``default_ms``
+        after ``received`` when neither is given. Absolute times are converted with the wall clock now, so
+        they bind however long the request waited before it was read.
+        """
+        now_mono, now_ms = time.monotonic(), time.time() * 1000
         budget = self.deadline_ms if self.deadline_ms is not None else default_ms
-        if budget >= _ABSOLUTE_DEADLINE_MS:
-            return received + (budget - time.time() * 1000) / 1000
-        return received + budget / 1000
+        absolute = budget >= _ABSOLUTE_DEADLINE_MS
+        due = now_mono + (budget - now_ms) / 1000 if absolute else received + budget / 1000
+        if self.deadline_epoch_ms is not None:
+            due = min(due, now_mono + (self.deadline_epoch_ms - now_ms) / 1000)
+        return due
 
 
 @dataclass(frozen=True, slots=True)

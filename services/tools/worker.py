@@ -9,8 +9,12 @@ Per request (:meth:`ToolWorker.execute`):
 1. parse the request (:class:`~services.tools.framework.ToolRequest`) → 400 when malformed;
 2. validate the arguments against the tool's JSON Schema → 400 with a speakable message, before any side
    effect;
-3. run the tool under the request's deadline (``deadline_ms``, default the tool's ``timeout_ms``) → 504
-   when it cannot finish in time (its transaction is rolled back);
+3. run the tool under the request's deadline → 504 when it cannot finish in time (its transaction is rolled
+   back). The deadline is the earlier of the ``Switchboard-Deadline`` header (absolute, unix ms) and the body's
+   ``deadline_ms`` (relative to when the request was read; default the tool's ``timeout_ms``). A request whose
+   deadline has already passed when it is read is refused (504) before validation, and a transaction commits
+   only if the deadline still holds right before the commit (:func:`~services.tools.results.deadline_holds`),
+   so a worker stalled past the deadline never acts on a request its caller has given up on;
 4. for idempotent writing tools with a ``tool_call_id``: at most once (:func:`~services.tools.results.run_once`).
 
 The endpoint runs in a SERVER span ``execute_tool <name>`` (created by :mod:`shared.bus`) with
@@ -22,7 +26,6 @@ trace id; never a stack trace to the peer.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import time
@@ -34,14 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tools.db import Database
 from services.tools.framework import (
-    DeadlineExceeded,
     Tool,
     ToolContext,
     ToolRequest,
     ToolResult,
     tools_in_module,
 )
-from services.tools.results import run_lazy, run_once
+from services.tools.results import deadline_holds, run_lazy, run_once
 from services.tools.settings import ToolsSettings
 from services.tools.validation import ArgumentValidator
 from shared import health, subjects, tool_registry
@@ -119,7 +121,7 @@ class ToolWorker:
             received = time.monotonic()
             span = trace.get_current_span()
             try:
-                request = ToolRequest.parse(env.data)
+                request = ToolRequest.parse(env.data, env.headers)
                 if request.tool_call_id:
                     span.set_attribute("gen_ai.tool.call.id", request.tool_call_id)
                 result = await self.execute(t, request, received=received)
@@ -134,16 +136,17 @@ class ToolWorker:
     async def execute(self, t: Tool, request: ToolRequest, *, received: float | None = None) -> ToolResult:
         """Validate, then run ``t`` for ``request`` within its deadline (at most once when idempotent).
 
+        ``received`` is the ``time.monotonic()`` reading when the request was read (default: now); a relative
+        ``deadline_ms`` counts from it, an absolute deadline (``Switchboard-Deadline`` header) does not.
+
         Raises:
-            ServiceCallError: 400 invalid arguments (nothing written), 404/409 from the tool, 504 deadline
-                passed (nothing committed).
+            ServiceCallError: 400 invalid arguments (nothing written), 404/409 from the tool, 504 when the
+                deadline had passed on arrival (the tool is not run) or passes before the commit (rolled back).
         """
         start = received if received is not None else time.monotonic()
-        self._validators[t.name].validate(request.arguments)
         deadline = request.deadline_at(start, t.timeout_ms)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded()
+        deadline_holds(deadline)  # expired on arrival (e.g. read after a stall): refused, nothing runs
+        self._validators[t.name].validate(request.arguments)
         ctx = ToolContext(tool=t.name, call=request.call, tool_call_id=request.tool_call_id,
                           deadline=deadline, settings=self.settings, open_session=self.database.sessions)
 
@@ -151,14 +154,10 @@ class ToolWorker:
             ctx.db = session
             return await t(ctx, request.arguments)
 
-        try:
-            async with asyncio.timeout(remaining):
-                if t.stores_result and request.tool_call_id:
-                    result, replayed = await run_once(self.database.sessions, t.name, request.tool_call_id,
-                                                      request.call.call_id, in_transaction)
-                    if replayed:
-                        trace.get_current_span().set_attribute("switchboard.tool.replayed", True)
-                    return result
-                return await run_lazy(ctx, lambda: t(ctx, request.arguments))
-        except TimeoutError:
-            raise DeadlineExceeded() from None
+        if t.stores_result and request.tool_call_id:
+            result, replayed = await run_once(self.database.sessions, t.name, request.tool_call_id,
+                                              request.call.call_id, in_transaction, deadline=deadline)
+            if replayed:
+                trace.get_current_span().set_attribute("switchboard.tool.replayed", True)
+            return result
+        return await run_lazy(ctx, lambda: t(ctx, request.arguments))

@@ -46,6 +46,8 @@ class Headers:
     SEQ: Final = "Switchboard-Seq"
     TS: Final = "Switchboard-Ts"
     AUDIO_FORMAT: Final = "Switchboard-Audio-Format"
+    DEADLINE: Final = "Switchboard-Deadline"
+    """Absolute deadline of a request, unix time in integer ms (tool requests; docs/tools.md)."""
     SERVICE_ERROR: Final = "Nats-Service-Error"
     SERVICE_ERROR_CODE: Final = "Nats-Service-Error-Code"
 

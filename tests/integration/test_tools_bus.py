@@ -189,6 +189,29 @@ async def test_no_worker_is_503_for_many_callers_at_once(served: Served) -> None
         assert set(codes) == {503}, sorted(codes)
 
 
+async def test_worker_that_subscribes_late_is_reached_by_503_retries(served: Served, own_nats: str) -> None:
+    """A worker whose endpoints appear 1.5 s into a 5 s call (start-up, migrations) still serves it: retries
+    after 503 continue for the whole budget, not a fixed number of attempts."""
+    spec = ToolSpec(name="late_worker_tool", description="x", timeout_ms=5000)
+    late = await Bus.connect(own_nats, name="late-worker", source="tools")
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(json.dumps({"output": {"late": True}}).encode())
+
+    async def subscribe_later() -> None:
+        await asyncio.sleep(1.5)
+        await late.nc.subscribe(subjects.tool(spec.name), queue="tools", cb=answer)
+        await late.nc.flush()
+
+    try:
+        subscriber = asyncio.create_task(subscribe_later())
+        result = await call_tool(served.caller, spec, ToolRequest({}, "late_1", CALLER))
+        await subscriber
+        assert result.output == {"late": True}
+    finally:
+        await late.close()
+
+
 async def test_execute_tool_span(served: Served) -> None:
     telemetry = setup_telemetry("switchboard-tests")
     exporter = InMemorySpanExporter()

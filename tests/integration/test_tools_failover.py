@@ -1,36 +1,36 @@
-"""A tool worker killed (SIGKILL) mid-request: the caller's retry, with the same ``tool_call_id``, is served by
-another worker within the request's deadline, and the killed worker's open transaction leaves nothing behind.
+"""Tool workers as real subprocesses (``python -m services.tools``) on a module-private nats-server, against SQLite
+and PostgreSQL (several workers migrate and seed the same fresh database at once):
 
-Workers are real subprocesses (``python -m services.tools``) on a module-private nats-server, against SQLite
-and PostgreSQL; both migrate and seed the same fresh database at once.
+- a worker killed (SIGKILL) mid-request: the caller's retry, with the same ``tool_call_id``, is served by another
+  worker within the request's deadline, and the killed worker's open transaction leaves nothing behind;
+- a worker stalled (SIGSTOP) with ``book_appointment`` in flight and resumed after the deadline books nothing;
+- one stalled and one healthy worker: every call succeeds within its deadline (call_tool's hedged attempts).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import datetime as dt
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.tools.client import call_tool
 from services.tools.db import Database
-from services.tools.framework import CallInfo, ToolRequest
-from services.tools.models import Customer
+from services.tools.framework import CallInfo, ToolRequest, ToolResult
+from services.tools.models import Appointment, Customer, StoredResult
 from shared import natsserver, tool_registry
 from shared.bus import Bus
-from tests.integration.tools_support import counts, day
+from shared.errors import ServiceCallError
+from tests.integration.tools_support import counts, day, start_workers, stop_workers, wait_for_workers
 
-ROOT = Path(__file__).resolve().parents[2]
 CALLER = CallInfo("call-failover", "+15551230001", "+15559870000", "receptionist")
 
 
@@ -42,53 +42,12 @@ def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-async def _instances(bus: Bus, endpoint: str) -> dict[str, dict[str, Any]]:
-    """``$SRV.INFO.switchboard-tools`` answers (by instance id) that list ``endpoint``."""
-    inbox = bus.nc.new_inbox()
-    found: dict[str, dict[str, Any]] = {}
-    sub = await bus.nc.subscribe(inbox)
-    await bus.nc.publish("$SRV.INFO.switchboard-tools", b"", reply=inbox)
-    deadline = time.monotonic() + 0.5
-    with contextlib.suppress(TimeoutError):
-        while (left := deadline - time.monotonic()) > 0:
-            msg = await sub.next_msg(timeout=left)
-            if not msg.data:  # a "no responders" status: no worker up yet
-                continue
-            info = json.loads(msg.data)
-            if any(e.get("name") == endpoint for e in info.get("endpoints") or []):
-                found[info["id"]] = info
-    await sub.unsubscribe()
-    return found
-
-
 @pytest.fixture
 def workers(own_nats: str, database_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Two ``python -m services.tools`` subprocesses serving the receptionist tools and ``hold_once``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "SWITCHBOARD_NATS_URL": own_nats,
-        "SWITCHBOARD_DATABASE_URL": database_url,
-        "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"),
-        "SWITCHBOARD_TOOL_MODULES": "services.tools.receptionist,tests.integration.tools_support",
-        "SWITCHBOARD_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    })
-    procs = []
-    for i in range(2):
-        log = (tmp_path / f"worker{i}.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.tools"], cwd=ROOT, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+    procs = start_workers(2, own_nats, database_url, tmp_path)
     yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    stop_workers(procs)
 
 
 async def test_killed_worker_request_is_served_by_another_within_deadline(
@@ -96,13 +55,7 @@ async def test_killed_worker_request_is_served_by_another_within_deadline(
     caller = await Bus.connect(own_nats, name="failover-caller", source="session")
     database = Database(database_url)
     try:
-        ready: dict[str, dict[str, Any]] = {}
-        give_up = time.monotonic() + 90
-        while len(ready) < 2:
-            assert time.monotonic() < give_up, [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-            assert all(p.poll() is None for p in workers), [(tmp_path / f"worker{i}.log").read_text()
-                                                           for i in range(2)]
-            ready = await _instances(caller, "hold_once")
+        await wait_for_workers(caller, workers, tmp_path)
         specs = await tool_registry.load(caller.js)
         # both workers migrated and seeded the same fresh database at once: exactly one seed
         seeded = await counts(database)
@@ -142,3 +95,105 @@ async def test_killed_worker_request_is_served_by_another_within_deadline(
     finally:
         await caller.close()
         await database.dispose()
+
+
+async def _booked_by(database: Database, tool_call_ids: list[str]) -> dict[str, int]:
+    """Per ``tool_call_id``: stored results (0 or 1)."""
+    async with database.sessions() as session:
+        rows = (await session.execute(select(StoredResult.tool_call_id).where(
+            StoredResult.tool_call_id.in_(tool_call_ids)))).scalars().all()
+    return {t: list(rows).count(t) for t in tool_call_ids}
+
+
+async def _appointments_at(database: Database, date: str, time_: str) -> int:
+    async with database.sessions() as session:
+        return int((await session.execute(select(func.count()).select_from(Appointment).where(
+            Appointment.slot_date == dt.date.fromisoformat(date),
+            Appointment.slot_time == dt.time.fromisoformat(time_)))).scalar_one())
+
+
+@asynccontextmanager
+async def _hold_write_lock(database: Database) -> AsyncIterator[None]:
+    """Block the worker's claim: SQLite's write lock (``BEGIN IMMEDIATE``), PostgreSQL's lock on ``tool_results``."""
+    async with database.engine.begin() as conn:
+        if database.is_sqlite:
+            await conn.execute(text("SELECT 1"))  # the begin event issued BEGIN IMMEDIATE
+        else:
+            await conn.execute(text("LOCK TABLE tool_results IN EXCLUSIVE MODE"))
+        yield
+
+
+@pytest.mark.parametrize("stalled", ["before_reading", "inside_its_transaction"])
+async def test_worker_stalled_past_the_deadline_books_nothing(
+        own_nats: str, database_url: str, tmp_path: Path, stalled: str) -> None:
+    procs = start_workers(1, own_nats, database_url, tmp_path)
+    caller = await Bus.connect(own_nats, name="stall-caller", source="session")
+    database = Database(database_url)
+    try:
+        await wait_for_workers(caller, procs, tmp_path)
+        specs = await tool_registry.load(caller.js)
+        worker = procs[0]
+        date = day(3)
+        request = ToolRequest({"name": "Stalled Sam", "date": date, "time": "11:00", "phone": "+15550004321"},
+                              "stall_book_1", CALLER, 1500)
+        if stalled == "before_reading":
+            os.kill(worker.pid, signal.SIGSTOP)
+            with pytest.raises(ServiceCallError) as info:
+                await call_tool(caller, specs["book_appointment"], request)
+        else:
+            async with _hold_write_lock(database):
+                call = asyncio.create_task(call_tool(caller, specs["book_appointment"], request))
+                await asyncio.sleep(0.5)  # the worker has read the request and waits for the lock
+                os.kill(worker.pid, signal.SIGSTOP)
+            with pytest.raises(ServiceCallError) as info:
+                await call
+        assert info.value.code == 504  # the caller was told it failed...
+        os.kill(worker.pid, signal.SIGCONT)
+        # ...so when the worker resumes it must not book. One endpoint handles its requests in order: once a
+        # later booking is answered, every attempt of the stalled one has been handled.
+        later = await call_tool(caller, specs["book_appointment"], ToolRequest(
+            {"name": "Later Liz", "date": date, "time": "12:00", "phone": "+15550004322"}, "stall_book_2", CALLER,
+            5000))
+        assert later.output["status"] == "booked"
+        assert await _appointments_at(database, date, "11:00") == 0
+        assert await _booked_by(database, ["stall_book_1", "stall_book_2"]) == {"stall_book_1": 0,
+                                                                                "stall_book_2": 1}
+        assert "answered 504" in (tmp_path / "worker0.log").read_text()  # refused or rolled back, and said so
+    finally:
+        stop_workers(procs)
+        await caller.close()
+        await database.dispose()
+
+
+async def test_one_stalled_one_healthy_worker_every_call_succeeds(
+        own_nats: str, tmp_path: Path, database: Database, workers: list[subprocess.Popen[bytes]]) -> None:
+    caller = await Bus.connect(own_nats, name="hedge-caller", source="session")
+    try:
+        await wait_for_workers(caller, workers, tmp_path)
+        specs = await tool_registry.load(caller.js)
+        stalled = workers[0]
+        os.kill(stalled.pid, signal.SIGSTOP)
+        date = day(4)
+        ids = [f"hedge_book_{i}" for i in range(6)]
+        outcomes = await asyncio.gather(*(call_tool(caller, specs["book_appointment"], ToolRequest(
+            {"name": f"Hedge {i}", "date": date, "time": f"{9 + i:02d}:00", "phone": f"+155500055{i:02d}"},
+            ids[i], CALLER, 5000)) for i in range(6)), return_exceptions=True)
+        assert all(isinstance(o, ToolResult) and o.output["status"] == "booked" for o in outcomes), outcomes
+        os.kill(stalled.pid, signal.SIGCONT)
+        # the resumed worker finds its attempts answered already (stored results) or past their deadline
+        later = await call_tool(caller, specs["lookup_customer"], ToolRequest({"phone": "+15550005500"}, None,
+                                                                             CALLER, 5000))
+        assert later.output["name"] == "Hedge 0"
+        assert all(p.poll() is None for p in workers)
+        assert await _booked_by(database, ids) == dict.fromkeys(ids, 1)
+        for i in range(6):
+            assert await _appointments_at(database, date, f"{9 + i:02d}:00") == 1
+    finally:
+        await caller.close()
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url)
+    yield db
+    await db.dispose()

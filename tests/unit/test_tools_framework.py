@@ -24,6 +24,7 @@ from services.tools.framework import (
 from services.tools.settings import ToolsSettings
 from services.tools.validation import ArgumentValidator
 from services.tools.worker import load_tools
+from shared.bus import Headers
 
 OBJ: dict[str, Any] = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
 
@@ -132,8 +133,32 @@ def test_deadline_relative_absolute_and_default() -> None:
     now = 1000.0
     assert ToolRequest({}, deadline_ms=1500).deadline_at(now, 5000) == pytest.approx(1001.5)
     assert ToolRequest({}).deadline_at(now, 5000) == pytest.approx(1005.0)
+    # absolute times count from the wall clock now, however long ago the request was read
+    read_at = time.monotonic() - 10
     absolute = time.time() * 1000 + 3000
-    assert ToolRequest({}, deadline_ms=absolute).deadline_at(now, 5000) == pytest.approx(1003.0, abs=0.5)
+    assert ToolRequest({}, deadline_ms=absolute).deadline_at(read_at, 5000) == pytest.approx(
+        time.monotonic() + 3, abs=0.5)
+
+
+def test_deadline_header_is_absolute_and_the_earlier_deadline_binds() -> None:
+    read_at = time.monotonic()
+    soon = time.time() * 1000 + 1000
+    request = ToolRequest.parse(b'{"arguments": {}, "deadline_ms": 5000}', {Headers.DEADLINE: str(int(soon))})
+    assert request.deadline_epoch_ms == int(soon) and request.deadline_ms == 5000
+    assert request.deadline_at(read_at, 9000) == pytest.approx(read_at + 1, abs=0.1)
+    # a request read long after its header deadline (the worker was stalled) is already due
+    stale = ToolRequest.parse(b"{}", {Headers.DEADLINE: str(int(time.time() * 1000 - 2000))})
+    assert stale.deadline_at(time.monotonic(), 5000) < time.monotonic()
+    # a relative budget shorter than the header's wins
+    assert ToolRequest({}, deadline_ms=200, deadline_epoch_ms=soon).deadline_at(read_at, 9000) == pytest.approx(
+        read_at + 0.2)
+    assert ToolRequest.parse(b"{}", {"Other": "x"}).deadline_epoch_ms is None
+
+
+@pytest.mark.parametrize("value", ["soon", "nan", "inf", ""])
+def test_deadline_header_must_be_a_number(value: str) -> None:
+    with pytest.raises(InvalidArguments, match="Switchboard-Deadline"):
+        ToolRequest.parse(b"{}", {Headers.DEADLINE: value})
 
 
 def test_result_reply_parsing() -> None:
