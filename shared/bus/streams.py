@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -20,7 +21,7 @@ from nats.js.api import (
 )
 
 from shared import subjects
-from shared.bus.envelope import Envelope
+from shared.bus.envelope import Envelope, Handler
 from shared.config import Settings
 
 if TYPE_CHECKING:
@@ -93,6 +94,24 @@ class StreamsMixin:
         finally:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+
+    async def follow(self, filter_subject: str, stream: subjects.StreamSpec,
+                     handler: Handler) -> JetStreamContext.PushSubscription:
+        """Deliver every message ``stream`` stores on ``filter_subject`` — those already stored, then new ones —
+        to ``handler(env)``, in stream order, untraced.
+
+        A JetStream ordered consumer (https://docs.nats.io/using-nats/developer/develop_jetstream/consumers,
+        "Ordered Consumers"): nats-py recreates it from the last delivered stream sequence after a gap, a missed
+        heartbeat or a server restart, so a follower never misses what the log stored while the connection was
+        down (a core subscription would). Unsubscribe the returned subscription to stop.
+        """
+        bus = self._as_bus()
+
+        async def callback(msg: Msg) -> None:
+            await bus.dispatch(Envelope.from_msg(msg, bus), handler, traced=False)
+
+        return await self.js.subscribe(filter_subject, stream=stream.name, cb=callback, ordered_consumer=True,
+                                       deliver_policy=DeliverPolicy.ALL)
 
     async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
                        source: str | None = None) -> int:

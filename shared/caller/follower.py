@@ -3,7 +3,8 @@
 The simulator starts Twilio's stream with a fresh ``run_id`` custom parameter; the gateway copies it into
 ``call.<id>.started``.custom_parameters, which is how :class:`CallFollower` learns the call id (design.md,
 "The caller simulator"). It then follows ``rt.<id>.>`` (every Realtime event the session sent and received)
-and ``call.<id>.ended``.
+and ``call.<id>.ended`` from the RT and CALLS streams (ordered consumers: nothing the log stored is missed
+across a NATS reconnect).
 
 A turn of the agent is finished when a ``response.done`` arrived since the caller's last line, no response
 is in progress (``response.created`` without its ``response.done``), none is pending (a client
@@ -96,8 +97,9 @@ class CallFollower:
         except (ValueError, KeyError, TypeError, AttributeError):
             return
         self.call_id = call_id
-        self._subs.append(await self.bus.subscribe(subjects.rt_all(call_id), self._on_rt))
-        self._subs.append(await self.bus.subscribe(subjects.call_ended(call_id), self._on_ended))
+        # from the log, not core NATS: what was stored while the connection was down still arrives
+        self._subs.append(await self.bus.follow(subjects.rt_all(call_id), subjects.RT_STREAM, self._on_rt))
+        self._subs.append(await self.bus.follow(subjects.call_ended(call_id), subjects.CALLS_STREAM, self._on_ended))
         self.found.set()
         self._touch()
 
