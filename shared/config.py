@@ -4,8 +4,9 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_DATABASE_URL``, ``OPENAI_API_KEY``, ``SWITCHBOARD_MODEL``, ``SWITCHBOARD_REALTIME_URL``,
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``,
 ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``, ``SWITCHBOARD_API_TOKEN``,
-``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, the ports ``SWITCHBOARD_{GATEWAY,RECORDER,
-LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the OpenTelemetry SDK itself).
+``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_RECORDER_LOST_AFTER_S``, the ports
+``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by the
+OpenTelemetry SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
 """
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     appends at least 40 ms at a time, so the gateway holding the first 20 ms frame adds no latency end to end
     while halving the audio messages every service handles."""
     recorder_port: int = Field(8081, ge=1, le=65535)
+    recorder_lost_after_s: float = Field(600.0, gt=0)
+    """Seconds without any archived event after which the recorder ends an open call with reason ``lost``
+    (its ``call.<id>.ended`` never arrived)."""
     localmodel_port: int = Field(8765, ge=1, le=65535)
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
