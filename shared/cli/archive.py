@@ -3,8 +3,9 @@
 These commands read the archive through the recorder's REST API (``--api``, default
 ``http://127.0.0.1:<SWITCHBOARD_RECORDER_PORT>``, Bearer ``SWITCHBOARD_API_TOKEN`` when set), so they work
 against a remote deployment; ``audit verify --database URL`` reads the database directly instead (useful when
-the recorder is down, or to audit a copy). ``tail`` follows live events on NATS (``--nats``, default the
-configured/embedded URL).
+the recorder is down, or to audit a copy); it cross-checks JetStream (``--nats``, default the configured/embedded
+URL; ``--no-nats`` skips it) and verifies the chains only when NATS is not reachable. ``tail`` follows live
+events on NATS (``--nats``, default the configured/embedded URL).
 """
 
 from __future__ import annotations
@@ -241,39 +242,111 @@ def print_waterfall(call_id: str, rows: list[dict[str, Any]], width: int = 40) -
 def audit_verify(call_id: str = typer.Argument(..., help="The call id"),
                  api: str | None = typer.Option(None, help="Recorder API base URL"),
                  database: str | None = typer.Option(None, help="Read this database directly instead of the API"),
+                 nats_url: str | None = typer.Option(None, "--nats",
+                                                     help="NATS URL for the JetStream cross-check (default: the "
+                                                          "configured/embedded one)"),
+                 no_nats: bool = typer.Option(False, "--no-nats", help="Verify the chains only"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the call's hash chains; exit 1 naming any altered, missing or reordered record."""
+    """Recompute the call's hash chains and cross-check them with JetStream; exit 1 naming any altered,
+    missing or reordered record, any gap, and any message JetStream holds that the archive lacks."""
     if database:
-        report = asyncio.run(_verify_direct(database, call_id))
+        report, archived = asyncio.run(_verify_direct(database, call_id))
     else:
         with _client(api) as client:
             report = _get(client, f"/calls/{call_id}/audit").json()
+            archived = _archived_seqs(client, call_id)
+    if not no_nats:
+        report["jetstream"] = asyncio.run(_crosscheck(nats_url or _settings().effective_nats_url, call_id,
+                                                      archived))
+        report["ok"] = report["ok"] and report["jetstream"].get("ok", True)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-    elif report["ok"]:
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
-        console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts})")
     else:
-        console.print(f"[red]FAILED[/red] {call_id}: {len(report['problems'])} problem(s)")
-        for problem in report["problems"]:
-            console.print(f"  {problem['description']}", highlight=False)
+        _print_report(call_id, report)
     if not report["ok"]:
         raise typer.Exit(1)
 
 
-async def _verify_direct(url: str, call_id: str) -> dict[str, Any]:
+def _print_report(call_id: str, report: dict[str, Any]) -> None:
+    jetstream = report.get("jetstream")
+    if jetstream is not None and not jetstream["reachable"]:
+        console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
+                      f"verifying the archive's chains only[/yellow]", highlight=False)
+    if report["ok"]:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
+        checked = " and everything JetStream holds is archived" if jetstream and jetstream["reachable"] else ""
+        console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts}){checked}")
+    else:
+        problems = [p["description"] for p in report["problems"]]
+        for stream in (jetstream or {}).get("streams", []):
+            problems += [f"{stream['stream']} stream_seq {m['stream_seq']} ({m['subject']}) is in JetStream but "
+                         f"not in the archive" for m in stream["missing"]]
+        console.print(f"[red]FAILED[/red] {call_id}: {len(problems)} problem(s)")
+        for line in problems:
+            console.print(f"  {line}", highlight=False)
+    for stream in (jetstream or {}).get("streams", []):
+        console.print(f"  {stream['stream']}: {stream['in_stream']} message(s) in JetStream (last seq "
+                      f"{stream['stream_last_seq']}), {stream['archived']} archived (last seq "
+                      f"{stream['archived_last_seq']})", highlight=False)
+
+
+def _archived_seqs(client: httpx.Client, call_id: str) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for line in _get(client, f"/calls/{call_id}/events", body="false").text.splitlines():
+        if line.strip():
+            event = json.loads(line)
+            out.setdefault(event["stream"], set()).add(int(event["stream_seq"]))
+    return out
+
+
+async def _crosscheck(url: str, call_id: str, archived: dict[str, set[int]]) -> dict[str, Any]:
+    """The JetStream cross-check as a JSON-able dict: ``url, reachable, error, ok, streams``."""
+    import nats
+
+    from services.recorder.crosscheck import crosscheck
+
+    async def quiet(_: Exception) -> None:
+        """nats-py logs every failed attempt with a traceback by default; the outcome is reported once."""
+
+    try:  # nats-py retries the initial connect until told otherwise: bound it
+        nc = await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False,
+                                                 max_reconnect_attempts=1, error_cb=quiet,
+                                                 name="switchboard-audit"), 5)
+    except Exception as exc:
+        return {"url": url, "reachable": False, "error": str(exc) or type(exc).__name__, "streams": []}
+    try:
+        checks = await asyncio.wait_for(crosscheck(nc.jetstream(), call_id, archived), 120)
+    except Exception as exc:
+        return {"url": url, "reachable": False, "error": f"JetStream unreadable: {exc or type(exc).__name__}",
+                "streams": []}
+    finally:
+        await nc.close()
+    return {"url": url, "reachable": True, "error": None, "ok": all(c.ok for c in checks),
+            "streams": [c.to_dict() for c in checks]}
+
+
+async def _verify_direct(url: str, call_id: str) -> tuple[dict[str, Any], dict[str, set[int]]]:
+    from sqlalchemy import select
+
+    from services.recorder import models
     from services.recorder.db import create_engine
     from services.recorder.queries import verify_call
 
     engine = create_engine(url)
     try:
         report = await verify_call(engine, call_id)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(models.events.c.stream, models.events.c.stream_seq)
+                                       .where(models.events.c.call_id == call_id))).all()
     finally:
         await engine.dispose()
     if not report.records:
         console.print(f"[red]no archived events for call {call_id}[/red]")
         raise typer.Exit(1)
-    return report.to_dict()
+    archived: dict[str, set[int]] = {}
+    for stream, seq in rows:
+        archived.setdefault(stream, set()).add(int(seq))
+    return report.to_dict(), archived
 
 
 def register(app: typer.Typer) -> None:
