@@ -1,11 +1,12 @@
 """Durable JetStream pull consumers: CALLS and RT into the archive, TRACES into the spans table.
 
-One durable consumer per stream (name ``<prefix>-calls|rt|traces``, ``AckPolicy.EXPLICIT``), read with
-nats-py's own pull subscription (``pull_subscribe_bind`` + ``fetch``): one ``fetch(1)`` waits up to
-``fetch_timeout`` for the first message, then ``fetch(batch - 1)`` takes what is available at once (low
-latency at a trickle, full batches under load). A batch is one transaction; every message is acknowledged
-only after the commit (at-least-once; the archive skips redeliveries by position and its inserts are
-idempotent on ``(stream, stream_seq)``).
+One durable consumer per stream (name ``<prefix>-calls|rt|traces``, ``AckPolicy.ALL``), read in batches by
+:class:`services.recorder.puller.BatchPuller` (kept over nats-py's ``PullSubscription.fetch``, which cost the
+recorder markedly more CPU per event in a same-run benchmark; see docs/recorder.md). A batch is one transaction and
+is acknowledged by acking its last message, only after the commit — and only once every sequence below it is
+archived or recorded as a gap (below), so the cumulative ack never covers a message the archive lacks
+(at-least-once; the archive skips redeliveries by position and its inserts are idempotent on
+``(stream, stream_seq)``).
 
 The database, not the consumer, is the source of truth for the position: at start-up a durable whose ack floor
 differs from the committed position (a crash between commit and ack, or before commit) is recreated to start at
@@ -38,6 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.recorder.archive import Archive, BatchResult
+from services.recorder.puller import BatchPuller
 from services.recorder.records import Gap, Incoming
 from services.recorder.reread import reread
 from shared import metrics, subjects
@@ -49,11 +51,6 @@ log = logging.getLogger(__name__)
 
 BatchCallback = Callable[[str, BatchResult], Awaitable[None]]
 """``async callback(stream_name, result)`` run after each committed CALLS/RT batch."""
-
-_REST_TIMEOUT = 0.05
-"""Seconds the second fetch of a batch waits for more messages (after the first one arrived)."""
-
-PullSubscription = JetStreamContext.PullSubscription
 
 
 @dataclass(slots=True)
@@ -92,30 +89,30 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self.ready = asyncio.Event()
 
-    async def _subscribe(self) -> PullSubscription:
+    async def _subscribe(self) -> BatchPuller:
         """Bind the durable (recreated at the committed position + 1 when its ack floor disagrees)."""
         position = await self.archive.position(self.stream.name)
         try:
             info = await self.js.consumer_info(self.stream.name, self.durable)
             floor = info.ack_floor.stream_seq or 0 if info.ack_floor is not None else None
-            if floor == position and not info.num_ack_pending and info.config.ack_policy == AckPolicy.EXPLICIT:
-                return await self._bind()
-            log.info("recreating consumer %s at stream seq %d (ack floor %s, ack policy %s)", self.durable,
-                     position + 1, floor, info.config.ack_policy)
+            if floor == position and not info.num_ack_pending:
+                return await self._puller()
+            log.info("recreating consumer %s at stream seq %d (ack floor %s)", self.durable, position + 1, floor)
             await self.js.delete_consumer(self.stream.name, self.durable)
         except nats.js.errors.NotFoundError:
             pass
         config = ConsumerConfig(
-            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1,
+            durable_name=self.durable, ack_policy=AckPolicy.ALL, ack_wait=60.0, max_ack_pending=-1,
             max_deliver=-1, inactive_threshold=None,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
             opt_start_seq=position + 1 if position else None)
         await self.js.add_consumer(self.stream.name, config)
-        return await self._bind()
+        return await self._puller()
 
-    async def _bind(self) -> PullSubscription:
-        return await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream.name,
-                                                 pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30)
+    async def _puller(self) -> BatchPuller:
+        puller = BatchPuller(self.nc, self.stream.name, self.durable)
+        await puller.start()
+        return puller
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set (a batch in flight is committed and acked first)."""
@@ -135,14 +132,13 @@ class StreamConsumer:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pending
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            await psub.stop()
 
-    async def _fetch(self, psub: PullSubscription) -> list[Msg] | None:
-        """One batch: the messages, [] on timeout or a transient error, None once the connection is closed."""
+    async def _fetch(self, psub: BatchPuller) -> list[Msg] | None:
+        """One fetch: the messages, [] on timeout or a transient error, None once the connection is closed."""
         try:
-            msgs = await psub.fetch(1, timeout=self.fetch_timeout)
-        except TimeoutError:  # nats.errors.TimeoutError and FetchTimeoutError derive from it
+            return await psub.fetch(self.batch, timeout=self.fetch_timeout)
+        except TimeoutError:
             return []
         except nats.errors.ConnectionClosedError:
             return None
@@ -150,10 +146,6 @@ class StreamConsumer:
             log.warning("fetch from %s failed: %s", self.stream.name, exc)
             await asyncio.sleep(0.5)
             return []
-        if self.batch > 1:
-            with contextlib.suppress(Exception):  # what arrived so far is kept; the rest comes next time
-                msgs += await psub.fetch(self.batch - 1, timeout=_REST_TIMEOUT)
-        return msgs
 
     async def _handle(self, msgs: list[Msg], stopping: asyncio.Event) -> None:
         by_seq: dict[int, Incoming] = {}
@@ -186,8 +178,7 @@ class StreamConsumer:
                     return  # not acked: redelivered after restart from the committed position
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for msg in msgs:
-            await msg.ack()
+        await msgs[-1].ack()  # AckPolicy.ALL: covers the batch and every re-read sequence below it
         self.stats.batches += 1
         self.stats.stored += result.stored
         self.stats.skipped += result.skipped

@@ -129,7 +129,7 @@ async def test_redelivered_batches_are_not_duplicated(engine: AsyncEngine, uniqu
     assert (await queries.verify_call(engine, call_id)).ok
     later = [Incoming("RT", 15, 1_700_000_000_000_000_015, f"rt.{call_id}.server.response.done", {},
                       b'{"type":"response.done"}')]
-    with pytest.raises(ArchiveHole, match="11..14"):  # never skipped silently
+    with pytest.raises(ArchiveHole, match=r"11\.\.14"):  # never skipped silently
         await fresh.persist("RT", later)
     gap = await fresh.persist("RT", later, [Gap(11, 14, "expired or purged")])
     assert (gap.stored, gap.gap) == (1, 4)

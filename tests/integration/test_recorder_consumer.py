@@ -70,7 +70,7 @@ async def test_consumer_resumes_from_the_committed_position(
         first = StreamConsumer(gateway.nc, archive, subjects.RT_STREAM, durable_prefix=f"crash{unique}", batch=100)
         psub = await first._subscribe()
         msgs = await psub.fetch(100, timeout=5)
-        await psub.unsubscribe()
+        await psub.stop()
         assert len(msgs) == 100
         if crash == "committed_not_acked":
             await archive.persist(subjects.RT_STREAM.name, [Incoming.from_msg(m) for m in msgs])

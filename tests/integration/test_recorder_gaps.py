@@ -112,7 +112,7 @@ async def test_undelivered_range_still_in_the_stream_is_reread(
                 assert msgs is not None
                 if msgs:
                     await consumer._handle(msgs, stopping)
-        await psub.unsubscribe()
+        await psub.stop()
         assert consumer.stats.reread == 100 and consumer.stats.gaps == 0
 
         ref_archive = Archive(ref_engine)
