@@ -18,10 +18,12 @@ from services.recorder.records import ArchivedEvent
 
 __all__ = [
     "call_events",
+    "call_ids",
     "call_spans",
     "get_call",
     "iter_call_events",
     "list_calls",
+    "positions",
     "save_projection",
     "stored_projection",
     "stream_gaps",
@@ -116,6 +118,19 @@ async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
         report.records[stream] = len(chain)
         report.problems.extend(verify_chain(stream, chain, heads.get(stream), absent_seqs=absent))
     return report
+
+
+async def positions(engine: AsyncEngine) -> dict[str, int]:
+    """The committed position (highest archived stream sequence) per stream name."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(models.consumer_positions))).all()
+    return {r.stream: int(r.last_stream_seq) for r in rows}
+
+
+async def call_ids(engine: AsyncEngine) -> list[str]:
+    """Every call id in the archive, sorted."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(models.calls.c.call_id).order_by(models.calls.c.call_id))).scalars())
 
 
 async def stream_gaps(engine: AsyncEngine) -> list[dict[str, Any]]:

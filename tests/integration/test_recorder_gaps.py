@@ -132,7 +132,7 @@ async def test_undelivered_range_still_in_the_stream_is_reread(
 
 
 async def test_purged_range_becomes_a_gap_and_verify_fails_naming_it(
-        pbuses: tuple[Bus, Bus], engine: AsyncEngine, database_url: str, unique: str) -> None:
+        pbuses: tuple[Bus, Bus], private_nats: str, engine: AsyncEngine, database_url: str, unique: str) -> None:
     gateway = pbuses[0]
     hit, done = f"CAgap{unique}", f"CAdone{unique}"
     await at_stream_end(gateway, engine)
@@ -176,6 +176,15 @@ async def test_purged_range_becomes_a_gap_and_verify_fails_naming_it(
     code, out = await cli("audit", "verify", hit, "--database", database_url, "--no-nats")
     assert code == 1, out
     assert f"RT stream sequences {position + 1}..{first_seq - 1} were never archived" in out
+
+    # the whole archive: the damaged call, the stream-level gap, and the stream against the archive
+    code, out = await cli("audit", "verify", "--database", database_url, "--nats", private_nats)
+    assert code == 1, out
+    assert f"FAILED {hit}" in out and f"FAILED {done}" not in out
+    assert f"GAP RT stream sequences {position + 1}..{first_seq - 1} were never archived" in out
+    assert f"RT: JetStream holds {last - first_seq + 1} message(s), sequences {first_seq}..{last}; " \
+           f"archived up to {last}" in out
+    assert "2 call(s) verified, 1 failing, 1 stream-level gap(s)" in out
 
 
 async def test_audit_verify_names_an_event_in_jetstream_missing_from_the_archive(
