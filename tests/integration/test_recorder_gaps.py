@@ -131,6 +131,42 @@ async def test_undelivered_range_still_in_the_stream_is_reread(
         await ref_engine.dispose()
 
 
+async def test_a_deleted_message_in_an_undelivered_range_is_the_only_gap(
+        pbuses: tuple[Bus, Bus], engine: AsyncEngine, unique: str) -> None:
+    gateway = pbuses[0]
+    call_id = f"CAdel{unique}"
+    await at_stream_end(gateway, engine)
+    before = int((await gateway.js.stream_info(subjects.RT_STREAM.name)).state.last_seq)
+    steps = [s for s in script(call_id) if s.subject.startswith("rt.")][:30]
+    last = await publish(pbuses, call_id, steps)
+    archive = Archive(engine)
+    consumer = StreamConsumer(gateway.nc, archive, subjects.RT_STREAM, durable_prefix=f"del{unique}", batch=64)
+    psub = await consumer._subscribe()
+    thief = await gateway.js.pull_subscribe_bind(durable=consumer.durable, stream=subjects.RT_STREAM.name)
+    assert len(await thief.fetch(10, timeout=5)) == 10
+    await thief.unsubscribe()
+    await gateway.js.delete_msg(subjects.RT_STREAM.name, before + 5)
+    stopping = asyncio.Event()
+    async with asyncio.timeout(60):
+        while await archive.position(subjects.RT_STREAM.name) < last:
+            msgs = await consumer._fetch(psub)
+            assert msgs is not None
+            if msgs:
+                await consumer._handle(msgs, stopping)
+    await psub.stop()
+    assert (consumer.stats.reread, consumer.stats.gaps) == (9, 1)
+    async with engine.connect() as conn:
+        gaps = (await conn.execute(select(models.chain_gaps.c.call_id, models.chain_gaps.c.first_seq,
+                                          models.chain_gaps.c.last_seq, models.chain_gaps.c.reason))).all()
+        archived = (await conn.execute(select(models.events.c.stream_seq)
+                                       .where(models.events.c.call_id == call_id))).scalars().all()
+    assert sorted(archived) == [s for s in range(before + 1, last + 1) if s != before + 5]
+    assert [tuple(g) for g in gaps] == [(None, before + 5, before + 5, "no longer in the stream (deleted)"),
+                                        (call_id, before + 5, before + 5, "no longer in the stream (deleted)")]
+    report = await queries.verify_call(engine, call_id)
+    assert [(p.kind, p.stream_seq) for p in report.problems] == [("gap", before + 5)]
+
+
 async def test_purged_range_becomes_a_gap_and_verify_fails_naming_it(
         pbuses: tuple[Bus, Bus], private_nats: str, engine: AsyncEngine, database_url: str, unique: str) -> None:
     gateway = pbuses[0]
