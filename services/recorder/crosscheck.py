@@ -5,7 +5,8 @@ Per stream (CALLS, RT) a short-lived ephemeral consumer filtered on the call's s
 subject of every message of the call the stream still holds. Compared with the archived stream sequences it
 gives the count and last sequence on both sides and names every message that is in the stream but not in the
 archive. Messages archived but gone from the stream (expired after ``SWITCHBOARD_JS_MAX_AGE``) are normal and
-only counted.
+only counted. Consumer options (``FilterSubject``, ``HeadersOnly``, ``AckNone``; ``num_pending`` at creation is
+the number of matching messages): https://docs.nats.io/nats-concepts/jetstream/consumers.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ policy none, memory storage, removed afterwards and by the server after 30 s of 
 sequence wanted. It delivers exactly the messages the stream still holds, in stream order, with the same
 ``$JS.ACK`` reply subject as a normal delivery, so :meth:`Incoming.from_msg` gives byte-identical records
 (storage time to the nanosecond). Sequences it skips are no longer in the stream.
+
+Consumer semantics (``DeliverByStartSequence``, ``AckNone``, ``InactiveThreshold``, ``MemoryStorage``):
+https://docs.nats.io/nats-concepts/jetstream/consumers; the ack reply subject's tokens (stream, sequences,
+timestamp): ADR-15, https://github.com/nats-io/nats-architecture-and-design/blob/main/adr/ADR-15.md.
 """
 
 from __future__ import annotations
