@@ -7,8 +7,8 @@ sequence wanted. It delivers exactly the messages the stream still holds, in str
 (storage time to the nanosecond). Sequences it skips are no longer in the stream.
 
 Consumer semantics (``DeliverByStartSequence``, ``AckNone``, ``InactiveThreshold``, ``MemoryStorage``):
-https://docs.nats.io/nats-concepts/jetstream/consumers; the ack reply subject's tokens (stream, sequences,
-timestamp): ADR-15, https://github.com/nats-io/nats-architecture-and-design/blob/main/adr/ADR-15.md.
+https://docs.nats.io/nats-concepts/jetstream/consumers; the ack reply subject's layout is the one
+:meth:`Incoming.from_msg` parses.
 """
 
 from __future__ import annotations
