@@ -179,7 +179,7 @@ class Archive:
         """
         async with self._lock:
             position = await self.position(stream)
-            fresh = [m for m in batch if m.stream_seq > position]
+            fresh = list({m.stream_seq: m for m in batch if m.stream_seq > position}.values())  # one per seq
             live_gaps = [Gap(max(g.first_seq, position + 1), g.last_seq, g.reason) for g in gaps
                          if g.last_seq > position]
             result = BatchResult(skipped=len(batch) - len(fresh), last_stream_seq=position)
@@ -249,7 +249,8 @@ class Archive:
                     await _insert_events(conn, rows)
                 if gap_rows:
                     await conn.execute(models.chain_gaps.insert(), gap_rows)
-                await _upsert_heads(conn, heads)
+                if heads:
+                    await _upsert_heads(conn, heads)
                 pos = upsert(conn, models.consumer_positions)
                 await conn.execute(pos.values(stream=stream, last_stream_seq=last).on_conflict_do_update(
                     index_elements=["stream"], set_={"last_stream_seq": last}))

@@ -136,6 +136,13 @@ async def test_redelivered_batches_are_not_duplicated(engine: AsyncEngine, uniqu
     report = await queries.verify_call(engine, call_id)
     assert [(p.kind, p.stream_seq) for p in report.problems] == [("gap", 11)]
     assert "RT stream sequences 11..14 were never archived (expired or purged)" in report.problems[0].describe()
+    # a gap with no message after it (yet), and a redelivered duplicate in the same batch
+    only_gap = await fresh.persist("RT", [], [Gap(16, 20, "deleted")])
+    assert (only_gap.stored, only_gap.gap, only_gap.last_stream_seq, only_gap.calls) == (0, 5, 20, {call_id})
+    again = [Incoming("RT", 21, 1_700_000_000_000_000_021, f"rt.{call_id}.server.response.done", {}, b"{}")]
+    assert (await fresh.persist("RT", again * 2)).stored == 1
+    report = await queries.verify_call(engine, call_id)
+    assert [(p.kind, p.stream_seq) for p in report.problems] == [("gap", 11), ("gap", 16)]
 
 
 async def _archived_call(engine: AsyncEngine, call_id: str, n: int = 12) -> None:
