@@ -6,6 +6,9 @@ Prints, per database:
    batches of 512 (one transaction each), beside the unbatched baseline (one event per transaction) measured
    in the same run, and the ratio (targets: ≥ 10,000 events/s SQLite, ≥ 20,000 events/s PostgreSQL);
 2. end-to-end drain — events already in the RT stream pulled by the durable consumer, archived and acked;
+   then the consumer's CPU per event (process CPU time while one RT consumer drains ``--events``) with its
+   batch puller (``services/recorder/puller.py``) and with nats-py's ``PullSubscription.fetch`` instead,
+   alternating ``--rounds`` times in the same run (the puller is kept only while it saves ≥ 20 %);
 3. consumer lag at ``--calls`` (100) concurrent simulated calls published in real time by a separate process
    (20 ms caller frames, agent replies as bursts of 20 ms deltas with transcript deltas and response events):
    ``Switchboard-Ts`` at publish → batch committed, p50/p95/p99/max (target < 1 s), and JetStream's storage
@@ -30,6 +33,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -39,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.recorder.archive import Archive  # noqa: E402
+from services.recorder.consumer import StreamConsumer  # noqa: E402
 from services.recorder.db import open_database  # noqa: E402
 from services.recorder.records import Incoming  # noqa: E402
 from services.recorder.scripted import script  # noqa: E402
 from services.recorder.service import Recorder  # noqa: E402
-from shared import natsserver  # noqa: E402
+from shared import natsserver, subjects  # noqa: E402
 from shared.bus import Bus, Headers  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.telemetry import setup_telemetry  # noqa: E402
@@ -115,6 +120,60 @@ async def drain(url: str, nats_url: str, n: int, data_dir: Path) -> float:
     await engine.dispose()
     await bus.close()
     return rate
+
+
+class NatsPyFetch:
+    """nats-py's ``PullSubscription.fetch`` behind the puller's ``fetch``/``stop`` (comparison only)."""
+
+    def __init__(self, psub: Any) -> None:
+        self.psub = psub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        """Up to ``batch`` messages within ``timeout`` s ([] when none came)."""
+        try:
+            result: list[Any] = await self.psub.fetch(batch, timeout=timeout)
+            return result
+        except TimeoutError:
+            return []
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        await self.psub.unsubscribe()
+
+
+class NatsPyFetchConsumer(StreamConsumer):
+    """:class:`StreamConsumer` reading its durable with nats-py's pull subscription instead of the puller."""
+
+    async def _puller(self) -> Any:
+        return NatsPyFetch(await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream.name))
+
+
+async def drain_cpu(url: str, nats_url: str, n: int, consumer_cls: type[StreamConsumer]) -> tuple[float, float]:
+    """(events/s, process CPU µs per event) for one RT consumer of ``consumer_cls`` draining ``n`` events."""
+    bus = await Bus.connect(nats_url, name="bench-cpu", source="session")
+    await bus.ensure_streams(load_settings(js_max_age=3600))
+    before = (await bus.js.stream_info("RT")).state.last_seq
+    engine = await open_database(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM consumer_positions"))
+        await conn.execute(text("INSERT INTO consumer_positions (stream, last_stream_seq) VALUES ('RT', :s)"),
+                           {"s": before})
+    for ev in realistic_events(n):
+        await bus.js.publish_async(ev.subject, ev.body, headers=ev.headers)
+    await bus.js.publish_async_completed()
+    target = (await bus.js.stream_info("RT")).state.last_seq
+    archive = Archive(engine)
+    consumer = consumer_cls(bus.nc, archive, subjects.RT_STREAM, durable_prefix=f"cpu{uuid.uuid4().hex[:6]}")
+    stopping = asyncio.Event()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    task = asyncio.create_task(consumer.run(stopping))
+    await archive.wait_for_position("RT", target)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    stopping.set()
+    await task
+    await engine.dispose()
+    await bus.close()
+    return n / wall, cpu * 1e6 / n
 
 
 PUBLISHER = r"""
@@ -237,6 +296,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
+    parser.add_argument("--rounds", type=int, default=3, help="puller vs nats-py fetch CPU rounds")
     args = parser.parse_args()
     setup_telemetry("switchboard-bench-recorder")
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-recorder-"))
@@ -266,6 +326,16 @@ async def main() -> None:
                       f"{'met' if batched >= targets[kind] else 'NOT met'}")
                 drained = await drain(urls[1], server.url, args.events, tmp / kind)
                 print(f"[{kind}] consumer drain (JetStream fetch → archive → ack): {drained:,.0f} events/s")
+                cpu: dict[str, list[float]] = {"puller": [], "nats-py fetch": []}
+                for _ in range(args.rounds):
+                    for name, cls in (("puller", StreamConsumer), ("nats-py fetch", NatsPyFetchConsumer)):
+                        cpu[name].append((await drain_cpu(urls[1], server.url, args.events, cls))[1])
+                for name, values in cpu.items():
+                    print(f"[{kind}] RT consumer CPU with {name}: "
+                          f"{', '.join(f'{v:.1f}' for v in values)} µs/event (median {pct(values, 0.5):.1f})")
+                saving = 1 - pct(cpu["puller"], 0.5) / pct(cpu["nats-py fetch"], 0.5)
+                print(f"[{kind}] the puller saves {saving:.0%} of the consumer's CPU "
+                      f"({'keep it' if saving >= 0.2 else 'use nats-py fetch'}: threshold 20 %)")
                 figures = await lag(urls[2], server.url, args.calls, args.seconds, tmp / kind)
                 print(f"[{kind}] lag at {args.calls} live calls ({figures['rate']:,.0f} events/s for "
                       f"{args.seconds:.0f}s): p50 {figures['p50']:.0f} ms, p95 {figures['p95']:.0f} ms, "

@@ -5,8 +5,8 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_RECORDINGS_DIR``, ``SWITCHBOARD_LOCALMODEL_MODE``,
 ``SWITCHBOARD_LOCALMODEL_TOKEN``, ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``,
 ``SWITCHBOARD_API_TOKEN``, ``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``,
-the ports ``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by
-the OpenTelemetry SDK itself).
+``SWITCHBOARD_RECORDER_LOST_AFTER_S``, the ports ``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the
+standard ``OTEL_*`` variables (read by the OpenTelemetry SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
 """
@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     """Seconds without inbound media on a started carrier stream (Twilio or browser) after which the gateway
     ends the call with end reason ``carrier_silent`` and closes the socket."""
     recorder_port: int = Field(8081, ge=1, le=65535)
+    recorder_lost_after_s: float = Field(600.0, gt=0)
+    """Seconds without any archived event after which the recorder ends an open call with reason ``lost``
+    (its ``call.<id>.ended`` never arrived)."""
     localmodel_port: int = Field(8765, ge=1, le=65535)
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""

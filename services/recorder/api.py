@@ -3,8 +3,9 @@
 Routes: ``GET /calls`` (recent calls), ``/calls/{id}``, ``/calls/{id}/events`` (NDJSON in time order,
 ``?type=`` glob such as ``response.*``, ``?stream=RT|CALLS``), ``/calls/{id}/transcript``,
 ``/calls/{id}/tool_calls``, ``/calls/{id}/recording.wav``, ``/calls/{id}/trace`` (spans + waterfall),
-``/calls/{id}/audit`` (hash-chain verification), ``/calls/{id}/live`` (HTML) and ``/calls/{id}/live/events``
-(SSE), plus ``/healthz``, ``/readyz``, ``/metrics`` (``shared.http.add_ops_routes``).
+``/calls/{id}/audit`` (hash-chain verification), ``/audit/streams`` (positions, stream-level gaps, call ids),
+``/calls/{id}/live`` (HTML) and ``/calls/{id}/live/events`` (SSE), plus ``/healthz``, ``/readyz``, ``/metrics``
+(``shared.http.add_ops_routes``).
 
 With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes requires ``Authorization: Bearer <token>``
 (pages and SSE, which browsers cannot give a header, also accept ``?access_token=<token>``); 401 otherwise.
@@ -146,6 +147,11 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         await existing(call_id)
         report = await queries.verify_call(engine, call_id)
         return JSONResponse(report.to_dict())
+
+    @app.get("/audit/streams", summary="Archive-wide audit facts: committed positions and stream-level gaps")
+    async def audit_streams(_: Auth) -> JSONResponse:
+        return JSONResponse({"positions": await queries.positions(engine), "gaps": await queries.stream_gaps(engine),
+                             "calls": await queries.call_ids(engine)})
 
     @app.get("/calls/{call_id}/live", response_class=HTMLResponse, summary="Live transcript page")
     async def live_page(_: Auth, call_id: CallId) -> HTMLResponse:

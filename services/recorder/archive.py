@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.recorder import models
-from services.recorder.chain import GENESIS, ChainHead, canonical_json, canonical_record, chain_hash
-from services.recorder.records import Incoming, classify, trace_id_of
+from services.recorder.chain import GENESIS, ChainHead, canonical_json, canonical_record, chain_hash, gap_record
+from services.recorder.records import Gap, Incoming, classify, trace_id_of
 from shared.bus import Headers
 
-__all__ = ["Archive", "BatchResult", "upsert"]
+__all__ = ["Archive", "ArchiveHole", "BatchResult", "upsert"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,55 @@ class BatchResult:
     """Call ids whose ``call.<id>.ended`` is in this batch."""
     last_stream_seq: int = 0
     gap: int = 0
-    """Stream sequences skipped between the committed position and this batch (gone from the stream)."""
+    """Stream sequences of this batch's gaps (gone from the stream; recorded as gap records)."""
+
+
+class ArchiveHole(ValueError):
+    """A batch would leave stream sequences ``first_seq..last_seq`` neither archived nor recorded as a gap."""
+
+    def __init__(self, stream: str, first_seq: int, last_seq: int) -> None:
+        super().__init__(f"{stream} stream sequences {first_seq}..{last_seq} are neither in the batch nor a gap")
+        self.stream = stream
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+
+
+def _first_seq(item: Incoming | Gap) -> int:
+    return item.first_seq if isinstance(item, Gap) else item.stream_seq
+
+
+async def _gap_calls(conn: AsyncConnection, stream: str,
+                     classified: Sequence[tuple[Incoming | Gap, str, str | None, str]]) -> dict[int, set[str]]:
+    """For each gap in ``classified`` (by position): the calls whose chain on ``stream`` gets its gap record.
+
+    A call may have had messages in the lost range when it was open at that point — ``in_progress`` in the
+    database and not ended earlier in the batch, or seen earlier in the batch — or when it first appears after
+    the gap without having been archived before (it may have started inside it; on CALLS a call whose first
+    record after the gap is ``started`` began after it and is not hit).
+    """
+    batch_calls = sorted({c for _, c, _, _ in classified if c})
+    open_calls = set((await conn.execute(select(models.calls.c.call_id)
+                                         .where(models.calls.c.status == "in_progress"))).scalars())
+    known: set[str] = set()
+    for start in range(0, len(batch_calls), 500):
+        known |= set((await conn.execute(select(models.calls.c.call_id).where(
+            models.calls.c.call_id.in_(batch_calls[start:start + 500])))).scalars())
+    first_type: dict[str, tuple[int, str]] = {}
+    for number, (_, call_id, _, type_) in enumerate(classified):
+        if call_id and call_id not in first_type:
+            first_type[call_id] = (number, type_)
+    hit: dict[int, set[str]] = {}
+    current = set(open_calls)
+    for number, (item, call_id, direction, type_) in enumerate(classified):
+        if isinstance(item, Gap):
+            later = {c for c, (n, t) in first_type.items() if n > number and c not in known
+                     and not (stream == "CALLS" and t == "started")}
+            hit[number] = current | later
+        elif direction is None and type_ == "ended":
+            current.discard(call_id)
+        else:
+            current.add(call_id)
+    return hit
 
 
 def _int(value: str | None) -> int | None:
@@ -75,6 +124,11 @@ class Archive:
         self.cache_size = cache_size
         self._lock = asyncio.Lock()
         self._advanced = asyncio.Condition()
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held while the archive writes; other writers of the ``calls`` rows (the lost-call check) take it."""
+        return self._lock
 
     async def wait_for_position(self, stream: str, stream_seq: int) -> None:
         """Return once ``stream``'s committed position reaches ``stream_seq`` (wrap in a timeout)."""
@@ -109,43 +163,81 @@ class Archive:
             for r in rows:
                 self._heads[(r.call_id, r.stream)] = ChainHead(int(r.chain_index), int(r.last_stream_seq), r.hash)
 
-    async def persist(self, stream: str, batch: Sequence[Incoming]) -> BatchResult:
-        """Archive ``batch`` (messages of ``stream`` in stream order) in one transaction.
+    async def persist(self, stream: str, batch: Sequence[Incoming], gaps: Sequence[Gap] = ()) -> BatchResult:
+        """Archive ``batch`` (messages of ``stream`` in stream order) and ``gaps`` in one transaction.
 
-        Returns what changed. Raises the database's error when the transaction fails — nothing of the
-        batch is committed then, and the caller retries the same batch before fetching more (stream order).
+        Messages at or below the committed position are redeliveries and skipped. The rest, together with
+        ``gaps`` (ranges gone from the stream), must cover every stream sequence from the committed position + 1
+        to the last one without a hole — the archive never skips a sequence silently. Each gap is stored as a
+        stream-level ``chain_gaps`` row and as a gap record (:func:`~services.recorder.chain.gap_record`) in the
+        chain of every call it may have hit (see :func:`_gap_calls`). With nothing archived yet (position 0)
+        the batch may start anywhere.
+
+        Returns what changed. Raises :class:`ArchiveHole` when a sequence is neither in ``batch`` nor in
+        ``gaps``, and the database's error when the transaction fails — nothing of the batch is committed then,
+        and the caller retries the same batch before fetching more (stream order).
         """
         async with self._lock:
             position = await self.position(stream)
-            fresh = [m for m in batch if m.stream_seq > position]
+            fresh = list({m.stream_seq: m for m in batch if m.stream_seq > position}.values())  # one per seq
+            live_gaps = [Gap(max(g.first_seq, position + 1), g.last_seq, g.reason) for g in gaps
+                         if g.last_seq > position]
             result = BatchResult(skipped=len(batch) - len(fresh), last_stream_seq=position)
-            if not fresh:
+            if not fresh and not live_gaps:
                 return result
-            if position and fresh[0].stream_seq > position + 1:
-                result.gap = fresh[0].stream_seq - position - 1
-                log.error("%s stream sequences %d..%d were never archived (expired from the stream or purged "
-                          "while the recorder was behind)", stream, position + 1, fresh[0].stream_seq - 1)
+            items: list[Incoming | Gap] = sorted([*fresh, *live_gaps], key=_first_seq)
+            expected = position + 1 if position else _first_seq(items[0])
+            for item in items:
+                if _first_seq(item) != expected:
+                    raise ArchiveHole(stream, expected, _first_seq(item) - 1)
+                expected = (item.last_seq if isinstance(item, Gap) else item.stream_seq) + 1
+            last = expected - 1
             heads: dict[tuple[str, str], ChainHead] = {}
             rows: list[dict[str, Any]] = []
+            gap_rows: list[dict[str, Any]] = []
             started: list[tuple[str, Incoming]] = []
             ended: list[tuple[str, Incoming]] = []
+            detected_ns = time.time_ns()
             async with self.engine.begin() as conn:
-                classified = [(m, *classify(m.subject, m.headers)) for m in fresh]
-                await self._load_heads(conn, {(c[1], stream) for c in classified})
-                for msg, call_id, direction, type_ in classified:
-                    key = (call_id, stream)
+                classified = [(m, *classify(m.subject, m.headers)) if isinstance(m, Incoming) else (m, "", None, "")
+                              for m in items]
+                hit = await _gap_calls(conn, stream, classified) if live_gaps else {}
+                await self._load_heads(conn, {(c[1], stream) for c in classified if c[1]}
+                                       | {(c, stream) for calls in hit.values() for c in calls})
+
+                def append(key: tuple[str, str], row: dict[str, Any]) -> None:
                     head = heads.get(key) or self._heads.get(key)
-                    index = (head.chain_index if head else 0) + 1
+                    row["chain_index"] = (head.chain_index if head else 0) + 1
+                    row["hash"] = chain_hash(head.hash if head else GENESIS, canonical_record(row))
+                    heads[key] = ChainHead(row["chain_index"], row["stream_seq"], row["hash"])
+
+                for number, (item, call_id, direction, type_) in enumerate(classified):
+                    if isinstance(item, Gap):
+                        log.error("%s were never archived: gone from the stream before the recorder read them; "
+                                  "gap recorded for %d call(s)", item.describe(stream), len(hit[number]))
+                        result.gap += item.last_seq - item.first_seq + 1
+                        reason = item.reason[:255]
+                        base = {"stream": stream, "first_seq": item.first_seq, "last_seq": item.last_seq,
+                                "reason": reason, "detected_ns": detected_ns}
+                        gap_rows.append({**base, "call_id": None, "chain_index": None, "hash": None})
+                        for gap_call in sorted(hit[number]):
+                            record = gap_record(stream, gap_call, 0, item.first_seq, item.last_seq,
+                                                reason, detected_ns)
+                            append((gap_call, stream), record)
+                            gap_rows.append({**base, "call_id": gap_call, "chain_index": record["chain_index"],
+                                             "hash": record["hash"]})
+                            result.calls.add(gap_call)
+                        continue
+                    msg = item
                     row: dict[str, Any] = {
-                        "stream": stream, "stream_seq": msg.stream_seq, "call_id": call_id, "chain_index": index,
+                        "stream": stream, "stream_seq": msg.stream_seq, "call_id": call_id,
                         "subject": msg.subject, "direction": direction, "type": type_,
                         "source": msg.headers.get(Headers.SOURCE), "seq": _int(msg.headers.get(Headers.SEQ)),
                         "msg_id": msg.headers.get(Headers.MSG_ID), "ts_ns": _int(msg.headers.get(Headers.TS)),
                         "stream_ts_ns": msg.stream_ts_ns, "trace_id": trace_id_of(msg.headers),
                         "headers": canonical_json(msg.headers).decode(), "body": msg.body,
                     }
-                    row["hash"] = chain_hash(head.hash if head else GENESIS, canonical_record(row))
-                    heads[key] = ChainHead(index, msg.stream_seq, row["hash"])
+                    append((call_id, stream), row)
                     rows.append(row)
                     result.calls.add(call_id)
                     if direction is None and type_ == "started":
@@ -153,9 +245,12 @@ class Archive:
                     elif direction is None and type_ == "ended":
                         result.ended.add(call_id)
                         ended.append((call_id, msg))
-                await _insert_events(conn, rows)
-                await _upsert_heads(conn, heads)
-                last = fresh[-1].stream_seq
+                if rows:
+                    await _insert_events(conn, rows)
+                if gap_rows:
+                    await conn.execute(models.chain_gaps.insert(), gap_rows)
+                if heads:
+                    await _upsert_heads(conn, heads)
                 pos = upsert(conn, models.consumer_positions)
                 await conn.execute(pos.values(stream=stream, last_stream_seq=last).on_conflict_do_update(
                     index_elements=["stream"], set_={"last_stream_seq": last}))

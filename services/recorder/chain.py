@@ -10,6 +10,11 @@ Verification (:func:`verify_chain`) walks the stored rows in stream order and ch
 *stored* hash of its predecessor, so one altered row is reported alone rather than poisoning every later row;
 gaps in ``chain_index`` name missing rows, decreasing indexes name reordered rows, and the chain head
 (``chain_heads``) catches rows deleted from the end.
+
+Gap records (:func:`gap_record`): when stream sequences were gone from the stream before the recorder read
+them, the archive appends a record naming the range to the chain of every call the gap may have hit; it is
+hashed like any record (deleting it breaks the chain) and verification reports it as a ``gap`` problem, so a
+call with a gap never verifies as intact.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import orjson
 
 __all__ = [
     "CANONICAL_FIELDS",
+    "GAP_TYPE",
     "GENESIS",
     "ChainHead",
     "ChainProblem",
@@ -30,6 +36,7 @@ __all__ = [
     "canonical_json",
     "canonical_record",
     "chain_hash",
+    "gap_record",
     "seq_gaps",
     "verify_chain",
 ]
@@ -73,6 +80,25 @@ def chain_hash(previous: str, canonical: bytes) -> str:
     return digest.hexdigest()
 
 
+GAP_TYPE = "$gap"
+"""``type`` of a gap record in a chain."""
+
+
+def gap_record(stream: str, call_id: str, chain_index: int, first_seq: int, last_seq: int, reason: str,
+               detected_ns: int) -> dict[str, Any]:
+    """The chain record of a gap (stream sequences ``first_seq..last_seq`` lost before archiving) in the chain
+    of ``call_id``: a mapping with every ``events`` column, ``stream_seq`` = ``first_seq`` (its place in stream
+    order), ``type`` = :data:`GAP_TYPE`, the range and reason as ``headers`` JSON, an empty body, and
+    ``gap`` = True. The ``chain_gaps`` row stores the arguments and the hash; this rebuilds the record."""
+    return {
+        "stream": stream, "stream_seq": first_seq, "call_id": call_id, "chain_index": chain_index,
+        "subject": "", "direction": None, "type": GAP_TYPE, "source": None, "seq": None, "msg_id": None,
+        "ts_ns": None, "stream_ts_ns": detected_ns, "trace_id": None,
+        "headers": canonical_json({"first_seq": first_seq, "last_seq": last_seq, "reason": reason}).decode(),
+        "body": b"", "gap": True, "first_seq": first_seq, "last_seq": last_seq, "reason": reason,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ChainHead:
     """The last record of a chain as the archive committed it (``chain_heads`` row)."""
@@ -84,7 +110,7 @@ class ChainHead:
 
 @dataclass(frozen=True, slots=True)
 class ChainProblem:
-    """One finding: ``kind`` is ``altered``, ``missing`` or ``reordered``.
+    """One finding: ``kind`` is ``altered``, ``missing``, ``reordered`` or ``gap``.
 
     ``stream_seq`` / ``seq`` / ``source`` / ``type`` name the row concerned (for ``missing``, the row found
     where the missing one(s) should have been, or None when rows are missing at the end); ``detail`` says
@@ -102,6 +128,8 @@ class ChainProblem:
 
     def describe(self) -> str:
         """One human-readable line naming the record."""
+        if self.kind == "gap":
+            return f"{self.stream} #{self.chain_index}: gap: {self.detail}"
         who = (f"stream_seq {self.stream_seq} (seq {self.seq} from {self.source}, {self.type})"
                if self.stream_seq is not None else "end of chain")
         return f"{self.stream} #{self.chain_index}: {self.kind} at {who}: {self.detail}"
@@ -150,7 +178,9 @@ def verify_chain(stream: str, rows: Iterable[Mapping[str, Any]], head: ChainHead
     messages across streams) is quoted in ``missing`` findings.
 
     - ``altered``: a row whose stored hash differs from SHA-256(stored hash of its predecessor ‖
-      canonical(row)) — a column was edited — or a chain whose last row does not match the committed head.
+      canonical(row)) — a column was edited — or a chain whose last row does not match the committed head;
+    - ``gap``: a gap record (:func:`gap_record`, rows with ``gap`` true): stream sequences lost before
+      archiving, named by range and reason.
     """
     ordered = list(rows)
     problems: list[ChainProblem] = []
@@ -196,6 +226,10 @@ def verify_chain(stream: str, rows: Iterable[Mapping[str, Any]], head: ChainHead
             computed = f"unhashable: {exc}"
         if computed != row["hash"]:
             problem("altered", row, index, "stored hash does not match the record's content and predecessor")
+    for row, index in zip(ordered, indexes, strict=True):
+        if row.get("gap"):
+            problem("gap", row, index, f"{stream} stream sequences {row['first_seq']}..{row['last_seq']} were "
+                                       f"never archived ({row['reason']}); events of this call there are lost")
     if head is not None and head.chain_index in by_index:
         tail = by_index[head.chain_index]
         if tail["hash"] != head.hash or int(tail["stream_seq"]) != head.last_stream_seq:

@@ -26,6 +26,7 @@ from sqlalchemy import (
 __all__ = [
     "barge_ins",
     "calls",
+    "chain_gaps",
     "chain_heads",
     "consumer_positions",
     "events",
@@ -72,6 +73,23 @@ chain_heads = Table(
     Column("last_stream_seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False, doc="hash of the last record"),
 )
+
+chain_gaps = Table(
+    "chain_gaps", metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("stream", String(16), nullable=False),
+    Column("call_id", String(64), nullable=True,
+           doc="the call whose chain holds this gap record; null: the stream-level record of the gap"),
+    Column("first_seq", BigInteger, nullable=False, doc="first stream sequence that could not be read"),
+    Column("last_seq", BigInteger, nullable=False, doc="last stream sequence that could not be read"),
+    Column("reason", String(255), nullable=False),
+    Column("detected_ns", BigInteger, nullable=False, doc="unix ns when the recorder found the gap"),
+    Column("chain_index", Integer, nullable=True, doc="position in the call's chain (null for stream-level)"),
+    Column("hash", String(64), nullable=True, doc="chain hash of the gap record (null for stream-level)"),
+    Index("ix_chain_gaps_call", "call_id", "stream"),
+)
+"""Stream sequences the archive can never hold: one stream-level row per gap plus one record in the chain of
+every call the gap may have hit (``services/recorder/chain.py`` :func:`gap_record`)."""
 
 consumer_positions = Table(
     "consumer_positions", metadata,

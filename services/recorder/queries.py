@@ -12,18 +12,21 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import models
-from services.recorder.chain import ChainHead, ChainReport, seq_gaps, verify_chain
+from services.recorder.chain import ChainHead, ChainReport, gap_record, seq_gaps, verify_chain
 from services.recorder.projections import Projection
 from services.recorder.records import ArchivedEvent
 
 __all__ = [
     "call_events",
+    "call_ids",
     "call_spans",
     "get_call",
     "iter_call_events",
     "list_calls",
+    "positions",
     "save_projection",
     "stored_projection",
+    "stream_gaps",
     "verify_call",
 ]
 
@@ -90,19 +93,54 @@ async def iter_call_events(engine: AsyncEngine, call_id: str, *, chunk: int = 10
 
 
 async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
-    """Recompute every hash chain of ``call_id`` against its stored rows and chain heads."""
+    """Recompute every hash chain of ``call_id`` against its stored rows, gap records and chain heads.
+
+    A gap record in a chain (stream sequences lost before archiving) is reported as a ``gap`` problem, so
+    such a call never verifies as intact.
+    """
     report = ChainReport(call_id)
+    g = models.chain_gaps
     async with engine.connect() as conn:
         heads = {r.stream: ChainHead(int(r.chain_index), int(r.last_stream_seq), r.hash) for r in (await conn.execute(
             select(models.chain_heads).where(models.chain_heads.c.call_id == call_id))).all()}
         rows = [dict(r._mapping) for r in (await conn.execute(
             select(models.events).where(models.events.c.call_id == call_id).order_by(*_EVENT_ORDER))).all()]
+        gaps = (await conn.execute(select(g).where(g.c.call_id == call_id))).all()
     absent = seq_gaps(rows)
+    for gap in gaps:
+        record = gap_record(gap.stream, call_id, int(gap.chain_index), int(gap.first_seq), int(gap.last_seq),
+                            gap.reason, int(gap.detected_ns))
+        record["hash"] = gap.hash
+        rows.append(record)
+    rows.sort(key=lambda r: (r["stream"], int(r["stream_seq"]), 0 if r.get("gap") else 1))
     for stream in sorted({*heads, *(r["stream"] for r in rows)}):
         chain = [r for r in rows if r["stream"] == stream]
         report.records[stream] = len(chain)
         report.problems.extend(verify_chain(stream, chain, heads.get(stream), absent_seqs=absent))
     return report
+
+
+async def positions(engine: AsyncEngine) -> dict[str, int]:
+    """The committed position (highest archived stream sequence) per stream name."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(models.consumer_positions))).all()
+    return {r.stream: int(r.last_stream_seq) for r in rows}
+
+
+async def call_ids(engine: AsyncEngine) -> list[str]:
+    """Every call id in the archive, sorted."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(models.calls.c.call_id).order_by(models.calls.c.call_id))).scalars())
+
+
+async def stream_gaps(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every stream-level gap record (``chain_gaps`` rows without a call): ``stream, first_seq, last_seq,
+    reason, detected_ns`` ordered by stream and sequence."""
+    g = models.chain_gaps
+    stmt = (select(g.c.stream, g.c.first_seq, g.c.last_seq, g.c.reason, g.c.detected_ns)
+            .where(g.c.call_id.is_(None)).order_by(g.c.stream, g.c.first_seq))
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
 
 
 async def call_spans(engine: AsyncEngine, call_id: str) -> list[dict[str, Any]]:

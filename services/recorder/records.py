@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from shared import subjects
 from shared.bus import Headers
 
-__all__ = ["ArchivedEvent", "Incoming", "classify", "trace_id_of"]
+__all__ = ["ArchivedEvent", "Gap", "Incoming", "classify", "trace_id_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,22 @@ class Incoming:
         else:
             raise ValueError(f"not a JetStream message (reply {reply!r})")
         return cls(stream, int(sseq), int(ts), msg.subject, dict(msg.headers or {}), bytes(msg.data))
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Stream sequences ``first_seq..last_seq`` (inclusive) that can no longer be read from the stream.
+
+    ``reason`` says why, e.g. ``expired or purged (below first_seq 1852)`` or ``deleted from the stream``.
+    """
+
+    first_seq: int
+    last_seq: int
+    reason: str
+
+    def describe(self, stream: str) -> str:
+        """``RT stream sequences 1156..1851 (expired or purged …)``."""
+        return f"{stream} stream sequences {self.first_seq}..{self.last_seq} ({self.reason})"
 
 
 def classify(subject: str, headers: dict[str, str]) -> tuple[str, str | None, str]:

@@ -4,7 +4,8 @@
 :func:`main` is the service entry point (``python -m services.recorder``). The API binds loopback unless
 ``SWITCHBOARD_API_TOKEN`` is set (then ``SWITCHBOARD_HOST``) on ``SWITCHBOARD_RECORDER_PORT`` (8081).
 ``SWITCHBOARD_RECORDER_CONSUMER`` (default ``recorder``) prefixes the durable consumer names; run one
-recorder per database (the hash chains need a single writer).
+recorder per database (the hash chains need a single writer). ``SWITCHBOARD_RECORDER_LOST_AFTER_S`` (600)
+is the idle time after which an open call is ended as ``lost`` (``services/recorder/finalize.py``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ class Recorder:
 
     def __init__(self, bus: Bus, engine: AsyncEngine, data_dir: Path, *, durable_prefix: str = "recorder",
                  batch: int = 512, settle_s: float = 1.0, track_lag: bool = False,
-                 recordings_dir: Path | None = None) -> None:
+                 lost_after_s: float = 600.0, recordings_dir: Path | None = None) -> None:
         self.bus = bus
         self.engine = engine
         self.archive = Archive(engine)
-        self.finalizer = Finalizer(engine, self.archive, recordings_dir or data_dir / "recordings", self._rt_last_seq,
-                                   settle_s=settle_s)
+        self.finalizer = Finalizer(engine, self.archive, recordings_dir or data_dir / "recordings", self._last_seq,
+                                   settle_s=settle_s, lost_after_s=lost_after_s)
         self.consumers = [
             StreamConsumer(bus.nc, self.archive, spec, durable_prefix=durable_prefix, batch=batch,
                            on_batch=self.finalizer.on_batch, track_lag=track_lag)
@@ -52,8 +53,8 @@ class Recorder:
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _rt_last_seq(self) -> int:
-        info = await self.bus.js.stream_info(subjects.RT_STREAM.name)
+    async def _last_seq(self, stream: str) -> int:
+        info = await self.bus.js.stream_info(stream)
         return int(info.state.last_seq or 0)
 
     def ready(self) -> bool:
@@ -106,6 +107,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.stack.push_async_callback(engine.dispose)
     recorder = Recorder(ctx.bus, engine, settings.data_dir,
                         durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder",
+                        lost_after_s=settings.recorder_lost_after_s,
                         recordings_dir=settings.effective_recordings_dir)
     await recorder.start()
     ctx.stack.push_async_callback(recorder.stop)

@@ -3,8 +3,9 @@
 These commands read the archive through the recorder's REST API (``--api``, default
 ``http://127.0.0.1:<SWITCHBOARD_RECORDER_PORT>``, Bearer ``SWITCHBOARD_API_TOKEN`` when set), so they work
 against a remote deployment; ``audit verify --database URL`` reads the database directly instead (useful when
-the recorder is down, or to audit a copy). ``tail`` follows live events on NATS (``--nats``, default the
-configured/embedded URL).
+the recorder is down, or to audit a copy); it cross-checks JetStream (``--nats``, default the configured/embedded
+URL; ``--no-nats`` skips it) and verifies the chains only when NATS is not reachable. ``tail`` follows live
+events on NATS (``--nats``, default the configured/embedded URL).
 """
 
 from __future__ import annotations
@@ -238,42 +239,195 @@ def print_waterfall(call_id: str, rows: list[dict[str, Any]], width: int = 40) -
 
 
 @audit_app.command("verify")
-def audit_verify(call_id: str = typer.Argument(..., help="The call id"),
+def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; omitted: every call"),
                  api: str | None = typer.Option(None, help="Recorder API base URL"),
                  database: str | None = typer.Option(None, help="Read this database directly instead of the API"),
+                 nats_url: str | None = typer.Option(None, "--nats",
+                                                     help="NATS URL for the JetStream cross-check (default: the "
+                                                          "configured/embedded one)"),
+                 no_nats: bool = typer.Option(False, "--no-nats", help="Verify the chains only"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the call's hash chains; exit 1 naming any altered, missing or reordered record."""
+    """Recompute the call's hash chains and cross-check them with JetStream; exit 1 naming any altered,
+    missing or reordered record, any gap, and any message JetStream holds that the archive lacks. Without a
+    call id: every call's chains, the stream-level gaps and each stream's state against the archive."""
+    if call_id is None:
+        raise typer.Exit(_verify_all(api, database, None if no_nats else nats_url or _settings().effective_nats_url,
+                                     as_json))
     if database:
-        report = asyncio.run(_verify_direct(database, call_id))
+        report, archived = asyncio.run(_verify_direct(database, call_id))
     else:
         with _client(api) as client:
             report = _get(client, f"/calls/{call_id}/audit").json()
+            archived = _archived_seqs(client, call_id)
+    if not no_nats:
+        report["jetstream"] = asyncio.run(_crosscheck(nats_url or _settings().effective_nats_url, call_id,
+                                                      archived))
+        report["ok"] = report["ok"] and report["jetstream"].get("ok", True)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-    elif report["ok"]:
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
-        console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts})")
     else:
-        console.print(f"[red]FAILED[/red] {call_id}: {len(report['problems'])} problem(s)")
-        for problem in report["problems"]:
-            console.print(f"  {problem['description']}", highlight=False)
+        _print_report(call_id, report)
     if not report["ok"]:
         raise typer.Exit(1)
 
 
-async def _verify_direct(url: str, call_id: str) -> dict[str, Any]:
+def _print_report(call_id: str, report: dict[str, Any]) -> None:
+    jetstream = report.get("jetstream")
+    if jetstream is not None and not jetstream["reachable"]:
+        console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
+                      f"verifying the archive's chains only[/yellow]", highlight=False)
+    if report["ok"]:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
+        checked = " and everything JetStream holds is archived" if jetstream and jetstream["reachable"] else ""
+        console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts}){checked}")
+    else:
+        problems = [p["description"] for p in report["problems"]]
+        for stream in (jetstream or {}).get("streams", []):
+            problems += [f"{stream['stream']} stream_seq {m['stream_seq']} ({m['subject']}) is in JetStream but "
+                         f"not in the archive" for m in stream["missing"]]
+        console.print(f"[red]FAILED[/red] {call_id}: {len(problems)} problem(s)")
+        for line in problems:
+            console.print(f"  {line}", highlight=False)
+    for stream in (jetstream or {}).get("streams", []):
+        console.print(f"  {stream['stream']}: {stream['in_stream']} message(s) in JetStream (last seq "
+                      f"{stream['stream_last_seq']}), {stream['archived']} archived (last seq "
+                      f"{stream['archived_last_seq']})", highlight=False)
+
+
+def _archived_seqs(client: httpx.Client, call_id: str) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for line in _get(client, f"/calls/{call_id}/events", body="false").text.splitlines():
+        if line.strip():
+            event = json.loads(line)
+            out.setdefault(event["stream"], set()).add(int(event["stream_seq"]))
+    return out
+
+
+async def _connect(url: str) -> Any:
+    """A NATS connection for the audit, or the exception that prevented it."""
+    import nats
+
+    async def quiet(_: Exception) -> None:
+        """nats-py logs every failed attempt with a traceback by default; the outcome is reported once."""
+
+    try:  # nats-py retries the initial connect until told otherwise: bound it
+        return await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False,
+                                                   max_reconnect_attempts=1, error_cb=quiet,
+                                                   name="switchboard-audit"), 5)
+    except Exception as exc:
+        return exc
+
+
+async def _crosscheck(url: str, call_id: str, archived: dict[str, set[int]]) -> dict[str, Any]:
+    """The JetStream cross-check as a JSON-able dict: ``url, reachable, error, ok, streams``."""
+    from services.recorder.crosscheck import crosscheck
+
+    nc = await _connect(url)
+    if isinstance(nc, Exception):
+        return {"url": url, "reachable": False, "error": str(nc) or type(nc).__name__, "streams": []}
+    try:
+        checks = await asyncio.wait_for(crosscheck(nc.jetstream(), call_id, archived), 120)
+    except Exception as exc:
+        return {"url": url, "reachable": False, "error": f"JetStream unreadable: {exc or type(exc).__name__}",
+                "streams": []}
+    finally:
+        await nc.close()
+    return {"url": url, "reachable": True, "error": None, "ok": all(c.ok for c in checks),
+            "streams": [c.to_dict() for c in checks]}
+
+
+async def _verify_direct(url: str, call_id: str) -> tuple[dict[str, Any], dict[str, set[int]]]:
+    from sqlalchemy import select
+
+    from services.recorder import models
     from services.recorder.db import create_engine
     from services.recorder.queries import verify_call
 
     engine = create_engine(url)
     try:
         report = await verify_call(engine, call_id)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(models.events.c.stream, models.events.c.stream_seq)
+                                       .where(models.events.c.call_id == call_id))).all()
     finally:
         await engine.dispose()
     if not report.records:
         console.print(f"[red]no archived events for call {call_id}[/red]")
         raise typer.Exit(1)
-    return report.to_dict()
+    archived: dict[str, set[int]] = {}
+    for stream, seq in rows:
+        archived.setdefault(stream, set()).add(int(seq))
+    return report.to_dict(), archived
+
+
+def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_json: bool) -> int:
+    """``audit verify`` without a call id; returns the exit code (1 on any failing call or stream-level gap)."""
+    if database:
+        facts, reports = asyncio.run(_all_direct(database))
+    else:
+        with _client(api) as client:
+            facts = _get(client, "/audit/streams").json()
+            reports = [_get(client, f"/calls/{c}/audit").json() for c in facts["calls"]]
+    jetstream = asyncio.run(_stream_states(nats_url)) if nats_url else None
+    failing = [r for r in reports if not r["ok"]]
+    ok = not failing and not facts["gaps"]
+    if as_json:
+        typer.echo(json.dumps({"ok": ok, "calls": len(reports), "failing": failing, "gaps": facts["gaps"],
+                               "positions": facts["positions"], "jetstream": jetstream}, indent=2))
+        return 0 if ok else 1
+    for report in failing:
+        console.print(f"[red]FAILED[/red] {report['call_id']}: {len(report['problems'])} problem(s)")
+        for problem in report["problems"]:
+            console.print(f"  {problem['description']}", highlight=False)
+    for gap in facts["gaps"]:
+        console.print(f"[red]GAP[/red] {gap['stream']} stream sequences {gap['first_seq']}..{gap['last_seq']} were "
+                      f"never archived ({gap['reason']})", highlight=False)
+    if jetstream is not None and not jetstream["reachable"]:
+        console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
+                      f"verifying the archive only[/yellow]", highlight=False)
+    for name, state in (jetstream or {}).get("streams", {}).items():
+        position = facts["positions"].get(name, 0)
+        behind = f", {state['last_seq'] - position} not yet archived" if state["last_seq"] > position else ""
+        console.print(f"  {name}: JetStream holds {state['messages']} message(s), sequences {state['first_seq']}.."
+                      f"{state['last_seq']}; archived up to {position}{behind}", highlight=False)
+    colour, word = ("green", "OK") if ok else ("red", "FAILED")
+    console.print(f"[{colour}]{word}[/{colour}] {len(reports)} call(s) verified, {len(failing)} failing, "
+                  f"{len(facts['gaps'])} stream-level gap(s)")
+    return 0 if ok else 1
+
+
+async def _all_direct(url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from services.recorder import queries
+    from services.recorder.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        ids = await queries.call_ids(engine)
+        facts: dict[str, Any] = {"positions": await queries.positions(engine),
+                                 "gaps": await queries.stream_gaps(engine), "calls": ids}
+        reports = [(await queries.verify_call(engine, c)).to_dict() for c in ids]
+    finally:
+        await engine.dispose()
+    return facts, reports
+
+
+async def _stream_states(url: str) -> dict[str, Any]:
+    """CALLS and RT stream states (``messages, first_seq, last_seq``) as a JSON-able dict."""
+    nc = await _connect(url)
+    if isinstance(nc, Exception):
+        return {"url": url, "reachable": False, "error": str(nc) or type(nc).__name__, "streams": {}}
+    streams: dict[str, Any] = {}
+    try:
+        for name in ("CALLS", "RT"):
+            state = (await nc.jetstream().stream_info(name)).state
+            streams[name] = {"messages": int(state.messages or 0), "first_seq": int(state.first_seq or 0),
+                             "last_seq": int(state.last_seq or 0)}
+    except Exception as exc:
+        return {"url": url, "reachable": False, "error": f"JetStream unreadable: {exc or type(exc).__name__}",
+                "streams": {}}
+    finally:
+        await nc.close()
+    return {"url": url, "reachable": True, "error": None, "streams": streams}
 
 
 def register(app: typer.Typer) -> None:

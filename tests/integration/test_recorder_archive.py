@@ -17,9 +17,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import models, queries
-from services.recorder.archive import Archive
+from services.recorder.archive import Archive, ArchiveHole
 from services.recorder.db import open_database
-from services.recorder.records import Incoming
+from services.recorder.records import Gap, Incoming
 from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared.bus import Bus
@@ -129,8 +129,20 @@ async def test_redelivered_batches_are_not_duplicated(engine: AsyncEngine, uniqu
     assert (await queries.verify_call(engine, call_id)).ok
     later = [Incoming("RT", 15, 1_700_000_000_000_000_015, f"rt.{call_id}.server.response.done", {},
                       b'{"type":"response.done"}')]
-    gap = await fresh.persist("RT", later)
-    assert (gap.stored, gap.gap) == (1, 4)  # stream seqs 11..14 never reached the archive: reported
+    with pytest.raises(ArchiveHole, match=r"11\.\.14"):  # never skipped silently
+        await fresh.persist("RT", later)
+    gap = await fresh.persist("RT", later, [Gap(11, 14, "expired or purged")])
+    assert (gap.stored, gap.gap) == (1, 4)
+    report = await queries.verify_call(engine, call_id)
+    assert [(p.kind, p.stream_seq) for p in report.problems] == [("gap", 11)]
+    assert "RT stream sequences 11..14 were never archived (expired or purged)" in report.problems[0].describe()
+    # a gap with no message after it (yet), and a redelivered duplicate in the same batch
+    only_gap = await fresh.persist("RT", [], [Gap(16, 20, "deleted")])
+    assert (only_gap.stored, only_gap.gap, only_gap.last_stream_seq, only_gap.calls) == (0, 5, 20, {call_id})
+    twice = [Incoming("RT", 21, 1_700_000_000_000_000_021, f"rt.{call_id}.server.response.done", {}, b"{}")]
+    assert (await fresh.persist("RT", twice * 2)).stored == 1
+    report = await queries.verify_call(engine, call_id)
+    assert [(p.kind, p.stream_seq) for p in report.problems] == [("gap", 11), ("gap", 16)]
 
 
 async def _archived_call(engine: AsyncEngine, call_id: str, n: int = 12) -> None:

@@ -93,6 +93,8 @@ async def test_calls_replay_and_audit_through_the_api(api: tuple[AsyncEngine, st
 
     code, out = await cli("audit", "verify", call_id, "--api", url)
     assert code == 0 and "OK" in out, out
+    code, out = await cli("audit", "verify", "--api", url, "--no-nats")
+    assert code == 0 and "OK 1 call(s) verified, 0 failing, 0 stream-level gap(s)" in out, out
 
     code, out = await cli("replay", "CAnosuchcall", "--api", url)
     assert code == 1 and "no call" in out

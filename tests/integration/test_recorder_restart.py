@@ -120,6 +120,8 @@ async def test_sigkill_mid_call_then_restart_matches_an_uninterrupted_run(
         assert len(killed_rows) == len(steps)
         assert killed_rows == reference_rows
         assert (await queries.verify_call(engine, call_id)).ok
+        async with engine.connect() as conn:  # nothing was recorded as lost from the stream
+            assert (await conn.execute(select(models.chain_gaps))).all() == []
         killed_call = await queries.get_call(engine, call_id)
         reference_call = await queries.get_call(ref_engine, call_id)
         assert killed_call is not None and reference_call is not None
