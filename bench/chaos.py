@@ -8,6 +8,8 @@ Drills (``--drills``, comma-separated; default all):
 - ``nats-stop``: SIGSTOP nats-server for 5 s;
 - ``nats-kill``: kill -9 the embedded nats-server (the supervisor restarts it on the same store);
 - ``cluster-node``: a 3-node NATS cluster on loopback with R3 streams, one node killed mid-call;
+- ``tools-stall``: a second tools worker; the supervised one SIGSTOPped with tool calls in flight, resumed past
+  their deadlines, then kill -9 (phantom side effects: bookings beyond the log's successful tool calls);
 - ``start-stop``: 200 calls that start and stop at once (every model session must close).
 
 Every loss column (lost, duplicated, stuck, chains failing, late events, phantom) must be 0.
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import drills  # noqa: E402
 
-NAMES = ("recorder-kill", "live-cancel", "nats-stop", "nats-kill", "cluster-node", "start-stop")
+NAMES = ("recorder-kill", "live-cancel", "nats-stop", "nats-kill", "cluster-node", "tools-stall", "start-stop")
 
 
 async def one(name: str, calls: int, seconds: float, start_stop: int) -> drills.DrillResult:
@@ -47,6 +49,8 @@ async def one(name: str, calls: int, seconds: float, start_stop: int) -> drills.
             finally:
                 await cluster.stop()
         async with drills.Stack(base / "data") as stack:
+            if name == "tools-stall":
+                return await drills.run_tools_stall(stack, calls=calls, seconds=seconds)
             if name == "start-stop":
                 return await drills.run_start_stop(stack, start_stop)
             fault = {

@@ -27,6 +27,7 @@ import math
 import os
 import secrets
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -339,13 +340,19 @@ class DrillResult:
     phantom: int = 0
     """Tool side effects after the caller was told the tool failed."""
     seconds: float = 0.0
+    scenario_call: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
-        """Every loss figure is 0, every call completed and the scenario (if any) passed."""
+    def loss_free(self) -> bool:
+        """Every loss figure is 0 and every call completed (ended in the archive)."""
         return (self.lost == self.duplicated == self.stuck == self.chains_failing == self.late_events
-                == self.phantom == 0 and self.completed == self.calls and self.scenario in ("-", "ok"))
+                == self.phantom == 0 and self.completed == self.calls)
+
+    @property
+    def ok(self) -> bool:
+        """:attr:`loss_free` and the scenario (if any) passed."""
+        return self.loss_free and self.scenario in ("-", "ok")
 
     def row(self) -> dict[str, object]:
         """The table row."""
@@ -506,6 +513,7 @@ async def run_drill(name: str, stack: Stack, *, calls: int, seconds: float, faul
         outcome = await sim
         result.scenario = "ok" if outcome.ok else "failed: " + "; ".join(outcome.failures)[:200]
         if outcome.call_id:
+            result.scenario_call = outcome.call_id
             call_ids.append(outcome.call_id)
         else:
             result.stuck += 1
@@ -621,3 +629,68 @@ async def run_start_stop(stack: Stack, calls: int) -> DrillResult:
     await account(stack, result, list(ids.values()))
     result.seconds = time.monotonic() - started
     return result
+
+
+async def _booked(database_url: str, call_id: str) -> int:
+    """Appointments the tools database holds as booked by ``call_id``."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            row = await conn.execute(text("SELECT count(*) FROM appointments WHERE call_id = :c AND status = 'booked'"),
+                                     {"c": call_id})
+            return int(row.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def _successful_tool_calls(recorder_url: str, call_id: str, name: str) -> int:
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.get(f"{recorder_url}/calls/{call_id}/transcript")
+        r.raise_for_status()
+        return sum(1 for t in r.json().get("tool_calls", []) if t.get("name") == name and not t.get("error"))
+
+
+async def run_tools_stall(stack: Stack, *, calls: int, seconds: float, stall_s: float = 20.0) -> DrillResult:
+    """A second tools worker beside the supervised one; the supervised worker is SIGSTOPped 2 s into the calls
+    (tool requests reaching it stay in flight) and resumed ``stall_s`` later, then killed with -9 (the supervisor
+    restarts it). The scenario must still book through the healthy worker, and the stalled worker, resumed past
+    the requests' deadlines, must book nothing: ``phantom`` counts appointments booked for the scenario's call
+    beyond its successful ``book_appointment`` calls in the log."""
+    log_file = (stack.settings.data_dir / "logs" / "tools-extra.log").open("ab")
+    extra = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.tools",
+                                                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                                 env=stack.supervisor.child_env())
+    log_file.close()
+    resumed: list[asyncio.Task[None]] = []
+
+    async def fault(s: Stack) -> list[str]:
+        pid = s.signal("tools", signal.SIGSTOP)
+
+        async def resume_then_kill() -> None:
+            await asyncio.sleep(stall_s)
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(3.0)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await s.wait_restarted("tools", pid)
+
+        resumed.append(asyncio.create_task(resume_then_kill()))
+        return [f"tools worker stopped {stall_s:.0f}s, resumed, then killed -9"]
+
+    try:
+        await asyncio.sleep(3.0)  # the extra worker registers its endpoints
+        result = await run_drill("tools-stall", stack, calls=calls, seconds=seconds, fault=fault, fault_after=2.0)
+        await asyncio.gather(*resumed)
+        await asyncio.sleep(3.0)
+        for cid in [result.scenario_call] if result.scenario_call else []:
+            booked = await _booked(stack.settings.effective_database_url, cid)
+            ok = await _successful_tool_calls(stack.recorder_url, cid, "book_appointment")
+            result.phantom += max(0, booked - ok)
+        return result
+    finally:
+        extra.terminate()
+        await extra.wait()
+

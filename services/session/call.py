@@ -31,6 +31,7 @@ import logging
 import time
 from typing import Any
 
+import nats.errors
 from nats.aio.subscription import Subscription
 
 from services.tools.framework import ToolResult
@@ -168,11 +169,26 @@ class Call:
     # --- model connection --------------------------------------------------------------------------------
 
     async def _prepare(self) -> None:
-        """Tool registry and the log's last seq (so a taken-over call continues ``Switchboard-Seq``)."""
-        registry, last_rt, last_calls = await asyncio.gather(
-            tool_registry.load(self.bus.js),
-            self.bus.last_seq(self.call_id, subjects.RT_STREAM, subjects.rt_all(self.call_id)),
-            self.bus.last_seq(self.call_id, subjects.CALLS_STREAM, subjects.call_all(self.call_id)))
+        """Tool registry and the log's last seq (so a restarted call continues ``Switchboard-Seq``).
+
+        JetStream lookups that fail while NATS is unreachable or paused (timeouts, no responders, a connection
+        being re-established) are retried with backoff until they answer or the call ends: a short NATS outage
+        at the start of a call must not end the call.
+        """
+        delays = backoff_delays()
+        while True:
+            try:
+                registry, last_rt, last_calls = await asyncio.gather(
+                    tool_registry.load(self.bus.js),
+                    self.bus.last_seq(self.call_id, subjects.RT_STREAM, subjects.rt_all(self.call_id)),
+                    self.bus.last_seq(self.call_id, subjects.CALLS_STREAM, subjects.call_all(self.call_id)))
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                if self.ended.is_set():
+                    raise
+                log.warning("call %s: tool registry / log lookup failed (%s); retrying", self.call_id,
+                            type(exc).__name__)
+                await asyncio.sleep(next(delays))
         self.registry.update(registry)
         self.bus.resume_seq(self.call_id, max(last_rt, last_calls))
 

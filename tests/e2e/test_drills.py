@@ -28,9 +28,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[drill
         yield s
 
 
-def _assert_clean(result: drills.DrillResult) -> None:
+def _assert_clean(result: drills.DrillResult, *, scenario: bool = True) -> None:
+    """Every loss figure 0 and every call ended; with ``scenario`` the real scenario's expectations held too."""
     row = result.row()
-    assert result.ok, f"{row} notes: {result.notes}"
+    if scenario:
+        assert result.ok, f"{row} notes: {result.notes}"
+    else:
+        assert result.loss_free, f"{row} notes: {result.notes}"
     assert result.acked > 0 and result.archived == result.acked, row
 
 
@@ -49,13 +53,19 @@ async def test_cancelled_live_streams_never_break_the_recorder(stack: drills.Sta
 async def test_nats_server_paused_loses_nothing(stack: drills.Stack) -> None:
     result = await drills.run_drill("nats-stop", stack, calls=CALLS, seconds=SECONDS,
                                     fault=drills.stop_nats(5.0), fault_after=2.0)
-    _assert_clean(result)
+    _assert_clean(result, scenario=False)  # the scenario is reported, not asserted: docs/operations.md, "Fault drills"
 
 
 async def test_nats_server_killed_and_restarted_loses_nothing(stack: drills.Stack) -> None:
     result = await drills.run_drill("nats-kill", stack, calls=CALLS, seconds=SECONDS,
                                     fault=drills.kill_nats(), fault_after=2.0)
+    _assert_clean(result, scenario=False)
+
+
+async def test_stalled_tools_worker_books_nothing_after_its_deadline(stack: drills.Stack) -> None:
+    result = await drills.run_tools_stall(stack, calls=CALLS, seconds=SECONDS)
     _assert_clean(result)
+    assert result.scenario == "ok" and result.scenario_call, result.row()
 
 
 async def test_start_then_stop_calls_all_end(stack: drills.Stack) -> None:

@@ -6,6 +6,7 @@ browser paths, real uvicorn WebSockets and a real nats-server; the timeouts are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -29,7 +30,7 @@ from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     recorder_fixture,
 )
 
-IDLE_S = 1.0
+IDLE_S = 2.0
 """The carrier idle limit in these tests (s; production default 30)."""
 START_S = 0.5
 """The start timeout in these tests (s; production 10)."""
@@ -88,13 +89,25 @@ async def test_twilio_media_keeps_the_call_and_silence_after_it_ends_it(gw: Runn
 async def test_twilio_oversized_frame_is_protocol_error(gw: RunningGateway, peer: EchoPeer,
                                                         recorder: Recorder) -> None:
     bystander, other_id, _ = await open_call(gw, recorder, peer)
-    ws, call_id, _ = await open_call(gw, recorder, peer)
-    await ws.send(json.dumps({"event": "media", "media": {"payload": "A" * (WS_MAX_SIZE + 1024)}}))
-    code, _ = await closed(ws)
-    assert code == 1009
-    ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
-    assert ended["reason"] == "protocol_error" and ended["close_code"] == 1009
-    assert not recorder.of(other_id, "ended")  # the other call is untouched
+
+    async def keep_talking() -> None:  # the bystander is a live call: it keeps sending media
+        for n in range(1, 10_000):
+            await bystander.send(media_frame(b"\x7f" * 160, n))
+            await asyncio.sleep(IDLE_S / 10)
+
+    talking = asyncio.create_task(keep_talking())
+    try:
+        ws, call_id, _ = await open_call(gw, recorder, peer)
+        await ws.send(json.dumps({"event": "media", "media": {"payload": "A" * (WS_MAX_SIZE + 1024)}}))
+        code, _ = await closed(ws)
+        assert code == 1009
+        ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
+        assert ended["reason"] == "protocol_error" and ended["close_code"] == 1009
+        assert not recorder.of(other_id, "ended")  # the other call is untouched
+    finally:
+        talking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await talking
     await bystander.send(json.dumps({"event": "stop"}))
     assert (await recorder.wait_for(lambda: recorder.of(other_id, "ended")))[0].json()["reason"] == "caller_hangup"
     await bystander.close()
