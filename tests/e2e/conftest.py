@@ -40,6 +40,10 @@ class System:
     def recorder_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.recorder_port}"
 
+    @property
+    def analytics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.analytics_port}"
+
 
 @pytest.fixture(scope="session")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:

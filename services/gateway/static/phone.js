@@ -9,7 +9,7 @@ const callBtn = document.getElementById("call");
 const hangBtn = document.getElementById("hangup");
 const OUT_RATE = 24000;
 const MAX_IN_RATE = 48000;  // the gateway accepts 8000..48000 Hz
-let ws = null, ctx = null, mic = null, node = null, playHead = 0;
+let ws = null, ctx = null, mic = null, node = null, mute = null, playHead = 0;
 let pendingMarks = [];   // [{name, at}] in play order; echoed when ctx.currentTime reaches `at`
 let sources = [];
 let lines = {};          // item_id -> text element of the live transcript
@@ -73,12 +73,14 @@ async function call() {
     ws.send(JSON.stringify({ event: "start", sample_rate: ctx.sampleRate, agent: document.getElementById("agent").value || undefined }));
     log(`microphone at ${ctx.sampleRate} Hz`);
     const input = ctx.createMediaStreamSource(mic);
-    node = new AudioWorkletNode(ctx, "mic-pcm16", { numberOfInputs: 1, numberOfOutputs: 0, channelCount: 1 });
+    node = new AudioWorkletNode(ctx, "mic-pcm16", { numberOfInputs: 1, numberOfOutputs: 1, channelCount: 1 });
     node.port.onmessage = (e) => {
       if (ws && ws.readyState === WebSocket.OPEN) ws.send(e.data);
       echoMarks(false);
     };
-    input.connect(node);
+    // the worklet is pulled by the graph only when it reaches the destination: through a muted gain
+    mute = ctx.createGain(); mute.gain.value = 0;
+    input.connect(node); node.connect(mute); mute.connect(ctx.destination);
     hangBtn.disabled = false;
   };
   ws.onmessage = (ev) => {
@@ -105,9 +107,10 @@ async function call() {
 
 function cleanup() {
   if (node) { node.port.onmessage = null; node.disconnect(); }
+  if (mute) mute.disconnect();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
-  node = mic = ctx = null; pendingMarks = []; sources = [];
+  node = mute = mic = ctx = null; pendingMarks = []; sources = [];
   callBtn.disabled = false; hangBtn.disabled = true;
 }
 

@@ -121,13 +121,19 @@ def _transcript(turns: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str,
     return "".join(html for _, _, html in items) or '<p class="empty">No transcript.</p>'
 
 
+def _times(row: Mapping[str, Any]) -> str:
+    count = int(row.get("count", 1))
+    return f" ×{count}" if count > 1 else ""
+
+
 def _timeline(rows: Sequence[Mapping[str, Any]]) -> str:
     shown = [r for r in rows if r["type"] not in _AUDIO_TYPES]
     body = "".join(f'<tr><td>{r["rel_ms"]:.0f}</td><td>{_e(r["direction"])}</td><td>{_e(r["source"])}#'
-                   f'{_e(r["seq"])}</td><td>{_e(r["type"])}</td><td>{_e(r["summary"])}</td></tr>'
-                   for r in shown[:3000])
+                   f'{_e(r["seq"])}</td><td>{_e(r["type"])}{_times(r)}'
+                   f'</td><td>{_e(r["summary"])}</td></tr>' for r in shown[:3000])
     more = f'<p class="note">{len(shown) - 3000} more events not shown.</p>' if len(shown) > 3000 else ""
-    return (f'<p class="note">{len(rows) - len(shown)} audio events filtered out.</p>'
+    audio = sum(int(r.get("count", 1)) for r in rows if r["type"] in _AUDIO_TYPES)
+    return (f'<p class="note">{audio} audio events filtered out.</p>'
             f'<table class="timeline"><thead><tr><th>ms</th><th>dir</th><th>source#seq</th><th>type</th>'
             f'<th>summary</th></tr></thead><tbody>{body}</tbody></table>{more}')
 
@@ -180,7 +186,8 @@ def call_page(call: Mapping[str, Any], *, turns: Sequence[Mapping[str, Any]], to
              'to jump there.</p>' if call.get("projected_ns") else
              '<p class="note">The recording is available once the call has ended.</p>')
     live = "" if ended else (f'<section id="live" data-call-id="{cid}" data-token="{_e(token_q[14:])}">'
-                             '<h2>Live <span id="live-status">connecting…</span></h2><div id="live-log"></div>'
+                             '<h2>Live transcript <small>(<span id="live-status">connecting…</span>)</small></h2>'
+                             '<div id="live-log"></div>'
                              '</section>')
     problems = audit.get("problems") or []
     audit_html = ('<p class="ok">hash chains intact (' + _e(json.dumps(audit.get("records"))) + ')</p>'

@@ -95,7 +95,7 @@ def add_console(app: FastAPI, engine: AsyncEngine, authorize: Callable[..., Any]
         else:
             data = (await asyncio.to_thread(project, events, with_audio=False)).to_dict()
             turns, tools = data["turns"], data["tool_calls"]
-        rows = [r.to_dict() for r in timeline(events, collapse=False)]
+        rows = [r.to_dict() for r in timeline(events, collapse=True)]  # runs of deltas: one row with a count
         spans = await queries.call_spans(engine, call_id)
         audit = (await queries.verify_call(engine, call_id)).to_dict()
         kpis = await kpi_store.call_figures(engine, call_id) if await search.analytics_present(engine) else None
