@@ -67,8 +67,8 @@ async def browser(playwright_: Any) -> AsyncIterator[Any]:
     await b.close()
 
 
-async def shot(page: Any, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+async def shot(page: Any, name: str, *, full: bool = True) -> None:
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
 
 
 async def test_calls_list_shows_placed_calls(system: System, browser: Any) -> None:
@@ -96,7 +96,8 @@ async def test_call_page_plays_the_recording_and_shows_the_transcript(system: Sy
     assert duration > 2.0
     await page.wait_for_selector("#transcript .turn.playing", timeout=30_000)  # the transcript follows
     await page.evaluate("document.getElementById('player').pause()")
-    await shot(page, "call-page")
+    await page.evaluate("window.scrollTo(0, 0)")
+    await shot(page, "call-page", full=False)
     await page.goto(f"{system.recorder_url}/ui/kpis")
     assert await page.locator("svg.chart").count() >= 6
     await shot(page, "kpis")

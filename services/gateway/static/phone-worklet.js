@@ -4,7 +4,8 @@
 class MicPcm16 extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.chunk = new Int16Array(Math.round(sampleRate / 50));  // 20 ms at the context's real rate
+    this.size = Math.round(sampleRate / 50);  // 20 ms at the context's real rate
+    this.chunk = new Int16Array(this.size);
     this.filled = 0;
   }
   process(inputs) {
@@ -12,9 +13,9 @@ class MicPcm16 extends AudioWorkletProcessor {
     if (channel) {
       for (let i = 0; i < channel.length; i++) {
         this.chunk[this.filled++] = Math.max(-32768, Math.min(32767, Math.round(channel[i] * 32768)));
-        if (this.filled === this.chunk.length) {
-          this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]);
-          this.chunk = new Int16Array(this.chunk.length);
+        if (this.filled === this.size) {
+          this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]);  // transferred: detached here
+          this.chunk = new Int16Array(this.size);
           this.filled = 0;
         }
       }
