@@ -11,7 +11,7 @@ from shared.cli.kpis import compare_groups, wilson
 
 
 def group(key: str, completed: int, calls: int, latencies: list[float]) -> dict[str, Any]:
-    rates = {k: {"value": None, "numerator": 0, "denominator": 0} for k in RATES}
+    rates: dict[str, dict[str, Any]] = {k: {"value": None, "numerator": 0, "denominator": 0} for k in RATES}
     rates["task_completion"] = {"value": completed / calls, "numerator": completed, "denominator": calls}
     return {"key": key, "calls": calls, **rates, "first_response_p50_ms": sorted(latencies)[len(latencies) // 2],
             "first_response_ms": latencies, "cost_per_call_usd": 0.0, "cost_usd": [0.0] * calls}
