@@ -15,6 +15,7 @@ from services.analytics import metrics
 from services.analytics.api import create_app
 from services.analytics.consumer import AnalyticsConsumer
 from services.analytics.db import open_database
+from services.analytics.store import BatchOutcome
 from services.analytics.webhook import WebhookSender
 from shared import health, subjects
 from shared.health import Readiness
@@ -32,8 +33,8 @@ async def main(ctx: ServiceContext) -> None:
     ctx.stack.push_async_callback(engine.dispose)
     prefix = os.environ.get("SWITCHBOARD_ANALYTICS_CONSUMER") or "analytics"
 
-    async def on_batch(stream: str, outcome: object) -> None:
-        metrics.observe(stream, outcome)  # type: ignore[arg-type]
+    async def on_batch(stream: str, outcome: BatchOutcome) -> None:
+        metrics.observe(stream, outcome)
 
     consumer = AnalyticsConsumer(ctx.bus.js, engine, durable_prefix=prefix, on_batch=on_batch)
     stopping = asyncio.Event()
@@ -55,11 +56,16 @@ async def main(ctx: ServiceContext) -> None:
                 await task
 
     ctx.stack.push_async_callback(stop)
-    await asyncio.wait([asyncio.ensure_future(consumer.ready.wait()), *tasks],
-                       return_when=asyncio.FIRST_COMPLETED, timeout=60)
+    bound = asyncio.ensure_future(consumer.ready.wait())
+    try:
+        await asyncio.wait([bound, *tasks], return_when=asyncio.FIRST_COMPLETED, timeout=60)
+    finally:
+        bound.cancel()
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+    if not consumer.ready.is_set():
+        raise TimeoutError("the analytics consumer did not bind to the streams within 60 s")
     checks = [health.flag("consumer bound", consumer.ready.is_set, "binding to the streams"),
               health.nats_connection(ctx.bus.nc), health.database(engine)]
     checks += [health.jetstream_consumer(ctx.bus.js, s.name, consumer.durable(s))

@@ -21,6 +21,7 @@ from services.analytics.db import open_database
 from services.analytics.webhook import WebhookSender, verify
 from shared import natsserver, subjects
 from shared.bus import Bus
+from shared.cli.up import _webhook_status
 from shared.runtime import ServiceContext, serve_http
 
 
@@ -144,7 +145,7 @@ class Receiver:
             return JSONResponse({"ok": True})
 
 
-async def test_webhook_signed_with_retries(buses: tuple[Bus, Bus], engine: Any, unique: str) -> None:
+async def test_webhook_signed_with_retries(buses: tuple[Bus, Bus], engine: Any, unique: str, nats_url: str) -> None:
     gateway, session = buses
     receiver = Receiver(fail=2)
     port = natsserver.free_port()
@@ -174,3 +175,12 @@ async def test_webhook_signed_with_retries(buses: tuple[Bus, Bus], engine: Any, 
     assert not verify("s3cret", body + b" ", headers["switchboard-signature"])
     assert sender.status.retried >= 2 and sender.status.delivered >= 1
     assert sender.status.last_error is not None and "503" in sender.status.last_error
+    # switchboard status reads these counters from the analytics service's micro endpoint
+    service = await session.add_service(f"switchboard-test-{unique}")
+    await session.add_endpoint(service, name="webhook", subject=subjects.webhook_status(),
+                               handler=sender.answer_status)
+    try:
+        shown = await _webhook_status(nats_url)
+    finally:
+        await service.stop()
+    assert shown is not None and shown["delivered"] == sender.status.delivered and "503" in shown["last_error"]
