@@ -84,6 +84,22 @@ async def test_two_versions_in_kpis_cli_and_console(system: System) -> None:
                                     env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "significant" in table.stdout
 
+    async with httpx.AsyncClient(base_url=system.analytics_url, timeout=10) as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'switchboard_analytics_first_response_seconds_count{agent_version="1"}' in metrics
+    assert 'switchboard_analytics_calls_ended_total{agent_version="2",outcome=' in metrics
+
+    # the version-1 call rerun against version 2 makes the same tool calls (v2 only speaks faster)
+    rerun = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "shared.cli", "replay", placed["1"], "--rerun", "--agent-version", "2", "--json",
+        "--api", system.recorder_url], env=system.env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["equivalent"] is True
+    missing = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "shared.cli", "replay", placed["1"], "--rerun", "--agent-version", "9",
+        "--api", system.recorder_url], env=system.env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert missing.returncode == 2 and "no version '9'" in " ".join(missing.stdout.split())  # rich wraps
+
     async with httpx.AsyncClient(base_url=system.recorder_url, timeout=10) as client:
         page = (await client.get("/ui/")).text
         assert all(call_id in page for call_id in placed.values())
