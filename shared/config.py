@@ -5,8 +5,9 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_RECORDINGS_DIR``, ``SWITCHBOARD_LOCALMODEL_MODE``,
 ``SWITCHBOARD_LOCALMODEL_TOKEN``, ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``,
 ``SWITCHBOARD_API_TOKEN``, ``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``,
-``SWITCHBOARD_RECORDER_LOST_AFTER_S``, the ports ``SWITCHBOARD_{GATEWAY,RECORDER,LOCALMODEL,NATS}_PORT`` and the
-standard ``OTEL_*`` variables (read by the OpenTelemetry SDK itself).
+``SWITCHBOARD_RECORDER_LOST_AFTER_S``, ``SWITCHBOARD_WEBHOOK_URL``, ``SWITCHBOARD_WEBHOOK_SECRET``, the ports
+``SWITCHBOARD_{GATEWAY,RECORDER,ANALYTICS,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by
+the OpenTelemetry SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
 """
@@ -69,6 +70,13 @@ class Settings(BaseSettings):
     recorder_lost_after_s: float = Field(600.0, gt=0)
     """Seconds without any archived event after which the recorder ends an open call with reason ``lost``
     (its ``call.<id>.ended`` never arrived)."""
+    analytics_port: int = Field(8082, ge=1, le=65535)
+    """Port of the analytics service's API (``GET /kpis``, ``/metrics``; docs/analytics.md)."""
+    webhook_url: str | None = None
+    """Set: every ended call's summary is POSTed here as signed JSON (docs/analytics.md, "Post-call webhook")."""
+    webhook_secret: str | None = None
+    """HMAC-SHA256 key of the webhook's ``Switchboard-Signature`` header; required with ``webhook_url`` (without
+    it nothing is sent and ``switchboard status`` shows the webhook as misconfigured)."""
     localmodel_port: int = Field(8765, ge=1, le=65535)
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
@@ -81,7 +89,8 @@ class Settings(BaseSettings):
     """Seconds of ``Nats-Msg-Id`` de-duplication history in each stream."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
-                     "localmodel_token", "twilio_auth_token", "api_token", mode="before")
+                     "localmodel_token", "twilio_auth_token", "api_token", "webhook_url", "webhook_secret",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

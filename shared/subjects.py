@@ -281,3 +281,16 @@ def rt_any_call(direction: Direction, event_type: str) -> str:
     if direction not in ("client", "server"):
         raise InvalidSubjectTokenError(f"invalid direction {direction!r}")
     return f"rt.*.{direction}.{_event_type(event_type)}"
+
+
+# --- added for the analytics service --------------------------------------------------------------------
+
+
+def webhook_status() -> str:
+    """``switchboard.analytics.webhook`` — the post-call webhook's delivery status (``switchboard status``)."""
+    return "switchboard.analytics.webhook"
+
+
+def all_calls_ended() -> str:
+    """``call.*.ended`` — the end of every call (the post-call webhook's filter)."""
+    return "call.*.ended"

@@ -40,7 +40,7 @@ __all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "S
 
 log = logging.getLogger(__name__)
 
-SERVICE_ORDER = ("localmodel", "tools", "recorder", "session", "gateway")
+SERVICE_ORDER = ("localmodel", "tools", "recorder", "analytics", "session", "gateway")
 """Start order (stop order is the reverse)."""
 PROBE_INTERVAL_S = 1.0
 """Seconds between readiness probes of a running child."""
@@ -207,6 +207,7 @@ class Supervisor:
             "SWITCHBOARD_DATABASE_URL": s.effective_database_url,
             "SWITCHBOARD_GATEWAY_PORT": str(s.gateway_port),
             "SWITCHBOARD_RECORDER_PORT": str(s.recorder_port),
+            "SWITCHBOARD_ANALYTICS_PORT": str(s.analytics_port),
             "SWITCHBOARD_LOCALMODEL_PORT": str(s.localmodel_port),
             "SWITCHBOARD_AGENT": str(s.agent.resolve()) if s.agent.exists() else str(s.agent),
             "PYTHONUNBUFFERED": "1",
@@ -221,6 +222,7 @@ class Supervisor:
         http = {
             "gateway": s.gateway_port,
             "recorder": s.recorder_port,
+            "analytics": s.analytics_port,
             "localmodel": s.localmodel_port,
         }
         for name in SERVICE_ORDER:

@@ -150,13 +150,14 @@ class Stack:
 
     def __init__(self, data_dir: Path, *, nats_url: str | None = None, js_replicas: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
-        ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "localmodel")}
+        ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
         overrides: dict[str, Any] = {}
         if js_replicas:
             overrides["js_replicas"] = js_replicas
         self.settings: Settings = load_settings(
             data_dir=data_dir, nats_url=nats_url, nats_port=ports["nats"], gateway_port=ports["gateway"],
-            recorder_port=ports["recorder"], localmodel_port=ports["localmodel"],
+            recorder_port=ports["recorder"], analytics_port=ports["analytics"],
+            localmodel_port=ports["localmodel"],
             agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None, **overrides)
         env = {"SWITCHBOARD_LOCALMODEL_PACING": "fast", **(extra_env or {})}
         if js_replicas:

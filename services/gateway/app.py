@@ -131,7 +131,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
                             max_outbound_chunks=gateway.max_outbound_chunks,
                             audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
-                            idle_s=settings.carrier_idle_s).run()
+                            idle_s=settings.carrier_idle_s, call_page_base=_console_base(ws, settings)).run()
 
     @app.get("/phone", include_in_schema=False)
     async def phone() -> FileResponse:
@@ -141,7 +141,18 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def phone_js() -> FileResponse:
         return FileResponse(_STATIC / "phone.js", media_type="text/javascript")
 
+    @app.get("/phone-worklet.js", include_in_schema=False)
+    async def phone_worklet() -> FileResponse:
+        return FileResponse(_STATIC / "phone-worklet.js", media_type="text/javascript")
+
     return app
+
+
+def _console_base(ws: WebSocket, settings: Settings) -> str:
+    """The recorder console's base URL as the browser reaches it: this host on ``SWITCHBOARD_RECORDER_PORT``
+    (behind an ingress that maps paths instead, the link is only a hint)."""
+    scheme = "https" if ws.url.scheme == "wss" else "http"
+    return f"{scheme}://{ws.url.hostname}:{settings.recorder_port}"
 
 
 async def main(ctx: ServiceContext) -> None:

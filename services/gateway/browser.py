@@ -3,12 +3,15 @@
 Connection: ``/browser?token=<token from POST /browser/token>`` (single use, short-lived; see
 :mod:`.security`). Messages (JSON text unless noted):
 
-- browser → gateway: ``{"event":"start","sample_rate":16000|24000|48000,"agent"?:str}`` first; then binary
-  frames of PCM16 little-endian mono at that rate (any size ≤ 64 KiB); ``{"event":"mark","name":…}`` when
-  playback reaches a mark; ``{"event":"stop"}`` to hang up.
-- gateway → browser: ``{"event":"started","call_id":…}``; binary PCM16 LE mono 24 kHz agent audio;
-  ``{"event":"mark","name":…}`` after each chunk; ``{"event":"clear"}`` (drop unplayed audio and echo every
-  pending mark).
+- browser → gateway: ``{"event":"start","sample_rate":N,"agent"?:str}`` first, N the microphone's real rate
+  in Hz (8000 ≤ N ≤ 48000, e.g. 44100: the page declares its AudioContext's ``sampleRate``); then binary frames
+  of PCM16 little-endian mono at that rate (any size ≤ 64 KiB); ``{"event":"mark","name":…}`` when playback
+  reaches a mark; ``{"event":"stop"}`` to hang up.
+- gateway → browser: ``{"event":"started","call_id":…,"call_page":<console URL or null>}``; binary PCM16 LE
+  mono 24 kHz agent audio; ``{"event":"mark","name":…}`` after each chunk; ``{"event":"clear"}`` (drop
+  unplayed audio and echo every pending mark); the live transcript: ``{"event":"transcript","role":"user"|
+  "assistant","text":…,"item_id":…}`` (final text of a turn), ``{"event":"transcript_delta","item_id":…,
+  "delta":…}`` (agent speech as it is generated) and ``{"event":"tool","name":…,"arguments":…}``.
 
 Browser audio is converted to ``audio/pcm;rate=24000`` by the gateway before it enters the bus
 (design.md, "Audio"); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008
@@ -26,6 +29,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocket
 
 from services.gateway.call import CallBridge, CallStart
@@ -37,15 +41,19 @@ from services.gateway.twilio import (
     disconnect_reason,
     receive_before,
 )
+from shared import subjects
 from shared.audio import PCM24K, Converter
-from shared.bus import Bus
+from shared.bus import Bus, Envelope
 from shared.carriers.twilio import MAX_MESSAGE_BYTES
 
 __all__ = ["BrowserProtocolError", "BrowserSink", "BrowserStream"]
 
 log = logging.getLogger("services.gateway.browser")
 
-_RATES = (16000, 24000, 48000)
+_MIN_RATE, _MAX_RATE = 8000, 48000
+_TRANSCRIPT_EVENTS = ("conversation.item.input_audio_transcription.completed",
+                      "response.output_audio_transcript.delta", "response.output_audio_transcript.done",
+                      "response.function_call_arguments.done")
 
 
 class BrowserProtocolError(ValueError):
@@ -57,18 +65,26 @@ class BrowserSink:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self.lock = asyncio.Lock()
+        """Serialises every send: the bridge's writer and the transcript forwarder share the socket."""
 
     async def send_audio(self, audio: bytes) -> None:
         """One binary frame of PCM16 LE mono 24 kHz."""
-        await self.ws.send_bytes(audio)
+        async with self.lock:
+            await self.ws.send_bytes(audio)
 
     async def send_mark(self, name: str) -> None:
         """``{"event":"mark","name":…}``."""
-        await self.ws.send_text(json.dumps({"event": "mark", "name": name}))
+        await self.send_json({"event": "mark", "name": name})
 
     async def send_clear(self) -> None:
         """``{"event":"clear"}``."""
-        await self.ws.send_text('{"event":"clear"}')
+        await self.send_json({"event": "clear"})
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        """One JSON text frame."""
+        async with self.lock:
+            await self.ws.send_text(json.dumps(message))
 
     async def close(self, code: int, reason: str) -> None:
         """Close the socket."""
@@ -80,8 +96,13 @@ class BrowserStream:
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
-                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None,
+                 call_page_base: str | None = None) -> None:
         self.ws = ws
+        self.call_page_base = call_page_base
+        """Base URL of the recorder's console (``<base>/ui/calls/<id>`` is sent in ``started``); None: none."""
+        self.sink = BrowserSink(ws)
+        self._subs: list[Subscription] = []
         self.start_timeout_s = start_timeout_s
         self.idle_s = idle_s
         self.max_outbound_chunks = max_outbound_chunks
@@ -126,6 +147,9 @@ class BrowserStream:
             with contextlib.suppress(Exception):
                 await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
         finally:
+            for sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             if self.bridge is not None:
                 self.calls.pop(self.bridge.call_id, None)
                 self.bridge.detach_context()
@@ -174,17 +198,43 @@ class BrowserStream:
         if self.bridge is not None:
             raise BrowserProtocolError("second start")
         rate = event.get("sample_rate")
-        if rate not in _RATES:
-            raise BrowserProtocolError(f"sample_rate must be one of {_RATES}")
+        if not isinstance(rate, int) or isinstance(rate, bool) or not _MIN_RATE <= rate <= _MAX_RATE:
+            raise BrowserProtocolError(f"sample_rate must be an integer from {_MIN_RATE} to {_MAX_RATE} Hz")
         source = f"audio/pcm;rate={rate}"
         self._converter = Converter(source, PCM24K)
         agent = event.get("agent")
         start = CallStart(carrier="browser", audio_format=PCM24K,
                           agent=agent if isinstance(agent, str) and agent else self.default_agent,
                           custom_parameters={"input_format": source})
-        bridge = CallBridge(self.bus, BrowserSink(self.ws), start, max_outbound_chunks=self.max_outbound_chunks,
+        bridge = CallBridge(self.bus, self.sink, start, max_outbound_chunks=self.max_outbound_chunks,
                             audio_in_ms=self.audio_in_ms, idle_s=self.idle_s)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()
-        await self.ws.send_text(json.dumps({"event": "started", "call_id": bridge.call_id}))
+        page = f"{self.call_page_base}/ui/calls/{bridge.call_id}" if self.call_page_base else None
+        await self.sink.send_json({"event": "started", "call_id": bridge.call_id, "call_page": page})
+        for kind in _TRANSCRIPT_EVENTS:
+            self._subs.append(await self.bus.subscribe(subjects.rt_server(bridge.call_id, kind),
+                                                       self._on_transcript, traced=False))
+
+    async def _on_transcript(self, env: Envelope) -> None:
+        """Forward the call's transcript events to the page (see the module docstring)."""
+        try:
+            body = env.json()
+        except ValueError:
+            return
+        if not isinstance(body, dict):
+            return
+        kind = subjects.parse(env.subject).rest
+        if kind == "conversation.item.input_audio_transcription.completed":
+            message = {"event": "transcript", "role": "user", "text": body.get("transcript", ""),
+                       "item_id": body.get("item_id")}
+        elif kind == "response.output_audio_transcript.delta":
+            message = {"event": "transcript_delta", "item_id": body.get("item_id"), "delta": body.get("delta", "")}
+        elif kind == "response.output_audio_transcript.done":
+            message = {"event": "transcript", "role": "assistant", "text": body.get("transcript", ""),
+                       "item_id": body.get("item_id")}
+        else:
+            message = {"event": "tool", "name": body.get("name"), "arguments": body.get("arguments")}
+        with contextlib.suppress(Exception):  # the page went away: the call ends through run()
+            await self.sink.send_json(message)

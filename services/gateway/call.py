@@ -33,10 +33,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
-from shared import metrics, subjects
+from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
 from shared.bus import Bus, Envelope, Headers
+from shared.config import get_settings
 from shared.telemetry import get_tracer
 
 __all__ = ["CallBridge", "CallStart", "CarrierSink"]
@@ -74,6 +75,8 @@ class CallStart:
     carrier_call_id: str | None = None
     stream_id: str | None = None
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    agent_version: str | None = None
+    """None: chosen at :meth:`CallBridge.open` by :func:`shared.rollout.choose` (sticky per caller)."""
 
 
 class CallBridge:
@@ -139,8 +142,10 @@ class CallBridge:
         if self.idle_s is not None:
             self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
         s = self.start
+        version = s.agent_version or rollout.choose(get_settings().agent.parent, s.agent, s.from_ or cid).version
         await self.bus.publish_event(subjects.call_started(cid), {
-            "call_id": cid, "carrier": s.carrier, "agent": s.agent, "audio_format": s.audio_format,
+            "call_id": cid, "carrier": s.carrier, "agent": s.agent, "agent_version": version,
+            "audio_format": s.audio_format,
             "from": s.from_, "to": s.to, "carrier_call_id": s.carrier_call_id, "stream_id": s.stream_id,
             "custom_parameters": s.custom_parameters, "started_at": datetime.now(UTC).isoformat(),
         }, call_id=cid)

@@ -4,7 +4,8 @@ Routes: ``GET /calls`` (recent calls), ``/calls/{id}``, ``/calls/{id}/events`` (
 ``?type=`` glob such as ``response.*``, ``?stream=RT|CALLS``), ``/calls/{id}/transcript``,
 ``/calls/{id}/tool_calls``, ``/calls/{id}/recording.wav``, ``/calls/{id}/trace`` (spans + waterfall),
 ``/calls/{id}/audit`` (hash-chain verification), ``/audit/streams`` (positions, stream-level gaps, call ids),
-``/calls/{id}/live`` (HTML) and ``/calls/{id}/live/events`` (SSE), plus ``/healthz``, ``/readyz``, ``/metrics``
+``/calls/{id}/live`` (HTML) and ``/calls/{id}/live/events`` (SSE), the web console under ``/ui/`` (``/``
+redirects there; :mod:`services.recorder.ui`), plus ``/healthz``, ``/readyz``, ``/metrics``
 (``shared.http.add_ops_routes``).
 
 With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes requires ``Authorization: Bearer <token>``
@@ -20,15 +21,17 @@ import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import queries
 from services.recorder.live import live_stream
 from services.recorder.projections import project
 from services.recorder.recording import cached_wav
+from services.recorder.ui.routes import add_console
 from services.recorder.waterfall import waterfall
 from shared import subjects
 from shared.bus import Bus
@@ -74,7 +77,8 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.")
     app.state.api_token = api_token
     add_ops_routes(app, ready)
-    live_html = (_STATIC / "live.html").read_text(encoding="utf-8")
+    live_html = (_STATIC / "live.html").read_text(encoding="utf-8").replace(  # the console's live view script
+        "/*LIVE_JS*/", (_STATIC.parent / "ui" / "live.js").read_text(encoding="utf-8"))
 
     async def existing(call_id: str) -> dict[str, Any]:
         call = await queries.get_call(engine, call_id)
@@ -162,4 +166,10 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         return StreamingResponse(live_stream(bus, engine, call_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        token = request.query_params.get("access_token")
+        return RedirectResponse("/ui/" + (f"?access_token={quote(token, safe='')}" if token else ""))
+
+    add_console(app, engine, _authorize)
     return app

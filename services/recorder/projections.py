@@ -88,14 +88,17 @@ class Projection:
     barge_ins: list[BargeIn] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     model: str = "gpt-realtime"
-    cost_usd: float = 0.0
+    billed: bool = True
+    """False when the session said ``billed: false`` in ``session.model_connected`` (no API key: local model)."""
+    cost_usd: float | None = 0.0
+    """Estimate in USD (:mod:`services.recorder.pricing`); None when the model is unpriced."""
     timeline: Timeline | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape (turns, tool_calls, barge_ins, usage, cost_usd)."""
         return {"turns": [asdict(t) for t in self.turns], "tool_calls": [asdict(t) for t in self.tool_calls],
                 "barge_ins": [asdict(b) for b in self.barge_ins], "usage": asdict(self.usage),
-                "model": self.model, "cost_usd": self.cost_usd}
+                "model": self.model, "billed": self.billed, "cost_usd": self.cost_usd}
 
 
 def _ms(ev: ArchivedEvent, t0_ns: int) -> int:
@@ -125,6 +128,7 @@ def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Proj
     barge: BargeIn | None = None
     speech_ns: int | None = None
     delta_ms: dict[str, list[int]] = {}
+    model_from_client = False
 
     def vad_ms(ev: ArchivedEvent, key: str) -> int:
         value = (ev.json() or {}).get(key)
@@ -187,10 +191,13 @@ def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Proj
             response: dict[str, Any] = body["response"] if isinstance(body.get("response"), dict) else {}
             if isinstance(response.get("usage"), dict):
                 out.usage.add(response["usage"])
-        elif kind == ("client", "session.update"):
+        elif kind in (("client", "session.update"), ("server", "session.created")):
             session: dict[str, Any] = body["session"] if isinstance(body.get("session"), dict) else {}
-            if isinstance(session.get("model"), str):
+            if isinstance(session.get("model"), str) and (ev.direction == "client" or not model_from_client):
                 out.model = session["model"]
+                model_from_client = ev.direction == "client"
+        elif kind == (None, "session.model_connected") and body.get("billed") is False:
+            out.billed = False
         elif kind in (("client", "conversation.item.truncate"), (None, "command.clear")):
             if speech_ns is None:
                 continue
@@ -214,7 +221,7 @@ def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Proj
     turns = [t for t in turns if t.text.strip() or t.start_ms is not None]
     out.turns = sorted(turns, key=lambda t: (t.start_ms if t.start_ms is not None else 1 << 62))
     out.tool_calls = tool_order
-    out.cost_usd = estimate_cost(out.usage, out.model)
+    out.cost_usd = estimate_cost(out.usage, out.model, billed=out.billed)
     return out
 
 

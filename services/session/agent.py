@@ -7,6 +7,7 @@ their JSON Schemas from the tool registry (:mod:`shared.tool_registry`) when a c
 Example::
 
     name: receptionist
+    version: "2"                # optional, default "1"; agents/rollout.yaml splits traffic between versions
     instructions: "You are the receptionist of ..."
     model: gpt-realtime         # optional; default SWITCHBOARD_MODEL
     voice: marin
@@ -97,6 +98,8 @@ class AgentSpec(_Strict):
     """A validated agent spec (see the module docstring for the YAML shape)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    """The spec's version (``call.<id>.started`` ``agent_version``; A/B rollouts: :mod:`shared.rollout`)."""
     instructions: str
     model: str | None = None
     """Realtime model for this agent's calls (the ``?model=`` of the WebSocket URL and ``session.model``);

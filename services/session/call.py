@@ -383,7 +383,10 @@ class Call:
         session = ev.get("session") or {}
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
             "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
-            "connection": self.connections, "reconnect": self.connections > 1})
+            "connection": self.connections, "reconnect": self.connections > 1,
+            # billed: false without an API key (the local model), priced at 0 (services/recorder/pricing.py)
+            "billed": self.endpoint.api_key is not None, "agent": self.spec.name,
+            "agent_version": self.spec.version})
 
     async def _rebuild(self) -> bool:
         """Replay the log and re-create prior items; returns True when the agent owes a response."""

@@ -52,6 +52,8 @@ class CallInfo:
     audio_format: str
     from_: str | None
     to: str | None
+    agent_version: str | None = None
+    """The version the gateway chose (``shared.rollout``); None: the agent's default spec."""
 
     @classmethod
     def parse(cls, payload: Any) -> CallInfo:
@@ -66,4 +68,5 @@ class CallInfo:
         audio_format = str(payload.get("audio_format") or "audio/pcmu")
         parse_format(audio_format)
         return cls(call_id, str(payload.get("carrier") or "unknown"), str(payload.get("agent") or ""),
-                   audio_format, payload.get("from"), payload.get("to"))
+                   audio_format, payload.get("from"), payload.get("to"),
+                   str(payload["agent_version"]) if payload.get("agent_version") else None)

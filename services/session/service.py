@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.subscription import Subscription
 
-from shared import health, subjects
+from shared import health, rollout, subjects
 from shared.bus import Bus, Envelope
 from shared.config import Settings
 from shared.errors import PublishFailedError
@@ -91,18 +91,24 @@ class SessionService:
         if self._tasks:
             await asyncio.wait(set(self._tasks.values()), timeout=10)
 
-    def agent_for(self, name: str) -> AgentSpec:
-        """The spec named in ``started.agent`` (``<agents dir>/<name>.yaml``), else the default agent."""
-        if not name or name in self._agents:
-            return self._agents.get(name, self.default_agent)
+    def agent_for(self, name: str, version: str | None = None) -> AgentSpec:
+        """The spec named in ``started.agent`` at ``started.agent_version``: the rollout's spec file for that
+        version (``shared.rollout.spec_path``), else ``<agents dir>/<name>.yaml``, else the default agent."""
+        key = f"{name}@{version}" if version else name
+        if not name or key in self._agents:
+            return self._agents.get(key, self.default_agent)
+        agents_dir = Path(self.settings.agent).parent
         try:
             subjects.validate_call_id(name)  # same safe-token rule: no path tricks
-            path = Path(self.settings.agent).parent / f"{name}.yaml"
+            path = rollout.spec_path(agents_dir, name, version) if version else None
+            path = path or agents_dir / f"{name}.yaml"
             spec = load_agent(path) if path.is_file() else self.default_agent
-        except (AgentSpecError, subjects.InvalidSubjectTokenError) as exc:
+        except (AgentSpecError, rollout.RolloutError, subjects.InvalidSubjectTokenError) as exc:
             log.warning("agent %r unusable (%s); using %s", name, exc, self.default_agent.name)
             spec = self.default_agent
-        self._agents[name] = spec
+        if version and spec.version != version:
+            log.warning("agent %s version %s asked for; the spec found is version %s", name, version, spec.version)
+        self._agents[key] = spec
         return spec
 
     async def _on_started(self, env: Envelope) -> None:
@@ -113,7 +119,8 @@ class SessionService:
             return
         if info.call_id in self.calls:
             return  # a redelivered started for a call this instance already runs
-        spec = self.agent_for(info.agent)
+        spec = self.agent_for(info.agent, info.agent_version)
+        log.info("call %s: agent %s version %s", info.call_id, spec.name, spec.version)
         endpoint = replace(self.endpoint, model=spec.model) if spec.model else self.endpoint
         call = Call(self.bus, spec, info, endpoint, self.options)
         self.calls[info.call_id] = call

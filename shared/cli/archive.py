@@ -76,7 +76,9 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         table.add_column(column)
     for r in rows:
         duration = f"{r['duration_ms'] / 1000:.1f} s" if r.get("duration_ms") else "-"
-        cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "-"
+        # None once projected = the model is not in the price table (services/recorder/pricing.py)
+        cost = (f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None
+                else "unpriced" if r.get("projected_ns") else "-")
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
                       r.get("to_number") or "-", r.get("agent") or "-", r["status"], r.get("end_reason") or "-",
                       duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
@@ -99,6 +101,8 @@ def replay(call_id: str = typer.Argument(..., help="The call id"),
            logged_session: bool = typer.Option(False, "--logged-session",
                                                help="--rerun with the call's logged session.update instead of "
                                                     "the current agent's"),
+           agent_version: str | None = typer.Option(
+               None, "--agent-version", help="--rerun against this version of the call's agent (agents/rollout.yaml)"),
            api: str | None = typer.Option(None, help="Recorder API base URL")) -> None:
     """The call's timeline from the log; with --rerun, exit 0 when a fresh session makes the same tool calls."""
     from services.recorder.replay import timeline
@@ -120,10 +124,31 @@ def replay(call_id: str = typer.Argument(..., help="The call id"),
                           f"{row.source}#{row.seq}", row.type, row.summary)
         console.print(table)
         return
-    raise typer.Exit(_rerun(events, speed, min_similarity, as_json, logged_session))
+    raise typer.Exit(_rerun(events, speed, min_similarity, as_json, logged_session, agent_version))
 
 
-def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool, logged_session: bool) -> int:
+def _agent_path(events: list[Any], settings: Settings, version: str | None) -> Any:
+    """The spec to rerun with: the current agent, or ``version`` of the call's agent per the rollout file."""
+    from shared import rollout
+
+    if version is None:
+        return settings.agent
+    started = next((e.json() for e in events if e.direction is None and e.type == "started"), None) or {}
+    agent = str(started.get("agent") or settings.agent.stem)
+    try:
+        path = rollout.spec_path(settings.agent.parent, agent, version)
+    except rollout.RolloutError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if path is None:
+        console.print(f"[red]{settings.agent.parent / rollout.ROLLOUT_FILE} lists no version {version!r} of "
+                      f"agent {agent!r}[/red]")
+        raise typer.Exit(2)
+    return path
+
+
+def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool, logged_session: bool,
+           agent_version: str | None = None) -> int:
     from services.recorder.rerun import (
         agent_session_update,
         compare,
@@ -137,9 +162,10 @@ def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool
     logged = logged_session_update(events)
     session_update = logged
     if not logged_session:
+        agent_path = _agent_path(events, settings, agent_version)
         try:
             session_update = asyncio.run(agent_session_update(
-                settings.agent, settings.effective_nats_url, audio_format=logged_audio_format(events),
+                agent_path, settings.effective_nats_url, audio_format=logged_audio_format(events),
                 model=settings.model if not settings.uses_local_model else None, logged=logged))
         except (ValueError, ImportError) as exc:
             console.print(f"[yellow]current agent unavailable ({exc}); using the logged session.update[/yellow]")

@@ -92,6 +92,23 @@ async def _status(nats_url: str) -> list[dict[str, Any]]:
         await nc.close()
 
 
+async def _webhook_status(nats_url: str) -> dict[str, Any] | None:
+    """The analytics service's webhook counters (``switchboard.analytics.webhook``), None when none answers."""
+    import nats
+
+    from shared import subjects
+
+    nc = await nats.connect(nats_url, connect_timeout=3)
+    try:
+        reply = await nc.request(subjects.webhook_status(), b"", timeout=1.0)
+        data = json.loads(reply.data)
+        return data if isinstance(data, dict) and "url" in data else None
+    except Exception:  # no webhook configured (no responder) or no analytics service
+        return None
+    finally:
+        await nc.close()
+
+
 ONLY_HELP = "comma-separated services to start (default: all; `nats` alone: only NATS)"
 
 
@@ -132,3 +149,10 @@ def register(app: typer.Typer) -> None:
         if not rows:
             console.print("no services answered")
             raise typer.Exit(1)
+        webhook = asyncio.run(_webhook_status(nats or settings.effective_nats_url))
+        if webhook is not None:
+            colour = "red" if webhook.get("failed") or not webhook.get("configured") else "green"
+            console.print(f"[{colour}]post-call webhook {webhook.get('url')}: {webhook.get('delivered', 0)} delivered, "
+                          f"{webhook.get('retried', 0)} retried, {webhook.get('failed', 0)} failed[/{colour}]"
+                          + (f"; last error {webhook.get('last_error_at') or ''} {webhook['last_error']}"
+                             if webhook.get("last_error") else ""))

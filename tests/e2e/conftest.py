@@ -40,13 +40,18 @@ class System:
     def recorder_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.recorder_port}"
 
+    @property
+    def analytics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.analytics_port}"
+
 
 @pytest.fixture(scope="session")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     data = tmp_path_factory.mktemp("e2e-data")
-    ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "localmodel")}
+    ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
     settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
-                             recorder_port=ports["recorder"], localmodel_port=ports["localmodel"],
+                             recorder_port=ports["recorder"], analytics_port=ports["analytics"],
+                             localmodel_port=ports["localmodel"],
                              agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None)
     supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast"})
     try:
