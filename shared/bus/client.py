@@ -48,6 +48,10 @@ HOP_SAMPLE_EVERY = 32
 deltas, marks: 25–50 a second per call and direction, so a busy process still records hundreds a second). One
 SDK histogram record costs 7–10 µs on this machine (a loop over ``BUS_HOP.record`` with a service's meter
 provider), a third of receiving one message; sampling every 8th cost ~1 µs per message, every 32nd ~0.3."""
+SUBSCRIBE_FLUSH_TIMEOUT = 5.0
+"""Seconds :meth:`Bus.subscribe` waits for the server to confirm the interest; past it the subscription stands
+and is confirmed when the server answers (a paused or restarting server must not fail the caller)."""
+
 CONTEXT_CACHE_SIZE = 4096
 """Extracted trace contexts kept per distinct ``traceparent`` (cleared when full)."""
 INJECTION_CACHE_SIZE = 256
@@ -379,7 +383,13 @@ class Bus(StreamsMixin, MicroMixin):
             await self.dispatch(env, handler, traced=traced)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=callback, pending_msgs_limit=pending_msgs_limit)
-        await flush_shielded(self.nc)  # the server has the interest before we return
+        try:
+            await flush_shielded(self.nc, SUBSCRIBE_FLUSH_TIMEOUT)  # the server has the interest before we return
+        except (nats.errors.FlushTimeoutError, nats.errors.ConnectionReconnectingError) as exc:
+            # NATS is paused or reconnecting: the subscription stands and nats-py sends it again on reconnect;
+            # failing here would end a call over a blip it survives otherwise
+            log.warning("subscribed to %s while the server did not answer (%s); it takes effect when it does",
+                        subject, type(exc).__name__)
         return sub
 
     def _context_of(self, headers: Mapping[str, str]) -> otel_context.Context:

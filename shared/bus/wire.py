@@ -200,8 +200,23 @@ class SwitchboardClient(_NatsClient):
         await flush_shielded(self, timeout)
 
     async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
-        """Send ``PING`` after every command already queued (nats-py writes it ahead of them)."""
-        self._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
+        """Send ``PING`` after every command already queued (nats-py writes it ahead of them).
+
+        The future nats-py resolves when the ``PONG`` arrives is one of ours that nobody cancels; it passes the
+        result on to ``future`` unless that one is already done. nats-py's ``flush`` cancels its future when its
+        timeout fires (a server paused past the timeout), and ``_process_pong`` calls ``set_result`` on whatever
+        it pops: on the cancelled future the late ``PONG`` raised ``InvalidStateError`` and ended the read loop.
+        """
+        pong: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if future is not None:
+            caller = future
+
+            def pass_on(_: asyncio.Future[Any]) -> None:
+                if not caller.done():
+                    caller.set_result(True)
+
+            pong.add_done_callback(pass_on)
+        self._pongs.append(pong)
         await self._send_command(PING_PROTO)
         await self._flush_pending()
 
