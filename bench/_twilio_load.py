@@ -113,7 +113,7 @@ def _start_message(stream_sid: str, call_sid: str, params: dict[str, str]) -> st
 
 async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, seconds: float, delay: float,
                     drain_s: float, params: dict[str, str]) -> CallResult:
-    n = int(round(seconds / FRAME_S))
+    n = round(seconds / FRAME_S)
     result = CallResult(index, rtt_ms=[math.nan] * n)
     sent_at = [0.0] * n
     asm = _Reassembler(result, sent_at)
@@ -164,7 +164,7 @@ async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, 
             result.sent += 1
             await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_S - loop_time()))
         drain_until = loop_time() + drain_s
-        while loop_time() < drain_until and result.returned < result.sent and not read_task.done():
+        while loop_time() < drain_until and result.returned < result.sent and not read_task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send('{"event":"stop","sequenceNumber":"0","streamSid":' + sid_json + ',"stop":{}}')

@@ -71,8 +71,11 @@ def summarize(results: list[CallResult], late_ms: float) -> dict[str, Any]:
     sent = sum(c.sent for c in results)
     returned = sum(c.returned for c in results)
     unmarked = sum(c.unmarked_bytes for c in results)
+    lost_first = sum(1 for c in results for r in c.rtt_ms[:50] if math.isnan(r))
+    lost_last = sum(1 for c in results for r in c.rtt_ms[50:][-50:] if math.isnan(r))
     return {
         "calls": len(results), "frames_sent": sent, "frames_returned": returned, "lost": sent - returned,
+        "lost_first_s": lost_first, "lost_last_s": lost_last,
         "duplicated": sum(c.duplicated for c in results), "unmarked_ms": unmarked / 8.0,
         "returned_share": (returned * 160 + unmarked) / (sent * 160) if sent else math.nan,
         "rtt_p50_ms": _pct(rtts, 50), "rtt_p95_ms": _pct(rtts, 95), "rtt_p99_ms": _pct(rtts, 99),
@@ -150,9 +153,23 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float], call_seconds: 
     return {k: (after[k] - before[k]) * 1000.0 / call_seconds for k in before if k in after}
 
 
-async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: float) -> dict[str, Any]:
+def start_profilers(pids: dict[str, int], seconds: float, out: Path, tag: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``record --nonblocking``, 50 Hz, raw collapsed stacks) on each process for ``seconds``;
+    writes ``<out>/<tag>-<name>.txt``. A profiled round's CPU figures include py-spy's reads: not a measurement."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "50",
+                              "-f", "raw", "--nonblocking", "-o", str(out / f"{tag}-{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in pids.items()]
+
+
+async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: float,
+                            profile: Path | None = None) -> dict[str, Any]:
     """N calls through the gateway; CPU of every Switchboard process until the recorder caught up."""
     pids = {name: stack.pid(name) for name in SB_PROCS}
+    spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder")}, seconds, profile,
+                             f"sb{calls}") if profile else [])
     pids["localmodel"] = stack.pid("localmodel")
     pids["loadgen"] = os.getpid()
     sampler = LagSampler(stack.nats_url)
@@ -170,6 +187,8 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
     after = _cpu(pids)
     stop.set()
     await lag_task
+    for spy in spies:
+        await asyncio.to_thread(spy.wait)
     cpu = _cpu_delta(before, after, calls * seconds)
     total = sum(cpu[k] for k in SB_PROCS if k in cpu)
     return {"cpu_ms_per_call_s": cpu, "cpu_total": total, "load_s": load_s, "catch_up_s": catch_up_s,
@@ -177,13 +196,16 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
 
 
 async def bare_round(bridge_pid: int, bridge_url: str, model_pid: int, calls: int, seconds: float,
-                     late_ms: float) -> dict[str, Any]:
+                     late_ms: float, profile: Path | None = None) -> dict[str, Any]:
     """N calls through the bare bridge; its CPU over the load."""
     pids = {"bridge": bridge_pid, "localmodel": model_pid, "loadgen": os.getpid()}
+    spies = start_profilers({"bridge": bridge_pid}, seconds, profile, f"bare{calls}") if profile else []
     before, t0 = _cpu(pids), time.monotonic()
     results = await run_calls(calls, seconds, ws_url=bridge_url)
     load_s = time.monotonic() - t0
     after = _cpu(pids)
+    for spy in spies:
+        await asyncio.to_thread(spy.wait)
     cpu = _cpu_delta(before, after, calls * seconds)
     return {"cpu_ms_per_call_s": cpu, "cpu_total": cpu["bridge"], "load_s": load_s,
             **summarize(results, late_ms)}
@@ -196,7 +218,8 @@ def holds(row: dict[str, Any]) -> bool:
 
 async def start_bridge(port: int, model_url: str) -> subprocess.Popen[bytes]:
     """Start ``bench/_bare_bridge.py`` and wait for ``/readyz``."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_bare_bridge.py"), "--port", str(port),
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a start-up step, nothing else runs yet
+        [sys.executable, str(ROOT / "bench" / "_bare_bridge.py"), "--port", str(port),
                              "--model-url", model_url], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     async with httpx.AsyncClient() as client:
         for _ in range(200):
@@ -227,7 +250,8 @@ def print_row(calls: int, sb: dict[str, Any], bare: dict[str, Any]) -> None:
         print(f"  {name:12s} round trip p50/p95/p99 {_fmt(row['rtt_p50_ms'])}/{_fmt(row['rtt_p95_ms'])}/"
               f"{_fmt(row['rtt_p99_ms'])} ms (max {_fmt(row['rtt_max_ms'], '.0f')}), late "
               f"{_fmt(100 * row['late_share'])} %, frames {row['frames_returned']}/{row['frames_sent']} back, "
-              f"lost {row['lost']}, dup {row['duplicated']}, unmarked {_fmt(row['unmarked_ms'], '.0f')} ms, "
+              f"lost {row['lost']} (first s {row['lost_first_s']}, last s {row['lost_last_s']}), "
+              f"dup {row['duplicated']}, unmarked {_fmt(row['unmarked_ms'], '.0f')} ms, "
               f"returned {_fmt(100 * row['returned_share'])} %, clears {row['clears']}"
               + (f", errors {row['errors']}" if row["errors"] else ""))
     lag = sb["recorder_lag"]
@@ -285,9 +309,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         calls = best
                     else:
                         calls = int(item)
-                    sb = await switchboard_round(stack, calls, args.seconds, args.late_ms)
+                    sb = await switchboard_round(stack, calls, args.seconds, args.late_ms, args.profile)
                     await asyncio.sleep(2)
-                    bare = await bare_round(bridge.pid, bridge_url, model_pid, calls, args.seconds, args.late_ms)
+                    bare = await bare_round(bridge.pid, bridge_url, model_pid, calls, args.seconds, args.late_ms,
+                                            args.profile)
                     doc["rounds"].append({"calls": calls, "max": item == "max", "switchboard": sb, "bare": bare,
                                           "cpu_ratio": sb["cpu_total"] / bare["cpu_total"]})
                     print_row(calls, sb, bare)
@@ -309,6 +334,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=20)
     parser.add_argument("--search-seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy each process during each round; collapsed stacks into this dir")
     args = parser.parse_args()
     doc = asyncio.run(main_async(args))
     args.out.mkdir(parents=True, exist_ok=True)
