@@ -112,7 +112,7 @@ def _start_message(stream_sid: str, call_sid: str, params: dict[str, str]) -> st
 
 
 async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, seconds: float, delay: float,
-                    drain_s: float, params: dict[str, str]) -> CallResult:
+                    drain_s: float, params: dict[str, str], echo_marks: bool = True) -> CallResult:
     n = round(seconds / FRAME_S)
     result = CallResult(index, rtt_ms=[math.nan] * n)
     sent_at = [0.0] * n
@@ -141,7 +141,7 @@ async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, 
                 if kind == "media":
                     result.media_messages += 1
                     asm.feed(b64decode(msg["media"]["payload"]), loop_time())
-                elif kind == "mark":
+                elif kind == "mark" and echo_marks:
                     await ws.send('{"event":"mark","streamSid":' + sid_json + ',"mark":{"name":'
                                   + json.dumps(msg["mark"]["name"]) + "}}")
                 elif kind == "clear":
@@ -180,14 +180,15 @@ async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, 
 
 
 async def run_calls(calls: int, seconds: float, *, gateway_url: str | None = None, ws_url: str | None = None,
-                    stagger_s: float = 0.05, drain_s: float = 3.0,
-                    params: dict[str, str] | None = None) -> list[CallResult]:
+                    stagger_s: float = 0.05, drain_s: float = 3.0, params: dict[str, str] | None = None,
+                    echo_marks: bool = True) -> list[CallResult]:
     """Place ``calls`` concurrent calls of ``seconds`` s each, started ``stagger_s`` apart.
 
     ``gateway_url`` set: each call first POSTs the voice webhook (``/twilio/voice``) and opens the stream URL
     from the TwiML, with the TwiML's parameters plus ``params`` as ``customParameters``; else it opens
-    ``ws_url`` directly. Returns one :class:`CallResult` per call, in call order.
+    ``ws_url`` directly. ``echo_marks=False`` (a diagnostic, not Twilio's behaviour) leaves marks unanswered.
+    Returns one :class:`CallResult` per call, in call order.
     """
     return list(await asyncio.gather(*(
         _one_call(i, gateway_url=gateway_url, ws_url=ws_url, seconds=seconds, delay=i * stagger_s,
-                  drain_s=drain_s, params=dict(params or {})) for i in range(calls))))
+                  drain_s=drain_s, params=dict(params or {}), echo_marks=echo_marks) for i in range(calls))))

@@ -165,7 +165,7 @@ def start_profilers(pids: dict[str, int], seconds: float, out: Path, tag: str) -
 
 
 async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: float,
-                            profile: Path | None = None) -> dict[str, Any]:
+                            profile: Path | None = None, echo_marks: bool = True) -> dict[str, Any]:
     """N calls through the gateway; CPU of every Switchboard process until the recorder caught up."""
     pids = {name: stack.pid(name) for name in SB_PROCS}
     spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder")}, seconds, profile,
@@ -176,7 +176,8 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
     stop = asyncio.Event()
     lag_task = asyncio.create_task(sampler.run(stop))
     before, t0 = _cpu(pids), time.monotonic()
-    results = await run_calls(calls, seconds, gateway_url=stack.gateway_url, params={"agent": "echo"})
+    results = await run_calls(calls, seconds, gateway_url=stack.gateway_url, params={"agent": "echo"},
+                              echo_marks=echo_marks)
     load_s = time.monotonic() - t0
     caught_up_by = time.monotonic() + 30.0
     while time.monotonic() < caught_up_by:
@@ -196,12 +197,12 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
 
 
 async def bare_round(bridge_pid: int, bridge_url: str, model_pid: int, calls: int, seconds: float,
-                     late_ms: float, profile: Path | None = None) -> dict[str, Any]:
+                     late_ms: float, profile: Path | None = None, echo_marks: bool = True) -> dict[str, Any]:
     """N calls through the bare bridge; its CPU over the load."""
     pids = {"bridge": bridge_pid, "localmodel": model_pid, "loadgen": os.getpid()}
     spies = start_profilers({"bridge": bridge_pid}, seconds, profile, f"bare{calls}") if profile else []
     before, t0 = _cpu(pids), time.monotonic()
-    results = await run_calls(calls, seconds, ws_url=bridge_url)
+    results = await run_calls(calls, seconds, ws_url=bridge_url, echo_marks=echo_marks)
     load_s = time.monotonic() - t0
     after = _cpu(pids)
     for spy in spies:
@@ -309,10 +310,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         calls = best
                     else:
                         calls = int(item)
-                    sb = await switchboard_round(stack, calls, args.seconds, args.late_ms, args.profile)
+                    sb = await switchboard_round(stack, calls, args.seconds, args.late_ms, args.profile,
+                                                 not args.no_mark_echo)
                     await asyncio.sleep(2)
                     bare = await bare_round(bridge.pid, bridge_url, model_pid, calls, args.seconds, args.late_ms,
-                                            args.profile)
+                                            args.profile, not args.no_mark_echo)
                     doc["rounds"].append({"calls": calls, "max": item == "max", "switchboard": sb, "bare": bare,
                                           "cpu_ratio": sb["cpu_total"] / bare["cpu_total"]})
                     print_row(calls, sb, bare)
@@ -334,6 +336,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=20)
     parser.add_argument("--search-seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--no-mark-echo", action="store_true",
+                        help="diagnostic: callers do not echo marks (what the mark path costs)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy each process during each round; collapsed stacks into this dir")
     args = parser.parse_args()
