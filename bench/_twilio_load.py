@@ -180,7 +180,7 @@ async def _one_call(index: int, *, gateway_url: str | None, ws_url: str | None, 
 
 
 async def run_calls(calls: int, seconds: float, *, gateway_url: str | None = None, ws_url: str | None = None,
-                    stagger_s: float = 0.05, drain_s: float = 3.0, params: dict[str, str] | None = None,
+                    stagger_s: float = 0.05, drain_s: float = 10.0, params: dict[str, str] | None = None,
                     echo_marks: bool = True) -> list[CallResult]:
     """Place ``calls`` concurrent calls of ``seconds`` s each, started ``stagger_s`` apart.
 
