@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-pipeline install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint
 
 bench: $(STAMP)
 	for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# the whole path against a bare bridge only (one of the benches `make bench` runs)
+bench-pipeline: $(STAMP)
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .switchboard .mypy_cache .ruff_cache .pytest_cache

@@ -12,7 +12,12 @@ once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIE
 frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
 and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.
 
-The carrier side is abstracted as a :class:`CarrierSink` so Twilio and the browser share this bridge.
+Caller audio is held until the session listens: ``audio.in`` is core NATS, and the session subscribes to it only
+after it has taken ``call.<id>.started``, so frames published in between would reach nobody. The bridge keeps
+them (in order) until the first ``rt.<id>.server.session.updated`` (the session subscribes before it opens the
+model connection, so by then it listens), until ``session_hold_s`` (2 s) passed without one, or until the call
+ends, whichever comes first; later audio waits for the held audio to go out first. The session buffers early
+audio until its model is ready anyway, so holding it here adds no delay.
 """
 
 from __future__ import annotations
@@ -88,7 +93,7 @@ class CallBridge:
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
-                 audio_in_ms: int = 40, idle_s: float | None = None) -> None:
+                 audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0) -> None:
         parse_format(start.audio_format)
         self.bus = bus
         self.sink = sink
@@ -117,6 +122,12 @@ class CallBridge:
         self._audio = AudioBatcher(int(parse_format(start.audio_format).bytes_per_ms), min_ms=audio_in_ms,
                                    ready=True)
         self._audio_subject = subjects.call_audio_in(self.call_id)
+        self._held: list[bytes] | None = [] if session_hold_s > 0 else None
+        """Audio batches held until the session listens (None once released)."""
+        self._hold_s = session_hold_s
+        self._hold_until = self._started_mono + session_hold_s
+        self._release_lock = asyncio.Lock()
+        self._hold_timer: asyncio.Task[None] | None = None
         self._mark_subject = subjects.carrier_mark(self.call_id)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -163,6 +174,7 @@ class CallBridge:
         self.ended.set()
         self.end_reason = reason
         try:  # the caller's last words go out before ended
+            await self._release_held()
             held = self._audio.take()
             if held:
                 await self._publish_audio(held)
@@ -171,7 +183,7 @@ class CallBridge:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in (self._writer, self._watchdog):
+        for task in (self._writer, self._watchdog, self._hold_timer):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -211,8 +223,30 @@ class CallBridge:
             return
         self._audio_in_bytes += len(audio)
         chunk = self._audio.push(audio)
-        if chunk is not None:
-            await self._publish_audio(chunk)
+        if chunk is None:
+            return
+        if self._held is not None:
+            if time.monotonic() < self._hold_until:
+                self._held.append(chunk)
+                if self._hold_timer is None:
+                    self._hold_timer = asyncio.create_task(self._release_after(self._hold_until))
+                return
+            await self._release_held()
+        elif self._release_lock.locked():  # the held audio is still going out: keep the order
+            async with self._release_lock:
+                pass
+        await self._publish_audio(chunk)
+
+    async def _release_after(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Publish the audio held until the session listens, in order; later calls do nothing."""
+        async with self._release_lock:
+            held, self._held = self._held, None
+            for chunk in held or ():
+                await self._publish_audio(chunk)
 
     async def _watch_media(self, idle_s: float) -> None:
         """End the call with ``carrier_silent`` after ``idle_s`` s without a media frame (module docstring)."""
@@ -248,7 +282,10 @@ class CallBridge:
     # --- bus → carrier -----------------------------------------------------------------------------------
 
     async def _on_session_updated(self, env: Envelope) -> None:
-        """Learn the model's output format: ``session.audio.output.format`` (Realtime GA)."""
+        """Learn the model's output format: ``session.audio.output.format`` (Realtime GA); the session listens,
+        so the audio held for it goes out."""
+        if self._held is not None:
+            await self._release_held()
         try:
             fmt = env.json()["session"]["audio"]["output"]["format"]
             name = fmt["type"] if fmt["type"] != "audio/pcm" else f"audio/pcm;rate={int(fmt.get('rate', 24000))}"

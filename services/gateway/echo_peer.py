@@ -16,6 +16,7 @@ from typing import Any
 from nats.aio.subscription import Subscription
 
 from shared import subjects
+from shared.audio import PCMU, parse_format
 from shared.bus import Bus, Envelope
 
 __all__ = ["EchoPeer"]
@@ -66,6 +67,15 @@ class EchoPeer:
             await self._on_audio(call_id, audio)
 
         self._subs.append(await self.bus.subscribe(subjects.call_audio_in(call_id), on_audio))
+        # as the session does once it listens: the gateway releases the caller audio it held until now
+        fmt = parse_format(str(payload.get("audio_format") or PCMU)).realtime_format()
+        updated = {"type": "session.updated", "event_id": f"evt_{next(self._ids)}",
+                   "session": {"audio": {"input": {"format": fmt}, "output": {"format": fmt}}}}
+        subject = subjects.rt_server(call_id, "session.updated")
+        if self.jetstream:
+            await self.bus.publish_event(subject, updated, call_id=call_id)
+        else:
+            await self.bus.publish(subject, updated, call_id=call_id)
         self.started[call_id] = payload  # set once the audio subscription is live
         if self.on_started is not None:
             self.on_started(payload)

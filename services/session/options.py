@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared import subjects
 from shared.audio import parse_format
@@ -18,6 +19,15 @@ class ModelEndpoint:
     url: str
     api_key: str | None
     model: str | None
+
+    def with_model(self, model: str) -> ModelEndpoint:
+        """This endpoint for ``model``: ``model`` set and the URL's ``?model=`` query parameter replaced (added
+        when absent; other parameters kept), since the Realtime WebSocket selects its model by that parameter
+        (https://platform.openai.com/docs/guides/realtime-websocket)."""
+        parts = urlsplit(self.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
+        query.append(("model", model))
+        return replace(self, url=urlunsplit(parts._replace(query=urlencode(query))), model=model)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +120,7 @@ class SessionService:
             return  # a redelivered started for a call this instance already runs
         spec = self.agent_for(info.agent, info.agent_version)
         log.info("call %s: agent %s version %s", info.call_id, spec.name, spec.version)
-        endpoint = replace(self.endpoint, model=spec.model) if spec.model else self.endpoint
+        endpoint = self.endpoint.with_model(spec.model) if spec.model else self.endpoint
         call = Call(self.bus, spec, info, endpoint, self.options)
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")

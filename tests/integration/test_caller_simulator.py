@@ -84,6 +84,9 @@ class ScriptedAgent:
         await self.bus.subscribe(subjects.carrier_mark(call_id), lambda e: self._on_mark(call, e))
         await self.bus.subscribe(subjects.carrier_dtmf(call_id), lambda e: self._on_dtmf(call, e))
         await self.bus.subscribe(subjects.call_ended(call_id), lambda e: self._on_ended(call))
+        # as the session does once it listens: the gateway stops holding the caller's audio
+        await self._server(call, "session.updated", {"session": {"audio": {"output": {
+            "format": {"type": "audio/pcmu"}}}}})
         if self.greeting:
             await self._client(call, "response.create", {"response": {}})
             await self._respond(call, Reply(self.greeting, audio_ms=self.greeting_ms))
