@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.config import Settings
+from shared.config import Settings, load_settings
 
 __all__ = ["print_waterfall", "register"]
 
@@ -313,7 +313,8 @@ async def _connect(url: str) -> Any:
     try:  # nats-py retries the initial connect until told otherwise: bound it
         return await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False,
                                                    max_reconnect_attempts=1, error_cb=quiet,
-                                                   name="switchboard-audit"), 5)
+                                                   name="switchboard-audit",
+                                                   **load_settings().nats_options(identity="operator")), 5)
     except Exception as exc:
         return exc
 
