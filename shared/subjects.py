@@ -15,12 +15,15 @@ they are the tail of an ``rt`` subject and are validated to hold only ``[a-z0-9_
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Literal
 
+from ulid import ULID
+
 __all__ = [
+    "AUDIT_STREAM",
     "CALLS_STREAM",
+    "CALL_ID_PREFIX",
     "OTEL_SPANS",
     "RT_STREAM",
     "STREAMS",
@@ -29,6 +32,7 @@ __all__ = [
     "ParsedSubject",
     "StreamSpec",
     "all_call_events",
+    "audit_checkpoint",
     "all_calls_started",
     "call_all",
     "call_audio_in",
@@ -96,9 +100,14 @@ def _event_type(value: str) -> str:
     return value
 
 
+CALL_ID_PREFIX = "call_"
+
+
 def new_call_id() -> str:
-    """A fresh call id: ``CA`` + 32 hex characters (128 random bits); always valid."""
-    return "CA" + secrets.token_hex(16)
+    """A fresh call id: ``call_`` + a ULID (26 Crockford base32 characters: 48-bit ms timestamp, 80 random
+    bits; https://github.com/ulid/spec), so ids sort by creation time and never look like a carrier's id
+    (Twilio's ``CA…`` CallSid stays in ``carrier_call_id``); always valid."""
+    return CALL_ID_PREFIX + str(ULID())
 
 
 # --- call.<id>.* -------------------------------------------------------------------------------------
@@ -261,6 +270,13 @@ CALLS_STREAM = StreamSpec(
 RT_STREAM = StreamSpec("RT", ("rt.>",))
 TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)
 STREAMS: tuple[StreamSpec, ...] = (CALLS_STREAM, RT_STREAM, TRACES_STREAM)
+AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
+"""Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
+
+
+def audit_checkpoint() -> str:
+    """``audit.checkpoint`` — one signed checkpoint of the archive's chain heads (recorder → AUDIT stream)."""
+    return "audit.checkpoint"
 
 
 # --- added for the session service ----------------------------------------------------------------------
