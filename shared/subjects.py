@@ -32,8 +32,8 @@ __all__ = [
     "ParsedSubject",
     "StreamSpec",
     "all_call_events",
-    "audit_checkpoint",
     "all_calls_started",
+    "audit_checkpoint",
     "call_all",
     "call_audio_in",
     "call_audio_in_all",
@@ -274,9 +274,9 @@ AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
 """Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
 
 
-def audit_checkpoint() -> str:
-    """``audit.checkpoint`` — one signed checkpoint of the archive's chain heads (recorder → AUDIT stream)."""
-    return "audit.checkpoint"
+def audit_checkpoint(call_id: str) -> str:
+    """``audit.<id>`` — a signed checkpoint of one call's chain heads (recorder → AUDIT stream)."""
+    return f"audit.{validate_call_id(call_id)}"
 
 
 # --- added for the session service ----------------------------------------------------------------------

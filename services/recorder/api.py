@@ -173,6 +173,12 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         report = await queries.verify_call(engine, call_id)
         return JSONResponse(report.to_dict())
 
+    @app.get("/calls/{call_id}/chain", summary="The call's chain records (stream, index, hash) for checkpoints")
+    async def chain(_: Auth, call_id: CallId) -> JSONResponse:
+        call = await existing(call_id)
+        return JSONResponse({"call_id": call_id, "ended_ns": call.get("ended_ns"),
+                             "rows": await queries.chain_rows(engine, call_id)})
+
     @app.get("/audit/streams", summary="Archive-wide audit facts: committed positions and stream-level gaps")
     async def audit_streams(_: Auth) -> JSONResponse:
         return JSONResponse({"positions": await queries.positions(engine), "gaps": await queries.stream_gaps(engine),

@@ -135,7 +135,8 @@ class ChainHead:
 
 @dataclass(frozen=True, slots=True)
 class ChainProblem:
-    """One finding: ``kind`` is ``altered``, ``missing``, ``reordered`` or ``gap``.
+    """One finding: ``kind`` is ``altered``, ``missing``, ``reordered``, ``gap`` or ``projection`` (a stored
+    projection that differs from the one recomputed from the archive).
 
     ``stream_seq`` / ``seq`` / ``source`` / ``type`` name the row concerned (for ``missing``, the row found
     where the missing one(s) should have been, or None when rows are missing at the end); ``detail`` says
@@ -155,6 +156,8 @@ class ChainProblem:
         """One human-readable line naming the record."""
         if self.kind == "gap":
             return f"{self.stream} #{self.chain_index}: gap: {self.detail}"
+        if self.kind == "projection":
+            return f"projection: {self.detail}"
         who = (f"stream_seq {self.stream_seq} (seq {self.seq} from {self.source}, {self.type})"
                if self.stream_seq is not None else "end of chain")
         return f"{self.stream} #{self.chain_index}: {self.kind} at {who}: {self.detail}"

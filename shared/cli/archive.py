@@ -260,9 +260,13 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
             report = _get(client, f"/calls/{call_id}/audit").json()
             archived = _archived_seqs(client, call_id)
     if not no_nats:
-        report["jetstream"] = asyncio.run(_crosscheck(nats_url or _settings().effective_nats_url, call_id,
-                                                      archived))
+        url = nats_url or _settings().effective_nats_url
+        report["jetstream"] = asyncio.run(_crosscheck(url, call_id, archived))
         report["ok"] = report["ok"] and report["jetstream"].get("ok", True)
+        rows, ended_ns = (asyncio.run(_chain_direct(database, call_id)) if database
+                          else _chain_api(api, call_id))
+        report["checkpoint"] = asyncio.run(_checkpoint(url, call_id, rows, ended_ns))
+        report["ok"] = report["ok"] and report["checkpoint"].get("ok", True)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -272,6 +276,12 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
 
 
 def _print_report(call_id: str, report: dict[str, Any]) -> None:
+    checkpoint = report.get("checkpoint") or {}
+    if checkpoint.get("skipped"):
+        console.print(f"[yellow]signed checkpoints not checked: {checkpoint['skipped']}[/yellow]", highlight=False)
+    if checkpoint.get("present") and checkpoint.get("ok"):
+        kind = "final" if checkpoint.get("final") else "latest"
+        console.print(f"  matches the {kind} signed checkpoint", highlight=False)
     jetstream = report.get("jetstream")
     if jetstream is not None and not jetstream["reachable"]:
         console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
@@ -282,6 +292,7 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
         console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts}){checked}")
     else:
         problems = [p["description"] for p in report["problems"]]
+        problems += [f"signed checkpoint: {line}" for line in checkpoint.get("problems", [])]
         for stream in (jetstream or {}).get("streams", []):
             problems += [f"{stream['stream']} stream_seq {m['stream_seq']} ({m['subject']}) is in JetStream but "
                          f"not in the archive" for m in stream["missing"]]
@@ -292,6 +303,46 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
         console.print(f"  {stream['stream']}: {stream['in_stream']} message(s) in JetStream (last seq "
                       f"{stream['stream_last_seq']}), {stream['archived']} archived (last seq "
                       f"{stream['archived_last_seq']})", highlight=False)
+
+
+def _chain_api(api: str | None, call_id: str) -> tuple[list[dict[str, Any]], int | None]:
+    with _client(api) as client:
+        chain = _get(client, f"/calls/{call_id}/chain").json()
+    return chain["rows"], chain["ended_ns"]
+
+
+async def _chain_direct(url: str, call_id: str) -> tuple[list[dict[str, Any]], int | None]:
+    from services.recorder.db import create_engine
+    from services.recorder.queries import chain_rows, get_call
+
+    engine = create_engine(url)
+    try:
+        call = await get_call(engine, call_id) or {}
+        return await chain_rows(engine, call_id), call.get("ended_ns")
+    finally:
+        await engine.dispose()
+
+
+async def _checkpoint(url: str, call_id: str, rows: list[dict[str, Any]], ended_ns: int | None) -> dict[str, Any]:
+    """The signed-checkpoint check (``services.recorder.checkpoints.checked``) with the public key of
+    ``SWITCHBOARD_AUDIT_KEY`` (else ``<data dir>/auth/audit_key``)."""
+    from services.recorder import checkpoints
+
+    settings = _settings()
+    key = settings.audit_key
+    key_file = settings.data_dir / "auth" / "audit_key"
+    if not key and key_file.is_file():
+        key = key_file.read_text().strip()
+    if not key:
+        return {"ok": True, "skipped": "no SWITCHBOARD_AUDIT_KEY", "problems": []}
+    nc = await _connect(url)
+    if isinstance(nc, Exception):
+        return {"ok": True, "skipped": f"NATS not reachable ({nc})", "problems": []}
+    try:
+        public = checkpoints.public_hex(checkpoints.private_key(key))
+        return await checkpoints.checked(nc.jetstream(), call_id, rows, public, ended_ns=ended_ns)
+    finally:
+        await nc.close()
 
 
 def _archived_seqs(client: httpx.Client, call_id: str) -> dict[str, set[int]]:
