@@ -14,7 +14,7 @@ import asyncio
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ async def _rows(engine: AsyncEngine, call_id: str, stream: str) -> list[dict[str
             select(ev).where(ev.c.call_id == call_id, ev.c.stream == stream).order_by(ev.c.chain_index))).all()]
 
 
-async def _rechain(engine: AsyncEngine, call_id: str, stream: str, rows: list[Mapping[str, Any]]) -> None:
+async def _rechain(engine: AsyncEngine, call_id: str, stream: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write ``rows`` as the whole chain with recomputed hashes and head: what a careful forger does."""
     ev, heads = models.events, models.chain_heads
     previous = GENESIS
