@@ -62,10 +62,28 @@ def canonical_json(value: Any) -> bytes:
     """``value`` (str/int/bool/None/dict/list; archived records hold no floats) as RFC 8785 canonical JSON
     bytes, every integer (not bool) first turned into its decimal string.
 
+    With only ASCII object keys (every archived record and header set) the bytes come from orjson with sorted
+    keys, which equal ``rfc8785.dumps`` there: ASCII keys sort the same by UTF-16 unit and by code point, and
+    both escape exactly ``"``, ``\\`` and U+0000..U+001F with the same forms (``tests/unit/test_chain.py``
+    checks the equality on arbitrary text) and much cheaper than the pure-Python package.
+    Anything else goes through ``rfc8785.dumps``.
+
     Raises:
         rfc8785.CanonicalizationError: a value JCS cannot encode (a float NaN, a non-str key, ...).
+        TypeError: a value orjson cannot encode on the fast path (a lone surrogate).
     """
-    return rfc8785.dumps(_ints_as_strings(value))
+    plain = _ints_as_strings(value)
+    if _ascii_keys(plain):
+        return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+    return rfc8785.dumps(plain)
+
+
+def _ascii_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _ascii_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_ascii_keys(v) for v in value)
+    return value is None or isinstance(value, str | bool)
 
 
 def _ints_as_strings(value: Any) -> Any:

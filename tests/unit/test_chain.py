@@ -55,6 +55,24 @@ def test_canonical_json_is_rfc8785_with_integers_as_strings() -> None:
     assert canonical_json({"ts": 1_700_000_000_000_000_000}) == b'{"ts":"1700000000000000000"}'
 
 
+_ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
+_ASCII_KEYS = st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8)
+
+
+_NESTED = st.recursive(
+    st.one_of(st.none(), st.booleans(), _INT64, _ANY_TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_ASCII_KEYS, inner, max_size=3)),
+    max_leaves=10)
+
+
+@given(st.dictionaries(_ASCII_KEYS, _NESTED, max_size=6))
+def test_fast_path_equals_the_rfc8785_package(value: dict[str, Any]) -> None:
+    """ASCII keys, any text (controls, U+2028, astral): canonical_json's orjson path is byte-identical to JCS."""
+    import rfc8785
+
+    assert canonical_json(value) == rfc8785.dumps(_stringified(value))
+
+
 def test_rows_hashed_in_the_legacy_form_still_verify() -> None:
     rows, head = make_chain(3)
     previous = GENESIS
