@@ -122,7 +122,7 @@ async def test_flush_after_subscribe_means_the_server_has_the_subscription(bus: 
     were lost). Our client sends the SUB first, and every message published once ``subscribe`` returned
     arrives."""
     probe = SwitchboardClient()
-    await probe.connect(nats_url)
+    await probe.connect(nats_url, **load_settings().nats_options())
     written: list[bytes] = []
     transport = probe._transport
     assert transport is not None

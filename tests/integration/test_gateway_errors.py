@@ -130,7 +130,8 @@ async def test_random_frames_never_break_the_gateway(gw: RunningGateway, peer: E
 
 @pytest.fixture
 async def small_queue_gw(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(bus, load_settings(nats_url=nats_url, insecure_dev=True), max_outbound_chunks=8) as running:
+    settings = load_settings(nats_url=nats_url, insecure_dev=True)
+    async with running_gateway(bus, settings, max_outbound_chunks=8) as running:
         yield running
 
 
