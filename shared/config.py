@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         """The NATS URL in force: the setting, else the embedded server's loopback URL."""
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
 
-    def nats_options(self, identity: str | None = None) -> dict[str, object]:
+    def nats_options(self, identity: str | None = None) -> dict[str, Any]:
         """``nats.connect`` keyword arguments for credentials, TLS and ``identity``'s inbox prefix
         (:func:`shared.natsauth.client_options`)."""
         from shared.natsauth import client_options
