@@ -247,9 +247,10 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
                                                           "configured/embedded one)"),
                  no_nats: bool = typer.Option(False, "--no-nats", help="Verify the chains only"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the call's hash chains and cross-check them with JetStream; exit 1 naming any altered,
-    missing or reordered record, any gap, and any message JetStream holds that the archive lacks. Without a
-    call id: every call's chains, the stream-level gaps and each stream's state against the archive."""
+    """Recompute the call's hash chains and projections, cross-check them with JetStream and the latest signed
+    checkpoint; exit 1 naming any altered, missing or reordered record, gap, stale projection, message JetStream
+    holds that the archive lacks, or disagreement with the checkpoint. Without a call id: every call's chains
+    and projections, the stream-level gaps and each stream's state against the archive."""
     if call_id is None:
         raise typer.Exit(_verify_all(api, database, None if no_nats else nats_url or _settings().effective_nats_url,
                                      as_json))
