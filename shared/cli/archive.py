@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.cli.audit_checkpoints import check_calls
 from shared.config import Settings, load_settings
 
 __all__ = ["print_waterfall", "register"]
@@ -264,9 +265,9 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
         url = nats_url or _settings().effective_nats_url
         report["jetstream"] = asyncio.run(_crosscheck(url, call_id, archived))
         report["ok"] = report["ok"] and report["jetstream"].get("ok", True)
-        rows, ended_ns = (asyncio.run(_chain_direct(database, call_id)) if database
-                          else _chain_api(api, call_id))
-        report["checkpoint"] = asyncio.run(_checkpoint(url, call_id, rows, ended_ns))
+        with _client(api) as client:
+            report["checkpoint"] = check_calls(_settings(), url, [call_id], _connect, database=database,
+                                               client=client)[call_id]
         report["ok"] = report["ok"] and report["checkpoint"].get("ok", True)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -304,46 +305,6 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
         console.print(f"  {stream['stream']}: {stream['in_stream']} message(s) in JetStream (last seq "
                       f"{stream['stream_last_seq']}), {stream['archived']} archived (last seq "
                       f"{stream['archived_last_seq']})", highlight=False)
-
-
-def _chain_api(api: str | None, call_id: str) -> tuple[list[dict[str, Any]], int | None]:
-    with _client(api) as client:
-        chain = _get(client, f"/calls/{call_id}/chain").json()
-    return chain["rows"], chain["ended_ns"]
-
-
-async def _chain_direct(url: str, call_id: str) -> tuple[list[dict[str, Any]], int | None]:
-    from services.recorder.db import create_engine
-    from services.recorder.queries import chain_rows, get_call
-
-    engine = create_engine(url)
-    try:
-        call = await get_call(engine, call_id) or {}
-        return await chain_rows(engine, call_id), call.get("ended_ns")
-    finally:
-        await engine.dispose()
-
-
-async def _checkpoint(url: str, call_id: str, rows: list[dict[str, Any]], ended_ns: int | None) -> dict[str, Any]:
-    """The signed-checkpoint check (``services.recorder.checkpoints.checked``) with the public key of
-    ``SWITCHBOARD_AUDIT_KEY`` (else ``<data dir>/auth/audit_key``)."""
-    from services.recorder import checkpoints
-
-    settings = _settings()
-    key = settings.audit_key
-    key_file = settings.data_dir / "auth" / "audit_key"
-    if not key and key_file.is_file():
-        key = key_file.read_text().strip()
-    if not key:
-        return {"ok": True, "skipped": "no SWITCHBOARD_AUDIT_KEY", "problems": []}
-    nc = await _connect(url)
-    if isinstance(nc, Exception):
-        return {"ok": True, "skipped": f"NATS not reachable ({nc})", "problems": []}
-    try:
-        public = checkpoints.public_hex(checkpoints.private_key(key))
-        return await checkpoints.checked(nc.jetstream(), call_id, rows, public, ended_ns=ended_ns)
-    finally:
-        await nc.close()
 
 
 def _archived_seqs(client: httpx.Client, call_id: str) -> dict[str, set[int]]:
@@ -422,6 +383,13 @@ def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_
             facts = _get(client, "/audit/streams").json()
             reports = [_get(client, f"/calls/{c}/audit").json() for c in facts["calls"]]
     jetstream = asyncio.run(_stream_states(nats_url)) if nats_url else None
+    if nats_url:
+        with _client(api) as client:
+            signed = check_calls(_settings(), nats_url, [r["call_id"] for r in reports], _connect,
+                                 database=database, client=client)
+        for report in reports:
+            report["checkpoint"] = signed[report["call_id"]]
+            report["ok"] = report["ok"] and report["checkpoint"].get("ok", True)
     failing = [r for r in reports if not r["ok"]]
     ok = not failing and not facts["gaps"]
     if as_json:
@@ -429,9 +397,11 @@ def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_
                                "positions": facts["positions"], "jetstream": jetstream}, indent=2))
         return 0 if ok else 1
     for report in failing:
-        console.print(f"[red]FAILED[/red] {report['call_id']}: {len(report['problems'])} problem(s)")
-        for problem in report["problems"]:
-            console.print(f"  {problem['description']}", highlight=False)
+        lines = [p["description"] for p in report["problems"]]
+        lines += [f"signed checkpoint: {line}" for line in report.get("checkpoint", {}).get("problems", [])]
+        console.print(f"[red]FAILED[/red] {report['call_id']}: {len(lines)} problem(s)")
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
     for gap in facts["gaps"]:
         console.print(f"[red]GAP[/red] {gap['stream']} stream sequences {gap['first_seq']}..{gap['last_seq']} were "
                       f"never archived ({gap['reason']})", highlight=False)

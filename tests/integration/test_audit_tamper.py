@@ -11,6 +11,7 @@ operator. ``switchboard audit verify`` names the rewrite.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import sys
@@ -138,6 +139,16 @@ async def test_each_rewrite_is_caught_by_the_signed_checkpoint(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1 and "signed checkpoint" in out.decode() and "rewritten" in out.decode(), out
+    # and without a call id: every call, each against its own checkpoint
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "audit", "verify", "--database", url, "--nats", nats_url, "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 1, out
+    failing = {r["call_id"]: r for r in json.loads(out)["failing"]}
+    assert {ids["rewrite"], ids["truncate"], ids["append"]} <= set(failing), out
+    assert ids["intact"] not in failing
+    assert any("rewritten" in p for p in failing[ids["rewrite"]]["checkpoint"]["problems"])
 
 
 async def test_edited_projections_are_named(buses: tuple[Bus, Bus], recorder: Recorder, engine: AsyncEngine,
