@@ -5,7 +5,9 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_RECORDINGS_DIR``, ``SWITCHBOARD_LOCALMODEL_MODE``,
 ``SWITCHBOARD_LOCALMODEL_TOKEN``, ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``,
 ``SWITCHBOARD_API_TOKEN``, ``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``,
-``SWITCHBOARD_RECORDER_LOST_AFTER_S``, ``SWITCHBOARD_WEBHOOK_URL``, ``SWITCHBOARD_WEBHOOK_SECRET``, the ports
+``SWITCHBOARD_RECORDER_LOST_AFTER_S``, ``SWITCHBOARD_WEBHOOK_URL``, ``SWITCHBOARD_WEBHOOK_SECRET``,
+``SWITCHBOARD_NATS_CREDS``, ``SWITCHBOARD_NATS_NKEY_SEED``, ``SWITCHBOARD_NATS_TLS_CA|CERT|KEY``,
+``SWITCHBOARD_INSECURE_DEV``, ``SWITCHBOARD_TOKEN_SECRET``, ``SWITCHBOARD_AUDIT_KEY`` (docs/security.md), the ports
 ``SWITCHBOARD_{GATEWAY,RECORDER,ANALYTICS,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by
 the OpenTelemetry SDK itself).
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,10 +89,26 @@ class Settings(BaseSettings):
     """Seconds a JetStream stream keeps a message (CALLS and RT); TRACES keeps at most one hour."""
     js_duplicate_window: float = Field(120.0, gt=0)
     """Seconds of ``Nats-Msg-Id`` de-duplication history in each stream."""
+    nats_creds: Path | None = None
+    """A NATS ``.creds`` file (decentralized JWT user); wins over ``nats_nkey_seed``."""
+    nats_nkey_seed: str | None = None
+    """This service's NATS nkey user seed (``SU…``) or a file holding it (``switchboard up``: a 0600 file)."""
+    nats_tls_ca: Path | None = None
+    """CA bundle that signed the NATS server certificate; set: connect over TLS and verify the server."""
+    nats_tls_cert: Path | None = None
+    """Client certificate for NATS TLS (mutual TLS), with ``nats_tls_key``."""
+    nats_tls_key: Path | None = None
+    insecure_dev: bool = False
+    """The only way to accept unsigned carrier requests (development on loopback; logged as a warning)."""
+    token_secret: str | None = None
+    """Shared secret that signs browser tokens, the same on every gateway replica (``switchboard up`` makes one)."""
+    audit_key: str | None = None
+    """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
                      "localmodel_token", "twilio_auth_token", "api_token", "webhook_url", "webhook_secret",
-                     mode="before")
+                     "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
+                     "audit_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -111,6 +129,14 @@ class Settings(BaseSettings):
     def effective_nats_url(self) -> str:
         """The NATS URL in force: the setting, else the embedded server's loopback URL."""
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    def nats_options(self, identity: str | None = None) -> dict[str, Any]:
+        """``nats.connect`` keyword arguments for credentials, TLS and ``identity``'s inbox prefix
+        (:func:`shared.natsauth.client_options`)."""
+        from shared.natsauth import client_options
+
+        return client_options(creds=self.nats_creds, nkey_seed=self.nats_nkey_seed, tls_ca=self.nats_tls_ca,
+                              tls_cert=self.nats_tls_cert, tls_key=self.nats_tls_key, identity=identity)
 
     @property
     def effective_realtime_url(self) -> str:

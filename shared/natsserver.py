@@ -62,6 +62,7 @@ class EmbeddedNats:
     port: int
     store_dir: Path
     log_file: Path
+    config: Path | None = None
 
     @property
     def url(self) -> str:
@@ -81,9 +82,11 @@ class EmbeddedNats:
 
 
 def start(store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", timeout: float = 15.0,
-          name: str = "switchboard") -> EmbeddedNats:
+          name: str = "switchboard", config: Path | None = None) -> EmbeddedNats:
     """Start nats-server with JetStream on ``host:port`` (0 = a free port) storing under ``store_dir``.
 
+    ``config`` is a nats-server configuration file (``-c``; :func:`shared.natsauth.server_config`: users and
+    permissions); the command-line address, port, store and log flags take precedence over it.
     Returns once the port accepts connections.
 
     Raises:
@@ -96,9 +99,11 @@ def start(store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", timeout: f
     log_file = store_dir / "nats-server.log"
     cmd = [str(binary), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir), "-n", name,
            "-l", str(log_file)]
+    if config is not None:
+        cmd += ["-c", str(config)]
     process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    server = EmbeddedNats(process, host, port, store_dir, log_file)
+    server = EmbeddedNats(process, host, port, store_dir, log_file, config)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

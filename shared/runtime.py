@@ -125,7 +125,10 @@ async def start_service(name: str, settings: Settings | None = None, *, metadata
     """
     settings = settings or get_settings()
     telemetry = setup_telemetry(f"switchboard-{name}")
-    bus = await Bus.connect(settings.effective_nats_url, name=f"switchboard-{name}", source=name)
+    if settings.insecure_dev:
+        log.warning("SWITCHBOARD_INSECURE_DEV=true: unsigned carrier requests are accepted (development only)")
+    bus = await Bus.connect(settings.effective_nats_url, name=f"switchboard-{name}", source=name,
+                            options=settings.nats_options(identity=name))
     await bus.ensure_streams(settings)
     if not telemetry.otlp:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor

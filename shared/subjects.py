@@ -15,12 +15,15 @@ they are the tail of an ``rt`` subject and are validated to hold only ``[a-z0-9_
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Literal
 
+from ulid import ULID
+
 __all__ = [
+    "AUDIT_STREAM",
     "CALLS_STREAM",
+    "CALL_ID_PREFIX",
     "OTEL_SPANS",
     "RT_STREAM",
     "STREAMS",
@@ -30,6 +33,7 @@ __all__ = [
     "StreamSpec",
     "all_call_events",
     "all_calls_started",
+    "audit_checkpoint",
     "call_all",
     "call_audio_in",
     "call_audio_in_all",
@@ -96,9 +100,14 @@ def _event_type(value: str) -> str:
     return value
 
 
+CALL_ID_PREFIX = "call_"
+
+
 def new_call_id() -> str:
-    """A fresh call id: ``CA`` + 32 hex characters (128 random bits); always valid."""
-    return "CA" + secrets.token_hex(16)
+    """A fresh call id: ``call_`` + a ULID (26 Crockford base32 characters: 48-bit ms timestamp, 80 random
+    bits; https://github.com/ulid/spec), so ids sort by creation time and never look like a carrier's id
+    (Twilio's ``CA…`` CallSid stays in ``carrier_call_id``); always valid."""
+    return CALL_ID_PREFIX + str(ULID())
 
 
 # --- call.<id>.* -------------------------------------------------------------------------------------
@@ -261,6 +270,13 @@ CALLS_STREAM = StreamSpec(
 RT_STREAM = StreamSpec("RT", ("rt.>",))
 TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)
 STREAMS: tuple[StreamSpec, ...] = (CALLS_STREAM, RT_STREAM, TRACES_STREAM)
+AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
+"""Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
+
+
+def audit_checkpoint(call_id: str) -> str:
+    """``audit.<id>`` — a signed checkpoint of one call's chain heads (recorder → AUDIT stream)."""
+    return f"audit.{validate_call_id(call_id)}"
 
 
 # --- added for the session service ----------------------------------------------------------------------

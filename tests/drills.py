@@ -183,6 +183,9 @@ class Stack:
         except BaseException:
             await self.supervisor.stop()
             raise
+        if "operator" in self.supervisor.seeds and not os.environ.get("SWITCHBOARD_NATS_NKEY_SEED"):
+            # a benchmark run (no test session's operator seed): the caller simulator connects with this one
+            os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(self.supervisor.seeds["operator"])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -363,10 +366,11 @@ class DrillResult:
                 "phantom": self.phantom, "scenario": self.scenario, "s": f"{self.seconds:.0f}"}
 
 
-async def call_ids_for(nats_url: str, run_ids: set[str], timeout: float = 30.0) -> dict[str, str]:
-    """run id → call id, from the ``call.*.started`` messages in the CALLS stream."""
+async def call_ids_for(nats_url: str, run_ids: set[str], timeout: float = 30.0, *,
+                       options: dict[str, Any] | None = None) -> dict[str, str]:
+    """run id → call id, from the ``call.*.started`` messages in the CALLS stream (``options``: credentials)."""
     found: dict[str, str] = {}
-    nc = await nats.connect(servers=nats_url.split(","), connect_timeout=10)
+    nc = await nats.connect(servers=nats_url.split(","), connect_timeout=10, **(options or {}))
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
@@ -439,7 +443,8 @@ async def account(stack: Stack, result: DrillResult, call_ids: list[str], *, set
     """Fill ``result`` from JetStream and the archive for ``call_ids`` (after waiting for them to settle)."""
     await wait_settled(stack.recorder_url, call_ids, settle_s)
     await asyncio.sleep(2.0)  # the recorder's last batch after the final ended
-    nc = await nats.connect(servers=stack.nats_url.split(","), connect_timeout=10)
+    nc = await nats.connect(servers=stack.nats_url.split(","), connect_timeout=10,
+                            **stack.supervisor.operator_options())
     try:
         js = nc.jetstream()
         async with httpx.AsyncClient() as client:
@@ -505,7 +510,8 @@ async def run_drill(name: str, stack: Stack, *, calls: int, seconds: float, faul
     await asyncio.sleep(fault_after)
     result.notes.extend(await fault(stack))
     outcomes = await load_task
-    ids = await call_ids_for(stack.nats_url, {o.run_id for o in outcomes})
+    ids = await call_ids_for(stack.nats_url, {o.run_id for o in outcomes},
+                             options=stack.supervisor.operator_options())
     missing = [o for o in outcomes if o.run_id not in ids]
     result.stuck += len(missing)
     result.notes.extend(f"echo call {o.run_id}: no call.started ({o.error})" for o in missing[:3])
@@ -624,7 +630,7 @@ async def run_start_stop(stack: Stack, calls: int) -> DrillResult:
     result = DrillResult("start-stop", calls=calls)
     started = time.monotonic()
     run_ids = await start_stop_calls(stack.gateway_url, calls)
-    ids = await call_ids_for(stack.nats_url, set(run_ids))
+    ids = await call_ids_for(stack.nats_url, set(run_ids), options=stack.supervisor.operator_options())
     result.stuck += calls - len(ids)
     await asyncio.sleep(8.0)  # long enough for a greeting to be logged by a session that missed ``ended``
     await account(stack, result, list(ids.values()))

@@ -9,6 +9,7 @@ Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
-from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
+from services.gateway.security import (
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    BrowserTokens,
+    KvNonces,
+    TokenError,
+    TwilioSignatures,
+    public_url_for,
+)
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
 from shared import health
 from shared.bus import Bus
@@ -44,8 +53,12 @@ class Gateway:
         self.start_timeout_s = start_timeout_s
         """Seconds a carrier socket may stay open without ``start`` (closed 1008 then)."""
         self.settings = settings
-        self.signatures = TwilioSignatures(settings.twilio_auth_token)
-        self.tokens = BrowserTokens(settings.api_token)
+        self.signatures = TwilioSignatures(settings.twilio_auth_token, insecure_dev=settings.insecure_dev)
+        if not settings.twilio_auth_token and not settings.insecure_dev:
+            log.warning("no SWITCHBOARD_TWILIO_AUTH_TOKEN: every Twilio request is refused")
+        if not settings.token_secret:
+            log.warning("no SWITCHBOARD_TOKEN_SECRET: browser tokens are valid on this replica only")
+        self.tokens = BrowserTokens(settings.token_secret, used=KvNonces(bus.js))
         self.calls: dict[str, CallBridge] = {}
         self.max_outbound_chunks = max_outbound_chunks
         self.accepting = True
@@ -112,17 +125,30 @@ def create_app(gateway: Gateway) -> FastAPI:
                            audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
                            idle_s=settings.carrier_idle_s).run()
 
+    def bearer_ok(request: Request) -> bool:
+        given = request.headers.get("authorization", "")
+        return bool(settings.api_token) and hmac.compare_digest(given.encode(),
+                                                                f"Bearer {settings.api_token}".encode())
+
     @app.post("/browser/token")
     async def browser_token(request: Request) -> JSONResponse:
-        if settings.api_token and request.headers.get("authorization") != f"Bearer {settings.api_token}":
-            return JSONResponse({"error": "a valid Bearer token is required"}, status_code=401)
+        bearer = bearer_ok(request)
+        if not (bearer or gateway.tokens.session_valid(request.cookies.get(SESSION_COOKIE))
+                or (settings.insecure_dev and not settings.api_token)):
+            return JSONResponse({"error": "the API token (Bearer) or a browser session is required"},
+                                status_code=401)
         token, expiry = gateway.tokens.mint()
-        return JSONResponse({"token": token, "expires_at": expiry})
+        response = JSONResponse({"token": token, "expires_at": expiry})
+        if bearer:  # the page keeps minting with the cookie, without holding the API token
+            session, _ = gateway.tokens.mint_session()
+            response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_TTL_S, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https", path="/browser")
+        return response
 
     @app.websocket("/browser")
     async def browser(ws: WebSocket) -> None:
         try:
-            gateway.tokens.check(ws.query_params.get("token"))
+            await gateway.tokens.check(ws.query_params.get("token"))
         except TokenError as exc:
             log.warning("rejected /browser upgrade: %s", exc)
             await ws.close(1008, str(exc))

@@ -8,8 +8,10 @@ Routes: ``GET /calls`` (recent calls), ``/calls/{id}``, ``/calls/{id}/events`` (
 redirects there; :mod:`services.recorder.ui`), plus ``/healthz``, ``/readyz``, ``/metrics``
 (``shared.http.add_ops_routes``).
 
-With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes requires ``Authorization: Bearer <token>``
-(pages and SSE, which browsers cannot give a header, also accept ``?access_token=<token>``); 401 otherwise.
+With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes — ``/docs`` and ``/openapi.json`` included —
+requires ``Authorization: Bearer <token>``; only the live page and its event stream, which a browser opens
+without a header, also accept ``?access_token=<token>`` (a token in a URL ends up in logs and history: nowhere
+else). 401 otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,19 +54,31 @@ def _valid_call_id(call_id: str) -> str:
         raise HTTPException(status_code=400, detail="invalid call id: expected [A-Za-z0-9_-]{1,64}") from None
 
 
-async def _authorize(request: Request) -> None:
-    """Require ``Authorization: Bearer <token>`` (or ``?access_token=``) when the app has a token."""
+def _check(request: Request, *, query_ok: bool) -> None:
     api_token: str | None = request.app.state.api_token
     if not api_token:
         return
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("access_token", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not given and query_ok:
+        given = request.query_params.get("access_token", "")
     if not given or not hmac.compare_digest(given.encode(), api_token.encode()):
         raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
 
 
+async def _authorize(request: Request) -> None:
+    """Require ``Authorization: Bearer <token>`` when the app has a token (401 otherwise)."""
+    _check(request, query_ok=False)
+
+
+async def _authorize_live(request: Request) -> None:
+    """Like :func:`_authorize`, also accepting ``?access_token=`` (the live page and its SSE only)."""
+    _check(request, query_ok=True)
+
+
 Auth = Annotated[None, Depends(_authorize)]
+LiveAuth = Annotated[None, Depends(_authorize_live)]
 CallId = Annotated[str, Depends(_valid_call_id)]
 
 
@@ -74,8 +89,18 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
     ``/readyz`` (the service passes its started :class:`~shared.health.Readiness`); ``recordings_dir`` caches
     re-rendered recordings (None: ``SWITCHBOARD_RECORDINGS_DIR``, default ``<data dir>/recordings``)."""
     app = FastAPI(title="Switchboard recorder", version="1",
-                  description="The call archive: calls, events, transcripts, recordings, traces, audit.")
+                  description="The call archive: calls, events, transcripts, recordings, traces, audit.",
+                  docs_url=None, openapi_url=None)
     app.state.api_token = api_token
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: Auth) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(_: Auth) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Switchboard recorder")
+
     add_ops_routes(app, ready)
     live_html = (_STATIC / "live.html").read_text(encoding="utf-8").replace(  # the console's live view script
         "/*LIVE_JS*/", (_STATIC.parent / "ui" / "live.js").read_text(encoding="utf-8"))
@@ -152,17 +177,23 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         report = await queries.verify_call(engine, call_id)
         return JSONResponse(report.to_dict())
 
+    @app.get("/calls/{call_id}/chain", summary="The call's chain records (stream, index, hash) for checkpoints")
+    async def chain(_: Auth, call_id: CallId) -> JSONResponse:
+        call = await existing(call_id)
+        return JSONResponse({"call_id": call_id, "ended_ns": call.get("ended_ns"),
+                             "rows": await queries.chain_rows(engine, call_id)})
+
     @app.get("/audit/streams", summary="Archive-wide audit facts: committed positions and stream-level gaps")
     async def audit_streams(_: Auth) -> JSONResponse:
         return JSONResponse({"positions": await queries.positions(engine), "gaps": await queries.stream_gaps(engine),
                              "calls": await queries.call_ids(engine)})
 
     @app.get("/calls/{call_id}/live", response_class=HTMLResponse, summary="Live transcript page")
-    async def live_page(_: Auth, call_id: CallId) -> HTMLResponse:
+    async def live_page(_: LiveAuth, call_id: CallId) -> HTMLResponse:
         return HTMLResponse(live_html)
 
     @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events")
-    async def live_events(_: Auth, call_id: CallId) -> StreamingResponse:
+    async def live_events(_: LiveAuth, call_id: CallId) -> StreamingResponse:
         return StreamingResponse(live_stream(bus, engine, call_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

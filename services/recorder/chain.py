@@ -2,9 +2,14 @@
 
 One chain per call per stream (CALLS, RT), in stream order. Record ``i`` (1-based ``chain_index``) has
 ``hash_i = SHA-256(bytes.fromhex(hash_{i-1}) ‖ canonical(record_i))`` with ``hash_0`` = 32 zero bytes.
-``canonical`` is the UTF-8 of a JSON object with sorted keys, no insignificant white space and non-ASCII kept
-as is (RFC 8785-style for the values we store: strings, integers and null) over the archived fields listed in
-:data:`CANONICAL_FIELDS`; the raw body enters as its SHA-256, so altering one byte of a body breaks the chain.
+``canonical`` is the JSON Canonicalization Scheme of RFC 8785 (https://www.rfc-editor.org/rfc/rfc8785, the
+``rfc8785`` package) of a JSON object holding the archived fields listed in :data:`CANONICAL_FIELDS`, every
+integer written as its decimal string (JCS numbers are IEEE doubles; nanosecond timestamps exceed 2^53), and
+``body_sha256``: the raw body enters as its SHA-256 (hex), so altering one byte of a body breaks the chain.
+``docs/verify_chain.py`` recomputes a chain from the API's NDJSON with nothing but this paragraph.
+
+Rows archived before revision ``rec0003`` were hashed over :func:`legacy_canonical_record` (orjson, sorted keys,
+integers as numbers); verification accepts either form for a row, both bind its whole content.
 
 Verification (:func:`verify_chain`) walks the stored rows in stream order and checks each row against the
 *stored* hash of its predecessor, so one altered row is reported alone rather than poisoning every later row;
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import rfc8785
 
 __all__ = [
     "CANONICAL_FIELDS",
@@ -37,6 +43,7 @@ __all__ = [
     "canonical_record",
     "chain_hash",
     "gap_record",
+    "legacy_canonical_record",
     "seq_gaps",
     "verify_chain",
 ]
@@ -52,15 +59,43 @@ CANONICAL_FIELDS = (
 
 
 def canonical_json(value: Any) -> bytes:
-    """``value`` (str/int/bool/None/dict/list; archived records hold no floats) as canonical JSON bytes:
-    sorted keys, ``,``/``:`` separators, UTF-8 with non-ASCII kept — byte-identical to
-    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()`` for these types
-    (checked in ``tests/unit/test_chain.py``), computed with orjson for speed.
+    """``value`` (str/int/bool/None/dict/list; archived records hold no floats) as RFC 8785 canonical JSON
+    bytes, every integer (not bool) first turned into its decimal string.
+
+    With only ASCII object keys (every archived record and header set) the bytes come from orjson with sorted
+    keys, which equal ``rfc8785.dumps`` there: ASCII keys sort the same by UTF-16 unit and by code point, and
+    both escape exactly ``"``, ``\\`` and U+0000..U+001F with the same forms (``tests/unit/test_chain.py``
+    checks the equality on arbitrary text) and much cheaper than the pure-Python package.
+    Anything else goes through ``rfc8785.dumps``.
 
     Raises:
-        TypeError: a value JSON cannot encode (orjson.JSONEncodeError), an int beyond 64 bits included.
+        rfc8785.CanonicalizationError: a value JCS cannot encode (a float NaN, a non-str key, ...).
+        TypeError: a value orjson cannot encode on the fast path (a lone surrogate).
     """
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    plain = _ints_as_strings(value)
+    if _ascii_keys(plain):
+        return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+    return rfc8785.dumps(plain)
+
+
+def _ascii_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _ascii_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_ascii_keys(v) for v in value)
+    return value is None or isinstance(value, str | bool)
+
+
+def _ints_as_strings(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _ints_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_ints_as_strings(v) for v in value]
+    return value
 
 
 def canonical_record(row: Mapping[str, Any]) -> bytes:
@@ -71,6 +106,14 @@ def canonical_record(row: Mapping[str, Any]) -> bytes:
     record = {name: row[name] for name in CANONICAL_FIELDS}
     record["body_sha256"] = hashlib.sha256(bytes(row["body"])).hexdigest()
     return canonical_json(record)
+
+
+def legacy_canonical_record(row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes rows archived before revision ``rec0003`` were hashed over: orjson with sorted keys,
+    integers as JSON numbers."""
+    record = {name: row[name] for name in CANONICAL_FIELDS}
+    record["body_sha256"] = hashlib.sha256(bytes(row["body"])).hexdigest()
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 def chain_hash(previous: str, canonical: bytes) -> str:
@@ -110,7 +153,8 @@ class ChainHead:
 
 @dataclass(frozen=True, slots=True)
 class ChainProblem:
-    """One finding: ``kind`` is ``altered``, ``missing``, ``reordered`` or ``gap``.
+    """One finding: ``kind`` is ``altered``, ``missing``, ``reordered``, ``gap`` or ``projection`` (a stored
+    projection that differs from the one recomputed from the archive).
 
     ``stream_seq`` / ``seq`` / ``source`` / ``type`` name the row concerned (for ``missing``, the row found
     where the missing one(s) should have been, or None when rows are missing at the end); ``detail`` says
@@ -130,6 +174,8 @@ class ChainProblem:
         """One human-readable line naming the record."""
         if self.kind == "gap":
             return f"{self.stream} #{self.chain_index}: gap: {self.detail}"
+        if self.kind == "projection":
+            return f"projection: {self.detail}"
         who = (f"stream_seq {self.stream_seq} (seq {self.seq} from {self.source}, {self.type})"
                if self.stream_seq is not None else "end of chain")
         return f"{self.stream} #{self.chain_index}: {self.kind} at {who}: {self.detail}"
@@ -220,11 +266,7 @@ def verify_chain(stream: str, rows: Iterable[Mapping[str, Any]], head: ChainHead
         previous = GENESIS if index == 1 else _stored_hash(by_index.get(index - 1))
         if previous is None:
             continue  # predecessor missing: already reported, this row cannot be checked against it
-        try:
-            computed = chain_hash(previous, canonical_record(row))
-        except (ValueError, TypeError) as exc:
-            computed = f"unhashable: {exc}"
-        if computed != row["hash"]:
+        if not _hash_matches(previous, row):
             problem("altered", row, index, "stored hash does not match the record's content and predecessor")
     for row, index in zip(ordered, indexes, strict=True):
         if row.get("gap"):
@@ -236,6 +278,16 @@ def verify_chain(stream: str, rows: Iterable[Mapping[str, Any]], head: ChainHead
             problem("altered", tail, head.chain_index, "the last record does not match the committed chain head")
     problems.sort(key=lambda p: (p.chain_index, p.kind))
     return problems
+
+
+def _hash_matches(previous: str, row: Mapping[str, Any]) -> bool:
+    for canonical in (canonical_record, legacy_canonical_record):
+        try:
+            if chain_hash(previous, canonical(row)) == row["hash"]:
+                return True
+        except (ValueError, TypeError, rfc8785.CanonicalizationError):
+            continue
+    return False
 
 
 def _stored_hash(row: Mapping[str, Any] | None) -> str | None:

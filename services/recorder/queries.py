@@ -12,14 +12,15 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import models
-from services.recorder.chain import ChainHead, ChainReport, gap_record, seq_gaps, verify_chain
-from services.recorder.projections import Projection
+from services.recorder.chain import ChainHead, ChainProblem, ChainReport, gap_record, seq_gaps, verify_chain
+from services.recorder.projections import Projection, project
 from services.recorder.records import ArchivedEvent
 
 __all__ = [
     "call_events",
     "call_ids",
     "call_spans",
+    "chain_rows",
     "get_call",
     "iter_call_events",
     "list_calls",
@@ -28,6 +29,7 @@ __all__ = [
     "stored_projection",
     "stream_gaps",
     "verify_call",
+    "verify_projection",
 ]
 
 _EVENT_ORDER = (models.events.c.stream, models.events.c.stream_seq)
@@ -117,7 +119,63 @@ async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
         chain = [r for r in rows if r["stream"] == stream]
         report.records[stream] = len(chain)
         report.problems.extend(verify_chain(stream, chain, heads.get(stream), absent_seqs=absent))
+    report.problems.extend(await verify_projection(engine, call_id, rows))
     return report
+
+
+async def chain_rows(engine: AsyncEngine, call_id: str) -> list[dict[str, Any]]:
+    """Every chain record of a call, gap records included: ``stream, chain_index, stream_seq, hash`` (for the
+    comparison with a signed checkpoint, :func:`services.recorder.checkpoints.compare`)."""
+    e, g = models.events, models.chain_gaps
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(e.c.stream, e.c.chain_index, e.c.stream_seq, e.c.hash)
+                                   .where(e.c.call_id == call_id))).all()
+        gaps = (await conn.execute(select(g.c.stream, g.c.chain_index, g.c.first_seq, g.c.hash)
+                                   .where(g.c.call_id == call_id))).all()
+    return ([{"stream": r[0], "chain_index": int(r[1]), "stream_seq": int(r[2]), "hash": r[3]} for r in rows]
+            + [{"stream": r[0], "chain_index": int(r[1]), "stream_seq": int(r[2]), "hash": r[3]} for r in gaps])
+
+
+_CALL_FIELDS = (("from", "from_number"), ("to", "to_number"), ("agent", "agent"),
+                ("carrier_call_id", "carrier_call_id"), ("carrier", "carrier"))
+
+
+async def verify_projection(engine: AsyncEngine, call_id: str, rows: list[dict[str, Any]]) -> list[ChainProblem]:
+    """Recompute a finalized call's projections from its archived ``rows`` and compare them with the stored
+    ones (``calls`` row, ``transcript_turns``, ``tool_calls``, ``barge_ins``); one ``projection`` problem per
+    difference. Calls not yet finalized have nothing stored to compare."""
+    call = await get_call(engine, call_id)
+    if call is None or not call.get("projected_ns"):
+        return []
+    events = [ArchivedEvent.from_row(r) for r in rows if not r.get("gap")]
+    projection = project(events)
+    stored = await stored_projection(engine, call_id)
+    problems: list[ChainProblem] = []
+
+    def differs(what: str) -> None:
+        problems.append(ChainProblem("projection", "projection", 0, None, None, None, None, what))
+
+    fresh = projection.to_dict()
+    for key in ("turns", "tool_calls", "barge_ins"):
+        if [{k: v for k, v in row.items() if k != "idx"} for row in stored[key]] != fresh[key]:
+            differs(f"stored {key} differ from those recomputed from the archived events")
+    counts = {"turns": len(projection.turns), "tool_call_count": len(projection.tool_calls),
+              "barge_in_count": len(projection.barge_ins), "input_tokens": projection.usage.input_tokens,
+              "output_tokens": projection.usage.output_tokens}
+    for column, value in counts.items():
+        if call.get(column) != value:
+            differs(f"calls.{column} is {call.get(column)!r}, the archived events give {value!r}")
+    started = next((r for r in rows if r["stream"] == "CALLS" and str(r["subject"]).endswith(".started")), None)
+    if started is not None:
+        try:
+            body = json.loads(bytes(started["body"]))
+        except ValueError:
+            body = {}
+        for key, column in _CALL_FIELDS:
+            want = body.get(key) if isinstance(body, dict) else None
+            if want is not None and call.get(column) != str(want):
+                differs(f"calls.{column} is {call.get(column)!r}, the archived started event says {want!r}")
+    return problems
 
 
 async def positions(engine: AsyncEngine) -> dict[str, int]:

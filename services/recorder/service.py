@@ -5,7 +5,9 @@
 ``SWITCHBOARD_API_TOKEN`` is set (then ``SWITCHBOARD_HOST``) on ``SWITCHBOARD_RECORDER_PORT`` (8081).
 ``SWITCHBOARD_RECORDER_CONSUMER`` (default ``recorder``) prefixes the durable consumer names; run one
 recorder per database (the hash chains need a single writer). ``SWITCHBOARD_RECORDER_LOST_AFTER_S`` (600)
-is the idle time after which an open call is ended as ``lost`` (``services/recorder/finalize.py``).
+is the idle time after which an open call is ended as ``lost`` (``services/recorder/finalize.py``). With
+``SWITCHBOARD_AUDIT_KEY`` the chain heads are signed and published to the ``AUDIT`` stream
+(``services/recorder/checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder.api import create_app
 from services.recorder.archive import Archive
+from services.recorder.checkpoints import INTERVAL_S, Checkpointer, ensure_audit_stream, private_key
 from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
 from services.recorder.finalize import Finalizer
@@ -39,8 +42,14 @@ class Recorder:
 
     def __init__(self, bus: Bus, engine: AsyncEngine, data_dir: Path, *, durable_prefix: str = "recorder",
                  batch: int = 512, settle_s: float = 1.0, track_lag: bool = False,
-                 lost_after_s: float = 600.0, recordings_dir: Path | None = None) -> None:
+                 lost_after_s: float = 600.0, recordings_dir: Path | None = None,
+                 audit_key: str | None = None, checkpoint_interval_s: float = INTERVAL_S,
+                 js_replicas: int = 1) -> None:
         self.bus = bus
+        self.checkpointer = (Checkpointer(engine, bus.js, private_key(audit_key), interval_s=checkpoint_interval_s)
+                             if audit_key else None)
+        """Signs and publishes chain heads to the AUDIT stream (None without ``SWITCHBOARD_AUDIT_KEY``)."""
+        self.js_replicas = js_replicas
         self.engine = engine
         self.archive = Archive(engine)
         self.finalizer = Finalizer(engine, self.archive, recordings_dir or data_dir / "recordings", self._last_seq,
@@ -76,6 +85,11 @@ class Recorder:
         for consumer in self.consumers:
             self._tasks.add(asyncio.create_task(consumer.run(self.stopping), name=f"consume-{consumer.durable}"))
         self._tasks.add(asyncio.create_task(self.finalizer.run(self.stopping), name="finalizer"))
+        if self.checkpointer is not None:
+            await ensure_audit_stream(self.bus.js, replicas=self.js_replicas)
+            self._tasks.add(asyncio.create_task(self.checkpointer.run(self.stopping), name="checkpoints"))
+        else:
+            log.warning("no SWITCHBOARD_AUDIT_KEY: the archive's chain heads are not signed")
         ready: asyncio.Future[list[bool]] = asyncio.ensure_future(
             asyncio.gather(*(c.ready.wait() for c in self.consumers)))
         try:
@@ -108,7 +122,8 @@ async def main(ctx: ServiceContext) -> None:
     recorder = Recorder(ctx.bus, engine, settings.data_dir,
                         durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder",
                         lost_after_s=settings.recorder_lost_after_s,
-                        recordings_dir=settings.effective_recordings_dir)
+                        recordings_dir=settings.effective_recordings_dir, audit_key=settings.audit_key,
+                        js_replicas=settings.js_replicas)
     await recorder.start()
     ctx.stack.push_async_callback(recorder.stop)
     readiness = recorder.readiness()

@@ -111,15 +111,24 @@ class Bus(StreamsMixin, MicroMixin):
         source: str | None = None,
         connect_timeout: float = 30.0,
         ack_timeout: float = 5.0,
+        options: Mapping[str, Any] | None = None,
     ) -> Bus:
         """Connect to NATS at ``url`` (comma-separated for a cluster), retrying with backoff.
 
         Waits up to ``connect_timeout`` seconds for the server to accept (backoff 50 ms doubling to 1 s),
-        then keeps reconnecting forever if the connection later drops.
+        then keeps reconnecting forever if the connection later drops. ``options`` are extra ``nats.connect``
+        arguments (credentials, TLS, inbox prefix); by default those of the environment's settings
+        (``SWITCHBOARD_NATS_CREDS`` / ``SWITCHBOARD_NATS_NKEY_SEED`` / ``SWITCHBOARD_NATS_TLS_*``, see
+        :mod:`shared.natsauth`) with the inbox prefix of ``source``. An authorization error (bad or missing
+        credentials) is not retried.
 
         Raises:
-            BusError: no server accepted within ``connect_timeout``.
+            BusError: no server accepted within ``connect_timeout``, or the server refused the credentials.
         """
+        if options is None:
+            from shared.config import load_settings
+
+            options = load_settings().nats_options(identity=source or name)
         deadline = time.monotonic() + connect_timeout
         delay = 0.05
         last_error: Exception | None = None
@@ -131,23 +140,46 @@ class Bus(StreamsMixin, MicroMixin):
             else:
                 log.warning("nats disconnected")
 
+        refused: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            if "authorization violation" in str(exc).lower() and not conn:
+                refused.append(exc)  # during the first connect: nats-py would retry it forever
+            await _log_error(exc)
+
         while time.monotonic() < deadline:
+            nc = SwitchboardClient()
+            attempt = asyncio.ensure_future(nc.connect(
+                servers=url.split(","),
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py sleeps on it (annotated int)
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=_log_reconnect,
+                **options,
+            ))
             try:
-                nc = SwitchboardClient()
-                await nc.connect(
-                    servers=url.split(","),
-                    name=name,
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py sleeps on it (annotated int)
-                    error_cb=_log_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=_log_reconnect,
-                )
+                while not attempt.done() and not refused and time.monotonic() < deadline:
+                    await asyncio.wait({attempt}, timeout=0.05)
+                if not attempt.done():
+                    attempt.cancel()
+                    with contextlib.suppress(BaseException):
+                        await attempt
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+                    if refused:
+                        raise BusError(f"NATS at {url} refused the credentials: {refused[0]}")
+                    last_error = TimeoutError("connect timed out")
+                    continue
+                attempt.result()
                 conn.append(nc)
                 return cls(nc, source=source or name, ack_timeout=ack_timeout)
             except (TimeoutError, OSError, nats.errors.Error) as exc:
+                if "authorization" in str(exc).lower():
+                    raise BusError(f"NATS at {url} refused the credentials: {exc}") from exc
                 last_error = exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamsMixin"]
 
+log = logging.getLogger("shared.bus")
+
 
 class StreamsMixin:
     """Stream management and replay; mixed into :class:`~shared.bus.Bus`."""
@@ -41,7 +44,9 @@ class StreamsMixin:
         """Create or update the CALLS, RT and TRACES streams (idempotent; safe from every service).
 
         File storage, limits retention, ``max_age`` from ``SWITCHBOARD_JS_MAX_AGE`` (TRACES: at most 1 h),
-        a ``Nats-Msg-Id`` duplicate window and ``num_replicas`` from ``SWITCHBOARD_JS_REPLICAS``.
+        a ``Nats-Msg-Id`` duplicate window and ``num_replicas`` from ``SWITCHBOARD_JS_REPLICAS``. Only the
+        operator identity may change an existing stream's configuration (:mod:`shared.natsauth`): for a service
+        whose settings differ from the stream's, the refused update is logged and the stream kept as it is.
         """
         for spec in subjects.STREAMS:
             max_age = min(settings.js_max_age, 3600.0) if spec.short_lived else settings.js_max_age
@@ -58,7 +63,11 @@ class StreamsMixin:
             try:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:
-                await self.js.update_stream(config)
+                try:
+                    await self.js.update_stream(config)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.warning("stream %s differs from this service's settings and was not updated (%s); "
+                                "an operator updates it (switchboard up does at start)", spec.name, exc)
 
     async def replay(
         self, filter_subject: str, stream: subjects.StreamSpec, *, batch: int = 512, timeout: float = 5.0

@@ -6,6 +6,9 @@ Commands (design.md, "The switchboard CLI"): ``up``, ``status``, ``demo``, ``cal
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
 
 from shared.cli import archive as _archive
@@ -16,6 +19,20 @@ from shared.cli import up as _up
 
 app = typer.Typer(name="switchboard", help="Event-sourced voice agents on NATS.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_show_locals=False)
+
+
+
+@app.callback()
+def _operator_credentials() -> None:
+    """CLI commands are operator tools: without ``SWITCHBOARD_NATS_CREDS``/``SWITCHBOARD_NATS_NKEY_SEED`` they
+    connect with the operator seed ``switchboard up`` generated in the data dir (``<data dir>/auth/operator.nk``).
+    """
+    if os.environ.get("SWITCHBOARD_NATS_CREDS") or os.environ.get("SWITCHBOARD_NATS_NKEY_SEED"):
+        return
+    seed = Path(os.environ.get("SWITCHBOARD_DATA_DIR") or ".switchboard") / "auth" / "operator.nk"
+    if seed.is_file():
+        os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(seed.resolve())
+
 
 _up.register(app)
 _call.register(app)

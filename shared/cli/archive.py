@@ -22,7 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.config import Settings
+from shared.cli.audit_checkpoints import check_calls
+from shared.config import Settings, load_settings
 
 __all__ = ["print_waterfall", "register"]
 
@@ -273,9 +274,10 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
                                                           "configured/embedded one)"),
                  no_nats: bool = typer.Option(False, "--no-nats", help="Verify the chains only"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the call's hash chains and cross-check them with JetStream; exit 1 naming any altered,
-    missing or reordered record, any gap, and any message JetStream holds that the archive lacks. Without a
-    call id: every call's chains, the stream-level gaps and each stream's state against the archive."""
+    """Recompute the call's hash chains and projections, cross-check them with JetStream and the latest signed
+    checkpoint; exit 1 naming any altered, missing or reordered record, gap, stale projection, message JetStream
+    holds that the archive lacks, or disagreement with the checkpoint. Without a call id: every call's chains
+    and projections, the stream-level gaps and each stream's state against the archive."""
     if call_id is None:
         raise typer.Exit(_verify_all(api, database, None if no_nats else nats_url or _settings().effective_nats_url,
                                      as_json))
@@ -286,9 +288,13 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
             report = _get(client, f"/calls/{call_id}/audit").json()
             archived = _archived_seqs(client, call_id)
     if not no_nats:
-        report["jetstream"] = asyncio.run(_crosscheck(nats_url or _settings().effective_nats_url, call_id,
-                                                      archived))
+        url = nats_url or _settings().effective_nats_url
+        report["jetstream"] = asyncio.run(_crosscheck(url, call_id, archived))
         report["ok"] = report["ok"] and report["jetstream"].get("ok", True)
+        with _client(api) as client:
+            report["checkpoint"] = check_calls(_settings(), url, [call_id], _connect, database=database,
+                                               client=client)[call_id]
+        report["ok"] = report["ok"] and report["checkpoint"].get("ok", True)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -298,6 +304,12 @@ def audit_verify(call_id: str | None = typer.Argument(None, help="The call id; o
 
 
 def _print_report(call_id: str, report: dict[str, Any]) -> None:
+    checkpoint = report.get("checkpoint") or {}
+    if checkpoint.get("skipped"):
+        console.print(f"[yellow]signed checkpoints not checked: {checkpoint['skipped']}[/yellow]", highlight=False)
+    if checkpoint.get("present") and checkpoint.get("ok"):
+        kind = "final" if checkpoint.get("final") else "latest"
+        console.print(f"  matches the {kind} signed checkpoint", highlight=False)
     jetstream = report.get("jetstream")
     if jetstream is not None and not jetstream["reachable"]:
         console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
@@ -308,6 +320,7 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
         console.print(f"[green]OK[/green] {call_id}: every chain intact ({counts}){checked}")
     else:
         problems = [p["description"] for p in report["problems"]]
+        problems += [f"signed checkpoint: {line}" for line in checkpoint.get("problems", [])]
         for stream in (jetstream or {}).get("streams", []):
             problems += [f"{stream['stream']} stream_seq {m['stream_seq']} ({m['subject']}) is in JetStream but "
                          f"not in the archive" for m in stream["missing"]]
@@ -339,7 +352,8 @@ async def _connect(url: str) -> Any:
     try:  # nats-py retries the initial connect until told otherwise: bound it
         return await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False,
                                                    max_reconnect_attempts=1, error_cb=quiet,
-                                                   name="switchboard-audit"), 5)
+                                                   name="switchboard-audit",
+                                                   **load_settings().nats_options(identity="operator")), 5)
     except Exception as exc:
         return exc
 
@@ -395,6 +409,13 @@ def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_
             facts = _get(client, "/audit/streams").json()
             reports = [_get(client, f"/calls/{c}/audit").json() for c in facts["calls"]]
     jetstream = asyncio.run(_stream_states(nats_url)) if nats_url else None
+    if nats_url:
+        with _client(api) as client:
+            signed = check_calls(_settings(), nats_url, [r["call_id"] for r in reports], _connect,
+                                 database=database, client=client)
+        for report in reports:
+            report["checkpoint"] = signed[report["call_id"]]
+            report["ok"] = report["ok"] and report["checkpoint"].get("ok", True)
     failing = [r for r in reports if not r["ok"]]
     ok = not failing and not facts["gaps"]
     if as_json:
@@ -402,9 +423,11 @@ def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_
                                "positions": facts["positions"], "jetstream": jetstream}, indent=2))
         return 0 if ok else 1
     for report in failing:
-        console.print(f"[red]FAILED[/red] {report['call_id']}: {len(report['problems'])} problem(s)")
-        for problem in report["problems"]:
-            console.print(f"  {problem['description']}", highlight=False)
+        lines = [p["description"] for p in report["problems"]]
+        lines += [f"signed checkpoint: {line}" for line in report.get("checkpoint", {}).get("problems", [])]
+        console.print(f"[red]FAILED[/red] {report['call_id']}: {len(lines)} problem(s)")
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
     for gap in facts["gaps"]:
         console.print(f"[red]GAP[/red] {gap['stream']} stream sequences {gap['first_seq']}..{gap['last_seq']} were "
                       f"never archived ({gap['reason']})", highlight=False)

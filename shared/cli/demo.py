@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -136,6 +137,8 @@ async def run_demo(settings: Settings, scenario_path: Path, speed: float) -> int
     try:
         await supervisor.start()
         supervisor.write_state()
+        if "operator" in supervisor.seeds:  # the caller simulator below connects as the operator (first run too)
+            os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(supervisor.seeds["operator"].resolve())
         console.print(f"[bold]system ready in {time.monotonic() - started:.1f} s[/bold]; placing {scenario.name}")
         result = await run_scenario(scenario, gateway_url=f"http://127.0.0.1:{settings.gateway_port}",
                                     nats_url=supervisor.nats_url, speed=speed, out=console.print)

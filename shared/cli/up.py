@@ -65,7 +65,7 @@ async def _up(settings: Settings, only: set[str] | None = None) -> int:
 async def _status(nats_url: str) -> list[dict[str, Any]]:
     import nats
 
-    nc = await nats.connect(nats_url, connect_timeout=3)
+    nc = await nats.connect(nats_url, connect_timeout=3, **load_settings().nats_options(identity="operator"))
     try:
         infos: dict[str, dict[str, Any]] = {}
         stats: dict[str, dict[str, Any]] = {}

@@ -44,7 +44,7 @@ async def peer_bus_fixture(nats_url: str) -> AsyncIterator[Bus]:
 
 @pytest.fixture(name="gw")
 async def gw_fixture(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(bus, load_settings(nats_url=nats_url)) as running:
+    async with running_gateway(bus, load_settings(nats_url=nats_url, insecure_dev=True)) as running:
         yield running
 
 

@@ -70,7 +70,7 @@ async def test_headers_interoperate_with_stock_nats_py(bus: Bus, nats_url: str, 
     """Our header codec (shared.bus.wire) and nats-py's read each other's messages identically."""
     import nats
 
-    stock = await nats.connect(nats_url)
+    stock = await nats.connect(nats_url, **load_settings().nats_options())
     try:
         odd = {"Plain": "v", "Spaced": "  padded  ", "Multi": "a\r\nb", "Utf8": "caf\u00e9"}
         by_stock: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -122,7 +122,7 @@ async def test_flush_after_subscribe_means_the_server_has_the_subscription(bus: 
     were lost). Our client sends the SUB first, and every message published once ``subscribe`` returned
     arrives."""
     probe = SwitchboardClient()
-    await probe.connect(nats_url)
+    await probe.connect(nats_url, **load_settings().nats_options())
     written: list[bytes] = []
     transport = probe._transport
     assert transport is not None

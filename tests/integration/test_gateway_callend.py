@@ -38,7 +38,7 @@ START_S = 0.5
 
 @pytest.fixture(name="gw")
 async def short_timeouts_gw(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
-    settings = load_settings(nats_url=nats_url, carrier_idle_s=IDLE_S)
+    settings = load_settings(nats_url=nats_url, insecure_dev=True, carrier_idle_s=IDLE_S)
     async with running_gateway(bus, settings, start_timeout_s=START_S) as running:
         yield running
 

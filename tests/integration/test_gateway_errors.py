@@ -130,7 +130,8 @@ async def test_random_frames_never_break_the_gateway(gw: RunningGateway, peer: E
 
 @pytest.fixture
 async def small_queue_gw(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(bus, load_settings(nats_url=nats_url), max_outbound_chunks=8) as running:
+    settings = load_settings(nats_url=nats_url, insecure_dev=True)
+    async with running_gateway(bus, settings, max_outbound_chunks=8) as running:
         yield running
 
 
@@ -190,7 +191,7 @@ async def test_slow_socket_drops_its_own_frames_only(small_queue_gw: RunningGate
 async def test_bus_failure_closes_1011_and_the_process_carries_on(nats_url: str) -> None:
     """NATS gone under the gateway: the socket closes with 1011 instead of hanging; the app keeps serving."""
     broken = await Bus.connect(nats_url, name="broken", source="gateway")
-    async with running_gateway(broken, load_settings(nats_url=nats_url)) as running:
+    async with running_gateway(broken, load_settings(nats_url=nats_url, insecure_dev=True)) as running:
         await broken.close()
         async with websockets.connect(running.ws_url + "/twilio/media") as ws:
             await ws.send(start_frame("no-bus"))

@@ -14,6 +14,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from services.gateway.security import SESSION_COOKIE, BrowserTokens, KvNonces, TokenError
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCM24K, pcm16_to_bytes
@@ -120,8 +121,55 @@ async def test_browser_token_requires_api_token_when_configured(bus: Bus, nats_u
     settings = load_settings(nats_url=nats_url, api_token="s3cret")
     async with running_gateway(bus, settings) as running, httpx.AsyncClient(base_url=running.http_url) as client:
         assert (await client.post("/browser/token")).status_code == 401
+        assert (await client.post("/browser/token", headers={"Authorization": "Bearer wrong"})).status_code == 401
         ok = await client.post("/browser/token", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["token"].count(".") == 2
+        # the call with the API token set a session cookie: the page mints more without the API token
+        assert SESSION_COOKIE in client.cookies
+        again = await client.post("/browser/token")
+        assert again.status_code == 200 and again.json()["token"] != ok.json()["token"]
+
+
+async def test_forged_session_cookie_is_refused(bus: Bus, nats_url: str) -> None:
+    settings = load_settings(nats_url=nats_url, api_token="s3cret", token_secret="a" * 64)
+    other = BrowserTokens("b" * 64)  # a cookie signed with another secret
+    async with running_gateway(bus, settings) as running, httpx.AsyncClient(base_url=running.http_url) as client:
+        forged, _ = other.mint_session()
+        client.cookies.set(SESSION_COOKIE, forged, path="/browser")
+        assert (await client.post("/browser/token")).status_code == 401
+
+
+async def test_edges_fail_closed_without_secrets(bus: Bus, nats_url: str) -> None:
+    """No Twilio auth token, no API token, not in insecure dev mode: webhook, media socket and token refused."""
+    settings = load_settings(nats_url=nats_url, twilio_auth_token=None, api_token=None, insecure_dev=False)
+    async with running_gateway(bus, settings) as running, httpx.AsyncClient(base_url=running.http_url) as client:
+        form = {"CallSid": "CA" + "0" * 32, "From": "+15550001111", "To": "+15550002222"}
+        assert (await client.post("/twilio/voice", data=form)).status_code == 403
+        assert (await client.post("/twilio/voice", data=form,
+                                  headers={"X-Twilio-Signature": "forged"})).status_code == 403
+        with pytest.raises(InvalidStatus):
+            await websockets.connect(running.ws_url + "/twilio/media")
+        assert (await client.post("/browser/token")).status_code == 401
+
+
+async def test_browser_token_from_one_replica_works_once_on_another(nats_url: str, unique: str) -> None:
+    """Two gateway replicas share SWITCHBOARD_TOKEN_SECRET and the NATS KV of used nonces."""
+    secret = "s" * 64
+    buses = [await Bus.connect(nats_url, name=f"replica-{i}", source="gateway") for i in range(2)]
+    try:
+        bucket = f"tokens_{unique}"
+        a = BrowserTokens(secret, used=KvNonces(buses[0].js, bucket=bucket))
+        b = BrowserTokens(secret, used=KvNonces(buses[1].js, bucket=bucket))
+        token, _ = a.mint()
+        await b.check(token)  # minted on A, accepted on B
+        for replica in (a, b):
+            with pytest.raises(TokenError, match="already used"):
+                await replica.check(token)
+        with pytest.raises(TokenError, match="signature"):  # a replica with another secret refuses it
+            await BrowserTokens("t" * 64, used=KvNonces(buses[1].js, bucket=bucket)).check(a.mint()[0])
+    finally:
+        for bus in buses:
+            await bus.close()
 
 
 async def test_ops_routes(gw: RunningGateway) -> None:

@@ -49,7 +49,7 @@ async def test_twiml_voice_webhook(gw: RunningGateway) -> None:
 
 
 async def test_twiml_uses_public_url(bus: Bus, nats_url: str) -> None:
-    settings = load_settings(nats_url=nats_url, public_url="https://voice.example.com/base")
+    settings = load_settings(nats_url=nats_url, insecure_dev=True, public_url="https://voice.example.com/base")
     async with running_gateway(bus, settings) as running, httpx.AsyncClient(base_url=running.http_url) as client:
         r = await client.post("/twilio/voice", data={"From": "+1"})
     assert parse_twiml(r.text)[0] == "wss://voice.example.com/base/twilio/media"
@@ -248,7 +248,8 @@ async def test_caller_audio_goes_out_40_ms_a_message_and_the_rest_before_ended(
 async def test_audio_in_ms_20_publishes_every_frame(bus: Bus, nats_url: str, recorder: Recorder,
                                                    audio_tap: AudioTap) -> None:
     """``SWITCHBOARD_GATEWAY_AUDIO_IN_MS=20``: one ``audio.in`` message per Twilio frame."""
-    async with running_gateway(bus, load_settings(nats_url=nats_url, gateway_audio_in_ms=20)) as gw20:
+    settings = load_settings(nats_url=nats_url, insecure_dev=True, gateway_audio_in_ms=20)
+    async with running_gateway(bus, settings) as gw20:
         ws, call_id, _ = await open_call(gw20, recorder)
         heard = audio_tap.of(call_id)
         for n in range(1, 4):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import nats
 
+from shared.config import load_settings
+
 PROBE = Path(__file__).resolve().parents[2] / "infra" / "docker" / "nats-connected.sh"
 
 
@@ -20,7 +22,7 @@ async def _probe(url: str) -> int:
 async def test_probe_passes_only_while_this_process_holds_a_nats_connection(nats_url: str) -> None:
     # the fixture's nats-server listens on a free port nobody else connects to
     assert await _probe(nats_url) == 1
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **load_settings().nats_options())
     try:
         assert await _probe(nats_url) == 0
         # several URLs: passes if any of them is connected

@@ -128,10 +128,16 @@ async def test_api_requires_the_bearer_token_when_set(archived: tuple[AsyncEngin
         assert (await anonymous.get(f"/calls/{call_id}/live")).status_code == 401
         assert (await anonymous.get("/healthz")).status_code == 200
         assert (await anonymous.get(f"/calls/{call_id}/live", params={"access_token": "s3cret"})).status_code == 200
+        # ?access_token= is accepted on the live page and its stream only
+        for path in ("/calls", f"/calls/{call_id}", f"/calls/{call_id}/events", "/docs", "/openapi.json"):
+            assert (await anonymous.get(path, params={"access_token": "s3cret"})).status_code == 401, path
     async with client_for(app, "wrong") as wrong:
         assert (await wrong.get("/calls")).status_code == 401
+        assert (await wrong.get("/openapi.json")).status_code == 401
     async with client_for(app, "s3cret") as good:
         assert (await good.get(f"/calls/{call_id}")).status_code == 200
+        assert (await good.get("/docs")).status_code == 200
+        assert "/calls/{call_id}/audit" in (await good.get("/openapi.json")).json()["paths"]
 
 
 async def test_live_page_streams_a_call_in_progress(nats_url: str, database_url: str, tmp_path: Path,

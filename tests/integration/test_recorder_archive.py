@@ -24,6 +24,7 @@ from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared.bus import Bus
 from shared.telemetry import setup_telemetry
+from tests.integration.archive_tamper import drop_guards
 
 
 @pytest.fixture
@@ -158,6 +159,7 @@ async def test_audit_names_an_altered_row(engine: AsyncEngine, unique: str) -> N
     call_id = f"CAalt{unique}"
     await _archived_call(engine, call_id)
     async with engine.begin() as conn:
+        await drop_guards(conn)
         await conn.execute(update(models.events).where(models.events.c.stream_seq == 104)
                            .where(models.events.c.call_id == call_id).values(body=b'{"type":"x"}'))
     report = await queries.verify_call(engine, call_id)
@@ -168,6 +170,7 @@ async def test_audit_names_a_deleted_row(engine: AsyncEngine, unique: str) -> No
     call_id = f"CAdel{unique}"
     await _archived_call(engine, call_id)
     async with engine.begin() as conn:
+        await drop_guards(conn)
         await conn.execute(delete(models.events).where(models.events.c.stream_seq == 106)
                            .where(models.events.c.call_id == call_id))
     report = await queries.verify_call(engine, call_id)
@@ -180,6 +183,7 @@ async def test_audit_names_swapped_rows(engine: AsyncEngine, unique: str) -> Non
     await _archived_call(engine, call_id)
     ev = models.events
     async with engine.begin() as conn:  # swap the positions of stream seqs 102 and 103
+        await drop_guards(conn)
         await conn.execute(update(ev).where(ev.c.call_id == call_id, ev.c.stream_seq == 102).values(stream_seq=-1))
         await conn.execute(update(ev).where(ev.c.call_id == call_id, ev.c.stream_seq == 103).values(stream_seq=102))
         await conn.execute(update(ev).where(ev.c.call_id == call_id, ev.c.stream_seq == -1).values(stream_seq=103))
@@ -193,6 +197,7 @@ async def test_audit_names_rows_deleted_at_the_end(engine: AsyncEngine, unique: 
     call_id = f"CAend{unique}"
     await _archived_call(engine, call_id)
     async with engine.begin() as conn:
+        await drop_guards(conn)
         await conn.execute(delete(models.events).where(models.events.c.stream_seq >= 110)
                            .where(models.events.c.call_id == call_id))
     report = await queries.verify_call(engine, call_id)

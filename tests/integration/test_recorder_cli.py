@@ -24,6 +24,7 @@ from services.recorder.records import Incoming
 from services.recorder.scripted import script
 from shared import natsserver
 from shared.bus import Headers
+from tests.integration.archive_tamper import drop_guards
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,6 +109,7 @@ async def test_audit_verify_fails_and_names_the_altered_row(api: tuple[AsyncEngi
     code, out = await cli("audit", "verify", call_id, "--database", database_url)
     assert code == 0 and "OK" in out, out
     async with engine.begin() as conn:
+        await drop_guards(conn)
         ev = models.events
         await conn.execute(update(ev).where(ev.c.call_id == call_id, ev.c.stream == "RT", ev.c.stream_seq == 42)
                            .values(body=b'{"type":"x"}'))

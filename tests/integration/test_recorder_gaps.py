@@ -25,6 +25,7 @@ from services.recorder.service import Recorder
 from shared import natsserver, subjects
 from shared.bus import Bus
 from shared.config import load_settings
+from tests.integration.archive_tamper import drop_guards
 from tests.integration.test_recorder_cli import cli
 
 
@@ -242,7 +243,8 @@ async def test_audit_verify_names_an_event_in_jetstream_missing_from_the_archive
     rt_count = sum(1 for s in script(call_id) if s.subject.startswith("rt."))
     assert f"RT: {rt_count} message(s) in JetStream" in out
 
-    async with engine.begin() as conn:  # an event disappears from the archive
+    async with engine.begin() as conn:  # an event disappears from the archive (its owner dropped the guards)
+        await drop_guards(conn)
         ev = models.events
         row = (await conn.execute(select(ev.c.stream_seq, ev.c.subject).where(
             ev.c.call_id == call_id, ev.c.stream == "RT").order_by(ev.c.stream_seq).limit(1).offset(30))).one()

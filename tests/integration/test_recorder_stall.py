@@ -18,17 +18,21 @@ from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared import natsserver
 from shared.bus import Bus
+from tests.conftest import NatsAuth
 from tests.integration.test_recorder_restart import RecorderProcess
 
 
 async def test_sigstop_mid_call_then_resume_archives_everything_once(
-        buses: tuple[Bus, Bus], nats_url: str, database_url: str, tmp_path: Path, unique: str) -> None:
+        buses: tuple[Bus, Bus], nats_url: str, nats_auth: NatsAuth, database_url: str, tmp_path: Path,
+        unique: str) -> None:
     call_id = f"CAstall{unique}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "OTEL_"))}
     env.update({
         "SWITCHBOARD_NATS_URL": nats_url, "SWITCHBOARD_DATABASE_URL": database_url,
         "SWITCHBOARD_DATA_DIR": str(tmp_path / "stalled"), "SWITCHBOARD_RECORDER_PORT": str(natsserver.free_port()),
         "SWITCHBOARD_RECORDER_CONSUMER": f"stall{unique}", "PYTHONUNBUFFERED": "1",
+        # the recorder's own NATS user (its permissions are part of what is tested); the streams as they are
+        "SWITCHBOARD_NATS_NKEY_SEED": str(nats_auth.seeds["recorder"]), "SWITCHBOARD_JS_MAX_AGE": "3600",
     })
     proc = RecorderProcess(env, tmp_path / "recorder.log")
     ref_engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'reference.db'}")

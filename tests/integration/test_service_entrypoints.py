@@ -17,14 +17,17 @@ from pathlib import Path
 import pytest
 
 from shared import natsserver
+from tests.conftest import NatsAuth
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("service", ["session", "gateway"])
-async def test_service_runs_on_uvloop_and_stops_on_sigterm(service: str, nats_url: str, tmp_path: Path) -> None:
+async def test_service_runs_on_uvloop_and_stops_on_sigterm(service: str, nats_url: str, tmp_path: Path,
+                                                            nats_auth: NatsAuth) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "OTEL_"))}
     env.update({"SWITCHBOARD_NATS_URL": nats_url, "SWITCHBOARD_DATA_DIR": str(tmp_path),
+                "SWITCHBOARD_NATS_NKEY_SEED": str(nats_auth.seeds[service]),
                 "SWITCHBOARD_GATEWAY_PORT": str(natsserver.free_port()), "PYTHONUNBUFFERED": "1"})
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
                                                 stderr=asyncio.subprocess.PIPE)

@@ -95,7 +95,7 @@ async def test_ended_published_before_pickup_ends_the_session(gateway_bus: Bus, 
 
 async def test_start_then_stop_calls_close_every_model_session(gateway_bus: Bus, bus: Bus, nats_url: str,
                                                                model: LocalModelServer) -> None:
-    settings = load_settings(nats_url=nats_url, agent=AGENT, js_max_age=600)
+    settings = load_settings(nats_url=nats_url, agent=AGENT, js_max_age=600, insecure_dev=True)
     service = SessionService(bus, settings, endpoint=endpoint(model), options=CallOptions())
     await service.start()
     ended: dict[str, Envelope] = {}

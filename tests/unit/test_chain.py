@@ -15,6 +15,7 @@ from services.recorder.chain import (
     canonical_json,
     canonical_record,
     chain_hash,
+    legacy_canonical_record,
     seq_gaps,
     verify_chain,
 )
@@ -47,8 +48,40 @@ def test_canonical_json_ignores_key_order(value: dict[str, Any]) -> None:
     assert canonical_json(value) == canonical_json(reordered)
 
 
-def test_canonical_json_is_compact_utf8_and_sorted() -> None:
-    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
+def test_canonical_json_is_rfc8785_with_integers_as_strings() -> None:
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":"1"}'.encode()
+    # RFC 8785 section 3.2.3: keys sorted by UTF-16 code units (U+1F600 sorts before U+FB01, unlike UTF-8)
+    assert canonical_json({"\ufb01": 1, "\U0001f600": 2}) == '{"\U0001f600":"2","\ufb01":"1"}'.encode()
+    assert canonical_json({"ts": 1_700_000_000_000_000_000}) == b'{"ts":"1700000000000000000"}'
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
+_ASCII_KEYS = st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8)
+
+
+_NESTED = st.recursive(
+    st.one_of(st.none(), st.booleans(), _INT64, _ANY_TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_ASCII_KEYS, inner, max_size=3)),
+    max_leaves=10)
+
+
+@given(st.dictionaries(_ASCII_KEYS, _NESTED, max_size=6))
+def test_fast_path_equals_the_rfc8785_package(value: dict[str, Any]) -> None:
+    """ASCII keys, any text (controls, U+2028, astral): canonical_json's orjson path is byte-identical to JCS."""
+    import rfc8785
+
+    assert canonical_json(value) == rfc8785.dumps(_stringified(value))
+
+
+def test_rows_hashed_in_the_legacy_form_still_verify() -> None:
+    rows, head = make_chain(3)
+    previous = GENESIS
+    for row in rows:  # rehash as a pre-rec0003 archive did
+        row["hash"] = previous = chain_hash(previous, legacy_canonical_record(row))
+    head = ChainHead(head.chain_index, head.last_stream_seq, previous)
+    assert verify_chain("RT", rows, head) == []
+    rows[1]["body"] = b"{}"
+    assert [p.kind for p in verify_chain("RT", rows, head)] == ["altered"]
 
 
 def test_chain_hash_is_sha256_of_previous_bytes_and_record() -> None:
@@ -137,9 +170,32 @@ _JSON_VALUES = st.recursive(
     max_leaves=12)
 
 
+def _stringified(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _stringified(v) for k, v in value.items()}
+    return [_stringified(v) for v in value]
+
+
+_BMP_TEXT = st.text(alphabet=st.characters(max_codepoint=0xD7FF), max_size=8)
+
+
 @given(st.dictionaries(_TEXT, _JSON_VALUES, max_size=6))
-def test_canonical_json_matches_the_stdlib_definition(value: dict[str, Any]) -> None:
+def test_canonical_json_round_trips_with_integers_as_strings(value: dict[str, Any]) -> None:
     import json
 
-    reference = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert canonical_json(value) == reference
+    assert json.loads(canonical_json(value)) == _stringified(value)
+
+
+@given(st.dictionaries(_BMP_TEXT, st.recursive(st.one_of(st.none(), st.booleans(), _INT64, _BMP_TEXT),
+                                                lambda inner: st.lists(inner, max_size=4), max_leaves=8),
+                       max_size=6))
+def test_canonical_json_matches_the_stdlib_for_bmp_text(value: dict[str, Any]) -> None:
+    """Below U+D800 UTF-16 and code point order agree, so JCS equals sorted compact ``json.dumps``."""
+    import json
+
+    reference = json.dumps(_stringified(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == reference.encode()

@@ -81,30 +81,32 @@ def test_mark_book_played_is_monotonic(ops: list[str]) -> None:
     assert book.played("x") <= total
 
 
-def test_browser_tokens() -> None:
+async def test_browser_tokens() -> None:
     tokens = BrowserTokens("secret", ttl_s=60)
     token, expiry = tokens.mint(now=1000.0)
     assert expiry == 1060
-    tokens.check(token, now=1001.0)
+    await tokens.check(token, now=1001.0)
     with pytest.raises(TokenError, match="already used"):
-        tokens.check(token, now=1002.0)
+        await tokens.check(token, now=1002.0)
     late, _ = tokens.mint(now=1000.0)
     with pytest.raises(TokenError, match="expired"):
-        tokens.check(late, now=1061.0)
+        await tokens.check(late, now=1061.0)
     other, _ = BrowserTokens("another secret").mint(now=1000.0)
     with pytest.raises(TokenError, match="signature"):
-        tokens.check(other, now=1001.0)
+        await tokens.check(other, now=1001.0)
     for bad in (None, "", "a.b", "x" * 300):
         with pytest.raises(TokenError):
-            tokens.check(bad, now=1001.0)
-    # replicas sharing SWITCHBOARD_API_TOKEN accept each other's tokens
+            await tokens.check(bad, now=1001.0)
+    # replicas sharing SWITCHBOARD_TOKEN_SECRET accept each other's tokens
     shared, _ = BrowserTokens("secret").mint(now=1000.0)
-    tokens.check(shared, now=1001.0)
+    await tokens.check(shared, now=1001.0)
 
 
 def test_public_url_and_disabled_signatures() -> None:
     assert public_url_for("https://a.example/x", "ws", "127.0.0.1:1", "/twilio/media") == "wss://a.example/x/twilio/media"
     assert public_url_for("http://a.example", "http", "h", "/twilio/voice", "q=1") == "http://a.example/twilio/voice?q=1"
     assert public_url_for(None, "ws", "127.0.0.1:9", "/twilio/media") == "ws://127.0.0.1:9/twilio/media"
-    assert TwilioSignatures(None).valid("https://x", {}, None)
+    assert not TwilioSignatures(None).valid("https://x", {}, None)  # fails closed without an auth token
+    assert not TwilioSignatures(None).valid("https://x", {}, "anything")
+    assert TwilioSignatures(None, insecure_dev=True).valid("https://x", {}, None)
     assert not TwilioSignatures("token").valid("https://x", {}, None)

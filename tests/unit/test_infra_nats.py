@@ -71,6 +71,18 @@ def test_nats_values_refuse_anonymous_clients_and_use_tls_from_secrets() -> None
     assert "rt.>" not in by_key["GATEWAY_NKEY"]["permissions"]["publish"]["allow"]
 
 
+def test_nats_values_permissions_are_the_ones_switchboard_up_generates() -> None:
+    """infra/nats/values.yaml carries shared.natsauth.PERMISSIONS, the table the embedded server is run with."""
+    from shared.natsauth import PERMISSIONS
+
+    users = _load(INFRA / "nats" / "values.yaml")["config"]["merge"]["accounts"]["SWITCHBOARD"]["users"]
+    by_name = {u["nkey"].strip("<> $").removesuffix("_NKEY").lower(): u for u in users}
+    for name in ("gateway", "session", "tools", "recorder"):
+        want = PERMISSIONS[name]
+        assert want is not None
+        assert by_name[name]["permissions"] == want.as_config(), name
+
+
 def _hadolint() -> str | None:
     found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     return found

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
 import pytest
 
-from services.recorder.chain import canonical_json
 from services.recorder.pricing import Usage, estimate_cost
 from services.recorder.projections import project
 from services.recorder.recording import call_formats, format_name, render
@@ -32,7 +32,7 @@ def events_from(steps: list[Step], call_id: str) -> list[ArchivedEvent]:
         assert cid == call_id
         out.append(ArchivedEvent(stream, stream_seq[stream], cid, stream_seq[stream], step.subject, direction, kind,
                                  step.source, seqs[step.source], None, now, now, None, {},
-                                 canonical_json(step.payload)))
+                                 orjson.dumps(step.payload)))
         now += int(step.after_ms * 1_000_000) + 1000  # 1 µs between events
     return out
 

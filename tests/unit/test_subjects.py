@@ -24,6 +24,19 @@ def test_valid_call_ids_pass() -> None:
     assert subjects.validate_call_id(subjects.new_call_id())
 
 
+def test_new_call_ids_are_ours_and_sort_by_creation() -> None:
+    """``call_`` + ULID: never a carrier's ``CA…`` id; unique; lexical order is creation order (per ms)."""
+    from ulid import ULID
+
+    ids = [subjects.new_call_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    for cid in ids:
+        assert cid.startswith("call_") and not cid.startswith("CA")
+        ULID.from_str(cid.removeprefix("call_"))  # raises on anything but a ULID
+    stamps = [ULID.from_str(c.removeprefix("call_")).milliseconds for c in ids]
+    assert stamps == sorted(stamps)
+
+
 @given(st.text(min_size=1, max_size=80))
 def test_no_call_id_can_inject_tokens(call_id: str) -> None:
     try:
