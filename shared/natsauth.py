@@ -114,7 +114,11 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "gateway": _service(
         "gateway",
         ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended", *_kv_write(BROWSER_TOKENS_BUCKET)],
-        ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated"],
+        ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated",
+         # the browser call's live transcript (services/gateway/browser.py)
+         "rt.*.server.conversation.item.input_audio_transcription.completed",
+         "rt.*.server.response.output_audio_transcript.delta", "rt.*.server.response.output_audio_transcript.done",
+         "rt.*.server.response.function_call_arguments.done"],
     ),
     "session": _service(
         "session",
@@ -128,7 +132,7 @@ PERMISSIONS: dict[str, Permissions | None] = {
         ["rt.>", "call.*.started", "call.*.ended", "call.*.carrier.>", "call.*.command.>", "call.*.session.>",
          subjects.OTEL_SPANS],
     ),
-    "analytics": _service("analytics", _read("CALLS", "RT"), []),
+    "analytics": _service("analytics", _read("CALLS", "RT"), [subjects.webhook_status()]),
 }
 """Identity → permissions (None: the operator, full rights). Source: design.md's subject table."""
 

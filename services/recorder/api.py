@@ -9,9 +9,9 @@ redirects there; :mod:`services.recorder.ui`), plus ``/healthz``, ``/readyz``, `
 (``shared.http.add_ops_routes``).
 
 With ``SWITCHBOARD_API_TOKEN`` set every route but the ops routes — ``/docs`` and ``/openapi.json`` included —
-requires ``Authorization: Bearer <token>``; only the live page and its event stream, which a browser opens
-without a header, also accept ``?access_token=<token>`` (a token in a URL ends up in logs and history: nowhere
-else). 401 otherwise.
+requires ``Authorization: Bearer <token>``; only what a browser opens without a header — the console under
+``/ui/``, the live page and its event stream, and ``recording.wav`` for the console's player — also accepts
+``?access_token=<token>`` (a token in a URL ends up in logs and history: nowhere else). 401 otherwise.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ async def _authorize(request: Request) -> None:
 
 
 async def _authorize_live(request: Request) -> None:
-    """Like :func:`_authorize`, also accepting ``?access_token=`` (the live page and its SSE only)."""
+    """Like :func:`_authorize`, also accepting ``?access_token=``: only what a browser opens without a header (the
+    console under ``/ui/``, the live page and its SSE, the recording its audio player plays)."""
     _check(request, query_ok=True)
 
 
@@ -148,7 +149,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
                              "tool_calls": data["tool_calls"], "barge_ins": data["barge_ins"]})
 
     @app.get("/calls/{call_id}/recording.wav", summary="Stereo WAV: caller left, agent right")
-    async def recording(_: Auth, call_id: CallId) -> FileResponse:
+    async def recording(_: LiveAuth, call_id: CallId) -> FileResponse:  # the console's <audio> player
         # A projection of the archive: the cached file when it exists, else rendered again from the archived
         # audio events into the recordings directory (services.recorder.recording.cached_wav). Only calls the
         # finalizer has projected, so a cache is never written from a call whose events are still arriving.
@@ -202,5 +203,5 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         token = request.query_params.get("access_token")
         return RedirectResponse("/ui/" + (f"?access_token={quote(token, safe='')}" if token else ""))
 
-    add_console(app, engine, _authorize)
+    add_console(app, engine, _authorize_live)  # browser pages: a link cannot carry a header
     return app

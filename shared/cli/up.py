@@ -98,7 +98,7 @@ async def _webhook_status(nats_url: str) -> dict[str, Any] | None:
 
     from shared import subjects
 
-    nc = await nats.connect(nats_url, connect_timeout=3)
+    nc = await nats.connect(nats_url, connect_timeout=3, **load_settings().nats_options(identity="operator"))
     try:
         reply = await nc.request(subjects.webhook_status(), b"", timeout=1.0)
         data = json.loads(reply.data)

@@ -128,7 +128,7 @@ async def test_api_requires_the_bearer_token_when_set(archived: tuple[AsyncEngin
         assert (await anonymous.get(f"/calls/{call_id}/live")).status_code == 401
         assert (await anonymous.get("/healthz")).status_code == 200
         assert (await anonymous.get(f"/calls/{call_id}/live", params={"access_token": "s3cret"})).status_code == 200
-        # ?access_token= is accepted on the live page and its stream only
+        # ?access_token= is accepted only on what a browser opens without a header (console, live page, player)
         for path in ("/calls", f"/calls/{call_id}", f"/calls/{call_id}/events", "/docs", "/openapi.json"):
             assert (await anonymous.get(path, params={"access_token": "s3cret"})).status_code == 401, path
     async with client_for(app, "wrong") as wrong:
