@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from shared import natsserver
 from shared.bus import Bus
 from shared.config import load_settings
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[natsserver.EmbeddedNats]:
+    """A nats-server of this test's own (tests stop and freeze it); resumed and stopped afterwards."""
+    server = natsserver.start(tmp_path / "nats")
+    yield server
+    if server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
 
 
 @pytest.fixture

@@ -11,42 +11,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import nats.errors
 import pytest
 
 from shared import natsserver
 from shared.bus import Bus, Envelope
+from tests.integration.nats_faults import freeze
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def paused_nats(tmp_path: Path) -> Iterator[natsserver.EmbeddedNats]:
-    server = natsserver.start(tmp_path / "nats")
-    yield server
-    if server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    server.stop()
-
-
-@pytest.fixture
-async def bus(paused_nats: natsserver.EmbeddedNats) -> AsyncIterator[Bus]:
-    b = await Bus.connect(paused_nats.url, name="test-outage", source="gateway")
+async def bus(own_nats: natsserver.EmbeddedNats) -> AsyncIterator[Bus]:
+    b = await Bus.connect(own_nats.url, name="test-outage", source="gateway")
     yield b
     await b.close()
-
-
-async def _freeze(pid: int) -> None:
-    """SIGSTOP ``pid`` and wait (bounded) until the kernel shows it stopped (``T`` in /proc/<pid>/stat)."""
-    os.kill(pid, signal.SIGSTOP)
-    stat = Path(f"/proc/{pid}/stat")
-    for _ in range(200):
-        if (await asyncio.to_thread(stat.read_text)).rsplit(")", 1)[1].split()[0] == "T":
-            return
-        await asyncio.sleep(0.01)
 
 
 async def _received(got: asyncio.Queue[Envelope], publisher: Bus, subject: str) -> Envelope:
@@ -55,20 +36,20 @@ async def _received(got: asyncio.Queue[Envelope], publisher: Bus, subject: str) 
 
 
 async def test_a_timed_out_flush_and_a_subscribe_during_a_pause_leave_the_connection_reading(
-        paused_nats: natsserver.EmbeddedNats, bus: Bus) -> None:
+        own_nats: natsserver.EmbeddedNats, bus: Bus) -> None:
     got: asyncio.Queue[Envelope] = asyncio.Queue()
 
     async def handler(env: Envelope) -> None:
         await got.put(env)
 
-    await _freeze(paused_nats.process.pid)
+    await freeze(own_nats.process.pid)
     try:
         with pytest.raises(nats.errors.FlushTimeoutError):
             await bus.nc.flush(timeout=1)
         sub = await bus.subscribe("outage.during", handler)  # returns: the server confirms it later
     finally:
-        os.kill(paused_nats.process.pid, signal.SIGCONT)
-    publisher = await Bus.connect(paused_nats.url, name="test-outage-pub", source="session")
+        os.kill(own_nats.process.pid, signal.SIGCONT)
+    publisher = await Bus.connect(own_nats.url, name="test-outage-pub", source="session")
     try:
         await bus.nc.flush(timeout=5)  # the late PONGs were read without ending the read loop
         assert bus.nc.is_connected

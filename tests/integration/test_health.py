@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -22,16 +22,7 @@ from shared.bus import Bus
 from shared.config import load_settings
 from shared.errors import ServiceCallError
 from shared.health import CheckResult, Readiness
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[natsserver.EmbeddedNats]:
-    """A nats-server of this test's own (it gets stopped and frozen)."""
-    server = natsserver.start(tmp_path / "nats")
-    yield server
-    if server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    server.stop()
+from tests.integration.nats_faults import freeze
 
 
 @pytest.fixture
@@ -39,16 +30,6 @@ async def own_bus(own_nats: natsserver.EmbeddedNats) -> AsyncIterator[Bus]:
     bus = await Bus.connect(own_nats.url, name="test-health", source="recorder")
     yield bus
     await bus.close()
-
-
-async def _freeze(pid: int) -> None:
-    """SIGSTOP ``pid`` and wait (bounded) until the kernel shows it stopped (``T`` in /proc/<pid>/stat)."""
-    os.kill(pid, signal.SIGSTOP)
-    stat = Path(f"/proc/{pid}/stat")
-    for _ in range(100):
-        if (await asyncio.to_thread(stat.read_text)).rsplit(")", 1)[1].split()[0] == "T":
-            return
-        await asyncio.sleep(0.02)
 
 
 async def _until(readiness: Readiness, want: bool, rounds: int = 100) -> list[CheckResult]:
@@ -66,7 +47,7 @@ async def test_a_frozen_server_is_not_ready_although_the_client_says_connected(
     readiness = Readiness([health.nats_connection(own_bus.nc, timeout=0.5)], timeout=1.0)
     await readiness.evaluate()
     assert readiness.ready, readiness.results
-    await _freeze(own_nats.process.pid)  # the socket stays open: nats-py still reports connected
+    await freeze(own_nats.process.pid)  # the socket stays open: nats-py still reports connected
     try:
         results = await readiness.evaluate()
         assert own_bus.nc.is_connected
@@ -184,7 +165,7 @@ async def test_recorder_readyz_goes_false_when_nats_stops_answering(
             assert ready.status_code == 200, ready.json()
             names = {c["name"] for c in ready.json()["checks"]}
             assert {"nats", "database", "consumers bound", f"consumer CALLS/ready{unique}-calls"} <= names
-            await _freeze(own_nats.process.pid)
+            await freeze(own_nats.process.pid)
             try:
                 frozen = await status_becomes(503)
                 assert frozen.status_code == 503 and frozen.json()["status"] == "not_ready"
@@ -205,7 +186,7 @@ async def test_a_probe_lost_in_a_reconnect_does_not_keep_the_check_failing(
     readiness = Readiness([health.nats_connection(own_bus.nc, timeout=0.3)], timeout=1.0)
     await readiness.evaluate()
     assert readiness.ready
-    await _freeze(own_nats.process.pid)
+    await freeze(own_nats.process.pid)
     assert not (await readiness.evaluate())[0].ok  # a probe is now in flight, waiting for its PONG
     own_nats.process.kill()
     own_nats.process.wait()
