@@ -163,6 +163,7 @@ class Stack:
         if js_replicas:
             env["SWITCHBOARD_JS_REPLICAS"] = str(js_replicas)
         self.supervisor = Supervisor(self.settings, extra_env=env)
+        self._set_seed = False
 
     @property
     def nats_url(self) -> str:
@@ -184,12 +185,19 @@ class Stack:
             await self.supervisor.stop()
             raise
         if "operator" in self.supervisor.seeds and not os.environ.get("SWITCHBOARD_NATS_NKEY_SEED"):
-            # a benchmark run (no test session's operator seed): the caller simulator connects with this one
+            # a benchmark run (no test session's operator seed): the caller simulator connects with this one,
+            # until this stack stops (the next stack has its own data dir and seeds)
             os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(self.supervisor.seeds["operator"])
+            self._set_seed = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.supervisor.stop()
+        try:
+            await self.supervisor.stop()
+        finally:
+            if self._set_seed:
+                os.environ.pop("SWITCHBOARD_NATS_NKEY_SEED", None)
+                self._set_seed = False
 
     def pid(self, name: str) -> int:
         """The pid of service ``name`` (``nats`` for the embedded nats-server).

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from shared import natsauth, subjects
 from shared.bus import Bus
+from shared.bus.wire import SwitchboardClient
 from shared.config import load_settings
 from tests.conftest import NatsAuth
 
@@ -26,7 +27,8 @@ Connect = Callable[[str], Awaitable[tuple[NATS, list[str]]]]
 
 @pytest.fixture
 async def connect_as(nats_url: str, nats_auth: NatsAuth) -> AsyncIterator[Connect]:
-    """``await connect_as("gateway")``: a raw nats-py client with that identity's seed, and its error list."""
+    """``await connect_as("gateway")``: a nats-py client (the bus's :class:`SwitchboardClient`) with that identity's
+    seed, and its error list."""
     clients: list[NATS] = []
 
     async def connect(identity: str) -> tuple[NATS, list[str]]:
@@ -36,7 +38,8 @@ async def connect_as(nats_url: str, nats_auth: NatsAuth) -> AsyncIterator[Connec
             errors.append(str(exc))
 
         options = natsauth.client_options(nkey_seed=str(nats_auth.seeds[identity]), identity=identity)
-        nc = await nats.connect(nats_url, error_cb=on_error, allow_reconnect=False, **options)
+        nc = SwitchboardClient()  # nats-py's own flush can overtake an earlier SUB (shared/bus/wire.py)
+        await nc.connect(nats_url, error_cb=on_error, allow_reconnect=False, **options)
         clients.append(nc)
         return nc, errors
 
