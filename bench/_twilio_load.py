@@ -98,7 +98,7 @@ class _Reassembler:
 
 
 async def _twiml(gateway_url: str) -> tuple[str, dict[str, str]]:
-    from shared.caller.client import fetch_twiml
+    from switchboard.caller.client import fetch_twiml
 
     return await fetch_twiml(gateway_url, from_="+15550100000", to="+15550199999",
                              call_sid="CA" + secrets.token_hex(16))

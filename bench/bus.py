@@ -40,11 +40,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Envelope
 from shared.config import load_settings
 from shared.runtime import start_service, stop_service, tune_gc
 from shared.telemetry import span_to_dict
+from switchboard import natsserver
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -48,9 +48,10 @@ import httpx
 import websockets
 from _proc_cpu import cpu_seconds
 
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Envelope, Headers
 from shared.config import load_settings
+from switchboard import natsserver
 
 THIS = Path(__file__).resolve()
 ROOT = THIS.parents[1]
@@ -97,7 +98,7 @@ class Stats:
 
 async def echo_role(nats_url: str, batch: int) -> None:
     """Run an EchoPeer until SIGTERM."""
-    from services.gateway.echo_peer import EchoPeer
+    from switchboard.testing.echo_peer import EchoPeer
 
     bus = await Bus.connect(nats_url, name="bench-echo", source="session")
     peer = EchoPeer(bus, batch=batch, jetstream=True)

@@ -53,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from _proc_cpu import cpu_seconds  # noqa: E402
 from _twilio_load import CallResult, run_calls  # noqa: E402
 
-from shared import natsserver, subjects  # noqa: E402
+from shared import subjects  # noqa: E402
+from switchboard import natsserver  # noqa: E402
 from tests.drills import Stack  # noqa: E402
 
 SB_PROCS = ("nats", "gateway", "session", "tools", "recorder")

@@ -46,12 +46,13 @@ from services.recorder.archive import Archive  # noqa: E402
 from services.recorder.consumer import StreamConsumer  # noqa: E402
 from services.recorder.db import open_database  # noqa: E402
 from services.recorder.records import Incoming  # noqa: E402
-from services.recorder.scripted import script  # noqa: E402
 from services.recorder.service import Recorder  # noqa: E402
-from shared import natsserver, subjects  # noqa: E402
+from shared import subjects  # noqa: E402
 from shared.bus import Bus, Headers  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.telemetry import setup_telemetry  # noqa: E402
+from switchboard import natsserver  # noqa: E402
+from switchboard.testing.scripted import script  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,7 +183,7 @@ sys.path.insert(0, sys.argv[4])
 from shared import subjects
 from shared.bus import Bus
 from shared.telemetry import setup_telemetry
-from services.recorder.scripted import tone
+from switchboard.testing.scripted import tone
 
 async def call(bus, call_id, seconds, caller_b64, agent_b64):
     await bus.publish_event(subjects.call_started(call_id), {"call_id": call_id, "carrier": "twilio",

@@ -57,9 +57,10 @@ from _proc_cpu import cpu_seconds as proc_cpu
 from nats.aio.msg import Msg
 from websockets.asyncio.server import ServerConnection
 
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from switchboard import natsserver
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = bytes([0xFF]) * 160

@@ -41,11 +41,12 @@ from services.tools.db import Database
 from services.tools.framework import CallInfo, Tool, ToolContext, ToolRequest
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
-from shared import natsserver, tool_registry
+from shared import tool_registry
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
-from shared.natsserver import EmbeddedNats
 from shared.runtime import ServiceContext, start_service, stop_service, tune_gc
+from switchboard import natsserver
+from switchboard.natsserver import EmbeddedNats
 
 CALL = CallInfo("bench-call", "+15551230001", "+15559870000", "receptionist")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import natsauth, natsserver
+from shared import natsauth
+from switchboard import natsserver
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class NatsAuth:
 def nats_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsAuth]:
     """Seeds and server configuration for the session; every client of the session connects as ``operator``
     unless it passes other credentials (``SWITCHBOARD_NATS_NKEY_SEED`` set until the session ends). A
-    :class:`~shared.supervisor.Supervisor` started by a test adopts that seed as its operator identity."""
+    :class:`~switchboard.supervisor.Supervisor` started by a test adopts that seed as its operator identity."""
     config, seeds = natsauth.prepare_server(tmp_path_factory.mktemp("auth"))
     previous = os.environ.get("SWITCHBOARD_NATS_NKEY_SEED")
     os.environ["SWITCHBOARD_NATS_NKEY_SEED"] = str(seeds["operator"])

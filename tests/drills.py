@@ -41,14 +41,14 @@ import numpy as np
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from shared import natsserver
 from shared.audio import ulaw_encode
-from shared.caller.client import TwilioCallerSocket, fetch_twiml
-from shared.caller.simulator import run_scenario
 from shared.carriers import twilio as tw
 from shared.config import Settings, load_settings
-from shared.scenario import load_scenario
-from shared.supervisor import Supervisor
+from switchboard import natsserver
+from switchboard.caller.client import TwilioCallerSocket, fetch_twiml
+from switchboard.caller.simulator import run_scenario
+from switchboard.scenario import load_scenario
+from switchboard.supervisor import Supervisor
 
 __all__ = ["Cluster", "DrillResult", "EchoLoad", "Stack", "account", "run_drill"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import natsserver
 from shared.config import Settings, load_settings
-from shared.supervisor import Supervisor
+from switchboard import natsserver
+from switchboard.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 3.0

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from shared import rollout
-from shared.caller import run_scenario
-from shared.scenario import Scenario, load_scenario
+from switchboard.caller import run_scenario
+from switchboard.scenario import Scenario, load_scenario
 from tests.e2e.conftest import ROOT, SPEED, System
 from tests.e2e.test_scenarios import archived
 
@@ -72,7 +72,7 @@ async def test_two_versions_in_kpis_cli_and_console(system: System) -> None:
     assert sum(g["calls"] for g in by_day) >= 2
 
     env = {**system.env, "SWITCHBOARD_ANALYTICS_PORT": str(system.settings.analytics_port)}
-    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "shared.cli", "kpis", "--by", "version",
+    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "switchboard.cli", "kpis", "--by", "version",
                                                    "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -80,8 +80,9 @@ async def test_two_versions_in_kpis_cli_and_console(system: System) -> None:
     compared = {c["kpi"] for c in report["comparisons"]}
     assert {"task_completion", "first_response_p50_ms", "cost_per_call_usd"} <= compared
     assert all(isinstance(c["significant"], bool) for c in report["comparisons"])
-    table = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "shared.cli", "kpis", "--by", "version"],
-                                    env=env, capture_output=True, text=True, timeout=60)
+    table = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "switchboard.cli", "kpis", "--by", "version"],
+        env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "significant" in table.stdout
 
     async with httpx.AsyncClient(base_url=system.analytics_url, timeout=10) as client:
@@ -91,12 +92,12 @@ async def test_two_versions_in_kpis_cli_and_console(system: System) -> None:
 
     # the version-1 call rerun against version 2 makes the same tool calls (v2 only speaks faster)
     rerun = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "shared.cli", "replay", placed["1"], "--rerun", "--agent-version", "2", "--json",
+        sys.executable, "-m", "switchboard.cli", "replay", placed["1"], "--rerun", "--agent-version", "2", "--json",
         "--api", system.recorder_url], env=system.env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert json.loads(rerun.stdout.strip().splitlines()[-1])["equivalent"] is True
     missing = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "shared.cli", "replay", placed["1"], "--rerun", "--agent-version", "9",
+        sys.executable, "-m", "switchboard.cli", "replay", placed["1"], "--rerun", "--agent-version", "9",
         "--api", system.recorder_url], env=system.env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 2 and "no version '9'" in " ".join(missing.stdout.split())  # rich wraps
 

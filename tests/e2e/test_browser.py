@@ -21,9 +21,9 @@ import httpx
 import numpy as np
 import pytest
 
-from shared.caller import run_scenario
-from shared.scenario import load_scenario
 from shared.tts import synthesize
+from switchboard.caller import run_scenario
+from switchboard.scenario import load_scenario
 from tests.e2e.conftest import ROOT, System
 from tests.e2e.test_analytics import with_caller
 from tests.e2e.test_scenarios import archived, placed

@@ -23,9 +23,9 @@ import pytest
 
 from shared import subjects
 from shared.bus import Bus
-from shared.caller import CallResult, run_scenario
-from shared.cli.demo import wait_archived
-from shared.scenario import load_scenario
+from switchboard.caller import CallResult, run_scenario
+from switchboard.cli.demo import wait_archived
+from switchboard.scenario import load_scenario
 from tests.e2e.conftest import ROOT, SPEED, System
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -120,7 +120,7 @@ async def test_replay_rerun_reproduces_the_tool_calls(system: System, path: Path
     """``--speed 1`` replays the logged appends at their logged times, i.e. at the SPEED the call ran at."""
     result, _ = await placed(system, path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "replay", str(result.call_id), "--rerun", "--json", "--speed", "1",
+        sys.executable, "-m", "switchboard.cli", "replay", str(result.call_id), "--rerun", "--json", "--speed", "1",
         "--api", system.recorder_url, cwd=ROOT, env=system.env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 300)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import natsserver
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard import natsserver
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Fixtures and helpers for the gateway integration tests (test modules import the ``*_fixture`` functions).
 
 A real nats-server (``nats_url``), the gateway app on a free port (uvicorn), an
-:class:`~services.gateway.echo_peer.EchoPeer` on its own bus connection standing in for the session, and a
+:class:`~switchboard.testing.echo_peer.EchoPeer` on its own bus connection standing in for the session, and a
 :class:`Recorder` of every call-level event.
 """
 
@@ -18,11 +18,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from services.gateway.echo_peer import EchoPeer
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from switchboard.testing.echo_peer import EchoPeer
 
 TIMEOUT = 10.0  # generous: a busy 2-core machine
 

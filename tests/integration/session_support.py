@@ -22,10 +22,11 @@ from typing import Any
 
 import httpx
 
-from shared import natsserver, subjects, tool_registry
+from shared import subjects, tool_registry
 from shared.audio import PCMU, silence
 from shared.bus import Bus, Envelope
 from shared.tts import synthesize_format_async
+from switchboard import natsserver
 
 __all__ = ["LogEntry", "SimGateway", "ToolBox", "read_log", "speech", "start_localmodel"]
 

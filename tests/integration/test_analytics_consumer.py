@@ -19,10 +19,11 @@ from services.analytics.api import create_app
 from services.analytics.consumer import AnalyticsConsumer, to_event
 from services.analytics.db import open_database
 from services.analytics.webhook import WebhookSender, verify
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus
-from shared.cli.up import _webhook_status
 from shared.runtime import ServiceContext, serve_http
+from switchboard import natsserver
+from switchboard.cli.up import _webhook_status
 
 
 async def place_call(gateway: Bus, session: Bus, call_id: str, *, version: str, reason: str,

@@ -27,10 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.recorder import checkpoints, models, queries
 from services.recorder.chain import GENESIS, canonical_record, chain_hash
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared import subjects
 from shared.bus import Bus
+from switchboard.testing.scripted import publish_call, script
 from tests.integration.archive_tamper import drop_guards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,14 +134,15 @@ async def test_each_rewrite_is_caught_by_the_signed_checkpoint(
     env = {**os.environ, "SWITCHBOARD_AUDIT_KEY": KEY, "COLUMNS": "200"}
     url = str(engine.url.render_as_string(hide_password=False))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "audit", "verify", ids["rewrite"], "--database", url, "--nats", nats_url,
+        sys.executable, "-m", "switchboard.cli", "audit", "verify", ids["rewrite"],
+        "--database", url, "--nats", nats_url,
         cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1 and "signed checkpoint" in out.decode() and "rewritten" in out.decode(), out
     # and without a call id: every call, each against its own checkpoint
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "audit", "verify", "--database", url, "--nats", nats_url, "--json",
+        sys.executable, "-m", "switchboard.cli", "audit", "verify", "--database", url, "--nats", nats_url, "--json",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode == 1, out

@@ -15,11 +15,12 @@ import pytest
 from opentelemetry import propagate
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Envelope, Headers
 from shared.bus.wire import SwitchboardClient
 from shared.config import load_settings
 from shared.errors import PublishFailedError, ServiceCallError
+from switchboard import natsserver
 
 PUBLISHER = textwrap.dedent("""
     import asyncio, sys
@@ -304,11 +305,11 @@ def test_switchboard_up_starts_and_stops_nats(tmp_path: Path) -> None:
     port = natsserver.free_port()
     env = {**os.environ, "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_NATS_PORT": str(port)}
     env.pop("SWITCHBOARD_NATS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--only", "none-selected"],
+    proc = subprocess.Popen([sys.executable, "-m", "switchboard.cli", "up", "--only", "none-selected"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "unknown services" in out
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--only", "nats"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "switchboard.cli", "up", "--only", "nats"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines: list[str] = []

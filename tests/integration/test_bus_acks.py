@@ -7,11 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Headers
 from shared.bus.acks import ack_failure
 from shared.config import load_settings
 from shared.errors import PublishFailedError
+from switchboard import natsserver
 
 
 def test_ack_failure_reads_acks_errors_and_no_responders() -> None:

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import nats.errors
 import pytest
 
-from shared import natsserver
 from shared.bus import Bus, Envelope
+from switchboard import natsserver
 from tests.integration.nats_faults import freeze
 
 pytestmark = pytest.mark.timeout(120)

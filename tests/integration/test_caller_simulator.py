@@ -25,8 +25,8 @@ from services.gateway.server import RunningGateway
 from shared import subjects
 from shared.audio import ulaw_decode
 from shared.bus import Bus, Envelope
-from shared.caller import run_scenario
-from shared.scenario import Scenario, load_scenario
+from switchboard.caller import run_scenario
+from switchboard.scenario import Scenario, load_scenario
 from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     bus_fixture,
     gw_fixture,
@@ -274,7 +274,7 @@ async def test_cli_exit_codes(gw: RunningGateway, nats_url: str, agent_bus: Bus,
     codes = []
     for path in (good, bad):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "call", str(path), "--gateway", gw.http_url, "--nats", nats_url,
+            sys.executable, "-m", "switchboard.cli", "call", str(path), "--gateway", gw.http_url, "--nats", nats_url,
             "--speed", str(SPEED), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 120)
         codes.append((proc.returncode, out.decode()))
@@ -283,7 +283,7 @@ async def test_cli_exit_codes(gw: RunningGateway, nats_url: str, agent_bus: Bus,
     assert codes[1][0] == 1 and "never said" in codes[1][1]
     unreadable = tmp_path / "broken.yaml"
     unreadable.write_text("name: x\nturns: [{}]\n")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", "call", str(unreadable),
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "switchboard.cli", "call", str(unreadable),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from services.gateway.echo_peer import EchoPeer
 from services.gateway.server import RunningGateway, running_gateway
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     TIMEOUT,
     Recorder,

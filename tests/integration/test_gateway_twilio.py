@@ -1,6 +1,6 @@
 """The gateway's Twilio path against a real nats-server, a real uvicorn server and real WebSocket clients.
 
-An :class:`~services.gateway.echo_peer.EchoPeer` on its own bus connection stands in for the session.
+An :class:`~switchboard.testing.echo_peer.EchoPeer` on its own bus connection stands in for the session.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from services.gateway.echo_peer import EchoPeer
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCMU
 from shared.bus import Bus, Headers
 from shared.carriers.twilio import parse_twiml
 from shared.config import load_settings
+from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
     TIMEOUT,
     AudioTap,

@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.recorder.api import create_app
 from services.recorder.db import open_database
 from services.recorder.service import Recorder
-from shared import health, natsserver, subjects
+from shared import health, subjects
 from shared.bus import Bus
 from shared.config import load_settings
 from shared.errors import ServiceCallError
 from shared.health import CheckResult, Readiness
+from switchboard import natsserver
 from tests.integration.nats_faults import freeze
 
 

@@ -23,11 +23,11 @@ import uvicorn
 from services.recorder import queries
 from services.recorder.api import create_app
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call
 from services.recorder.service import Recorder
-from shared import natsserver
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard import natsserver
+from switchboard.testing.scripted import publish_call
 
 STREAMS = 500
 """Live-event streams opened and dropped."""

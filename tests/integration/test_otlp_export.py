@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from shared import natsserver
+from switchboard import natsserver
 
 SCRIPT = textwrap.dedent("""
     import asyncio, sys

@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.recorder import queries
 from services.recorder.api import create_app
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared import subjects
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard.testing.scripted import publish_call, script
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ async def test_live_page_streams_a_call_in_progress(nats_url: str, database_url:
                                                     unique: str) -> None:
     import uvicorn
 
-    from shared import natsserver
+    from switchboard import natsserver
 
     gateway = await Bus.connect(nats_url, name="test-gateway", source="gateway")
     session = await Bus.connect(nats_url, name="test-session", source="session")

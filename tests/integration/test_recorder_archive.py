@@ -20,10 +20,10 @@ from services.recorder import models, queries
 from services.recorder.archive import Archive, ArchiveHole
 from services.recorder.db import open_database
 from services.recorder.records import Gap, Incoming
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared.bus import Bus
 from shared.telemetry import setup_telemetry
+from switchboard.testing.scripted import publish_call, script
 from tests.integration.archive_tamper import drop_guards
 
 

@@ -21,9 +21,9 @@ from services.recorder.api import create_app
 from services.recorder.archive import Archive
 from services.recorder.db import open_database
 from services.recorder.records import Incoming
-from services.recorder.scripted import script
-from shared import natsserver
 from shared.bus import Headers
+from switchboard import natsserver
+from switchboard.testing.scripted import script
 from tests.integration.archive_tamper import drop_guards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ async def archive_script(engine: AsyncEngine, call_id: str) -> None:
 async def cli(*args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     env["COLUMNS"] = "200"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args, cwd=ROOT, env=env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "switchboard.cli", *args, cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode()

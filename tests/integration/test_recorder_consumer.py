@@ -17,9 +17,9 @@ from services.recorder.archive import Archive
 from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
 from services.recorder.records import Incoming
-from services.recorder.scripted import publish_call, script
 from shared import subjects
 from shared.bus import Bus
+from switchboard.testing.scripted import publish_call, script
 
 
 async def start_at_stream_end(bus: Bus, engine: AsyncEngine) -> None:

@@ -20,11 +20,12 @@ from services.recorder import models, queries
 from services.recorder.archive import Archive
 from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard import natsserver
+from switchboard.testing.scripted import publish_call, script
 from tests.integration.archive_tamper import drop_guards
 from tests.integration.test_recorder_cli import cli
 

@@ -20,7 +20,7 @@ from services.recorder.rerun import (
     logged_session_update,
     rerun,
 )
-from services.recorder.scripted import script
+from switchboard.testing.scripted import script
 from tests.unit.test_recorder_projections import events_from
 
 

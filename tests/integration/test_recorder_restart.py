@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from services.recorder import models, queries
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
-from shared import natsserver
 from shared.bus import Bus
+from switchboard import natsserver
+from switchboard.testing.scripted import publish_call, script
 from tests.conftest import NatsAuth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ import httpx
 from services.recorder import queries
 from services.recorder.api import create_app
 from services.recorder.db import open_database
-from services.recorder.scripted import publish_call, script
 from services.recorder.service import Recorder
 from shared.bus import Bus
 from shared.config import load_settings
+from switchboard.testing.scripted import publish_call, script
 
 
 def _frames(data: bytes) -> tuple[int, int, bytes]:

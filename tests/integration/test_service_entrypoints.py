@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import natsserver
+from switchboard import natsserver
 from tests.conftest import NatsAuth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,10 @@ import pytest
 
 from services.session.call import CallOptions, ModelEndpoint
 from services.session.service import SessionService
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from switchboard import natsserver
 from tests.integration.session_support import ROOT
 
 pytestmark = pytest.mark.timeout(120)

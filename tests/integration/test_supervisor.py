@@ -16,10 +16,10 @@ from typing import Any
 
 from nats.js.api import StreamConfig
 
-from shared import natsserver
 from shared.bus import Bus
 from shared.config import load_settings
-from shared.supervisor import Supervisor
+from switchboard import natsserver
+from switchboard.supervisor import Supervisor
 
 
 def _nats_row(data_dir: Path) -> dict[str, Any]:

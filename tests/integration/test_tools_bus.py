@@ -21,11 +21,12 @@ from services.tools.db import Database
 from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
-from shared import natsserver, subjects, tool_registry
+from shared import subjects, tool_registry
 from shared.bus import Bus, Headers
 from shared.errors import ServiceCallError
 from shared.telemetry import setup_telemetry
 from shared.tool_registry import ToolSpec
+from switchboard import natsserver
 from tests.integration.tools_support import counts, day, slow_write
 
 CALLER = CallInfo("call-bus", "+15551230001", "+15559870000", "receptionist")

@@ -14,9 +14,10 @@ from services.tools.db import Database
 from services.tools.framework import CallInfo, DeadlineExceeded, ToolContext, ToolRequest, tool
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
-from shared import natsserver, subjects
+from shared import subjects
 from shared.bus import Bus, Headers
 from shared.errors import ServiceCallError
+from switchboard import natsserver
 from tests.integration.tools_support import counts, day, stall_write
 
 CALLER = CallInfo("call-deadline", "+15551230001", "+15559870000", "receptionist")

@@ -26,9 +26,10 @@ from services.tools.client import call_tool
 from services.tools.db import Database
 from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from services.tools.models import Appointment, Customer, StoredResult
-from shared import natsserver, tool_registry
+from shared import tool_registry
 from shared.bus import Bus
 from shared.errors import ServiceCallError
+from switchboard import natsserver
 from tests.integration.tools_support import counts, day, start_workers, stop_workers, wait_for_workers
 
 CALLER = CallInfo("call-failover", "+15551230001", "+15559870000", "receptionist")

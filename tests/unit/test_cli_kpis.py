@@ -1,4 +1,4 @@
-"""``switchboard kpis --by version`` statistics (shared/cli/kpis.py, scipy)."""
+"""``switchboard kpis --by version`` statistics (switchboard/cli/kpis.py, scipy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from services.analytics.kpis import RATES
-from shared.cli.kpis import compare_groups, wilson
+from switchboard.cli.kpis import compare_groups, wilson
 
 
 def group(key: str, completed: int, calls: int, latencies: list[float]) -> dict[str, Any]:

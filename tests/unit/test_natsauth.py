@@ -11,7 +11,7 @@ import nkeys
 
 from shared import natsauth
 from shared.config import load_settings
-from shared.supervisor import Supervisor
+from switchboard.supervisor import Supervisor
 
 
 def _mode(path: Path) -> int:

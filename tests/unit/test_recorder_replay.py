@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.recorder.replay import summarize, timeline
 from services.recorder.rerun import RunResult, compare, extract_run
-from services.recorder.scripted import script
+from switchboard.testing.scripted import script
 from tests.unit.test_recorder_projections import events_from
 
 

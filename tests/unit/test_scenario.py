@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.scenario import (
+from switchboard.scenario import (
     CallLog,
     Expectations,
     Scenario,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.supervisor import HEALTHY_RESET_S, Backoff
+from switchboard.supervisor import HEALTHY_RESET_S, Backoff
 
 
 def test_backoff_doubles_to_the_cap_and_resets_after_a_minute_of_health() -> None:

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.audio import ulaw_encode
-from shared.caller.playback import FRAME_BYTES, PlaybackClock
-from shared.caller.recording import StereoRecorder
+from switchboard.caller.playback import FRAME_BYTES, PlaybackClock
+from switchboard.caller.recording import StereoRecorder
 
 
 def test_marks_echo_when_the_audio_before_them_has_played() -> None:

@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.cli.audit_checkpoints import check_calls
 from shared.config import Settings, load_settings
+from switchboard.cli.audit_checkpoints import check_calls
 
 __all__ = ["print_waterfall", "register"]
 
@@ -32,7 +32,7 @@ audit_app = typer.Typer(help="Verify the archive's hash chains.", no_args_is_hel
 
 
 def _settings() -> Settings:
-    from shared.cli.up import settings_or_exit
+    from switchboard.cli.up import settings_or_exit
 
     return settings_or_exit()
 

@@ -10,7 +10,7 @@
    audio and echoes the marks whose audio has played; a ``clear`` drops unplayed audio and echoes pending
    marks at once; both directions go to a stereo WAV on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
-   :mod:`shared.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
+   :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
 4. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
 """
 
@@ -32,17 +32,17 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from shared.audio import PCMU
 from shared.bus import Bus
-from shared.caller.client import TwilioCallerSocket, fetch_twiml
-from shared.caller.follower import CallFollower
-from shared.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
-from shared.caller.recording import StereoRecorder
 from shared.carriers import twilio as tw
-from shared.scenario import Scenario, Turn, check_expectations, read_call_log
 from shared.tts import synthesize_format_async
+from switchboard.caller.client import TwilioCallerSocket, fetch_twiml
+from switchboard.caller.follower import CallFollower
+from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
+from switchboard.caller.recording import StereoRecorder
+from switchboard.scenario import Scenario, Turn, check_expectations, read_call_log
 
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
 
-log = logging.getLogger("shared.caller")
+log = logging.getLogger("switchboard.caller")
 
 
 @dataclass

@@ -28,10 +28,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.caller import CallResult, run_scenario
 from shared.config import Settings
-from shared.scenario import ScenarioError, load_scenario
-from shared.supervisor import Supervisor
+from switchboard.caller import CallResult, run_scenario
+from switchboard.scenario import ScenarioError, load_scenario
+from switchboard.supervisor import Supervisor
 
 __all__ = ["first_audio_latencies_ms", "register", "wait_archived"]
 
@@ -83,7 +83,7 @@ async def wait_archived(client: httpx.AsyncClient, call_id: str,
 
 def _show(result: CallResult, call: dict[str, Any], transcript: dict[str, Any], events: list[dict[str, Any]],
           trace: dict[str, Any], recorder_url: str) -> None:
-    from shared.cli.archive import print_waterfall
+    from switchboard.cli.archive import print_waterfall
 
     console.rule(f"[bold]call {result.call_id}")
     table = Table(title="Transcript (from the archive)")
@@ -183,6 +183,6 @@ def register(app: typer.Typer) -> None:
         speed: Annotated[float, typer.Option(min=0.5, max=10.0, help="Caller pace (× real time)")] = 1.0,
     ) -> None:
         """Start everything, place the demo call through the gateway as Twilio would, and report on it."""
-        from shared.cli.up import settings_or_exit
+        from switchboard.cli.up import settings_or_exit
 
         raise typer.Exit(asyncio.run(run_demo(settings_or_exit(), scenario, speed)))

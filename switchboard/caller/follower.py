@@ -28,7 +28,7 @@ from shared.bus import Bus, Envelope, is_high_rate
 
 __all__ = ["CallFollower"]
 
-log = logging.getLogger("shared.caller")
+log = logging.getLogger("switchboard.caller")
 
 
 class CallFollower:

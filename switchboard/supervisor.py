@@ -36,8 +36,9 @@ from typing import Any
 
 import httpx
 
-from shared import health, natsauth, natsserver, subjects
+from shared import health, natsauth, subjects
 from shared.config import Settings
+from switchboard import natsserver
 
 __all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "ServiceState", "Supervisor"]
 

@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from shared.caller import CallResult, run_scenario
-from shared.cli.up import settings_or_exit
 from shared.errors import BusError
-from shared.scenario import ScenarioError, load_scenario
+from switchboard.caller import CallResult, run_scenario
+from switchboard.cli.up import settings_or_exit
+from switchboard.scenario import ScenarioError, load_scenario
 
 __all__ = ["register"]
 

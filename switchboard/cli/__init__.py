@@ -11,11 +11,11 @@ from pathlib import Path
 
 import typer
 
-from shared.cli import archive as _archive
-from shared.cli import call as _call
-from shared.cli import demo as _demo
-from shared.cli import kpis as _kpis
-from shared.cli import up as _up
+from switchboard.cli import archive as _archive
+from switchboard.cli import call as _call
+from switchboard.cli import demo as _demo
+from switchboard.cli import kpis as _kpis
+from switchboard.cli import up as _up
 
 app = typer.Typer(name="switchboard", help="Event-sourced voice agents on NATS.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_show_locals=False)

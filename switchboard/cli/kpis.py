@@ -130,7 +130,7 @@ def kpis(by: str = typer.Option("version", "--by", help="version | day | carrier
          api: str | None = typer.Option(None, help="Analytics API base URL"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """KPIs per agent version, day or carrier; --by version also compares the versions (95 % CIs, tests)."""
-    from shared.cli.up import settings_or_exit
+    from switchboard.cli.up import settings_or_exit
 
     if by not in _BY:
         console.print(f"[red]--by must be version, day or carrier (not {by!r})[/red]")

@@ -5,6 +5,6 @@ Public API: :func:`run_scenario` → :class:`CallResult`; parts in :mod:`.client
 on the bus, turn ends) and :mod:`.simulator`.
 """
 
-from shared.caller.simulator import CallerSimulator, CallResult, run_scenario
+from switchboard.caller.simulator import CallerSimulator, CallResult, run_scenario
 
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.config import ConfigError, Settings, load_settings
-from shared.supervisor import SERVICE_ORDER, Supervisor
+from switchboard.supervisor import SERVICE_ORDER, Supervisor
 
 console = Console()
 

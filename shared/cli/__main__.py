@@ -1,5 +1,0 @@
-"""``python -m shared.cli`` = the ``switchboard`` command."""
-
-from shared.cli import app
-
-app()
