@@ -54,7 +54,7 @@ class CallOptions:
 
 @dataclass(frozen=True)
 class CallInfo:
-    """The ``call.<id>.started`` payload (design.md): ids, carrier, agent, ``audio_format``, from/to."""
+    """The ``call.<id>.started`` payload (docs/events.asyncapi.yaml): ids, carrier, agent, ``audio_format``, from/to."""
 
     call_id: str
     carrier: str

@@ -11,7 +11,7 @@ The decorator returns a :class:`Tool`; a worker serves every module-level Tool o
 load (:func:`tools_in_module`). Tools discovered at run time (e.g. from an MCP server) are built directly with
 ``Tool(name=..., description=..., parameters=..., fn=...)`` — no decorator needed.
 
-Wire format (design.md, "Tools"): the request on ``tools.<name>`` is :class:`ToolRequest`, the reply is
+Wire format (docs/tools.md, "Wire contract"): the request on ``tools.<name>`` is :class:`ToolRequest`, the reply is
 :meth:`ToolResult.to_reply` (``{"output": <JSON>}`` plus an optional ``"control"`` directive). Errors are
 :class:`~shared.errors.ServiceCallError` subclasses whose code travels as ``Nats-Service-Error-Code`` and whose
 message, safe to speak to a caller, as ``Nats-Service-Error``.
@@ -162,7 +162,7 @@ class CallInfo:
 
 @dataclass(frozen=True, slots=True)
 class ToolRequest:
-    """A request on ``tools.<name>`` (design.md, "Tools").
+    """A request on ``tools.<name>`` (docs/tools.md, "Wire contract").
 
     Attributes:
         arguments: the model's arguments, parsed (a JSON object).
