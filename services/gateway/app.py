@@ -2,7 +2,10 @@
 
 Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
-``/metrics``. Ready (``shared.health``): still accepting calls, and the NATS connection answers a PING.
+``/metrics``, and the API reference ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json`` from local assets
+(:mod:`shared.apidocs`), public like the carrier-facing routes it describes (the document holds no data; with
+``SWITCHBOARD_API_TOKEN`` it declares the Bearer scheme that ``POST /browser/token`` needs). Ready
+(``shared.health``): still accepting calls, and the NATS connection answers a PING.
 Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
 """
 
@@ -31,7 +34,7 @@ from services.gateway.security import (
 )
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
 from shared import health
-from shared.apidocs import BEARER_SCHEME, XmlResponse, binary, declare_bearer
+from shared.apidocs import BEARER_SCHEME, XmlResponse, add_api_docs, binary, declare_bearer
 from shared.bus import Bus
 from shared.config import Settings
 from shared.health import Readiness
@@ -121,8 +124,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             await readiness.stop()
             await gateway.end_all()
 
-    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     add_ops_routes(app, readiness)
+    add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings
     declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
                    overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"]})

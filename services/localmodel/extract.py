@@ -1,4 +1,4 @@
-"""Typed extractors: argument values from the words a caller said (docs/localmodel.md, "Extractors").
+"""Typed extractors: argument values from the words a caller said, for the dialogue policy (:mod:`.policy`).
 
 Input is the recogniser's lower-case word list (numbers as words: "ten thirty") or typed text ("10:30",
 "10 am"). Each extractor returns ``None`` when nothing fits. Conventions (documented, deterministic):

@@ -39,7 +39,7 @@ PHRASE_SET: Final = (
     "i want to speak to a human", "let me talk to a person", "can i speak to someone", "an agent please",
     "my name is", "my phone number is", "my number is", "the date is", "for", "at", "on",
 )
-"""Conversational phrases every session's model contains (docs/localmodel.md lists them)."""
+"""Conversational phrases every session's model contains."""
 
 TOOL_PHRASES: Final[Mapping[str, Sequence[str]]] = {
     "book": ("book an appointment", "make an appointment", "make a booking", "schedule an appointment",

@@ -1,14 +1,26 @@
-"""The deterministic dialogue policy of the local model (docs/localmodel.md, "Dialogue policy").
+"""The deterministic dialogue policy of the local model.
 
-After each user turn: pick the tool whose name and description best match the words heard, fill its arguments
-from its JSON Schema with typed extractors (:mod:`.extract`), keep filled arguments across turns, ask by voice
-for missing required ones, read back the values and ask "shall I go ahead?" before a tool that changes
-something (anything but get/lookup/check/list/find/search tools and the call-control tools end_call and
-transfer*), call it on a yes; after its output, confirm from the result and ask whether there is anything
-else; a "no" then calls ``end_call``; after end_call's output, say goodbye. Tool errors (``{"error":
-{"message": …}}``) are spoken. No tool matched: a short clarifying reply.
+After each user turn (text user items too, without recognition):
+
+1. **Choosing a tool**: 2 points per word of its name (or a synonym) heard, 0.5 per description word; the best
+   wins at a score of at least 2. ``end_call`` is never chosen this way.
+2. **Filling arguments** from its JSON Schema with the typed extractors of :mod:`.extract` (dates, times,
+   numbers, phone digits, names after "my name is", enum values; ``reason`` = the words said). Filled arguments
+   are kept across turns.
+3. **Asking** by voice for a missing required argument ("What date would you like?").
+4. **Confirming** before a tool that changes something (anything but get/lookup/check/list/find/search tools and
+   the call-control tools end_call and transfer*): "To confirm: book appointment on Monday, November 23 at 10 AM
+   for John Smith. Shall I go ahead?" — yes → the function call; no → "Okay, I won't do that. …"; new values →
+   read back again. Keypad digits arrive as ``DTMF <digit>``: 1 answers yes, 2 no (:data:`DTMF_ANSWERS`).
+5. **After a tool result**: "You're booked …", "Your appointment … is cancelled.", a summary of the first 3
+   fields for read-only tools, or "Sorry, <message>." for ``{"error": {"message": …}}``; then "Is there anything
+   else I can help you with?".
+6. **Ending**: "no" (or "bye") to that question → ``end_call``, then "Thank you for calling. Goodbye!"; after
+   ``transfer_to_human``, "Please hold while I transfer you."
+7. **No match**: "Sorry, I can't help with that. I can …" naming the tools.
+8. **Greeting** (a ``response.create`` before any user turn): the instructions' ``Greeting:`` line, else their
+   first sentence, else "Hello, how can I help you today?".
 """
-
 from __future__ import annotations
 
 import datetime as dt

@@ -7,7 +7,7 @@ Lifecycle (docs/session.md; https://platform.openai.com/docs/guides/realtime-con
    registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered. Right after
    subscribing it also reads the CALLS stream's last ``call.<id>.ended``: a call the gateway ended before the
    session picked it up (start-then-stop) ends at once (subscribed first, so an ``ended`` is either delivered
-   or already in the stream; docs/session.md, "When the call ends").
+   or already in the stream; docs/session.md, "Design decisions").
 2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
    ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before

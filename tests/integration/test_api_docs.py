@@ -3,7 +3,7 @@
 ``/docs`` (Swagger UI) and ``/redoc`` load only this server's own assets, each of which answers 200, so they work
 offline; ``/openapi.json`` declares a response model for every JSON route, the media types of the non-JSON
 answers, and — with an API token — the Bearer scheme (plus ``?access_token=`` where a browser needs it).
-Real apps over ASGI on a real (SQLite) database.
+Real apps over ASGI on a real (SQLite) database and a real NATS connection (the gateway's browser-token store).
 """
 
 from __future__ import annotations
@@ -19,22 +19,30 @@ from fastapi import FastAPI
 
 from services.analytics.api import create_app as analytics_app
 from services.analytics.db import open_database as open_analytics
+from services.gateway.app import Gateway
+from services.gateway.app import create_app as gateway_app
 from services.recorder.api import create_app as recorder_app
 from services.recorder.db import open_database as open_recorder
 from shared.apidocs import ASSETS_PATH
+from shared.bus import Bus
+from shared.config import load_settings
 
 TOKEN = "docs-s3cret"
 
 
 @pytest.fixture
-async def apps(tmp_path: Path) -> AsyncIterator[dict[str, FastAPI]]:
+async def apps(tmp_path: Path, nats_url: str) -> AsyncIterator[dict[str, FastAPI]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'docs.db'}"
     recorder_engine = await open_recorder(url)
     analytics_engine = await open_analytics(url)
+    bus = await Bus.connect(nats_url, name="docs-test", source="gateway")
     yield {"recorder": recorder_app(recorder_engine, api_token=None),
            "recorder+token": recorder_app(recorder_engine, api_token=TOKEN),
            "analytics": analytics_app(analytics_engine, api_token=None),
-           "analytics+token": analytics_app(analytics_engine, api_token=TOKEN)}
+           "analytics+token": analytics_app(analytics_engine, api_token=TOKEN),
+           "gateway": gateway_app(Gateway(bus, load_settings(nats_url=nats_url))),
+           "gateway+token": gateway_app(Gateway(bus, load_settings(nats_url=nats_url, api_token=TOKEN)))}
+    await bus.close()
     await recorder_engine.dispose()
     await analytics_engine.dispose()
 
@@ -50,7 +58,8 @@ def _urls(page: str) -> list[str]:
             + re.findall(r'spec-url="([^"]+)"', page))
 
 
-@pytest.mark.parametrize("name", ["recorder", "recorder+token", "analytics", "analytics+token"])
+@pytest.mark.parametrize("name", ["recorder", "recorder+token", "analytics", "analytics+token", "gateway",
+                                  "gateway+token"])
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 async def test_docs_pages_load_only_local_assets(apps: dict[str, FastAPI], name: str, page: str) -> None:
     async with _client(apps[name]) as client:
@@ -73,11 +82,27 @@ async def test_recorder_docs_need_the_token_when_set(apps: dict[str, FastAPI]) -
         assert (await anonymous.get(f"{ASSETS_PATH}/swagger-ui.css")).status_code == 200  # the viewer, no data
 
 
+async def test_gateway_docs_are_public_like_its_carrier_routes(apps: dict[str, FastAPI]) -> None:
+    """The gateway's routes face carriers and browsers (Twilio signatures, browser tokens), so its reference is
+    public even with an API token; the document then names the Bearer scheme of ``POST /browser/token``."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["gateway+token"]),
+                                 base_url="http://svc") as anonymous:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await anonymous.get(path)).status_code == 200, path
+        doc = (await anonymous.get("/openapi.json")).json()
+        assert (await anonymous.post("/browser/token")).status_code == 401  # the route itself stays guarded
+    ops = _operations(doc)
+    assert ops["POST /browser/token"]["security"] == [{"bearerAuth": []}, {"browserSession": []}]
+    assert ops["POST /twilio/voice"]["security"] == []
+    assert set(ops["POST /twilio/voice"]["responses"]["200"]["content"]) == {"application/xml"}
+    assert not any(path in doc["paths"] for path in ("/docs", "/redoc", "/openapi.json"))
+
+
 def _operations(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{method.upper()} {path}": op for path, ops in doc["paths"].items() for method, op in ops.items()}
 
 
-@pytest.mark.parametrize("name", ["recorder", "analytics"])
+@pytest.mark.parametrize("name", ["recorder", "analytics", "gateway"])
 async def test_every_json_route_has_a_response_model(apps: dict[str, FastAPI], name: str) -> None:
     async with _client(apps[name]) as client:
         doc = (await client.get("/openapi.json")).json()
