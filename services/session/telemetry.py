@@ -10,8 +10,9 @@ Spans (OTel semantic conventions; design.md, "Telemetry"):
 - ``execute_tool <name>`` per tool call (CLIENT, ``gen_ai.operation.name="execute_tool"``,
   ``gen_ai.tool.name``, ``gen_ai.tool.call.id``); the bus request span is its child.
 
-Metrics recorded here: ``FIRST_AUDIO`` (speech_stopped → first output audio delta), ``BARGE_IN`` and
-``ACTIVE_CALLS``.
+Metrics recorded here: ``FIRST_AUDIO`` and ``BARGE_IN`` (the figures of :mod:`shared.callfigures`, on the
+session's monotonic clock) and ``ACTIVE_CALLS`` (counted here only: the session holds the call for its whole
+life, and KEDA scales the session on this count).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from shared import metrics
+from shared.callfigures import CLEAR, OUTPUT_AUDIO, SPEECH_STARTED, SPEECH_STOPPED, BargeInReaction, FirstAudio
 
 __all__ = ["SessionHooks"]
 
@@ -43,8 +45,11 @@ class SessionHooks:
         self._connection: Span | None = None
         self._response: Span | None = None
         self._speech_stopped_at: float | None = None
-        self._first_audio_seen = False
+        """When the caller's last turn ended (monotonic s), for the start of the response span."""
+        self._first_audio = FirstAudio()
+        self._barge_in = BargeInReaction()
         self.first_audio_ms: list[float] = []
+        """Every first-audio figure of the call (ms), for the summary."""
 
     def _attrs(self, **extra: Any) -> dict[str, Any]:
         return {"switchboard.call_id": self.call_id, "switchboard.agent": self.agent, **extra}
@@ -84,7 +89,7 @@ class SessionHooks:
     def speech_stopped(self) -> None:
         """``input_audio_buffer.speech_stopped``: the clock for first audio starts."""
         self._speech_stopped_at = time.monotonic()
-        self._first_audio_seen = False
+        self._first_audio, _ = self._first_audio.observe(SPEECH_STOPPED, time.monotonic_ns())
 
     def response_created(self, response_id: str) -> None:
         """``response.created``."""
@@ -98,17 +103,13 @@ class SessionHooks:
             attributes=self._attrs(**{"gen_ai.operation.name": "realtime", "gen_ai.response.id": response_id}))
 
     def output_audio(self) -> None:
-        """A ``response.output_audio.delta``: records first-audio latency once per turn."""
-        if self._first_audio_seen:
-            return
-        self._first_audio_seen = True
-        if self._speech_stopped_at is not None:
-            ms = (time.monotonic() - self._speech_stopped_at) * 1000
+        """A ``response.output_audio.delta``: records the first-audio figure once per caller turn."""
+        self._first_audio, ms = self._first_audio.observe(OUTPUT_AUDIO, time.monotonic_ns())
+        if ms is not None:
             self.first_audio_ms.append(ms)
             metrics.FIRST_AUDIO.record(ms, {"switchboard.agent": self.agent})
             if self._response is not None:
                 self._response.set_attribute("switchboard.first_audio_ms", round(ms, 1))
-            self._speech_stopped_at = None
 
     def response_done(self, status: str | None, usage: dict[str, Any] | None) -> None:
         """``response.done`` with its status and usage."""
@@ -120,7 +121,6 @@ class SessionHooks:
                         self._response.set_attribute(f"gen_ai.usage.{key}", usage[key])
         self._end_response(None)
         self._speech_stopped_at = None
-        self._first_audio_seen = True  # later deltas of other responses do not count without new speech
 
     def _end_response(self, note: str | None) -> None:
         if self._response is not None:
@@ -131,9 +131,15 @@ class SessionHooks:
 
     # --- barge-in and tools ------------------------------------------------------------------------------
 
-    def barge_in(self, started_at: float) -> None:
-        """``command.clear`` was sent for a barge-in detected at ``started_at`` (monotonic seconds)."""
-        metrics.BARGE_IN.record((time.monotonic() - started_at) * 1000, {"switchboard.agent": self.agent})
+    def speech_started(self) -> None:
+        """``input_audio_buffer.speech_started``: the clock for the barge-in reaction starts."""
+        self._barge_in, _ = self._barge_in.observe(SPEECH_STARTED, time.monotonic_ns())
+
+    def barge_in(self) -> None:
+        """``command.clear`` was sent for a barge-in: records the reaction since :meth:`speech_started`."""
+        self._barge_in, ms = self._barge_in.observe(CLEAR, time.monotonic_ns())
+        if ms is not None:
+            metrics.BARGE_IN.record(ms, {"switchboard.agent": self.agent})
 
     def tool_parent(self) -> Context | None:
         """The context a tool call started now belongs to: the response in progress (the one that produced

@@ -77,7 +77,7 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         table.add_column(column)
     for r in rows:
         duration = f"{r['duration_ms'] / 1000:.1f} s" if r.get("duration_ms") else "-"
-        # None once projected = the model is not in the price table (services/recorder/pricing.py)
+        # None once projected = the model is not in the price table (shared/pricing.py)
         cost = (f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None
                 else "unpriced" if r.get("projected_ns") else "-")
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
