@@ -131,3 +131,15 @@ def test_project_assembles_the_folds() -> None:
     p = project(events_from(script("CAfolds"), "CAfolds"))
     assert [t.role for t in p.turns] == ["user", "assistant", "assistant", "user"]
     assert len(p.tool_calls) == 1 and len(p.barge_ins) == 1 and p.cost_usd
+
+
+def test_audit_accepts_tool_latencies_stored_in_whole_ms_but_not_a_changed_call() -> None:
+    from services.recorder.queries import _same_tool_calls
+
+    row = {"name": "book", "arguments": "{}", "tool_call_id": "c1", "output": "{}", "error": None,
+           "requested_ms": 100, "completed_ms": 130, "latency_ms": 30.3}
+    assert _same_tool_calls([{**row, "latency_ms": 30.0}], [row])  # projected before the figure was shared
+    assert not _same_tool_calls([{**row, "latency_ms": 35.0}], [row])
+    assert not _same_tool_calls([{**row, "output": '{"ok": 1}'}], [row])
+    assert not _same_tool_calls([{**row, "latency_ms": None}], [row])
+    assert not _same_tool_calls([], [row])
