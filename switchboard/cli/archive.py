@@ -150,23 +150,16 @@ def _agent_path(events: list[Any], settings: Settings, version: str | None) -> A
 
 def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool, logged_session: bool,
            agent_version: str | None = None) -> int:
-    from services.recorder.public import (
-        agent_session_update,
-        compare,
-        extract_run,
-        logged_audio_format,
-        logged_session_update,
-        rerun,
-    )
+    from services.recorder import public as recorder
 
     settings = _settings()
-    logged = logged_session_update(events)
+    logged = recorder.logged_session_update(events)
     session_update = logged
     if not logged_session:
         agent_path = _agent_path(events, settings, agent_version)
         try:
-            session_update = asyncio.run(agent_session_update(
-                agent_path, settings.effective_nats_url, audio_format=logged_audio_format(events),
+            session_update = asyncio.run(recorder.agent_session_update(
+                agent_path, settings.effective_nats_url, audio_format=recorder.logged_audio_format(events),
                 model=settings.model if not settings.uses_local_model else None, logged=logged))
         except (ValueError, ImportError) as exc:
             console.print(f"[yellow]current agent unavailable ({exc}); using the logged session.update[/yellow]")
@@ -175,9 +168,9 @@ def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool
         headers["Authorization"] = f"Bearer {settings.openai_api_key}"
     elif settings.localmodel_token:
         headers["Authorization"] = f"Bearer {settings.localmodel_token}"
-    result = asyncio.run(rerun(events, settings.effective_realtime_url, headers=headers, speed=speed,
-                               session_update=session_update))
-    verdict = compare(extract_run(events), result, min_similarity=min_similarity)
+    result = asyncio.run(recorder.rerun(events, settings.effective_realtime_url, headers=headers, speed=speed,
+                                        session_update=session_update))
+    verdict = recorder.compare(recorder.extract_run(events), result, min_similarity=min_similarity)
     if as_json:
         typer.echo(json.dumps(verdict.to_dict()))
     else:
