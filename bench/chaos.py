@@ -1,5 +1,5 @@
 """Fault drills, long versions: the whole system under concurrent echo calls plus one real scenario while a
-fault is injected; prints one row per drill (see ``tests/drills.py`` for what each column counts).
+fault is injected; prints one row per drill (see ``tests/drills_support.py`` for what each column counts).
 
 Drills (``--drills``, comma-separated; default all):
 
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import drills  # noqa: E402
+from tests import drills_support as drills  # noqa: E402
 
 NAMES = ("recorder-kill", "live-cancel", "nats-stop", "nats-kill", "cluster-node", "tools-stall", "start-stop")
 

@@ -55,7 +55,7 @@ from _twilio_load import CallResult, run_calls  # noqa: E402
 
 from shared import subjects  # noqa: E402
 from switchboard import natsserver  # noqa: E402
-from tests.drills import Stack  # noqa: E402
+from tests.drills_support import Stack  # noqa: E402
 
 SB_PROCS = ("nats", "gateway", "session", "tools", "recorder")
 """The processes whose CPU is Switchboard's (the local model stands in for OpenAI and is excluded)."""

@@ -56,7 +56,8 @@ PUBLISH_RETRIES = _meter.create_counter(
 EVENTS_PERSISTED = _meter.create_counter(
     "switchboard.events.persisted", unit="{event}", description="Events committed to the SQL archive")
 ACTIVE_CALLS = _meter.create_up_down_counter(
-    "switchboard.calls.active", unit="{call}", description="Calls in progress in this process")
+    "switchboard.calls.active", unit="{call}",
+    description="Calls held by this session process (counted by the session only, once per call)")
 OUTBOUND_DROPPED = _meter.create_counter(
     "switchboard.gateway.outbound.dropped", unit="{frame}",
     description="Outbound carrier frames dropped because a slow carrier socket's queue was full")

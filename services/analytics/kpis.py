@@ -7,9 +7,9 @@ for ``call.<id>.*`` and https://platform.openai.com/docs/api-reference/realtime 
 Per-call figures (:class:`CallFigures`, updated one event at a time by :func:`apply`, in stream order per
 stream):
 
-- **first-response latency** (ms, one value per caller turn): ``rt server input_audio_buffer.speech_stopped``
-  → the next ``rt server response.output_audio.delta``, by the ``Switchboard-Ts`` publish times (the session's
-  clock), i.e. end of caller speech to the first model audio.
+- **first-response latency** (ms, one value per caller turn): the first-audio figure of
+  :class:`shared.callfigures.FirstAudio` (``speech_stopped`` → the next ``response.output_audio.delta``), by
+  the ``Switchboard-Ts`` publish times (the session's clock).
 - **interruptions**: ``speech_started`` while a response is in progress (``response.created`` seen, its
   ``response.done`` not yet), plus every ``conversation.item.truncate`` the session sends without such a
   ``speech_started`` (caller speech over agent audio still playing after ``response.done``). An interruption
@@ -21,9 +21,8 @@ stream):
 - **task completed**: ended with ``agent_hangup`` (the agent closed the conversation), not escalated, and at
   least one tool other than ``end_call``/``transfer_to_human`` succeeded.
 - **dropped**: ended with a reason in :data:`DROP_REASONS` (the call broke rather than finished).
-- **cost** (USD estimate): the summed ``response.done`` usage priced by :mod:`services.recorder.pricing` for the
-  model of ``session.created`` (or the session's ``session.update``); 0 when the session was not billed
-  (``session.model_connected`` ``billed: false``: the local model); None (unpriced) for an unknown model.
+- **cost** (USD estimate): :class:`shared.callfigures.CallCost` — the summed ``response.done`` usage priced
+  for the call's model; 0 when the session was not billed (the local model); None for an unknown model.
 
 Aggregates over the ended calls of a group (:func:`aggregate`), each with its numerator and denominator so
 confidence intervals can be computed:
@@ -50,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from services.recorder.pricing import Usage, estimate_cost
+from shared.callfigures import CallCost, FirstAudio
+from shared.pricing import Usage
 
 __all__ = ["DROP_REASONS", "RATES", "Aggregate", "CallFigures", "KpiEvent", "Rate", "aggregate", "apply"]
 
@@ -130,7 +130,7 @@ class CallFigures:
     @property
     def cost_usd(self) -> float | None:
         """Estimated USD (None: unpriced model); see the module docstring."""
-        return estimate_cost(self.usage, self.model or "gpt-realtime", billed=self.billed)
+        return CallCost(self.usage, self.model, self.billed).cost_usd
 
     def usage_json(self) -> str:
         """The usage as JSON (stored)."""
@@ -161,12 +161,9 @@ def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
         fig.ended_ns = ev.ts_ns
         fig.end_reason = str(body.get("reason") or "unknown")
     elif ev.type == "session.model_connected":
-        if body.get("billed") is False:
-            fig.billed = False
         if body.get("agent_version") and not fig.agent_version:
             fig.agent_version = str(body["agent_version"])
-        if isinstance(body.get("model"), str) and not fig.state.get("model_from_client"):
-            fig.model = body["model"]
+        _cost(fig, ev)
 
 
 def _tool_output(fig: CallFigures, item: dict[str, Any]) -> None:
@@ -183,16 +180,33 @@ def _tool_output(fig: CallFigures, item: dict[str, Any]) -> None:
         fig.tasks_ok += 1
 
 
+def _cost(fig: CallFigures, ev: KpiEvent) -> None:
+    """Fold ``ev`` into the call's :class:`~shared.callfigures.CallCost` (kept in ``fig``'s columns)."""
+    cost = CallCost(fig.usage, fig.model, fig.billed, bool(fig.state.get("model_from_client")))
+    cost = cost.observe((ev.direction, ev.type), ev.body)
+    fig.usage, fig.model, fig.billed = cost.usage, cost.model, cost.billed
+    if cost.model_from_client:
+        fig.state["model_from_client"] = True
+
+
+def _first_audio(fig: CallFigures, ev: KpiEvent) -> float | None:
+    """Fold ``ev`` into the call's :class:`~shared.callfigures.FirstAudio` (kept as ``state["stopped_ns"]``)."""
+    stopped = fig.state.get("stopped_ns")
+    state, latency = FirstAudio(stopped if isinstance(stopped, int) else None).observe(
+        (ev.direction, ev.type), ev.ts_ns)
+    if state.stopped_ns is None:
+        fig.state.pop("stopped_ns", None)
+    else:
+        fig.state["stopped_ns"] = state.stopped_ns
+    return latency
+
+
 def _rt_event(fig: CallFigures, ev: KpiEvent) -> float | None:
     st, body = fig.state, ev.body
     kind = (ev.direction, ev.type)
-    if kind == ("server", "input_audio_buffer.speech_stopped"):
-        st["stopped_ns"] = ev.ts_ns
-    elif kind == ("server", "response.output_audio.delta"):
-        stopped = st.pop("stopped_ns", None)
-        if isinstance(stopped, int) and ev.ts_ns >= stopped:
-            return (ev.ts_ns - stopped) / 1e6
-    elif kind == ("server", "input_audio_buffer.speech_started"):
+    if kind in (("server", "input_audio_buffer.speech_stopped"), ("server", "response.output_audio.delta")):
+        return _first_audio(fig, ev)
+    if kind == ("server", "input_audio_buffer.speech_started"):
         if st.get("responding") and not st.get("interrupted"):
             fig.interruptions += 1
             st["interrupted"] = True
@@ -206,8 +220,7 @@ def _rt_event(fig: CallFigures, ev: KpiEvent) -> float | None:
         response = body.get("response") if isinstance(body.get("response"), dict) else {}
         assert isinstance(response, dict)
         fig.responses += 1
-        if isinstance(response.get("usage"), dict):
-            fig.usage.add(response["usage"])
+        _cost(fig, ev)
         if st.pop("interrupted", False) and response.get("status") == "cancelled":
             fig.interruptions_stopped += 1
         st["responding"] = False
@@ -221,11 +234,7 @@ def _rt_event(fig: CallFigures, ev: KpiEvent) -> float | None:
         if isinstance(item, dict) and item.get("type") == "function_call_output":
             _tool_output(fig, item)
     elif kind in (("server", "session.created"), ("client", "session.update")):
-        session = body.get("session")
-        if (isinstance(session, dict) and isinstance(session.get("model"), str)
-                and (ev.direction == "client" or not st.get("model_from_client"))):
-            fig.model = session["model"]
-            st["model_from_client"] = st.get("model_from_client") or ev.direction == "client"
+        _cost(fig, ev)
     return None
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from services.analytics import models
 from services.analytics.kpis import Aggregate, CallFigures, GroupSums, KpiEvent, aggregate, apply
-from services.recorder.pricing import Usage
+from shared.pricing import Usage
 
 __all__ = ["GROUPS", "BatchOutcome", "GroupBy", "apply_batch", "call_figures", "kpis", "position"]
 

@@ -115,7 +115,6 @@ class CallBridge:
         self._subs: list[Subscription] = []
         self._writer: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
-        self._counted = False
         self._span: trace.Span | None = None
         self._ctx_token: object | None = None
         self._audio_headers = {Headers.AUDIO_FORMAT: start.audio_format}
@@ -160,8 +159,6 @@ class CallBridge:
             "from": s.from_, "to": s.to, "carrier_call_id": s.carrier_call_id, "stream_id": s.stream_id,
             "custom_parameters": s.custom_parameters, "started_at": datetime.now(UTC).isoformat(),
         }, call_id=cid)
-        metrics.ACTIVE_CALLS.add(1, {"switchboard.carrier": s.carrier})
-        self._counted = True
         log.info("call %s started (%s %s)", cid, s.carrier, s.carrier_call_id)
 
     async def end(self, reason: str, **detail: Any) -> None:
@@ -203,8 +200,6 @@ class CallBridge:
             await self.bus.publish_event(subjects.call_ended(self.call_id), payload, call_id=self.call_id)
         except Exception:
             log.exception("call %s: could not publish ended", self.call_id)
-        if self._counted:
-            metrics.ACTIVE_CALLS.add(-1, {"switchboard.carrier": self.start.carrier})
         if self._span is not None:
             self._span.set_attribute("switchboard.end_reason", reason)
             if reason == "protocol_error":

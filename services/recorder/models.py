@@ -141,7 +141,7 @@ calls = Table(
     Column("cached_tokens", Integer, nullable=False, default=0),
     Column("output_text_tokens", Integer, nullable=False, default=0),
     Column("output_audio_tokens", Integer, nullable=False, default=0),
-    Column("cost_usd", Float, nullable=True, doc="estimate; prices in services/recorder/pricing.py"),
+    Column("cost_usd", Float, nullable=True, doc="estimate; prices in shared/pricing.py"),
     Column("turns", Integer, nullable=False, default=0),
     Column("tool_call_count", Integer, nullable=False, default=0),
     Column("barge_in_count", Integer, nullable=False, default=0),

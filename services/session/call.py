@@ -384,7 +384,7 @@ class Call:
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
             "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
             "connection": self.connections, "reconnect": self.connections > 1,
-            # billed: false without an API key (the local model), priced at 0 (services/recorder/pricing.py)
+            # billed: false without an API key (the local model), priced at 0 (shared/pricing.py)
             "billed": self.endpoint.api_key is not None, "agent": self.spec.name,
             "agent_version": self.spec.version})
 
@@ -456,13 +456,13 @@ class Call:
 
     async def _barge_in(self) -> None:
         """Caller speech while agent audio is still pending at the carrier: clear at once, then truncate."""
-        detected = time.monotonic()
+        self.hooks.speech_started()
         item = self.playback.current
         if item is None or item.cleared or item.played >= item.received:
             return
         await self._command("clear", {"reason": "barge_in", "item_id": item.item_id,
                                       "response_id": item.response_id})
-        self.hooks.barge_in(detected)
+        self.hooks.barge_in()
         self.stats.barge_ins += 1
         self._spawn(self._truncate(item.item_id))
 

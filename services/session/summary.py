@@ -3,9 +3,10 @@
 Fields: ``call_id``, ``agent``, ``usage`` (tokens summed from every ``response.done`` ``usage``:
 ``input_tokens``, ``output_tokens``, ``total_tokens``, plus ``input_token_details`` / ``output_token_details``
 sums), ``turns`` (``user`` = committed caller turns, ``assistant`` = responses completed or cancelled,
-``responses`` by status), ``durations`` (ms: ``call``, ``model_connected`` total, ``first_audio`` list and p50),
-``tool_calls`` (name, tool_call_id, ok, duration_ms), ``barge_ins``, ``reconnects``, ``events`` (client/server
-counts), ``flow_state`` and ``ended_reason``.
+``responses`` by status), ``durations`` (ms: ``call``, ``model_connected`` total, ``first_audio`` list and
+p50 — the figure of :class:`shared.callfigures.FirstAudio`), ``tool_calls`` (name, tool_call_id, ok,
+``duration_ms``: the tool latency of :func:`shared.callfigures.tool_latency_ms`), ``barge_ins``,
+``reconnects``, ``events`` (client/server counts), ``flow_state`` and ``ended_reason``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ https://opentelemetry.io/docs/specs/semconv/gen-ai/openai/); all are children of
   ``gen_ai.tool.type``); the bus request span is its child.
 
 Model spans carry ``gen_ai.provider.name`` (:func:`provider_name`), ``gen_ai.request.model``, and
-``server.address`` / ``server.port`` as two attributes. Metrics recorded here (seconds): ``FIRST_AUDIO``
-(speech_stopped → first output audio delta), ``BARGE_IN`` and ``ACTIVE_CALLS``.
+``server.address`` / ``server.port`` as two attributes. Metrics recorded here (seconds): ``FIRST_AUDIO`` and
+``BARGE_IN`` (the figures of :mod:`shared.callfigures`, on the session's monotonic clock) and ``ACTIVE_CALLS``
+(counted here only: the session holds the call for its whole life, and KEDA scales the session on this count).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from shared import metrics
+from shared.callfigures import CLEAR, OUTPUT_AUDIO, SPEECH_STARTED, SPEECH_STOPPED, BargeInReaction, FirstAudio
 
 __all__ = ["SessionHooks", "model_attributes", "provider_name"]
 
@@ -79,9 +81,12 @@ class SessionHooks:
         self._connection: Span | None = None
         self._response: Span | None = None
         self._speech_stopped_at: float | None = None
-        self._first_audio_seen = False
+        """When the caller's last turn ended (monotonic s), for the start of the response span."""
+        self._first_audio = FirstAudio()
+        self._barge_in = BargeInReaction()
         self._model: dict[str, Any] = {}
         self.first_audio_ms: list[float] = []
+        """Every first-audio figure of the call (ms), for the summary."""
 
     def _attrs(self, **extra: Any) -> dict[str, Any]:
         return {"switchboard.call_id": self.call_id, "switchboard.agent": self.agent, **extra}
@@ -121,7 +126,7 @@ class SessionHooks:
     def speech_stopped(self) -> None:
         """``input_audio_buffer.speech_stopped``: the clock for first audio starts."""
         self._speech_stopped_at = time.monotonic()
-        self._first_audio_seen = False
+        self._first_audio, _ = self._first_audio.observe(SPEECH_STOPPED, time.monotonic_ns())
 
     def response_created(self, response_id: str) -> None:
         """``response.created``."""
@@ -136,17 +141,13 @@ class SessionHooks:
                                       "gen_ai.response.id": response_id}))
 
     def output_audio(self) -> None:
-        """A ``response.output_audio.delta``: records first-audio latency once per turn."""
-        if self._first_audio_seen:
-            return
-        self._first_audio_seen = True
-        if self._speech_stopped_at is not None:
-            seconds = time.monotonic() - self._speech_stopped_at
-            self.first_audio_ms.append(seconds * 1000)
-            metrics.FIRST_AUDIO.record(seconds, {"switchboard.agent": self.agent})
+        """A ``response.output_audio.delta``: records the first-audio figure once per caller turn."""
+        self._first_audio, ms = self._first_audio.observe(OUTPUT_AUDIO, time.monotonic_ns())
+        if ms is not None:
+            self.first_audio_ms.append(ms)
+            metrics.FIRST_AUDIO.record(ms / 1000, {"switchboard.agent": self.agent})
             if self._response is not None:
-                self._response.set_attribute("switchboard.first_audio_s", round(seconds, 4))
-            self._speech_stopped_at = None
+                self._response.set_attribute("switchboard.first_audio_s", round(ms / 1000, 4))
 
     def response_done(self, status: str | None, usage: dict[str, Any] | None) -> None:
         """``response.done`` with its status and usage."""
@@ -158,7 +159,6 @@ class SessionHooks:
                         self._response.set_attribute(f"gen_ai.usage.{key}", usage[key])
         self._end_response(None)
         self._speech_stopped_at = None
-        self._first_audio_seen = True  # later deltas of other responses do not count without new speech
 
     def _end_response(self, note: str | None) -> None:
         if self._response is not None:
@@ -169,9 +169,15 @@ class SessionHooks:
 
     # --- barge-in and tools ------------------------------------------------------------------------------
 
-    def barge_in(self, started_at: float) -> None:
-        """``command.clear`` was sent for a barge-in detected at ``started_at`` (monotonic seconds)."""
-        metrics.BARGE_IN.record(time.monotonic() - started_at, {"switchboard.agent": self.agent})
+    def speech_started(self) -> None:
+        """``input_audio_buffer.speech_started``: the clock for the barge-in reaction starts."""
+        self._barge_in, _ = self._barge_in.observe(SPEECH_STARTED, time.monotonic_ns())
+
+    def barge_in(self) -> None:
+        """``command.clear`` was sent for a barge-in: records the reaction (seconds) since :meth:`speech_started`."""
+        self._barge_in, ms = self._barge_in.observe(CLEAR, time.monotonic_ns())
+        if ms is not None:
+            metrics.BARGE_IN.record(ms / 1000, {"switchboard.agent": self.agent})
 
     def tool_parent(self) -> Context | None:
         """The context a tool call started now belongs to: the response in progress (the one that produced

@@ -39,6 +39,7 @@ from services.tools.client import RetryPolicy, call_tool
 from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from shared import subjects
 from shared.bus import Bus
+from shared.callfigures import tool_latency_ms
 from shared.errors import ServiceCallError
 from shared.tool_registry import ToolSpec
 
@@ -111,7 +112,8 @@ class ToolDispatcher:
         self.seen: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.calls: list[dict[str, Any]] = []
-        """Every finished call: ``name``, ``tool_call_id``, ``ok``, ``duration_ms`` (for the summary)."""
+        """Every finished call: ``name``, ``tool_call_id``, ``ok``, ``duration_ms`` (for the summary;
+        the tool latency of :func:`shared.callfigures.tool_latency_ms`, dispatch → result on this clock)."""
 
     def dispatch(self, tool_call_id: str, name: str, arguments: str | None) -> bool:
         """Start the call unless ``tool_call_id`` was already dispatched; returns True when started."""
@@ -134,7 +136,7 @@ class ToolDispatcher:
 
     async def _run(self, tool_call_id: str, name: str, arguments: str | None, parent: Context | None) -> None:
         spec = self.registry.get(name) or ToolSpec(name, "", timeout_ms=DEFAULT_TIMEOUT_MS)
-        started = time.monotonic()
+        started_ns = time.monotonic_ns()
         with self.hooks.tool_call(name, tool_call_id, parent):
             outcome: Outcome
             try:
@@ -150,7 +152,7 @@ class ToolDispatcher:
             output = model_output(outcome)
             self.hooks.tool_result(isinstance(outcome, ToolResult), output)
             await self._finish(tool_call_id, name, outcome, "final" if spec.background else "result",
-                               (time.monotonic() - started) * 1000)
+                               tool_latency_ms(started_ns, time.monotonic_ns()))
 
     async def _request(self, tool_call_id: str, spec: ToolSpec, args: dict[str, Any]) -> Outcome:
         request = ToolRequest(args, tool_call_id, self.call, float(spec.timeout_ms))

@@ -14,6 +14,11 @@ Spans follow the OTel messaging semantic conventions (``messaging.system="nats"`
 span ``publish <template>`` per publish and a CONSUMER span ``process <template>`` per handled message,
 except for high-rate media subjects (audio frames, audio deltas), which carry ``traceparent`` but get no span
 each — 50 spans a second per call would cost more than the audio path itself.
+
+Modules, each importing only the ones before it: ``wire`` (the nats-py client subclass), ``envelope``
+(messages, headers, the :class:`~shared.bus.envelope.Replier`/:class:`~shared.bus.envelope.Dispatcher`
+protocols), ``links``, ``acks`` (JetStream publish acks), ``connection`` (connect with retries), ``streams``
+and ``micro`` (parts the bus is composed of), ``client`` (the :class:`Bus`).
 """
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,8 +18,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared import metrics
+from shared import metrics, subjects
 from shared.bus.acks import AckTracker, FailureCallback
+from shared.bus.connection import open_connection
 from shared.bus.envelope import (
     Envelope,
     Handler,
@@ -33,10 +32,11 @@ from shared.bus.envelope import (
     encode_payload,
     is_high_rate,
 )
-from shared.bus.micro import MicroMixin
-from shared.bus.streams import StreamsMixin
-from shared.bus.wire import SwitchboardClient, flush_shielded
-from shared.errors import BusError, PublishFailedError, ServiceCallError
+from shared.bus.micro import Micro
+from shared.bus.streams import Streams
+from shared.bus.wire import flush_shielded
+from shared.config import Settings
+from shared.errors import PublishFailedError, ServiceCallError
 from shared.telemetry import current_call_id
 
 __all__ = ["Bus", "FailureCallback"]
@@ -56,12 +56,13 @@ CONTEXT_CACHE_SIZE = 4096
 INJECTION_CACHE_SIZE = 256
 """Injected trace headers kept per current context object for untraced publishes (cleared when full)."""
 
-class Bus(StreamsMixin, MicroMixin):
+class Bus:
     """A service's connection to NATS, with Switchboard's headers, tracing and JetStream conventions.
 
     Create with :meth:`connect`; close with :meth:`close` (drains subscriptions and waits for pending
     JetStream acks). ``source`` names the publishing service (``gateway``, ``session``, …) and scopes
-    ``Switchboard-Seq``.
+    ``Switchboard-Seq``. Composed of :attr:`acks` (JetStream publish acks), :attr:`streams` (stream set-up
+    and replay) and :attr:`micro` (nats.micro services); the bus's methods of the same names delegate to them.
     """
 
     def __init__(self, nc: NATS, *, source: str, ack_timeout: float = 5.0, max_attempts: int = 5) -> None:
@@ -75,6 +76,10 @@ class Bus(StreamsMixin, MicroMixin):
         self._contexts: dict[tuple[str | None, str | None], otel_context.Context] = {}
         self._injections: dict[int, tuple[otel_context.Context, dict[str, str]]] = {}
         self._received = 0
+        self.streams = Streams(self.js, source, self)
+        """Stream set-up and ordered replay (see :mod:`shared.bus.streams`)."""
+        self.micro = Micro(nc, self, self._headers)
+        """nats.micro services and endpoints (see :mod:`shared.bus.micro`)."""
 
     @property
     def ack_timeout(self) -> float:
@@ -112,77 +117,18 @@ class Bus(StreamsMixin, MicroMixin):
         ack_timeout: float = 5.0,
         options: Mapping[str, Any] | None = None,
     ) -> Bus:
-        """Connect to NATS at ``url`` (comma-separated for a cluster), retrying with backoff.
+        """Connect to NATS at ``url`` (comma-separated for a cluster) as ``source`` (default ``name``).
 
-        Waits up to ``connect_timeout`` seconds for the server to accept (backoff 50 ms doubling to 1 s),
-        then keeps reconnecting forever if the connection later drops. ``options`` are extra ``nats.connect``
-        arguments (credentials, TLS, inbox prefix); by default those of the environment's settings
-        (``SWITCHBOARD_NATS_CREDS`` / ``SWITCHBOARD_NATS_NKEY_SEED`` / ``SWITCHBOARD_NATS_TLS_*``, see
-        :mod:`shared.natsauth`) with the inbox prefix of ``source``. An authorization error (bad or missing
-        credentials) is not retried.
+        The connection and its retries are :func:`shared.bus.connection.open_connection`'s: up to
+        ``connect_timeout`` seconds for a first server, then reconnecting forever; ``options`` are extra
+        ``nats.connect`` arguments (default: those of the environment's settings for ``source``).
 
         Raises:
             BusError: no server accepted within ``connect_timeout``, or the server refused the credentials.
         """
-        if options is None:
-            from shared.config import load_settings
-
-            options = load_settings().nats_options(identity=source or name)
-        deadline = time.monotonic() + connect_timeout
-        delay = 0.05
-        last_error: Exception | None = None
-        conn: list[NATS] = []
-
-        async def on_disconnect() -> None:  # a drain/close we asked for is not worth a warning
-            if conn and (conn[0].is_draining or conn[0].is_closed):
-                log.debug("nats connection closed")
-            else:
-                log.warning("nats disconnected")
-
-        refused: list[Exception] = []
-
-        async def on_error(exc: Exception) -> None:
-            if "authorization violation" in str(exc).lower() and not conn:
-                refused.append(exc)  # during the first connect: nats-py would retry it forever
-            await _log_error(exc)
-
-        while time.monotonic() < deadline:
-            nc = SwitchboardClient()
-            attempt = asyncio.ensure_future(nc.connect(
-                servers=url.split(","),
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py sleeps on it (annotated int)
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=_log_reconnect,
-                **options,
-            ))
-            try:
-                while not attempt.done() and not refused and time.monotonic() < deadline:
-                    await asyncio.wait({attempt}, timeout=0.05)
-                if not attempt.done():
-                    attempt.cancel()
-                    with contextlib.suppress(BaseException):
-                        await attempt
-                    with contextlib.suppress(Exception):
-                        await nc.close()
-                    if refused:
-                        raise BusError(f"NATS at {url} refused the credentials: {refused[0]}")
-                    last_error = TimeoutError("connect timed out")
-                    continue
-                attempt.result()
-                conn.append(nc)
-                return cls(nc, source=source or name, ack_timeout=ack_timeout)
-            except (TimeoutError, OSError, nats.errors.Error) as exc:
-                if "authorization" in str(exc).lower():
-                    raise BusError(f"NATS at {url} refused the credentials: {exc}") from exc
-                last_error = exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise BusError(f"could not connect to NATS at {url} within {connect_timeout:.0f}s: {last_error}")
+        nc = await open_connection(url, name=name, identity=source or name, connect_timeout=connect_timeout,
+                                   options=options)
+        return cls(nc, source=source or name, ack_timeout=ack_timeout)
 
     async def close(self) -> None:
         """Wait (bounded) for pending JetStream acks, then drain and close the connection."""
@@ -486,10 +432,41 @@ class Bus(StreamsMixin, MicroMixin):
             current_call_id.reset(call_token)
             otel_context.detach(token)
 
+    # --- streams and nats.micro (delegated) -------------------------------------------------------------
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error: %s", exc)
+    async def ensure_streams(self, settings: Settings) -> None:
+        """Create or update the CALLS, RT and TRACES streams: :meth:`Streams.ensure_streams`."""
+        await self.streams.ensure_streams(settings)
 
+    def replay(self, filter_subject: str, stream: subjects.StreamSpec, *, batch: int = 512,
+               timeout: float = 5.0) -> AsyncIterator[Envelope]:
+        """Every stored message of ``stream`` on ``filter_subject``, in stream order: :meth:`Streams.replay`."""
+        return self.streams.replay(filter_subject, stream, batch=batch, timeout=timeout)
 
-async def _log_reconnect() -> None:
-    log.info("nats reconnected")
+    async def follow(self, filter_subject: str, stream: subjects.StreamSpec,
+                     handler: Handler) -> JetStreamContext.PushSubscription:
+        """Stored then new messages of ``stream`` to ``handler``, in order: :meth:`Streams.follow`."""
+        return await self.streams.follow(filter_subject, stream, handler)
+
+    async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
+                       source: str | None = None) -> int:
+        """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source``: :meth:`Streams.last_seq`."""
+        return await self.streams.last_seq(call_id, stream, filter_subject, source)
+
+    async def last_message(self, stream: subjects.StreamSpec, subject: str) -> Envelope | None:
+        """The last message ``stream`` stores on ``subject``: :meth:`Streams.last_message`."""
+        return await self.streams.last_message(stream, subject)
+
+    async def add_service(self, name: str, *, version: str = "0.1.0", description: str = "",
+                          metadata: Mapping[str, str] | None = None) -> Any:
+        """Register a nats.micro service: :meth:`Micro.add_service`."""
+        return await self.micro.add_service(name, version=version, description=description, metadata=metadata)
+
+    async def add_endpoint(self, service: Any, *, name: str, subject: str,
+                           handler: Callable[[Envelope], Awaitable[Payload]], queue_group: str = "q",
+                           metadata: Mapping[str, str] | None = None, span_name: str | None = None,
+                           span_attributes: Mapping[str, Any] | None = None) -> None:
+        """Add a request/reply endpoint to a nats.micro ``service``: :meth:`Micro.add_endpoint`."""
+        await self.micro.add_endpoint(service, name=name, subject=subject, handler=handler,
+                                      queue_group=queue_group, metadata=metadata, span_name=span_name,
+                                      span_attributes=span_attributes)

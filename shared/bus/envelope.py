@@ -6,19 +6,19 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from nats.aio.msg import Msg
-
-if TYPE_CHECKING:
-    from shared.bus.client import Bus
+from opentelemetry.trace import SpanKind
 
 __all__ = [
+    "Dispatcher",
     "Envelope",
     "Handler",
     "Headers",
     "Payload",
+    "Replier",
     "decode_headers_seq",
     "destination_template",
     "encode_payload",
@@ -27,6 +27,26 @@ __all__ = [
 
 Payload = Mapping[str, Any] | list[Any] | bytes | bytearray | memoryview
 """A message body: a JSON-able mapping/list (serialized compactly) or raw bytes (sent as is)."""
+
+
+class Replier(Protocol):
+    """What an :class:`Envelope` answers a request through: :meth:`shared.bus.Bus.publish`."""
+
+    async def publish(self, subject: str, payload: Payload, *, call_id: str | None = None,
+                      headers: Mapping[str, str] | None = None, traced: bool | None = None) -> dict[str, str]:
+        """Publish ``payload`` on ``subject`` with the standard headers; returns the headers sent."""
+        ...
+
+
+class Dispatcher(Replier, Protocol):
+    """What the stream and nats.micro parts of the bus run handlers through: :meth:`shared.bus.Bus.dispatch`
+    (trace context, CONSUMER/SERVER span, errors logged) and :meth:`shared.bus.Bus.publish`."""
+
+    async def dispatch(self, env: Envelope, handler: Handler, *, traced: bool | None = None,
+                       span_name: str | None = None, attributes: Mapping[str, Any] | None = None,
+                       kind: SpanKind = SpanKind.CONSUMER) -> None:
+        """Run ``handler(env)`` in the message's trace context."""
+        ...
 
 
 
@@ -107,10 +127,10 @@ class Envelope:
     ts_ns: int | None
     msg_id: str | None
     msg: Msg | None = field(default=None, repr=False)
-    _bus: Bus | None = field(default=None, repr=False)
+    _bus: Replier | None = field(default=None, repr=False)
 
     @classmethod
-    def from_msg(cls, msg: Msg, bus: Bus | None = None) -> Envelope:
+    def from_msg(cls, msg: Msg, bus: Replier | None = None) -> Envelope:
         """Parse a nats-py message into an Envelope (never raises on odd headers).
 
         ``headers`` is the message's own dict (nats-py builds one per message), not a copy: treat it as
@@ -119,7 +139,7 @@ class Envelope:
         return cls.from_parts(msg.subject, msg.data, msg.headers, bus, msg=msg)
 
     @classmethod
-    def from_parts(cls, subject: str, data: bytes, headers: dict[str, str] | None, bus: Bus | None = None, *,
+    def from_parts(cls, subject: str, data: bytes, headers: dict[str, str] | None, bus: Replier | None = None, *,
                    msg: Msg | None = None) -> Envelope:
         """An Envelope from a message's public parts (e.g. a nats.micro ``Request``'s ``subject``, ``data`` and
         ``headers``); without ``msg`` it has no :attr:`reply` (answer through whatever delivered it). Never
@@ -141,7 +161,8 @@ class Envelope:
         )
 
     @classmethod
-    def from_stored(cls, subject: str, data: bytes, headers: dict[str, str], bus: Bus | None = None) -> Envelope:
+    def from_stored(cls, subject: str, data: bytes, headers: dict[str, str],
+                    bus: Replier | None = None) -> Envelope:
         """An Envelope for a message read from a stream by sequence or subject (no nats-py ``Msg``)."""
         get = headers.get
         ts = get(Headers.TS)

@@ -8,36 +8,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared.bus.envelope import Envelope, Handler, Payload, encode_payload
+from shared.bus.envelope import Dispatcher, Envelope, Payload, encode_payload
 from shared.bus.wire import flush_shielded
 from shared.errors import ServiceCallError
 
-if TYPE_CHECKING:
-    from shared.bus.client import Bus
-
-__all__ = ["MicroMixin"]
+__all__ = ["HeaderFactory", "Micro"]
 
 log = logging.getLogger("shared.bus")
 
 
-class MicroMixin:
-    """nats.micro registration; mixed into :class:`~shared.bus.Bus`."""
+HeaderFactory = Callable[[str | None, Mapping[str, str] | None], dict[str, str]]
+"""``(call_id, extra) -> headers``: the bus's standard headers for a message (here: a reply)."""
 
-    nc: NATS
 
-    if TYPE_CHECKING:
-        def _headers(self, call_id: str | None, extra: Mapping[str, str] | None) -> dict[str, str]: ...
+class Micro:
+    """nats.micro registration, a part of :class:`~shared.bus.Bus` (which delegates to it).
 
-        async def dispatch(self, env: Envelope, handler: Handler, *, traced: bool | None = None,
-                           span_name: str | None = None, attributes: Mapping[str, Any] | None = None,
-                           kind: SpanKind = SpanKind.CONSUMER) -> None: ...
+    Args:
+        nc: the NATS connection.
+        bus: what endpoint handlers run through (trace context and SERVER span; the owning bus).
+        headers: the bus's standard headers, put on every reply.
+    """
 
+    def __init__(self, nc: NATS, bus: Dispatcher, headers: HeaderFactory) -> None:
+        self.nc = nc
+        self._bus = bus
+        self._headers = headers
 
     async def add_service(self, name: str, *, version: str = "0.1.0", description: str = "",
                           metadata: Mapping[str, str] | None = None) -> Any:
@@ -75,7 +77,7 @@ class MicroMixin:
         from nats.micro.request import Request
 
         async def micro_handler(request: Request) -> None:
-            env = Envelope.from_parts(request.subject, request.data, request.headers, self._as_bus())
+            env = Envelope.from_parts(request.subject, request.data, request.headers, self._bus)
 
             async def run(e: Envelope) -> None:
                 span = trace.get_current_span()
@@ -95,17 +97,9 @@ class MicroMixin:
                     return
                 await request.respond(encode_payload(reply), headers=self._headers(None, None))
 
-            await self.dispatch(env, run, traced=True, span_name=span_name, attributes=span_attributes,
+            await self._bus.dispatch(env, run, traced=True, span_name=span_name, attributes=span_attributes,
                                 kind=SpanKind.SERVER)
 
         await service.add_endpoint(name=name, subject=subject, handler=micro_handler, queue_group=queue_group,
                                    metadata=dict(metadata or {}))
         await flush_shielded(self.nc)  # the server knows the endpoint before we return
-
-
-
-    def _as_bus(self) -> Bus:
-        from shared.bus.client import Bus
-
-        assert isinstance(self, Bus)
-        return self

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -22,23 +21,27 @@ from nats.js.api import (
 )
 
 from shared import subjects
-from shared.bus.envelope import Envelope, Handler
+from shared.bus.envelope import Dispatcher, Envelope, Handler
 from shared.config import Settings
 
-if TYPE_CHECKING:
-    from shared.bus.client import Bus
-
-__all__ = ["StreamsMixin"]
+__all__ = ["Streams"]
 
 log = logging.getLogger("shared.bus")
 
 
-class StreamsMixin:
-    """Stream management and replay; mixed into :class:`~shared.bus.Bus`."""
+class Streams:
+    """Stream management and replay, a part of :class:`~shared.bus.Bus` (which delegates to it).
 
-    js: JetStreamContext
-    source: str
+    Args:
+        js: the connection's JetStream context.
+        source: the bus's ``Switchboard-Source`` (the default of :meth:`last_seq`).
+        bus: what handlers run through and envelopes answer through (the owning bus).
+    """
 
+    def __init__(self, js: JetStreamContext, source: str, bus: Dispatcher) -> None:
+        self.js = js
+        self.source = source
+        self._bus = bus
 
     async def ensure_streams(self, settings: Settings) -> None:
         """Create or update the CALLS, RT and TRACES streams (idempotent; safe from every service).
@@ -96,7 +99,7 @@ class StreamsMixin:
                 except nats.errors.TimeoutError:
                     break
                 for msg in msgs:
-                    yield Envelope.from_msg(msg, self._as_bus())
+                    yield Envelope.from_msg(msg, self._bus)
                     pending = msg.metadata.num_pending
                     if pending == 0:
                         break
@@ -114,7 +117,7 @@ class StreamsMixin:
         heartbeat or a server restart, so a follower never misses what the log stored while the connection was
         down (a core subscription would). Unsubscribe the returned subscription to stop.
         """
-        bus = self._as_bus()
+        bus = self._bus
 
         async def callback(msg: Msg) -> None:
             await bus.dispatch(Envelope.from_msg(msg, bus), handler, traced=False)
@@ -147,10 +150,4 @@ class StreamsMixin:
         except nats.js.errors.NotFoundError:
             return None
         headers = {str(k): str(v) for k, v in (raw.headers or {}).items()}
-        return Envelope.from_stored(raw.subject or subject, raw.data or b"", headers, self._as_bus())
-
-    def _as_bus(self) -> Bus:
-        from shared.bus.client import Bus
-
-        assert isinstance(self, Bus)
-        return self
+        return Envelope.from_stored(raw.subject or subject, raw.data or b"", headers, self._bus)

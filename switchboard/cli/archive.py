@@ -77,7 +77,7 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         table.add_column(column)
     for r in rows:
         duration = f"{r['duration_ms'] / 1000:.1f} s" if r.get("duration_ms") else "-"
-        # None once projected = the model is not in the price table (services/recorder/pricing.py)
+        # None once projected = the model is not in the price table (shared/pricing.py)
         cost = (f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None
                 else "unpriced" if r.get("projected_ns") else "-")
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
@@ -87,7 +87,7 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
 
 
 def _events(client: httpx.Client, call_id: str) -> list[Any]:
-    from services.recorder.records import ArchivedEvent
+    from services.recorder.public import ArchivedEvent
 
     response = _get(client, f"/calls/{call_id}/events")
     return [ArchivedEvent.from_dict(json.loads(line)) for line in response.text.splitlines() if line.strip()]
@@ -106,7 +106,7 @@ def replay(call_id: str = typer.Argument(..., help="The call id"),
                None, "--agent-version", help="--rerun against this version of the call's agent (agents/rollout.yaml)"),
            api: str | None = typer.Option(None, help="Recorder API base URL")) -> None:
     """The call's timeline from the log; with --rerun, exit 0 when a fresh session makes the same tool calls."""
-    from services.recorder.replay import timeline
+    from services.recorder.public import timeline
 
     with _client(api) as client:
         events = _events(client, call_id)
@@ -150,23 +150,16 @@ def _agent_path(events: list[Any], settings: Settings, version: str | None) -> A
 
 def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool, logged_session: bool,
            agent_version: str | None = None) -> int:
-    from services.recorder.rerun import (
-        agent_session_update,
-        compare,
-        extract_run,
-        logged_audio_format,
-        logged_session_update,
-        rerun,
-    )
+    from services.recorder import public as recorder
 
     settings = _settings()
-    logged = logged_session_update(events)
+    logged = recorder.logged_session_update(events)
     session_update = logged
     if not logged_session:
         agent_path = _agent_path(events, settings, agent_version)
         try:
-            session_update = asyncio.run(agent_session_update(
-                agent_path, settings.effective_nats_url, audio_format=logged_audio_format(events),
+            session_update = asyncio.run(recorder.agent_session_update(
+                agent_path, settings.effective_nats_url, audio_format=recorder.logged_audio_format(events),
                 model=settings.model if not settings.uses_local_model else None, logged=logged))
         except (ValueError, ImportError) as exc:
             console.print(f"[yellow]current agent unavailable ({exc}); using the logged session.update[/yellow]")
@@ -175,9 +168,9 @@ def _rerun(events: list[Any], speed: float, min_similarity: float, as_json: bool
         headers["Authorization"] = f"Bearer {settings.openai_api_key}"
     elif settings.localmodel_token:
         headers["Authorization"] = f"Bearer {settings.localmodel_token}"
-    result = asyncio.run(rerun(events, settings.effective_realtime_url, headers=headers, speed=speed,
-                               session_update=session_update))
-    verdict = compare(extract_run(events), result, min_similarity=min_similarity)
+    result = asyncio.run(recorder.rerun(events, settings.effective_realtime_url, headers=headers, speed=speed,
+                                        session_update=session_update))
+    verdict = recorder.compare(recorder.extract_run(events), result, min_similarity=min_similarity)
     if as_json:
         typer.echo(json.dumps(verdict.to_dict()))
     else:
@@ -200,8 +193,7 @@ def tail(call: str | None = typer.Option(None, "--call", help="Only this call id
 
 
 async def _tail(url: str, call_id: str | None, type_glob: str | None) -> None:
-    from services.recorder.records import ArchivedEvent, classify
-    from services.recorder.replay import summarize
+    from services.recorder.public import ArchivedEvent, classify, summarize
     from shared import subjects
     from shared.bus import Bus, Envelope
 
@@ -360,7 +352,7 @@ async def _connect(url: str) -> Any:
 
 async def _crosscheck(url: str, call_id: str, archived: dict[str, set[int]]) -> dict[str, Any]:
     """The JetStream cross-check as a JSON-able dict: ``url, reachable, error, ok, streams``."""
-    from services.recorder.crosscheck import crosscheck
+    from services.recorder.public import crosscheck
 
     nc = await _connect(url)
     if isinstance(nc, Exception):
@@ -377,26 +369,17 @@ async def _crosscheck(url: str, call_id: str, archived: dict[str, set[int]]) -> 
 
 
 async def _verify_direct(url: str, call_id: str) -> tuple[dict[str, Any], dict[str, set[int]]]:
-    from sqlalchemy import select
+    from services.recorder import public as recorder
 
-    from services.recorder import models
-    from services.recorder.db import create_engine
-    from services.recorder.queries import verify_call
-
-    engine = create_engine(url)
+    engine = recorder.open_archive(url)
     try:
-        report = await verify_call(engine, call_id)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(select(models.events.c.stream, models.events.c.stream_seq)
-                                       .where(models.events.c.call_id == call_id))).all()
+        report = await recorder.verify_call(engine, call_id)
+        archived = await recorder.archived_sequences(engine, call_id)
     finally:
         await engine.dispose()
     if not report.records:
         console.print(f"[red]no archived events for call {call_id}[/red]")
         raise typer.Exit(1)
-    archived: dict[str, set[int]] = {}
-    for stream, seq in rows:
-        archived.setdefault(stream, set()).add(int(seq))
     return report.to_dict(), archived
 
 
@@ -446,15 +429,14 @@ def _verify_all(api: str | None, database: str | None, nats_url: str | None, as_
 
 
 async def _all_direct(url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from services.recorder import queries
-    from services.recorder.db import create_engine
+    from services.recorder import public as recorder
 
-    engine = create_engine(url)
+    engine = recorder.open_archive(url)
     try:
-        ids = await queries.call_ids(engine)
-        facts: dict[str, Any] = {"positions": await queries.positions(engine),
-                                 "gaps": await queries.stream_gaps(engine), "calls": ids}
-        reports = [(await queries.verify_call(engine, c)).to_dict() for c in ids]
+        ids = await recorder.call_ids(engine)
+        facts: dict[str, Any] = {"positions": await recorder.positions(engine),
+                                 "gaps": await recorder.stream_gaps(engine), "calls": ids}
+        reports = [(await recorder.verify_call(engine, c)).to_dict() for c in ids]
     finally:
         await engine.dispose()
     return facts, reports

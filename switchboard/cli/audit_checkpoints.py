@@ -1,8 +1,8 @@
-"""The signed-checkpoint part of ``switchboard audit verify`` (services/recorder/checkpoints.py).
+"""The signed-checkpoint part of ``switchboard audit verify``.
 
 For each call: its chain records (from the recorder API's ``/calls/{id}/chain`` or the database), the latest
 checkpoint in the ``AUDIT`` stream, verified with the public key of ``SWITCHBOARD_AUDIT_KEY`` (else
-``<data dir>/auth/audit_key``), and :func:`services.recorder.checkpoints.checked`.
+``<data dir>/auth/audit_key``), and :func:`services.recorder.public.checked` — the recorder's public API only.
 """
 
 from __future__ import annotations
@@ -21,25 +21,24 @@ Connect = Callable[[str], Awaitable[Any]]
 
 
 def _public_key(settings: Settings) -> str | None:
-    from services.recorder import checkpoints
+    from services.recorder.public import audit_public_key
 
     key = settings.audit_key
     key_file = settings.data_dir / "auth" / "audit_key"
     if not key and key_file.is_file():
         key = key_file.read_text().strip()
-    return checkpoints.public_hex(checkpoints.private_key(key)) if key else None
+    return audit_public_key(key) if key else None
 
 
 async def _rows_direct(url: str, call_ids: list[str]) -> dict[str, tuple[list[dict[str, Any]], int | None]]:
-    from services.recorder.db import create_engine
-    from services.recorder.queries import chain_rows, get_call
+    from services.recorder import public as recorder
 
-    engine = create_engine(url)
+    engine = recorder.open_archive(url)
     try:
         out = {}
         for call_id in call_ids:
-            call = await get_call(engine, call_id) or {}
-            out[call_id] = (await chain_rows(engine, call_id), call.get("ended_ns"))
+            call = await recorder.get_call(engine, call_id) or {}
+            out[call_id] = (await recorder.chain_rows(engine, call_id), call.get("ended_ns"))
         return out
     finally:
         await engine.dispose()
@@ -69,13 +68,13 @@ def check_calls(settings: Settings, nats_url: str, call_ids: list[str], connect:
 
 async def _check(nats_url: str, rows: dict[str, tuple[list[dict[str, Any]], int | None]], public: str,
                  connect: Connect) -> dict[str, dict[str, Any]]:
-    from services.recorder import checkpoints
+    from services.recorder.public import checked
 
     nc = await connect(nats_url)
     if isinstance(nc, Exception):
         return {c: {"ok": True, "skipped": f"NATS not reachable ({nc})", "problems": []} for c in rows}
     try:
         js = nc.jetstream()
-        return {c: await checkpoints.checked(js, c, r, public, ended_ns=ended) for c, (r, ended) in rows.items()}
+        return {c: await checked(js, c, r, public, ended_ns=ended) for c, (r, ended) in rows.items()}
     finally:
         await nc.close()

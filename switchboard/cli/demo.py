@@ -28,6 +28,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.callfigures import FirstAudio
 from shared.config import Settings
 from switchboard.caller import CallResult, run_scenario
 from switchboard.scenario import ScenarioError, load_scenario
@@ -47,21 +48,18 @@ ARCHIVE_TIMEOUT_S = 60.0
 def first_audio_latencies_ms(events: list[dict[str, Any]]) -> list[float]:
     """End of caller speech → first model audio, per user turn (ms), from archived events in log order.
 
-    Each ``input_audio_buffer.speech_stopped`` server event is paired with the next
-    ``response.output_audio.delta``; times are the session's ``Switchboard-Ts`` publish stamps (``ts_ns``), so
-    the figure is what the session saw: the model's turn latency, excluding the VAD's silence wait (which
-    ends at speech_stopped). Turns with no audio reply before the next speech_stopped are skipped.
+    The figure is :class:`shared.callfigures.FirstAudio` over the events' ``Switchboard-Ts`` publish stamps
+    (``ts_ns``), so it is what the session saw: the model's turn latency, excluding the VAD's silence wait
+    (which ends at speech_stopped). Events without ``ts_ns`` are skipped.
     """
     out: list[float] = []
-    stopped: int | None = None
+    state = FirstAudio()
     for event in events:
-        if event.get("direction") != "server" or not event.get("ts_ns"):
+        if not event.get("ts_ns"):
             continue
-        if event["type"] == "input_audio_buffer.speech_stopped":
-            stopped = int(event["ts_ns"])
-        elif event["type"] == "response.output_audio.delta" and stopped is not None:
-            out.append((int(event["ts_ns"]) - stopped) / 1e6)
-            stopped = None
+        state, latency = state.observe((event.get("direction"), str(event.get("type"))), int(event["ts_ns"]))
+        if latency is not None:
+            out.append(latency)
     return out
 
 

@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.analytics.kpis import RATES
+from services.analytics.public import RATES
 
 __all__ = ["Comparison", "compare_groups", "register", "wilson"]
 

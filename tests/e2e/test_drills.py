@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import drills
+from tests import drills_support as drills
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -31,7 +31,7 @@ from services.recorder.service import Recorder
 from shared import subjects
 from shared.bus import Bus
 from switchboard.testing.scripted import publish_call, script
-from tests.integration.archive_tamper import drop_guards
+from tests.integration.archive_support import drop_guards
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = secrets.token_hex(32)

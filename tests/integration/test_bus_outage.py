@@ -18,7 +18,7 @@ import pytest
 
 from shared.bus import Bus, Envelope
 from switchboard import natsserver
-from tests.integration.nats_faults import freeze
+from tests.integration.nats_support import freeze
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -27,7 +27,7 @@ from shared.audio import ulaw_decode
 from shared.bus import Bus, Envelope
 from switchboard.caller import run_scenario
 from switchboard.scenario import Scenario, load_scenario
-from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     bus_fixture,
     gw_fixture,
     peer_bus_fixture,

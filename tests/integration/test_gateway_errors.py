@@ -24,7 +24,7 @@ from services.gateway.server import RunningGateway, running_gateway
 from shared.bus import Bus
 from shared.config import load_settings
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     Recorder,
     bus_fixture,

@@ -12,7 +12,7 @@ from services.gateway.call import CallBridge, CallStart
 from shared import subjects
 from shared.audio import PCMU
 from shared.bus import Bus, Envelope
-from tests.integration.gateway_harness import AudioTap, wait_until
+from tests.integration.gateway_support import AudioTap, wait_until
 
 
 class NullSink:

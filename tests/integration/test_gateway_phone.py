@@ -15,7 +15,7 @@ import websockets
 from services.gateway.server import RunningGateway
 from shared import subjects
 from shared.bus import Bus
-from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     AudioTap,
     Recorder,

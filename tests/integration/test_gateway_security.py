@@ -21,7 +21,7 @@ from shared import subjects
 from shared.audio import PCM24K, pcm16_to_bytes
 from shared.bus import Bus, Headers
 from shared.config import load_settings
-from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     AudioTap,
     Recorder,

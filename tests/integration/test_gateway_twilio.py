@@ -21,7 +21,7 @@ from shared.bus import Bus, Headers
 from shared.carriers.twilio import parse_twiml
 from shared.config import load_settings
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_harness import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     AudioTap,
     Recorder,

@@ -23,7 +23,7 @@ from shared.config import load_settings
 from shared.errors import ServiceCallError
 from shared.health import CheckResult, Readiness
 from switchboard import natsserver
-from tests.integration.nats_faults import freeze
+from tests.integration.nats_support import freeze
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 from agents.realtime import RealtimeAgent, RealtimeRunner
 
 from agents import function_tool
-from tests.integration.localmodel_helpers import frames, running_server, speech_ulaw
+from tests.integration.localmodel_support import frames, running_server, speech_ulaw
 
 
 async def test_runner_voice_turn_with_tool_call_has_no_validation_errors() -> None:

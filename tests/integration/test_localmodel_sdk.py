@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
 from services.localmodel.server import LocalModelServer
 from shared.tts import synthesize_format
-from tests.integration.localmodel_helpers import EventLog, b64, frames, running_server, speech_ulaw
+from tests.integration.localmodel_support import EventLog, b64, frames, running_server, speech_ulaw
 
 PCMU = {"type": "audio/pcmu"}
 

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.integration.localmodel_helpers import running_server, validate
+from tests.integration.localmodel_support import running_server, validate
 
 
 async def test_health_ready_and_unknown_path() -> None:

@@ -24,7 +24,7 @@ from services.recorder.service import Recorder
 from shared.bus import Bus
 from shared.telemetry import setup_telemetry
 from switchboard.testing.scripted import publish_call, script
-from tests.integration.archive_tamper import drop_guards
+from tests.integration.archive_support import drop_guards
 
 
 @pytest.fixture

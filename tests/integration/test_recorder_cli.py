@@ -24,7 +24,7 @@ from services.recorder.records import Incoming
 from shared.bus import Headers
 from switchboard import natsserver
 from switchboard.testing.scripted import script
-from tests.integration.archive_tamper import drop_guards
+from tests.integration.archive_support import drop_guards
 
 ROOT = Path(__file__).resolve().parents[2]
 

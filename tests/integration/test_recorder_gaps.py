@@ -26,7 +26,7 @@ from shared.bus import Bus
 from shared.config import load_settings
 from switchboard import natsserver
 from switchboard.testing.scripted import publish_call, script
-from tests.integration.archive_tamper import drop_guards
+from tests.integration.archive_support import drop_guards
 from tests.integration.test_recorder_cli import cli
 
 

@@ -27,8 +27,8 @@ from services.session.service import SessionService
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
-from tests.integration.gateway_harness import start_frame
-from tests.integration.localmodel_helpers import running_server
+from tests.integration.gateway_support import start_frame
+from tests.integration.localmodel_support import running_server
 from tests.integration.session_support import ROOT
 
 pytestmark = pytest.mark.timeout(600)

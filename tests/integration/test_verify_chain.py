@@ -21,7 +21,7 @@ from services.recorder import models
 from services.recorder.archive import Archive
 from services.recorder.db import open_database
 from services.recorder.records import Gap, Incoming
-from tests.integration.archive_tamper import drop_guards
+from tests.integration.archive_support import drop_guards
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "verify_chain.py"
 

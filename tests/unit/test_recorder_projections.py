@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from services.recorder.pricing import Usage, estimate_cost
 from services.recorder.projections import project
 from services.recorder.recording import call_formats, format_name, render
 from services.recorder.records import ArchivedEvent, classify
+from shared.pricing import Usage, estimate_cost
 from switchboard.testing.scripted import USAGE, Step, script
 
 T0 = 1_800_000_000_000_000_000

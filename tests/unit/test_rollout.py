@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.recorder.pricing import PriceTableError, Usage, estimate_cost, load_prices, price_for
 from services.session.agent import load_agent
 from shared import rollout
+from shared.pricing import PriceTableError, Usage, estimate_cost, load_prices, price_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """Per-token prices for the calls' cost estimate (USD per 1,000,000 tokens), read from configuration.
 
 The price table is a YAML file (``models: {<name>: {text_in, text_cached, text_out, audio_in, audio_cached,
-audio_out}}``): ``SWITCHBOARD_PRICES`` when set, else the packaged ``services/recorder/prices.yaml`` (OpenAI's
+audio_out}}``): ``SWITCHBOARD_PRICES`` when set, else the packaged ``shared/prices.yaml`` (OpenAI's
 published ``gpt-realtime`` and ``gpt-realtime-mini`` prices at GA, https://openai.com/api/pricing/).
 
 - A model is priced by its exact name, else by the longest table key ``k`` such that the name starts with
