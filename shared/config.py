@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
     twilio_auth_token: str | None = None
+    telnyx_public_key: str | None = None
+    """Telnyx's Ed25519 webhook public key (base64, Mission Control → Keys & Credentials → Public Key); without
+    it every Telnyx request is refused (unless ``insecure_dev``)."""
+    vonage_signature_secret: str | None = None
+    """The Vonage account's signature secret (HS256 key of signed webhooks); without it every Vonage request
+    is refused (unless ``insecure_dev``)."""
+    plivo_auth_token: str | None = None
+    """The Plivo (sub)account auth token (key of ``X-Plivo-Signature-V3``); without it every Plivo request is
+    refused (unless ``insecure_dev``)."""
     api_token: str | None = None
     js_replicas: int = Field(1, ge=1, le=5)
     js_max_age: float = Field(7 * 24 * 3600.0, gt=0)
@@ -106,7 +115,8 @@ class Settings(BaseSettings):
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
-                     "localmodel_token", "twilio_auth_token", "api_token", "webhook_url", "webhook_secret",
+                     "localmodel_token", "twilio_auth_token", "telnyx_public_key",
+                     "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
                      "audit_key", mode="before")
     @classmethod

@@ -108,7 +108,7 @@ class TelnyxCodec:
             if not isinstance(rate, int) or fmt.get("channels", 1) != 1:
                 raise CarrierProtocolError("invalid start: media_format sample_rate/channels")
             wire = wire_format(encoding, rate)
-            self.big_endian = wire.startswith("audio/pcm")
+            self.big_endian = wire.startswith("audio/pcm;")
             params = start.get("custom_parameters") or {}
             if not isinstance(params, dict):
                 raise CarrierProtocolError("invalid start: custom_parameters must be an object")
