@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
     twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    """Twilio Account SID (``AC…``); with the auth token, transfers update the live call through Twilio's REST API."""
+    twilio_api_url: str | None = None
+    """Base URL of Twilio's REST API (unset: the SDK's, ``https://api.twilio.com``; tests point it at a fake)."""
+    telnyx_api_key: str | None = None
+    """Telnyx API v2 key; set: transfers go through Call Control ``actions/transfer``."""
+    telnyx_api_url: str | None = None
+    """Base URL of Telnyx's REST API (unset: the SDK's, ``https://api.telnyx.com/v2``; tests point it at a fake)."""
     telnyx_public_key: str | None = None
     """Telnyx's Ed25519 webhook public key (base64, Mission Control → Keys & Credentials → Public Key); without
     it every Telnyx request is refused (unless ``insecure_dev``)."""
@@ -115,7 +123,8 @@ class Settings(BaseSettings):
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
-                     "localmodel_token", "twilio_auth_token", "telnyx_public_key",
+                     "localmodel_token", "twilio_auth_token", "twilio_account_sid", "twilio_api_url",
+                     "telnyx_api_key", "telnyx_api_url", "telnyx_public_key",
                      "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
                      "audit_key", mode="before")

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
+from services.gateway.call_control import controls_for
 from services.gateway.carrier_routes import add_carrier_routes
 from services.gateway.carrier_security import PlivoSignatures, TelnyxSignatures, VonageSignatures
 from services.gateway.security import (
@@ -64,6 +65,8 @@ class Gateway:
         self.telnyx = TelnyxSignatures(settings.telnyx_public_key, insecure_dev=settings.insecure_dev)
         self.vonage = VonageSignatures(settings.vonage_signature_secret, insecure_dev=settings.insecure_dev)
         self.plivo = PlivoSignatures(settings.plivo_auth_token, insecure_dev=settings.insecure_dev)
+        self.controls = controls_for(settings)
+        """Call-control clients (transfers through the carrier's REST API), by carrier."""
         if not settings.token_secret:
             log.warning("no SWITCHBOARD_TOKEN_SECRET: browser tokens are valid on this replica only")
         self.tokens = BrowserTokens(settings.token_secret, used=KvNonces(bus.js))
@@ -81,7 +84,7 @@ class Gateway:
         return {"default_agent": self.default_agent, "calls": self.calls,
                 "max_outbound_chunks": self.max_outbound_chunks,
                 "audio_in_ms": self.settings.gateway_audio_in_ms, "start_timeout_s": self.start_timeout_s,
-                "idle_s": self.settings.carrier_idle_s}
+                "idle_s": self.settings.carrier_idle_s, "controls": self.controls}
 
     async def end_all(self, reason: str = "gateway_shutdown") -> None:
         """End every live call (the service is stopping)."""

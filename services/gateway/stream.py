@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.gateway.call import CallBridge, CallStart, CarrierSink
+from services.gateway.call_control import CallControl, transfer_or_log
 from shared.bus import Bus
 from shared.carriers.frames import CarrierProtocolError
 
@@ -75,7 +77,8 @@ class CarrierStream:
     """The state machine of one accepted carrier WebSocket; subclasses implement :meth:`on_message`.
 
     ``calls`` is the gateway's registry of live calls (the bridge is added on start, removed at the end);
-    ``idle_s`` (``SWITCHBOARD_CARRIER_IDLE_S``) is passed to the bridge's silence watchdog.
+    ``idle_s`` (``SWITCHBOARD_CARRIER_IDLE_S``) is passed to the bridge's silence watchdog; ``controls`` are the
+    carriers' call-control clients (a transfer goes through the call's carrier's one first).
     """
 
     carrier: str = "carrier"
@@ -83,8 +86,11 @@ class CarrierStream:
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
-                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None,
+                 controls: Mapping[str, CallControl] | None = None) -> None:
         self.ws = ws
+        self.controls = controls or {}
+        """Call-control clients by carrier name (transfers through the carrier's REST API)."""
         self.bus = bus
         self.default_agent = default_agent
         self.max_outbound_chunks = max_outbound_chunks
@@ -148,8 +154,10 @@ class CarrierStream:
         """
         if self.bridge is not None:
             raise CarrierProtocolError("second start")
+        control = self.controls.get(start.carrier)
+        on_transfer = (functools.partial(transfer_or_log, control, start)) if control is not None else None
         bridge = CallBridge(self.bus, sink, start, max_outbound_chunks=self.max_outbound_chunks,
-                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s)
+                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s, on_transfer=on_transfer)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()
