@@ -3,7 +3,9 @@ real processes, with the gateway verifying every webhook signature (no insecure 
 simulator signs as each vendor signs, with test keys the gateway is configured with.
 
 For each call: the scenario's expectations hold (tool calls, barge-in, who ended it), the call was started by
-that carrier with its audio format, and the recorder archived it.
+that carrier with its audio format, and the recorder archived it. The barge-in scenario ends in a transfer: over
+Twilio and Telnyx it reaches a local fake of the carrier's REST API (``tests/integration/carrier_fakes.py``) as
+the vendor documents it, for that call.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from switchboard.cli.demo import wait_archived
 from switchboard.scenario import load_scenario, read_call_log
 from switchboard.supervisor import Supervisor
 from tests.e2e.conftest import ROOT, SPEED, System
+from tests.integration.carrier_fakes import FakeCarrierApi, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -33,10 +36,21 @@ KEYS = CarrierKeys(twilio_auth_token="e2e-twilio-auth-token-0123456789ab", telny
                    vonage_signature_secret="e2e-vonage-signature-secret-0123456789",
                    plivo_auth_token="e2e-plivo-auth-token-0123456789abcdef")
 FORMATS = {"twilio": PCMU, "telnyx": PCMU, "vonage": PCM24K, "plivo": PCMU}
+ACCOUNT_SID = "AC" + "2" * 32
+TRANSFER_TO = "+15559870100"
+"""The tools service's default ``SWITCHBOARD_TRANSFER_NUMBER``."""
+FAKE_API = FakeCarrierApi()
 
 
 @pytest.fixture(scope="module")
-async def signed_system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+async def fake_api() -> AsyncIterator[FakeCarrierApi]:
+    async with serving(FAKE_API) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+async def signed_system(tmp_path_factory: pytest.TempPathFactory,
+                        fake_api: FakeCarrierApi) -> AsyncIterator[System]:
     data = tmp_path_factory.mktemp("e2e-carriers")
     ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
     settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
@@ -48,7 +62,9 @@ async def signed_system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         "SWITCHBOARD_TWILIO_AUTH_TOKEN": KEYS.twilio_auth_token or "",
         "SWITCHBOARD_TELNYX_PUBLIC_KEY": TELNYX_PUBLIC,
         "SWITCHBOARD_VONAGE_SIGNATURE_SECRET": KEYS.vonage_signature_secret or "",
-        "SWITCHBOARD_PLIVO_AUTH_TOKEN": KEYS.plivo_auth_token or ""})
+        "SWITCHBOARD_PLIVO_AUTH_TOKEN": KEYS.plivo_auth_token or "",
+        "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "SWITCHBOARD_TWILIO_API_URL": fake_api.url,
+        "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2"})
     try:
         await supervisor.start(ready_timeout=120)
     except RuntimeError:
@@ -85,6 +101,17 @@ async def test_scenario_over_carrier(signed_system: System, carrier: str, scenar
     async with httpx.AsyncClient(base_url=signed_system.recorder_url, timeout=10) as client:
         call = await wait_archived(client, result.call_id)
     assert call.get("projected_ns"), f"call {result.call_id} not archived: {call}"
+    transfers = [r for r in FAKE_API.requests if started["carrier_call_id"] in r["path"]]
+    if scenario == "barge-in" and carrier == "twilio":
+        [request] = transfers
+        assert request["path"] == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{started['carrier_call_id']}.json"
+        assert f"<Dial>{TRANSFER_TO}</Dial>" in request["body"]["Twiml"]
+    elif scenario == "barge-in" and carrier == "telnyx":
+        [request] = transfers
+        assert request["path"] == f"/v2/calls/{started['carrier_call_id']}/actions/transfer"
+        assert request["body"]["to"] == TRANSFER_TO
+    else:
+        assert transfers == []
 
 
 async def test_unsigned_webhooks_are_refused(signed_system: System) -> None:
