@@ -186,8 +186,11 @@ class BrowserTokens:
         Raises:
             TokenError: missing, malformed, bad signature, expired, or used before.
         """
+        await self._claim(token, "token", now)
+
+    async def _claim(self, token: str | None, purpose: str, now: float | None) -> None:
         now = now if now is not None else time.time()
-        nonce, expiry = self._verify(token, "token", now)
+        nonce, expiry = self._verify(token, purpose, now)
         if not await self.used.claim(nonce, float(expiry), now):
             raise TokenError("token already used")
 
@@ -202,10 +205,7 @@ class BrowserTokens:
         Raises:
             TokenError: missing, malformed, bad signature, expired, or used before.
         """
-        now = now if now is not None else time.time()
-        nonce, expiry = self._verify(token, "stream", now)
-        if not await self.used.claim(nonce, float(expiry), now):
-            raise TokenError("token already used")
+        await self._claim(token, "stream", now)
 
     def mint_session(self, now: float | None = None) -> tuple[str, int]:
         """A browser session cookie value (valid :data:`SESSION_TTL_S` s, reusable) and its expiry."""

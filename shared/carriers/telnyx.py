@@ -42,6 +42,7 @@ from shared.carriers.frames import (
     load_object,
     text_of,
 )
+from shared.carriers.twilio import parse_twiml
 
 __all__ = ["TelnyxCodec", "build_texml", "caller_frame", "parse_outbound", "parse_texml", "wire_format"]
 
@@ -168,19 +169,13 @@ def build_texml(stream_url: str, parameters: Mapping[str, str], *, codec: str = 
 
 
 def parse_texml(document: str) -> tuple[str, dict[str, str]]:
-    """The ``<Connect><Stream url>`` and its ``<Parameter>`` pairs from TeXML (the caller simulator's side).
+    """The ``<Connect><Stream url>`` and its ``<Parameter>`` pairs from TeXML (the caller simulator's side);
+    TeXML's ``<Connect><Stream>`` has TwiML's shape, so :func:`shared.carriers.twilio.parse_twiml` reads it.
 
     Raises:
         ValueError: not XML, or no ``Response/Connect/Stream`` with a ``url``.
     """
-    try:
-        root = ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise ValueError(f"invalid TeXML: {exc}") from None
-    stream = root.find("./Connect/Stream")
-    if root.tag != "Response" or stream is None or not stream.get("url"):
-        raise ValueError("TeXML has no <Response><Connect><Stream url=…>")
-    return str(stream.get("url")), {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return parse_twiml(document)
 
 
 # --- the carrier's side (caller simulator) ------------------------------------------------------------

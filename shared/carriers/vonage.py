@@ -62,6 +62,14 @@ def _rate_of(content_type: object) -> int:
     return int(match.group(1))
 
 
+def _notify_name(raw: dict[str, Any], what: str) -> str:
+    payload = raw.get("payload")
+    name = payload.get("name") if isinstance(payload, dict) else None
+    if not isinstance(name, str):
+        raise CarrierProtocolError(f"invalid {what}: payload.name must be a string")
+    return name
+
+
 class VonageCodec:
     """Gateway-side Vonage frame codec (see :class:`shared.carriers.frames.Codec`)."""
 
@@ -106,11 +114,7 @@ class VonageCodec:
                 digit = raw["dtmf"].get("digit")
             return DtmfIn(check_digit(digit))
         if event == "websocket:notify":
-            payload = raw.get("payload")
-            name = payload.get("name") if isinstance(payload, dict) else None
-            if not isinstance(name, str):
-                raise CarrierProtocolError("invalid websocket:notify: payload.name must be a string")
-            return MarkEcho(name)
+            return MarkEcho(_notify_name(raw, "websocket:notify"))
         if event == "websocket:cleared":
             return Cleared()
         raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
@@ -205,11 +209,7 @@ def parse_outbound(frame: str | bytes) -> OutboundEvent:
     raw = load_object(frame)
     action = raw.get("action")
     if action == "notify":
-        payload = raw.get("payload")
-        name = payload.get("name") if isinstance(payload, dict) else None
-        if not isinstance(name, str):
-            raise CarrierProtocolError("invalid notify: payload.name must be a string")
-        return PlayMark(name)
+        return PlayMark(_notify_name(raw, "notify"))
     if action == "clear":
         return PlayClear()
     raise CarrierProtocolError(f"unknown action {text_of(raw, 'action')!r}"[:120])

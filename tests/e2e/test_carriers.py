@@ -10,7 +10,6 @@ the vendor documents it, for that call.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,14 +18,11 @@ import pytest
 
 from shared.audio import PCM24K, PCMU
 from shared.bus import Bus
-from shared.config import load_settings
-from switchboard import natsserver
 from switchboard.caller import run_scenario
 from switchboard.caller.signing import CarrierKeys, new_telnyx_key
 from switchboard.cli.demo import wait_archived
 from switchboard.scenario import load_scenario, read_call_log
-from switchboard.supervisor import Supervisor
-from tests.e2e.conftest import ROOT, SPEED, System
+from tests.e2e.conftest import ROOT, SPEED, System, running_system
 from tests.integration.carrier_fakes import FakeCarrierApi, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -51,28 +47,15 @@ async def fake_api() -> AsyncIterator[FakeCarrierApi]:
 @pytest.fixture(scope="module")
 async def signed_system(tmp_path_factory: pytest.TempPathFactory,
                         fake_api: FakeCarrierApi) -> AsyncIterator[System]:
-    data = tmp_path_factory.mktemp("e2e-carriers")
-    ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
-    settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
-                             recorder_port=ports["recorder"], analytics_port=ports["analytics"],
-                             localmodel_port=ports["localmodel"],
-                             agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None)
-    supervisor = Supervisor(settings, extra_env={
-        "SWITCHBOARD_LOCALMODEL_PACING": "fast", "SWITCHBOARD_INSECURE_DEV": "false",
-        "SWITCHBOARD_TWILIO_AUTH_TOKEN": KEYS.twilio_auth_token or "",
-        "SWITCHBOARD_TELNYX_PUBLIC_KEY": TELNYX_PUBLIC,
-        "SWITCHBOARD_VONAGE_SIGNATURE_SECRET": KEYS.vonage_signature_secret or "",
-        "SWITCHBOARD_PLIVO_AUTH_TOKEN": KEYS.plivo_auth_token or "",
-        "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "SWITCHBOARD_TWILIO_API_URL": fake_api.url,
-        "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2"})
-    try:
-        await supervisor.start(ready_timeout=120)
-    except RuntimeError:
-        await supervisor.stop()
-        raise
-    env = {**os.environ, **supervisor.child_env(), "SWITCHBOARD_NATS_PORT": str(ports["nats"])}
-    yield System(settings, supervisor.nats_url, env)
-    await supervisor.stop()
+    env = {"SWITCHBOARD_INSECURE_DEV": "false",
+           "SWITCHBOARD_TWILIO_AUTH_TOKEN": KEYS.twilio_auth_token or "",
+           "SWITCHBOARD_TELNYX_PUBLIC_KEY": TELNYX_PUBLIC,
+           "SWITCHBOARD_VONAGE_SIGNATURE_SECRET": KEYS.vonage_signature_secret or "",
+           "SWITCHBOARD_PLIVO_AUTH_TOKEN": KEYS.plivo_auth_token or "",
+           "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "SWITCHBOARD_TWILIO_API_URL": fake_api.url,
+           "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2"}
+    async with running_system(tmp_path_factory.mktemp("e2e-carriers"), env) as running:
+        yield running
 
 
 async def started_payload(system: System, call_id: str) -> dict[str, Any]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from services.gateway.server import serving_app
 
 
 @dataclass
@@ -60,20 +60,6 @@ class FakeCarrierApi:
 @contextlib.asynccontextmanager
 async def serving(fake: FakeCarrierApi) -> AsyncIterator[FakeCarrierApi]:
     """Serve ``fake`` on a free loopback port (``fake.url``) until exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(fake.app(), log_level="warning", access_log=False, lifespan="off"))
-    setattr(server, "capture_signals", contextlib.nullcontext)  # noqa: B010 - the test owns signals
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with serving_app(fake.app(), lifespan="off") as port:
+        fake.url = f"http://127.0.0.1:{port}"
         yield fake
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        sock.close()
