@@ -4,7 +4,7 @@ One command (``make bench`` runs it with the other benches):
 
     .venv/bin/python bench/pipeline.py [--calls 20,40,max] [--seconds 20] [--late-ms 100]
 
-1. Starts the whole system as ``switchboard up`` does (:class:`tests.drills.Stack`: supervisor, embedded
+1. Starts the whole system as ``switchboard up`` does (:class:`tests.drills_support.Stack`: supervisor, embedded
    nats-server, every service a child process; tracing and the log on) in a temp data dir on free ports.
 2. Starts the bare bridge (``bench/_bare_bridge.py``: FastAPI + websockets, Twilio frames ↔ Realtime events, no
    bus, no persistence) as its own process against the same local model (echo: model ``switchboard-echo``).

@@ -89,6 +89,23 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """The gateway's public base URL (https://...), for TwiML and Twilio signature checks."""
     twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    """Twilio Account SID (``AC…``); with the auth token, transfers update the live call through Twilio's REST API."""
+    twilio_api_url: str | None = None
+    """Base URL of Twilio's REST API (unset: the SDK's, ``https://api.twilio.com``; tests point it at a fake)."""
+    telnyx_api_key: str | None = None
+    """Telnyx API v2 key; set: transfers go through Call Control ``actions/transfer``."""
+    telnyx_api_url: str | None = None
+    """Base URL of Telnyx's REST API (unset: the SDK's, ``https://api.telnyx.com/v2``; tests point it at a fake)."""
+    telnyx_public_key: str | None = None
+    """Telnyx's Ed25519 webhook public key (base64, Mission Control → Keys & Credentials → Public Key); without
+    it every Telnyx request is refused (unless ``insecure_dev``)."""
+    vonage_signature_secret: str | None = None
+    """The Vonage account's signature secret (HS256 key of signed webhooks); without it every Vonage request
+    is refused (unless ``insecure_dev``)."""
+    plivo_auth_token: str | None = None
+    """The Plivo (sub)account auth token (key of ``X-Plivo-Signature-V3``); without it every Plivo request is
+    refused (unless ``insecure_dev``)."""
     api_token: str | None = None
     js_replicas: int = Field(1, ge=1, le=5)
     js_max_age: float = Field(7 * 24 * 3600.0, gt=0)
@@ -112,7 +129,9 @@ class Settings(BaseSettings):
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
-                     "localmodel_token", "twilio_auth_token", "api_token", "webhook_url", "webhook_secret",
+                     "localmodel_token", "twilio_auth_token", "twilio_account_sid", "twilio_api_url",
+                     "telnyx_api_key", "telnyx_api_url", "telnyx_public_key",
+                     "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
                      "audit_key", mode="before")
     @classmethod

@@ -1,6 +1,8 @@
 """The gateway's FastAPI application and ``main`` (``python -m services.gateway``).
 
 Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
+``POST /telnyx/voice`` + ``WS /telnyx/media``, ``GET|POST /vonage/voice`` + ``WS /vonage/media``,
+``POST /plivo/voice`` + ``WS /plivo/media`` (:mod:`.carrier_routes`),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
 ``/metrics``, and the API reference ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json`` from local assets
 (:mod:`shared.apidocs`), public like the carrier-facing routes it describes (the document holds no data; with
@@ -16,6 +18,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -23,6 +26,9 @@ from pydantic import BaseModel
 
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
+from services.gateway.call_control import controls_for
+from services.gateway.carrier_routes import add_carrier_routes
+from services.gateway.carrier_security import PlivoSignatures, TelnyxSignatures, VonageSignatures
 from services.gateway.security import (
     SESSION_COOKIE,
     SESSION_TTL_S,
@@ -61,6 +67,11 @@ class Gateway:
         self.signatures = TwilioSignatures(settings.twilio_auth_token, insecure_dev=settings.insecure_dev)
         if not settings.twilio_auth_token and not settings.insecure_dev:
             log.warning("no SWITCHBOARD_TWILIO_AUTH_TOKEN: every Twilio request is refused")
+        self.telnyx = TelnyxSignatures(settings.telnyx_public_key, insecure_dev=settings.insecure_dev)
+        self.vonage = VonageSignatures(settings.vonage_signature_secret, insecure_dev=settings.insecure_dev)
+        self.plivo = PlivoSignatures(settings.plivo_auth_token, insecure_dev=settings.insecure_dev)
+        self.controls = controls_for(settings)
+        """Call-control clients (transfers through the carrier's REST API), by carrier."""
         if not settings.token_secret:
             log.warning("no SWITCHBOARD_TOKEN_SECRET: browser tokens are valid on this replica only")
         self.tokens = BrowserTokens(settings.token_secret, used=KvNonces(bus.js))
@@ -72,6 +83,13 @@ class Gateway:
     def default_agent(self) -> str:
         """The agent named when the carrier passes none: the stem of ``SWITCHBOARD_AGENT``."""
         return self.settings.agent.stem
+
+    def stream_options(self) -> dict[str, Any]:
+        """Keyword arguments every carrier stream takes (:class:`~services.gateway.stream.CarrierStream`)."""
+        return {"default_agent": self.default_agent, "calls": self.calls,
+                "max_outbound_chunks": self.max_outbound_chunks,
+                "audio_in_ms": self.settings.gateway_audio_in_ms, "start_timeout_s": self.start_timeout_s,
+                "idle_s": self.settings.carrier_idle_s, "controls": self.controls}
 
     async def end_all(self, reason: str = "gateway_shutdown") -> None:
         """End every live call (the service is stopping)."""
@@ -154,10 +172,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             await ws.close(1013, "shutting down")
             return
         await ws.accept()
-        await TwilioStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
-                           max_outbound_chunks=gateway.max_outbound_chunks,
-                           audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
-                           idle_s=settings.carrier_idle_s).run()
+        await TwilioStream(ws, gateway.bus, **gateway.stream_options()).run()
+
+    add_carrier_routes(app, gateway)
 
     def bearer_ok(request: Request) -> bool:
         given = request.headers.get("authorization", "")
@@ -189,10 +206,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             await ws.close(1008, str(exc))
             return
         await ws.accept()
-        await BrowserStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
-                            max_outbound_chunks=gateway.max_outbound_chunks,
-                            audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
-                            idle_s=settings.carrier_idle_s, call_page_base=_console_base(ws, settings)).run()
+        await BrowserStream(ws, gateway.bus, **gateway.stream_options(),
+                            call_page_base=_console_base(ws, settings)).run()
 
     @app.get("/phone", include_in_schema=False)
     async def phone() -> FileResponse:

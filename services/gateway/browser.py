@@ -33,18 +33,12 @@ from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocket
 
 from services.gateway.call import CallBridge, CallStart
-from services.gateway.twilio import (
-    INTERNAL_ERROR,
-    POLICY_VIOLATION,
-    START_TIMEOUT_S,
-    close_socket,
-    disconnect_reason,
-    receive_before,
-)
+from services.gateway.call_control import CallControl
+from services.gateway.stream import START_TIMEOUT_S, CarrierStream, close_socket
 from shared import subjects
 from shared.audio import PCM24K, Converter
 from shared.bus import Bus, Envelope
-from shared.carriers.twilio import MAX_MESSAGE_BYTES
+from shared.carriers.frames import MAX_MESSAGE_BYTES, CarrierProtocolError
 
 __all__ = ["BrowserProtocolError", "BrowserSink", "BrowserStream"]
 
@@ -56,7 +50,7 @@ _TRANSCRIPT_EVENTS = ("conversation.item.input_audio_transcription.completed",
                       "response.function_call_arguments.done")
 
 
-class BrowserProtocolError(ValueError):
+class BrowserProtocolError(CarrierProtocolError):
     """Bad input on the browser socket; ``str(exc)`` is the close reason."""
 
 
@@ -91,68 +85,30 @@ class BrowserSink:
         await close_socket(self.ws, code, reason)
 
 
-class BrowserStream:
-    """The state machine of one accepted ``WS /browser`` connection."""
+class BrowserStream(CarrierStream):
+    """The state machine of one accepted ``WS /browser`` connection (the read loop is
+    :class:`~services.gateway.stream.CarrierStream`'s)."""
+
+    carrier = "browser"
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
                  start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None,
-                 call_page_base: str | None = None) -> None:
-        self.ws = ws
+                 call_page_base: str | None = None, controls: Mapping[str, CallControl] | None = None) -> None:
+        super().__init__(ws, bus, default_agent=default_agent, max_outbound_chunks=max_outbound_chunks,
+                         calls=calls, audio_in_ms=audio_in_ms, start_timeout_s=start_timeout_s, idle_s=idle_s,
+                         controls=controls)
         self.call_page_base = call_page_base
         """Base URL of the recorder's console (``<base>/ui/calls/<id>`` is sent in ``started``); None: none."""
         self.sink = BrowserSink(ws)
         self._subs: list[Subscription] = []
-        self.start_timeout_s = start_timeout_s
-        self.idle_s = idle_s
-        self.max_outbound_chunks = max_outbound_chunks
-        self.audio_in_ms = audio_in_ms
-        self.bus = bus
-        self.default_agent = default_agent
-        self.calls = calls if calls is not None else {}
-        self.bridge: CallBridge | None = None
         self._converter: Converter | None = None
 
-    async def run(self) -> None:
-        """Read frames until ``stop``, a disconnect, bad input, the start timeout or the agent hanging up."""
-        start_by = asyncio.get_running_loop().time() + self.start_timeout_s
-        try:
-            while True:
-                try:
-                    message = await receive_before(self.ws, start_by if self.bridge is None else None)
-                except TimeoutError:
-                    raise BrowserProtocolError(f"no start within {self.start_timeout_s:g} s") from None
-                if message["type"] == "websocket.disconnect":
-                    if self.bridge is not None:
-                        reason, detail = disconnect_reason(message)
-                        await self.bridge.end(reason, **detail)
-                    break
-                if not await self.on_message(message):
-                    break
-        except BrowserProtocolError as exc:
-            log.warning("browser protocol error: %s", exc)
-            if self.bridge is not None:
-                await self.bridge.end("protocol_error", error=str(exc))
-            try:
-                await close_socket(self.ws, POLICY_VIOLATION, str(exc)[:120])
-            except Exception as close_exc:
-                log.debug("close failed: %s", close_exc)
-        except RuntimeError:
-            if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
-        except Exception as exc:  # the bus failed under us: end this call only
-            log.exception("browser stream failed")
-            if self.bridge is not None:
-                await self.bridge.end("gateway_error", error=type(exc).__name__)
+    async def on_close(self) -> None:
+        """Stop forwarding the transcript."""
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
-        finally:
-            for sub in self._subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            if self.bridge is not None:
-                self.calls.pop(self.bridge.call_id, None)
-                self.bridge.detach_context()
+                await sub.unsubscribe()
 
     async def on_message(self, message: Mapping[str, Any]) -> bool:
         """Handle one ASGI message; False when the browser said ``stop``.
@@ -185,11 +141,7 @@ class BrowserStream:
                 raise BrowserProtocolError("mark before start or without a name")
             await self.bridge.mark_echo(event["name"])
         elif kind == "stop":
-            if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
-            with contextlib.suppress(Exception):
-                await close_socket(self.ws, 1000, "stop")
-            return False
+            return await self.hang_up()
         else:
             raise BrowserProtocolError(f"unknown event {str(kind)[:40]!r}")
         return True
@@ -206,11 +158,7 @@ class BrowserStream:
         start = CallStart(carrier="browser", audio_format=PCM24K,
                           agent=agent if isinstance(agent, str) and agent else self.default_agent,
                           custom_parameters={"input_format": source})
-        bridge = CallBridge(self.bus, self.sink, start, max_outbound_chunks=self.max_outbound_chunks,
-                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s)
-        self.bridge = bridge
-        self.calls[bridge.call_id] = bridge
-        await bridge.open()
+        bridge = await self.open_call(self.sink, start)
         page = f"{self.call_page_base}/ui/calls/{bridge.call_id}" if self.call_page_base else None
         await self.sink.send_json({"event": "started", "call_id": bridge.call_id, "call_page": page})
         for kind in _TRANSCRIPT_EVENTS:

@@ -28,6 +28,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -89,12 +90,17 @@ class CallBridge:
 
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
     ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``);
-    ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring).
+    ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring);
+    ``on_transfer`` runs on ``command.transfer`` before the stream closes.
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
-                 audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0) -> None:
+                 audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
+                 on_transfer: Callable[[object], Awaitable[object]] | None = None) -> None:
         parse_format(start.audio_format)
+        self.on_transfer = on_transfer
+        """Called with the target of ``command.transfer`` before the stream closes (the carrier's REST API
+        moves the call: :mod:`services.gateway.call_control`); None: the stream just closes."""
         self.bus = bus
         self.sink = sink
         self.start = start
@@ -379,6 +385,8 @@ class CallBridge:
                 return
 
     async def _close(self, item: Control) -> None:
+        if item.reason == "transfer" and self.on_transfer is not None:  # before the stream closes
+            await self.on_transfer((item.detail or {}).get("transfer_to"))
         await self.end(item.reason, **(item.detail or {}))
         with contextlib.suppress(Exception):
             await self.sink.close(_CLOSE_NORMAL, item.reason)

@@ -186,10 +186,26 @@ class BrowserTokens:
         Raises:
             TokenError: missing, malformed, bad signature, expired, or used before.
         """
+        await self._claim(token, "token", now)
+
+    async def _claim(self, token: str | None, purpose: str, now: float | None) -> None:
         now = now if now is not None else time.time()
-        nonce, expiry = self._verify(token, "token", now)
+        nonce, expiry = self._verify(token, purpose, now)
         if not await self.used.claim(nonce, float(expiry), now):
             raise TokenError("token already used")
+
+    def mint_stream(self, now: float | None = None) -> tuple[str, int]:
+        """A carrier stream token (valid :data:`TOKEN_TTL_S` s, single use, never a browser token): the
+        gateway puts it in the media URL of a signed webhook answer (Telnyx, Vonage, Plivo)."""
+        return self._mint(self.ttl_s, "stream", now)
+
+    async def check_stream(self, token: str | None, now: float | None = None) -> None:
+        """Accept a carrier stream token once (on any replica sharing the secret and the nonce store).
+
+        Raises:
+            TokenError: missing, malformed, bad signature, expired, or used before.
+        """
+        await self._claim(token, "stream", now)
 
     def mint_session(self, now: float | None = None) -> tuple[str, int]:
         """A browser session cookie value (valid :data:`SESSION_TTL_S` s, reusable) and its expiry."""

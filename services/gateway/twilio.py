@@ -19,62 +19,28 @@ Timeouts: no ``start`` within ``start_timeout_s`` (10 s) of the upgrade closes t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
-from services.gateway.call import CallBridge, CallStart
+from services.gateway.call import CallStart
+from services.gateway.stream import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    PROTOCOL_CLOSE_CODES,
+    START_TIMEOUT_S,
+    CarrierStream,
+    close_socket,
+    disconnect_reason,
+    receive_before,
+)
 from shared.audio import PCMU
-from shared.bus import Bus
 from shared.carriers import twilio as tw
 
 __all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S", "TwilioSink",
            "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
-
-log = logging.getLogger("services.gateway.twilio")
-
-POLICY_VIOLATION = 1008
-"""RFC 6455 §7.4.1 close code for a message that violates the protocol."""
-INTERNAL_ERROR = 1011
-"""RFC 6455 §7.4.1 close code for an unexpected condition on the server (e.g. the bus failed)."""
-PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
-"""RFC 6455 §7.4.1 close codes that mean the peer broke the protocol (framing error, unacceptable data type,
-invalid payload data, message too big); a disconnect with one of them ends the call with ``protocol_error``."""
-START_TIMEOUT_S = 10.0
-"""Seconds a carrier socket may stay open without ``start`` before it is closed with 1008."""
-
-
-def disconnect_reason(message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """End reason and ``ended`` detail for an ASGI ``websocket.disconnect`` ``message`` (its ``code``):
-    ``protocol_error`` for :data:`PROTOCOL_CLOSE_CODES`, else ``caller_hangup``; the detail carries
-    ``close_code`` (and ``error`` for a protocol error)."""
-    code = message.get("code")
-    if code in PROTOCOL_CLOSE_CODES:
-        return "protocol_error", {"close_code": code, "error": f"websocket closed with {code}"}
-    return "caller_hangup", {"close_code": code}
-
-
-async def receive_before(ws: WebSocket, deadline: float | None) -> Mapping[str, Any]:
-    """The next ASGI message of ``ws``; with ``deadline`` (event-loop time) set, at most until then.
-
-    Raises:
-        TimeoutError: the deadline passed first.
-    """
-    if deadline is None:
-        return await ws.receive()
-    async with asyncio.timeout_at(deadline):
-        return await ws.receive()
-
-
-async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
-    """Close a carrier socket with ``code`` and ``reason`` unless it is already disconnected."""
-    if ws.application_state != WebSocketState.DISCONNECTED:
-        await ws.close(code, reason)
 
 
 def twiml_response(stream_url: str, form: Mapping[str, str], agent: str) -> str:
@@ -118,58 +84,22 @@ class TwilioSink:
         await close_socket(self.ws, code, reason)
 
 
-class TwilioStream:
-    """The state machine of one ``WS /twilio/media`` connection (already accepted)."""
+class TwilioStream(CarrierStream):
+    """The state machine of one ``WS /twilio/media`` connection (already accepted); the read loop is
+    :class:`~services.gateway.stream.CarrierStream`'s."""
 
-    def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
-                 calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
-                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
-        self.ws = ws
-        self.start_timeout_s = start_timeout_s
-        self.idle_s = idle_s
-        self.bus = bus
-        self.default_agent = default_agent
-        self.max_outbound_chunks = max_outbound_chunks
-        self.audio_in_ms = audio_in_ms
-        self.calls = calls if calls is not None else {}
-        self.bridge: CallBridge | None = None
+    carrier = "twilio"
 
-    async def run(self) -> None:
-        """Read frames until ``stop``, a disconnect, a protocol error, the start timeout or the bridge closing
-        the socket."""
-        start_by = asyncio.get_running_loop().time() + self.start_timeout_s
-        try:
-            while True:
-                try:
-                    message = await receive_before(self.ws, start_by if self.bridge is None else None)
-                except TimeoutError:
-                    raise tw.TwilioProtocolError(f"no start within {self.start_timeout_s:g} s") from None
-                if message["type"] == "websocket.disconnect":
-                    if self.bridge is not None:
-                        reason, detail = disconnect_reason(message)
-                        await self.bridge.end(reason, **detail)
-                    break
-                text = message.get("text")
-                if text is None:
-                    raise tw.TwilioProtocolError("binary frames are not part of the Twilio protocol")
-                if not await self.on_frame(text):
-                    break
-        except tw.TwilioProtocolError as exc:
-            await self._protocol_error(exc.reason)
-        except RuntimeError as exc:  # starlette: receive after the bridge closed the socket
-            log.debug("twilio socket closed: %s", exc)
-            if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
-        except Exception as exc:  # the bus failed under us (e.g. NATS unreachable): end this call only
-            log.exception("twilio stream failed")
-            if self.bridge is not None:
-                await self.bridge.end("gateway_error", error=type(exc).__name__)
-            with contextlib.suppress(Exception):
-                await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
-        finally:
-            if self.bridge is not None:
-                self.calls.pop(self.bridge.call_id, None)
-                self.bridge.detach_context()
+    async def on_message(self, message: Mapping[str, Any]) -> bool:
+        """One ASGI message: a text frame for :meth:`on_frame`; binary frames are a protocol error.
+
+        Raises:
+            TwilioProtocolError: bad input.
+        """
+        text = message.get("text")
+        if text is None:
+            raise tw.TwilioProtocolError("binary frames are not part of the Twilio protocol")
+        return await self.on_frame(text)
 
     async def on_frame(self, text: str) -> bool:
         """Handle one text frame; False when the stream is over (``stop``).
@@ -209,11 +139,7 @@ class TwilioStream:
             await bridge.dtmf(msg.dtmf.digit)
             return True
         if isinstance(msg, tw.Stop):
-            if bridge is not None:
-                await bridge.end("caller_hangup")
-            with contextlib.suppress(Exception):  # Twilio may already have closed its side
-                await close_socket(self.ws, 1000, "stop")
-            return False
+            return await self.hang_up()
         return True  # connected
 
     async def _start(self, msg: tw.Start) -> None:
@@ -227,18 +153,4 @@ class TwilioStream:
             carrier_call_id=msg.start.call_sid, stream_id=msg.start.stream_sid or msg.stream_sid,
             custom_parameters=params,
         )
-        bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
-                            max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms,
-                            idle_s=self.idle_s)
-        self.bridge = bridge
-        self.calls[bridge.call_id] = bridge
-        await bridge.open()
-
-    async def _protocol_error(self, reason: str) -> None:
-        log.warning("twilio protocol error: %s", reason)
-        if self.bridge is not None:
-            await self.bridge.end("protocol_error", error=reason)
-        try:
-            await close_socket(self.ws, POLICY_VIOLATION, reason)
-        except Exception as exc:  # already gone
-            log.debug("close after protocol error failed: %s", exc)
+        await self.open_call(TwilioSink(self.ws, start.stream_id or ""), start)

@@ -21,6 +21,9 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from shared.carriers.frames import MAX_MESSAGE_BYTES, CarrierProtocolError
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -54,21 +57,15 @@ __all__ = [
     "validate_inbound",
 ]
 
-MAX_MESSAGE_BYTES = 64 * 1024
-"""Largest text frame accepted from a peer (64 KiB); a 20 ms Twilio media frame is about 330 bytes."""
 
 _DTMF_DIGITS = re.compile(r"[0-9*#A-Da-dw]")
 
 
-class TwilioProtocolError(ValueError):
+class TwilioProtocolError(CarrierProtocolError):
     """A frame that is not a valid Twilio Media Streams message (bad JSON, unknown event, bad base64, …).
 
     ``reason`` is short and safe to put in a WebSocket close frame (≤ 123 bytes).
     """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason[:120]
 
 
 class _Model(BaseModel):
@@ -334,7 +331,8 @@ def dump(message: _Model) -> str:
 
 
 def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None = None) -> str:
-    """``<Response><Connect><Stream url=…>`` with one ``<Parameter>`` per item (https://www.twilio.com/docs/voice/twiml/stream).
+    """``<Response><Connect><Stream url=…>`` with one ``<Parameter>`` per item, built with the twilio SDK's
+    ``VoiceResponse`` (https://www.twilio.com/docs/voice/twiml/stream).
 
     ``stream_url`` must be ``wss://`` (or ``ws://`` for plain-HTTP test setups) without a query string
     (Twilio does not support query strings on stream URLs; parameters travel as ``<Parameter>``).
@@ -344,15 +342,13 @@ def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None
     """
     if not stream_url.startswith(("wss://", "ws://")) or "?" in stream_url:
         raise ValueError(f"stream url must be ws(s):// without a query string, got {stream_url!r}")
-    response = ET.Element("Response")
-    connect = ET.SubElement(response, "Connect")
-    attrs = {"url": stream_url}
-    if name:
-        attrs["name"] = name
-    stream = ET.SubElement(connect, "Stream", attrs)
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url, name=name) if name else connect.stream(url=stream_url)
     for key, value in parameters.items():
-        ET.SubElement(stream, "Parameter", {"name": key, "value": value})
-    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")
+        stream.parameter(name=key, value=value)
+    response.append(connect)
+    return str(response.to_xml())
 
 
 def parse_twiml(document: str) -> tuple[str, dict[str, str]]:

@@ -1,14 +1,17 @@
-"""The caller simulator: places a scenario's call through the gateway exactly as Twilio would.
+"""The caller simulator: places a scenario's call through the gateway exactly as a carrier would.
 
-:func:`run_scenario` (also ``switchboard call``):
+:func:`run_scenario` (also ``switchboard call [--carrier twilio|telnyx|vonage|plivo]``):
 
-1. follows ``call.*.started`` on the bus, then (optionally) POSTs ``/twilio/voice`` to learn the stream URL
-   and parameters from the TwiML, opens the Media Streams WebSocket and sends ``connected`` + ``start`` with
-   ``customParameters`` = the TwiML ``<Parameter>``s + ``run_id`` (fresh) + ``caller``/``called``;
+1. follows ``call.*.started`` on the bus, then calls the carrier's webhook (``/<carrier>/voice``, signed as
+   the carrier signs it when the simulator has the key, :mod:`.signing`) to learn the stream URL and
+   parameters, opens the media WebSocket and sends the carrier's start with those parameters + ``run_id``
+   (fresh) + ``caller``/``called`` (:mod:`.carriers`; Twilio without ``twiml`` connects to
+   ``/twilio/media`` directly);
 2. runs a 20 ms clock (``speed`` divides the period — tests only): each tick sends one μ-law frame (the
    current line's speech, else silence: real phones never stop sending), "plays" 20 ms of received agent
    audio and echoes the marks whose audio has played; a ``clear`` drops unplayed audio and echoes pending
-   marks at once; both directions go to a stereo WAV on that clock;
+   marks at once (Twilio, Telnyx) or confirms the clear (Vonage, Plivo); both directions go to a stereo WAV
+   on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
    :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
 4. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
@@ -32,12 +35,14 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from shared.audio import PCMU
 from shared.bus import Bus
-from shared.carriers import twilio as tw
+from shared.carriers.frames import CarrierProtocolError, PlayAudio, PlayMark
 from shared.tts import synthesize_format_async
-from switchboard.caller.client import TwilioCallerSocket, fetch_twiml
+from switchboard.caller.carriers import CARRIERS, CallerLine, TwilioLine, dial
+from switchboard.caller.client import TwilioCallerSocket
 from switchboard.caller.follower import CallFollower
 from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from switchboard.caller.recording import StereoRecorder
+from switchboard.caller.signing import CarrierKeys
 from switchboard.scenario import Scenario, Turn, check_expectations, read_call_log
 
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
@@ -71,9 +76,14 @@ class CallerSimulator:
 
     def __init__(self, scenario: Scenario, *, gateway_url: str, bus: Bus, speed: float = 1.0,
                  wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
-                 out: Callable[[str], None] | None = None, headers: dict[str, str] | None = None) -> None:
+                 out: Callable[[str], None] | None = None, headers: dict[str, str] | None = None,
+                 carrier: str = "twilio", keys: CarrierKeys | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
+        if carrier not in CARRIERS:
+            raise ValueError(f"unknown carrier {carrier!r}; one of {', '.join(CARRIERS)}")
+        self.carrier = carrier
+        self.keys = keys or CarrierKeys()
         self.scenario = scenario
         self.gateway_url = gateway_url.rstrip("/")
         self.bus = bus
@@ -88,7 +98,7 @@ class CallerSimulator:
         self.playback = PlaybackClock()
         self.recorder = StereoRecorder()
         self.speech: deque[bytes] = deque()
-        self.socket: TwilioCallerSocket | None = None
+        self.socket: CallerLine | None = None
         self.closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._said: list[str] = []
@@ -128,19 +138,18 @@ class CallerSimulator:
 
     async def _connect(self) -> None:
         caller = self.scenario.caller
-        call_sid = "CA" + secrets.token_hex(16)
-        if self.twiml:
-            url, params = await fetch_twiml(self.gateway_url, from_=caller.from_, to=caller.to, call_sid=call_sid)
-        else:
+        params = {"run_id": self.run_id, "caller": caller.from_, "called": caller.to}
+        if self.carrier == "twilio" and not self.twiml:
             scheme, rest = self.gateway_url.split("://", 1)
             url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
-            params = {"caller": caller.from_, "called": caller.to}
-        params = {**params, "run_id": self.run_id}
-        params.setdefault("caller", caller.from_)
-        params.setdefault("called", caller.to)
-        self.socket = await TwilioCallerSocket.connect(url, headers=self.headers)
-        self.socket.call_sid = call_sid
-        await self.socket.start(params)
+            sock = await TwilioCallerSocket.connect(url, headers=self.headers)
+            sock.call_sid = "CA" + secrets.token_hex(16)
+            await sock.start(params)
+            self.socket = TwilioLine(sock)
+        else:
+            self.socket = await dial(self.carrier, self.gateway_url, from_=caller.from_, to=caller.to,
+                                     params={"run_id": self.run_id}, keys=self.keys,
+                                     ws_headers=self.headers or None)
         self._spawn(self._clock())
         self._spawn(self._reader())
 
@@ -185,22 +194,26 @@ class CallerSimulator:
                 next_at = time.monotonic()
 
     async def _reader(self) -> None:
-        """Handle ``media`` (buffer for playback), ``mark`` (echo when played) and ``clear``."""
+        """Handle agent audio (buffer for playback), marks (echo when played) and clears."""
         assert self.socket is not None
         try:
             while True:
                 message = await self.socket.receive()
-                if isinstance(message, tw.OutboundMedia):
-                    self.playback.add_audio(tw.decode_payload(message.media.payload))
-                elif isinstance(message, tw.Mark):
-                    for name in self.playback.add_mark(message.mark.name):
+                if isinstance(message, PlayAudio):
+                    self.playback.add_audio(message.audio)
+                elif isinstance(message, PlayMark):
+                    for name in self.playback.add_mark(message.name):
                         await self.socket.mark(name)
                 else:
-                    for name in self.playback.clear():
-                        await self.socket.mark(name)
+                    pending = self.playback.clear()
+                    if self.socket.echoes_marks_on_clear:
+                        for name in pending:
+                            await self.socket.mark(name)
+                    else:
+                        await self.socket.cleared()
         except ConnectionClosed:
             pass
-        except tw.TwilioProtocolError as exc:
+        except CarrierProtocolError as exc:
             log.error("gateway sent an invalid message: %s", exc)
         finally:
             self.closed.set()
@@ -315,12 +328,14 @@ class CallerSimulator:
 async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, speed: float = 1.0,
                        wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
                        out: Callable[[str], None] | None = None,
-                       headers: dict[str, str] | None = None) -> CallResult:
+                       headers: dict[str, str] | None = None, carrier: str = "twilio",
+                       keys: CarrierKeys | None = None) -> CallResult:
     """Place ``scenario``'s call through the gateway at ``gateway_url`` and follow it on NATS at ``nats_url``.
 
     ``speed`` > 1 paces audio faster than real time (tests only); ``wav`` writes the stereo recording;
     ``twiml`` fetches ``POST /twilio/voice`` first; ``out`` receives printable lines (what both sides said);
-    ``headers`` are sent on the WebSocket upgrade (e.g. ``X-Twilio-Signature``).
+    ``headers`` are sent on the Twilio upgrade when ``twiml`` is off (e.g. ``X-Twilio-Signature``);
+    ``carrier`` is the carrier to speak and ``keys`` what to sign its webhooks with.
 
     Returns:
         A :class:`CallResult`; ``ok`` is false when the call could not be placed or an expectation failed.
@@ -331,6 +346,7 @@ async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, s
     bus = await Bus.connect(nats_url, name="switchboard-caller", source="caller", connect_timeout=10)
     try:
         return await CallerSimulator(scenario, gateway_url=gateway_url, bus=bus, speed=speed, wav=wav, twiml=twiml,
-                                     turn_timeout=turn_timeout, out=out, headers=headers).run()
+                                     turn_timeout=turn_timeout, out=out, headers=headers, carrier=carrier,
+                                     keys=keys).run()
     finally:
         await bus.close()

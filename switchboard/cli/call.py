@@ -1,4 +1,11 @@
-"""``switchboard call SCENARIO [--gateway URL] [--nats URL] [--wav OUT] [--speed N]`` — the caller simulator.
+"""``switchboard call SCENARIO [--carrier twilio|telnyx|vonage|plivo] [--gateway URL] [--nats URL] [--wav OUT]
+[--speed N]`` — the caller simulator.
+
+The carrier's webhook is signed as the carrier signs it with the keys the gateway verifies:
+``SWITCHBOARD_TWILIO_AUTH_TOKEN``, ``SWITCHBOARD_VONAGE_SIGNATURE_SECRET``, ``SWITCHBOARD_PLIVO_AUTH_TOKEN``, and for
+Telnyx the private half of ``SWITCHBOARD_TELNYX_PUBLIC_KEY`` (``--telnyx-key`` /
+``SWITCHBOARD_CALLER_TELNYX_KEY``, base64 Ed25519 seed); without a key the request goes unsigned (accepted by a
+gateway in ``SWITCHBOARD_INSECURE_DEV`` mode only).
 
 Exit codes: 0 when every expectation of the scenario held, 1 when one failed (or the call could not be
 placed), 2 for a bad scenario file or configuration.
@@ -15,6 +22,8 @@ from rich.console import Console
 
 from shared.errors import BusError
 from switchboard.caller import CallResult, run_scenario
+from switchboard.caller.carriers import CARRIERS
+from switchboard.caller.signing import CarrierKeys
 from switchboard.cli.up import settings_or_exit
 from switchboard.scenario import ScenarioError, load_scenario
 
@@ -45,19 +54,29 @@ def call(
     speed: Annotated[float, typer.Option(min=0.1, max=50.0, help="Pace audio N times real time (tests only).")]
     = 1.0,
     twiml: Annotated[bool, typer.Option(help="Fetch POST /twilio/voice first to learn the stream URL.")] = True,
+    carrier: Annotated[str, typer.Option(help="Carrier to speak: " + ", ".join(CARRIERS) + ".")] = "twilio",
+    telnyx_key: Annotated[str | None, typer.Option(envvar="SWITCHBOARD_CALLER_TELNYX_KEY", show_default=False,
+                                                   help="Base64 Ed25519 private key signing Telnyx webhooks.")]
+    = None,
 ) -> None:
-    """Place a simulated Twilio call that speaks SCENARIO's lines and check its expectations against the log."""
+    """Place a simulated call that speaks SCENARIO's lines and check its expectations against the log."""
     settings = settings_or_exit()
     try:
         spec = load_scenario(scenario)
     except ScenarioError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if carrier not in CARRIERS:
+        console.print(f"[red]unknown carrier {carrier!r}; one of {', '.join(CARRIERS)}[/red]")
+        raise typer.Exit(2)
+    keys = CarrierKeys(twilio_auth_token=settings.twilio_auth_token, telnyx_private_key=telnyx_key,
+                       vonage_signature_secret=settings.vonage_signature_secret,
+                       plivo_auth_token=settings.plivo_auth_token)
     gateway_url = gateway or f"http://127.0.0.1:{settings.gateway_port}"
     nats_url = nats or settings.effective_nats_url
     try:
         result = asyncio.run(run_scenario(spec, gateway_url=gateway_url, nats_url=nats_url, speed=speed, wav=wav,
-                                          twiml=twiml, out=console.print))
+                                          twiml=twiml, out=console.print, carrier=carrier, keys=keys))
     except BusError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

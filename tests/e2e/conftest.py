@@ -8,6 +8,7 @@ time; VAD and recognition work on the audio timeline, so the calls are the same 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -45,9 +46,9 @@ class System:
         return f"http://127.0.0.1:{self.settings.analytics_port}"
 
 
-@pytest.fixture(scope="session")
-async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    data = tmp_path_factory.mktemp("e2e-data")
+@contextlib.asynccontextmanager
+async def running_system(data: Path, extra_env: dict[str, str] | None = None) -> AsyncIterator[System]:
+    """``switchboard up``'s supervisor on free ports with data dir ``data``; ``extra_env`` goes to every child."""
     ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel",
                                                 "session_metrics", "tools_metrics")}
     settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
@@ -55,12 +56,20 @@ async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Syst
                              localmodel_port=ports["localmodel"], session_metrics_port=ports["session_metrics"],
                              tools_metrics_port=ports["tools_metrics"],
                              agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None)
-    supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast"})
+    supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast", **(extra_env or {})})
     try:
         await supervisor.start(ready_timeout=120)
     except RuntimeError:
         await supervisor.stop()
         raise
     env = {**os.environ, **supervisor.child_env(), "SWITCHBOARD_NATS_PORT": str(ports["nats"])}
-    yield System(settings, supervisor.nats_url, env)
-    await supervisor.stop()
+    try:
+        yield System(settings, supervisor.nats_url, env)
+    finally:
+        await supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    async with running_system(tmp_path_factory.mktemp("e2e-data")) as running:
+        yield running

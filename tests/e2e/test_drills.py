@@ -2,7 +2,7 @@
 
 Each drill runs 20 concurrent echo calls plus the book-appointment scenario through the real processes while
 a fault is injected, then accounts for every message JetStream acknowledged against the recorder's archive
-(:mod:`tests.drills`). Every loss figure must be 0: nothing lost, nothing archived twice, every call ended in
+(:mod:`tests.drills_support`). Every loss figure must be 0: nothing lost, nothing archived twice, every call ended in
 the archive, every hash chain verifying, no model session left talking after its call ended, no booking after a
 tool call failed. The scenario's expectations are reported, not required (see ``_assert_clean``).
 """
