@@ -20,9 +20,11 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 from services.gateway.codec_stream import CodecStream
 from services.gateway.security import TokenError, public_url_for
+from shared.apidocs import XmlResponse, binary
 from shared.carriers import plivo, telnyx, vonage
 from shared.carriers.frames import Codec
 
@@ -30,6 +32,20 @@ if TYPE_CHECKING:
     from services.gateway.app import Gateway
 
 __all__ = ["VONAGE_RATE", "add_carrier_routes"]
+
+
+class NccoAction(BaseModel):
+    """One action of a Vonage NCCO (https://developer.vonage.com/en/voice/voice-api/ncco-reference): ``action``
+    plus that action's fields (``connect``: ``endpoint``, …)."""
+
+    model_config = ConfigDict(extra="allow")
+    action: str
+
+
+def _answer(markup: str, stream: str) -> dict[int | str, Any]:
+    return {**binary(XmlResponse.media_type, f"{markup}: a bidirectional stream to WS {stream}"),
+            403: {"description": "webhook signature missing or wrong (or no key configured)"}}
+
 
 log = logging.getLogger("services.gateway")
 
@@ -78,7 +94,8 @@ def add_carrier_routes(app: FastAPI, gateway: Gateway) -> None:
 
     # --- Telnyx ---------------------------------------------------------------------------------------
 
-    @app.post("/telnyx/voice")
+    @app.post("/telnyx/voice", response_class=XmlResponse,
+              responses=_answer("TeXML <Connect><Stream>", "/telnyx/media"))
     async def telnyx_voice(request: Request) -> Response:
         body = await request.body()
         if not gateway.telnyx.valid(body, request.headers):
@@ -114,7 +131,11 @@ def add_carrier_routes(app: FastAPI, gateway: Gateway) -> None:
                                  authorization=f"Bearer {token}")
         return JSONResponse(ncco)
 
-    app.add_api_route("/vonage/voice", vonage_voice, methods=["GET", "POST"])
+    # Vonage calls the answer URL with GET or POST (per application setting); one operation id per method
+    for method in ("GET", "POST"):
+        app.add_api_route("/vonage/voice", vonage_voice, methods=[method], response_model=list[NccoAction],
+                          operation_id=f"vonage_voice_{method.lower()}",
+                          responses={403: {"description": "signed-webhook JWT missing or wrong"}})
 
     @app.websocket("/vonage/media")
     async def vonage_media(ws: WebSocket) -> None:
@@ -123,7 +144,7 @@ def add_carrier_routes(app: FastAPI, gateway: Gateway) -> None:
 
     # --- Plivo ----------------------------------------------------------------------------------------
 
-    @app.post("/plivo/voice")
+    @app.post("/plivo/voice", response_class=XmlResponse, responses=_answer("Plivo XML <Stream>", "/plivo/media"))
     async def plivo_voice(request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
         url = signed_url(request)
