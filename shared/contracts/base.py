@@ -52,10 +52,12 @@ def decode_object(message_name: str, data: Body) -> Mapping[str, Any]:
     """
     if isinstance(data, Mapping):
         return data
-    try:
-        raw = json.loads(bytes(data) if isinstance(data, bytearray | memoryview) else data)
-    except (ValueError, UnicodeDecodeError):
-        raise ContractError(message_name, "the body is not valid JSON") from None
+    raw: object = data
+    if isinstance(data, bytes | bytearray | memoryview | str):
+        try:
+            raw = json.loads(bytes(data) if isinstance(data, bytearray | memoryview) else data)
+        except (ValueError, UnicodeDecodeError):
+            raise ContractError(message_name, "the body is not valid JSON") from None
     if not isinstance(raw, dict):
         raise ContractError(message_name, "the body must be a JSON object")
     return raw
