@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from services.recorder.pricing import Usage, estimate_cost
+from shared.contracts import CallEnded, CallStarted, ContractError, SessionModelConnected
 
 __all__ = ["DROP_REASONS", "RATES", "Aggregate", "CallFigures", "KpiEvent", "Rate", "aggregate", "apply"]
 
@@ -142,15 +143,18 @@ class CallFigures:
 
 
 def _started(fig: CallFigures, body: dict[str, Any], ts_ns: int) -> None:
-    fig.agent = str(body.get("agent") or "") or fig.agent
-    fig.agent_version = str(body["agent_version"]) if body.get("agent_version") else fig.agent_version
-    fig.carrier = str(body.get("carrier") or "") or fig.carrier
-    fig.from_number = body.get("from") if isinstance(body.get("from"), str) else fig.from_number
-    started = body.get("started_at")
+    """``call.<id>.started`` (:class:`~shared.contracts.CallStarted`); one that does not match its contract
+    gives only the start time (the event's)."""
+    fig.started_ns = ts_ns
     try:
-        fig.started_ns = int(datetime.fromisoformat(str(started)).timestamp() * 1e9)
-    except ValueError:
-        fig.started_ns = ts_ns
+        started = CallStarted.parse(body)
+    except ContractError:
+        return
+    fig.agent = started.agent or fig.agent
+    fig.agent_version = started.agent_version or fig.agent_version
+    fig.carrier = started.carrier or fig.carrier
+    fig.from_number = started.from_ if started.from_ is not None else fig.from_number
+    fig.started_ns = int(datetime.fromisoformat(started.started_at).timestamp() * 1e9)
 
 
 def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
@@ -159,14 +163,21 @@ def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
         _started(fig, body, ev.ts_ns)
     elif ev.type == "ended":
         fig.ended_ns = ev.ts_ns
-        fig.end_reason = str(body.get("reason") or "unknown")
+        try:
+            fig.end_reason = CallEnded.parse(body).reason or "unknown"
+        except ContractError:
+            fig.end_reason = "unknown"
     elif ev.type == "session.model_connected":
-        if body.get("billed") is False:
+        try:
+            connected = SessionModelConnected.parse(body)
+        except ContractError:
+            return
+        if not connected.billed:
             fig.billed = False
-        if body.get("agent_version") and not fig.agent_version:
-            fig.agent_version = str(body["agent_version"])
-        if isinstance(body.get("model"), str) and not fig.state.get("model_from_client"):
-            fig.model = body["model"]
+        if connected.agent_version and not fig.agent_version:
+            fig.agent_version = connected.agent_version
+        if connected.model is not None and not fig.state.get("model_from_client"):
+            fig.model = connected.model
 
 
 def _tool_output(fig: CallFigures, item: dict[str, Any]) -> None:

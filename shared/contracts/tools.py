@@ -123,10 +123,14 @@ class ToolRequest:
                 object is accepted: the Realtime API sends arguments as a string), a field of the wrong type,
                 or a deadline header that is not a number of ms. The problem is a sentence safe to speak.
         """
-        try:
-            raw = decode_object(_REQUEST, data if data else b"{}")
-        except ContractError:
-            raise ContractError(_REQUEST, "The tool request must be a JSON object.") from None
+        raw: object = data
+        if isinstance(data, bytes | bytearray | memoryview | str):
+            try:
+                raw = json.loads(bytes(data) if isinstance(data, bytearray | memoryview) else data) if data else {}
+            except (ValueError, UnicodeDecodeError):
+                raise ContractError(_REQUEST, "The tool request was not valid JSON.") from None
+        if not isinstance(raw, Mapping):
+            raise ContractError(_REQUEST, "The tool request must be a JSON object.")
         arguments = raw.get("arguments", {})
         if isinstance(arguments, str):
             try:
