@@ -11,7 +11,8 @@ tracing. Per call (``WS /media``):
 - Twilio ``stop`` or a disconnect → close the model socket.
 
 Protocols: https://www.twilio.com/docs/voice/media-streams/websocket-messages and the Realtime GA events
-(protocols.md §1, §3). Run: ``python bench/_bare_bridge.py --port P --model-url ws://…/v1/realtime?model=…``;
+(https://platform.openai.com/docs/api-reference/realtime).
+Run: ``python bench/_bare_bridge.py --port P --model-url ws://…/v1/realtime?model=…``;
 ``GET /readyz`` answers 200 once it listens.
 """
 

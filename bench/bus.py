@@ -175,7 +175,7 @@ def telemetry_floor_us(n: int, kind: str) -> list[float]:
     """CPU µs of the OpenTelemetry work a traced message does BEFORE its handler (event) or before the caller
     has its reply (request), with the bus's attribute sets and this process's tracer and meter providers (batch
     processor → ``otel.spans``): what any per-message-traced NATS client pays on the measured path, whatever its
-    own code costs. Everything the design asks of a traced message (design.md, "Telemetry": a span per
+    own code costs. Everything the design asks of a traced message (docs/architecture.md, "Traces": a span per
     lifecycle/control message on each side, W3C context in headers, the bus-hop histogram) and nothing else.
 
     - ``event``: PRODUCER span started, context injected, span ended (the publish returns before nats-py's

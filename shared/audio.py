@@ -1,7 +1,8 @@
 """Audio formats, G.711 codecs and a streaming resampler.
 
-Formats are named as the Realtime GA API names them (protocols.md §1.1): ``audio/pcmu`` (G.711 μ-law,
-8 kHz, 1 byte per sample), ``audio/pcma`` (G.711 A-law, 8 kHz) and ``audio/pcm;rate=N`` (PCM16 little-endian
+Formats are named as the Realtime GA API names them
+(https://platform.openai.com/docs/api-reference/realtime-client-events/session/update): ``audio/pcmu`` (G.711
+μ-law, 8 kHz, 1 byte per sample), ``audio/pcma`` (G.711 A-law, 8 kHz) and ``audio/pcm;rate=N`` (PCM16 little-endian
 mono at N Hz; the model only accepts N = 24000, browsers may send 16000 or 48000).
 
 The G.711 codecs are table-driven numpy and bit-exact with CPython's ``audioop`` (``lin2ulaw``,
@@ -68,7 +69,7 @@ class AudioFormat:
         return self.rate * self.sample_bytes / 1000.0
 
     def realtime_format(self) -> dict[str, object]:
-        """The Realtime GA session format object, e.g. ``{"type": "audio/pcmu"}`` (protocols.md §1.3)."""
+        """The Realtime GA session format object, e.g. ``{"type": "audio/pcmu"}`` (https://platform.openai.com/docs/api-reference/realtime-client-events/session/update)."""
         if self.encoding == "pcm":
             return {"type": "audio/pcm", "rate": self.rate}
         return {"type": f"audio/{self.encoding}"}
@@ -240,8 +241,8 @@ class Resampler:
     """Streaming PCM16 mono resampler over ``soxr.ResampleStream`` at low-delay quality ("QQ").
 
     Feed chunks of any size with :meth:`process`; each call returns the samples soxr could produce so far
-    (``int16`` array). With quality "QQ" the output lags the input by a few samples only (measured in
-    ``tests/unit/test_audio.py``: under 2 ms at 8 kHz ↔ 16/24 kHz), against 40–150 ms bursts at HQ.
+    (``int16`` array). With quality "QQ" the output lags the input by a few samples only
+    (``tests/unit/test_audio.py`` bounds it), where HQ releases output in bursts tens of ms apart.
     Call :meth:`flush` at end of stream to drain what soxr still holds.
     """
 

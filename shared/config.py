@@ -1,6 +1,6 @@
 """Settings for every service, from the environment first (pydantic-settings).
 
-Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_DATA_DIR``,
+Variables (docs/operations.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_DATA_DIR``,
 ``SWITCHBOARD_DATABASE_URL``, ``OPENAI_API_KEY``, ``SWITCHBOARD_MODEL``, ``SWITCHBOARD_REALTIME_URL``,
 ``SWITCHBOARD_AGENT``, ``SWITCHBOARD_RECORDINGS_DIR``, ``SWITCHBOARD_LOCALMODEL_MODE``,
 ``SWITCHBOARD_LOCALMODEL_TOKEN``, ``SWITCHBOARD_PUBLIC_URL``, ``SWITCHBOARD_TWILIO_AUTH_TOKEN``,
@@ -8,7 +8,8 @@ Variables (design.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWITCHBOARD_
 ``SWITCHBOARD_RECORDER_LOST_AFTER_S``, ``SWITCHBOARD_WEBHOOK_URL``, ``SWITCHBOARD_WEBHOOK_SECRET``,
 ``SWITCHBOARD_NATS_CREDS``, ``SWITCHBOARD_NATS_NKEY_SEED``, ``SWITCHBOARD_NATS_TLS_CA|CERT|KEY``,
 ``SWITCHBOARD_INSECURE_DEV``, ``SWITCHBOARD_TOKEN_SECRET``, ``SWITCHBOARD_AUDIT_KEY`` (docs/security.md), the ports
-``SWITCHBOARD_{GATEWAY,RECORDER,ANALYTICS,LOCALMODEL,NATS}_PORT`` and the standard ``OTEL_*`` variables (read by
+``SWITCHBOARD_{GATEWAY,RECORDER,ANALYTICS,LOCALMODEL,NATS}_PORT``, the metrics ports
+``SWITCHBOARD_SESSION_METRICS_PORT`` / ``SWITCHBOARD_TOOLS_METRICS_PORT`` and the standard ``OTEL_*`` variables (read by
 the OpenTelemetry SDK itself).
 
 An invalid value fails fast with :class:`ConfigError` naming the variable.
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     (its ``call.<id>.ended`` never arrived)."""
     analytics_port: int = Field(8082, ge=1, le=65535)
     """Port of the analytics service's API (``GET /kpis``, ``/metrics``; docs/analytics.md)."""
+    session_metrics_port: int = Field(9464, ge=0, le=65535)
+    """Port of the session service's Prometheus ``/metrics`` (it has no HTTP API; :mod:`shared.metrics_http`);
+    0 turns it off."""
+    tools_metrics_port: int = Field(9465, ge=0, le=65535)
+    """Port of a tool worker's Prometheus ``/metrics`` (:mod:`shared.metrics_http`); 0 turns it off."""
     webhook_url: str | None = None
     """Set: every ended call's summary is POSTed here as signed JSON (docs/analytics.md, "Post-call webhook")."""
     webhook_secret: str | None = None

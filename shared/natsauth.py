@@ -3,7 +3,8 @@
 Every service connects as its own nkey user (an Ed25519 key pair, https://docs.nats.io/running-a-nats-service/
 configuration/securing_nats/auth_intro/nkey_auth) whose publish/subscribe permissions
 (https://docs.nats.io/running-a-nats-service/configuration/securing_nats/authorization) follow the subject table
-of design.md; :data:`PERMISSIONS` is that table, rendered both into the embedded server's configuration
+of docs/architecture.md (docs/security.md); :data:`PERMISSIONS` is that table, rendered both into the embedded
+server's configuration
 (:func:`server_config`) and, by hand, into ``infra/nats/values.yaml`` (``tests/unit/test_natsauth.py`` checks
 they agree). The ``operator`` identity has no permission block: full rights, the only one that may delete or
 purge streams or update their configuration. Anonymous clients are refused: once users are configured the
@@ -134,7 +135,8 @@ PERMISSIONS: dict[str, Permissions | None] = {
     ),
     "analytics": _service("analytics", _read("CALLS", "RT"), [subjects.webhook_status()]),
 }
-"""Identity → permissions (None: the operator, full rights). Source: design.md's subject table."""
+"""Identity → permissions (None: the operator, full rights). Source: the subject table of docs/architecture.md
+(docs/security.md)."""
 
 IDENTITIES = tuple(PERMISSIONS)
 SERVICES = tuple(name for name, perms in PERMISSIONS.items() if perms is not None)

@@ -41,10 +41,9 @@ def install_uvloop() -> bool:
     """Make uvloop (shipped with ``uvicorn[standard]``, a declared dependency) the event loop of this process's
     later ``asyncio.run``; returns False, changing nothing, when it cannot be imported.
 
-    For the services that do socket I/O per audio frame (the gateway, the session). uvloop's loop costs less each
-    time it wakes from idle: in ``bench/session.py`` the session spent 100.7–104.4 µs of CPU per frame on uvloop
-    and 109.3–117.9 µs on asyncio's loop when every message woke it, and 22.6–23.3 against 23.9–24.6 µs in
-    bursts (``docs/session.md``, "Load and wakeups"; the gateway: ``docs/gateway.md``).
+    For the services that do socket I/O per audio frame (the gateway, the session): uvloop's loop costs less each
+    time it wakes from idle, which a lightly loaded session does for every message (``bench/session.py``'s paced
+    rounds; ``docs/session.md``).
     """
     try:
         import uvloop
@@ -61,12 +60,10 @@ def tune_gc() -> int:
     - A full collection, then ``gc.freeze()`` (https://docs.python.org/3/library/gc.html#gc.freeze): every object
       alive after start-up (modules, the OTel SDK, SQLAlchemy, pydantic models: ~133,000 tracked objects after
       importing the gateway, session, tools and recorder modules) moves to the permanent generation, which later
-      collections do not scan. Measured on the reference machine: a full collection over that heap stops the
-      event loop for 81 ms (four 20 ms audio frames), against 0.0 ms once it is frozen.
+      collections do not scan, so a full collection no longer stops the event loop for several audio frames.
     - Young-generation threshold :data:`GC_GEN0_THRESHOLD` instead of 700: short-lived objects are freed by
-      reference counting; what the collector finds is the few that survive. In one bench/tools.py run (one
-      process) the collector ran 308–313 young and 28 middle collections (69–76 + 34–42 ms in all, up to 5 ms
-      each) by default, and 12 and 1 (2 + 2.5 ms) frozen and with this threshold.
+      reference counting; what the collector finds is the few that survive, so it runs a few times where it ran
+      hundreds (``bench/tools.py``).
 
     Frozen objects are never collected, so this is for a service process's entry point, not for code that
     runs inside a test process.

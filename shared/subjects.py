@@ -1,6 +1,6 @@
 """Every NATS subject and JetStream stream Switchboard uses, built in one place.
 
-Subject grammar (design.md, "Subjects, streams and payloads"):
+Subject grammar (docs/architecture.md, "Subjects and streams"; docs/events.asyncapi.yaml):
 
 - ``call.<id>.started`` / ``.audio.in`` / ``.carrier.{mark,dtmf,error}`` / ``.command.<verb>`` /
   ``.session.<event>`` / ``.ended``

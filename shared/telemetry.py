@@ -149,7 +149,7 @@ def _attribute_dict(attributes: Mapping[str, object] | None) -> dict[str, object
     """Attributes as a plain dict.
 
     The SDK's ``BoundedAttributes`` keeps its items in a ``_dict``; copying that dict is one C call, where
-    ``dict(attributes)`` goes through the Mapping protocol in Python per key (2.6 µs for a bus span's 8).
+    ``dict(attributes)`` goes through the Mapping protocol in Python per key.
     Anything else is copied through the Mapping protocol.
     """
     if not attributes:
@@ -173,8 +173,8 @@ class NatsSpanExporter(SpanExporter):
 
     ``publish`` is a coroutine function ``(records: list[tuple[bytes, str | None]]) -> None`` (payload and call
     id per message) run on ``loop``. The batch processor calls :meth:`export` from its own thread; the batch is
-    serialized there (orjson: 0.3 µs a record against 4.5 µs with ``json.dumps``; that thread holds the GIL the
-    event loop needs, so export cost shows up in message latency tails) and handed to the loop as ONE coroutine
+    serialized there (with orjson, far cheaper than ``json.dumps``: that thread holds the GIL the event loop
+    needs, so export cost shows up in message latency tails) and handed to the loop as ONE coroutine
     (``run_coroutine_threadsafe``), so the event loop pays one wake-up per batch. Publishing spans is not itself
     traced (no recursion).
     """

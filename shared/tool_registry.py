@@ -48,7 +48,7 @@ class ToolSpec:
     control: bool = False
 
     def realtime_tool(self) -> dict[str, Any]:
-        """The Realtime GA session tool object (protocols.md §1.3 ``tools``)."""
+        """The Realtime GA session tool object (``tools`` of https://platform.openai.com/docs/api-reference/realtime-client-events/session/update)."""
         return {"type": "function", "name": self.name, "description": self.description,
                 "parameters": self.parameters}
 

@@ -1,6 +1,6 @@
 """Scenario files for the caller simulator, and checking their expectations against a call's log.
 
-Format (design.md, "The caller simulator and scenario files")::
+Format (docs/gateway.md, "Caller simulator")::
 
     name: book-appointment
     caller: {from: "+15551230001", to: "+15559870000", voice: "en-us+klatt"}
@@ -19,8 +19,9 @@ Format (design.md, "The caller simulator and scenario files")::
 
 Expectations are checked against the log — the call's Realtime events replayed from the RT stream and its
 call events from CALLS (:class:`CallLog`) — never against what the simulator itself sent. Tool calls are the
-``response.output_item.done`` events whose item is a completed ``function_call`` (protocols.md §2, the event
-that triggers tool execution); the agent's transcript is every ``response.output_audio_transcript.done``;
+``response.output_item.done`` events whose item is a completed ``function_call`` (the event that triggers
+tool execution, https://platform.openai.com/docs/api-reference/realtime-server-events/response/output_item/done);
+the agent's transcript is every ``response.output_audio_transcript.done``;
 ``ended_by`` comes from ``call.<id>.ended``'s ``reason`` (``agent_hangup``/``transfer`` → agent,
 ``caller_hangup`` → caller).
 """

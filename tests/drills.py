@@ -150,14 +150,16 @@ class Stack:
 
     def __init__(self, data_dir: Path, *, nats_url: str | None = None, js_replicas: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
-        ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
+        ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel",
+                                                     "session_metrics", "tools_metrics")}
         overrides: dict[str, Any] = {}
         if js_replicas:
             overrides["js_replicas"] = js_replicas
         self.settings: Settings = load_settings(
             data_dir=data_dir, nats_url=nats_url, nats_port=ports["nats"], gateway_port=ports["gateway"],
             recorder_port=ports["recorder"], analytics_port=ports["analytics"],
-            localmodel_port=ports["localmodel"],
+            localmodel_port=ports["localmodel"], session_metrics_port=ports["session_metrics"],
+            tools_metrics_port=ports["tools_metrics"],
             agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None, **overrides)
         env = {"SWITCHBOARD_LOCALMODEL_PACING": "fast", **(extra_env or {})}
         if js_replicas:

@@ -1,8 +1,8 @@
 """KPI definitions: the per-call figures computed from a call's events, and the formulas that aggregate them.
 
 This module is the one place the KPIs are defined (the analytics service, ``GET /kpis``, ``switchboard kpis``
-and the console all use it). Pure code, no I/O. Event shapes: design.md ("Subjects, streams and payloads")
-for ``call.<id>.*`` and protocols.md §1 (Realtime GA) for ``rt.<id>.*``.
+and the console all use it). Pure code, no I/O. Event shapes: docs/events.asyncapi.yaml
+for ``call.<id>.*`` and https://platform.openai.com/docs/api-reference/realtime (Realtime GA) for ``rt.<id>.*``.
 
 Per-call figures (:class:`CallFigures`, updated one event at a time by :func:`apply`, in stream order per
 stream):
@@ -56,7 +56,7 @@ from shared.contracts import CallEnded, CallStarted, ContractError, SessionModel
 __all__ = ["DROP_REASONS", "RATES", "Aggregate", "CallFigures", "KpiEvent", "Rate", "aggregate", "apply"]
 
 DROP_REASONS = frozenset({"carrier_silent", "protocol_error", "drain_timeout", "session_lost", "lost"})
-"""End reasons that mean the call broke (design.md, "End reasons")."""
+"""End reasons that mean the call broke (docs/gateway.md, "End reasons")."""
 _NOT_TASKS = frozenset({"end_call", "transfer_to_human"})
 RATES = ("interruption_success", "task_completion", "escalation_rate", "drop_rate", "tool_success")
 """The rate KPIs (:class:`Rate` values of an :class:`Aggregate`)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
@@ -30,6 +31,7 @@ from services.gateway.security import (
 )
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
 from shared import health
+from shared.apidocs import BEARER_SCHEME, XmlResponse, binary, declare_bearer
 from shared.bus import Bus
 from shared.config import Settings
 from shared.health import Readiness
@@ -77,6 +79,32 @@ class Gateway:
                 await bridge.sink.close(1001, reason)
 
 
+class BrowserToken(BaseModel):
+    """``POST /browser/token``: a single-use token for ``WS /browser?token=`` and its expiry (unix seconds)."""
+
+    token: str
+    expires_at: int
+
+
+class GatewayError(BaseModel):
+    """An error answer of the gateway's JSON routes."""
+
+    error: str
+
+
+_TWIML = {**binary(XmlResponse.media_type, "TwiML: <Connect><Stream> to WS /twilio/media"),
+          403: {"description": "X-Twilio-Signature missing or wrong (or no SWITCHBOARD_TWILIO_AUTH_TOKEN)"}}
+_TWILIO_WEBHOOK = {
+    "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": "Twilio's request signature (https://www.twilio.com/docs/usage/security)"}],
+    "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "additionalProperties": {"type": "string"},
+        "description": "Twilio's voice webhook parameters (CallSid, From, To, …)"}}}},
+}
+_BROWSER_SESSION = {"browserSession": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                                       "description": "set by a POST /browser/token made with the API token"}}
+
+
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app for ``gateway`` (routes listed in the module docstring)."""
 
@@ -96,8 +124,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_ops_routes(app, readiness)
     settings = gateway.settings
+    declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
+                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"]})
 
-    @app.post("/twilio/voice")
+    @app.post("/twilio/voice", response_class=XmlResponse, responses=_TWIML, openapi_extra=_TWILIO_WEBHOOK)
     async def twilio_voice(request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
         url = public_url_for(settings.public_url, request.url.scheme, request.url.netloc, request.url.path,
@@ -107,7 +137,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return Response("invalid signature", status_code=403)
         scheme = "wss" if request.url.scheme == "https" else "ws"
         stream_url = public_url_for(settings.public_url, scheme, request.url.netloc, "/twilio/media")
-        return Response(twiml_response(stream_url, form, gateway.default_agent), media_type="application/xml")
+        return XmlResponse(twiml_response(stream_url, form, gateway.default_agent))
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
@@ -130,7 +160,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         return bool(settings.api_token) and hmac.compare_digest(given.encode(),
                                                                 f"Bearer {settings.api_token}".encode())
 
-    @app.post("/browser/token")
+    @app.post("/browser/token", response_model=BrowserToken,
+              responses={401: {"model": GatewayError, "description": "neither the API token nor a browser session"}})
     async def browser_token(request: Request) -> JSONResponse:
         bearer = bearer_ok(request)
         if not (bearer or gateway.tokens.session_valid(request.cookies.get(SESSION_COOKIE))

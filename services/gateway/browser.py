@@ -14,7 +14,7 @@ Connection: ``/browser?token=<token from POST /browser/token>`` (single use, sho
   "delta":…}`` (agent speech as it is generated) and ``{"event":"tool","name":…,"arguments":…}``.
 
 Browser audio is converted to ``audio/pcm;rate=24000`` by the gateway before it enters the bus
-(design.md, "Audio"); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008
+(docs/gateway.md); the call's ``audio_format`` is ``audio/pcm;rate=24000``. Bad input closes with 1008
 and ends the call with ``protocol_error``, as does a frame the WebSocket layer rejects (over the WebSocket max
 size: 1009; see :data:`~services.gateway.twilio.PROTOCOL_CLOSE_CODES`). No ``start`` within ``start_timeout_s``
 closes with 1008; no audio for ``idle_s`` (``SWITCHBOARD_CARRIER_IDLE_S``) ends the call with ``carrier_silent``.

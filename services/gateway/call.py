@@ -1,4 +1,4 @@
-"""One call's bridge between a carrier socket and the bus (design.md, "Subjects, streams and payloads").
+"""One call's bridge between a carrier socket and the bus (docs/architecture.md; docs/events.asyncapi.yaml).
 
 Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native bytes, in order, header
 ``Switchboard-Audio-Format``); keypad digits → ``call.<id>.carrier.dtmf``; mark echoes →

@@ -5,7 +5,8 @@ the bus handler only appends and returns, so a slow socket never blocks another 
 chunks beyond ``max_chunks`` are dropped (counted in ``switchboard.gateway.outbound.dropped``). Control
 items jump the queue (``clear``) or wait behind the audio already queued (``close``).
 
-Marks (protocols.md §3.3): after each chunk the gateway sends a mark named ``<item_id>:<cumulative_bytes>``;
+Marks (https://www.twilio.com/docs/voice/media-streams/websocket-messages#send-a-mark-message): after each chunk
+the gateway sends a mark named ``<item_id>:<cumulative_bytes>``;
 Twilio echoes it when the audio before it has played, or at once after a ``clear`` flushed it. The
 :class:`MarkBook` turns echoes into ``call.<id>.carrier.mark`` payloads (:class:`~shared.contracts.CarrierMark`:
 ``{name, item_id, played_bytes, cleared}``) where ``played_bytes`` is the bytes of that item confirmed played

@@ -1,6 +1,6 @@
 """Twilio Media Streams on the gateway: TwiML for ``POST /twilio/voice`` and the ``WS /twilio/media`` handler.
 
-Protocol: protocols.md §3 (https://www.twilio.com/docs/voice/media-streams/websocket-messages). Inbound
+Protocol: https://www.twilio.com/docs/voice/media-streams/websocket-messages. Inbound
 ``connected`` → ignored; ``start`` → a new call (:class:`~services.gateway.call.CallBridge`); ``media`` →
 ``call.<id>.audio.in``; ``dtmf`` → ``call.<id>.carrier.dtmf``; ``mark`` → ``call.<id>.carrier.mark``;
 ``stop`` → ``call.<id>.ended(reason="caller_hangup")``; the carrier closing the socket without ``stop`` ends

@@ -49,12 +49,10 @@ _CHUNK: Final = 320  # 20 ms at 16 kHz: feeding in chunks keeps pocketsphinx's l
 _TAIL: Final = np.zeros(16 * 300, dtype="<i2")
 """300 ms of silence appended to every utterance: pocketsphinx finalises the last word far more reliably."""
 BESTPATH: Final = False
-"""pocketsphinx's lattice bestpath pass at the end of each utterance. Off: it cost 100–450 ms per utterance
-*after* the caller stopped (more than the whole forward decode), which streaming cannot hide; the forward
-(Viterbi) hypothesis is used as is. Measured with ``bench/localmodel.py``: held-out word accuracy 89.8 % off vs
-93.2 % on (2 of 59 words); talking sessions under a first-audio p95 of 300 ms on 2 cores: 16 off vs 1 on (with
-streaming; 4 with whole-utterance speculative decoding). Without it the posterior is always 1.0, so the LM pass
-runs only when the grammar finds nothing."""
+"""pocketsphinx's lattice bestpath pass at the end of each utterance. Off: it runs *after* the caller stopped and
+costs more than the whole forward decode, which streaming cannot hide, for a few points of word accuracy
+(``bench/localmodel.py`` measures both); the forward (Viterbi) hypothesis is used as is. Without it the
+posterior is always 1.0, so the LM pass runs only when the grammar finds nothing."""
 LEAD_KEEP_MS: Final = 100
 """Silence kept before the first voiced 10 ms frame (VAD segments carry 300 ms of prefix padding; more than
 ~150 ms of leading silence made short answers like "no, thank you" misrecognised)."""

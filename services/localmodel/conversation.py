@@ -1,4 +1,5 @@
-"""The conversation: ordered Realtime items (protocols.md §1.6) with their audio, per session.
+"""The conversation: ordered Realtime items with their audio, per session
+(https://platform.openai.com/docs/api-reference/realtime-client-events/conversation/item/create).
 
 Items are plain dicts in the GA shape (``id``, ``object: "realtime.item"``, ``type``, ``status``, ``role``,
 ``content`` …). Audio bytes are kept beside the item (never in ``item.added`` events) and included, base64,

@@ -1,4 +1,6 @@
-"""Realtime GA client events: validation models, ids and error events (protocols.md §1.3–1.8).
+"""Realtime GA client events: validation models, ids and error events
+(https://platform.openai.com/docs/api-reference/realtime-client-events, ``error``:
+https://platform.openai.com/docs/api-reference/realtime-server-events/error).
 
 Client events are validated with pydantic models that forbid unknown fields, as OpenAI's server rejects
 them. A failed validation becomes a :class:`ProtocolError` carrying OpenAI's error ``code`` and ``param``:
@@ -9,7 +11,7 @@ them. A failed validation becomes a :class:`ProtocolError` carrying OpenAI's err
 - a wrong type → ``invalid_type``; a value out of range or not allowed → ``invalid_value``.
 
 Every error event echoes the offending client event's ``event_id`` in ``error.event_id`` (openai-agents
-matches it, protocols.md §1.11 point 5).
+matches it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024
-"""Largest decoded ``input_audio_buffer.append`` payload OpenAI accepts (15 MiB, protocols.md §1.4)."""
+"""Largest decoded ``input_audio_buffer.append`` payload OpenAI accepts (15 MiB, https://platform.openai.com/docs/api-reference/realtime-client-events)."""
 
 
 _ID_RANDOM = random.Random(secrets.randbits(128))
@@ -64,7 +66,7 @@ class ProtocolError(Exception):
 
 
 def error_event(err: ProtocolError) -> dict[str, Any]:
-    """The ``error`` server event for ``err`` (protocols.md §1.8)."""
+    """The ``error`` server event for ``err`` (https://platform.openai.com/docs/api-reference/realtime-server-events/error)."""
     return {"type": "error", "event_id": new_id("event"), "error": {
         "type": err.error_type, "code": err.code, "message": err.message, "param": err.param,
         "event_id": err.event_id}}
@@ -74,7 +76,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# --- session object (protocols.md §1.3) ----------------------------------------------------------------
+# --- session object (realtime-client-events/session/update) ----------------------------------------------
 
 class AudioFormatModel(_Strict):
     """``{"type": "audio/pcm", "rate": 24000}`` | ``{"type": "audio/pcmu"}`` | ``{"type": "audio/pcma"}``."""
@@ -166,7 +168,7 @@ class SessionModel(_Strict):
     reasoning: dict[str, Any] | None = None
 
 
-# --- items (protocols.md §1.6) -------------------------------------------------------------------------
+# --- items (realtime-client-events/conversation/item/create) ----------------------------------------------
 
 class ContentPartModel(_Strict):
     """A message content part (``input_text``, ``input_audio``, ``output_text``, ``output_audio``, …)."""
@@ -195,7 +197,7 @@ class ItemModel(_Strict):
 
 
 class ResponseParamsModel(_Strict):
-    """``response.create.response`` (protocols.md §1.4)."""
+    """``response.create.response`` (https://platform.openai.com/docs/api-reference/realtime-client-events)."""
 
     output_modalities: list[Literal["audio", "text"]] | None = None
     instructions: str | None = None
@@ -211,7 +213,7 @@ class ResponseParamsModel(_Strict):
     reasoning: dict[str, Any] | None = None
 
 
-# --- the 11 GA client events (protocols.md §1.4) -------------------------------------------------------
+# --- the 11 GA client events (realtime-client-events) -----------------------------------------------------
 
 class _Event(_Strict):
     event_id: str | None = None

@@ -1,5 +1,5 @@
 """One model response: the GA event sequence for spoken (or text) output and function calls
-(protocols.md §1.9 sequences A–D), with cancellation (``response.cancel`` or barge-in).
+(https://platform.openai.com/docs/guides/realtime-conversations), with cancellation (``response.cancel`` or barge-in).
 
 Order sent: ``response.created`` → ``rate_limits.updated`` → for speech: ``response.output_item.added`` →
 ``conversation.item.added`` → ``response.content_part.added`` (part type ``audio``) → interleaved

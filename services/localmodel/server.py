@@ -1,8 +1,9 @@
 """The local model's WebSocket + HTTP server (``websockets`` asyncio API).
 
 - ``GET /healthz`` → 200; ``GET /readyz`` → 200 once the recogniser is warm, else 503 (the supervisor polls it);
-- ``/v1/realtime?model=...`` → WebSocket speaking the Realtime GA protocol (protocols.md §1). Any Bearer token
-  is accepted unless a token is configured (then a missing/wrong one gets HTTP 401). A client sending
+- ``/v1/realtime?model=...`` → WebSocket speaking the Realtime GA protocol
+  (https://platform.openai.com/docs/api-reference/realtime). Any Bearer token is accepted unless a token is
+  configured (then a missing/wrong one gets HTTP 401). A client sending
   ``OpenAI-Beta: realtime=v1`` gets the ``beta_api_shape_disabled`` error event and a close, as OpenAI answers.
 - frames up to 24 MiB are read (a 15 MiB append in base64 is 20 MiB); larger frames close with 1009.
 

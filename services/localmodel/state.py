@@ -1,7 +1,8 @@
-"""The effective Realtime session object (protocols.md §1.3) and how ``session.update`` changes it.
+"""The effective Realtime session object and how ``session.update`` changes it
+(https://platform.openai.com/docs/api-reference/realtime-client-events/session/update).
 
 The full effective session — including ``audio`` — is echoed in ``session.created`` / ``session.updated``
-(openai-agents reads ``audio.output.format`` from it, protocols.md §1.11 point 4). Defaults follow OpenAI's GA
+(openai-agents reads ``audio.output.format`` from it). Defaults follow OpenAI's GA
 ``session.created`` example, with ``server_vad`` silence 500 ms (the documented default).
 """
 

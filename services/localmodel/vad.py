@@ -36,7 +36,8 @@ TENTATIVE_FRACTION: Final = 0.4
 
 @dataclass(frozen=True)
 class VadParams:
-    """``server_vad`` parameters (protocols.md §1.3): threshold 0–1, durations in ms."""
+    """``server_vad`` parameters: threshold 0–1, durations in ms
+    (https://platform.openai.com/docs/api-reference/realtime-client-events/session/update)."""
 
     threshold: float = 0.5
     prefix_padding_ms: int = 300

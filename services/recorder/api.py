@@ -1,4 +1,5 @@
-"""The recorder's REST API and pages (FastAPI; OpenAPI docs at ``/docs``).
+"""The recorder's REST API and pages (FastAPI; OpenAPI at ``/openapi.json``, Swagger UI at ``/docs`` and ReDoc at
+``/redoc`` from local assets: :mod:`shared.apidocs`; response models: :mod:`services.recorder.schemas`).
 
 Routes: ``GET /calls`` (recent calls), ``/calls/{id}``, ``/calls/{id}/events`` (NDJSON in time order,
 ``?type=`` glob such as ``response.*``, ``?stream=RT|CALLS``), ``/calls/{id}/transcript``,
@@ -26,17 +27,18 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import queries
 from services.recorder.live import live_stream
 from services.recorder.projections import project
 from services.recorder.recording import cached_wav
+from services.recorder.schemas import AuditReport, AuditStreams, Call, CallChain, CallTrace, Transcript
 from services.recorder.ui.routes import add_console
 from services.recorder.waterfall import waterfall
 from shared import subjects
+from shared.apidocs import EventStreamResponse, NdjsonResponse, WavResponse, add_api_docs, binary, declare_bearer
 from shared.bus import Bus
 from shared.config import get_settings
 from shared.health import Readiness
@@ -79,6 +81,9 @@ async def _authorize_live(request: Request) -> None:
 
 
 Auth = Annotated[None, Depends(_authorize)]
+_QUERY_TOKEN_PATHS = frozenset({"/calls/{call_id}/live", "/calls/{call_id}/live/events",
+                                "/calls/{call_id}/recording.wav"})
+"""The documented routes outside the console (``/ui/``) that also take ``?access_token=`` (``LiveAuth``)."""
 LiveAuth = Annotated[None, Depends(_authorize_live)]
 CallId = Annotated[str, Depends(_valid_call_id)]
 
@@ -91,16 +96,11 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
     re-rendered recordings (None: ``SWITCHBOARD_RECORDINGS_DIR``, default ``<data dir>/recordings``)."""
     app = FastAPI(title="Switchboard recorder", version="1",
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.",
-                  docs_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_token = api_token
-
-    @app.get("/openapi.json", include_in_schema=False)
-    async def openapi(_: Auth) -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs(_: Auth) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Switchboard recorder")
+    add_api_docs(app, dependencies=[Depends(_authorize)])  # /docs, /redoc, /openapi.json: local assets
+    declare_bearer(app, enabled=bool(api_token),
+                   query_token=lambda path: path in _QUERY_TOKEN_PATHS or path.startswith("/ui/"))
 
     add_ops_routes(app, ready)
     live_html = (_STATIC / "live.html").read_text(encoding="utf-8").replace(  # the console's live view script
@@ -112,17 +112,20 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
             raise HTTPException(status_code=404, detail=f"no call {call_id}")
         return call
 
-    @app.get("/calls", summary="Recent calls, newest first")
+    @app.get("/calls", summary="Recent calls, newest first", response_model=list[Call])
     async def list_calls(_: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
         return JSONResponse(await queries.list_calls(engine, limit=limit))
 
-    @app.get("/calls/{call_id}", summary="One call: metadata, usage, cost estimate, event counts")
+    @app.get("/calls/{call_id}", summary="One call: metadata, usage, cost estimate, event counts",
+             response_model=Call)
     async def get_call(_: Auth, call_id: CallId) -> JSONResponse:
         return JSONResponse(await existing(call_id))
 
-    @app.get("/calls/{call_id}/events", summary="The call's archived events as NDJSON, in time order")
+    @app.get("/calls/{call_id}/events", summary="The call's archived events as NDJSON, in time order",
+             response_class=NdjsonResponse,
+             responses=binary(NdjsonResponse.media_type, "one archived event per line (JSON object)"))
     async def events(_: Auth, call_id: CallId, type: str | None = None, stream: str | None = None,
-                     body: bool = True) -> StreamingResponse:
+                     body: bool = True) -> NdjsonResponse:
         await existing(call_id)
 
         async def lines() -> AsyncIterator[bytes]:
@@ -133,9 +136,10 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
                     continue
                 yield json.dumps(ev.to_dict(include_body=body), separators=(",", ":")).encode() + b"\n"
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return NdjsonResponse(lines())
 
-    @app.get("/calls/{call_id}/transcript", summary="Transcript turns (role, text, start/end ms)")
+    @app.get("/calls/{call_id}/transcript", summary="Transcript turns (role, text, start/end ms)",
+             response_model=Transcript)
     async def transcript(_: Auth, call_id: CallId) -> JSONResponse:
         call = await existing(call_id)
         if call.get("projected_ns"):
@@ -148,8 +152,9 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         return JSONResponse({"call_id": call_id, "final": False, "turns": data["turns"],
                              "tool_calls": data["tool_calls"], "barge_ins": data["barge_ins"]})
 
-    @app.get("/calls/{call_id}/recording.wav", summary="Stereo WAV: caller left, agent right")
-    async def recording(_: LiveAuth, call_id: CallId) -> FileResponse:  # the console's <audio> player
+    @app.get("/calls/{call_id}/recording.wav", summary="Stereo WAV: caller left, agent right",
+             response_class=WavResponse, responses=binary(WavResponse.media_type, "16-bit stereo WAV"))
+    async def recording(_: LiveAuth, call_id: CallId) -> WavResponse:  # the console's <audio> player
         # A projection of the archive: the cached file when it exists, else rendered again from the archived
         # audio events into the recordings directory (services.recorder.recording.cached_wav). Only calls the
         # finalizer has projected, so a cache is never written from a call whose events are still arriving.
@@ -163,28 +168,30 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
             path = await cached_wav(cache_dir / f"{call_id}.wav", lambda: queries.call_events(engine, call_id))
         if path is None:
             raise HTTPException(status_code=404, detail="no recording (the call had no audio)")
-        return FileResponse(path, media_type="audio/wav", filename=f"{call_id}.wav")
+        return WavResponse(path, media_type=WavResponse.media_type, filename=f"{call_id}.wav")
 
-    @app.get("/calls/{call_id}/trace", summary="The call's spans and a waterfall")
+    @app.get("/calls/{call_id}/trace", summary="The call's spans and a waterfall", response_model=CallTrace)
     async def trace(_: Auth, call_id: CallId) -> JSONResponse:
         await existing(call_id)
         spans = await queries.call_spans(engine, call_id)
         return JSONResponse({"call_id": call_id, "trace_ids": sorted({s["trace_id"] for s in spans}),
                              "spans": spans, "waterfall": waterfall(spans)})
 
-    @app.get("/calls/{call_id}/audit", summary="Recompute the call's hash chains")
+    @app.get("/calls/{call_id}/audit", summary="Recompute the call's hash chains", response_model=AuditReport)
     async def audit(_: Auth, call_id: CallId) -> JSONResponse:
         await existing(call_id)
         report = await queries.verify_call(engine, call_id)
         return JSONResponse(report.to_dict())
 
-    @app.get("/calls/{call_id}/chain", summary="The call's chain records (stream, index, hash) for checkpoints")
+    @app.get("/calls/{call_id}/chain", summary="The call's chain records (stream, index, hash) for checkpoints",
+             response_model=CallChain)
     async def chain(_: Auth, call_id: CallId) -> JSONResponse:
         call = await existing(call_id)
         return JSONResponse({"call_id": call_id, "ended_ns": call.get("ended_ns"),
                              "rows": await queries.chain_rows(engine, call_id)})
 
-    @app.get("/audit/streams", summary="Archive-wide audit facts: committed positions and stream-level gaps")
+    @app.get("/audit/streams", summary="Archive-wide audit facts: committed positions and stream-level gaps",
+             response_model=AuditStreams)
     async def audit_streams(_: Auth) -> JSONResponse:
         return JSONResponse({"positions": await queries.positions(engine), "gaps": await queries.stream_gaps(engine),
                              "calls": await queries.call_ids(engine)})
@@ -193,10 +200,13 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
     async def live_page(_: LiveAuth, call_id: CallId) -> HTMLResponse:
         return HTMLResponse(live_html)
 
-    @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events")
-    async def live_events(_: LiveAuth, call_id: CallId) -> StreamingResponse:
-        return StreamingResponse(live_stream(bus, engine, call_id), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events",
+             response_class=EventStreamResponse,
+             responses=binary(EventStreamResponse.media_type,
+                              "events turn, delta, tool, tool_result, speech_started, ended (JSON data)"))
+    async def live_events(_: LiveAuth, call_id: CallId) -> EventStreamResponse:
+        return EventStreamResponse(live_stream(bus, engine, call_id),
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> RedirectResponse:

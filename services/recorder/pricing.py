@@ -94,7 +94,7 @@ def price_for(model: str, table: dict[str, Prices] | None = None) -> Prices | No
 
 @dataclass(slots=True)
 class Usage:
-    """Token usage summed over a call's ``response.done`` events (protocols.md §1.7)."""
+    """Token usage summed over a call's ``response.done`` events (https://platform.openai.com/docs/api-reference/realtime-server-events/response/done)."""
 
     input_tokens: int = 0
     output_tokens: int = 0

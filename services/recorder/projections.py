@@ -2,7 +2,8 @@
 
 Pure functions over :class:`~services.recorder.records.ArchivedEvent` lists (no I/O), used when a call ends
 (stored in ``transcript_turns``, ``tool_calls``, ``barge_ins``, ``calls``) and on demand for calls still in
-progress. Event shapes: protocols.md §1.4–1.9 (Realtime GA); times are ms from the call's start.
+progress. Event shapes: https://platform.openai.com/docs/api-reference/realtime (Realtime GA); times are ms
+from the call's start.
 
 - User turns: ``input_audio_buffer.speech_started/stopped`` (``audio_start_ms``/``audio_end_ms``, counted from
   the first caller frame) and ``conversation.item.input_audio_transcription.completed`` (``transcript``) per

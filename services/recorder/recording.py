@@ -8,7 +8,8 @@
   format), laid end to end.
 - Agent audio = the ``response.output_audio.delta`` server events (base64 ``delta``), played as the carrier
   plays them: queued one after the other, each starting no earlier than the media time it arrived at.
-- Interruptions cut agent audio where the caller interrupted (protocols.md §1.9 D): an item's audio stops at
+- Interruptions cut agent audio where the caller interrupted
+  (https://platform.openai.com/docs/guides/realtime-conversations): an item's audio stops at
   ``conversation.item.truncate.audio_end_ms`` (what the caller actually heard), else at the ``played_bytes`` of
   a ``call.<id>.carrier.mark`` echoed with ``cleared: true``; and a ``call.<id>.command.clear`` drops whatever
   was still queued after the moment it was sent; ``call.<id>.ended`` likewise ends the agent channel (audio

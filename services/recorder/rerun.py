@@ -143,8 +143,8 @@ def _logged(events: Sequence[ArchivedEvent], kind: str) -> list[ArchivedEvent]:
 async def rerun(events: Sequence[ArchivedEvent], url: str, *, headers: dict[str, str] | None = None,
                 session_update: dict[str, Any] | None = None, speed: float = 1.0, idle_s: float = 3.0,
                 timeout_s: float = 600.0) -> RunResult:
-    """Run the recorded caller audio through a fresh Realtime session at ``url`` (GA protocol, protocols.md
-    §1); returns what the model did.
+    """Run the recorded caller audio through a fresh Realtime session at ``url`` (GA protocol,
+    https://platform.openai.com/docs/api-reference/realtime); returns what the model did.
 
     Raises:
         ValueError: the call has no logged ``session.update`` and none was given, or no caller audio.

@@ -1,11 +1,13 @@
 """``python -m services.session``: the session service (see :mod:`services.session.service`).
 
 Runs on uvloop (:func:`shared.runtime.install_uvloop`): each caller frame and each logged event is socket I/O,
-and uvloop's loop costs less per wakeup (``bench/session.py``, ``docs/session.md``).
+and uvloop's loop costs less per wakeup (``bench/session.py``, ``docs/session.md``). Its metrics are served on
+``SWITCHBOARD_SESSION_METRICS_PORT`` (:mod:`shared.metrics_http`).
 """
 
 from __future__ import annotations
 
+from shared.metrics_http import serve_metrics
 from shared.runtime import ServiceContext, install_uvloop, run_service
 
 from .service import SessionService
@@ -13,6 +15,10 @@ from .service import SessionService
 
 async def main(ctx: ServiceContext) -> None:
     """Take calls until the service is asked to stop, then end the calls in progress."""
+    metrics = serve_metrics(ctx.settings.session_metrics_port, ctx.settings.host,
+                            variable="SWITCHBOARD_SESSION_METRICS_PORT")
+    if metrics is not None:
+        ctx.stack.callback(metrics.close)
     service = SessionService(ctx.bus, ctx.settings)
     await service.start()
     try:

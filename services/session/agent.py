@@ -1,7 +1,8 @@
 """Agent specs (``agents/*.yaml``): instructions, voice, turn detection, transcription, greeting, tools, flows.
 
 A spec is validated on load (pydantic) and turned into the Realtime GA ``session`` object of a
-``session.update`` (protocols.md §1.3) by :func:`session_config`. Tools are named in the spec and resolved to
+``session.update`` (https://platform.openai.com/docs/api-reference/realtime-client-events/session/update) by
+:func:`session_config`. Tools are named in the spec and resolved to
 their JSON Schemas from the tool registry (:mod:`shared.tool_registry`) when a call starts.
 
 Example::

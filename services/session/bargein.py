@@ -3,12 +3,12 @@
 The gateway sends a carrier mark after each chunk of model audio it plays and publishes each echo on
 ``call.<id>.carrier.mark`` as ``{name, item_id, played_bytes, cleared}`` where ``played_bytes`` is cumulative
 for that item and ``cleared`` is true when the echo came from a ``clear`` (the audio was flushed, not played;
-protocols.md §3.2: Twilio echoes pending marks at once after a clear).
+https://www.twilio.com/docs/voice/media-streams/websocket-messages: Twilio echoes pending marks at once after a clear).
 
 So the audio confirmed played for an item is the largest ``played_bytes`` of its non-cleared echoes — not a
 wall-clock estimate. Barge-in truncates the current assistant item at that point
 (``conversation.item.truncate.audio_end_ms`` = confirmed bytes / bytes-per-ms, capped at the audio received
-for the item so far; protocols.md §1.9 D and §3.3).
+for the item so far; https://platform.openai.com/docs/guides/realtime-conversations and https://www.twilio.com/docs/voice/media-streams/websocket-messages).
 """
 
 from __future__ import annotations

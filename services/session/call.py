@@ -1,6 +1,6 @@
 """One call's session: the model connection, the log, audio in, barge-in, tools, flows and control.
 
-Lifecycle (design.md; protocols.md §1.9):
+Lifecycle (docs/session.md; https://platform.openai.com/docs/guides/realtime-conversations):
 
 1. :meth:`Call.run` subscribes to the call's ``audio.in``, ``carrier.mark``, ``carrier.dtmf`` and ``ended``
    subjects, then opens the model WebSocket at once (the carrier is still setting up) while loading the tool
@@ -211,7 +211,7 @@ class Call:
         failures = 0
         try:
             while not self._closing:
-                self.hooks.model_connecting(self.endpoint.url, self.connections)
+                self.hooks.model_connecting(self.endpoint.url, self.connections, self.endpoint.model)
                 try:
                     sock = await ModelSocket.connect(self.endpoint.url, api_key=self.endpoint.api_key)
                 except Exception as exc:  # refused, DNS, TLS, handshake status, timeout

@@ -1,7 +1,7 @@
 """Call control after the goodbye: a tool reply's ``control`` → ``call.<id>.command.hangup|transfer``.
 
 ``end_call`` / ``transfer_to_human`` replies carry ``control: {"verb": "hangup"}`` or ``{"verb": "transfer",
-"to": ...}`` (design.md, "Tools"). The command must not cut the agent's goodbye short, so it is published
+"to": ...}`` (docs/tools.md, "Wire contract"). The command must not cut the agent's goodbye short, so it is published
 only when
 
 1. the response that follows the tool output (the response answering the ``response.create`` sent after the

@@ -2,7 +2,7 @@
 
 Each event is published with :meth:`shared.bus.Bus.publish_event` (JetStream, asynchronous acks checked off
 the hot path, retried with the same ``Nats-Msg-Id``, surfaced on failure) to ``rt.<id>.client.<type>`` or
-``rt.<id>.server.<type>`` (design.md, "Subjects, streams and payloads"). Bodies are the exact bytes sent or
+``rt.<id>.server.<type>`` (docs/architecture.md, "Subjects and streams"). Bodies are the exact bytes sent or
 received: server events are never re-serialized.
 
 Order: one lock per call serializes publishes, so ``Switchboard-Seq`` (assigned by the bus when the message is

@@ -1,16 +1,16 @@
 """The Realtime WebSocket client: connect (with auth), send JSON text frames, receive raw frames.
 
-Endpoint (design.md, "Realtime model endpoint"): ``settings.effective_realtime_url`` — OpenAI
+Endpoint (README.md, "Using OpenAI and PostgreSQL instead"): ``settings.effective_realtime_url`` — OpenAI
 ``wss://api.openai.com/v1/realtime?model=<model>`` with ``Authorization: Bearer <OPENAI_API_KEY>`` when a key is
 set, else the local model; ``SWITCHBOARD_REALTIME_URL`` overrides either. No ``OpenAI-Beta`` header (GA;
-protocols.md §1.1). All frames are JSON text frames; received frames are returned as the exact bytes received
-(``decode_text=False``: no UTF-8 decode and re-encode) so the log can store them unchanged.
+https://platform.openai.com/docs/guides/realtime-websocket). All frames are JSON text frames; received frames are
+returned as the exact bytes received (``decode_text=False``: no UTF-8 decode and re-encode) so the log can store
+them unchanged.
 
 The client is aiohttp's (``ClientSession.ws_connect``; https://docs.aiohttp.org/en/stable/client_reference.html
-#clientwebsocketresponse), not ``websockets``: sending one 40 ms ``input_audio_buffer.append`` (≈ 500 bytes)
-costs about 4–7 µs of CPU with aiohttp's ``send_frame`` against 11–14 µs with ``websockets``' ``send`` (its
-send lock and context manager, and a pure-Python frame serializer), measured on this machine against the same
-server in another process; it is paid 25 times a second per call. Frames are read by aiohttp's C reader.
+#clientwebsocketresponse), not ``websockets``: aiohttp's ``send_frame`` costs a fraction of ``websockets``'
+``send`` (its send lock and context manager, and a pure-Python frame serializer), paid 25 times a second per
+call. Frames are read by aiohttp's C reader.
 The RFC 6455 §5.3 masking key of client frames comes from aiohttp's ``random.Random``; the mask exists to stop
 cache poisoning of plaintext intermediaries (§10.3), which TLS (``wss://`` to OpenAI) rules out anyway.
 

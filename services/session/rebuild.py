@@ -1,7 +1,7 @@
 """Rebuild a call's conversation from its Realtime log after the model connection dropped.
 
 A new model session starts empty. The log (``rt.<id>.>`` in the RT stream) holds everything, so the session
-replays it and re-creates the prior items with ``conversation.item.create`` (protocols.md §1.4/§1.6):
+replays it and re-creates the prior items with ``conversation.item.create`` (https://platform.openai.com/docs/api-reference/realtime-client-events/conversation/item/create):
 
 - user audio turns → user ``message`` with an ``input_text`` part holding the transcript
   (``conversation.item.input_audio_transcription.completed``; turns without a transcript are skipped — the

@@ -1,7 +1,8 @@
 """Never two concurrent ``response.create``: queue them until the active response is done.
 
 The Realtime API rejects a ``response.create`` while a response is in progress with the error
-``conversation_already_has_active_response`` (protocols.md §1.8). Responses start either from our
+``conversation_already_has_active_response``
+(https://platform.openai.com/docs/api-reference/realtime-server-events/error). Responses start either from our
 ``response.create`` (greeting, tool outputs, DTMF, rebuilt conversations) or from the server's own turn
 detection (``create_response: true``), so the gate tracks both:
 

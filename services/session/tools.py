@@ -2,7 +2,7 @@
 
 Every request goes through ``call_tool`` (docs/tools.md, "The client"): one deadline per call (the registry's
 ``timeout_ms``; 5 s for a tool missing from the registry), sent as an absolute ``Switchboard-Deadline`` header
-plus the relative ``deadline_ms`` the request body has always carried (design.md, "Tools"); the same
+plus the relative ``deadline_ms`` the request body has always carried (docs/tools.md, "Wire contract"); the same
 ``tool_call_id`` on every attempt; hedged attempts when a worker is silent, retries on 503. The request body is
 ``arguments`` (the model's arguments, parsed), ``tool_call_id`` (the Realtime ``call_id``), ``call``
 (``call_id, from, to, agent``) and ``deadline_ms``.

@@ -3,7 +3,8 @@
 The worker serves every tool of ``SWITCHBOARD_TOOL_MODULES`` (default ``services.tools.receptionist``) as
 nats.micro endpoints ``tools.<name>`` of the service ``switchboard-tools``, after migrating the database
 (``SWITCHBOARD_DATABASE_URL``, default SQLite in the data dir) and seeding demo data (unless
-``SWITCHBOARD_TOOLS_SEED=0``).
+``SWITCHBOARD_TOOLS_SEED=0``). Its metrics are served on ``SWITCHBOARD_TOOLS_METRICS_PORT``
+(:mod:`shared.metrics_http`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from services.tools.seed import seed
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
 from shared.config import get_settings
+from shared.metrics_http import serve_metrics
 from shared.runtime import ServiceContext, run_service
 
 log = logging.getLogger("services.tools")
@@ -24,6 +26,10 @@ log = logging.getLogger("services.tools")
 
 async def main(ctx: ServiceContext) -> None:
     """Migrate, seed, register the endpoints and serve until ``ctx.stopping``."""
+    metrics = serve_metrics(ctx.settings.tools_metrics_port, ctx.settings.host,
+                            variable="SWITCHBOARD_TOOLS_METRICS_PORT")
+    if metrics is not None:
+        ctx.stack.callback(metrics.close)
     settings = ToolsSettings()
     tools = load_tools(settings.modules)
     database = Database(ctx.settings.effective_database_url)

@@ -107,7 +107,7 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
 
     def finish(error: ServiceCallError | None) -> None:
         extra = {"error.type": str(error.code)} if error is not None else {}
-        metrics.TOOL_ROUND_TRIP.record((time.monotonic() - start) * 1000, {**attrs, **extra})
+        metrics.TOOL_ROUND_TRIP.record(time.monotonic() - start, {**attrs, **extra})
 
     try:
         while True:

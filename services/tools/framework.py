@@ -11,9 +11,9 @@ The decorator returns a :class:`Tool`; a worker serves every module-level Tool o
 load (:func:`tools_in_module`). Tools discovered at run time (e.g. from an MCP server) are built directly with
 ``Tool(name=..., description=..., parameters=..., fn=...)`` — no decorator needed.
 
-Wire format (design.md, "Tools"): the request on ``tools.<name>`` is :class:`~shared.contracts.ToolRequest`, the
-reply :class:`~shared.contracts.ToolResult` (``{"output": <JSON>}`` plus an optional ``"control"`` directive; both
-re-exported here for tool authors). Errors are
+Wire format (docs/tools.md, "Wire contract"): the request on ``tools.<name>`` is
+:class:`~shared.contracts.ToolRequest`, the reply :class:`~shared.contracts.ToolResult` (``{"output": <JSON>}`` plus
+an optional ``"control"`` directive; both re-exported here for tool authors). Errors are
 :class:`~shared.errors.ServiceCallError` subclasses whose code travels as ``Nats-Service-Error-Code`` and whose
 message, safe to speak to a caller, as ``Nats-Service-Error``.
 """

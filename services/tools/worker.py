@@ -17,9 +17,10 @@ Per request (:meth:`ToolWorker.execute`):
    so a worker stalled past the deadline never acts on a request its caller has given up on;
 4. for idempotent writing tools with a ``tool_call_id``: at most once (:func:`~services.tools.results.run_once`).
 
-The endpoint runs in a SERVER span ``execute_tool <name>`` (created by :mod:`shared.bus`) with
-``gen_ai.operation.name="execute_tool"``, ``gen_ai.tool.name`` and ``gen_ai.tool.call.id`` (OTel GenAI semantic
-conventions, https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/#execute-tool-span). Errors are
+The endpoint runs in the bus's SERVER span ``process tools.<name>`` (created by :mod:`shared.bus`), and the tool
+inside an INTERNAL span ``execute_tool <name>`` with ``gen_ai.operation.name="execute_tool"``,
+``gen_ai.tool.name``, ``gen_ai.tool.type`` and ``gen_ai.tool.call.id`` (OTel GenAI semantic conventions,
+https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/#execute-tool-span). Errors are
 nats.micro errors (``Nats-Service-Error-Code`` 400/404/409/500/504 and a speakable message), logged with the
 trace id; never a stack trace to the peer.
 """
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tools.db import Database
@@ -48,6 +50,7 @@ from shared.errors import ServiceCallError
 __all__ = ["QUEUE_GROUP", "ToolWorker", "load_tools"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("switchboard.tools")
 
 QUEUE_GROUP = "tools"
 """Queue group of every tool endpoint (one worker answers each request)."""
@@ -100,9 +103,6 @@ class ToolWorker:
                 queue_group=QUEUE_GROUP,
                 metadata={"timeout_ms": str(t.timeout_ms), "idempotent": str(t.idempotent).lower(),
                           "control": str(t.control).lower()},
-                span_name=f"execute_tool {t.name}",
-                span_attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name,
-                                 "gen_ai.tool.type": "function"},
             )
         await tool_registry.publish(bus.js, [t.spec for t in self.tools.values()], replicas=replicas)
         self.readiness.add(health.nats_connection(bus.nc))
@@ -112,21 +112,27 @@ class ToolWorker:
         log.info("serving tools %s", ", ".join(self.tools))
 
     def _endpoint(self, t: Tool) -> Any:
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name,
+                      "gen_ai.tool.type": "function"}
+
         async def handle(env: Envelope) -> dict[str, Any]:
             received = time.monotonic()
-            span = trace.get_current_span()
-            try:
+            call = {"switchboard.call_id": env.call_id} if env.call_id else {}
+            with _tracer.start_as_current_span(f"execute_tool {t.name}", kind=SpanKind.INTERNAL,
+                                               attributes={**attributes, **call}) as span:
                 try:
-                    request = ToolRequest.parse(env.data, env.headers)
-                except ContractError as exc:  # a sentence safe to speak, sent back as a 400
-                    raise InvalidArguments(exc.problem) from None
-                if request.tool_call_id:
-                    span.set_attribute("gen_ai.tool.call.id", request.tool_call_id)
-                result = await self.execute(t, request, received=received)
-            except ServiceCallError as exc:  # logged with the trace id (JSON log formatter), sent as a micro error
-                log.log(logging.WARNING if exc.code >= 500 else logging.INFO, "tool %s answered %d: %s",
-                        t.name, exc.code, exc.message)
-                raise
+                    try:
+                        request = ToolRequest.parse(env.data, env.headers)
+                    except ContractError as exc:  # a sentence safe to speak, sent back as a 400
+                        raise InvalidArguments(exc.problem) from None
+                    if request.tool_call_id:
+                        span.set_attribute("gen_ai.tool.call.id", request.tool_call_id)
+                    result = await self.execute(t, request, received=received)
+                except ServiceCallError as exc:  # logged with the trace id (JSON log formatter), a micro error
+                    span.set_attribute("error.type", str(exc.code))
+                    log.log(logging.WARNING if exc.code >= 500 else logging.INFO, "tool %s answered %d: %s",
+                            t.name, exc.code, exc.message)
+                    raise
             return result.encode()
 
         return handle

@@ -1,7 +1,7 @@
 """The NATS bus: every publish, request and subscription of every service goes through here.
 
 This module is the one place that knows about message headers, serialization and trace propagation
-(design.md, "Subjects, streams and payloads" and "Telemetry"); handlers receive an :class:`Envelope` and run
+(docs/architecture.md, "Subjects and streams" and "Traces"); handlers receive an :class:`Envelope` and run
 inside the restored trace context, and never touch headers or spans themselves.
 
 Headers on every message (:class:`Headers`): ``Nats-Msg-Id`` (unique event id; JetStream de-duplication),

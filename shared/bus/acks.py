@@ -8,10 +8,9 @@ the message, or the server answers with a ``503`` status and no body when no str
 
 nats-py's ``JetStreamContext.publish_async`` does the same job with an ``asyncio.Future`` per message, a
 semaphore acquired through ``asyncio.wait_for``, a random token read from ``os.urandom`` and a ``PubAck``
-dataclass built per ack: 24–29 µs of CPU per message with its ack against 12–15 µs for one dict entry, in a
-one-process microbenchmark against a real server (``bench/bus.py``'s JetStream row: the bus now takes 0.59–0.72×
-raw nats-py's time per message), and the session logs every Realtime event this way. :class:`AckTracker`
-keeps one dict entry per unacknowledged message instead:
+dataclass built per ack — about twice the CPU of one dict entry (``bench/bus.py``'s JetStream row compares
+the two), and the session logs every Realtime event this way. :class:`AckTracker` keeps one dict entry per
+unacknowledged message instead:
 
 - the reply subject is ``<inbox prefix>.<counter>``, one wildcard subscription per connection (nats-py's public
   callback subscription) receives every ack, and an ack removes its entry;

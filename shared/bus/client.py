@@ -45,9 +45,8 @@ log = logging.getLogger("shared.bus")
 
 HOP_SAMPLE_EVERY = 32
 """``switchboard.bus.hop`` is recorded for every traced message and every 32nd high-rate one (audio frames,
-deltas, marks: 25–50 a second per call and direction, so a busy process still records hundreds a second). One
-SDK histogram record costs 7–10 µs on this machine (a loop over ``BUS_HOP.record`` with a service's meter
-provider), a third of receiving one message; sampling every 8th cost ~1 µs per message, every 32nd ~0.3."""
+deltas, marks: 25–50 a second per call and direction, so a busy process still records hundreds a second). An SDK
+histogram record costs a sizeable fraction of receiving one message, so the audio-rate path samples it."""
 SUBSCRIBE_FLUSH_TIMEOUT = 5.0
 """Seconds :meth:`Bus.subscribe` waits for the server to confirm the interest; past it the subscription stands
 and is confirmed when the server answers (a paused or restarting server must not fail the caller)."""
@@ -241,7 +240,7 @@ class Bus(StreamsMixin, MicroMixin):
         """What the global propagator injects for the current context, computed once per context object.
 
         For untraced (high-rate) publishes: every audio frame of a call is published in the same attached
-        context, and injection costs ~2.5 µs a message (7 % of the gateway's CPU). Contexts are immutable and
+        context, and injecting per message was a visible share of the gateway's CPU. Contexts are immutable and
         the propagators (W3C trace context, baggage) are functions of the context, so the result is reused
         while the same context object is current; entries keep their context alive, so a recycled ``id`` can
         never match a different context.
@@ -426,7 +425,7 @@ class Bus(StreamsMixin, MicroMixin):
 
     def _context_of(self, headers: Mapping[str, str]) -> otel_context.Context:
         """The trace context carried by ``headers`` (W3C ``traceparent``/``tracestate``), cached per value:
-        every frame of a call carries the same ``traceparent``, and extraction costs ~6 µs per message."""
+        every frame of a call carries the same ``traceparent``, and extracting it again per message is wasted."""
         key = (headers.get(Headers.TRACEPARENT), headers.get(Headers.TRACESTATE))
         ctx = self._contexts.get(key)
         if ctx is None:
@@ -447,7 +446,7 @@ class Bus(StreamsMixin, MicroMixin):
             traced = not is_high_rate(env.subject)
         self._received += 1
         if env.ts_ns is not None and (traced or self._received % HOP_SAMPLE_EVERY == 0):
-            metrics.BUS_HOP.record((time.time_ns() - env.ts_ns) / 1e6,
+            metrics.BUS_HOP.record((time.time_ns() - env.ts_ns) / 1e9,
                                    {"messaging.destination.template": destination_template(env.subject)})
         token = otel_context.attach(self._context_of(env.headers))
         call_token = current_call_id.set(env.call_id)

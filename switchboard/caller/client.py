@@ -1,4 +1,4 @@
-"""A Twilio-faithful Media Streams client (the phone side of ``<Connect><Stream>``), protocols.md §3.
+"""A Twilio-faithful Media Streams client (the phone side of ``<Connect><Stream>``), https://www.twilio.com/docs/voice/media-streams/websocket-messages.
 
 Sends what Twilio sends — ``connected``, ``start`` (ids, ``mediaFormat`` μ-law 8 kHz, ``customParameters``),
 ``media`` (``chunk`` from 1, ``timestamp`` in ms since the stream started, base64 160-byte frames),

@@ -1,8 +1,8 @@
 """Following a simulated call on the bus: find its call id, print what the agent says, know when a turn ends.
 
 The simulator starts Twilio's stream with a fresh ``run_id`` custom parameter; the gateway copies it into
-``call.<id>.started``.custom_parameters, which is how :class:`CallFollower` learns the call id (design.md,
-"The caller simulator"). It then follows ``rt.<id>.>`` (every Realtime event the session sent and received)
+``call.<id>.started``.custom_parameters, which is how :class:`CallFollower` learns the call id (docs/gateway.md,
+"Caller simulator"). It then follows ``rt.<id>.>`` (every Realtime event the session sent and received)
 and ``call.<id>.ended`` from the RT and CALLS streams (ordered consumers: nothing the log stored is missed
 across a NATS reconnect).
 

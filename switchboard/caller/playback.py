@@ -1,6 +1,7 @@
 """The simulated phone's playback clock: agent audio is "played" 20 ms at a time, marks echo on time.
 
-Twilio semantics (protocols.md §3.2/§3.3): outbound media is buffered and played in order; a ``mark`` is
+Twilio semantics (https://www.twilio.com/docs/voice/media-streams/websocket-messages): outbound media is
+buffered and played in order; a ``mark`` is
 echoed when the audio queued before it has finished playing; ``clear`` empties the buffer and echoes every
 pending mark at once. :class:`PlaybackClock` reproduces that on a virtual clock advanced by :meth:`tick`
 (one tick = 20 ms of μ-law 8 kHz = 160 bytes), so the simulator's WAV recording and its mark echoes are

@@ -1,6 +1,6 @@
 """The ``switchboard`` command line (Typer + Rich); each command group lives in its own module.
 
-Commands (design.md, "The switchboard CLI"): ``up``, ``status``, ``demo``, ``call``, ``calls``, ``replay``,
+Commands (README.md; docs/recorder.md, "CLI"): ``up``, ``status``, ``demo``, ``call``, ``calls``, ``replay``,
 ``tail``, ``trace``, ``audit verify``, ``kpis``.
 """
 

@@ -1,7 +1,8 @@
 """A scripted, realistic call published through the bus — for the recorder's tests, benchmark and docs.
 
 :func:`script` yields the steps of one μ-law Twilio call exactly as the gateway and the session publish
-them (design.md "Subjects"; Realtime GA shapes from protocols.md §1.4–1.9): ``call.<id>.started``, the
+them (docs/architecture.md, "Subjects and streams"; Realtime GA shapes from
+https://platform.openai.com/docs/api-reference/realtime): ``call.<id>.started``, the
 session's ``session.update``, caller audio as ``input_audio_buffer.append`` (20 ms frames of real G.711
 μ-law of a tone), VAD events, an input transcription, a ``book_appointment`` function call and its output,
 an agent audio reply with transcript and marks, a barge-in (``speech_started`` → ``command.clear`` →

@@ -48,10 +48,12 @@ class System:
 @pytest.fixture(scope="session")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     data = tmp_path_factory.mktemp("e2e-data")
-    ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel")}
+    ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel",
+                                                "session_metrics", "tools_metrics")}
     settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
                              recorder_port=ports["recorder"], analytics_port=ports["analytics"],
-                             localmodel_port=ports["localmodel"],
+                             localmodel_port=ports["localmodel"], session_metrics_port=ports["session_metrics"],
+                             tools_metrics_port=ports["tools_metrics"],
                              agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None)
     supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast"})
     try:

@@ -29,14 +29,16 @@ WS /twilio/media [switchboard-gateway]
   twilio call [switchboard-gateway]
     publish call.{call_id}.started [switchboard-gateway]
       process call.{call_id}.started [switchboard-session]
-        realtime connect [switchboard-session]
-          response [switchboard-session]
+        realtime gpt-realtime [switchboard-session]
+          chat gpt-realtime [switchboard-session]
             execute_tool book_appointment [switchboard-session]
               send tools.book_appointment [switchboard-session]
-                execute_tool book_appointment [switchboard-tools]
+                process tools.book_appointment [switchboard-tools]
+                  execute_tool book_appointment [switchboard-tools]
             execute_tool end_call [switchboard-session]
               send tools.end_call [switchboard-session]
-                execute_tool end_call [switchboard-tools]
+                process tools.end_call [switchboard-tools]
+                  execute_tool end_call [switchboard-tools]
         publish call.{call_id}.session.model_connected [switchboard-session]
         publish call.{call_id}.command.hangup [switchboard-session]
           process call.{call_id}.command.hangup [switchboard-gateway]
@@ -90,4 +92,9 @@ async def test_one_trace_spans_gateway_session_and_tools(system: System) -> None
     assert actual == EXPECTED, "\n" + actual
     tool_span = next(s for s in spans if s["name"] == "execute_tool book_appointment"
                      and s["service"] == "switchboard-tools")
-    assert tool_span["status"] != "ERROR"
+    assert tool_span["status"] != "ERROR" and tool_span["kind"] == "INTERNAL"
+    model = next(s for s in data["spans"] if s["name"] == "chat gpt-realtime")
+    assert model["kind"] == "CLIENT"
+    assert model["attributes"]["gen_ai.provider.name"] == "openai"
+    assert model["attributes"]["gen_ai.request.model"] == "gpt-realtime"
+    assert {"server.address", "server.port", "gen_ai.response.id"} <= set(model["attributes"])

@@ -313,7 +313,8 @@ def pool_per_pod(module: Path) -> int:
     return max(sizes)
 
 
-DB_MODULES = {"tools": ROOT / "services" / "tools" / "db.py", "recorder": ROOT / "services" / "recorder" / "db.py"}
+DB_MODULES = {"tools": ROOT / "services" / "tools" / "db.py", "recorder": ROOT / "services" / "recorder" / "db.py",
+              "analytics": ROOT / "services" / "recorder" / "db.py"}  # analytics uses the recorder's engine
 POOL_ENV = "SWITCHBOARD_DB_POOL_SIZE"
 """Not a setting yet: when the manifests set it, it overrides the code default (pool + overflow) per pod."""
 

@@ -1,6 +1,6 @@
 """Helpers for the session integration tests: the local model process, test tools and a simulated gateway.
 
-Not a test module. :class:`SimGateway` talks to the session over the bus exactly as design.md says the gateway
+Not a test module. :class:`SimGateway` talks to the session over the bus exactly as docs/gateway.md says the gateway
 does: ``call.<id>.started`` (JetStream), raw μ-law on ``call.<id>.audio.in``, mark echoes on
 ``call.<id>.carrier.mark`` (``name, item_id, played_bytes`` cumulative per item, ``cleared``), ``call.<id>.ended``;
 it "plays" ``rt.<id>.server.response.output_audio.delta`` and obeys ``call.<id>.command.*``.

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.analytics import store
-from services.analytics.api import create_app
+from services.analytics.api import CallKpis, Kpis, create_app
 from services.analytics.consumer import AnalyticsConsumer, to_event
 from services.analytics.db import open_database
 from services.analytics.webhook import WebhookSender, verify
@@ -120,6 +120,7 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
         auth = {"Authorization": "Bearer secret-token"}
         body = (await client.get("/kpis", params={"group_by": "agent_version", "from": "2026-12-07",
                                                    "to": "2026-12-08"}, headers=auth)).json()
+        Kpis.model_validate(body)  # what /openapi.json promises
         groups = {g["key"]: g for g in body["groups"]}
         assert groups["1"]["calls"] >= 1 and groups["2"]["calls"] >= 2
         assert groups["2"]["drop_rate"]["numerator"] >= 1
@@ -127,6 +128,14 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
         empty = (await client.get("/kpis", params={"from": "2030-01-01"}, headers=auth)).json()
         assert empty["groups"] == []
         assert (await client.get("/kpis", params={"from": "yesterday"}, headers=auth)).status_code == 422
+        one = await client.get(f"/kpis/calls/call_an{unique}a", headers=auth)
+        assert CallKpis.model_validate(one.json()).agent_version == "1"
+        doc = (await client.get("/openapi.json")).json()
+        assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+            "type": "http", "scheme": "bearer", "description": "the service's API token (SWITCHBOARD_API_TOKEN)"}
+        assert doc["paths"]["/kpis"]["get"]["security"] == [{"bearerAuth": []}]
+        assert doc["paths"]["/kpis"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Kpis"}
 
 
 class Receiver:

@@ -14,6 +14,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from services.gateway.app import BrowserToken
 from services.gateway.security import SESSION_COOKIE, BrowserTokens, KvNonces, TokenError
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
@@ -124,6 +125,13 @@ async def test_browser_token_requires_api_token_when_configured(bus: Bus, nats_u
         assert (await client.post("/browser/token", headers={"Authorization": "Bearer wrong"})).status_code == 401
         ok = await client.post("/browser/token", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["token"].count(".") == 2
+        BrowserToken.model_validate(ok.json())  # what /openapi.json promises
+        doc = (await client.get("/openapi.json")).json()
+        assert doc["paths"]["/browser/token"]["post"]["security"] == [{"bearerAuth": []}, {"browserSession": []}]
+        assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        voice = doc["paths"]["/twilio/voice"]["post"]
+        assert voice["security"] == [] and "application/xml" in voice["responses"]["200"]["content"]
+        assert "application/x-www-form-urlencoded" in voice["requestBody"]["content"]
         # the call with the API token set a session cookie: the page mints more without the API token
         assert SESSION_COOKIE in client.cookies
         again = await client.post("/browser/token")

@@ -151,7 +151,7 @@ def test_prometheus_address_comes_from_one_place(rendered: list[Render]) -> None
 def test_database_connection_budget_fits_max_connections(rendered: list[Render]) -> None:
     for r in rendered:
         needed, max_conn, per = connection_budget(r)
-        assert set(per) == {"tools", "recorder"}, f"{r.label}: {per}"
+        assert set(per) == {"tools", "recorder", "analytics"}, f"{r.label}: {per}"
         assert needed <= max_conn, f"{r.label}: {per} + reserve = {needed} > max_connections {max_conn}"
         if r.overlay == "dev":  # the dev PostgreSQL is started with that max_connections
             pg = r.get("StatefulSet", "postgres")
@@ -257,7 +257,7 @@ def test_nats_clients_get_their_own_credential_and_the_ca(rendered: list[Render]
         config = r.configmap("switchboard-config")
         authed = [w for w in r.workloads()
                   if w["metadata"].get("labels", {}).get("switchboard.io/nats-auth") == "true"]
-        assert {w["metadata"]["name"] for w in authed} == {"gateway", "session", "tools", "recorder"}
+        assert {w["metadata"]["name"] for w in authed} == {"gateway", "session", "tools", "recorder", "analytics"}
         if "nats-auth" not in (*r.extra, *(Path(c).name for c in kustomization(
                 K8S / "overlays" / r.overlay / "kustomization.yaml").get("components", []))):
             assert config["SWITCHBOARD_NATS_URL"].startswith("nats://")

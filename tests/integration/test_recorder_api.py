@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.recorder import queries
 from services.recorder.api import create_app
 from services.recorder.db import open_database
+from services.recorder.schemas import AuditReport, AuditStreams, Call, CallChain, CallTrace, Transcript
 from services.recorder.service import Recorder
 from shared import subjects
 from shared.bus import Bus
@@ -76,7 +77,10 @@ async def test_api_serves_the_archived_call(archived: tuple[AsyncEngine, Bus, st
     async with client_for(app) as client:
         listed = (await client.get("/calls", params={"limit": 1000})).json()
         assert call_id in [c["call_id"] for c in listed]
+        for row in listed:  # every JSON answer is what /openapi.json promises
+            Call.model_validate(row)
         call = (await client.get(f"/calls/{call_id}")).json()
+        assert Call.model_validate(call).events
         n_calls = sum(1 for step in script(call_id) if step.subject.startswith("call."))
         assert call["status"] == "ended" and call["events"]["CALLS"] == n_calls
         assert (await client.get("/calls/nope")).status_code == 404
@@ -95,6 +99,7 @@ async def test_api_serves_the_archived_call(archived: tuple[AsyncEngine, Bus, st
         assert len(everything) == len(script(call_id))
 
         transcript = (await client.get(f"/calls/{call_id}/transcript")).json()
+        Transcript.model_validate(transcript)
         assert transcript["final"] is True
         assert [t["role"] for t in transcript["turns"]] == ["user", "assistant", "assistant", "user"]
         assert transcript["tool_calls"][0]["name"] == "book_appointment"
@@ -105,10 +110,14 @@ async def test_api_serves_the_archived_call(archived: tuple[AsyncEngine, Bus, st
             assert (w.getnchannels(), w.getframerate()) == (2, 8000)
 
         traced = (await client.get(f"/calls/{call_id}/trace")).json()
+        CallTrace.model_validate(traced)
         assert traced["trace_ids"] == [trace_id]
         assert [(r["name"], r["depth"]) for r in traced["waterfall"]] == [("call", 0), ("execute_tool", 1)]
 
         audit = (await client.get(f"/calls/{call_id}/audit")).json()
+        AuditReport.model_validate(audit)
+        CallChain.model_validate((await client.get(f"/calls/{call_id}/chain")).json())
+        AuditStreams.model_validate((await client.get("/audit/streams")).json())
         assert audit["ok"] is True and audit["records"]["RT"] == len(script(call_id)) - n_calls
 
         live = await client.get(f"/calls/{call_id}/live/events")

@@ -152,7 +152,7 @@ async def test_turn_with_tool_call_is_logged_in_order_and_hangs_up_after_goodbye
     await gw.end("agent_hangup")
     await gw.wait_for(lambda: any(n == "summary" for n, _ in gw.session_events), 30, "summary")
 
-    # the tool request carried what design.md says
+    # the tool request carried what docs/tools.md says
     request = toolbox.requests["book_appointment"][0]
     assert request["arguments"]["time"] == "10:00" and request["arguments"]["name"]
     assert request["call"] == {"call_id": gw.call_id, "from": "+15551230001", "to": "+15559870000",

@@ -226,14 +226,18 @@ async def test_execute_tool_span(served: Served) -> None:
                 break
             await asyncio.sleep(0.05)
         assert spans, [s.name for s in exporter.get_finished_spans()]
-        server = spans[0]
-        assert server.kind == SpanKind.SERVER
-        attrs = dict(server.attributes or {})
+        tool = spans[0]
+        assert tool.kind == SpanKind.INTERNAL  # GenAI conventions: execute_tool is INTERNAL
+        attrs = dict(tool.attributes or {})
         assert attrs["gen_ai.operation.name"] == "execute_tool"
         assert attrs["gen_ai.tool.name"] == "check_availability"
+        assert attrs["gen_ai.tool.type"] == "function"
         assert attrs["gen_ai.tool.call.id"] == "call_span_1"
         assert attrs["switchboard.call_id"] == "call-bus"
-        clients = [s for s in exporter.get_finished_spans()
+        finished = exporter.get_finished_spans()
+        server = next(s for s in finished if tool.parent is not None and s.context.span_id == tool.parent.span_id)
+        assert server.kind == SpanKind.SERVER and server.name == "process tools.check_availability"
+        clients = [s for s in finished
                    if s.kind == SpanKind.CLIENT and s.context.trace_id == server.context.trace_id]
         assert server.parent is not None and server.parent.span_id in {c.context.span_id for c in clients}
     finally:

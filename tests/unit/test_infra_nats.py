@@ -56,7 +56,8 @@ def test_nats_values_refuse_anonymous_clients_and_use_tls_from_secrets() -> None
     users = merge["accounts"]["SWITCHBOARD"]["users"]
     env = values["container"]["env"]
     keys = [u["nkey"].strip("<> $") for u in users]
-    assert sorted(keys) == sorted(["GATEWAY_NKEY", "SESSION_NKEY", "TOOLS_NKEY", "RECORDER_NKEY", "OPERATOR_NKEY"])
+    assert sorted(keys) == sorted(["GATEWAY_NKEY", "SESSION_NKEY", "TOOLS_NKEY", "RECORDER_NKEY", "ANALYTICS_NKEY",
+                                   "OPERATOR_NKEY"])
     for key in keys:
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "nats-users", key
     by_key = dict(zip(keys, users, strict=True))
@@ -77,7 +78,7 @@ def test_nats_values_permissions_are_the_ones_switchboard_up_generates() -> None
 
     users = _load(INFRA / "nats" / "values.yaml")["config"]["merge"]["accounts"]["SWITCHBOARD"]["users"]
     by_name = {u["nkey"].strip("<> $").removesuffix("_NKEY").lower(): u for u in users}
-    for name in ("gateway", "session", "tools", "recorder"):
+    for name in ("gateway", "session", "tools", "recorder", "analytics"):
         want = PERMISSIONS[name]
         assert want is not None
         assert by_name[name]["permissions"] == want.as_config(), name

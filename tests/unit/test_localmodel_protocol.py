@@ -1,4 +1,4 @@
-"""Client event validation and error codes (protocols.md §1.4, §1.8)."""
+"""Client event validation and error codes (https://platform.openai.com/docs/api-reference/realtime-client-events, https://platform.openai.com/docs/api-reference/realtime-server-events/error)."""
 
 from __future__ import annotations
 

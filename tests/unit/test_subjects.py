@@ -1,4 +1,4 @@
-"""Subject builders: call-id validation and the exact subject shapes of design.md."""
+"""Subject builders: call-id validation and the exact subject shapes of docs/architecture.md."""
 
 from __future__ import annotations
 

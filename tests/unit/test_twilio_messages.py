@@ -1,5 +1,6 @@
-"""Twilio Media Streams message models (protocols.md §3): every inbound and outbound shape, TwiML, and a
-hypothesis fuzz of the parser (only :class:`TwilioProtocolError` may escape)."""
+"""Twilio Media Streams message models: every inbound and outbound shape, TwiML, and a hypothesis fuzz
+of the parser (only :class:`TwilioProtocolError` may escape;
+https://www.twilio.com/docs/voice/media-streams/websocket-messages)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from shared.carriers import twilio as tw
 
-# Examples copied from protocols.md §3.2 / §3.3 (Twilio's documentation shapes).
+# Examples in the shapes of Twilio's documentation (https://www.twilio.com/docs/voice/media-streams/websocket-messages).
 CONNECTED = '{"event":"connected","protocol":"Call","version":"1.0.0"}'
 START = json.dumps({"event": "start", "sequenceNumber": "1", "start": {
     "accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"],

@@ -1,4 +1,4 @@
-"""The caller simulator's playback clock follows Twilio's mark semantics (protocols.md §3.2/§3.3)."""
+"""The caller simulator's playback clock follows Twilio's mark semantics (https://www.twilio.com/docs/voice/media-streams/websocket-messages)."""
 
 from __future__ import annotations
 
