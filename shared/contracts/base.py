@@ -112,8 +112,14 @@ class Contract:
         Raises:
             ContractError: not a JSON object, a required field missing, or a field of the wrong type/value.
         """
-        raw = decode_object(cls.MESSAGE, data)
         adapter, keys = _adapter(cls)
+        if isinstance(data, bytes | str):
+            try:  # the common case in one pass (pydantic-core's JSON parser): a body with only known keys
+                fast: Self = adapter.validate_json(data)
+                return fast
+            except ValidationError:
+                pass  # unknown keys, or a bad body: the tolerant path below, which also words the problem
+        raw = decode_object(cls.MESSAGE, data)
         try:
             value: Self = adapter.validate_python({k: v for k, v in raw.items() if k in keys})
         except ValidationError as exc:
