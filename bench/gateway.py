@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -51,6 +52,7 @@ from _proc_cpu import cpu_seconds
 from shared import subjects
 from shared.bus import Bus, Envelope, Headers
 from shared.config import load_settings
+from shared.contracts import CallStarted, CommandClear
 from switchboard import natsserver
 
 THIS = Path(__file__).resolve()
@@ -191,7 +193,8 @@ async def clear_loop(bus: Bus, calls: list[GatewayCall], stop: asyncio.Event) ->
         call = rng.choice(ready)
         assert call.call_id is not None
         call.clear_sent = time.perf_counter()
-        await bus.publish(subjects.command(call.call_id, "clear"), {"reason": "bench"}, call_id=call.call_id)
+        await bus.publish(subjects.command(call.call_id, "clear"), CommandClear(reason="bench").encode(),
+                          call_id=call.call_id)
 
 
 async def run_gateway(n: int, ws_url: str, bus: Bus, batch: int, seconds: float, gateway_pid: int,
@@ -258,8 +261,9 @@ async def run_baseline(n: int, nats_url: str, batch: int, seconds: float) -> dic
                 stats.rtt_ms.append((now - sent) * 1000)
 
         sub = await bus.subscribe(subjects.rt_server(call_id, "response.output_audio.delta"), on_delta)
-        await bus.publish_event(subjects.call_started(call_id), {"call_id": call_id, "carrier": "bench",
-                                                                 "audio_format": "audio/pcmu"}, call_id=call_id)
+        started = CallStarted(call_id=call_id, carrier="bench", agent="bench", audio_format="audio/pcmu",
+                              started_at=datetime.now(UTC).isoformat())
+        await bus.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
         await asyncio.sleep(0.5 + (index % 50) * FRAME_S / 50)
         headers = {Headers.AUDIO_FORMAT: "audio/pcmu"}
         start, k = time.perf_counter(), 0

@@ -182,12 +182,14 @@ import asyncio, base64, random, sys, time
 sys.path.insert(0, sys.argv[4])
 from shared import subjects
 from shared.bus import Bus
+from shared.contracts import CallEnded, CallStarted
 from shared.telemetry import setup_telemetry
 from switchboard.testing.scripted import tone
 
 async def call(bus, call_id, seconds, caller_b64, agent_b64):
-    await bus.publish_event(subjects.call_started(call_id), {"call_id": call_id, "carrier": "twilio",
-        "audio_format": "audio/pcmu", "from": "+15550000000", "to": "+15551111111"}, call_id=call_id)
+    started = CallStarted(call_id=call_id, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+        from_="+15550000000", to="+15551111111", started_at="2026-12-07T00:00:00+00:00")
+    await bus.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
     start = time.monotonic()
     frame = 0
     next_reply = random.uniform(1.0, 3.0)
@@ -212,7 +214,7 @@ async def call(bus, call_id, seconds, caller_b64, agent_b64):
                                     call_id=call_id)
         due = start + frame * 0.02
         await asyncio.sleep(max(0.0, due - time.monotonic()))
-    await bus.publish_event(subjects.call_ended(call_id), {"reason": "caller_hangup"}, call_id=call_id)
+    await bus.publish_event(subjects.call_ended(call_id), CallEnded(reason="caller_hangup").encode(), call_id=call_id)
 
 async def main():
     setup_telemetry("switchboard-bench-publisher")

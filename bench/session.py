@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -60,6 +61,7 @@ from websockets.asyncio.server import ServerConnection
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from shared.contracts import CallEnded, CallStarted
 from switchboard import natsserver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,9 +200,9 @@ async def baseline_js(url: str, n: int) -> float:
 
 
 async def start_call(gw: Bus, call_id: str) -> None:
-    await gw.publish_event(subjects.call_started(call_id), {
-        "call_id": call_id, "carrier": "twilio", "agent": "receptionist", "audio_format": "audio/pcmu",
-        "from": "+15550000001", "to": "+15550000002"}, call_id=call_id)
+    started = CallStarted(call_id=call_id, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+                          from_="+15550000001", to="+15550000002", started_at=datetime.now(UTC).isoformat())
+    await gw.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
 
 
 async def main() -> None:
@@ -328,7 +330,7 @@ async def main() -> None:
         base_core = await baseline_core(nats_srv.url, 20_000)
         base_js = await baseline_js(nats_srv.url, 20_000)
         for cid in calls:
-            await gw.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup"}, call_id=cid)
+            await gw.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup").encode(), call_id=cid)
         await asyncio.sleep(1.0)
 
         print(f"session bench (audio batch {args.batch_ms} ms): {args.calls} calls, {frames} frames of 20 ms "

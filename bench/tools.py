@@ -38,12 +38,13 @@ from _sdk_off import sdk_off_figures
 
 from services.tools.client import call_tool
 from services.tools.db import Database
-from services.tools.framework import CallInfo, Tool, ToolContext, ToolRequest
+from services.tools.framework import Tool, ToolContext
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
 from shared import tool_registry
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from shared.contracts import CallInfo, ToolRequest
 from shared.runtime import ServiceContext, start_service, stop_service, tune_gc
 from switchboard import natsserver
 from switchboard.natsserver import EmbeddedNats
@@ -261,7 +262,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
             return {"output": {"ok": True}}
 
         await ctx.bus.add_endpoint(ctx.micro, name="bench_trivial", subject="bench.trivial", handler=trivial)
-        noop_body = noop_req.to_json()
+        noop_body = noop_req.encode()
 
         async def plain_endpoint(i: int) -> Any:
             return await caller.request("bench.trivial", noop_body, timeout=10)
@@ -278,7 +279,7 @@ async def measure(n: int, concurrency: int, url: str, workdir: Path) -> None:
         direct, direct_rps = await timed(n, noop_direct)
         bus, bus_rps = await timed(n, noop_bus)
         plain, plain_rps = await timed(n, plain_endpoint)
-        raw, raw_rps = await raw_nats(server.url, n, json.dumps(noop_req.to_json()).encode())
+        raw, raw_rps = await raw_nats(server.url, n, json.dumps(noop_req.encode()).encode())
         print(row("bare function call", bare, bare_rps))
         print(row("raw nats-py request/reply (floor)", raw, raw_rps))
         print(row("direct (ToolWorker.execute)", direct, direct_rps))
@@ -326,7 +327,7 @@ async def sdk_off_child(n: int) -> None:
                 await timed(200, make)
             figures: dict[str, float] = {}
             for name, lat in (("direct", (await timed(n, direct))[0]), ("bus", (await timed(n, via_bus))[0]),
-                              ("raw", (await raw_nats(server.url, n, json.dumps(request.to_json()).encode()))[0])):
+                              ("raw", (await raw_nats(server.url, n, json.dumps(request.encode()).encode()))[0])):
                 figures[f"{name} p50"], figures[f"{name} p99"] = pct(lat, 0.5), pct(lat, 0.99)
             print(json.dumps(figures), flush=True)
 

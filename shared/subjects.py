@@ -134,7 +134,8 @@ def carrier_dtmf(call_id: str) -> str:
 
 
 def carrier_error(call_id: str) -> str:
-    """``call.<id>.carrier.error`` — a carrier-side error (``code``, ``reason``)."""
+    """``call.<id>.carrier.error`` — a carrier frame the gateway could not accept (``code``, ``reason``;
+    :class:`shared.contracts.CarrierError`), published right before ``ended`` with ``protocol_error``."""
     return f"call.{validate_call_id(call_id)}.carrier.error"
 
 
@@ -146,7 +147,8 @@ def command(call_id: str, verb: str) -> str:
 
 
 def session_event(call_id: str, event: str) -> str:
-    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``summary``, ``error``)."""
+    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``summary``, ``error``,
+    ``handover``; bodies: :mod:`shared.contracts.session`)."""
     return f"call.{validate_call_id(call_id)}.session.{_token(event, 'session event')}"
 
 

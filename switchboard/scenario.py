@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared import subjects
 from shared.bus import Bus
+from shared.contracts import CallEnded, ContractError
 
 __all__ = [
     "CallLog",
@@ -184,7 +185,10 @@ class CallLog:
         ended = self.ended()
         if ended is None:
             return None
-        reason = str(ended.get("reason"))
+        try:
+            reason = CallEnded.parse(ended).reason
+        except ContractError:
+            return "unknown"
         if reason in _AGENT_REASONS:
             return "agent"
         return "caller" if reason == "caller_hangup" else reason

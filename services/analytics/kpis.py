@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from shared.callfigures import CallCost, FirstAudio
+from shared.contracts import CallEnded, CallStarted, ContractError, SessionModelConnected
 from shared.pricing import Usage
 
 __all__ = ["DROP_REASONS", "RATES", "Aggregate", "CallFigures", "KpiEvent", "Rate", "aggregate", "apply"]
@@ -142,15 +143,18 @@ class CallFigures:
 
 
 def _started(fig: CallFigures, body: dict[str, Any], ts_ns: int) -> None:
-    fig.agent = str(body.get("agent") or "") or fig.agent
-    fig.agent_version = str(body["agent_version"]) if body.get("agent_version") else fig.agent_version
-    fig.carrier = str(body.get("carrier") or "") or fig.carrier
-    fig.from_number = body.get("from") if isinstance(body.get("from"), str) else fig.from_number
-    started = body.get("started_at")
+    """``call.<id>.started`` (:class:`~shared.contracts.CallStarted`); one that does not match its contract
+    gives only the start time (the event's)."""
+    fig.started_ns = ts_ns
     try:
-        fig.started_ns = int(datetime.fromisoformat(str(started)).timestamp() * 1e9)
-    except ValueError:
-        fig.started_ns = ts_ns
+        started = CallStarted.parse(body)
+    except ContractError:
+        return
+    fig.agent = started.agent or fig.agent
+    fig.agent_version = started.agent_version or fig.agent_version
+    fig.carrier = started.carrier or fig.carrier
+    fig.from_number = started.from_ if started.from_ is not None else fig.from_number
+    fig.started_ns = int(datetime.fromisoformat(started.started_at).timestamp() * 1e9)
 
 
 def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
@@ -159,10 +163,17 @@ def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
         _started(fig, body, ev.ts_ns)
     elif ev.type == "ended":
         fig.ended_ns = ev.ts_ns
-        fig.end_reason = str(body.get("reason") or "unknown")
+        try:
+            fig.end_reason = CallEnded.parse(body).reason or "unknown"
+        except ContractError:
+            fig.end_reason = "unknown"
     elif ev.type == "session.model_connected":
-        if body.get("agent_version") and not fig.agent_version:
-            fig.agent_version = str(body["agent_version"])
+        try:
+            connected = SessionModelConnected.parse(body)
+        except ContractError:
+            return
+        if connected.agent_version and not fig.agent_version:
+            fig.agent_version = connected.agent_version
         _cost(fig, ev)
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.analytics import store
 from shared import subjects
 from shared.bus import Bus, Envelope, Headers
+from shared.contracts import CallEnded, ContractError
 
 __all__ = ["BACKOFF_S", "MAX_DELIVER", "WebhookSender", "WebhookStatus", "sign", "verify"]
 
@@ -143,7 +144,10 @@ class WebhookSender:
 
     async def summary(self, msg: Msg) -> dict[str, Any]:
         """The JSON body for one ``call.<id>.ended`` message (waits up to :data:`KPI_WAIT_S` for its KPI row)."""
-        ended = json.loads(msg.data) if msg.data else {}
+        try:
+            reason: str | None = CallEnded.parse(msg.data).reason
+        except ContractError:
+            reason = None
         call_id = subjects.parse(msg.subject).call_id or ""
         row: dict[str, Any] | None = None
         deadline = time.monotonic() + KPI_WAIT_S
@@ -159,7 +163,7 @@ class WebhookSender:
 
         started, ended_ns = row.get("started_ns"), row.get("ended_ns")
         return {"type": "call.ended", "call_id": call_id,
-                "end_reason": ended.get("reason") if isinstance(ended, dict) else None,
+                "end_reason": reason,
                 "ended_at": iso(ended_ns) or datetime.now(UTC).isoformat(), "started_at": iso(started),
                 "agent": row.get("agent"), "agent_version": row.get("agent_version"),
                 "carrier": row.get("carrier"), "from": row.get("from_number"),

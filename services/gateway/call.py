@@ -26,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,18 @@ from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
 from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
+from shared.contracts import (
+    CallEnded,
+    CallStarted,
+    CarrierDtmf,
+    CarrierError,
+    CommandClear,
+    CommandHangup,
+    CommandPlay,
+    CommandTransfer,
+    ContractError,
+    parse_command,
+)
 from shared.telemetry import get_tracer
 
 __all__ = ["CallBridge", "CallStart", "CarrierSink"]
@@ -159,21 +172,25 @@ class CallBridge:
             self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
         s = self.start
         version = s.agent_version or rollout.choose(get_settings().agent.parent, s.agent, s.from_ or cid).version
-        await self.bus.publish_event(subjects.call_started(cid), {
-            "call_id": cid, "carrier": s.carrier, "agent": s.agent, "agent_version": version,
-            "audio_format": s.audio_format,
-            "from": s.from_, "to": s.to, "carrier_call_id": s.carrier_call_id, "stream_id": s.stream_id,
-            "custom_parameters": s.custom_parameters, "started_at": datetime.now(UTC).isoformat(),
-        }, call_id=cid)
+        started = CallStarted(
+            call_id=cid, carrier=s.carrier, agent=s.agent, agent_version=version, audio_format=s.audio_format,
+            from_=s.from_, to=s.to, carrier_call_id=s.carrier_call_id, stream_id=s.stream_id,
+            custom_parameters=s.custom_parameters, started_at=datetime.now(UTC).isoformat())
+        await self.bus.publish_event(subjects.call_started(cid), started.encode(), call_id=cid)
         log.info("call %s started (%s %s)", cid, s.carrier, s.carrier_call_id)
 
     async def end(self, reason: str, **detail: Any) -> None:
         """Publish ``call.<id>.ended`` once (later calls do nothing), unsubscribe and stop the writer.
 
-        ``detail`` is merged into the payload (e.g. ``error`` for a protocol error, ``transfer_to``).
+        ``detail`` holds the optional fields of :class:`~shared.contracts.CallEnded` (``error``, ``close_code``,
+        ``transfer_to``, ``idle_s``); another key raises ``ValueError`` before anything is published. A
+        ``protocol_error`` first publishes ``call.<id>.carrier.error`` (``code``: the close code when the
+        WebSocket layer refused a frame, else ``invalid_frame``; ``reason``: the error).
         """
         if self.ended.is_set():
             return
+        ended = CallEnded(reason=reason, carrier=self.start.carrier, carrier_call_id=self.start.carrier_call_id,
+                          stream_id=self.start.stream_id, **detail)
         self.ended.set()
         self.end_reason = reason
         try:  # the caller's last words go out before ended
@@ -191,19 +208,20 @@ class CallBridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        payload = {
-            "reason": reason,
-            "duration_ms": round((time.monotonic() - self._started_mono) * 1000.0, 1),
-            "audio_in_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
-            "audio_out_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
-            "outbound_dropped": self.queue.dropped,
-            "carrier": self.start.carrier,
-            "carrier_call_id": self.start.carrier_call_id,
-            "stream_id": self.start.stream_id,
-            **detail,
-        }
+        ended = dataclasses.replace(
+            ended, duration_ms=round((time.monotonic() - self._started_mono) * 1000.0, 1),
+            audio_in_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
+            audio_out_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
+            outbound_dropped=self.queue.dropped)
+        if reason == "protocol_error":
+            error = CarrierError(code=ended.close_code or "invalid_frame", reason=ended.error or reason)
+            try:
+                await self.bus.publish_event(subjects.carrier_error(self.call_id), error.encode(),
+                                             call_id=self.call_id)
+            except Exception:
+                log.exception("call %s: could not publish carrier.error", self.call_id)
         try:
-            await self.bus.publish_event(subjects.call_ended(self.call_id), payload, call_id=self.call_id)
+            await self.bus.publish_event(subjects.call_ended(self.call_id), ended.encode(), call_id=self.call_id)
         except Exception:
             log.exception("call %s: could not publish ended", self.call_id)
         if self._span is not None:
@@ -270,7 +288,8 @@ class CallBridge:
 
     async def dtmf(self, digit: str) -> None:
         """Publish ``call.<id>.carrier.dtmf`` ``{digit}``."""
-        await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), {"digit": digit}, call_id=self.call_id)
+        await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), CarrierDtmf(digit=digit).encode(),
+                                     call_id=self.call_id)
 
     async def mark_echo(self, name: str) -> None:
         """A mark came back from the carrier: publish ``call.<id>.carrier.mark`` (unknown names ignored)."""
@@ -278,7 +297,7 @@ class CallBridge:
         if echo is None:
             log.warning("call %s: ignoring echo of unknown mark %r", self.call_id, name[:80])
             return
-        await self.bus.publish_event(self._mark_subject, echo.payload(), call_id=self.call_id)
+        await self.bus.publish_event(self._mark_subject, echo.encode(), call_id=self.call_id)
 
     # --- bus → carrier -----------------------------------------------------------------------------------
 
@@ -321,22 +340,21 @@ class CallBridge:
             metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
 
     async def _on_command(self, env: Envelope) -> None:
+        """``call.<id>.command.<verb>`` (:mod:`shared.contracts.commands`); a malformed one is logged and ignored."""
         verb = subjects.parse(env.subject).rest.removeprefix("command.")
         try:
-            body = env.json() if env.data else {}
-        except ValueError:
-            body = {}
-        body = body if isinstance(body, dict) else {}
-        if verb == "clear":
+            command = parse_command(verb, env.data)
+        except ContractError as exc:
+            log.warning("call %s: ignoring command: %s", self.call_id, exc)
+            return
+        if isinstance(command, CommandClear):
             self.clear()
-        elif verb == "hangup":
+        elif isinstance(command, CommandHangup):
             self.queue.put_close("agent_hangup")
-        elif verb == "transfer":
-            self.queue.put_close("transfer", {"transfer_to": body.get("to")})
-        elif verb == "play":
-            self._play(body)
+        elif isinstance(command, CommandTransfer):
+            self.queue.put_close("transfer", {"transfer_to": command.to})
         else:
-            log.warning("call %s: unknown command %r", self.call_id, verb)
+            self._play(command)
 
     def clear(self) -> None:
         """``command.clear``: drop unsent audio, send ``clear`` next, treat pending marks as cleared.
@@ -347,19 +365,19 @@ class CallBridge:
         dropped = self.queue.put_clear()
         self.marks.clear()
         for echo in self.marks.unsent(dropped):
-            self._publish_soon(self._mark_subject, echo.payload())
+            self._publish_soon(self._mark_subject, echo.encode())
 
-    def _play(self, body: dict[str, Any]) -> None:
-        """``command.play``: ``{audio: base64, audio_format?, item_id?}`` queued like model audio."""
-        try:
-            audio = base64.b64decode(str(body.get("audio", "")), validate=True)
-            fmt = str(body.get("audio_format") or self._carrier_fmt)
-            if fmt != self._carrier_fmt:
+    def _play(self, command: CommandPlay) -> None:
+        """``command.play``: its audio queued like model audio (converted when its format is not the carrier's)."""
+        audio = command.audio_bytes()
+        fmt = command.audio_format or self._carrier_fmt
+        if fmt != self._carrier_fmt:
+            try:
                 audio = convert(audio, fmt, self._carrier_fmt)
-        except (ValueError, binascii.Error):
-            log.warning("call %s: ignoring malformed play command", self.call_id)
-            return
-        self.enqueue(audio, str(body.get("item_id") or "play"))
+            except ValueError as exc:
+                log.warning("call %s: ignoring play command: %s", self.call_id, exc)
+                return
+        self.enqueue(audio, command.item_id or "play")
 
     def _publish_soon(self, subject: str, payload: dict[str, Any]) -> None:
         task = asyncio.create_task(self.bus.publish_event(subject, payload, call_id=self.call_id))

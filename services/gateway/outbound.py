@@ -8,9 +8,9 @@ items jump the queue (``clear``) or wait behind the audio already queued (``clos
 Marks (https://www.twilio.com/docs/voice/media-streams/websocket-messages#send-a-mark-message): after each chunk
 the gateway sends a mark named ``<item_id>:<cumulative_bytes>``;
 Twilio echoes it when the audio before it has played, or at once after a ``clear`` flushed it. The
-:class:`MarkBook` turns echoes into ``call.<id>.carrier.mark`` payloads ``{name, item_id, played_bytes,
-cleared}`` where ``played_bytes`` is the bytes of that item confirmed played (cumulative) and ``cleared`` is
-true for marks that were pending when a ``clear`` was sent.
+:class:`MarkBook` turns echoes into ``call.<id>.carrier.mark`` payloads (:class:`~shared.contracts.CarrierMark`:
+``{name, item_id, played_bytes, cleared}``) where ``played_bytes`` is the bytes of that item confirmed played
+(cumulative) and ``cleared`` is true for marks that were pending when a ``clear`` was sent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import collections
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["AudioChunk", "Control", "MarkBook", "MarkEcho", "OutboundQueue", "mark_name"]
+from shared.contracts import CarrierMark
+
+__all__ = ["AudioChunk", "Control", "MarkBook", "OutboundQueue", "mark_name"]
 
 
 def mark_name(item_id: str, cumulative_bytes: int) -> str:
@@ -101,21 +103,6 @@ class OutboundQueue:
         return item
 
 
-@dataclass(frozen=True, slots=True)
-class MarkEcho:
-    """The ``call.<id>.carrier.mark`` payload for one echo."""
-
-    name: str
-    item_id: str
-    played_bytes: int
-    cleared: bool
-
-    def payload(self) -> dict[str, Any]:
-        """JSON body: ``{name, item_id, played_bytes, cleared}``."""
-        return {"name": self.name, "item_id": self.item_id, "played_bytes": self.played_bytes,
-                "cleared": self.cleared}
-
-
 class MarkBook:
     """Marks sent to the carrier and not yet echoed, and the bytes confirmed played per item."""
 
@@ -140,7 +127,7 @@ class MarkBook:
         """Bytes of ``item_id`` confirmed played so far (0 when unknown)."""
         return self._played.get(item_id, 0)
 
-    def echo(self, name: str) -> MarkEcho | None:
+    def echo(self, name: str) -> CarrierMark | None:
         """Apply an echo from the carrier; None for a name this call never sent (or already echoed)."""
         entry = self._pending.pop(name, None)
         if entry is None:
@@ -151,11 +138,12 @@ class MarkBook:
             self._played.move_to_end(item_id)
             while len(self._played) > self._max_items:
                 self._played.popitem(last=False)
-        return MarkEcho(name, item_id, self.played(item_id), cleared)
+        return CarrierMark(name=name, item_id=item_id, played_bytes=self.played(item_id), cleared=cleared)
 
-    def unsent(self, chunks: list[AudioChunk]) -> list[MarkEcho]:
+    def unsent(self, chunks: list[AudioChunk]) -> list[CarrierMark]:
         """Cleared echoes for chunks dropped from the queue before they were sent (last one per item)."""
         last: dict[str, AudioChunk] = {}
         for chunk in chunks:
             last[chunk.item_id] = chunk
-        return [MarkEcho(c.mark, c.item_id, self.played(c.item_id), True) for c in last.values()]
+        return [CarrierMark(name=c.mark, item_id=c.item_id, played_bytes=self.played(c.item_id), cleared=True)
+                for c in last.values()]

@@ -25,6 +25,7 @@ from services.recorder import models
 from services.recorder.chain import GENESIS, ChainHead, canonical_json, canonical_record, chain_hash, gap_record
 from services.recorder.records import Gap, Incoming, classify, trace_id_of
 from shared.bus import Headers
+from shared.contracts import CallEnded, CallStarted, ContractError
 
 __all__ = ["Archive", "ArchiveHole", "BatchResult", "upsert"]
 
@@ -377,33 +378,37 @@ async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> N
     await conn.exec_driver_sql(sql, [tuple(row[c] for c in _EVENT_COLUMNS) for row in rows])
 
 
+def _clip(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value is not None else None
+
+
 def _started_fields(msg: Incoming) -> dict[str, Any]:
-    try:
-        body = json.loads(msg.body)
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-
-    def text(key: str, limit: int) -> str | None:
-        value = body.get(key)
-        return str(value)[:limit] if value is not None else None
-
+    """The ``calls`` row of a ``call.<id>.started`` (:class:`~shared.contracts.CallStarted`); a body that does
+    not match the contract is still archived as an event, and its row keeps only the times."""
     ts = _int(msg.headers.get(Headers.TS)) or msg.stream_ts_ns
-    return {"carrier": text("carrier", 32), "agent": text("agent", 255), "audio_format": text("audio_format", 64),
-            "from_number": text("from", 64), "to_number": text("to", 64),
-            "carrier_call_id": text("carrier_call_id", 128), "stream_id": text("stream_id", 128),
-            "started_ns": ts, "trace_id": trace_id_of(msg.headers)}
+    row: dict[str, Any] = {"started_ns": ts, "trace_id": trace_id_of(msg.headers)}
+    try:
+        started = CallStarted.parse(msg.body)
+    except ContractError as exc:
+        log.warning("call.started on %s does not match its contract: %s", msg.subject, exc)
+        return row | dict.fromkeys(("carrier", "agent", "audio_format", "from_number", "to_number",
+                                    "carrier_call_id", "stream_id"))
+    return row | {"carrier": _clip(started.carrier, 32), "agent": _clip(started.agent, 255),
+                  "audio_format": _clip(started.audio_format, 64), "from_number": _clip(started.from_, 64),
+                  "to_number": _clip(started.to, 64), "carrier_call_id": _clip(started.carrier_call_id, 128),
+                  "stream_id": _clip(started.stream_id, 128)}
 
 
 def _ended_fields(msg: Incoming) -> dict[str, Any]:
+    """The ``calls`` update of a ``call.<id>.ended`` (:class:`~shared.contracts.CallEnded`): no reason when the
+    body does not match."""
     try:
-        body = json.loads(msg.body)
-    except ValueError:
-        body = {}
-    reason = body.get("reason") if isinstance(body, dict) else None
+        reason: str | None = CallEnded.parse(msg.body).reason
+    except ContractError as exc:
+        log.warning("call.ended on %s does not match its contract: %s", msg.subject, exc)
+        reason = None
     return {"status": "ended", "ended_ns": _int(msg.headers.get(Headers.TS)) or msg.stream_ts_ns,
-            "end_reason": str(reason)[:64] if reason is not None else None}
+            "end_reason": _clip(reason, 64)}
 
 
 def _span_row(msg: Incoming, record: Any) -> dict[str, Any]:

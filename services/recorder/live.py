@@ -25,6 +25,7 @@ from services.recorder.projections import project
 from services.recorder.queries import call_events
 from shared import subjects
 from shared.bus import Bus, Envelope
+from shared.contracts import CallEnded, ContractError
 
 __all__ = ["LIVE_CLIENT_EVENTS", "LIVE_SERVER_EVENTS", "live_stream", "sse"]
 
@@ -55,7 +56,12 @@ def _translate(env: Envelope) -> tuple[str, dict[str, Any]] | None:
         return None
     parsed = subjects.parse(env.subject)
     if parsed.kind == "call":
-        return ("ended", {"reason": body.get("reason")}) if parsed.rest == "ended" else None
+        if parsed.rest != "ended":
+            return None
+        try:
+            return "ended", {"reason": CallEnded.parse(body).reason}
+        except ContractError:
+            return "ended", {"reason": None}
     kind = parsed.rest
     item = body.get("item_id")
     if kind == "conversation.item.input_audio_transcription.completed":

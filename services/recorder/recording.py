@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import os
 import tempfile
 import wave
@@ -41,6 +42,7 @@ import numpy.typing as npt
 
 from services.recorder.records import ArchivedEvent
 from shared import audio
+from shared.contracts import CallStarted, CarrierMark, ContractError
 
 __all__ = ["GAP_TOLERANCE_MS", "EventLoader", "ItemPlayout", "Timeline", "cached_wav", "call_formats", "format_name",
            "render", "render_wav", "write_wav"]
@@ -111,8 +113,8 @@ def call_formats(events: Sequence[ArchivedEvent]) -> tuple[audio.AudioFormat, au
     out_name: str | None = None
     for ev in events:
         if ev.direction is None and ev.type == "started":
-            body = ev.json() or {}
-            started = format_name(body.get("audio_format"))
+            with contextlib.suppress(ContractError):
+                started = CallStarted.parse(ev.body).audio_format
         elif ev.direction == "client" and ev.type == "session.update":
             session = (ev.json() or {}).get("session") or {}
             aud = session.get("audio") if isinstance(session, dict) else None
@@ -165,10 +167,13 @@ def _allowances(events: Sequence[ArchivedEvent], out_fmt: audio.AudioFormat) -> 
             item, end_ms = body.get("item_id"), body.get("audio_end_ms")
             if isinstance(item, str) and isinstance(end_ms, int | float):
                 allow[item] = min(allow.get(item, 1 << 62), audio.bytes_for_ms(out_fmt, float(end_ms)))
-        elif ev.direction is None and ev.type == "carrier.mark" and body.get("cleared") is True:
-            item, played = body.get("item_id"), body.get("played_bytes")
-            if isinstance(item, str) and isinstance(played, int) and item not in allow:
-                allow[item] = played
+        elif ev.direction is None and ev.type == "carrier.mark":
+            try:
+                mark = CarrierMark.parse(body)
+            except ContractError:
+                continue
+            if mark.cleared and mark.item_id is not None and mark.item_id not in allow:
+                allow[mark.item_id] = mark.played_bytes
     return allow
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from services.recorder.records import ArchivedEvent
+from shared.contracts import CallEnded, CallStarted, CarrierMark, ContractError
 
 __all__ = ["TimelineRow", "summarize", "timeline"]
 
@@ -57,6 +58,21 @@ def _clip(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _summarize_call_event(t: str, body: dict[str, Any]) -> str | None:
+    """``started`` / ``ended`` / ``carrier.mark`` read through their contracts; None when the body does not match
+    (then the generic summary shows its keys)."""
+    try:
+        if t == "started":
+            started = CallStarted.parse(body)
+            return f"{started.carrier} {started.from_} → {started.to} agent={started.agent} {started.audio_format}"
+        if t == "ended":
+            return f"reason={CallEnded.parse(body).reason}"
+        mark = CarrierMark.parse(body)
+        return f"{mark.name} {mark.item_id} played={mark.played_bytes} cleared={mark.cleared}"
+    except ContractError:
+        return None
+
+
 def summarize(ev: ArchivedEvent) -> str:
     """A short human summary of one event (what matters for its type)."""
     body = ev.json()
@@ -90,14 +106,10 @@ def summarize(ev: ArchivedEvent) -> str:
         return f"{body.get('item_id')} at {ms} ms"
     if t in ("conversation.item.truncate", "conversation.item.truncated"):
         return f"{body.get('item_id')} audio_end_ms={body.get('audio_end_ms')}"
-    if t == "started":
-        return f"{body.get('carrier')} {body.get('from')} → {body.get('to')} agent={body.get('agent')} " \
-               f"{body.get('audio_format')}"
-    if t == "ended":
-        return f"reason={body.get('reason')}"
-    if t == "carrier.mark":
-        return f"{body.get('name')} {body.get('item_id')} played={body.get('played_bytes')} " \
-               f"cleared={body.get('cleared')}"
+    if ev.direction is None and t in ("started", "ended", "carrier.mark"):
+        call_summary = _summarize_call_event(t, body)
+        if call_summary is not None:
+            return call_summary
     if t == "error" or t == "session.error":
         err: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
         return _clip(f"{err.get('code')}: {err.get('message')}")

@@ -29,6 +29,7 @@ import websockets
 
 from services.recorder.projections import parse_arguments, project
 from services.recorder.records import ArchivedEvent
+from shared.contracts import CallStarted, ContractError
 
 __all__ = [
     "Comparison",
@@ -272,12 +273,14 @@ async def agent_session_update(agent_path: Path, nats_url: str | None, *, audio_
 
 
 def logged_audio_format(events: Sequence[ArchivedEvent]) -> str:
-    """The call's carrier audio format (``call.<id>.started.audio_format``, default ``audio/pcmu``)."""
+    """The call's carrier audio format (``call.<id>.started.audio_format``; ``audio/pcmu`` when no started
+    matches :class:`~shared.contracts.CallStarted`)."""
     for ev in events:
         if ev.direction is None and ev.type == "started":
-            value = (ev.json() or {}).get("audio_format")
-            if isinstance(value, str):
-                return value
+            try:
+                return CallStarted.parse(ev.body).audio_format
+            except ContractError:
+                continue
     return "audio/pcmu"
 
 

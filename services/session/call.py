@@ -34,10 +34,24 @@ from typing import Any
 import nats.errors
 from nats.aio.subscription import Subscription
 
-from services.tools.framework import ToolResult
 from shared import subjects, tool_registry
 from shared.audio import parse_format
 from shared.bus import Bus, Envelope, encode_payload
+from shared.contracts import (
+    CallEnded,
+    CallInfo,
+    CallStarted,
+    CarrierDtmf,
+    CarrierMark,
+    CommandClear,
+    Contract,
+    ContractError,
+    SessionError,
+    SessionModelConnected,
+    SessionStateChanged,
+    SessionSummary,
+    ToolResult,
+)
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -46,14 +60,14 @@ from .control import PendingControl
 from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket, backoff_delays
-from .options import CallInfo, CallOptions, ModelEndpoint
+from .options import CallOptions, ModelEndpoint
 from .rebuild import REBUILD_PREFIX, ConversationLog, parse_records
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
 from .tools import Outcome, ToolDispatcher, model_output
 
-__all__ = ["Call", "CallInfo", "CallOptions", "ModelEndpoint"]  # the last three re-exported from .options
+__all__ = ["Call", "CallOptions", "ModelEndpoint"]  # the last two re-exported from .options
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +75,7 @@ log = logging.getLogger(__name__)
 class Call:
     """The session of one call (see the module docstring)."""
 
-    def __init__(self, bus: Bus, spec: AgentSpec, info: CallInfo, endpoint: ModelEndpoint,
+    def __init__(self, bus: Bus, spec: AgentSpec, info: CallStarted, endpoint: ModelEndpoint,
                  options: CallOptions | None = None) -> None:
         self.bus = bus
         self.spec = spec
@@ -79,8 +93,7 @@ class Call:
         self.hooks = SessionHooks(self.call_id, spec.name)
         self.control = PendingControl(self.playback, self._command)
         self.registry: dict[str, tool_registry.ToolSpec] = {}
-        self.tools = ToolDispatcher(bus, self.call_id, {"call_id": self.call_id, "from": info.from_,
-                                                        "to": info.to, "agent": spec.name},
+        self.tools = ToolDispatcher(bus, CallInfo(self.call_id, info.from_, info.to, spec.name),
                                     self.registry, self._on_tool_result, self.hooks)
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
@@ -153,7 +166,7 @@ class Call:
                                      events=self.log.counts, flow_state=self.flow.state,
                                      ended_reason=self.ended_reason)
         try:
-            await self._call_event(subjects.session_event(self.call_id, "summary"), summary)
+            await self._call_event(subjects.session_event(self.call_id, "summary"), SessionSummary(**summary))
         finally:
             self.hooks.call_ended()
 
@@ -207,10 +220,9 @@ class Call:
                     failures += 1
                     if failures == self.options.model_error_after:
                         await prepared
-                        await self._call_event(subjects.session_event(self.call_id, "error"), {
-                            "call_id": self.call_id, "code": "model_unavailable",
-                            "message": "The voice model cannot be reached; still trying.",
-                            "detail": type(exc).__name__})
+                        await self._call_event(subjects.session_event(self.call_id, "error"), SessionError(
+                            call_id=self.call_id, code="model_unavailable",
+                            message="The voice model cannot be reached; still trying.", detail=type(exc).__name__))
                     await asyncio.sleep(next(delays))
                     continue
                 failures = 0
@@ -296,12 +308,12 @@ class Call:
     async def _gate_send(self, event: dict[str, Any]) -> None:
         await self.send(event, setup=self._in_setup)
 
-    async def _call_event(self, subject: str, payload: dict[str, Any]) -> None:
+    async def _call_event(self, subject: str, message: Contract) -> None:
         async with self.log.lock:
-            await self.bus.publish_event(subject, payload, call_id=self.call_id)
+            await self.bus.publish_event(subject, message.encode(), call_id=self.call_id)
 
-    async def _command(self, verb: str, payload: dict[str, Any]) -> None:
-        await self._call_event(subjects.command(self.call_id, verb), payload)
+    async def _command(self, verb: str, command: Contract) -> None:
+        await self._call_event(subjects.command(self.call_id, verb), command)
 
     # --- server events -----------------------------------------------------------------------------------
 
@@ -381,12 +393,13 @@ class Call:
         self.stats.model_up()
         await self.gate.pump()
         session = ev.get("session") or {}
-        await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
-            "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
-            "connection": self.connections, "reconnect": self.connections > 1,
+        sid, model = session.get("id"), session.get("model")
+        await self._call_event(subjects.session_event(self.call_id, "model_connected"), SessionModelConnected(
+            call_id=self.call_id, session_id=sid if isinstance(sid, str) else None,
+            model=model if isinstance(model, str) else None,
+            connection=self.connections, reconnect=self.connections > 1,
             # billed: false without an API key (the local model), priced at 0 (shared/pricing.py)
-            "billed": self.endpoint.api_key is not None, "agent": self.spec.name,
-            "agent_version": self.spec.version})
+            billed=self.endpoint.api_key is not None, agent=self.spec.name, agent_version=self.spec.version))
 
     async def _rebuild(self) -> bool:
         """Replay the log and re-create prior items; returns True when the agent owes a response."""
@@ -420,21 +433,22 @@ class Call:
             self.audio.requeue(chunk)
 
     async def _on_mark(self, env: Envelope) -> None:
-        """``call.<id>.carrier.mark``: ``{name, item_id, played_bytes, cleared}``."""
-        mark = env.json()
-        if not isinstance(mark, dict) or not isinstance(mark.get("item_id"), str):
-            log.warning("call %s: ignoring malformed mark echo %r", self.call_id, env.data[:200])
+        """``call.<id>.carrier.mark`` (:class:`~shared.contracts.CarrierMark`); echoes of no item are ignored."""
+        try:
+            mark = CarrierMark.parse(env.data)
+        except ContractError as exc:
+            log.warning("call %s: ignoring malformed mark echo: %s", self.call_id, exc)
             return
-        played = mark.get("played_bytes")
-        await self.playback.on_mark(mark["item_id"], played if isinstance(played, int) else 0,
-                                    bool(mark.get("cleared")))
+        if mark.item_id is not None:
+            await self.playback.on_mark(mark.item_id, mark.played_bytes, mark.cleared)
 
     async def _on_dtmf(self, env: Envelope) -> None:
-        """``call.<id>.carrier.dtmf`` ``{digit}`` → a user text item ``DTMF <digit>`` and a response."""
-        body = env.json()
-        digit = str(body.get("digit", "")) if isinstance(body, dict) else ""
-        if len(digit) != 1 or digit not in "0123456789*#ABCD":
-            log.warning("call %s: ignoring malformed dtmf %r", self.call_id, env.data[:100])
+        """``call.<id>.carrier.dtmf`` (:class:`~shared.contracts.CarrierDtmf`) → a user text item
+        ``DTMF <digit>`` and a response."""
+        try:
+            digit = CarrierDtmf.parse(env.data).digit
+        except ContractError as exc:
+            log.warning("call %s: ignoring malformed dtmf: %s", self.call_id, exc)
             return
         self._spawn(self._say_to_model({"type": "message", "role": "user",
                                         "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
@@ -444,13 +458,14 @@ class Call:
         await self.gate.request()
 
     async def _on_ended(self, env: Envelope) -> None:
-        """``call.<id>.ended``: close the model session and publish the summary."""
+        """``call.<id>.ended``: close the model session and publish the summary (an unreadable ``ended`` still
+        ends the call, with reason ``ended``)."""
         try:
-            body = env.json()
-        except ValueError:
-            body = {}
-        reason = body.get("reason") if isinstance(body, dict) else None
-        await self.end(str(reason or "ended"))
+            reason = CallEnded.parse(env.data).reason
+        except ContractError as exc:
+            log.warning("call %s: malformed ended (%s); ending anyway", self.call_id, exc)
+            reason = "ended"
+        await self.end(reason or "ended")
 
     # --- barge-in ----------------------------------------------------------------------------------------
 
@@ -460,8 +475,8 @@ class Call:
         item = self.playback.current
         if item is None or item.cleared or item.played >= item.received:
             return
-        await self._command("clear", {"reason": "barge_in", "item_id": item.item_id,
-                                      "response_id": item.response_id})
+        await self._command("clear", CommandClear(reason="barge_in", item_id=item.item_id,
+                                                  response_id=item.response_id))
         self.hooks.barge_in()
         self.stats.barge_ins += 1
         self._spawn(self._truncate(item.item_id))
@@ -498,9 +513,8 @@ class Call:
         session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
                                     model=self.endpoint.model, state_id=state)
         await self.deliver({"type": "session.update", "session": session})
-        await self._call_event(subjects.session_event(self.call_id, "state_changed"), {
-            "call_id": self.call_id, "from": previous, "to": state, "tool": name,
-            "tool_call_id": tool_call_id})
+        await self._call_event(subjects.session_event(self.call_id, "state_changed"), SessionStateChanged(
+            call_id=self.call_id, from_=previous, to=state, tool=name, tool_call_id=tool_call_id))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.contracts import CommandHangup, CommandTransfer
+
 from .bargein import PlaybackTracker
 
 __all__ = ["ControlDirective", "PendingControl"]
@@ -29,17 +31,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ControlDirective:
-    """A control verb waiting for the goodbye: ``verb`` (hangup/transfer), the command payload, and the
+    """A control verb waiting for the goodbye: ``verb`` (hangup/transfer), the command to publish, and the
     ``response.create`` event id whose response is the goodbye."""
 
     verb: str
-    payload: dict[str, Any]
+    payload: CommandHangup | CommandTransfer
     create_event_id: str
     response_id: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Execute = Callable[[str, dict[str, Any]], Awaitable[None]]
+Execute = Callable[[str, CommandHangup | CommandTransfer], Awaitable[None]]
+"""``execute(verb, command)`` publishes ``call.<id>.command.<verb>``."""
 
 
 class PendingControl:
@@ -56,15 +59,21 @@ class PendingControl:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def arm(self, control: dict[str, Any], create_event_id: str, reason: str | None) -> ControlDirective | None:
-        """Register ``control`` (from a tool reply); returns the directive, or None for an unknown verb."""
+        """Register ``control`` (from a tool reply); returns the directive, or None for an unknown verb or a
+        ``transfer`` without a ``to`` string."""
         verb = control.get("verb")
         if verb not in ("hangup", "transfer") or self.fired:
             if verb not in ("hangup", "transfer"):
                 log.warning("ignoring unknown control verb %r", verb)
             return None
-        payload: dict[str, Any] = {"reason": reason or ("agent_hangup" if verb == "hangup" else "transfer")}
-        if verb == "transfer":
-            payload["to"] = control.get("to")
+        payload: CommandHangup | CommandTransfer
+        if verb == "hangup":
+            payload = CommandHangup(reason=reason or "agent_hangup")
+        elif isinstance(control.get("to"), str) and control["to"]:
+            payload = CommandTransfer(reason=reason or "transfer", to=control["to"])
+        else:
+            log.warning("ignoring a transfer without a destination (control %r)", control)
+            return None
         self.directive = ControlDirective(verb, payload, create_event_id)
         self._spawn(self._deadline(self.directive))
         return self.directive

@@ -1,15 +1,12 @@
-"""What a call session is given: the model endpoint, per-call tunables and the ``call.<id>.started`` payload."""
+"""What a call session is given besides its ``call.<id>.started`` (:class:`shared.contracts.CallStarted`): the
+model endpoint and per-call tunables."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared import subjects
-from shared.audio import parse_format
-
-__all__ = ["CallInfo", "CallOptions", "ModelEndpoint"]
+__all__ = ["CallOptions", "ModelEndpoint"]
 
 
 @dataclass(frozen=True)
@@ -50,33 +47,3 @@ class CallOptions:
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:
             raise ValueError("audio_batch_ms must be ≥ 20 and the timeouts positive")
-
-
-@dataclass(frozen=True)
-class CallInfo:
-    """The ``call.<id>.started`` payload (docs/events.asyncapi.yaml): ids, carrier, agent, ``audio_format``, from/to."""
-
-    call_id: str
-    carrier: str
-    agent: str
-    audio_format: str
-    from_: str | None
-    to: str | None
-    agent_version: str | None = None
-    """The version the gateway chose (``shared.rollout``); None: the agent's default spec."""
-
-    @classmethod
-    def parse(cls, payload: Any) -> CallInfo:
-        """Validate a started payload.
-
-        Raises:
-            ValueError: not an object, an invalid call id or an unknown ``audio_format``.
-        """
-        if not isinstance(payload, dict):
-            raise ValueError("call.started payload must be a JSON object")
-        call_id = subjects.validate_call_id(str(payload.get("call_id", "")))
-        audio_format = str(payload.get("audio_format") or "audio/pcmu")
-        parse_format(audio_format)
-        return cls(call_id, str(payload.get("carrier") or "unknown"), str(payload.get("agent") or ""),
-                   audio_format, payload.get("from"), payload.get("to"),
-                   str(payload["agent_version"]) if payload.get("agent_version") else None)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
 
 from nats.aio.subscription import Subscription
 
 from shared import health, rollout, subjects
 from shared.bus import Bus, Envelope
 from shared.config import Settings
+from shared.contracts import CallStarted, ContractError, SessionError
 from shared.errors import PublishFailedError
 
 from .agent import AgentSpec, AgentSpecError, load_agent
-from .call import Call, CallInfo, CallOptions, ModelEndpoint
+from .call import Call, CallOptions, ModelEndpoint
 
 __all__ = ["QUEUE_GROUP", "SessionService", "endpoint_from_settings"]
 
@@ -112,8 +112,8 @@ class SessionService:
 
     async def _on_started(self, env: Envelope) -> None:
         try:
-            info = CallInfo.parse(env.json())
-        except (ValueError, subjects.InvalidSubjectTokenError) as exc:
+            info = CallStarted.parse(env.data)
+        except ContractError as exc:
             log.error("rejecting call.started on %s: %s", env.subject, exc)
             return
         if info.call_id in self.calls:
@@ -146,10 +146,8 @@ class SessionService:
         await self._publish_error(call_id, "publish_failed", str(error), detail=error.subject)
 
     async def _publish_error(self, call_id: str, code: str, message: str, *, detail: str | None = None) -> None:
-        payload: dict[str, Any] = {"call_id": call_id, "code": code, "message": message}
-        if detail:
-            payload["detail"] = detail
+        error = SessionError(call_id=call_id, code=code, message=message, detail=detail or None)
         try:
-            await self.bus.publish_event(subjects.session_event(call_id, "error"), payload, call_id=call_id)
+            await self.bus.publish_event(subjects.session_event(call_id, "error"), error.encode(), call_id=call_id)
         except Exception:
             log.exception("could not publish session.error for %s", call_id)

@@ -36,10 +36,10 @@ from typing import Any
 from opentelemetry.context import Context
 
 from services.tools.client import RetryPolicy, call_tool
-from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from shared import subjects
 from shared.bus import Bus
 from shared.callfigures import tool_latency_ms
+from shared.contracts import CallInfo, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 from shared.tool_registry import ToolSpec
 
@@ -92,19 +92,18 @@ class ToolDispatcher:
 
     Args:
         bus: the session's bus.
-        call_id: the Switchboard call id (``Switchboard-Call-Id`` header and the request's ``call`` object).
-        call_info: ``{"call_id", "from", "to", "agent"}`` sent with every request.
+        call: the request's ``call`` object (``call_id``, caller, callee, agent), sent with every request; its
+            ``call_id`` is also the ``Switchboard-Call-Id`` header.
         registry: tool specs by name (timeouts, background and idempotent flags).
         on_result: awaited with each outcome (:data:`OnResult`).
         hooks: telemetry hooks (one ``execute_tool`` span per call).
         policy: ``call_tool``'s retry policy (default :class:`~services.tools.client.RetryPolicy`).
     """
 
-    def __init__(self, bus: Bus, call_id: str, call_info: dict[str, Any], registry: dict[str, ToolSpec],
+    def __init__(self, bus: Bus, call: CallInfo, registry: dict[str, ToolSpec],
                  on_result: OnResult, hooks: SessionHooks, policy: RetryPolicy | None = None) -> None:
         self.bus = bus
-        self.call_id = call_id
-        self.call = CallInfo(call_id, call_info.get("from"), call_info.get("to"), call_info.get("agent"))
+        self.call = call
         self.registry = registry
         self.on_result = on_result
         self.hooks = hooks

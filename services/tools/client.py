@@ -30,17 +30,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from services.tools.framework import ToolRequest, ToolResult
 from shared import metrics, subjects
 from shared.bus import Bus, Envelope, Headers
+from shared.contracts import ContractError, ToolRequest, ToolResult
+from shared.contracts.tools import ABSOLUTE_DEADLINE_MS
 from shared.errors import ServiceCallError
 from shared.tool_registry import ToolSpec
 
 __all__ = ["RetryPolicy", "call_tool"]
-
-_ABSOLUTE_DEADLINE_MS = 10**12
-"""A ``deadline_ms`` at or above this is an absolute unix time in ms (as the worker reads it)."""
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -77,7 +74,7 @@ def _budget_ms(request: ToolRequest, spec: ToolSpec) -> float:
     """The caller's budget in ms from now (``deadline_ms`` relative or absolute, else ``spec.timeout_ms``)."""
     if request.deadline_ms is None:
         return float(spec.timeout_ms)
-    if request.deadline_ms >= _ABSOLUTE_DEADLINE_MS:
+    if request.deadline_ms >= ABSOLUTE_DEADLINE_MS:
         return request.deadline_ms - time.time() * 1000
     return request.deadline_ms
 
@@ -119,7 +116,7 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
                 if now < worker_deadline and len(in_flight) < policy.max_in_flight:
                     attempt = dataclasses.replace(request, deadline_ms=round((worker_deadline - now) * 1000, 1))
                     # the call id travels as a header but not as a seq: tool requests are not in the event log
-                    task = asyncio.ensure_future(bus.request(subject, attempt.to_json(), timeout=deadline - now,
+                    task = asyncio.ensure_future(bus.request(subject, attempt.encode(), timeout=deadline - now,
                                                              headers=headers))
                     in_flight.add(task)
                     if last.code == 503:
@@ -140,8 +137,8 @@ async def call_tool(bus: Bus, spec: ToolSpec, request: ToolRequest, *,
                 exc = task.exception()
                 if exc is None:
                     try:
-                        result = ToolResult.from_reply(task.result().json())
-                    except ValueError:
+                        result = ToolResult.parse(task.result().data)
+                    except ContractError:
                         error = ServiceCallError(502, "The tool gave an answer I could not read.")
                         finish(error)
                         raise error from None

@@ -43,7 +43,7 @@ async def load_result(session: AsyncSession, tool: str, tool_call_id: str) -> To
     row = (await session.execute(
         select(StoredResult.reply).where(StoredResult.tool == tool, StoredResult.tool_call_id == tool_call_id)
     )).scalar_one_or_none()
-    return ToolResult.from_reply(json.loads(row)) if row else None
+    return ToolResult.parse(row) if row else None
 
 
 def deadline_holds(deadline: float) -> None:
@@ -105,7 +105,7 @@ async def run_once(sessions: async_sessionmaker[AsyncSession], tool: str, tool_c
                 except IntegrityError:
                     raise _AlreadyClaimed() from None
                 result = await work(session)
-                claim.reply = json.dumps(result.to_reply(), separators=(",", ":"), ensure_ascii=False)
+                claim.reply = json.dumps(result.encode(), separators=(",", ":"), ensure_ascii=False)
                 await session.flush()
             deadline_holds(deadline)  # leaving the block by this error closes the session: rolled back
             await session.commit()

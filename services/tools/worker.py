@@ -38,18 +38,13 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tools.db import Database
-from services.tools.framework import (
-    Tool,
-    ToolContext,
-    ToolRequest,
-    ToolResult,
-    tools_in_module,
-)
+from services.tools.framework import InvalidArguments, Tool, ToolContext, tools_in_module
 from services.tools.results import deadline_holds, run_lazy, run_once
 from services.tools.settings import ToolsSettings
 from services.tools.validation import ArgumentValidator
 from shared import health, subjects, tool_registry
 from shared.bus import Bus, Envelope
+from shared.contracts import ContractError, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 
 __all__ = ["QUEUE_GROUP", "ToolWorker", "load_tools"]
@@ -126,7 +121,10 @@ class ToolWorker:
             with _tracer.start_as_current_span(f"execute_tool {t.name}", kind=SpanKind.INTERNAL,
                                                attributes={**attributes, **call}) as span:
                 try:
-                    request = ToolRequest.parse(env.data, env.headers)
+                    try:
+                        request = ToolRequest.parse(env.data, env.headers)
+                    except ContractError as exc:  # a sentence safe to speak, sent back as a 400
+                        raise InvalidArguments(exc.problem) from None
                     if request.tool_call_id:
                         span.set_attribute("gen_ai.tool.call.id", request.tool_call_id)
                     result = await self.execute(t, request, received=received)
@@ -135,7 +133,7 @@ class ToolWorker:
                     log.log(logging.WARNING if exc.code >= 500 else logging.INFO, "tool %s answered %d: %s",
                             t.name, exc.code, exc.message)
                     raise
-            return result.to_reply()
+            return result.encode()
 
         return handle
 

@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 
 from shared import subjects
 from shared.bus import Bus, Envelope, is_high_rate
+from shared.contracts import CallStarted, ContractError
 
 __all__ = ["CallFollower"]
 
@@ -90,13 +91,12 @@ class CallFollower:
         if self.call_id is not None:
             return
         try:
-            payload = env.json()
-            if payload.get("custom_parameters", {}).get("run_id") != self.run_id:
-                return
-            call_id = subjects.validate_call_id(payload["call_id"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+            started = CallStarted.parse(env.data)
+        except ContractError:
             return
-        self.call_id = call_id
+        if started.custom_parameters.get("run_id") != self.run_id:
+            return
+        call_id = self.call_id = started.call_id
         # from the log, not core NATS: what was stored while the connection was down still arrives
         self._subs.append(await self.bus.follow(subjects.rt_all(call_id), subjects.RT_STREAM, self._on_rt))
         self._subs.append(await self.bus.follow(subjects.call_ended(call_id), subjects.CALLS_STREAM, self._on_ended))

@@ -16,8 +16,9 @@ from typing import Any
 from nats.aio.subscription import Subscription
 
 from shared import subjects
-from shared.audio import PCMU, parse_format
+from shared.audio import parse_format
 from shared.bus import Bus, Envelope
+from shared.contracts import CallStarted, parse_command
 
 __all__ = ["EchoPeer"]
 
@@ -58,8 +59,9 @@ class EchoPeer:
         self._subs.clear()
 
     async def _on_started(self, env: Envelope) -> None:
-        payload = env.json()
-        call_id = subjects.validate_call_id(payload["call_id"])
+        started = CallStarted.parse(env.data)
+        payload = started.encode()
+        call_id = started.call_id
         self.frames[call_id] = 0
         self.item_ids[call_id] = f"item_echo{next(self._ids)}"
 
@@ -68,7 +70,7 @@ class EchoPeer:
 
         self._subs.append(await self.bus.subscribe(subjects.call_audio_in(call_id), on_audio))
         # as the session does once it listens: the gateway releases the caller audio it held until now
-        fmt = parse_format(str(payload.get("audio_format") or PCMU)).realtime_format()
+        fmt = parse_format(started.audio_format).realtime_format()
         updated = {"type": "session.updated", "event_id": f"evt_{next(self._ids)}",
                    "session": {"audio": {"input": {"format": fmt}, "output": {"format": fmt}}}}
         subject = subjects.rt_server(call_id, "session.updated")
@@ -100,5 +102,7 @@ class EchoPeer:
             await self.bus.publish(subject, event, call_id=call_id)
 
     async def command(self, call_id: str, verb: str, payload: dict[str, Any] | None = None) -> None:
-        """Publish ``call.<id>.command.<verb>`` (core NATS; the gateway's subscription is core)."""
-        await self.bus.publish(subjects.command(call_id, verb), payload or {}, call_id=call_id)
+        """Publish ``call.<id>.command.<verb>`` (core NATS; the gateway's subscription is core); ``payload`` is
+        checked against the verb's contract (:func:`shared.contracts.parse_command`) first."""
+        command = parse_command(verb, payload or {})
+        await self.bus.publish(subjects.command(call_id, verb), command.encode(), call_id=call_id)

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from shared import audio, subjects
 from shared.bus import Bus
+from shared.contracts import CallEnded, CallStarted, CarrierMark, CommandClear, SessionModelConnected, SessionSummary
 
 __all__ = ["FRAME_BYTES", "Step", "publish_call", "script", "tone"]
 
@@ -86,11 +87,13 @@ def script(call_id: str, *, run_id: str = "scripted") -> list[Step]:
                        content_index=0, delta=(" " if i else "") + words[i])
 
     fmt = {"type": "audio/pcmu"}
-    steps.append(Step("gateway", subjects.call_started(call_id), {
-        "call_id": call_id, "carrier": "twilio", "agent": "receptionist", "audio_format": "audio/pcmu",
-        "from": "+15551230001", "to": "+15559870000", "carrier_call_id": "CA" + "0" * 32,
-        "stream_id": "MZ" + "1" * 32, "custom_parameters": {"run_id": run_id}, "started_at": time.time()}))
-    steps.append(Step("session", subjects.session_event(call_id, "model_connected"), {"model": "gpt-realtime"}))
+    steps.append(Step("gateway", subjects.call_started(call_id), CallStarted(
+        call_id=call_id, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+        from_="+15551230001", to="+15559870000", carrier_call_id="CA" + "0" * 32,
+        stream_id="MZ" + "1" * 32, custom_parameters={"run_id": run_id},
+        started_at=datetime.now(UTC).isoformat()).encode()))
+    steps.append(Step("session", subjects.session_event(call_id, "model_connected"), SessionModelConnected(
+        call_id=call_id, session_id="sess_1", model="gpt-realtime", billed=True, agent="receptionist").encode()))
     client("session.update", session={
         "type": "realtime", "model": "gpt-realtime", "instructions": "You are a receptionist.",
         "output_modalities": ["audio"],
@@ -128,16 +131,17 @@ def script(call_id: str, *, run_id: str = "scripted") -> list[Step]:
     server("response.done", response={"id": "resp_2", "status": "completed", "usage": USAGE})
     caller_audio(audio.silence(audio.PCMU, 1000))
     steps.append(Step("gateway", subjects.carrier_mark(call_id),
-                      {"name": "m1", "item_id": "item_a1", "played_bytes": 8000, "cleared": False}))
+                      CarrierMark(name="m1", item_id="item_a1", played_bytes=8000, cleared=False).encode()))
     # turn 2: the agent speaks 2 s; the caller barges in after 0.5 s
     server("response.created", response={"id": "resp_3", "status": "in_progress", "output": [], "usage": None})
     agent_audio("resp_3", "item_a2", tone(350, 2000), "Is there anything else I can help you with today?")
     caller_audio(audio.silence(audio.PCMU, 500) + tone(500, 600))
     server("input_audio_buffer.speech_started", audio_start_ms=3600, item_id="item_u2")
-    steps.append(Step("session", subjects.command(call_id, "clear"), {"reason": "barge_in"}))
+    steps.append(Step("session", subjects.command(call_id, "clear"),
+                      CommandClear(reason="barge_in", item_id="item_a2", response_id="resp_3").encode()))
     client("conversation.item.truncate", item_id="item_a2", content_index=0, audio_end_ms=500)
     steps.append(Step("gateway", subjects.carrier_mark(call_id),
-                      {"name": "m2", "item_id": "item_a2", "played_bytes": 4000, "cleared": True}))
+                      CarrierMark(name="m2", item_id="item_a2", played_bytes=4000, cleared=True).encode()))
     server("conversation.item.truncated", item_id="item_a2", content_index=0, audio_end_ms=500)
     server("response.done", response={"id": "resp_3", "status": "cancelled",
                                       "status_details": {"type": "cancelled", "reason": "turn_detected"},
@@ -146,8 +150,13 @@ def script(call_id: str, *, run_id: str = "scripted") -> list[Step]:
     server("input_audio_buffer.speech_stopped", audio_end_ms=4700, item_id="item_u2")
     server("conversation.item.input_audio_transcription.completed", item_id="item_u2", content_index=0,
            transcript="No thanks, bye")
-    steps.append(Step("session", subjects.session_event(call_id, "summary"), {"turns": 2}))
-    steps.append(Step("gateway", subjects.call_ended(call_id), {"reason": "caller_hangup", "duration_ms": 6000}))
+    steps.append(Step("session", subjects.session_event(call_id, "summary"), SessionSummary(
+        call_id=call_id, agent="receptionist", turns={"user": 2, "assistant": 3, "responses": {"completed": 2,
+                                                                                             "cancelled": 1}},
+        barge_ins=1, ended_reason="caller_hangup").encode()))
+    steps.append(Step("gateway", subjects.call_ended(call_id), CallEnded(
+        reason="caller_hangup", duration_ms=6000, carrier="twilio", carrier_call_id="CA" + "0" * 32,
+        stream_id="MZ" + "1" * 32).encode()))
     return steps
 
 

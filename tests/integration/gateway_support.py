@@ -22,6 +22,16 @@ from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from shared.contracts import (
+    CallEnded,
+    CallStarted,
+    CarrierDtmf,
+    CarrierError,
+    CarrierMark,
+    ContractError,
+    parse_command,
+    parse_session_event,
+)
 from switchboard.testing.echo_peer import EchoPeer
 
 TIMEOUT = 10.0  # generous: a busy 2-core machine
@@ -56,14 +66,39 @@ async def peer_fixture(peer_bus: Bus) -> AsyncIterator[EchoPeer]:
     await p.stop()
 
 
+_CALL_CONTRACTS: dict[str, Any] = {"started": CallStarted, "ended": CallEnded, "carrier.mark": CarrierMark,
+                                    "carrier.dtmf": CarrierDtmf, "carrier.error": CarrierError}
+
+
+def contract_problem(env: Envelope) -> str | None:
+    """Why a call-level message does not match its contract (``shared.contracts``), None when it does."""
+    rest = subjects.parse(env.subject).rest
+    try:
+        if rest.startswith("command."):
+            parse_command(rest.removeprefix("command."), env.data)
+        elif rest.startswith("session."):
+            parse_session_event(rest.removeprefix("session."), env.data)
+        elif rest in _CALL_CONTRACTS:
+            _CALL_CONTRACTS[rest].parse(env.data)
+    except ContractError as exc:
+        return f"{env.subject}: {exc}"
+    return None
+
+
 class Recorder:
-    """Collects every call-level event of every call (a core subscription on ``call.>``)."""
+    """Collects every call-level event of every call (a core subscription on ``call.>``) and checks each JSON
+    one against its contract (:attr:`invalid`; the fixture fails the test when any does not match)."""
 
     def __init__(self) -> None:
         self.events: list[Envelope] = []
+        self.invalid: list[str] = []
         self.changed = asyncio.Event()
 
     async def handler(self, env: Envelope) -> None:
+        if not env.subject.endswith(".audio.in"):
+            problem = contract_problem(env)
+            if problem is not None:
+                self.invalid.append(problem)
         self.events.append(env)
         self.changed.set()
 
@@ -72,10 +107,10 @@ class Recorder:
 
     def started_with(self, run_id: str) -> dict[str, Any] | None:
         for env in self.events:
-            if env.subject.endswith(".started"):
+            if env.subject.endswith(".started") and CallStarted.parse(env.data).custom_parameters.get(
+                    "run_id") == run_id:
                 payload: dict[str, Any] = env.json()
-                if payload["custom_parameters"].get("run_id") == run_id:
-                    return payload
+                return payload
         return None
 
     async def wait_for(self, predicate: Any, timeout: float = TIMEOUT) -> Any:
@@ -94,6 +129,7 @@ async def recorder_fixture(peer_bus: Bus) -> AsyncIterator[Recorder]:
     sub = await peer_bus.subscribe(subjects.all_call_events(), rec.handler, dedupe=False)
     yield rec
     await sub.unsubscribe()
+    assert rec.invalid == [], "the gateway published messages that do not match their contracts"
 
 
 class AudioTap:

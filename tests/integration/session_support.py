@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import httpx
 from shared import subjects, tool_registry
 from shared.audio import PCMU, silence
 from shared.bus import Bus, Envelope
+from shared.contracts import CallEnded, CallStarted, CarrierDtmf, CarrierMark, parse_command, parse_session_event
 from shared.tts import synthesize_format_async
 from switchboard import natsserver
 
@@ -135,10 +137,10 @@ class SimGateway:
             await self.bus.subscribe(subjects.command(cid, "*"), self._on_command),
             await self.bus.subscribe(subjects.session_events(cid), self._on_session),
         ]
-        await self.bus.publish_event(subjects.call_started(cid), {
-            "call_id": cid, "carrier": "twilio", "agent": agent, "audio_format": audio_format,
-            "from": "+15551230001", "to": "+15559870000", "carrier_call_id": "CAtest", "stream_id": "MZtest",
-            "custom_parameters": {}, "started_at": time.time()}, call_id=cid)
+        started = CallStarted(call_id=cid, carrier="twilio", agent=agent, audio_format=audio_format,
+                              from_="+15551230001", to="+15559870000", carrier_call_id="CAtest", stream_id="MZtest",
+                              started_at=datetime.now(UTC).isoformat())
+        await self.bus.publish_event(subjects.call_started(cid), started.encode(), call_id=cid)
 
     async def _on_rt(self, env: Envelope) -> None:
         parsed = subjects.parse(env.subject)
@@ -157,7 +159,7 @@ class SimGateway:
 
     async def _on_command(self, env: Envelope) -> None:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
-        body = env.json()
+        body = parse_command(verb, env.data).encode()  # what the session sends must match its contract
         self.commands.append((verb, body))
         if verb == "clear":
             for item_id, item in self.items.items():  # a clear echoes every pending mark as cleared
@@ -168,14 +170,15 @@ class SimGateway:
             self._changed.notify_all()
 
     async def _on_session(self, env: Envelope) -> None:
-        self.session_events.append((env.subject.rsplit(".", 1)[1], env.json()))
+        event = env.subject.rsplit(".", 1)[1]
+        parse_session_event(event, env.data)  # what the session sends must match its contract
+        self.session_events.append((event, env.json()))
         async with self._changed:
             self._changed.notify_all()
 
     async def _mark(self, item_id: str, played: int, *, cleared: bool) -> None:
-        await self.bus.publish_event(subjects.carrier_mark(self.call_id), {
-            "name": f"{item_id}:{played}", "item_id": item_id, "played_bytes": played, "cleared": cleared},
-            call_id=self.call_id)
+        mark = CarrierMark(name=f"{item_id}:{played}", item_id=item_id, played_bytes=played, cleared=cleared)
+        await self.bus.publish_event(subjects.carrier_mark(self.call_id), mark.encode(), call_id=self.call_id)
 
     async def play(self, item_id: str, up_to: int | None = None) -> int:
         """Echo the pending marks of ``item_id`` up to ``up_to`` cumulative bytes (all when None) as played;
@@ -196,12 +199,13 @@ class SimGateway:
 
     async def send_dtmf(self, digit: str) -> None:
         """Publish a keypad digit."""
-        await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), {"digit": digit}, call_id=self.call_id)
+        await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), CarrierDtmf(digit=digit).encode(),
+                                     call_id=self.call_id)
 
     async def end(self, reason: str = "caller_hangup") -> None:
         """Publish ``call.<id>.ended``."""
-        await self.bus.publish_event(subjects.call_ended(self.call_id), {"reason": reason, "duration_ms": 1},
-                                     call_id=self.call_id)
+        await self.bus.publish_event(subjects.call_ended(self.call_id),
+                                     CallEnded(reason=reason, duration_ms=1).encode(), call_id=self.call_id)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
         """Wait until ``predicate()`` holds (re-checked on every message)."""

@@ -21,6 +21,7 @@ from services.analytics.db import open_database
 from services.analytics.webhook import WebhookSender, verify
 from shared import subjects
 from shared.bus import Bus
+from shared.contracts import CallEnded, CallStarted, SessionModelConnected
 from shared.runtime import ServiceContext, serve_http
 from switchboard import natsserver
 from switchboard.cli.up import _webhook_status
@@ -29,12 +30,13 @@ from switchboard.cli.up import _webhook_status
 async def place_call(gateway: Bus, session: Bus, call_id: str, *, version: str, reason: str,
                      tool_error: bool = False) -> None:
     """Publish one call's events as the gateway and the session would."""
-    await gateway.publish_event(subjects.call_started(call_id), {
-        "call_id": call_id, "carrier": "twilio", "agent": "receptionist", "agent_version": version,
-        "from": "+15550100", "to": "+15550200", "audio_format": "audio/pcmu",
-        "started_at": "2026-12-07T10:00:00+00:00"}, call_id=call_id)
-    await session.publish_event(subjects.session_event(call_id, "model_connected"),
-                                {"call_id": call_id, "billed": False, "agent_version": version}, call_id=call_id)
+    started = CallStarted(call_id=call_id, carrier="twilio", agent="receptionist", agent_version=version,
+                          from_="+15550100", to="+15550200", audio_format="audio/pcmu",
+                          started_at="2026-12-07T10:00:00+00:00")
+    await gateway.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
+    connected = SessionModelConnected(call_id=call_id, billed=False, agent="receptionist", agent_version=version)
+    await session.publish_event(subjects.session_event(call_id, "model_connected"), connected.encode(),
+                                call_id=call_id)
     rt: list[tuple[str, str, dict[str, Any]]] = [
           ("server", "input_audio_buffer.speech_stopped", {}), ("server", "response.created", {}),
           ("server", "response.output_audio.delta", {"delta": "AAAA"}),
@@ -47,8 +49,7 @@ async def place_call(gateway: Bus, session: Bus, call_id: str, *, version: str, 
     for direction, etype, body in rt:
         build = subjects.rt_client if direction == "client" else subjects.rt_server
         await session.publish_event(build(call_id, etype), {"type": etype, **body}, call_id=call_id)
-    await gateway.publish_event(subjects.call_ended(call_id), {"call_id": call_id, "reason": reason},
-                                call_id=call_id)
+    await gateway.publish_event(subjects.call_ended(call_id), CallEnded(reason=reason).encode(), call_id=call_id)
     await gateway.flush_acks(5.0)
     await session.flush_acks(5.0)
 

@@ -25,6 +25,7 @@ from services.gateway.server import RunningGateway
 from shared import subjects
 from shared.audio import ulaw_decode
 from shared.bus import Bus, Envelope
+from shared.contracts import CallStarted, CarrierDtmf, CarrierMark, CommandClear, CommandHangup, SessionSummary
 from switchboard.caller import run_scenario
 from switchboard.scenario import Scenario, load_scenario
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
@@ -77,7 +78,7 @@ class ScriptedAgent:
         await self.bus.subscribe(subjects.all_calls_started(), self._on_started)
 
     async def _on_started(self, env: Envelope) -> None:
-        call_id = env.json()["call_id"]
+        call_id = CallStarted.parse(env.data).call_id
         call = AgentCall(call_id, list(self.replies))
         self.calls[call_id] = call
         await self.bus.subscribe(subjects.call_audio_in(call_id), lambda e: self._on_audio(call, e))
@@ -130,8 +131,8 @@ class ScriptedAgent:
 
     async def _hangup_when_played(self, call: AgentCall, item: str) -> None:
         await wait_until(lambda: call.played.get(item, 0) >= call.sent[item] or item in call.cleared, 30)
-        await self.bus.publish_event(subjects.command(call.call_id, "hangup"), {"reason": "end_call"},
-                                     call_id=call.call_id)
+        await self.bus.publish_event(subjects.command(call.call_id, "hangup"),
+                                     CommandHangup(reason="end_call").encode(), call_id=call.call_id)
 
     async def _next(self, call: AgentCall) -> None:
         if call.replies:
@@ -148,8 +149,8 @@ class ScriptedAgent:
                 unplayed = [i for i, n in call.sent.items() if call.played.get(i, 0) < n and i not in call.cleared]
                 if unplayed:  # barge-in
                     call.cleared.extend(unplayed)
-                    await self.bus.publish_event(subjects.command(call.call_id, "clear"), {"reason": "barge_in"},
-                                                 call_id=call.call_id)
+                    await self.bus.publish_event(subjects.command(call.call_id, "clear"),
+                                                 CommandClear(reason="barge_in").encode(), call_id=call.call_id)
         else:
             call.silent += 1
             if call.speaking and call.silent >= 15:  # 300 ms of silence ends the utterance
@@ -161,17 +162,18 @@ class ScriptedAgent:
                 call.voiced = 0
 
     async def _on_mark(self, call: AgentCall, env: Envelope) -> None:
-        mark = env.json()
-        if not mark["cleared"]:
-            call.played[mark["item_id"]] = mark["played_bytes"]
+        mark = CarrierMark.parse(env.data)
+        if not mark.cleared and mark.item_id is not None:
+            call.played[mark.item_id] = mark.played_bytes
 
     async def _on_ended(self, call: AgentCall) -> None:
         """Like the session: a summary once the carrier leg is over."""
-        await self.bus.publish_event(subjects.session_event(call.call_id, "summary"), {"turns": call.counter},
+        summary = SessionSummary(call_id=call.call_id, turns={"assistant": call.counter})
+        await self.bus.publish_event(subjects.session_event(call.call_id, "summary"), summary.encode(),
                                      call_id=call.call_id)
 
     async def _on_dtmf(self, call: AgentCall, env: Envelope) -> None:
-        call.dtmf.append(env.json()["digit"])
+        call.dtmf.append(CarrierDtmf.parse(env.data).digit)
         await self._next(call)
 
 

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from services.gateway.server import WS_MAX_SIZE, RunningGateway, running_gateway
 from shared.bus import Bus
 from shared.config import load_settings
+from shared.contracts import CarrierError
 from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
@@ -103,6 +104,8 @@ async def test_twilio_oversized_frame_is_protocol_error(gw: RunningGateway, peer
         assert code == 1009
         ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
         assert ended["reason"] == "protocol_error" and ended["close_code"] == 1009
+        [error] = recorder.of(call_id, "carrier.error")
+        assert CarrierError.parse(error.data) == CarrierError(code=1009, reason="websocket closed with 1009")
         assert not recorder.of(other_id, "ended")  # the other call is untouched
     finally:
         talking.cancel()

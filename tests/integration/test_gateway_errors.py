@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from services.gateway.server import RunningGateway, running_gateway
 from shared.bus import Bus
 from shared.config import load_settings
+from shared.contracts import CallEnded, CarrierError
 from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
@@ -81,8 +82,14 @@ async def test_bad_input_after_start_ends_call_and_spares_others(
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert ws.close_code == 1008 and (ws.close_reason or "").startswith(reason)
-    ended = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0].json()
-    assert ended["reason"] == "protocol_error" and ended["error"].startswith(reason)
+    ended_env = (await recorder.wait_for(lambda: recorder.of(call_id, "ended")))[0]
+    ended = CallEnded.parse(ended_env.data)
+    assert ended.reason == "protocol_error" and ended.error is not None and ended.error.startswith(reason)
+    # the bad frame is reported as carrier.error (documented in docs/events.asyncapi.yaml), before ended
+    [error_env] = recorder.of(call_id, "carrier.error")
+    error = CarrierError.parse(error_env.data)
+    assert error.code == "invalid_frame" and error.reason == ended.error
+    assert error_env.seq is not None and ended_env.seq is not None and error_env.seq < ended_env.seq
     # the other call still works end to end
     for n in (1, 2):  # 40 ms: one audio.in message
         await bystander.send(media_frame(b"\x42" * 160, n))

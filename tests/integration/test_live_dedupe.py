@@ -17,6 +17,7 @@ from services.recorder.service import Recorder
 from shared import subjects
 from shared.bus import Bus
 from shared.config import load_settings
+from shared.contracts import CallEnded, CallStarted
 
 DELTA = "response.output_audio_transcript.delta"
 
@@ -36,8 +37,9 @@ async def test_a_page_opened_mid_turn_shows_each_delta_once(nats_url: str, tmp_p
     await recorder.start()
     call_id = f"CAld{unique}"
     try:
-        await gateway.publish_event(subjects.call_started(call_id), {"call_id": call_id, "carrier": "twilio",
-                                                                     "audio_format": "audio/pcmu"}, call_id=call_id)
+        started = CallStarted(call_id=call_id, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+                              started_at="2026-12-07T05:30:00+00:00")
+        await gateway.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
         for part in ("Hel", "lo"):
             await session.publish_event(subjects.rt_server(call_id, DELTA),
                                         {"type": DELTA, "item_id": "a1", "delta": part}, call_id=call_id)
@@ -65,7 +67,8 @@ async def test_a_page_opened_mid_turn_shows_each_delta_once(nats_url: str, tmp_p
                     break
             await session.publish_event(subjects.rt_server(call_id, DELTA),
                                         {"type": DELTA, "item_id": "a1", "delta": " there"}, call_id=call_id)
-            await gateway.publish_event(subjects.call_ended(call_id), {"reason": "caller_hangup"}, call_id=call_id)
+            await gateway.publish_event(subjects.call_ended(call_id), CallEnded(reason="caller_hangup").encode(),
+                                        call_id=call_id)
             async for raw in stream:
                 if not raw.startswith(b":"):
                     seen.append(frame(raw))

@@ -22,11 +22,12 @@ import websockets
 from services.gateway.server import running_gateway
 from services.localmodel.server import LocalModelServer
 from services.session.agent import load_agent
-from services.session.call import Call, CallInfo, CallOptions, ModelEndpoint
+from services.session.call import Call, CallOptions, ModelEndpoint
 from services.session.service import SessionService
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from shared.contracts import CallEnded, CallStarted
 from tests.integration.gateway_support import start_frame
 from tests.integration.localmodel_support import running_server
 from tests.integration.session_support import ROOT
@@ -73,7 +74,7 @@ async def test_ended_published_before_pickup_ends_the_session(gateway_bus: Bus, 
     """``ended`` is in the CALLS stream before the session subscribes: the session ends at once, closes its
     model socket and names the gateway's reason (before the fix it ran until the 120 s carrier watchdog)."""
     cid = subjects.new_call_id()
-    await gateway_bus.publish_event(subjects.call_ended(cid), {"reason": "caller_hangup", "duration_ms": 3},
+    await gateway_bus.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup", duration_ms=3).encode(),
                                     call_id=cid)
     await gateway_bus.flush_acks(10)
     summaries: list[Envelope] = []
@@ -82,7 +83,8 @@ async def test_ended_published_before_pickup_ends_the_session(gateway_bus: Bus, 
         summaries.append(env)
 
     await gateway_bus.subscribe(subjects.session_event(cid, "summary"), on_summary)
-    info = CallInfo(cid, "twilio", "receptionist", "audio/pcmu", "+15551230001", "+15559870000")
+    info = CallStarted(call_id=cid, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+                       from_="+15551230001", to="+15559870000", started_at="2026-12-07T05:30:00+00:00")
     call = Call(bus, load_agent(AGENT), info, endpoint(model), CallOptions())
     await asyncio.wait_for(call.run(), 60)
     await wait_until(lambda: summaries, 10, "summary")

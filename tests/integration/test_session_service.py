@@ -5,8 +5,8 @@ instances, bad ``started`` payloads are rejected without harm, an unreachable mo
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,6 +15,7 @@ from services.session.service import SessionService
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.config import load_settings
+from shared.contracts import CallEnded, CallStarted
 from switchboard import natsserver
 from tests.integration.session_support import ROOT
 
@@ -36,8 +37,8 @@ async def make_service(nats_url: str, **options: object) -> tuple[Bus, SessionSe
 
 
 def started(call_id: str) -> dict[str, object]:
-    return {"call_id": call_id, "carrier": "twilio", "agent": "receptionist", "audio_format": "audio/pcmu",
-            "from": "+15551230001", "to": "+15559870000"}
+    return CallStarted(call_id=call_id, carrier="twilio", agent="receptionist", audio_format="audio/pcmu",
+                       from_="+15551230001", to="+15559870000", started_at=datetime.now(UTC).isoformat()).encode()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -87,7 +88,8 @@ async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(gate
         error = next(e for n, e in events if n == "error")
         assert error["code"] == "model_unavailable" and error["message"]
         # the carrier hangs up: the session ends and publishes its summary anyway
-        await gateway_bus.publish_event(subjects.call_ended(good), {"reason": "caller_hangup"}, call_id=good)
+        await gateway_bus.publish_event(subjects.call_ended(good), CallEnded(reason="caller_hangup").encode(),
+                                        call_id=good)
         await wait_until(lambda: any(n == "summary" for n, _ in events))
         summary = next(e for n, e in events if n == "summary")
         assert summary["ended_reason"] == "caller_hangup" and summary["call_id"] == good
@@ -111,7 +113,7 @@ async def test_early_audio_is_buffered_while_the_model_is_away(gateway_bus: Bus,
         await wait_until(lambda: call.audio.buffered == 25 * 160,
                          what=f"all audio buffered (have {call.audio.buffered} bytes)")
         assert call.log.counts == {"client": 0, "server": 0}  # nothing sent or logged without a model
-        await gateway_bus.publish_event(subjects.call_ended(cid), json.loads('{"reason": "caller_hangup"}'),
+        await gateway_bus.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup").encode(),
                                         call_id=cid)
         await wait_until(lambda: not service.calls, what="call ended")
     finally:

@@ -18,11 +18,11 @@ from opentelemetry.trace import SpanKind
 
 from services.tools.client import RetryPolicy, call_tool
 from services.tools.db import Database
-from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
 from shared import subjects, tool_registry
 from shared.bus import Bus, Headers
+from shared.contracts import CallInfo, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 from shared.telemetry import setup_telemetry
 from shared.tool_registry import ToolSpec

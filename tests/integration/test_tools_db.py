@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import inspect, text
 
 from services.tools.db import VERSION_TABLE, Database
-from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from services.tools.seed import CANCEL_CUSTOMER, seed
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
+from shared.contracts import CallInfo, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 from tests.integration.tools_support import counts, day, slow_write
 

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from services.tools.db import Database
-from services.tools.framework import CallInfo, DeadlineExceeded, ToolContext, ToolRequest, tool
+from services.tools.framework import DeadlineExceeded, ToolContext, tool
 from services.tools.settings import ToolsSettings
 from services.tools.worker import ToolWorker, load_tools
 from shared import subjects
 from shared.bus import Bus, Headers
+from shared.contracts import CallInfo, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 from switchboard import natsserver
 from tests.integration.tools_support import counts, day, stall_write
@@ -65,14 +66,15 @@ async def test_expired_on_arrival_is_refused_without_running(bus: Bus, worker: T
     service = await bus.add_service("switchboard-tools")
     try:
         await worker.register(bus, service)
-        body = {"arguments": {"tag": "late"}, "tool_call_id": "late_1", "call": CALLER.to_json(),
-                "deadline_ms": 5000}  # a generous relative budget: the header's absolute deadline binds
+        # a raw request (call_tool cannot send a deadline that has passed): a generous relative budget in the
+        # body, while the header's absolute deadline binds
+        body = ToolRequest({"tag": "late"}, "late_1", CALLER, 5000).encode()
         with pytest.raises(ServiceCallError) as info:
             await bus.request(subjects.tool("count_runs"), body, timeout=5,
                               headers={Headers.DEADLINE: str(int(past_ms(1)))})
         assert info.value.code == 504
-        book = {"arguments": {"name": "Late Larry", "date": day(5), "time": "11:00", "phone": "+15550001234"},
-                "tool_call_id": "late_book", "call": CALLER.to_json(), "deadline_ms": 5000}
+        book = ToolRequest({"name": "Late Larry", "date": day(5), "time": "11:00", "phone": "+15550001234"},
+                           "late_book", CALLER, 5000).encode()
         with pytest.raises(ServiceCallError) as info:
             await bus.request(subjects.tool("book_appointment"), book, timeout=5,
                               headers={Headers.DEADLINE: str(int(past_ms(0.01)))})
@@ -80,7 +82,7 @@ async def test_expired_on_arrival_is_refused_without_running(bus: Bus, worker: T
         # the same requests inside their deadline do run: the refusal was the deadline, nothing else
         ok = await bus.request(subjects.tool("count_runs"), body, timeout=5,
                                headers={Headers.DEADLINE: str(int(past_ms(-5)))})
-        assert ok.json() == {"output": {"ran": "late"}}
+        assert ToolResult.parse(ok.data) == ToolResult({"ran": "late"})
     finally:
         await service.stop()
     assert RUNS == ["late"]

@@ -24,10 +24,10 @@ from sqlalchemy import func, select, text
 
 from services.tools.client import call_tool
 from services.tools.db import Database
-from services.tools.framework import CallInfo, ToolRequest, ToolResult
 from services.tools.models import Appointment, Customer, StoredResult
 from shared import tool_registry
 from shared.bus import Bus
+from shared.contracts import CallInfo, ToolRequest, ToolResult
 from shared.errors import ServiceCallError
 from switchboard import natsserver
 from tests.integration.tools_support import counts, day, start_workers, stop_workers, wait_for_workers

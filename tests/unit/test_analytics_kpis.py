@@ -8,8 +8,12 @@ from typing import Any
 import pytest
 
 from services.analytics.kpis import CallFigures, GroupSums, KpiEvent, aggregate, apply, percentile
+from shared.contracts import CallEnded, CallStarted, SessionModelConnected
 
 MS = 1_000_000
+CID = "call_x"
+STARTED = CallStarted(call_id=CID, agent="receptionist", carrier="twilio", audio_format="audio/pcmu",
+                      started_at="2023-11-14T22:13:20+00:00").encode()  # the Script's time 0
 
 
 class Script:
@@ -41,10 +45,12 @@ def _usage(audio_out: int) -> dict[str, Any]:
 
 def booking_call(*, billed: bool = True, model: str = "gpt-realtime") -> Script:
     s = Script()
-    s.calls(0, "started", agent="receptionist", agent_version="2", carrier="twilio", **{"from": "+15550001"},
-            started_at="2026-12-07T10:00:00+00:00")
+    s.calls(0, "started", **CallStarted(call_id=CID, agent="receptionist", agent_version="2", carrier="twilio",
+                                         audio_format="audio/pcmu", from_="+15550001",
+                                         started_at="2026-12-07T10:00:00+00:00").encode())
     s.rt(10, "server", "session.created", session={"model": model})
-    s.calls(20, "session.model_connected", billed=billed, agent_version="2")
+    s.calls(20, "session.model_connected", **SessionModelConnected(
+        call_id=CID, billed=billed, agent="receptionist", agent_version="2").encode())
     # turn 1: 400 ms to first audio, then a tool call that succeeds
     s.rt(1000, "server", "input_audio_buffer.speech_stopped")
     s.rt(1100, "server", "response.created")
@@ -71,7 +77,7 @@ def booking_call(*, billed: bool = True, model: str = "gpt-realtime") -> Script:
     s.rt(5000, "server", "response.function_call_arguments.done", name="end_call", call_id="fc3")
     s.rt(5010, "client", "conversation.item.create",
          item={"type": "function_call_output", "call_id": "fc3", "output": "{}"})
-    s.calls(6000, "ended", reason="agent_hangup")
+    s.calls(6000, "ended", **CallEnded(reason="agent_hangup").encode())
     return s
 
 
@@ -100,18 +106,18 @@ def test_local_model_costs_nothing_and_unknown_model_is_unpriced() -> None:
 
 def test_interruption_that_fails_escalation_and_drop() -> None:
     s = Script()
-    s.calls(0, "started", agent="receptionist")
+    s.calls(0, "started", **STARTED)
     s.rt(100, "server", "response.created")
     s.rt(200, "server", "input_audio_buffer.speech_started")  # the agent talks on
     s.rt(900, "server", "response.done", response={"status": "completed"})
     s.rt(1000, "server", "response.function_call_arguments.done", name="transfer_to_human", call_id="t")
-    s.calls(2000, "ended", reason="transfer")
+    s.calls(2000, "ended", **CallEnded(reason="transfer").encode())
     fig, _ = s.run()
     assert (fig.interruptions, fig.interruptions_stopped) == (1, 0)
     assert fig.escalated and not fig.task_completed
     s2 = Script()
-    s2.calls(0, "started", agent="receptionist")
-    s2.calls(100, "ended", reason="carrier_silent")
+    s2.calls(0, "started", **STARTED)
+    s2.calls(100, "ended", **CallEnded(reason="carrier_silent").encode())
     dropped, _ = s2.run()
     assert dropped.dropped and not dropped.task_completed
 

@@ -47,14 +47,14 @@ def test_mark_book_played_and_cleared() -> None:
         book.sent(c)
     assert chunks[0].mark == mark_name("item_a", 160) == "item_a:160"
     first = book.echo("item_a:160")
-    assert first is not None and first.payload() == {
+    assert first is not None and first.encode() == {
         "name": "item_a:160", "item_id": "item_a", "played_bytes": 160, "cleared": False}
     assert book.clear() == 3
     rest = [book.echo(c.mark) for c in chunks[1:]]
     assert [(e.played_bytes, e.cleared) for e in rest if e] == [(160, True)] * 3
     assert book.echo("item_a:160") is None  # echoed already
     assert book.echo("never:sent") is None
-    assert [e.payload() for e in book.unsent([chunk("item_a", 800), chunk("item_a", 960), chunk("item_b", 5)])] == [
+    assert [e.encode() for e in book.unsent([chunk("item_a", 800), chunk("item_a", 960), chunk("item_b", 5)])] == [
         {"name": "item_a:960", "item_id": "item_a", "played_bytes": 160, "cleared": True},
         {"name": "item_b:5", "item_id": "item_b", "played_bytes": 0, "cleared": True}]
 

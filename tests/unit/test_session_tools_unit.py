@@ -12,6 +12,7 @@ from services.session.bargein import PlaybackTracker
 from services.session.control import PendingControl
 from services.session.summary import CallStats
 from services.session.tools import error_output, parse_arguments
+from shared.contracts import CommandHangup, CommandTransfer
 
 
 def test_parse_arguments() -> None:
@@ -31,8 +32,8 @@ def test_error_output_shape() -> None:
 async def test_control_fires_after_the_goodbye_response_and_its_playback() -> None:
     fired: list[tuple[str, dict[str, Any]]] = []
 
-    async def execute(verb: str, payload: dict[str, Any]) -> None:
-        fired.append((verb, payload))
+    async def execute(verb: str, command: CommandHangup | CommandTransfer) -> None:
+        fired.append((verb, command.encode()))
 
     playback = PlaybackTracker(8)
     control = PendingControl(playback, execute, response_timeout=10, play_slack=5)
@@ -56,11 +57,12 @@ async def test_control_fires_after_the_goodbye_response_and_its_playback() -> No
 async def test_control_safety_timeout_and_transfer_payload() -> None:
     fired: list[tuple[str, dict[str, Any]]] = []
 
-    async def execute(verb: str, payload: dict[str, Any]) -> None:
-        fired.append((verb, payload))
+    async def execute(verb: str, command: CommandHangup | CommandTransfer) -> None:
+        fired.append((verb, command.encode()))
 
     control = PendingControl(PlaybackTracker(8), execute, response_timeout=0.05)
     assert control.arm({"verb": "dance"}, "e1", None) is None
+    assert control.arm({"verb": "transfer"}, "e1", None) is None  # nowhere to transfer to
     control.arm({"verb": "transfer", "to": "+15550000000"}, "e1", None)
     await asyncio.sleep(0.3)
     assert fired == [("transfer", {"reason": "transfer", "to": "+15550000000"})]

@@ -11,20 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.tools import receptionist
-from services.tools.framework import (
-    CallInfo,
-    InvalidArguments,
-    Tool,
-    ToolContext,
-    ToolRequest,
-    ToolResult,
-    tool,
-    tools_in_module,
-)
+from services.tools.framework import InvalidArguments, Tool, ToolContext, tool, tools_in_module
 from services.tools.settings import ToolsSettings
 from services.tools.validation import ArgumentValidator
 from services.tools.worker import load_tools
 from shared.bus import Headers
+from shared.contracts import CallInfo, ContractError, ToolRequest, ToolResult
 
 OBJ: dict[str, Any] = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
 
@@ -89,7 +81,7 @@ async def test_call_passes_only_declared_arguments_and_wraps_output() -> None:
     t = Tool(name="echo", description="Echo.", parameters=OBJ, fn=_echo)
     result = await t(_ctx(), {"x": 3, "unexpected": True})
     assert result == ToolResult({"x": 3, "tool": "echo"})
-    assert result.to_reply() == {"output": {"x": 3, "tool": "echo"}}
+    assert result.encode() == {"output": {"x": 3, "tool": "echo"}}
 
 
 async def test_call_rejects_output_that_is_not_json() -> None:
@@ -109,7 +101,7 @@ def test_request_parse_full_and_round_trip() -> None:
     assert req.tool_call_id == "call_1"
     assert req.call == CallInfo("c1", "+15551230001", "+15559870000", "receptionist")
     assert req.deadline_ms == 2500
-    assert ToolRequest.parse(json.dumps(req.to_json()).encode()) == req
+    assert ToolRequest.parse(json.dumps(req.encode()).encode()) == req
 
 
 def test_request_accepts_arguments_as_json_string() -> None:
@@ -124,9 +116,9 @@ def test_request_accepts_arguments_as_json_string() -> None:
     b'{"deadline_ms": true}', b'{"call": "x"}', b'{"call": {"from": 5}}', b'{"tool_call_id": 7}',
 ])
 def test_request_rejects_malformed_bodies(body: bytes) -> None:
-    with pytest.raises(InvalidArguments) as info:
+    with pytest.raises(ContractError) as info:  # the worker answers it as InvalidArguments (400)
         ToolRequest.parse(body)
-    assert info.value.code == 400
+    assert info.value.problem.startswith("The ") and info.value.problem.endswith(".")
 
 
 def test_deadline_relative_absolute_and_default() -> None:
@@ -157,18 +149,18 @@ def test_deadline_header_is_absolute_and_the_earlier_deadline_binds() -> None:
 
 @pytest.mark.parametrize("value", ["soon", "nan", "inf", ""])
 def test_deadline_header_must_be_a_number(value: str) -> None:
-    with pytest.raises(InvalidArguments, match="Switchboard-Deadline"):
+    with pytest.raises(ContractError, match="Switchboard-Deadline"):
         ToolRequest.parse(b"{}", {Headers.DEADLINE: value})
 
 
 def test_result_reply_parsing() -> None:
-    r = ToolResult.from_reply({"output": {"a": 1}, "control": {"verb": "hangup"}})
+    r = ToolResult.parse({"output": {"a": 1}, "control": {"verb": "hangup"}})
     assert r.control == {"verb": "hangup"}
-    assert ToolResult.from_reply(r.to_reply()) == r
-    bad: object
+    assert ToolResult.parse(r.encode()) == r
+    bad: Any
     for bad in ({}, [], {"output": 1, "control": {"to": "x"}}, {"output": 1, "control": "hangup"}):
         with pytest.raises(ValueError):
-            ToolResult.from_reply(bad)
+            ToolResult.parse(bad)
 
 
 def test_receptionist_specs() -> None:

@@ -1,0 +1,100 @@
+"""Typed wire contracts: one class per message on the bus that is not a Realtime event.
+
+Every publisher builds its body with a contract's ``encode()`` and every consumer reads it with ``parse()``
+(``ContractError`` on a body that does not match). The published catalogue is docs/events.asyncapi.yaml;
+``tests/unit/test_contracts.py`` validates each contract's encoding against the catalogue's payload schema
+and checks that every non-Realtime message there has a contract (:data:`CATALOGUE`).
+
+=========================  ==================================  =====================================
+subject                    contract                            module
+=========================  ==================================  =====================================
+``call.<id>.started``      :class:`CallStarted`                :mod:`.calls`
+``call.<id>.ended``        :class:`CallEnded`                  :mod:`.calls`
+``call.<id>.carrier.*``    :class:`CarrierMark` / ``Dtmf`` /   :mod:`.calls`
+                           ``Error``
+``call.<id>.command.*``    :class:`CommandClear` … (verb)      :mod:`.commands`
+``call.<id>.session.*``    :class:`SessionSummary` … (event)   :mod:`.session`
+``tools.<name>``           :class:`ToolRequest` / reply        :mod:`.tools`
+                           :class:`ToolResult`
+=========================  ==================================  =====================================
+
+Not here: ``call.<id>.audio.in`` (raw audio bytes, no JSON), ``rt.<id>.*`` (Realtime events, logged exactly as
+sent/received), ``otel.spans`` (span records of :func:`shared.telemetry.span_to_dict`) and the tool error reply
+(a nats.micro error: headers only, :class:`shared.errors.ServiceCallError`).
+"""
+
+from __future__ import annotations
+
+from .base import Body, Contract, ContractError
+from .calls import CallEnded, CallStarted, CarrierDtmf, CarrierError, CarrierMark
+from .commands import (
+    COMMANDS,
+    Command,
+    CommandClear,
+    CommandHangup,
+    CommandPlay,
+    CommandTransfer,
+    parse_command,
+)
+from .session import (
+    SESSION_EVENTS,
+    SessionError,
+    SessionEvent,
+    SessionHandover,
+    SessionModelConnected,
+    SessionStateChanged,
+    SessionSummary,
+    parse_session_event,
+)
+from .tools import CallInfo, ToolRequest, ToolResult
+
+__all__ = [
+    "CATALOGUE",
+    "COMMANDS",
+    "SESSION_EVENTS",
+    "Body",
+    "CallEnded",
+    "CallInfo",
+    "CallStarted",
+    "CarrierDtmf",
+    "CarrierError",
+    "CarrierMark",
+    "Command",
+    "CommandClear",
+    "CommandHangup",
+    "CommandPlay",
+    "CommandTransfer",
+    "Contract",
+    "ContractError",
+    "SessionError",
+    "SessionEvent",
+    "SessionHandover",
+    "SessionModelConnected",
+    "SessionStateChanged",
+    "SessionSummary",
+    "ToolRequest",
+    "ToolResult",
+    "parse_command",
+    "parse_session_event",
+]
+
+CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
+    "CallStarted": CallStarted,
+    "CallEnded": CallEnded,
+    "CarrierMark": CarrierMark,
+    "CarrierDtmf": CarrierDtmf,
+    "CarrierError": CarrierError,
+    "CommandClear": CommandClear,
+    "CommandHangup": CommandHangup,
+    "CommandTransfer": CommandTransfer,
+    "CommandPlay": CommandPlay,
+    "SessionModelConnected": SessionModelConnected,
+    "SessionStateChanged": SessionStateChanged,
+    "SessionSummary": SessionSummary,
+    "SessionError": SessionError,
+    "SessionHandover": SessionHandover,
+    "ToolRequest": ToolRequest,
+    "ToolReply": ToolResult,
+}
+"""Contract of each message in docs/events.asyncapi.yaml (``components.messages`` key) that has a JSON body
+and is not a Realtime event."""
