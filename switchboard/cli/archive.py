@@ -81,7 +81,8 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         cost = (f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None
                 else "unpriced" if r.get("projected_ns") else "-")
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
-                      r.get("to_number") or "-", r.get("agent") or "-", r["status"], r.get("end_reason") or "-",
+                      r.get("to_number") or "-", r.get("agent") or "-", "erased" if r.get("erased_ns") else r["status"],
+                      r.get("end_reason") or "-",
                       duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
     console.print(table)
 
@@ -314,6 +315,10 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
     if jetstream is not None and not jetstream["reachable"]:
         console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
                       f"verifying the archive's chains only[/yellow]", highlight=False)
+    erased = report.get("erased")
+    if erased:
+        console.print(f"  erased at {_when(erased['erased_ns'])} by {erased['erased_by']} ({erased['reason']}): "
+                      "content unreadable, the chains cover the stored ciphertext", highlight=False)
     if report["ok"]:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
         checked = " and everything JetStream holds is archived" if jetstream and jetstream["reachable"] else ""
@@ -382,10 +387,13 @@ async def _verify_direct(url: str, call_id: str) -> tuple[dict[str, Any], dict[s
     from services.recorder import models
     from services.recorder.db import create_engine
     from services.recorder.queries import verify_call
+    from services.recorder.vault import Vault
 
+    settings = _settings()
     engine = create_engine(url)
     try:
-        report = await verify_call(engine, call_id)
+        vault = Vault.from_settings(settings.archive_key, settings.data_dir, create=False)
+        report = await verify_call(engine, call_id, vault=vault)
         async with engine.connect() as conn:
             rows = (await conn.execute(select(models.events.c.stream, models.events.c.stream_seq)
                                        .where(models.events.c.call_id == call_id))).all()
