@@ -151,6 +151,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
     async def events(_: Auth, call_id: CallId, type: str | None = None, stream: str | None = None,
                      body: bool = True) -> StreamingResponse:
         await existing(call_id)
+        await vault.reader_key(engine, call_id)  # a key that cannot be had fails here, before streaming
 
         async def lines() -> AsyncIterator[bytes]:
             async for ev in queries.iter_call_events(engine, call_id, vault=vault):

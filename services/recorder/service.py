@@ -53,8 +53,9 @@ class Recorder:
                  retention_interval_s: float = 3600.0) -> None:
         self.bus = bus
         settings = get_settings()
-        self.vault = vault or configured_vault()
-        """Per-call data keys sealing caller content (``SWITCHBOARD_ARCHIVE_KEY``; services/recorder/vault.py)."""
+        self.vault = vault or Vault(configured_vault().kms)
+        """Per-call data keys sealing caller content (``SWITCHBOARD_ARCHIVE_KEY``; services/recorder/vault.py);
+        its own writer cache, which the recorder's :attr:`eraser` clears."""
         self.checkpointer = (Checkpointer(engine, bus.js, private_key(audit_key), interval_s=checkpoint_interval_s)
                              if audit_key else None)
         """Signs and publishes chain heads to the AUDIT stream (None without ``SWITCHBOARD_AUDIT_KEY``)."""
