@@ -8,8 +8,9 @@ Erasing a call (:meth:`Eraser.erase`):
    fails;
 2. in one transaction, under the archive's write lock: deletes the call's row of ``call_keys`` (the only copy of
    its data key), records ``erased_ns``/``erased_by``/``erase_reason`` in ``calls``, clears the parties'
-   numbers and the recording path there, and deletes the call's ``transcript_turns`` and ``tool_calls`` (the
-   projections that hold content in clear); the writer's key cache forgets the key;
+   numbers and the recording path there (and the caller's number in the analytics service's ``kpi_calls`` when
+   it shares the database), and deletes the call's ``transcript_turns`` and ``tool_calls`` (the projections that
+   hold content in clear); the writer's key cache forgets the key;
 3. deletes the rendered recording (``<recordings dir>/<call id>.wav`` and the stored path).
 
 The events stay (append-only); their sealed content reads ``[erased]`` from then on, and their hash chains still
@@ -32,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.analytics.models import kpi_calls
 from services.recorder import models
 from services.recorder.archive import Archive
 from services.recorder.vault import Vault
@@ -144,6 +146,8 @@ class Eraser:
                 recording_path=None))
             for table in (models.transcript_turns, models.tool_calls):
                 await conn.execute(delete(table).where(table.c.call_id == call_id))
+            if await conn.run_sync(lambda c: inspect(c).has_table(kpi_calls.name)):  # analytics in this database
+                await conn.execute(update(kpi_calls).where(kpi_calls.c.call_id == call_id).values(from_number=None))
             self.vault.forget(call_id)
         deleted = await _unlink(paths)
         log.warning("call %s erased by %s (%s): data key destroyed, %d recording file(s) deleted",

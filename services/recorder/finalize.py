@@ -151,12 +151,15 @@ class Finalizer:
 
     async def finalize(self, call_id: str) -> Path | None:
         """Rebuild the projections of ``call_id`` and write its recording; returns the WAV path (None when the
-        call has no audio, or was erased: an erased call is never projected again). The projection is saved
+        call has no audio, or was erased: an erased call keeps only its content-free projections,
+        :meth:`_erased_projected`). The projection is saved
         under the archive's write lock after checking the call was not erased meanwhile (the eraser destroys
         the key under the same lock), so no transcript or recording outlives an erasure."""
         path: Path | None = None
         if await self._erased(call_id):
             projection = None
+            async with self.archive.write_lock:
+                await self._erased_projected(call_id)
         else:
             events = await call_events(self.engine, call_id, vault=self.archive.vault)
             projection = await asyncio.to_thread(project, events)
@@ -166,6 +169,7 @@ class Finalizer:
             async with self.archive.write_lock:
                 if await self._erased(call_id):
                     projection = None
+                    await self._erased_projected(call_id)
                     if path is not None:
                         await asyncio.to_thread(path.unlink, missing_ok=True)
                         path = None
@@ -180,6 +184,16 @@ class Finalizer:
         log.info("call %s finalized: %d turns, %d tool calls, %d barge-ins, recording %s", call_id,
                  len(projection.turns), len(projection.tool_calls), len(projection.barge_ins), path)
         return path
+
+    async def _erased_projected(self, call_id: str) -> None:
+        """The projection an erased call keeps: barge-ins, usage and cost (no turns, tool calls or recording),
+        rebuilt from its events, whose content reads ``[erased]``; ``projected_ns`` moves on, so the checkpointer
+        signs a final checkpoint over the chains including the archived ``call.<id>.erased``. Under the
+        archive's write lock (held by the caller)."""
+        events = await call_events(self.engine, call_id, vault=self.archive.vault)
+        projection = await asyncio.to_thread(project, events, with_audio=False)
+        projection.turns, projection.tool_calls = [], []
+        await save_projection(self.engine, call_id, projection, None)
 
     async def _erased(self, call_id: str) -> bool:
         async with self.engine.connect() as conn:

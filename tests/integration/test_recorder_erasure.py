@@ -23,7 +23,9 @@ import uvicorn
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.recorder import models, queries
+from services.analytics.models import kpi_calls
+from services.analytics.models import metadata as kpi_metadata
+from services.recorder import checkpoints, models, queries
 from services.recorder.api import create_app
 from services.recorder.crosscheck import crosscheck
 from services.recorder.crypto import ERASED, PREFIX, LocalKms
@@ -41,7 +43,8 @@ from switchboard.testing.scripted import Step, publish_call, script
 ROOT = Path(__file__).resolve().parents[2]
 SPOKEN = ("I would like to book an appointment for tomorrow at ten", "No thanks, bye")
 """Caller sentences of the scripted call (switchboard/testing/scripted.py)."""
-TOOL_TEXT = "tomorrow"
+AUDIT_KEY = secrets.token_hex(32)
+AUDIT_PUBLIC = checkpoints.public_hex(checkpoints.private_key(AUDIT_KEY))
 
 
 def steps_for(call_id: str, agent: str = "receptionist") -> list[Step]:
@@ -75,7 +78,9 @@ async def stack(nats_url: str, database_url: str, tmp_path: Path, unique: str) -
         f"name: short{unique}\ninstructions: test\nretention_days: 0.00002\n")  # 1.7 s
     (agents / f"keep{unique}.yaml").write_text(f"name: keep{unique}\ninstructions: test\n")
     recorder = Recorder(gateway, engine, tmp_path, durable_prefix=f"era{unique}", settle_s=0.2,
-                        retention=Retention(None, agents), retention_interval_s=0.3)
+                        retention=Retention(None, agents), retention_interval_s=0.3, audit_key=AUDIT_KEY)
+    assert recorder.checkpointer is not None
+    recorder.checkpointer.poll_s = 0.2
     await recorder.start()
     yield Stack(engine, gateway, session, recorder, tmp_path / "recordings")
     await recorder.stop()
@@ -109,6 +114,16 @@ async def stored_bodies(engine: AsyncEngine, call_id: str) -> list[tuple[str, by
     return [(r[0], bytes(r[1])) for r in rows]
 
 
+def kpi_row(call_id: str) -> dict[str, Any]:
+    """A ``kpi_calls`` row of the call (every required column filled)."""
+    row: dict[str, Any] = {}
+    for column in kpi_calls.columns:
+        if not column.nullable:
+            python = column.type.python_type
+            row[column.name] = {bool: False, int: 0, float: 0.0, str: "{}"}[python]
+    return {**row, "call_id": call_id, "from_number": "+15551230001"}
+
+
 def client_for(app: object, token: str | None = None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://recorder",  # type: ignore[arg-type]
@@ -126,6 +141,9 @@ async def test_content_is_sealed_and_erasure_destroys_it_everywhere(stack: Stack
         assert text.encode() not in raw
     appends = [json.loads(body) for type_, body in bodies if type_ == "input_audio_buffer.append"]
     assert appends and all(a["audio"].startswith(PREFIX) for a in appends)
+    async with stack.engine.begin() as conn:  # the analytics service sharing the database holds the caller's number
+        await conn.run_sync(lambda c: kpi_metadata.create_all(c, checkfirst=True))
+        await conn.execute(kpi_calls.insert().values(**kpi_row(call_id)))
     token = secrets.token_hex(8)
     app = create_app(stack.engine, api_token=token, bus=stack.gateway, eraser=stack.recorder.eraser,
                      recordings_dir=stack.recordings)
@@ -172,6 +190,14 @@ async def test_content_is_sealed_and_erasure_destroys_it_everywhere(stack: Stack
         audit = (await client.get(f"/calls/{call_id}/audit")).json()
         assert audit["ok"], audit["problems"]
         assert audit["erased"]["erased_by"] == "api:dpo@example"
+    # a final signed checkpoint covers the chains with the erasure record
+    async with asyncio.timeout(30):
+        while True:
+            rows = await queries.chain_rows(stack.engine, call_id)
+            signed = await checkpoints.checked(stack.gateway.js, call_id, rows, AUDIT_PUBLIC, ended_ns=None)
+            if signed["ok"] and signed.get("final"):
+                break
+            await asyncio.sleep(0.1)
     rows = [r.to_dict() for r in timeline(await queries.call_events(stack.engine, call_id), collapse=False)]
     assert not any(text in json.dumps(rows) for text in SPOKEN)
     async with stack.engine.connect() as conn:
@@ -179,6 +205,8 @@ async def test_content_is_sealed_and_erasure_destroys_it_everywhere(stack: Stack
             is None
         for table in (models.transcript_turns, models.tool_calls):
             assert (await conn.execute(select(table).where(table.c.call_id == call_id))).first() is None
+        assert (await conn.execute(select(kpi_calls.c.from_number).where(kpi_calls.c.call_id == call_id))).one() \
+            == (None,)
     # the JetStream cross-check: everything the stream holds for the erased call is still in the archive
     archived: dict[str, set[int]] = {}
     for ev in await queries.call_events(stack.engine, call_id):
