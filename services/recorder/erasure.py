@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind
 from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,6 +45,7 @@ from services.recorder.vault import Vault
 from services.session.agent import AgentSpecError, load_agent
 from shared import subjects
 from shared.bus import Bus, Headers
+from shared.telemetry import get_tracer
 
 __all__ = ["Eraser", "Retention"]
 
@@ -135,9 +138,13 @@ class Eraser:
         erased_ns = time.time_ns()
         by, reason = by[:128], reason[:32]
         record = {"call_id": call_id, "erased_ns": erased_ns, "erased_by": by, "reason": reason}
-        await self.bus.js.publish(subjects.call_erased(call_id), json.dumps(record).encode(), headers={
-            Headers.CALL_ID: call_id, Headers.SOURCE: "recorder", Headers.TS: str(erased_ns),
-            Headers.MSG_ID: f"erased-{call_id}-{erased_ns}"})
+        headers = {Headers.CALL_ID: call_id, Headers.SOURCE: "recorder", Headers.SEQ: "1",
+                   Headers.TS: str(erased_ns), Headers.MSG_ID: f"erased-{call_id}-{erased_ns}"}
+        with get_tracer("switchboard.recorder").start_as_current_span(
+                "erase", kind=SpanKind.PRODUCER, attributes={"switchboard.call_id": call_id,
+                                                             "switchboard.erase.reason": reason}):
+            inject(headers)  # traceparent of this span (W3C Trace Context)
+            await self.bus.js.publish(subjects.call_erased(call_id), json.dumps(record).encode(), headers=headers)
         lock = self.archive.write_lock if self.archive is not None else contextlib.nullcontext()
         async with lock, self.engine.begin() as conn:
             await conn.execute(delete(models.call_keys).where(models.call_keys.c.call_id == call_id))
