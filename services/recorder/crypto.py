@@ -5,7 +5,7 @@ tool arguments and outputs, conversation items, the caller's and callee's number
 keypad digits. Everything else of an event (type, ids, timings, usage, marks) stays in clear, so timelines,
 barge-ins and usage survive an erasure.
 
-A content field's value is replaced by the string ``$enc:v1:`` + base64url(nonce ‖ ciphertext ‖ tag):
+A content field's value is replaced by the string ``$enc:v1:`` + base64(nonce ‖ ciphertext ‖ tag):
 AES-256-GCM (NIST SP 800-38D; ``cryptography``'s :class:`~cryptography.hazmat.primitives.ciphers.aead.AESGCM`)
 over the value's JSON encoding, a random 96-bit nonce, and as associated data
 ``<call id>/<stream>/<stream seq>/<field path>``, so a ciphertext moved to another event or field does not
@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import os
 import secrets
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +40,7 @@ __all__ = [
     "Kms",
     "LocalKms",
     "content_paths",
+    "forget_contexts",
     "new_data_key",
     "open_body",
     "seal_body",
@@ -190,6 +192,18 @@ def content_paths(event_type: str) -> tuple[tuple[str, ...], ...]:
     return CONTENT_FIELDS.get(event_type, ())
 
 
+@lru_cache(maxsize=4096)
+def _aead(data_key: bytes) -> AESGCM:
+    """The AES-GCM context of a data key (cached: the archive writer seals many events per call)."""
+    return AESGCM(data_key)
+
+
+def forget_contexts() -> None:
+    """Drop every cached AES-GCM context, so no destroyed data key stays in this process's memory through it
+    (called on erasure)."""
+    _aead.cache_clear()
+
+
 def _aad(call_id: str, stream: str, stream_seq: int, path: tuple[str, ...]) -> bytes:
     return f"{call_id}/{stream}/{stream_seq}/{'.'.join(path)}".encode()
 
@@ -197,7 +211,7 @@ def _aad(call_id: str, stream: str, stream_seq: int, path: tuple[str, ...]) -> b
 def _seal(aead: AESGCM, value: Any, aad: bytes) -> str:
     nonce = secrets.token_bytes(12)
     sealed = nonce + aead.encrypt(nonce, orjson.dumps(value), aad)
-    return PREFIX + base64.urlsafe_b64encode(sealed).decode()
+    return PREFIX + base64.b64encode(sealed).decode()
 
 
 def seal_body(data_key: bytes, call_id: str, stream: str, stream_seq: int, event_type: str, body: bytes) -> bytes:
@@ -207,7 +221,7 @@ def seal_body(data_key: bytes, call_id: str, stream: str, stream_seq: int, event
     paths = content_paths(event_type)
     if not paths:
         return body
-    aead = AESGCM(data_key)
+    aead = _aead(data_key)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -246,14 +260,14 @@ def open_body(data_key: bytes | None, call_id: str, stream: str, stream_seq: int
         return body
     if not isinstance(parsed, dict):
         return body
-    aead = AESGCM(data_key) if data_key is not None else None
+    aead = _aead(data_key) if data_key is not None else None
 
     def unseal(value: Any, path: tuple[str, ...]) -> Any:
         if not (isinstance(value, str) and value.startswith(PREFIX)):
             return value
         if aead is None:
             return ERASED
-        raw = base64.urlsafe_b64decode(value[len(PREFIX):])
+        raw = base64.b64decode(value[len(PREFIX):])
         try:
             return orjson.loads(aead.decrypt(raw[:12], raw[12:], _aad(call_id, stream, stream_seq, path)))
         except InvalidTag:

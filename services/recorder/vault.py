@@ -21,7 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.recorder import models
-from services.recorder.crypto import PREFIX, KeyUnavailable, Kms, LocalKms, new_data_key, open_body
+from services.recorder.crypto import (
+    PREFIX,
+    KeyUnavailable,
+    Kms,
+    LocalKms,
+    forget_contexts,
+    new_data_key,
+    open_body,
+)
 from services.recorder.records import ArchivedEvent
 from shared.config import get_settings
 
@@ -165,8 +173,10 @@ class Vault:
             self._keys.popitem(last=False)
 
     def forget(self, call_id: str) -> None:
-        """Drop ``call_id``'s key from the writer's cache (called when the call is erased)."""
+        """Drop ``call_id``'s key from the writer's cache and every cached AES-GCM context (called when the call
+        is erased)."""
         self._keys.pop(call_id, None)
+        forget_contexts()
 
     async def reader_key(self, source: AsyncEngine | AsyncConnection, call_id: str) -> CallKey:
         """``call_id``'s data key and erasure time, read from the database and unwrapped.
