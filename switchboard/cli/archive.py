@@ -126,6 +126,9 @@ def replay(call_id: str = typer.Argument(..., help="The call id"),
                           f"{row.source}#{row.seq}", row.type, row.summary)
         console.print(table)
         return
+    if any(e.type == "erased" and e.direction is None for e in events):  # its caller audio reads [erased]
+        console.print(f"[red]call {call_id} is erased: nothing to rerun[/red]")
+        raise typer.Exit(1)
     raise typer.Exit(_rerun(events, speed, min_similarity, as_json, logged_session, agent_version))
 
 

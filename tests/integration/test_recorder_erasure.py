@@ -224,6 +224,32 @@ async def test_content_is_sealed_and_erasure_destroys_it_everywhere(stack: Stack
             db.execute("DELETE FROM events WHERE call_id = ?", (call_id,))
 
 
+async def test_content_arriving_after_an_erasure_is_unreadable_from_the_start(stack: Stack, unique: str) -> None:
+    call_id = f"call_mid{unique}"
+    steps = steps_for(call_id)
+    half = len(steps) // 2
+    await publish_call(stack.gateway, stack.session, call_id, speed=0, steps=steps[:half])
+    async with asyncio.timeout(30):
+        while len(await stored_bodies(stack.engine, call_id)) < half:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await stack.recorder.eraser.erase(call_id, by="test", reason="request")  # while the call is in progress
+    await publish_call(stack.gateway, stack.session, call_id, speed=0, steps=steps[half:])
+    async with asyncio.timeout(60), stack.recorder.finalizer.done:
+        await stack.recorder.finalizer.done.wait_for(lambda: call_id in stack.recorder.finalizer.finalized)
+    await wait_erased_record(stack.engine, call_id)
+    events = await queries.call_events(stack.engine, call_id)
+    assert len([e for e in events if e.type != "erased"]) == len(steps)
+    late = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert late and all((e.json() or {}).get("transcript") == ERASED for e in late)
+    async with stack.engine.connect() as conn:  # sealed under keys that were never stored
+        assert (await conn.execute(select(models.call_keys).where(models.call_keys.c.call_id == call_id))).first() \
+            is None
+        for table in (models.transcript_turns, models.tool_calls):
+            assert (await conn.execute(select(table).where(table.c.call_id == call_id))).first() is None
+    assert not (stack.recordings / f"{call_id}.wav").exists()
+    assert (await queries.verify_call(stack.engine, call_id)).ok
+
+
 async def test_retention_erases_the_expired_call_and_keeps_the_fresh_one(stack: Stack, unique: str) -> None:
     short, keep = f"call_short{unique}", f"call_keep{unique}"
     await archive_call(stack, short, f"short{unique}")
