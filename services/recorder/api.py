@@ -191,6 +191,9 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         if path is None or not await asyncio.to_thread(path.is_file):
             path = await cached_wav(cache_dir / f"{call_id}.wav",
                                     lambda: queries.call_events(engine, call_id, vault=vault))
+            if path is not None and (await existing(call_id)).get("erased_ns") is not None:
+                await asyncio.to_thread(path.unlink, missing_ok=True)  # erased while it was being rendered
+                gone(await existing(call_id))
         if path is None:
             raise HTTPException(status_code=404, detail="no recording (the call had no audio)")
         return FileResponse(path, media_type="audio/wav", filename=f"{call_id}.wav")
@@ -240,6 +243,9 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
 
     @app.get("/calls/{call_id}/live/events", summary="Live transcript as Server-Sent Events")
     async def live_events(_: LiveAuth, call_id: CallId) -> StreamingResponse:
+        call = await queries.get_call(engine, call_id)
+        if call is not None:
+            gone(call)
         return StreamingResponse(live_stream(bus, engine, call_id, vault=vault), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

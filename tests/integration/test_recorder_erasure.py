@@ -166,6 +166,7 @@ async def test_content_is_sealed_and_erasure_destroys_it_everywhere(stack: Stack
         gone = await client.get(f"/calls/{call_id}/recording.wav")
         assert gone.status_code == 410 and gone.json()["detail"]["erased"]["erased_by"] == "api:dpo@example"
         assert not wav.exists()  # not rendered again
+        assert (await client.get(f"/calls/{call_id}/live/events")).status_code == 410
         events_text = (await client.get(f"/calls/{call_id}/events")).text
         for text in SPOKEN:
             assert text not in events_text
