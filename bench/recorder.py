@@ -14,6 +14,11 @@ Prints, per database:
    ``Switchboard-Ts`` at publish → batch committed, p50/p95/p99/max (target < 1 s), and JetStream's storage
    time → committed (the recorder's own share, without the publisher's queueing).
 
+4. the cost of sealing caller content (``services/recorder/crypto.py``): ``Archive.persist`` of the same
+   realistic events without and with a vault (per-call AES-GCM data keys), alternating ``--rounds`` times in the
+   same run on one database (two streams), as recorder process CPU per event and events/s (``--encryption``
+   runs only this phase).
+
 Telemetry is on, as in production. PostgreSQL: ``SWITCHBOARD_BENCH_POSTGRES_URL`` or
 ``SWITCHBOARD_TEST_POSTGRES_URL`` (a fresh database is created and dropped), else
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``; skipped when unreachable.
@@ -44,9 +49,11 @@ sys.path.insert(0, str(ROOT))
 
 from services.recorder.archive import Archive  # noqa: E402
 from services.recorder.consumer import StreamConsumer  # noqa: E402
+from services.recorder.crypto import LocalKms  # noqa: E402
 from services.recorder.db import open_database  # noqa: E402
 from services.recorder.records import Incoming  # noqa: E402
 from services.recorder.service import Recorder  # noqa: E402
+from services.recorder.vault import Vault  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.bus import Bus, Headers  # noqa: E402
 from shared.config import load_settings  # noqa: E402
@@ -61,20 +68,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def realistic_events(n: int, calls: int = 100, first_seq: int = 1) -> list[Incoming]:
-    """``n`` RT events cycling through the scripted call's bodies, spread over ``calls`` call ids."""
+def realistic_events(n: int, calls: int = 100, first_seq: int = 1, prefix: str = "CAbench",
+                     stream: str = "RT") -> list[Incoming]:
+    """``n`` RT events cycling through the scripted call's bodies, spread over ``calls`` call ids
+    ``<prefix><number>``, stored as ``stream``."""
     steps = [s for s in script("CAbench") if s.subject.startswith("rt.")]
     out = []
     now = time.time_ns()
     run = uuid.uuid4().hex[:8]  # unique Nats-Msg-Ids per run: the stream's duplicate window would drop repeats
     for i in range(n):
         step = steps[i % len(steps)]
-        call_id = f"CAbench{i % calls:04d}"
+        call_id = f"{prefix}{i % calls:04d}"
         subject = step.subject.replace("CAbench", call_id, 1)
         headers = {Headers.CALL_ID: call_id, Headers.SOURCE: "session", Headers.SEQ: str(i),
                    Headers.TS: str(now + i), Headers.MSG_ID: f"{call_id}:session:{run}:{i}",
                    Headers.TRACEPARENT: f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
-        out.append(Incoming("RT", first_seq + i, now + i, subject, headers, json.dumps(step.payload).encode()))
+        out.append(Incoming(stream, first_seq + i, now + i, subject, headers, json.dumps(step.payload).encode()))
     return out
 
 
@@ -96,6 +105,36 @@ async def writer_throughput(url: str, n: int) -> tuple[float, float]:
     finally:
         await engine.dispose()
     return batched, unbatched
+
+
+async def encryption_cost(url: str, n: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per round, ``(µs process CPU per event, events/s)`` of ``Archive.persist`` (512 per transaction) of ``n``
+    realistic events over 100 new calls, plain (stream ``RT``) and sealed (stream ``RTSEALED``, a vault with a
+    random archive key), alternating on one fresh database at ``url``."""
+    engine = await open_database(url)
+    out: dict[str, list[tuple[float, float]]] = {"plain": [], "sealed": []}
+    try:
+        archives = {"plain": (Archive(engine), "RT"),
+                    "sealed": (Archive(engine, vault=Vault(LocalKms(os.urandom(32)))), "RTSEALED")}
+        for r in range(rounds):
+            for name, (archive, stream) in archives.items():
+                events = realistic_events(n, first_seq=r * n + 1, prefix=f"CA{name}{r}x", stream=stream)
+                cpu, wall = time.process_time(), time.perf_counter()
+                for start in range(0, n, 512):
+                    await archive.persist(stream, events[start:start + 512])
+                out[name].append(((time.process_time() - cpu) / n * 1e6, n / (time.perf_counter() - wall)))
+    finally:
+        await engine.dispose()
+    return out
+
+
+def print_encryption(kind: str, figures: dict[str, list[tuple[float, float]]]) -> None:
+    """One line per mode and the median CPU overhead of sealing."""
+    for name, values in figures.items():
+        print(f"[{kind}] writer {name}: " + ", ".join(f"{c:.1f} µs CPU/event ({r:,.0f} events/s)" for c, r in values)
+              + f" (median {pct([c for c, _ in values], 0.5):.1f} µs)")
+    plain, sealed = (pct([c for c, _ in figures[k]], 0.5) for k in ("plain", "sealed"))
+    print(f"[{kind}] sealing caller content costs {sealed - plain:+.1f} µs CPU/event ({sealed / plain - 1:+.0%})")
 
 
 async def drain(url: str, nats_url: str, n: int, data_dir: Path) -> float:
@@ -300,6 +339,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--rounds", type=int, default=3, help="puller vs nats-py fetch CPU rounds")
+    parser.add_argument("--encryption", action="store_true", help="only the plain vs sealed writer comparison")
     args = parser.parse_args()
     setup_telemetry("switchboard-bench-recorder")
     tmp = Path(tempfile.mkdtemp(prefix="sb-bench-recorder-"))
@@ -312,7 +352,7 @@ async def main() -> None:
             if args.only and kind != args.only:
                 continue
             urls: list[str] = []
-            for i in range(3):
+            for i in range(4):
                 if kind == "sqlite":
                     urls.append(f"sqlite+aiosqlite:///{tmp / f'bench{i}.db'}")
                 else:
@@ -320,9 +360,12 @@ async def main() -> None:
                     if made is None:
                         break
                     urls.append(made)
-            if len(urls) < 3:
+            if len(urls) < 4:
                 continue
             try:
+                print_encryption(kind, await encryption_cost(urls[3], args.events, args.rounds))
+                if args.encryption:
+                    continue
                 batched, single = await writer_throughput(urls[0], args.events)
                 print(f"[{kind}] writer: {batched:,.0f} events/s batched (512/tx) vs {single:,.0f} events/s "
                       f"unbatched baseline = {batched / single:.1f}x; target {targets[kind]:,.0f}/s: "

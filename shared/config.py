@@ -127,13 +127,21 @@ class Settings(BaseSettings):
     """Shared secret that signs browser tokens, the same on every gateway replica (``switchboard up`` makes one)."""
     audit_key: str | None = None
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
+    archive_key: str | None = None
+    """Key-encryption key (32 bytes, 64 hex digits or base64) wrapping the per-call data keys that seal caller
+    content in the archive; unset: ``<data_dir>/auth/archive_key`` (created on first use)."""
+    retention_days: float | None = Field(None, gt=0)
+    """Days the recorder keeps an ended call before erasing it, for agents whose spec sets no
+    ``retention_days``; unset: kept until erased on request."""
+    retention_interval_s: float = Field(3600.0, gt=0)
+    """Seconds between the recorder's retention sweeps."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
                      "localmodel_token", "twilio_auth_token", "twilio_account_sid", "twilio_api_url",
                      "telnyx_api_key", "telnyx_api_url", "telnyx_public_key",
                      "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
-                     "audit_key", mode="before")
+                     "audit_key", "archive_key", "retention_days", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

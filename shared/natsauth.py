@@ -129,9 +129,9 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "tools": _service("tools", _kv_write(TOOLS_BUCKET), ["tools.>"]),
     "recorder": _service(
         "recorder",
-        ["audit.>", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM)],
-        ["rt.>", "call.*.started", "call.*.ended", "call.*.carrier.>", "call.*.command.>", "call.*.session.>",
-         subjects.OTEL_SPANS],
+        ["audit.>", "call.*.erased", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM)],
+        ["rt.>", "call.*.started", "call.*.ended", "call.*.erased", "call.*.carrier.>", "call.*.command.>",
+         "call.*.session.>", subjects.OTEL_SPANS],
     ),
     "analytics": _service("analytics", _read("CALLS", "RT"), [subjects.webhook_status()]),
 }

@@ -38,6 +38,7 @@ __all__ = [
     "call_audio_in",
     "call_audio_in_all",
     "call_ended",
+    "call_erased",
     "call_started",
     "carrier_dtmf",
     "carrier_error",
@@ -157,6 +158,12 @@ def call_ended(call_id: str) -> str:
     return f"call.{validate_call_id(call_id)}.ended"
 
 
+def call_erased(call_id: str) -> str:
+    """``call.<id>.erased`` — the recorder destroyed the call's data key (who, when, why); archived in the call's
+    CALLS chain as the audited record of the erasure."""
+    return f"call.{validate_call_id(call_id)}.erased"
+
+
 def call_all(call_id: str) -> str:
     """``call.<id>.>`` — every call-level subject of one call (includes audio.in on core NATS)."""
     return f"call.{validate_call_id(call_id)}.>"
@@ -267,7 +274,7 @@ class StreamSpec:
 CALLS_STREAM = StreamSpec(
     "CALLS",
     # Deliberately not "call.>": the CALLS stream must not capture call.*.audio.in.
-    ("call.*.started", "call.*.ended", "call.*.carrier.*", "call.*.command.*", "call.*.session.*"),
+    ("call.*.started", "call.*.ended", "call.*.erased", "call.*.carrier.*", "call.*.command.*", "call.*.session.*"),
 )
 RT_STREAM = StreamSpec("RT", ("rt.>",))
 TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)

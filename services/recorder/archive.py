@@ -23,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.recorder import models
 from services.recorder.chain import GENESIS, ChainHead, canonical_json, canonical_record, chain_hash, gap_record
+from services.recorder.crypto import content_paths, seal_body
 from services.recorder.records import Gap, Incoming, classify, trace_id_of
+from services.recorder.vault import Vault
 from shared.bus import Headers
 from shared.contracts import CallEnded, CallStarted, ContractError
 
@@ -114,10 +116,15 @@ def _int(value: str | None) -> int | None:
 
 
 class Archive:
-    """The archive writer over an async engine; keeps chain heads and positions cached per process."""
+    """The archive writer over an async engine; keeps chain heads and positions cached per process.
 
-    def __init__(self, engine: AsyncEngine, *, cache_size: int = 50_000) -> None:
+    With a ``vault`` the caller content of every event (:data:`services.recorder.crypto.CONTENT_FIELDS`) is
+    sealed under its call's data key before it is stored and hashed; without one bodies are stored as published.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, cache_size: int = 50_000, vault: Vault | None = None) -> None:
         self.engine = engine
+        self.vault = vault
         self._heads: OrderedDict[tuple[str, str], ChainHead] = OrderedDict()
         """Chain heads of recently active calls (LRU, at most ``cache_size``; misses are read from the DB)."""
         self._positions: dict[str, int] | None = None
@@ -194,6 +201,7 @@ class Archive:
                 expected = (item.last_seq if isinstance(item, Gap) else item.stream_seq) + 1
             last = expected - 1
             heads: dict[tuple[str, str], ChainHead] = {}
+            created_keys: dict[str, bytes] = {}
             rows: list[dict[str, Any]] = []
             gap_rows: list[dict[str, Any]] = []
             started: list[tuple[str, Incoming]] = []
@@ -205,6 +213,10 @@ class Archive:
                 hit = await _gap_calls(conn, stream, classified) if live_gaps else {}
                 await self._load_heads(conn, {(c[1], stream) for c in classified if c[1]}
                                        | {(c, stream) for calls in hit.values() for c in calls})
+                keys: dict[str, bytes] = {}
+                if self.vault is not None:
+                    keys, created_keys = await self.vault.writer_keys(conn, sorted(
+                        {c for item, c, _, t in classified if isinstance(item, Incoming) and content_paths(t)}))
 
                 def append(key: tuple[str, str], row: dict[str, Any]) -> None:
                     head = heads.get(key) or self._heads.get(key)
@@ -236,7 +248,9 @@ class Archive:
                         "source": msg.headers.get(Headers.SOURCE), "seq": _int(msg.headers.get(Headers.SEQ)),
                         "msg_id": msg.headers.get(Headers.MSG_ID), "ts_ns": _int(msg.headers.get(Headers.TS)),
                         "stream_ts_ns": msg.stream_ts_ns, "trace_id": trace_id_of(msg.headers),
-                        "headers": canonical_json(msg.headers).decode(), "body": msg.body,
+                        "headers": canonical_json(msg.headers).decode(),
+                        "body": (seal_body(keys[call_id], call_id, stream, msg.stream_seq, type_, msg.body)
+                                 if call_id in keys and content_paths(type_) else msg.body),
                     }
                     append((call_id, stream), row)
                     rows.append(row)
@@ -257,6 +271,8 @@ class Archive:
                     index_elements=["stream"], set_={"last_stream_seq": last}))
                 await self._touch_calls(conn, result.calls, started, ended)
             # committed: only now advance the caches
+            if self.vault is not None:
+                self.vault.committed(created_keys)
             for key, value in heads.items():
                 self._heads[key] = value
                 self._heads.move_to_end(key)

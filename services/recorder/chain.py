@@ -189,6 +189,8 @@ class ChainReport:
     records: dict[str, int] = field(default_factory=dict)
     """Rows checked per stream."""
     problems: list[ChainProblem] = field(default_factory=list)
+    erased: dict[str, Any] | None = None
+    """``{erased_ns, erased_by, reason}`` when the call's data key was destroyed (its chains still verify)."""
 
     @property
     def ok(self) -> bool:
@@ -201,6 +203,7 @@ class ChainReport:
             "call_id": self.call_id,
             "ok": self.ok,
             "records": self.records,
+            "erased": self.erased,
             "problems": [
                 {"stream": p.stream, "kind": p.kind, "chain_index": p.chain_index, "stream_seq": p.stream_seq,
                  "seq": p.seq, "source": p.source, "type": p.type, "detail": p.detail,

@@ -151,20 +151,54 @@ class Finalizer:
 
     async def finalize(self, call_id: str) -> Path | None:
         """Rebuild the projections of ``call_id`` and write its recording; returns the WAV path (None when the
-        call has no audio)."""
-        events = await call_events(self.engine, call_id)
-        projection = await asyncio.to_thread(project, events)
+        call has no audio, or was erased: an erased call keeps only its content-free projections,
+        :meth:`_erased_projected`). The projection is saved
+        under the archive's write lock after checking the call was not erased meanwhile (the eraser destroys
+        the key under the same lock), so no transcript or recording outlives an erasure."""
         path: Path | None = None
-        timeline = projection.timeline
-        if timeline is not None and len(timeline.caller):
-            path = await asyncio.to_thread(write_wav, self.recordings_dir / f"{call_id}.wav", timeline)
-        await save_projection(self.engine, call_id, projection, str(path) if path else None)
+        if await self._erased(call_id):
+            projection = None
+            async with self.archive.write_lock:
+                await self._erased_projected(call_id)
+        else:
+            events = await call_events(self.engine, call_id, vault=self.archive.vault)
+            projection = await asyncio.to_thread(project, events)
+            timeline = projection.timeline
+            if timeline is not None and len(timeline.caller):
+                path = await asyncio.to_thread(write_wav, self.recordings_dir / f"{call_id}.wav", timeline)
+            async with self.archive.write_lock:
+                if await self._erased(call_id):
+                    projection = None
+                    await self._erased_projected(call_id)
+                    if path is not None:
+                        await asyncio.to_thread(path.unlink, missing_ok=True)
+                        path = None
+                else:
+                    await save_projection(self.engine, call_id, projection, str(path) if path else None)
         async with self.done:
             self.finalized[call_id] = self.finalized.get(call_id, 0) + 1
             self.done.notify_all()
+        if projection is None:
+            log.info("call %s is erased: not projected", call_id)
+            return None
         log.info("call %s finalized: %d turns, %d tool calls, %d barge-ins, recording %s", call_id,
                  len(projection.turns), len(projection.tool_calls), len(projection.barge_ins), path)
         return path
+
+    async def _erased_projected(self, call_id: str) -> None:
+        """The projection an erased call keeps: barge-ins, usage and cost (no turns, tool calls or recording),
+        rebuilt from its events, whose content reads ``[erased]``; ``projected_ns`` moves on, so the checkpointer
+        signs a final checkpoint over the chains including the archived ``call.<id>.erased``. Under the
+        archive's write lock (held by the caller)."""
+        events = await call_events(self.engine, call_id, vault=self.archive.vault)
+        projection = await asyncio.to_thread(project, events, with_audio=False)
+        projection.turns, projection.tool_calls = [], []
+        await save_projection(self.engine, call_id, projection, None)
+
+    async def _erased(self, call_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(models.calls.c.erased_ns)
+                                       .where(models.calls.c.call_id == call_id))).scalar() is not None
 
 
 async def _idle_calls(conn: AsyncConnection) -> list[tuple[str, int]]:

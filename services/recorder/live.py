@@ -23,6 +23,7 @@ from typing import Any
 
 from services.recorder.projections import project
 from services.recorder.queries import call_events
+from services.recorder.vault import Vault
 from shared import subjects
 from shared.bus import Bus, Envelope
 from shared.contracts import CallEnded, ContractError
@@ -93,9 +94,10 @@ may be handled after the end; the stream waits until no event has arrived for th
 
 
 async def live_stream(bus: Bus | None, engine: Any, call_id: str, *,
-                      heartbeat_s: float = 15.0) -> AsyncIterator[bytes]:
-    """SSE frames for ``call_id``: the archived transcript so far, then live events until the call ends
-    (events still in flight when the end arrives are forwarded first, see :data:`ENDED_GRACE_S`)."""
+                      heartbeat_s: float = 15.0, vault: Vault | None = None) -> AsyncIterator[bytes]:
+    """SSE frames for ``call_id``: the archived transcript so far (content opened with ``vault``), then live
+    events until the call ends (events still in flight when the end arrives are forwarded first, see
+    :data:`ENDED_GRACE_S`)."""
     queue: asyncio.Queue[tuple[str, dict[str, Any], int | None]] = asyncio.Queue(maxsize=10_000)
     subs = []
 
@@ -113,7 +115,7 @@ async def live_stream(bus: Bus | None, engine: Any, call_id: str, *,
             for kind in LIVE_CLIENT_EVENTS:
                 subs.append(await bus.subscribe(subjects.rt_client(call_id, kind), handler, traced=False))
             subs.append(await bus.subscribe(subjects.call_ended(call_id), handler, traced=False))
-        events = await call_events(engine, call_id)
+        events = await call_events(engine, call_id, vault=vault)
         projection = await asyncio.to_thread(project, events, with_audio=False)
         archived_seq = max((e.seq or 0 for e in events if e.source == "session"), default=0)
         replay: list[tuple[int, int, str, dict[str, Any]]] = [

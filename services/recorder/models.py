@@ -25,6 +25,7 @@ from sqlalchemy import (
 
 __all__ = [
     "barge_ins",
+    "call_keys",
     "calls",
     "chain_gaps",
     "chain_heads",
@@ -147,8 +148,20 @@ calls = Table(
     Column("barge_in_count", Integer, nullable=False, default=0),
     Column("recording_path", Text, nullable=True),
     Column("projected_ns", BigInteger, nullable=True, doc="when the projections were last rebuilt"),
+    Column("erased_ns", BigInteger, nullable=True, doc="when the call's data key was destroyed (null: not erased)"),
+    Column("erased_by", String(128), nullable=True, doc="who erased it (API/CLI caller, or retention)"),
+    Column("erase_reason", String(32), nullable=True, doc="request / retention"),
     Index("ix_calls_started", "started_ns"),
 )
+
+call_keys = Table(
+    "call_keys", metadata,
+    Column("call_id", String(64), primary_key=True),
+    Column("key_id", String(64), nullable=False, doc="the key-encryption key that wrapped it (Kms.key_id)"),
+    Column("wrapped_key", LargeBinary, nullable=False, doc="the call's AES-256 data key, wrapped"),
+    Column("created_ns", BigInteger, nullable=False),
+)
+"""Per-call data keys (services/recorder/crypto.py); not append-only: erasing a call deletes its row."""
 
 transcript_turns = Table(
     "transcript_turns", metadata,

@@ -22,6 +22,8 @@ Re-running a call (``replay --rerun``): :func:`logged_session_update`, :func:`lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,11 +43,34 @@ from services.recorder.rerun import (
     logged_session_update,
     rerun,
 )
+from services.recorder.vault import Vault
 
-__all__ = ["ArchivedEvent", "ChainReport", "agent_session_update", "archived_sequences", "audit_public_key",
-           "call_ids", "chain_rows", "checked", "classify", "compare", "crosscheck", "extract_run", "get_call",
-           "logged_audio_format", "logged_session_update", "open_archive", "positions", "rerun", "stream_gaps",
-           "summarize", "timeline", "verify_call"]
+__all__ = [
+    "ArchivedEvent",
+    "ChainReport",
+    "Vault",
+    "agent_session_update",
+    "archived_sequences",
+    "audit_public_key",
+    "call_ids",
+    "chain_rows",
+    "checked",
+    "classify",
+    "compare",
+    "crosscheck",
+    "extract_run",
+    "get_call",
+    "logged_audio_format",
+    "logged_session_update",
+    "open_archive",
+    "open_vault",
+    "positions",
+    "rerun",
+    "stream_gaps",
+    "summarize",
+    "timeline",
+    "verify_call",
+]
 
 
 def open_archive(url: str) -> AsyncEngine:
@@ -54,6 +79,13 @@ def open_archive(url: str) -> AsyncEngine:
     The caller must ``await engine.dispose()``. Raises ``sqlalchemy.exc.ArgumentError`` for a malformed URL.
     """
     return create_engine(url)
+
+
+def open_vault(archive_key: str | None, data_dir: Path) -> Vault:
+    """The archive's key vault for reading (``SWITCHBOARD_ARCHIVE_KEY`` as ``archive_key``, else
+    ``<data_dir>/auth/archive_key``); never creates a key: without one, opening a call's content raises
+    :class:`services.recorder.crypto.KeyUnavailable` naming the missing key."""
+    return Vault.from_settings(archive_key, data_dir, create=False)
 
 
 async def archived_sequences(engine: AsyncEngine, call_id: str) -> dict[str, set[int]]:

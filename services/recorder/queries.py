@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import models
 from services.recorder.chain import ChainHead, ChainProblem, ChainReport, gap_record, seq_gaps, verify_chain
+from services.recorder.crypto import KeyUnavailable
 from services.recorder.projections import Projection, project
 from services.recorder.records import ArchivedEvent
+from services.recorder.vault import Vault, configured_vault
 
 __all__ = [
     "call_events",
@@ -64,17 +66,30 @@ async def get_call(engine: AsyncEngine, call_id: str) -> dict[str, Any] | None:
     return data
 
 
-async def call_events(engine: AsyncEngine, call_id: str, *, stream: str | None = None) -> list[ArchivedEvent]:
-    """Every archived event of ``call_id`` (both streams unless ``stream``), ordered by stream, stream seq."""
+async def call_events(engine: AsyncEngine, call_id: str, *, stream: str | None = None,
+                      vault: Vault | None = None) -> list[ArchivedEvent]:
+    """Every archived event of ``call_id`` (both streams unless ``stream``), ordered by stream, stream seq.
+
+    The content fields are opened with ``vault`` (default: :func:`~services.recorder.vault.configured_vault`);
+    an erased call's read ``[erased]``.
+
+    Raises:
+        services.recorder.crypto.KeyUnavailable: content is sealed and the call's key cannot be had.
+    """
     stmt = select(models.events).where(models.events.c.call_id == call_id).order_by(*_EVENT_ORDER)
     if stream is not None:
         stmt = stmt.where(models.events.c.stream == stream)
     async with engine.connect() as conn:
-        return [ArchivedEvent.from_row(r) for r in (await conn.execute(stmt)).all()]
+        events = [ArchivedEvent.from_row(r) for r in (await conn.execute(stmt)).all()]
+    opened = await (vault or configured_vault()).opener(engine, call_id)
+    return [opened(ev) for ev in events]
 
 
-async def iter_call_events(engine: AsyncEngine, call_id: str, *, chunk: int = 1000) -> AsyncIterator[ArchivedEvent]:
-    """Stream a call's events in time order, ``chunk`` rows at a time (bounded memory for long calls)."""
+async def iter_call_events(engine: AsyncEngine, call_id: str, *, chunk: int = 1000,
+                           vault: Vault | None = None) -> AsyncIterator[ArchivedEvent]:
+    """Stream a call's events in time order, ``chunk`` rows at a time (bounded memory for long calls); content
+    opened with ``vault`` as in :func:`call_events` (the key is read once, before the first event)."""
+    opened = await (vault or configured_vault()).opener(engine, call_id)
     ts = func.coalesce(models.events.c.ts_ns, models.events.c.stream_ts_ns)
     last: tuple[int, str, int] | None = None
     while True:
@@ -87,18 +102,21 @@ async def iter_call_events(engine: AsyncEngine, call_id: str, *, chunk: int = 10
         async with engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         for row in rows:
-            yield ArchivedEvent.from_row(row)
+            yield opened(ArchivedEvent.from_row(row))
         if len(rows) < chunk:
             return
         tail = rows[-1]._mapping
         last = (int(tail["t"]), str(tail["stream"]), int(tail["stream_seq"]))
 
 
-async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
+async def verify_call(engine: AsyncEngine, call_id: str, *, vault: Vault | None = None) -> ChainReport:
     """Recompute every hash chain of ``call_id`` against its stored rows, gap records and chain heads.
 
     A gap record in a chain (stream sequences lost before archiving) is reported as a ``gap`` problem, so
-    such a call never verifies as intact.
+    such a call never verifies as intact. The chains cover the stored (sealed) content, so they verify
+    without any key and after an erasure; recomputing the projections opens the content with ``vault``
+    (a key that cannot be had is reported as a ``projection`` problem naming why). An erased call is reported
+    as erased (``report.erased``) and only its content-free projections are compared.
     """
     report = ChainReport(call_id)
     g = models.chain_gaps
@@ -119,7 +137,7 @@ async def verify_call(engine: AsyncEngine, call_id: str) -> ChainReport:
         chain = [r for r in rows if r["stream"] == stream]
         report.records[stream] = len(chain)
         report.problems.extend(verify_chain(stream, chain, heads.get(stream), absent_seqs=absent))
-    report.problems.extend(await verify_projection(engine, call_id, rows))
+    report.problems.extend(await verify_projection(engine, call_id, rows, vault=vault, report=report))
     return report
 
 
@@ -158,38 +176,52 @@ def _same_tool_calls(stored: list[dict[str, Any]], fresh: list[dict[str, Any]]) 
     return True
 
 
-async def verify_projection(engine: AsyncEngine, call_id: str, rows: list[dict[str, Any]]) -> list[ChainProblem]:
-    """Recompute a finalized call's projections from its archived ``rows`` and compare them with the stored
-    ones (``calls`` row, ``transcript_turns``, ``tool_calls``, ``barge_ins``); one ``projection`` problem per
-    difference. Calls not yet finalized have nothing stored to compare."""
+async def verify_projection(engine: AsyncEngine, call_id: str, rows: list[dict[str, Any]], *,
+                            vault: Vault | None = None, report: ChainReport | None = None) -> list[ChainProblem]:
+    """Recompute a finalized call's projections from its archived ``rows`` (content opened with ``vault``, default
+    the configured one) and
+    compare them with the stored ones (``calls`` row, ``transcript_turns``, ``tool_calls``, ``barge_ins``); one
+    ``projection`` problem per difference. Calls not yet finalized have nothing stored to compare. For an erased
+    call (noted in ``report.erased``) the turns, tool calls and parties' numbers were purged with the key: only
+    the barge-ins, token counts and barge-in count are compared (without the audio timeline, which is erased)."""
     call = await get_call(engine, call_id)
-    if call is None or not call.get("projected_ns"):
+    if call is None:
         return []
-    events = [ArchivedEvent.from_row(r) for r in rows if not r.get("gap")]
-    projection = project(events)
-    stored = await stored_projection(engine, call_id)
+    erased = call.get("erased_ns") is not None
+    if erased and report is not None:
+        report.erased = {"erased_ns": call["erased_ns"], "erased_by": call.get("erased_by"),
+                         "reason": call.get("erase_reason")}
+    if not call.get("projected_ns"):
+        return []
     problems: list[ChainProblem] = []
 
     def differs(what: str) -> None:
         problems.append(ChainProblem("projection", "projection", 0, None, None, None, None, what))
 
+    try:
+        opened = await (vault or configured_vault()).opener(engine, call_id)
+        events = [opened(ArchivedEvent.from_row(r)) for r in rows if not r.get("gap")]
+    except KeyUnavailable as exc:
+        differs(f"cannot open the archived content to recompute the projections: {exc}")
+        return problems
+    projection = project(events, with_audio=not erased)
+    stored = await stored_projection(engine, call_id)
     fresh = projection.to_dict()
-    for key in ("turns", "tool_calls", "barge_ins"):
+    for key in ("barge_ins",) if erased else ("turns", "tool_calls", "barge_ins"):
         kept = [{k: v for k, v in row.items() if k != "idx"} for row in stored[key]]
         if not (_same_tool_calls(kept, fresh[key]) if key == "tool_calls" else kept == fresh[key]):
             differs(f"stored {key} differ from those recomputed from the archived events")
     counts = {"turns": len(projection.turns), "tool_call_count": len(projection.tool_calls),
               "barge_in_count": len(projection.barge_ins), "input_tokens": projection.usage.input_tokens,
               "output_tokens": projection.usage.output_tokens}
+    if erased:  # the erasure deleted the turns and tool calls: their counts went with them
+        counts = {k: v for k, v in counts.items() if k not in ("turns", "tool_call_count")}
     for column, value in counts.items():
         if call.get(column) != value:
             differs(f"calls.{column} is {call.get(column)!r}, the archived events give {value!r}")
-    started = next((r for r in rows if r["stream"] == "CALLS" and str(r["subject"]).endswith(".started")), None)
-    if started is not None:
-        try:
-            body = json.loads(bytes(started["body"]))
-        except ValueError:
-            body = {}
+    started = next((ev for ev in events if ev.stream == "CALLS" and ev.subject.endswith(".started")), None)
+    if started is not None and not erased:
+        body = started.json() or {}
         for key, column in _CALL_FIELDS:
             want = body.get(key) if isinstance(body, dict) else None
             if want is not None and call.get(column) != str(want):

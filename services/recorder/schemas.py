@@ -145,6 +145,7 @@ class AuditReport(_Exact):
     ok: bool
     records: dict[str, int] = Field(description="records per stream")
     problems: list[ChainProblem]
+    erased: dict[str, Any] | None = Field(None, description="for an erased call: erased_ns, erased_by, reason")
 
 
 class ChainRecord(_Exact):
@@ -179,3 +180,15 @@ class AuditStreams(_Exact):
     positions: dict[str, int]
     gaps: list[StreamGap]
     calls: list[str]
+
+
+class Erasure(_Exact):
+    """``DELETE /calls/{call_id}``: the erasure (``already``: the call had been erased before; this request
+    only deleted what recording files remained)."""
+
+    call_id: str
+    erased_ns: int = Field(description="when the data key was destroyed, unix ns")
+    erased_by: str | None
+    reason: str | None
+    already: bool
+    recordings_deleted: list[str] = Field(description="recording files deleted by this request")

@@ -7,7 +7,9 @@
 recorder per database (the hash chains need a single writer). ``SWITCHBOARD_RECORDER_LOST_AFTER_S`` (600)
 is the idle time after which an open call is ended as ``lost`` (``services/recorder/finalize.py``). With
 ``SWITCHBOARD_AUDIT_KEY`` the chain heads are signed and published to the ``AUDIT`` stream
-(``services/recorder/checkpoints.py``).
+(``services/recorder/checkpoints.py``). Caller content is sealed under per-call keys (``SWITCHBOARD_ARCHIVE_KEY``;
+``services/recorder/crypto.py``) and erased on request or after ``retention_days`` /
+``SWITCHBOARD_RETENTION_DAYS``, swept every ``SWITCHBOARD_RETENTION_INTERVAL_S`` (``services/recorder/erasure.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from services.recorder.archive import Archive
 from services.recorder.checkpoints import INTERVAL_S, Checkpointer, ensure_audit_stream, private_key
 from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
+from services.recorder.erasure import Eraser, Retention
 from services.recorder.finalize import Finalizer
+from services.recorder.vault import Vault, configured_vault
 from shared import health, subjects
 from shared.bus import Bus
+from shared.config import get_settings
 from shared.health import Readiness
 from shared.runtime import ServiceContext, serve_http
 
@@ -44,16 +49,26 @@ class Recorder:
                  batch: int = 512, settle_s: float = 1.0, track_lag: bool = False,
                  lost_after_s: float = 600.0, recordings_dir: Path | None = None,
                  audit_key: str | None = None, checkpoint_interval_s: float = INTERVAL_S,
-                 js_replicas: int = 1) -> None:
+                 js_replicas: int = 1, vault: Vault | None = None, retention: Retention | None = None,
+                 retention_interval_s: float = 3600.0) -> None:
         self.bus = bus
+        settings = get_settings()
+        self.vault = vault or Vault(configured_vault().kms)
+        """Per-call data keys sealing caller content (``SWITCHBOARD_ARCHIVE_KEY``; services/recorder/vault.py);
+        its own writer cache, which the recorder's :attr:`eraser` clears."""
         self.checkpointer = (Checkpointer(engine, bus.js, private_key(audit_key), interval_s=checkpoint_interval_s)
                              if audit_key else None)
         """Signs and publishes chain heads to the AUDIT stream (None without ``SWITCHBOARD_AUDIT_KEY``)."""
         self.js_replicas = js_replicas
         self.engine = engine
-        self.archive = Archive(engine)
-        self.finalizer = Finalizer(engine, self.archive, recordings_dir or data_dir / "recordings", self._last_seq,
+        self.archive = Archive(engine, vault=self.vault)
+        self.recordings_dir = recordings_dir or data_dir / "recordings"
+        self.finalizer = Finalizer(engine, self.archive, self.recordings_dir, self._last_seq,
                                    settle_s=settle_s, lost_after_s=lost_after_s)
+        self.eraser = Eraser(engine, self.vault, bus, self.recordings_dir, archive=self.archive,
+                             retention=retention or Retention(settings.retention_days, Path(settings.agent).parent))
+        """Erasure on request and by retention (services/recorder/erasure.py)."""
+        self.retention_interval_s = retention_interval_s
         self.consumers = [
             StreamConsumer(bus.nc, self.archive, spec, durable_prefix=durable_prefix, batch=batch,
                            on_batch=self.finalizer.on_batch, track_lag=track_lag)
@@ -85,6 +100,8 @@ class Recorder:
         for consumer in self.consumers:
             self._tasks.add(asyncio.create_task(consumer.run(self.stopping), name=f"consume-{consumer.durable}"))
         self._tasks.add(asyncio.create_task(self.finalizer.run(self.stopping), name="finalizer"))
+        self._tasks.add(asyncio.create_task(self.eraser.run(self.stopping, self.retention_interval_s),
+                                            name="retention"))
         if self.checkpointer is not None:
             await ensure_audit_stream(self.bus.js, replicas=self.js_replicas)
             self._tasks.add(asyncio.create_task(self.checkpointer.run(self.stopping), name="checkpoints"))
@@ -123,7 +140,7 @@ async def main(ctx: ServiceContext) -> None:
                         durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder",
                         lost_after_s=settings.recorder_lost_after_s,
                         recordings_dir=settings.effective_recordings_dir, audit_key=settings.audit_key,
-                        js_replicas=settings.js_replicas)
+                        js_replicas=settings.js_replicas, retention_interval_s=settings.retention_interval_s)
     await recorder.start()
     ctx.stack.push_async_callback(recorder.stop)
     readiness = recorder.readiness()
@@ -131,7 +148,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.stack.push_async_callback(readiness.stop)
     host = settings.host if settings.api_token else "127.0.0.1"
     app = create_app(engine, api_token=settings.api_token, bus=ctx.bus, ready=readiness,
-                     recordings_dir=settings.effective_recordings_dir)
+                     recordings_dir=settings.effective_recordings_dir, eraser=recorder.eraser)
     log.info("recorder API on http://%s:%d (database %s)", host, settings.recorder_port,
              engine.url.render_as_string(hide_password=True))
     await serve_http(ctx, app, host, settings.recorder_port)

@@ -16,6 +16,7 @@ Example::
     turn_detection: {type: server_vad, silence_duration_ms: 500}
     transcription: {model: gpt-4o-mini-transcribe, language: en}
     tools: [check_availability, book_appointment, end_call]
+    retention_days: 30          # optional; the recorder erases these calls 30 days after they ended
     flow:                       # optional
       initial: triage
       states:
@@ -119,6 +120,9 @@ class AgentSpec(_Strict):
     tool_choice: Literal["auto", "none", "required"] = "auto"
     speed: float = Field(1.0, ge=0.25, le=1.5)
     flow: FlowSpec | None = None
+    retention_days: float | None = Field(None, gt=0)
+    """Days the recorder keeps this agent's calls after they ended before erasing them (crypto-shredding,
+    services/recorder/erasure.py); None: ``SWITCHBOARD_RETENTION_DAYS`` (unset: kept)."""
 
     @model_validator(mode="after")
     def _check_flow_tools(self) -> AgentSpec:

@@ -10,6 +10,7 @@ subject                    contract                            module
 =========================  ==================================  =====================================
 ``call.<id>.started``      :class:`CallStarted`                :mod:`.calls`
 ``call.<id>.ended``        :class:`CallEnded`                  :mod:`.calls`
+``call.<id>.erased``       :class:`CallErased`                 :mod:`.calls`
 ``call.<id>.carrier.*``    :class:`CarrierMark` / ``Dtmf`` /   :mod:`.calls`
                            ``Error``
 ``call.<id>.command.*``    :class:`CommandClear` … (verb)      :mod:`.commands`
@@ -26,7 +27,7 @@ sent/received), ``otel.spans`` (span records of :func:`shared.telemetry.span_to_
 from __future__ import annotations
 
 from .base import Body, Contract, ContractError
-from .calls import CallEnded, CallStarted, CarrierDtmf, CarrierError, CarrierMark
+from .calls import CallEnded, CallErased, CallStarted, CarrierDtmf, CarrierError, CarrierMark
 from .commands import (
     COMMANDS,
     Command,
@@ -54,6 +55,7 @@ __all__ = [
     "SESSION_EVENTS",
     "Body",
     "CallEnded",
+    "CallErased",
     "CallInfo",
     "CallStarted",
     "CarrierDtmf",
@@ -81,6 +83,7 @@ __all__ = [
 CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
     "CallStarted": CallStarted,
     "CallEnded": CallEnded,
+    "CallErased": CallErased,
     "CarrierMark": CarrierMark,
     "CarrierDtmf": CarrierDtmf,
     "CarrierError": CarrierError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, field_validator
 from pydantic.dataclasses import dataclass
@@ -15,7 +15,7 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Contract
 
-__all__ = ["CallEnded", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark"]
+__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark"]
 
 _DTMF = re.compile(r"[0-9*#A-D]")
 
@@ -152,3 +152,23 @@ class CarrierError(Contract):
 
     code: int | str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CallErased(Contract):
+    """``call.<id>.erased``: the recorder destroyed the call's data key (crypto-shredding, docs/compliance.md);
+    archived in the call's CALLS chain as the audit record of the erasure.
+
+    Attributes:
+        call_id: the erased call.
+        erased_ns: when the key was destroyed (unix ns).
+        erased_by: who asked: ``api:<actor or client address>``, ``cli:…`` or ``retention``.
+        reason: ``request`` or ``retention``.
+    """
+
+    MESSAGE: ClassVar[str] = "call.erased"
+
+    call_id: str
+    erased_ns: int
+    erased_by: str
+    reason: Literal["request", "retention"]

@@ -81,7 +81,8 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         cost = (f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None
                 else "unpriced" if r.get("projected_ns") else "-")
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
-                      r.get("to_number") or "-", r.get("agent") or "-", r["status"], r.get("end_reason") or "-",
+                      r.get("to_number") or "-", r.get("agent") or "-", "erased" if r.get("erased_ns") else r["status"],
+                      r.get("end_reason") or "-",
                       duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
     console.print(table)
 
@@ -125,6 +126,9 @@ def replay(call_id: str = typer.Argument(..., help="The call id"),
                           f"{row.source}#{row.seq}", row.type, row.summary)
         console.print(table)
         return
+    if any(e.type == "erased" and e.direction is None for e in events):  # its caller audio reads [erased]
+        console.print(f"[red]call {call_id} is erased: nothing to rerun[/red]")
+        raise typer.Exit(1)
     raise typer.Exit(_rerun(events, speed, min_similarity, as_json, logged_session, agent_version))
 
 
@@ -306,6 +310,10 @@ def _print_report(call_id: str, report: dict[str, Any]) -> None:
     if jetstream is not None and not jetstream["reachable"]:
         console.print(f"[yellow]JetStream at {jetstream['url']} not reachable ({jetstream['error']}): "
                       f"verifying the archive's chains only[/yellow]", highlight=False)
+    erased = report.get("erased")
+    if erased:
+        console.print(f"  erased at {_when(erased['erased_ns'])} by {erased['erased_by']} ({erased['reason']}): "
+                      "content unreadable, the chains cover the stored ciphertext", highlight=False)
     if report["ok"]:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(report["records"].items()))
         checked = " and everything JetStream holds is archived" if jetstream and jetstream["reachable"] else ""
@@ -371,9 +379,11 @@ async def _crosscheck(url: str, call_id: str, archived: dict[str, set[int]]) -> 
 async def _verify_direct(url: str, call_id: str) -> tuple[dict[str, Any], dict[str, set[int]]]:
     from services.recorder import public as recorder
 
+    settings = _settings()
     engine = recorder.open_archive(url)
     try:
-        report = await recorder.verify_call(engine, call_id)
+        vault = recorder.open_vault(settings.archive_key, settings.data_dir)
+        report = await recorder.verify_call(engine, call_id, vault=vault)
         archived = await recorder.archived_sequences(engine, call_id)
     finally:
         await engine.dispose()

@@ -1,11 +1,14 @@
 """Crash safety: the recorder as a subprocess (``python -m services.recorder``) is SIGKILLed mid-call and
-restarted; its archive must equal that of an uninterrupted recorder fed the same streams — same rows, same
-hashes, no loss, no duplicates — and the call must still be finalized with the same recording."""
+restarted; its archive must equal that of an uninterrupted recorder fed the same streams — same rows and, once
+opened, same bodies (each archive seals caller content under its own per-call keys, so ciphertexts and hence
+hashes differ between two archives), no loss, no duplicates, chains intact — and the call must still be
+finalized with the same recording."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -13,10 +16,13 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.recorder import models, queries
+from services.recorder.crypto import LocalKms
 from services.recorder.db import open_database
 from services.recorder.service import Recorder
+from services.recorder.vault import Vault
 from shared.bus import Bus
 from switchboard import natsserver
 from switchboard.testing.scripted import publish_call, script
@@ -67,8 +73,20 @@ class RecorderProcess:
         return self.proc.returncode or 0
 
 
-def _columns() -> list[Any]:
-    return [c for c in models.events.c if c.name != "id"]
+ARCHIVE_KEY = secrets.token_hex(32)
+"""The subprocess recorder's SWITCHBOARD_ARCHIVE_KEY (the test opens its archive with it)."""
+
+
+def subprocess_vault() -> Vault:
+    """The vault of the recorder subprocess (:data:`ARCHIVE_KEY`)."""
+    return Vault(LocalKms.from_setting(ARCHIVE_KEY))
+
+
+async def archived_rows(engine: AsyncEngine, call_id: str, vault: Vault) -> list[tuple[Any, ...]]:
+    """The call's event rows in stream order without ``id`` and ``hash``, the body opened with ``vault``."""
+    return [(e.stream, e.stream_seq, e.call_id, e.chain_index, e.subject, e.direction, e.type, e.source, e.seq,
+             e.msg_id, e.ts_ns, e.stream_ts_ns, e.trace_id, e.headers, e.body)
+            for e in await queries.call_events(engine, call_id, vault=vault)]
 
 
 async def test_sigkill_mid_call_then_restart_matches_an_uninterrupted_run(
@@ -82,7 +100,9 @@ async def test_sigkill_mid_call_then_restart_matches_an_uninterrupted_run(
         "SWITCHBOARD_RECORDER_CONSUMER": f"kill{unique}", "PYTHONUNBUFFERED": "1",
         # the recorder's own NATS user (its permissions are part of what is tested); the streams as they are
         "SWITCHBOARD_NATS_NKEY_SEED": str(nats_auth.seeds["recorder"]), "SWITCHBOARD_JS_MAX_AGE": "3600",
+        "SWITCHBOARD_ARCHIVE_KEY": ARCHIVE_KEY,
     })
+    vault = subprocess_vault()
     proc = RecorderProcess(env, tmp_path / "recorder.log")
     ref_engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'reference.db'}")
     reference = Recorder(buses[0], ref_engine, tmp_path / "reference", durable_prefix=f"ref{unique}",
@@ -100,7 +120,7 @@ async def test_sigkill_mid_call_then_restart_matches_an_uninterrupted_run(
                 break
             await asyncio.sleep(0.02)
         await proc.kill()
-        archived_before = await queries.call_events(engine, call_id)
+        archived_before = await queries.call_events(engine, call_id, vault=vault)
         await publish_call(*buses, call_id, speed=0, steps=steps[half:])
         await proc.start()
         for _ in range(600):
@@ -114,16 +134,12 @@ async def test_sigkill_mid_call_then_restart_matches_an_uninterrupted_run(
 
         async with asyncio.timeout(60), reference.finalizer.done:
             await reference.finalizer.done.wait_for(lambda: call_id in reference.finalizer.finalized)
-        stmt = (select(*_columns()).where(models.events.c.call_id == call_id)
-                .order_by(models.events.c.stream, models.events.c.stream_seq))
-        async with engine.connect() as conn:
-            killed_rows = [tuple(r) for r in (await conn.execute(stmt)).all()]
-        async with ref_engine.connect() as conn:
-            reference_rows = [tuple(r) for r in (await conn.execute(stmt)).all()]
+        killed_rows = await archived_rows(engine, call_id, vault)
+        reference_rows = await archived_rows(ref_engine, call_id, reference.vault)
         assert 0 < len(archived_before) < len(steps), "the kill did not happen mid-call"
         assert len(killed_rows) == len(steps)
         assert killed_rows == reference_rows
-        assert (await queries.verify_call(engine, call_id)).ok
+        assert (await queries.verify_call(engine, call_id, vault=vault)).ok
         async with engine.connect() as conn:  # nothing was recorded as lost from the stream
             assert (await conn.execute(select(models.chain_gaps))).all() == []
         killed_call = await queries.get_call(engine, call_id)

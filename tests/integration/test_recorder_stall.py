@@ -19,7 +19,7 @@ from shared.bus import Bus
 from switchboard import natsserver
 from switchboard.testing.scripted import publish_call, script
 from tests.conftest import NatsAuth
-from tests.integration.test_recorder_restart import RecorderProcess
+from tests.integration.test_recorder_restart import ARCHIVE_KEY, RecorderProcess, archived_rows, subprocess_vault
 
 
 async def test_sigstop_mid_call_then_resume_archives_everything_once(
@@ -33,6 +33,7 @@ async def test_sigstop_mid_call_then_resume_archives_everything_once(
         "SWITCHBOARD_RECORDER_CONSUMER": f"stall{unique}", "PYTHONUNBUFFERED": "1",
         # the recorder's own NATS user (its permissions are part of what is tested); the streams as they are
         "SWITCHBOARD_NATS_NKEY_SEED": str(nats_auth.seeds["recorder"]), "SWITCHBOARD_JS_MAX_AGE": "3600",
+        "SWITCHBOARD_ARCHIVE_KEY": ARCHIVE_KEY,
     })
     proc = RecorderProcess(env, tmp_path / "recorder.log")
     ref_engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'reference.db'}")
@@ -64,16 +65,13 @@ async def test_sigstop_mid_call_then_resume_archives_everything_once(
         assert await proc.stop() == 0
         async with asyncio.timeout(60), reference.finalizer.done:
             await reference.finalizer.done.wait_for(lambda: call_id in reference.finalizer.finalized)
-        stmt = (select(*[c for c in models.events.c if c.name != "id"]).where(models.events.c.call_id == call_id)
-                .order_by(models.events.c.stream, models.events.c.stream_seq))
+        rows = await archived_rows(engine, call_id, subprocess_vault())  # bodies opened: keys differ per archive
         async with engine.connect() as conn:
-            rows = [tuple(r) for r in (await conn.execute(stmt)).all()]
             gaps = (await conn.execute(select(models.chain_gaps))).all()
-        async with ref_engine.connect() as conn:
-            reference_rows = [tuple(r) for r in (await conn.execute(stmt)).all()]
+        reference_rows = await archived_rows(ref_engine, call_id, reference.vault)
         assert len(rows) == len(steps) and rows == reference_rows
         assert gaps == []
-        assert (await queries.verify_call(engine, call_id)).ok
+        assert (await queries.verify_call(engine, call_id, vault=subprocess_vault())).ok
     finally:
         if proc.proc is not None and proc.proc.returncode is None:
             proc.proc.send_signal(signal.SIGCONT)

@@ -413,6 +413,7 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "sessionEvent": [subjects.session_event(cid, e)
                          for e in ("model_connected", "state_changed", "summary", "error")],
         "callEnded": [subjects.call_ended(cid)],
+        "callErased": [subjects.call_erased(cid)],
         "rtClient": [subjects.rt_client(cid, t) for t in ("session.update", "input_audio_buffer.append")],
         "rtServer": [subjects.rt_server(cid, t) for t in ("response.output_audio.delta", "error")],
         "toolRequest": [subjects.tool("book_appointment")],

@@ -80,7 +80,8 @@ def calls_page(rows: Sequence[Mapping[str, Any]], total: int, *, params: Mapping
             f'<tr class="call-row" data-call-id="{_e(r["call_id"])}"><td>{_when(r.get("started_ns"))}</td>'
             f'<td><a href="{link}">{_e(r["call_id"])}</a></td><td>{_e(r.get("from_number"))}</td>'
             f'<td>{_e(r.get("carrier"))}</td><td>{_e(r.get("agent"))}</td><td>{_e(r.get("agent_version"))}</td>'
-            f'<td>{_e(r.get("status"))}</td><td>{_e(r.get("end_reason"))}</td><td>{_secs(r.get("duration_ms"))}</td>'
+            f'<td>{"erased" if r.get("erased_ns") else _e(r.get("status"))}</td><td>{_e(r.get("end_reason"))}</td>'
+            f'<td>{_secs(r.get("duration_ms"))}</td>'
             f'<td>{_e(r.get("turns"))}</td><td>{_e(r.get("tool_call_count"))}</td><td>{_cost(r)}</td></tr>')
     pages = max(1, -(-total // per_page))
     keep = {k: v for k, v in params.items() if v and k != "page"}
@@ -181,10 +182,17 @@ def call_page(call: Mapping[str, Any], *, turns: Sequence[Mapping[str, Any]], to
                ("model cost", _cost(call)),
                ("tokens in/out", f'{call.get("input_tokens", 0)}/{call.get("output_tokens", 0)}')]
     kv = '<table class="kv">' + "".join(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in summary) + "</table>"
-    audio = (f'<audio id="player" controls preload="metadata" src="/calls/{cid}/recording.wav{token_q}"></audio>'
-             '<p class="note">Stereo: caller left, agent right. The transcript follows the player; click a line '
-             'to jump there.</p>' if call.get("projected_ns") else
-             '<p class="note">The recording is available once the call has ended.</p>')
+    erased = (f'<p class="note erased">Erased {_when(call.get("erased_ns"))} by {_e(call.get("erased_by"))} '
+              f'({_e(call.get("erase_reason"))}): the recording, transcript, tool arguments and outputs are '
+              'destroyed; the events keep their sealed content and the hash chains still verify.</p>'
+              if call.get("erased_ns") else None)
+    if erased:
+        kv = kv.replace(f"<td>{_e(call.get('status'))}</td>", "<td>erased</td>", 1)
+    audio = erased or (
+        f'<audio id="player" controls preload="metadata" src="/calls/{cid}/recording.wav{token_q}"></audio>'
+        '<p class="note">Stereo: caller left, agent right. The transcript follows the player; click a line '
+        'to jump there.</p>' if call.get("projected_ns") else
+        '<p class="note">The recording is available once the call has ended.</p>')
     live = "" if ended else (f'<section id="live" data-call-id="{cid}" data-token="{_e(token_q[14:])}">'
                              '<h2>Live transcript <small>(<span id="live-status">connecting…</span>)</small></h2>'
                              '<div id="live-log"></div>'

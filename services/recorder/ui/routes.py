@@ -23,6 +23,7 @@ from services.recorder import queries
 from services.recorder.projections import project
 from services.recorder.replay import timeline
 from services.recorder.ui import pages, search
+from services.recorder.vault import Vault
 from services.recorder.waterfall import waterfall
 from shared import subjects
 
@@ -52,8 +53,10 @@ def _token_q(request: Request) -> str:
     return f"?access_token={quote(token, safe='')}" if token else ""
 
 
-def add_console(app: FastAPI, engine: AsyncEngine, authorize: Callable[..., Any]) -> None:
-    """Add the ``/ui`` routes to the recorder ``app`` (``authorize`` = the API's auth dependency)."""
+def add_console(app: FastAPI, engine: AsyncEngine, authorize: Callable[..., Any], *,
+                vault: Vault | None = None) -> None:
+    """Add the ``/ui`` routes to the recorder ``app`` (``authorize`` = the API's auth dependency; ``vault``
+    opens the archived caller content, an erased call's reads ``[erased]``)."""
     guard = [Depends(authorize)]
 
     @app.get("/ui", include_in_schema=False)
@@ -88,8 +91,8 @@ def add_console(app: FastAPI, engine: AsyncEngine, authorize: Callable[..., Any]
         call = await queries.get_call(engine, call_id)
         if call is None:
             raise HTTPException(status_code=404, detail=f"no call {call_id}")
-        events = await queries.call_events(engine, call_id)
-        if call.get("projected_ns"):
+        events = await queries.call_events(engine, call_id, vault=vault)
+        if call.get("projected_ns") or call.get("erased_ns") is not None:
             stored = await queries.stored_projection(engine, call_id)
             turns, tools = stored["turns"], stored["tool_calls"]
         else:
@@ -97,7 +100,7 @@ def add_console(app: FastAPI, engine: AsyncEngine, authorize: Callable[..., Any]
             turns, tools = data["turns"], data["tool_calls"]
         rows = [r.to_dict() for r in timeline(events, collapse=True)]  # runs of deltas: one row with a count
         spans = await queries.call_spans(engine, call_id)
-        audit = (await queries.verify_call(engine, call_id)).to_dict()
+        audit = (await queries.verify_call(engine, call_id, vault=vault)).to_dict()
         kpis = await kpi_store.call_figures(engine, call_id) if await search.analytics_present(engine) else None
         return HTMLResponse(pages.call_page(call, turns=turns, tools=tools, timeline=rows,
                                             waterfall=waterfall(spans), audit=audit, kpis=kpis,
