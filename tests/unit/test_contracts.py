@@ -28,6 +28,10 @@ NO_JSON_CONTRACT = {
 }
 
 SAMPLES: dict[str, list[Any]] = {
+    "CallErased": [
+        c.CallErased(call_id=CID, erased_ns=1_796_622_952_577_482_767, erased_by="api:ops@host", reason="request"),
+        c.CallErased(call_id=CID, erased_ns=1_796_622_952_000_000_000, erased_by="retention", reason="retention"),
+    ],
     "CallStarted": [
         c.CallStarted(call_id=CID, carrier="twilio", agent="receptionist", agent_version="2",
                       audio_format="audio/pcmu", from_="+15551230001", to="+15559870000",
