@@ -51,6 +51,7 @@ __all__ = [
     "rt_client",
     "rt_server",
     "rt_wildcard",
+    "session_disclosure",
     "session_event",
     "session_events",
     "tool",
@@ -146,8 +147,15 @@ def command(call_id: str, verb: str) -> str:
 
 
 def session_event(call_id: str, event: str) -> str:
-    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``summary``, ``error``)."""
+    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``disclosure``, ``summary``,
+    ``error``, ``handover``)."""
     return f"call.{validate_call_id(call_id)}.session.{_token(event, 'session event')}"
+
+
+def session_disclosure(call_id: str) -> str:
+    """``call.<id>.session.disclosure`` — the proof that the agent's disclosure played (or why it did not):
+    status, text and the audio span the carrier confirmed (``services.session.disclosure.DisclosureRecord``)."""
+    return session_event(call_id, "disclosure")
 
 
 def call_ended(call_id: str) -> str:

@@ -15,6 +15,9 @@ Example::
     turn_detection: {type: server_vad, silence_duration_ms: 500}
     transcription: {model: gpt-4o-mini-transcribe, language: en}
     tools: [check_availability, book_appointment, end_call]
+    disclosure:                 # optional; a plain string is short for {text: ...}
+      text: "You are speaking with an AI assistant. This call is recorded."
+      gate_recording: true      # default: caller audio and transcripts are stored only once it has played
     flow:                       # optional
       initial: triage
       states:
@@ -32,12 +35,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.audio import parse_format
 from shared.tool_registry import ToolSpec
 
-__all__ = ["AgentSpec", "AgentSpecError", "FlowSpec", "StateSpec", "Transition", "load_agent", "session_config"]
+__all__ = ["AgentSpec", "AgentSpecError", "DisclosureSpec", "FlowSpec", "StateSpec", "Transition", "load_agent",
+           "session_config"]
 
 
 class AgentSpecError(ValueError):
@@ -94,6 +98,21 @@ class FlowSpec(_Strict):
         raise KeyError(state_id)
 
 
+class DisclosureSpec(_Strict):
+    """What the session plays before anything else on a call (docs/compliance.md, "Disclosure")."""
+
+    text: str = Field(min_length=1, max_length=2000)
+    """The exact words, synthesised by espeak-ng (:mod:`shared.tts`) and played through ``command.play``."""
+    gate_recording: bool = True
+    """True: caller audio (and so transcripts) reaches the model and the log only after the carrier confirmed
+    the whole disclosure played; audio and keypad digits before that are discarded. False: they are held and
+    forwarded once the disclosure is over."""
+    voice: str = Field("en-us+klatt", pattern=r"^[A-Za-z0-9_+-]{1,64}$")
+    """espeak-ng voice name."""
+    rate_wpm: int = Field(175, ge=80, le=450)
+    """espeak-ng speaking rate, words per minute."""
+
+
 class AgentSpec(_Strict):
     """A validated agent spec (see the module docstring for the YAML shape)."""
 
@@ -118,6 +137,13 @@ class AgentSpec(_Strict):
     tool_choice: Literal["auto", "none", "required"] = "auto"
     speed: float = Field(1.0, ge=0.25, le=1.5)
     flow: FlowSpec | None = None
+    disclosure: DisclosureSpec | None = None
+    """Played first on every call, with proof of playback (:mod:`services.session.disclosure`)."""
+
+    @field_validator("disclosure", mode="before")
+    @classmethod
+    def _disclosure_text(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_flow_tools(self) -> AgentSpec:

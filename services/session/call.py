@@ -10,6 +10,8 @@ Lifecycle (design.md; protocols.md §1.9):
    or already in the stream; docs/session.md, "When the call ends").
 2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
    ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
+   An agent with a ``disclosure`` plays it first (:mod:`.disclosure`, started right after subscribing): the
+   greeting and caller audio wait until it is over (with ``gate_recording``, caller input meanwhile is dropped).
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
    they are handled, so output audio reaches the gateway (which plays it from the logged subject) at once.
 4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
@@ -43,6 +45,7 @@ from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
 from .bargein import PlaybackTracker
 from .control import PendingControl
+from .disclosure import Disclosure
 from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket, backoff_delays
@@ -78,6 +81,12 @@ class Call:
         self.stats = CallStats(self.call_id, spec.name)
         self.hooks = SessionHooks(self.call_id, spec.name)
         self.control = PendingControl(self.playback, self._command)
+        self.disclosure = Disclosure(spec.disclosure, bus=bus, call_id=self.call_id,
+                                     audio_format=info.audio_format, playback=self.playback,
+                                     command=self._command, publish=self._call_event,
+                                     chunk_ms=self.options.disclosure_chunk_ms,
+                                     confirm_grace_s=self.options.disclosure_confirm_s)
+        self._greeted = False
         self.registry: dict[str, tool_registry.ToolSpec] = {}
         self.tools = ToolDispatcher(bus, self.call_id, {"call_id": self.call_id, "from": info.from_,
                                                         "to": info.to, "agent": spec.name},
@@ -110,6 +119,8 @@ class Call:
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
+            self.disclosure.start()  # before anything else: the marks of its audio are already subscribed
+            self._spawn(self._after_disclosure())
             self._spawn(self._ended_before_pickup())
             model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
             watchdog = self._spawn(self._watch_carrier())
@@ -135,6 +146,10 @@ class Call:
 
     async def _shutdown(self, model_task: asyncio.Task[None] | None) -> None:
         self._closing = True
+        try:
+            await self.disclosure.close()  # still playing → interrupted (before the summary)
+        except Exception:
+            log.exception("call %s: recording the disclosure's end failed", self.call_id)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -360,23 +375,13 @@ class Call:
                 owes = await self._rebuild()
                 if owes:
                     await self.gate.request()
-            elif self.spec.greeting:
-                await self.gate.request({"instructions": f"Greet the caller by saying exactly: "
-                                                         f"{self.spec.greeting}"})
-            # flush buffered audio in order; frames arriving meanwhile are buffered and flushed by the next
-            # round, and no await separates the last (empty) check from going live
-            while self.audio.buffered:
-                chunks = self.audio.drain()
-                for i, chunk in enumerate(chunks):
-                    try:
-                        await self._send_append(chunk, setup=True)
-                    except ModelClosedError:
-                        for rest in reversed(chunks[i:]):  # keep the unsent audio, in order
-                            self.audio.requeue(rest)
-                        raise
+            else:
+                await self._greet()
+            if self.disclosure.done.is_set():
+                await self._flush_audio(setup=True)
         finally:
             self._in_setup = False
-        self.audio.ready = True
+        self.audio.ready = self.disclosure.done.is_set()  # else the disclosure's end opens it
         self.ready.set()
         self.stats.model_up()
         await self.gate.pump()
@@ -387,6 +392,39 @@ class Call:
             # billed: false without an API key (the local model), priced at 0 (services/recorder/pricing.py)
             "billed": self.endpoint.api_key is not None, "agent": self.spec.name,
             "agent_version": self.spec.version})
+
+    async def _greet(self) -> None:
+        """The greeting ``response.create``, once per call and only after the disclosure is over."""
+        if self._greeted or not self.spec.greeting or not self.disclosure.done.is_set():
+            return
+        self._greeted = True
+        await self.gate.request({"instructions": f"Greet the caller by saying exactly: {self.spec.greeting}"})
+
+    async def _flush_audio(self, *, setup: bool) -> None:
+        """Send buffered caller audio in order; frames arriving meanwhile are buffered and flushed by the next
+        round, and no await separates the last (empty) check from the caller going live."""
+        while self.audio.buffered:
+            chunks = self.audio.drain()
+            for i, chunk in enumerate(chunks):
+                try:
+                    await self._send_append(chunk, setup=setup)
+                except ModelClosedError:
+                    for rest in reversed(chunks[i:]):  # keep the unsent audio, in order
+                        self.audio.requeue(rest)
+                    raise
+
+    async def _after_disclosure(self) -> None:
+        """The disclosure is over: start listening and greet (when the model is ready; else
+        :meth:`_session_ready` does both)."""
+        await self.disclosure.done.wait()
+        if self._closing or not self.ready.is_set():
+            return
+        try:
+            await self._greet()
+            await self._flush_audio(setup=False)
+        except ModelClosedError:
+            return  # the reconnect's _session_ready flushes and greets
+        self.audio.ready = True
 
     async def _rebuild(self) -> bool:
         """Replay the log and re-create prior items; returns True when the agent owes a response."""
@@ -410,7 +448,10 @@ class Call:
     async def _on_audio(self, env: Envelope) -> None:
         """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""
         self._last_audio = time.monotonic()
-        chunk = self.audio.push(env.data)
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
+            return
+        chunk = self.audio.push(env.data)  # held while the disclosure plays (audio.ready is False)
         if chunk is None:
             return
         try:
@@ -436,10 +477,13 @@ class Call:
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
             log.warning("call %s: ignoring malformed dtmf %r", self.call_id, env.data[:100])
             return
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            return  # the call is not listening yet (docs/compliance.md, "Disclosure")
         self._spawn(self._say_to_model({"type": "message", "role": "user",
                                         "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
 
     async def _say_to_model(self, item: dict[str, Any]) -> None:
+        await self.disclosure.done.wait()
         await self.deliver({"type": "conversation.item.create", "item": item})
         await self.gate.request()
 

@@ -39,6 +39,9 @@ class CallOptions:
         carrier_idle_timeout: seconds without carrier audio after which the call is considered gone.
         barge_in_settle_s: how long a truncation waits for the mark echoes that follow a ``clear``.
         model_error_after: see the field.
+        disclosure_chunk_ms: audio per ``command.play`` of the disclosure (one carrier mark each).
+        disclosure_confirm_s: how long past its own length the disclosure's marks may take (then
+            ``unconfirmed``; :mod:`services.session.disclosure`).
     """
 
     audio_batch_ms: int = 40
@@ -46,10 +49,14 @@ class CallOptions:
     barge_in_settle_s: float = 1.0
     model_error_after: int = 5
     """Consecutive failed model connects (≈ 6 s of backoff) before ``session.error`` ``model_unavailable``."""
+    disclosure_chunk_ms: int = 500
+    disclosure_confirm_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:
             raise ValueError("audio_batch_ms must be ≥ 20 and the timeouts positive")
+        if self.disclosure_chunk_ms < 20 or self.disclosure_confirm_s < 0:
+            raise ValueError("disclosure_chunk_ms must be ≥ 20 and disclosure_confirm_s ≥ 0")
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,21 @@ class SimGateway:
     """A gateway on the bus for one call (see the module docstring).
 
     ``auto_marks``: echo each audio chunk's mark as played right away (an instantly playing carrier);
-    otherwise the test echoes marks with :meth:`play`.
+    otherwise the test echoes marks with :meth:`play`. ``auto_play_marks``: the same for the audio of
+    ``command.play`` (the disclosure), tracked per ``item_id`` like model audio.
     """
 
-    def __init__(self, bus: Bus, call_id: str | None = None, *, auto_marks: bool = True) -> None:
+    def __init__(self, bus: Bus, call_id: str | None = None, *, auto_marks: bool = True,
+                 auto_play_marks: bool = True) -> None:
         self.bus = bus
         self.call_id = call_id or subjects.new_call_id()
         self.auto_marks = auto_marks
+        self.auto_play_marks = auto_play_marks
         self.items: dict[str, _Item] = {}
         self.item_order: list[str] = []
+        """Model audio items (``response.output_audio.delta``), in order."""
+        self.play_order: list[str] = []
+        """Items of ``command.play`` audio (the disclosure), in order."""
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.session_events: list[tuple[str, dict[str, Any]]] = []
@@ -159,7 +165,16 @@ class SimGateway:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
         body = env.json()
         self.commands.append((verb, body))
-        if verb == "clear":
+        if verb == "play":
+            item_id = str(body.get("item_id") or "play")
+            item = self.items.setdefault(item_id, _Item())
+            if item_id not in self.play_order:
+                self.play_order.append(item_id)
+            item.received += len(base64.b64decode(body["audio"]))
+            item.pending.append(item.received)
+            if self.auto_play_marks:
+                await self.play(item_id)
+        elif verb == "clear":
             for item_id, item in self.items.items():  # a clear echoes every pending mark as cleared
                 for cumulative in item.pending:
                     await self._mark(item_id, cumulative, cleared=True)
