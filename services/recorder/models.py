@@ -146,6 +146,9 @@ calls = Table(
     Column("tool_call_count", Integer, nullable=False, default=0),
     Column("barge_in_count", Integer, nullable=False, default=0),
     Column("recording_path", Text, nullable=True),
+    Column("disclosure_status", String(16), nullable=True,
+           doc="completed / interrupted / unconfirmed / failed (session.disclosure); null: none logged"),
+    Column("disclosure_played_ms", Integer, nullable=True, doc="disclosure audio confirmed played (marks)"),
     Column("projected_ns", BigInteger, nullable=True, doc="when the projections were last rebuilt"),
     Index("ix_calls_started", "started_ns"),
 )

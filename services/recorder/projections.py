@@ -13,6 +13,8 @@ progress. Event shapes: protocols.md §1.4–1.9 (Realtime GA); times are ms fro
 - Tool calls: ``response.function_call_arguments.done`` (``name``, ``arguments``, ``call_id``) joined with
   the client's ``conversation.item.create`` of a ``function_call_output`` (same ``call_id``); an output that is
   a JSON object with an ``error`` key is the error.
+- Disclosure: ``call.<id>.session.disclosure`` (services/session/disclosure.py) gives its ``status``
+  (``completed``, ``interrupted``, ``unconfirmed``, ``failed``; None: the agent has none) and ``played_ms``.
 - Barge-ins: a ``speech_started`` followed, before the next one, by a ``command.clear`` and/or a
   ``conversation.item.truncate``; the latency is speech_started → clear.
 """
@@ -93,12 +95,17 @@ class Projection:
     cost_usd: float | None = 0.0
     """Estimate in USD (:mod:`services.recorder.pricing`); None when the model is unpriced."""
     timeline: Timeline | None = None
+    disclosure: str | None = None
+    """Status of the call's disclosure (``session.disclosure``); None when none was logged."""
+    disclosure_played_ms: int | None = None
+    """Disclosure audio the carrier confirmed played (ms)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON shape (turns, tool_calls, barge_ins, usage, cost_usd)."""
+        """JSON shape (turns, tool_calls, barge_ins, usage, cost_usd, disclosure, disclosure_played_ms)."""
         return {"turns": [asdict(t) for t in self.turns], "tool_calls": [asdict(t) for t in self.tool_calls],
                 "barge_ins": [asdict(b) for b in self.barge_ins], "usage": asdict(self.usage),
-                "model": self.model, "billed": self.billed, "cost_usd": self.cost_usd}
+                "model": self.model, "billed": self.billed, "cost_usd": self.cost_usd,
+                "disclosure": self.disclosure, "disclosure_played_ms": self.disclosure_played_ms}
 
 
 def _ms(ev: ArchivedEvent, t0_ns: int) -> int:
@@ -198,6 +205,10 @@ def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Proj
                 model_from_client = ev.direction == "client"
         elif kind == (None, "session.model_connected") and body.get("billed") is False:
             out.billed = False
+        elif kind == (None, "session.disclosure") and isinstance(body.get("status"), str):
+            out.disclosure = body["status"]
+            played = body.get("played_ms")
+            out.disclosure_played_ms = int(played) if isinstance(played, int | float) else None
         elif kind in (("client", "conversation.item.truncate"), (None, "command.clear")):
             if speech_ns is None:
                 continue

@@ -2,7 +2,8 @@
 
 :func:`script` yields the steps of one μ-law Twilio call exactly as the gateway and the session publish
 them (design.md "Subjects"; Realtime GA shapes from protocols.md §1.4–1.9): ``call.<id>.started``, the
-session's ``session.update``, caller audio as ``input_audio_buffer.append`` (20 ms frames of real G.711
+session's ``session.disclosure`` (completed) and ``session.update``, caller audio as
+``input_audio_buffer.append`` (20 ms frames of real G.711
 μ-law of a tone), VAD events, an input transcription, a ``book_appointment`` function call and its output,
 an agent audio reply with transcript and marks, a barge-in (``speech_started`` → ``command.clear`` →
 ``conversation.item.truncate`` → cleared mark → ``response.done`` cancelled), the session summary and
@@ -90,6 +91,11 @@ def script(call_id: str, *, run_id: str = "scripted") -> list[Step]:
         "from": "+15551230001", "to": "+15559870000", "carrier_call_id": "CA" + "0" * 32,
         "stream_id": "MZ" + "1" * 32, "custom_parameters": {"run_id": run_id}, "started_at": time.time()}))
     steps.append(Step("session", subjects.session_event(call_id, "model_connected"), {"model": "gpt-realtime"}))
+    steps.append(Step("session", subjects.session_disclosure(call_id), {
+        "call_id": call_id, "status": "completed", "text": "You are speaking with an AI assistant.",
+        "item_id": f"disclosure_{call_id}", "audio_format": "audio/pcmu", "audio_bytes": 16000, "audio_ms": 2000,
+        "played_bytes": 16000, "played_ms": 2000, "started_at": time.time(), "finished_at": time.time(),
+        "gate_recording": True}))
     client("session.update", session={
         "type": "realtime", "model": "gpt-realtime", "instructions": "You are a receptionist.",
         "output_modalities": ["audio"],

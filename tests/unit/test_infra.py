@@ -411,7 +411,8 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "carrierError": [subjects.carrier_error(cid)],
         "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play")],
         "sessionEvent": [subjects.session_event(cid, e)
-                         for e in ("model_connected", "state_changed", "summary", "error")],
+                         for e in ("model_connected", "state_changed", "disclosure", "summary", "error")]
+                        + [subjects.session_disclosure(cid)],
         "callEnded": [subjects.call_ended(cid)],
         "rtClient": [subjects.rt_client(cid, t) for t in ("session.update", "input_audio_buffer.append")],
         "rtServer": [subjects.rt_server(cid, t) for t in ("response.output_audio.delta", "error")],

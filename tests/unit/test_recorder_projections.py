@@ -161,3 +161,15 @@ def test_agent_audio_sent_after_the_call_ended_is_not_in_the_recording() -> None
     assert len(full.agent) == len(only_before.agent)
     assert np.array_equal(full.agent, only_before.agent)
     assert any(p.interrupted for p in full.items.values()) or len(full.agent) <= len(full.caller)
+
+
+def test_disclosure_status_and_span_are_projected(call: list[ArchivedEvent]) -> None:
+    p = project(call)
+    assert (p.disclosure, p.disclosure_played_ms) == ("completed", 2000)  # the scripted call's record
+    assert p.to_dict()["disclosure"] == "completed"
+    interrupted = [e for e in call if e.type != "session.disclosure"] + events_from(
+        [Step("session", "call.CAunit.session.disclosure", {"status": "interrupted", "played_ms": 700})], "CAunit")
+    p = project(interrupted)
+    assert (p.disclosure, p.disclosure_played_ms) == ("interrupted", 700)
+    none = project([e for e in call if e.type != "session.disclosure"])
+    assert (none.disclosure, none.disclosure_played_ms) == (None, None)
