@@ -3,6 +3,7 @@ latency, barge-ins, usage and cost, caller/agent channels on the media timeline,
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from services.recorder.pricing import Usage, estimate_cost
 from services.recorder.projections import project
 from services.recorder.recording import call_formats, format_name, render
 from services.recorder.records import ArchivedEvent, classify
-from switchboard.testing.scripted import USAGE, Step, script
+from switchboard.testing.scripted import USAGE, Step, script, tone
 
 T0 = 1_800_000_000_000_000_000
 
@@ -173,3 +174,16 @@ def test_disclosure_status_and_span_are_projected(call: list[ArchivedEvent]) -> 
     assert (p.disclosure, p.disclosure_played_ms) == ("interrupted", 700)
     none = project([e for e in call if e.type != "session.disclosure"])
     assert (none.disclosure, none.disclosure_played_ms) == (None, None)
+
+
+def test_the_disclosure_played_by_the_session_is_on_the_agent_channel() -> None:
+    cid = "CAplay"
+    steps = [s for s in script(cid) if not s.subject.startswith("rt.")][:1]  # call.started only
+    steps.append(Step("session", f"call.{cid}.command.play", {
+        "audio": base64.b64encode(tone(440, 400)).decode(), "audio_format": "audio/pcmu",
+        "item_id": f"disclosure_{cid}"}, 500.0))
+    steps.append(Step("gateway", f"call.{cid}.ended", {"reason": "caller_hangup"}))
+    timeline = render(events_from(steps, cid))
+    assert np.abs(timeline.agent[: 8 * 400]).max() > 1000  # 400 ms of tone at 8 kHz on the agent side
+    assert not timeline.caller.any()
+    assert f"disclosure_{cid}" in timeline.items
