@@ -104,11 +104,14 @@ class Settings(BaseSettings):
     """Shared secret that signs browser tokens, the same on every gateway replica (``switchboard up`` makes one)."""
     audit_key: str | None = None
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
+    capture_key: str | None = None
+    """AES-256 key (32 bytes, hex) sealing keypad captures for their tool (:mod:`shared.sealed`); the session and
+    the tool worker share it (``switchboard up`` makes one). Unset: keypad capture states refuse entries."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
                      "localmodel_token", "twilio_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
-                     "audit_key", mode="before")
+                     "audit_key", "capture_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

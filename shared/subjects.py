@@ -38,6 +38,7 @@ __all__ = [
     "call_audio_in",
     "call_audio_in_all",
     "call_ended",
+    "call_keypad",
     "call_started",
     "carrier_dtmf",
     "carrier_error",
@@ -65,7 +66,7 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _MAX_EVENT_TYPE = 128
 
 Direction = Literal["client", "server"]
-CommandVerb = Literal["clear", "hangup", "transfer", "play"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture"]
 CarrierEvent = Literal["mark", "dtmf", "error"]
 
 
@@ -140,8 +141,9 @@ def carrier_error(call_id: str) -> str:
 
 
 def command(call_id: str, verb: str) -> str:
-    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``."""
-    if verb not in ("clear", "hangup", "transfer", "play", "*"):
+    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``, ``capture``
+    (``{active}``: keypad digits go to :func:`call_keypad` instead of ``carrier.dtmf``)."""
+    if verb not in ("clear", "hangup", "transfer", "play", "capture", "*"):
         raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
     return f"call.{validate_call_id(call_id)}.command.{verb}"
 
@@ -150,6 +152,12 @@ def session_event(call_id: str, event: str) -> str:
     """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``disclosure``, ``summary``,
     ``error``, ``handover``)."""
     return f"call.{validate_call_id(call_id)}.session.{_token(event, 'session event')}"
+
+
+def call_keypad(call_id: str) -> str:
+    """``call.<id>.keypad`` — one keypad digit pressed during a keypad capture (gateway → session, core NATS
+    only: no stream captures it, so the digits are never stored)."""
+    return f"call.{validate_call_id(call_id)}.keypad"
 
 
 def session_disclosure(call_id: str) -> str:

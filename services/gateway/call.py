@@ -129,6 +129,8 @@ class CallBridge:
         self._release_lock = asyncio.Lock()
         self._hold_timer: asyncio.Task[None] | None = None
         self._mark_subject = subjects.carrier_mark(self.call_id)
+        self._keypad_capture = False
+        """``command.capture``: keypad digits go to ``call.<id>.keypad`` (core NATS) instead of the stream."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -268,7 +270,12 @@ class CallBridge:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
 
     async def dtmf(self, digit: str) -> None:
-        """Publish ``call.<id>.carrier.dtmf`` ``{digit}``."""
+        """Publish ``call.<id>.carrier.dtmf`` ``{digit}`` — or, while the session runs a keypad capture
+        (``command.capture {active: true}``), ``call.<id>.keypad`` on core NATS only, so the digits are never
+        stored (docs/compliance.md, "Keypad capture")."""
+        if self._keypad_capture:
+            await self.bus.publish(subjects.call_keypad(self.call_id), {"digit": digit}, call_id=self.call_id)
+            return
         await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), {"digit": digit}, call_id=self.call_id)
 
     async def mark_echo(self, name: str) -> None:
@@ -334,6 +341,8 @@ class CallBridge:
             self.queue.put_close("transfer", {"transfer_to": body.get("to")})
         elif verb == "play":
             self._play(body)
+        elif verb == "capture":
+            self._keypad_capture = body.get("active") is True
         else:
             log.warning("call %s: unknown command %r", self.call_id, verb)
 

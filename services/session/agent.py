@@ -27,6 +27,8 @@ Example::
           transitions: [{on_tool: lookup_customer, to: booking}]
         - id: booking
           tools: [book_appointment, end_call]
+        - id: payment             # keypad capture: digits go to the tool, never to the model or the log
+          capture: {kind: card, length: 16, tool: take_payment}
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.audio import parse_format
 from shared.tool_registry import ToolSpec
 
-__all__ = ["AgentSpec", "AgentSpecError", "DisclosureSpec", "FlowSpec", "StateSpec", "Transition", "load_agent",
-           "session_config"]
+__all__ = ["AgentSpec", "AgentSpecError", "CaptureSpec", "DisclosureSpec", "FlowSpec", "StateSpec", "Transition",
+           "load_agent", "session_config"]
 
 
 class AgentSpecError(ValueError):
@@ -61,14 +63,27 @@ class Transition(_Strict):
     """Subset match on the tool's ``output`` object (``{status: booked}``); None = any successful reply."""
 
 
+class CaptureSpec(_Strict):
+    """PCI-safe keypad capture in a flow state (:mod:`services.session.capture`; docs/compliance.md)."""
+
+    kind: Literal["card", "digits"]
+    """``card``: a payment card number (the masked form keeps the last four); ``digits``: any code (fully masked)."""
+    length: int = Field(ge=1, le=32)
+    """Digits expected; the entry is submitted when this many are in (or on ``#``; ``*`` starts over)."""
+    tool: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The tool that receives the digits (sealed, :mod:`shared.sealed`); the model only gets its result."""
+
+
 class StateSpec(_Strict):
-    """One flow state: extra instructions, the tools available in it, and its transitions."""
+    """One flow state: extra instructions, the tools available in it, its transitions and keypad capture."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     instructions: str = ""
     tools: list[str] | None = None
     """Tool names for this state; None = the agent's tools."""
     transitions: list[Transition] = Field(default_factory=list)
+    capture: CaptureSpec | None = None
+    """Keypad capture while in this state: caller audio does not reach the model, digits go to the tool."""
 
 
 class FlowSpec(_Strict):
@@ -161,12 +176,25 @@ class AgentSpec(_Strict):
         state = self.flow.state(state_id)
         return list(self.tools) if state.tools is None else list(state.tools)
 
+    def capture_for(self, state_id: str | None) -> CaptureSpec | None:
+        """The keypad capture of ``state_id`` (None: none, or no flow)."""
+        if self.flow is None or state_id is None:
+            return None
+        return self.flow.state(state_id).capture
+
     def instructions_for(self, state_id: str | None) -> str:
-        """The agent instructions plus the state's own instructions, if any."""
+        """The agent instructions plus the state's own instructions, if any (and, in a keypad capture state,
+        how to ask for the digits)."""
         if self.flow is None or state_id is None:
             return self.instructions
-        extra = self.flow.state(state_id).instructions
-        return f"{self.instructions}\n\n{extra}" if extra else self.instructions
+        state = self.flow.state(state_id)
+        parts = [self.instructions, state.instructions]
+        if state.capture is not None:
+            what = "card number" if state.capture.kind == "card" else "number"
+            parts.append(f"Ask the caller to type the {state.capture.length}-digit {what} on the phone keypad, "
+                         f"then press the hash key. Never ask them to say it aloud: while they type you do not "
+                         f"hear them. You will be told the result; never repeat digits back.")
+        return "\n\n".join(p for p in parts if p)
 
 
 def load_agent(path: Path) -> AgentSpec:

@@ -44,6 +44,7 @@ from shared.bus import Bus, Envelope, encode_payload
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
 from .bargein import PlaybackTracker
+from .capture import KeypadCapture
 from .control import PendingControl
 from .disclosure import Disclosure
 from .flow import FlowMachine
@@ -91,6 +92,9 @@ class Call:
         self.tools = ToolDispatcher(bus, self.call_id, {"call_id": self.call_id, "from": info.from_,
                                                         "to": info.to, "agent": spec.name},
                                     self.registry, self._on_tool_result, self.hooks)
+        self.keypad = KeypadCapture(bus=bus, call=self.tools.call, registry=self.registry,
+                                    key=self.options.capture_key, command=self._command,
+                                    publish=self._call_event, tell=self._keypad_result)
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -116,10 +120,12 @@ class Call:
                 await self.bus.subscribe(subjects.call_audio_in(cid), self._on_audio),
                 await self.bus.subscribe(subjects.carrier_mark(cid), self._on_mark),
                 await self.bus.subscribe(subjects.carrier_dtmf(cid), self._on_dtmf),
+                await self.bus.subscribe(subjects.call_keypad(cid), self._on_keypad),
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
             self.disclosure.start()  # before anything else: the marks of its audio are already subscribed
+            await self._apply_capture()  # an initial keypad-capture state
             self._spawn(self._after_disclosure())
             self._spawn(self._ended_before_pickup())
             model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
@@ -451,6 +457,9 @@ class Call:
         if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
             self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
             return
+        if self.keypad.active:
+            self.keypad.withheld_bytes += len(env.data)  # a card number read aloud never reaches the model
+            return
         chunk = self.audio.push(env.data)  # held while the disclosure plays (audio.ready is False)
         if chunk is None:
             return
@@ -479,8 +488,39 @@ class Call:
             return
         if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
             return  # the call is not listening yet (docs/compliance.md, "Disclosure")
+        if self.keypad.active:  # pressed before the gateway switched to call.<id>.keypad
+            await self.keypad.press(digit)
+            return
         self._spawn(self._say_to_model({"type": "message", "role": "user",
                                         "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+
+    async def _on_keypad(self, env: Envelope) -> None:
+        """``call.<id>.keypad`` ``{digit}`` (a capture state; core NATS only): to the capture, never the model."""
+        body = env.json() if env.data else None
+        digit = str(body.get("digit", "")) if isinstance(body, dict) else ""
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            log.warning("call %s: ignoring a malformed keypad message", self.call_id)
+            return
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            return
+        if self.keypad.active:
+            self._spawn(self.keypad.press(digit))
+        else:  # the capture just ended: an ordinary keypad digit
+            self._spawn(self._say_to_model({"type": "message", "role": "user",
+                                            "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+
+    async def _apply_capture(self) -> None:
+        await self.keypad.apply(self.flow.state, self.spec.capture_for(self.flow.state))
+
+    async def _keypad_result(self, text: str, tool: str, output: Any, ok: bool) -> None:
+        """A keypad entry's result → a system message and a response; a success drives the flow."""
+        await self.deliver({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}})
+        if ok:
+            changed = self.flow.on_tool_result(tool, output)
+            if changed is not None:
+                await self._change_state(changed, tool, "")
+        await self.gate.request()
 
     async def _say_to_model(self, item: dict[str, Any]) -> None:
         await self.disclosure.done.wait()
@@ -542,6 +582,7 @@ class Call:
         session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
                                     model=self.endpoint.model, state_id=state)
         await self.deliver({"type": "session.update", "session": session})
+        await self._apply_capture()
         await self._call_event(subjects.session_event(self.call_id, "state_changed"), {
             "call_id": self.call_id, "from": previous, "to": state, "tool": name,
             "tool_call_id": tool_call_id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,6 +51,8 @@ class CallOptions:
     """Consecutive failed model connects (≈ 6 s of backoff) before ``session.error`` ``model_unavailable``."""
     disclosure_chunk_ms: int = 500
     disclosure_confirm_s: float = 10.0
+    capture_key: str | None = field(default=None, repr=False)
+    """``SWITCHBOARD_CAPTURE_KEY`` (hex): seals keypad captures for their tool (:mod:`shared.sealed`)."""
 
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ class SessionService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
         self.options = options or CallOptions()
+        if self.options.capture_key is None and settings.capture_key:
+            self.options = replace(self.options, capture_key=settings.capture_key)
         self.failed_calls: list[str] = []
         self.readiness = health.Readiness([health.nats_connection(bus.nc)])
         """Answered on ``switchboard.ready.session`` while started (``shared.health``)."""

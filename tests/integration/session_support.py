@@ -126,6 +126,8 @@ class SimGateway:
         self.item_order: list[str] = []
         """Model audio items (``response.output_audio.delta``), in order."""
         self.play_order: list[str] = []
+        self.keypad_capture = False
+        """``command.capture`` in force: digits go to ``call.<id>.keypad`` (core NATS), as the gateway does."""
         """Items of ``command.play`` audio (the disclosure), in order."""
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[tuple[str, dict[str, Any]]] = []
@@ -165,7 +167,9 @@ class SimGateway:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
         body = env.json()
         self.commands.append((verb, body))
-        if verb == "play":
+        if verb == "capture":
+            self.keypad_capture = body.get("active") is True
+        elif verb == "play":
             item_id = str(body.get("item_id") or "play")
             item = self.items.setdefault(item_id, _Item())
             if item_id not in self.play_order:
@@ -210,7 +214,10 @@ class SimGateway:
             await asyncio.sleep(frame_ms / 1000 * pace)
 
     async def send_dtmf(self, digit: str) -> None:
-        """Publish a keypad digit."""
+        """Publish a keypad digit (on ``call.<id>.keypad`` while a keypad capture is in force)."""
+        if self.keypad_capture:
+            await self.bus.publish(subjects.call_keypad(self.call_id), {"digit": digit}, call_id=self.call_id)
+            return
         await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), {"digit": digit}, call_id=self.call_id)
 
     async def end(self, reason: str = "caller_hangup") -> None:
@@ -259,6 +266,7 @@ class LogEntry:
     source: str | None
     seq: int | None
     data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -273,5 +281,5 @@ async def read_log(bus: Bus, call_id: str) -> list[LogEntry]:
         async for env in bus.replay(filt, stream):
             parsed = subjects.parse(env.subject)
             kind = f"{parsed.direction}.{parsed.rest}" if parsed.direction else parsed.rest
-            entries.append(LogEntry(stream.name, env.subject, kind, env.source, env.seq, env.data))
+            entries.append(LogEntry(stream.name, env.subject, kind, env.source, env.seq, env.data, dict(env.headers)))
     return entries
