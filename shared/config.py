@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     """Shared secret that signs browser tokens, the same on every gateway replica (``switchboard up`` makes one)."""
     audit_key: str | None = None
     """Ed25519 private key (32 bytes, hex) signing the recorder's chain checkpoints; the public key verifies."""
+    redaction: bool = False
+    """Redact card numbers, phone numbers, e-mail addresses and ``redaction_patterns`` in everything the session
+    logs (Realtime events, log lines); an agent spec's ``redaction.enabled`` overrides it per agent."""
+    redaction_patterns: list[str] = Field(default_factory=list)
+    """Extra regular expressions to redact (``SWITCHBOARD_REDACTION_PATTERNS``, a JSON array), for every agent."""
+    redaction_region: str = Field("US", pattern=r"^[A-Za-z]{2}$")
+    """ISO 3166 region for phone numbers written without a country code."""
     capture_key: str | None = None
     """AES-256 key (32 bytes, hex) sealing keypad captures for their tool (:mod:`shared.sealed`); the session and
     the tool worker share it (``switchboard up`` makes one). Unset: keypad capture states refuse entries."""

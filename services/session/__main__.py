@@ -6,14 +6,19 @@ and uvloop's loop costs less per wakeup (``bench/session.py``, ``docs/session.md
 
 from __future__ import annotations
 
+from shared.redact import Redactor, install_log_redaction
 from shared.runtime import ServiceContext, install_uvloop, run_service
 
 from .service import SessionService
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Take calls until the service is asked to stop, then end the calls in progress."""
-    service = SessionService(ctx.bus, ctx.settings)
+    """Take calls until the service is asked to stop, then end the calls in progress. With
+    ``SWITCHBOARD_REDACTION`` every log line of the process is redacted (docs/compliance.md)."""
+    settings = ctx.settings
+    if settings.redaction:
+        install_log_redaction(Redactor(settings.redaction_patterns, region=settings.redaction_region))
+    service = SessionService(ctx.bus, settings)
     await service.start()
     try:
         await ctx.stopping.wait()

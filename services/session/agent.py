@@ -18,6 +18,7 @@ Example::
     disclosure:                 # optional; a plain string is short for {text: ...}
       text: "You are speaking with an AI assistant. This call is recorded."
       gate_recording: true      # default: caller audio and transcripts are stored only once it has played
+    redaction: {enabled: true, patterns: ["MRN-\\d{6}"]}   # optional; default SWITCHBOARD_REDACTION
     flow:                       # optional
       initial: triage
       states:
@@ -40,10 +41,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.audio import parse_format
+from shared.redact import Redactor
 from shared.tool_registry import ToolSpec
 
-__all__ = ["AgentSpec", "AgentSpecError", "CaptureSpec", "DisclosureSpec", "FlowSpec", "StateSpec", "Transition",
-           "load_agent", "session_config"]
+__all__ = ["AgentSpec", "AgentSpecError", "CaptureSpec", "DisclosureSpec", "FlowSpec", "RedactionSpec", "StateSpec",
+           "Transition", "load_agent", "session_config"]
 
 
 class AgentSpecError(ValueError):
@@ -128,6 +130,20 @@ class DisclosureSpec(_Strict):
     """espeak-ng speaking rate, words per minute."""
 
 
+class RedactionSpec(_Strict):
+    """Redaction of this agent's calls (:mod:`shared.redact`; docs/compliance.md, "Redaction")."""
+
+    enabled: bool = True
+    """Overrides ``SWITCHBOARD_REDACTION`` for this agent."""
+    patterns: list[str] = Field(default_factory=list)
+    """Regular expressions redacted in addition to ``SWITCHBOARD_REDACTION_PATTERNS``."""
+
+    @model_validator(mode="after")
+    def _compile(self) -> RedactionSpec:
+        Redactor(self.patterns)  # raises ValueError naming a pattern that does not compile
+        return self
+
+
 class AgentSpec(_Strict):
     """A validated agent spec (see the module docstring for the YAML shape)."""
 
@@ -154,6 +170,8 @@ class AgentSpec(_Strict):
     flow: FlowSpec | None = None
     disclosure: DisclosureSpec | None = None
     """Played first on every call, with proof of playback (:mod:`services.session.disclosure`)."""
+    redaction: RedactionSpec | None = None
+    """None: ``SWITCHBOARD_REDACTION`` decides."""
 
     @field_validator("disclosure", mode="before")
     @classmethod

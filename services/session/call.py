@@ -40,6 +40,7 @@ from services.tools.framework import ToolResult
 from shared import subjects, tool_registry
 from shared.audio import parse_format
 from shared.bus import Bus, Envelope, encode_payload
+from shared.redact import redact_event
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -88,6 +89,8 @@ class Call:
                                      chunk_ms=self.options.disclosure_chunk_ms,
                                      confirm_grace_s=self.options.disclosure_confirm_s)
         self._greeted = False
+        self.redactor = self.options.redactor(spec.redaction)
+        """None: redaction off; else every logged event's text is redacted (docs/compliance.md)."""
         self.registry: dict[str, tool_registry.ToolSpec] = {}
         self.tools = ToolDispatcher(bus, self.call_id, {"call_id": self.call_id, "from": info.from_,
                                                         "to": info.to, "agent": spec.name},
@@ -274,7 +277,7 @@ class Call:
             except ValueError:
                 event = None
             etype = event.get("type") if isinstance(event, dict) else None
-            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE, raw)
+            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE, self._loggable(event, raw))
             if not isinstance(event, dict) or not isinstance(etype, str):
                 log.warning("call %s: unparsable server frame logged (%d bytes)", self.call_id, len(raw))
                 continue
@@ -293,16 +296,28 @@ class Call:
         Raises:
             ModelClosedError: no usable model session (down, or still being set up and ``setup`` is False).
         """
-        await self._send_frame(str(event["type"]), encode_payload(event), setup=setup)
+        frame = encode_payload(event)
+        await self._send_frame(str(event["type"]), frame, setup=setup, logged=self._loggable(event, frame))
 
-    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool) -> None:
-        """Send one client event's exact bytes and log them, under the log lock (see :meth:`send`)."""
+    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool, logged: bytes | None = None) -> None:
+        """Send one client event's exact bytes and log them (``logged``: the redacted form), under the log lock
+        (see :meth:`send`)."""
         async with self.log.lock:
             sock = self.model
             if sock is None or not (setup or self.ready.is_set()):
                 raise ModelClosedError("model session not ready")
             await sock.send(frame)
-            await self.log.publish_locked("client", event_type, frame)
+            await self.log.publish_locked("client", event_type, frame if logged is None else logged)
+
+    def _loggable(self, event: Any, raw: bytes) -> bytes:
+        """What the log gets: ``raw``, or with redaction on, the event with its text redacted (re-encoded only
+        when something changed; an unparsable frame is redacted as text)."""
+        if self.redactor is None:
+            return raw
+        if not isinstance(event, dict):
+            return self.redactor.text(raw.decode("utf-8", "replace")).encode()
+        redacted = redact_event(event, self.redactor)
+        return raw if redacted is event or redacted == event else encode_payload(redacted)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """Send once the model session is ready, waiting through reconnects (never dropped)."""

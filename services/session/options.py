@@ -8,6 +8,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared import subjects
 from shared.audio import parse_format
+from shared.redact import Redactor
+
+from .agent import RedactionSpec
 
 __all__ = ["CallInfo", "CallOptions", "ModelEndpoint"]
 
@@ -53,6 +56,19 @@ class CallOptions:
     disclosure_confirm_s: float = 10.0
     capture_key: str | None = field(default=None, repr=False)
     """``SWITCHBOARD_CAPTURE_KEY`` (hex): seals keypad captures for their tool (:mod:`shared.sealed`)."""
+    redaction: bool = False
+    """``SWITCHBOARD_REDACTION``: redact what the session logs (an agent's ``redaction`` overrides it)."""
+    redaction_patterns: tuple[str, ...] = ()
+    """``SWITCHBOARD_REDACTION_PATTERNS``: extra regular expressions, for every agent."""
+    redaction_region: str = "US"
+    """``SWITCHBOARD_REDACTION_REGION``: phone numbers without a country code."""
+
+    def redactor(self, spec: RedactionSpec | None) -> Redactor | None:
+        """The redactor for an agent with redaction ``spec`` (None: redaction is off for it)."""
+        enabled = spec.enabled if spec is not None else self.redaction
+        if not enabled:
+            return None
+        return Redactor([*self.redaction_patterns, *(spec.patterns if spec else [])], region=self.redaction_region)
 
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:

@@ -17,22 +17,10 @@ import hmac
 from typing import Any
 
 from services.tools.framework import InvalidArguments, ToolContext, tool
+from shared.redact import luhn_valid
 from shared.sealed import SealError, open_sealed, parse_key
 
 __all__ = ["card_brand", "luhn_valid", "take_payment"]
-
-
-def luhn_valid(digits: str) -> bool:
-    """True when ``digits`` (0-9 only, at least two) passes the Luhn checksum."""
-    if len(digits) < 2 or not digits.isdigit():
-        return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
 
 
 def card_brand(digits: str) -> str:
