@@ -26,8 +26,10 @@ from typing import Any
 
 import phonenumbers
 
-__all__ = ["REDACTED_MARKERS", "SKIP_TYPES", "RedactingFilter", "Redactor", "install_log_redaction", "luhn_valid",
-           "redact_event"]
+from shared.bus import encode_payload
+
+__all__ = ["REDACTED_MARKERS", "SKIP_TYPES", "RedactingFilter", "Redactor", "install_log_redaction", "loggable",
+           "luhn_valid", "redact_event"]
 
 REDACTED_MARKERS = ("[CARD]", "[EMAIL]", "[PHONE]", "[REDACTED]")
 
@@ -134,6 +136,18 @@ def _walk(value: Any, redactor: Redactor) -> Any:
     if isinstance(value, list):
         return [_walk(v, redactor) for v in value]
     return value
+
+
+def loggable(redactor: Redactor | None, event: Any, raw: bytes) -> bytes:
+    """What an event log stores for a Realtime frame: ``raw`` unchanged without a redactor or when nothing needed
+    redacting; else the event with its text redacted (:func:`redact_event`), re-encoded. A frame that did not
+    parse (``event`` not an object) is redacted as text."""
+    if redactor is None:
+        return raw
+    if not isinstance(event, dict):
+        return redactor.text(raw.decode("utf-8", "replace")).encode()
+    redacted = redact_event(event, redactor)
+    return raw if redacted is event or redacted == event else encode_payload(redacted)
 
 
 class RedactingFilter(logging.Filter):

@@ -40,7 +40,7 @@ from services.tools.framework import ToolResult
 from shared import subjects, tool_registry
 from shared.audio import parse_format
 from shared.bus import Bus, Envelope, encode_payload
-from shared.redact import redact_event
+from shared.redact import loggable
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -277,7 +277,8 @@ class Call:
             except ValueError:
                 event = None
             etype = event.get("type") if isinstance(event, dict) else None
-            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE, self._loggable(event, raw))
+            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE,
+                                  loggable(self.redactor, event, raw))  # redacted when redaction is on
             if not isinstance(event, dict) or not isinstance(etype, str):
                 log.warning("call %s: unparsable server frame logged (%d bytes)", self.call_id, len(raw))
                 continue
@@ -297,7 +298,7 @@ class Call:
             ModelClosedError: no usable model session (down, or still being set up and ``setup`` is False).
         """
         frame = encode_payload(event)
-        await self._send_frame(str(event["type"]), frame, setup=setup, logged=self._loggable(event, frame))
+        await self._send_frame(str(event["type"]), frame, setup=setup, logged=loggable(self.redactor, event, frame))
 
     async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool, logged: bytes | None = None) -> None:
         """Send one client event's exact bytes and log them (``logged``: the redacted form), under the log lock
@@ -308,16 +309,6 @@ class Call:
                 raise ModelClosedError("model session not ready")
             await sock.send(frame)
             await self.log.publish_locked("client", event_type, frame if logged is None else logged)
-
-    def _loggable(self, event: Any, raw: bytes) -> bytes:
-        """What the log gets: ``raw``, or with redaction on, the event with its text redacted (re-encoded only
-        when something changed; an unparsable frame is redacted as text)."""
-        if self.redactor is None:
-            return raw
-        if not isinstance(event, dict):
-            return self.redactor.text(raw.decode("utf-8", "replace")).encode()
-        redacted = redact_event(event, self.redactor)
-        return raw if redacted is event or redacted == event else encode_payload(redacted)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """Send once the model session is ready, waiting through reconnects (never dropped)."""
@@ -495,32 +486,31 @@ class Call:
                                     bool(mark.get("cleared")))
 
     async def _on_dtmf(self, env: Envelope) -> None:
-        """``call.<id>.carrier.dtmf`` ``{digit}`` → a user text item ``DTMF <digit>`` and a response."""
-        body = env.json()
+        """``call.<id>.carrier.dtmf`` ``{digit}`` → a user text item ``DTMF <digit>`` and a response (see
+        :meth:`_on_digit`)."""
+        await self._on_digit(env)
+
+    async def _on_keypad(self, env: Envelope) -> None:
+        """``call.<id>.keypad`` ``{digit}``: a digit of a keypad capture (core NATS only; :mod:`.capture`)."""
+        await self._on_digit(env)
+
+    async def _on_digit(self, env: Envelope) -> None:
+        """A keypad digit goes to the keypad capture when one is in force (a digit pressed just before the gateway
+        switched to ``call.<id>.keypad`` arrives as ``carrier.dtmf``), else to the model as ``DTMF <digit>``;
+        ignored while a gated disclosure plays."""
+        try:
+            body = env.json()
+        except ValueError:
+            body = None
         digit = str(body.get("digit", "")) if isinstance(body, dict) else ""
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
-            log.warning("call %s: ignoring malformed dtmf %r", self.call_id, env.data[:100])
+            log.warning("call %s: ignoring a malformed keypad digit on %s", self.call_id, env.subject)
             return
         if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
             return  # the call is not listening yet (docs/compliance.md, "Disclosure")
-        if self.keypad.active:  # pressed before the gateway switched to call.<id>.keypad
-            await self.keypad.press(digit)
-            return
-        self._spawn(self._say_to_model({"type": "message", "role": "user",
-                                        "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
-
-    async def _on_keypad(self, env: Envelope) -> None:
-        """``call.<id>.keypad`` ``{digit}`` (a capture state; core NATS only): to the capture, never the model."""
-        body = env.json() if env.data else None
-        digit = str(body.get("digit", "")) if isinstance(body, dict) else ""
-        if len(digit) != 1 or digit not in "0123456789*#ABCD":
-            log.warning("call %s: ignoring a malformed keypad message", self.call_id)
-            return
-        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
-            return
         if self.keypad.active:
             self._spawn(self.keypad.press(digit))
-        else:  # the capture just ended: an ordinary keypad digit
+        else:
             self._spawn(self._say_to_model({"type": "message", "role": "user",
                                             "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
 

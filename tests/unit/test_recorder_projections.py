@@ -187,3 +187,13 @@ def test_the_disclosure_played_by_the_session_is_on_the_agent_channel() -> None:
     assert np.abs(timeline.agent[: 8 * 400]).max() > 1000  # 400 ms of tone at 8 kHz on the agent side
     assert not timeline.caller.any()
     assert f"disclosure_{cid}" in timeline.items
+
+
+def test_disclosure_column_text_in_the_console_and_the_cli() -> None:
+    from services.recorder.ui.pages import disclosure_text
+    from switchboard.cli.archive import _disclosure
+
+    for render_text in (disclosure_text, _disclosure):
+        assert render_text({}) == "-"
+        assert render_text({"disclosure_status": "completed", "disclosure_played_ms": 3600}) == "completed"
+        assert render_text({"disclosure_status": "interrupted", "disclosure_played_ms": 700}) == "interrupted (0.7 s)"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from services.session.agent import AgentSpec
 from services.session.options import CallOptions
-from shared.redact import RedactingFilter, Redactor, luhn_valid, redact_event
+from shared.redact import RedactingFilter, Redactor, loggable, luhn_valid, redact_event
 
 R = Redactor(["MRN-[0-9]{6}"])
 WORDS = st.text(alphabet="abcdefghij klmnop,.", max_size=30)
@@ -116,3 +116,12 @@ def test_agent_spec_and_settings_decide() -> None:
     assert redactor is not None and redactor.text("MRN-1 SECRET-2") == "[REDACTED] [REDACTED]"
     with pytest.raises(ValueError, match="does not compile"):
         AgentSpec.model_validate({**base, "redaction": {"patterns": ["("]}})
+
+
+def test_the_log_gets_raw_bytes_unless_something_was_redacted() -> None:
+    raw = b'{"type":"response.output_audio_transcript.done","transcript":"See you at ten"}'
+    event = json.loads(raw)
+    assert loggable(R, event, raw) is raw and loggable(None, event, raw) is raw
+    secret = b'{"type": "response.output_audio_transcript.done", "transcript": "call +14155552671"}'
+    assert json.loads(loggable(R, json.loads(secret), secret))["transcript"] == "call [PHONE]"
+    assert loggable(R, None, b"not json jane@example.com") == b"not json [EMAIL]"
