@@ -152,6 +152,7 @@ class Disclosure:
         self._audio_bytes = 0
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         if spec is None:
             self.done.set()
 
@@ -167,6 +168,7 @@ class Disclosure:
 
     async def close(self) -> DisclosureRecord | None:
         """The call ended: a disclosure still playing is recorded (and published) as ``interrupted``."""
+        self._closing = True
         task = self._task
         if task is not None and not task.done():
             if self.record is None:
@@ -197,6 +199,8 @@ class Disclosure:
             self._started_at = time.time()
             step = max(1, int(self._bytes_per_ms * self.chunk_ms))
             for i in range(0, len(audio), step):
+                if self._closing:
+                    return
                 await self.command("play", {"audio": base64.b64encode(audio[i:i + step]).decode("ascii"),
                                             "audio_format": self.audio_format, "item_id": self.item_id})
             limit = len(audio) / self._bytes_per_ms / 1000 + self.confirm_grace_s
@@ -218,7 +222,10 @@ class Disclosure:
         return min(item.played, item.received) if item is not None else 0
 
     async def _finish(self, status: DisclosureStatus) -> None:
+        """Decide the status once: a second decision (a play task that outlived :meth:`close`) is ignored."""
         assert self.spec is not None
+        if self.record is not None:
+            return
         played = self._played_bytes()
         self.record = DisclosureRecord(
             self.call_id, status, self.spec.text, self.item_id, self.audio_format, self._audio_bytes,
