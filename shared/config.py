@@ -135,13 +135,23 @@ class Settings(BaseSettings):
     ``retention_days``; unset: kept until erased on request."""
     retention_interval_s: float = Field(3600.0, gt=0)
     """Seconds between the recorder's retention sweeps."""
+    redaction: bool = False
+    """Redact card numbers, phone numbers, e-mail addresses and ``redaction_patterns`` in everything the session
+    logs (Realtime events, log lines); an agent spec's ``redaction.enabled`` overrides it per agent."""
+    redaction_patterns: list[str] = Field(default_factory=list)
+    """Extra regular expressions to redact (``SWITCHBOARD_REDACTION_PATTERNS``, a JSON array), for every agent."""
+    redaction_region: str = Field("US", pattern=r"^[A-Za-z]{2}$")
+    """ISO 3166 region for phone numbers written without a country code."""
+    capture_key: str | None = None
+    """AES-256 key (32 bytes, hex) sealing keypad captures for their tool (:mod:`shared.sealed`); the session and
+    the tool worker share it (``switchboard up`` makes one). Unset: keypad capture states refuse entries."""
 
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
                      "localmodel_token", "twilio_auth_token", "twilio_account_sid", "twilio_api_url",
                      "telnyx_api_key", "telnyx_api_url", "telnyx_public_key",
                      "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
-                     "audit_key", "archive_key", "retention_days", mode="before")
+                     "audit_key", "archive_key", "retention_days", "capture_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -114,7 +114,8 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "operator": None,
     "gateway": _service(
         "gateway",
-        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended", *_kv_write(BROWSER_TOKENS_BUCKET)],
+        ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended",
+         *_kv_write(BROWSER_TOKENS_BUCKET)],
         ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated",
          # the browser call's live transcript (services/gateway/browser.py)
          "rt.*.server.conversation.item.input_audio_transcription.completed",
@@ -124,7 +125,7 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "session": _service(
         "session",
         ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}")],
-        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended"],
+        ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended"],
     ),
     "tools": _service("tools", _kv_write(TOOLS_BUCKET), ["tools.>"]),
     "recorder": _service(

@@ -39,6 +39,7 @@ __all__ = [
     "call_audio_in_all",
     "call_ended",
     "call_erased",
+    "call_keypad",
     "call_started",
     "carrier_dtmf",
     "carrier_error",
@@ -52,6 +53,7 @@ __all__ = [
     "rt_client",
     "rt_server",
     "rt_wildcard",
+    "session_disclosure",
     "session_event",
     "session_events",
     "tool",
@@ -65,7 +67,7 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _MAX_EVENT_TYPE = 128
 
 Direction = Literal["client", "server"]
-CommandVerb = Literal["clear", "hangup", "transfer", "play"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture"]
 CarrierEvent = Literal["mark", "dtmf", "error"]
 
 
@@ -141,16 +143,29 @@ def carrier_error(call_id: str) -> str:
 
 
 def command(call_id: str, verb: str) -> str:
-    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``."""
-    if verb not in ("clear", "hangup", "transfer", "play", "*"):
+    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``, ``capture``
+    (``{active}``: keypad digits go to :func:`call_keypad` instead of ``carrier.dtmf``)."""
+    if verb not in ("clear", "hangup", "transfer", "play", "capture", "*"):
         raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
     return f"call.{validate_call_id(call_id)}.command.{verb}"
 
 
 def session_event(call_id: str, event: str) -> str:
-    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``summary``, ``error``,
-    ``handover``; bodies: :mod:`shared.contracts.session`)."""
+    """``call.<id>.session.<event>`` (``model_connected``, ``state_changed``, ``disclosure``, ``capture``,
+    ``summary``, ``error``, ``handover``; bodies: :mod:`shared.contracts.session`)."""
     return f"call.{validate_call_id(call_id)}.session.{_token(event, 'session event')}"
+
+
+def call_keypad(call_id: str) -> str:
+    """``call.<id>.keypad`` — one keypad digit pressed during a keypad capture (gateway → session, core NATS
+    only: no stream captures it, so the digits are never stored)."""
+    return f"call.{validate_call_id(call_id)}.keypad"
+
+
+def session_disclosure(call_id: str) -> str:
+    """``call.<id>.session.disclosure`` — the proof that the agent's disclosure played (or why it did not):
+    status, text and the audio span the carrier confirmed (``services.session.disclosure.DisclosureRecord``)."""
+    return session_event(call_id, "disclosure")
 
 
 def call_ended(call_id: str) -> str:

@@ -322,6 +322,8 @@ class Supervisor:
             self.secrets["SWITCHBOARD_TOKEN_SECRET"] = natsauth.ensure_secret(directory / "token_secret")
         if not self.settings.audit_key:
             self.secrets["SWITCHBOARD_AUDIT_KEY"] = natsauth.ensure_secret(directory / "audit_key")
+        if not self.settings.capture_key:
+            self.secrets["SWITCHBOARD_CAPTURE_KEY"] = natsauth.ensure_secret(directory / "capture_key")
 
     async def _start_nats(self, port: int) -> None:
         self.nats_state.embedded = await asyncio.to_thread(natsserver.start, self.settings.data_dir / "nats",

@@ -50,11 +50,13 @@ from shared.contracts import (
     CallStarted,
     CarrierDtmf,
     CarrierError,
+    CommandCapture,
     CommandClear,
     CommandHangup,
     CommandPlay,
     CommandTransfer,
     ContractError,
+    KeypadDigit,
     parse_command,
 )
 from shared.telemetry import get_tracer
@@ -147,6 +149,8 @@ class CallBridge:
         self._release_lock = asyncio.Lock()
         self._hold_timer: asyncio.Task[None] | None = None
         self._mark_subject = subjects.carrier_mark(self.call_id)
+        self._keypad_capture = False
+        """``command.capture``: keypad digits go to ``call.<id>.keypad`` (core NATS) instead of the stream."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -287,7 +291,13 @@ class CallBridge:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
 
     async def dtmf(self, digit: str) -> None:
-        """Publish ``call.<id>.carrier.dtmf`` ``{digit}``."""
+        """Publish ``call.<id>.carrier.dtmf`` ``{digit}`` — or, while the session runs a keypad capture
+        (``command.capture {active: true}``), ``call.<id>.keypad`` on core NATS only, so the digits are never
+        stored (docs/compliance.md, "Keypad capture")."""
+        if self._keypad_capture:
+            await self.bus.publish(subjects.call_keypad(self.call_id), KeypadDigit(digit=digit).encode(),
+                                   call_id=self.call_id)
+            return
         await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), CarrierDtmf(digit=digit).encode(),
                                      call_id=self.call_id)
 
@@ -353,6 +363,8 @@ class CallBridge:
             self.queue.put_close("agent_hangup")
         elif isinstance(command, CommandTransfer):
             self.queue.put_close("transfer", {"transfer_to": command.to})
+        elif isinstance(command, CommandCapture):
+            self._keypad_capture = command.active
         else:
             self._play(command)
 

@@ -313,5 +313,29 @@ COST: Fold[CallCost] = Fold("cost", frozenset({
     (None, "session.model_connected")}), CallCost, lambda state, ev, _clock: state.observe(ev.kind, ev.body))
 
 
-FOLDS: tuple[Fold[Any], ...] = (USER_TURNS, ASSISTANT_TURNS, TOOL_CALLS, BARGE_INS, COST)
-"""Every projection fold, by name: ``user_turns``, ``assistant_turns``, ``tool_calls``, ``barge_ins``, ``cost``."""
+# --- disclosure ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """The call's disclosure (``call.<id>.session.disclosure``, services/session/disclosure.py): ``status``
+    (``completed``, ``interrupted``, ``unconfirmed``, ``failed``; None: none logged — the agent has none) and
+    ``played_ms`` confirmed by the carrier. The last record wins (a session taking over reuses it)."""
+
+    status: str | None = None
+    played_ms: int | None = None
+
+
+def _step_disclosure(state: Disclosure, ev: Event, _clock: Clock) -> Disclosure:
+    status, played = ev.body.get("status"), ev.body.get("played_ms")
+    if not isinstance(status, str):
+        return state
+    return Disclosure(status, int(played) if isinstance(played, int | float) else None)
+
+
+DISCLOSURE: Fold[Disclosure] = Fold("disclosure", frozenset({(None, "session.disclosure")}), Disclosure,
+                                    _step_disclosure)
+
+
+FOLDS: tuple[Fold[Any], ...] = (USER_TURNS, ASSISTANT_TURNS, TOOL_CALLS, BARGE_INS, COST, DISCLOSURE)
+"""Every projection fold, by name: ``user_turns``, ``assistant_turns``, ``tool_calls``, ``barge_ins``, ``cost``,
+``disclosure``."""

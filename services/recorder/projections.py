@@ -19,6 +19,7 @@ from services.recorder.folds import (
     ASSISTANT_TURNS,
     BARGE_INS,
     COST,
+    DISCLOSURE,
     TOOL_CALLS,
     USER_TURNS,
     BargeIn,
@@ -51,12 +52,17 @@ class Projection:
     cost_usd: float | None = 0.0
     """Estimate in USD (:class:`shared.callfigures.CallCost`); None when the model is unpriced."""
     timeline: Timeline | None = None
+    disclosure: str | None = None
+    """Status of the call's disclosure (``session.disclosure``); None when none was logged."""
+    disclosure_played_ms: int | None = None
+    """Disclosure audio the carrier confirmed played (ms)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON shape (turns, tool_calls, barge_ins, usage, cost_usd)."""
+        """JSON shape (turns, tool_calls, barge_ins, usage, cost_usd, disclosure, disclosure_played_ms)."""
         return {"turns": [asdict(t) for t in self.turns], "tool_calls": [asdict(t) for t in self.tool_calls],
                 "barge_ins": [asdict(b) for b in self.barge_ins], "usage": asdict(self.usage),
-                "model": self.model, "billed": self.billed, "cost_usd": self.cost_usd}
+                "model": self.model, "billed": self.billed, "cost_usd": self.cost_usd,
+                "disclosure": self.disclosure, "disclosure_played_ms": self.disclosure_played_ms}
 
 
 def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Projection:
@@ -94,4 +100,6 @@ def project(events: Sequence[ArchivedEvent], *, with_audio: bool = True) -> Proj
     out.usage, out.billed = cost.usage, cost.billed
     out.model = cost.model or DEFAULT_MODEL
     out.cost_usd = cost.cost_usd
+    disclosure = run(DISCLOSURE, folded, clock)
+    out.disclosure, out.disclosure_played_ms = disclosure.status, disclosure.played_ms
     return out

@@ -213,7 +213,7 @@ async def verify_projection(engine: AsyncEngine, call_id: str, rows: list[dict[s
             differs(f"stored {key} differ from those recomputed from the archived events")
     counts = {"turns": len(projection.turns), "tool_call_count": len(projection.tool_calls),
               "barge_in_count": len(projection.barge_ins), "input_tokens": projection.usage.input_tokens,
-              "output_tokens": projection.usage.output_tokens}
+              "output_tokens": projection.usage.output_tokens, "disclosure_status": projection.disclosure}
     if erased:  # the erasure deleted the turns and tool calls: their counts went with them
         counts = {k: v for k, v in counts.items() if k not in ("turns", "tool_call_count")}
     for column, value in counts.items():
@@ -278,7 +278,8 @@ async def call_spans(engine: AsyncEngine, call_id: str) -> list[dict[str, Any]]:
 
 async def save_projection(engine: AsyncEngine, call_id: str, projection: Projection,
                           recording_path: str | None) -> None:
-    """Replace the call's stored projections (turns, tool calls, barge-ins, usage, cost, recording path)."""
+    """Replace the call's stored projections (turns, tool calls, barge-ins, usage, cost, recording path,
+    disclosure status)."""
     u = projection.usage
     async with engine.begin() as conn:
         for table in (models.transcript_turns, models.tool_calls, models.barge_ins):
@@ -297,7 +298,9 @@ async def save_projection(engine: AsyncEngine, call_id: str, projection: Project
             input_audio_tokens=u.input_audio_tokens, cached_tokens=u.cached_tokens,
             output_text_tokens=u.output_text_tokens, output_audio_tokens=u.output_audio_tokens,
             cost_usd=projection.cost_usd, turns=len(projection.turns), tool_call_count=len(projection.tool_calls),
-            barge_in_count=len(projection.barge_ins), recording_path=recording_path, projected_ns=time.time_ns()))
+            barge_in_count=len(projection.barge_ins), recording_path=recording_path,
+            disclosure_status=projection.disclosure, disclosure_played_ms=projection.disclosure_played_ms,
+            projected_ns=time.time_ns()))
 
 
 async def stored_projection(engine: AsyncEngine, call_id: str) -> dict[str, list[dict[str, Any]]]:

@@ -6,8 +6,9 @@
   caller frame (the carrier stopped sending). Jitter and faster-than-real-time test runs do not skew it.
 - Caller audio = the ``input_audio_buffer.append`` client events (base64 ``audio`` in the session's input
   format), laid end to end.
-- Agent audio = the ``response.output_audio.delta`` server events (base64 ``delta``), played as the carrier
-  plays them: queued one after the other, each starting no earlier than the media time it arrived at.
+- Agent audio = the ``response.output_audio.delta`` server events (base64 ``delta``) and the audio the session
+  plays itself (``call.<id>.command.play`` ``audio``: the disclosure), played as the carrier plays them:
+  queued one after the other, each starting no earlier than the media time it arrived at.
 - Interruptions cut agent audio where the caller interrupted
   (https://platform.openai.com/docs/guides/realtime-conversations): an item's audio stops at
   ``conversation.item.truncate.audio_end_ms`` (what the caller actually heard), else at the ``played_bytes`` of
@@ -215,10 +216,13 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
                 caller_start = start * 1000.0 / rate
             caller.write(start, samples)
             last_append_ns = ev.time_ns
-        elif ev.direction == "server" and ev.type == "response.output_audio.delta":
+        elif (ev.direction == "server" and ev.type == "response.output_audio.delta") or (
+                ev.direction is None and ev.type == "command.play"):
             body = ev.json() or {}
-            item_id = str(body.get("item_id") or "")
-            raw = _b64(body.get("delta"))
+            item_id = str(body.get("item_id") or "play")
+            raw = _b64(body.get("delta") if ev.direction else body.get("audio"))
+            if ev.direction is None and body.get("audio_format") not in (None, out_fmt.name):
+                continue  # session-played audio (the disclosure) is in the call's own format
             play = items.get(item_id)
             if play is None:
                 play = items[item_id] = ItemPlayout(item_id, -1.0, -1.0)

@@ -8,18 +8,22 @@ and uvloop's loop costs less per wakeup (``bench/session.py``, ``docs/session.md
 from __future__ import annotations
 
 from shared.metrics_http import serve_metrics
+from shared.redact import Redactor, install_log_redaction
 from shared.runtime import ServiceContext, install_uvloop, run_service
 
 from .service import SessionService
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Take calls until the service is asked to stop, then end the calls in progress."""
-    metrics = serve_metrics(ctx.settings.session_metrics_port, ctx.settings.host,
-                            variable="SWITCHBOARD_SESSION_METRICS_PORT")
+    """Take calls until the service is asked to stop, then end the calls in progress. With
+    ``SWITCHBOARD_REDACTION`` every log line of the process is redacted (docs/compliance.md)."""
+    settings = ctx.settings
+    if settings.redaction:
+        install_log_redaction(Redactor(settings.redaction_patterns, region=settings.redaction_region))
+    metrics = serve_metrics(settings.session_metrics_port, settings.host, variable="SWITCHBOARD_SESSION_METRICS_PORT")
     if metrics is not None:
         ctx.stack.callback(metrics.close)
-    service = SessionService(ctx.bus, ctx.settings)
+    service = SessionService(ctx.bus, settings)
     await service.start()
     try:
         await ctx.stopping.wait()

@@ -17,6 +17,10 @@ Example::
     transcription: {model: gpt-4o-mini-transcribe, language: en}
     tools: [check_availability, book_appointment, end_call]
     retention_days: 30          # optional; the recorder erases these calls 30 days after they ended
+    disclosure:                 # optional; a plain string is short for {text: ...}
+      text: "You are speaking with an AI assistant. This call is recorded."
+      gate_recording: true      # default: caller audio and transcripts are stored only once it has played
+    redaction: {enabled: true, patterns: ["MRN-\\d{6}"]}   # optional; default SWITCHBOARD_REDACTION
     flow:                       # optional
       initial: triage
       states:
@@ -26,6 +30,8 @@ Example::
           transitions: [{on_tool: lookup_customer, to: booking}]
         - id: booking
           tools: [book_appointment, end_call]
+        - id: payment             # keypad capture: digits go to the tool, never to the model or the log
+          capture: {kind: card, length: 16, tool: take_payment}
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.audio import parse_format
+from shared.redact import Redactor
 from shared.tool_registry import ToolSpec
 
-__all__ = ["AgentSpec", "AgentSpecError", "FlowSpec", "StateSpec", "Transition", "load_agent", "session_config"]
+__all__ = ["AgentSpec", "AgentSpecError", "CaptureSpec", "DisclosureSpec", "FlowSpec", "RedactionSpec", "StateSpec",
+           "Transition", "load_agent", "session_config"]
 
 
 class AgentSpecError(ValueError):
@@ -59,14 +67,27 @@ class Transition(_Strict):
     """Subset match on the tool's ``output`` object (``{status: booked}``); None = any successful reply."""
 
 
+class CaptureSpec(_Strict):
+    """PCI-safe keypad capture in a flow state (:mod:`services.session.capture`; docs/compliance.md)."""
+
+    kind: Literal["card", "digits"]
+    """``card``: a payment card number (the masked form keeps the last four); ``digits``: any code (fully masked)."""
+    length: int = Field(ge=1, le=32)
+    """Digits expected; the entry is submitted when this many are in (or on ``#``; ``*`` starts over)."""
+    tool: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The tool that receives the digits (sealed, :mod:`shared.sealed`); the model only gets its result."""
+
+
 class StateSpec(_Strict):
-    """One flow state: extra instructions, the tools available in it, and its transitions."""
+    """One flow state: extra instructions, the tools available in it, its transitions and keypad capture."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     instructions: str = ""
     tools: list[str] | None = None
     """Tool names for this state; None = the agent's tools."""
     transitions: list[Transition] = Field(default_factory=list)
+    capture: CaptureSpec | None = None
+    """Keypad capture while in this state: caller audio does not reach the model, digits go to the tool."""
 
 
 class FlowSpec(_Strict):
@@ -96,6 +117,35 @@ class FlowSpec(_Strict):
         raise KeyError(state_id)
 
 
+class DisclosureSpec(_Strict):
+    """What the session plays before anything else on a call (docs/compliance.md, "Disclosure")."""
+
+    text: str = Field(min_length=1, max_length=2000)
+    """The exact words, synthesised by espeak-ng (:mod:`shared.tts`) and played through ``command.play``."""
+    gate_recording: bool = True
+    """True: caller audio (and so transcripts) reaches the model and the log only after the carrier confirmed
+    the whole disclosure played; audio and keypad digits before that are discarded. False: they are held and
+    forwarded once the disclosure is over."""
+    voice: str = Field("en-us+klatt", pattern=r"^[A-Za-z0-9_+-]{1,64}$")
+    """espeak-ng voice name."""
+    rate_wpm: int = Field(175, ge=80, le=450)
+    """espeak-ng speaking rate, words per minute."""
+
+
+class RedactionSpec(_Strict):
+    """Redaction of this agent's calls (:mod:`shared.redact`; docs/compliance.md, "Redaction")."""
+
+    enabled: bool = True
+    """Overrides ``SWITCHBOARD_REDACTION`` for this agent."""
+    patterns: list[str] = Field(default_factory=list)
+    """Regular expressions redacted in addition to ``SWITCHBOARD_REDACTION_PATTERNS``."""
+
+    @model_validator(mode="after")
+    def _compile(self) -> RedactionSpec:
+        Redactor(self.patterns)  # raises ValueError naming a pattern that does not compile
+        return self
+
+
 class AgentSpec(_Strict):
     """A validated agent spec (see the module docstring for the YAML shape)."""
 
@@ -123,6 +173,15 @@ class AgentSpec(_Strict):
     retention_days: float | None = Field(None, gt=0)
     """Days the recorder keeps this agent's calls after they ended before erasing them (crypto-shredding,
     services/recorder/erasure.py); None: ``SWITCHBOARD_RETENTION_DAYS`` (unset: kept)."""
+    disclosure: DisclosureSpec | None = None
+    """Played first on every call, with proof of playback (:mod:`services.session.disclosure`)."""
+    redaction: RedactionSpec | None = None
+    """None: ``SWITCHBOARD_REDACTION`` decides."""
+
+    @field_validator("disclosure", mode="before")
+    @classmethod
+    def _disclosure_text(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_flow_tools(self) -> AgentSpec:
@@ -140,12 +199,25 @@ class AgentSpec(_Strict):
         state = self.flow.state(state_id)
         return list(self.tools) if state.tools is None else list(state.tools)
 
+    def capture_for(self, state_id: str | None) -> CaptureSpec | None:
+        """The keypad capture of ``state_id`` (None: none, or no flow)."""
+        if self.flow is None or state_id is None:
+            return None
+        return self.flow.state(state_id).capture
+
     def instructions_for(self, state_id: str | None) -> str:
-        """The agent instructions plus the state's own instructions, if any."""
+        """The agent instructions plus the state's own instructions, if any (and, in a keypad capture state,
+        how to ask for the digits)."""
         if self.flow is None or state_id is None:
             return self.instructions
-        extra = self.flow.state(state_id).instructions
-        return f"{self.instructions}\n\n{extra}" if extra else self.instructions
+        state = self.flow.state(state_id)
+        parts = [self.instructions, state.instructions]
+        if state.capture is not None:
+            what = "card number" if state.capture.kind == "card" else "number"
+            parts.append(f"Ask the caller to type the {state.capture.length}-digit {what} on the phone keypad, "
+                         f"then press the hash key. Never ask them to say it aloud: while they type you do not "
+                         f"hear them. You will be told the result; never repeat digits back.")
+        return "\n\n".join(p for p in parts if p)
 
 
 def load_agent(path: Path) -> AgentSpec:

@@ -63,6 +63,11 @@ class PlaybackTracker:
         item.received += b64_decoded_len(b64_audio)
         self.current = item
 
+    def expect(self, item_id: str, total_bytes: int) -> None:
+        """Track audio the session plays itself (``command.play``, e.g. the disclosure): ``total_bytes`` are
+        queued at the carrier for ``item_id``. It never becomes :attr:`current`, so barge-in never clears it."""
+        self.items[item_id] = ItemPlayback(item_id, None, received=total_bytes)
+
     async def on_mark(self, item_id: str, played_bytes: int, cleared: bool) -> None:
         """Apply a mark echo; wakes tasks waiting in :meth:`wait_played` / :meth:`wait_settled`."""
         item = self.items.get(item_id)

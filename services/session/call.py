@@ -10,6 +10,8 @@ Lifecycle (docs/session.md; https://platform.openai.com/docs/guides/realtime-con
    or already in the stream; docs/session.md, "Design decisions").
 2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
    ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
+   An agent with a ``disclosure`` plays it first (:mod:`.disclosure`, started right after subscribing): the
+   greeting and caller audio wait until it is over (with ``gate_recording``, caller input meanwhile is dropped).
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
    they are handled, so output audio reaches the gateway (which plays it from the logged subject) at once.
 4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
@@ -52,11 +54,14 @@ from shared.contracts import (
     SessionSummary,
     ToolResult,
 )
+from shared.redact import loggable
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
 from .bargein import PlaybackTracker
+from .capture import KeypadCapture
 from .control import PendingControl
+from .disclosure import Disclosure
 from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket, backoff_delays
@@ -92,9 +97,20 @@ class Call:
         self.stats = CallStats(self.call_id, spec.name)
         self.hooks = SessionHooks(self.call_id, spec.name)
         self.control = PendingControl(self.playback, self._command)
+        self.disclosure = Disclosure(spec.disclosure, bus=bus, call_id=self.call_id,
+                                     audio_format=info.audio_format, playback=self.playback,
+                                     command=self._command, publish=self._call_event,
+                                     chunk_ms=self.options.disclosure_chunk_ms,
+                                     confirm_grace_s=self.options.disclosure_confirm_s)
+        self._greeted = False
+        self.redactor = self.options.redactor(spec.redaction)
+        """None: redaction off; else every logged event's text is redacted (docs/compliance.md)."""
         self.registry: dict[str, tool_registry.ToolSpec] = {}
         self.tools = ToolDispatcher(bus, CallInfo(self.call_id, info.from_, info.to, spec.name),
                                     self.registry, self._on_tool_result, self.hooks)
+        self.keypad = KeypadCapture(bus=bus, call=self.tools.call, registry=self.registry,
+                                    key=self.options.capture_key, command=self._command,
+                                    publish=self._call_event, tell=self._keypad_result)
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -120,9 +136,13 @@ class Call:
                 await self.bus.subscribe(subjects.call_audio_in(cid), self._on_audio),
                 await self.bus.subscribe(subjects.carrier_mark(cid), self._on_mark),
                 await self.bus.subscribe(subjects.carrier_dtmf(cid), self._on_dtmf),
+                await self.bus.subscribe(subjects.call_keypad(cid), self._on_keypad),
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
+            self.disclosure.start()  # before anything else: the marks of its audio are already subscribed
+            await self._apply_capture()  # an initial keypad-capture state
+            self._spawn(self._after_disclosure())
             self._spawn(self._ended_before_pickup())
             model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
             watchdog = self._spawn(self._watch_carrier())
@@ -148,6 +168,10 @@ class Call:
 
     async def _shutdown(self, model_task: asyncio.Task[None] | None) -> None:
         self._closing = True
+        try:
+            await self.disclosure.close()  # still playing → interrupted (before the summary)
+        except Exception:
+            log.exception("call %s: recording the disclosure's end failed", self.call_id)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -265,7 +289,8 @@ class Call:
             except ValueError:
                 event = None
             etype = event.get("type") if isinstance(event, dict) else None
-            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE, raw)
+            await self.log.server(etype if isinstance(etype, str) else UNPARSABLE_TYPE,
+                                  loggable(self.redactor, event, raw))  # redacted when redaction is on
             if not isinstance(event, dict) or not isinstance(etype, str):
                 log.warning("call %s: unparsable server frame logged (%d bytes)", self.call_id, len(raw))
                 continue
@@ -284,16 +309,18 @@ class Call:
         Raises:
             ModelClosedError: no usable model session (down, or still being set up and ``setup`` is False).
         """
-        await self._send_frame(str(event["type"]), encode_payload(event), setup=setup)
+        frame = encode_payload(event)
+        await self._send_frame(str(event["type"]), frame, setup=setup, logged=loggable(self.redactor, event, frame))
 
-    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool) -> None:
-        """Send one client event's exact bytes and log them, under the log lock (see :meth:`send`)."""
+    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool, logged: bytes | None = None) -> None:
+        """Send one client event's exact bytes and log them (``logged``: the redacted form), under the log lock
+        (see :meth:`send`)."""
         async with self.log.lock:
             sock = self.model
             if sock is None or not (setup or self.ready.is_set()):
                 raise ModelClosedError("model session not ready")
             await sock.send(frame)
-            await self.log.publish_locked("client", event_type, frame)
+            await self.log.publish_locked("client", event_type, frame if logged is None else logged)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """Send once the model session is ready, waiting through reconnects (never dropped)."""
@@ -372,23 +399,13 @@ class Call:
                 owes = await self._rebuild()
                 if owes:
                     await self.gate.request()
-            elif self.spec.greeting:
-                await self.gate.request({"instructions": f"Greet the caller by saying exactly: "
-                                                         f"{self.spec.greeting}"})
-            # flush buffered audio in order; frames arriving meanwhile are buffered and flushed by the next
-            # round, and no await separates the last (empty) check from going live
-            while self.audio.buffered:
-                chunks = self.audio.drain()
-                for i, chunk in enumerate(chunks):
-                    try:
-                        await self._send_append(chunk, setup=True)
-                    except ModelClosedError:
-                        for rest in reversed(chunks[i:]):  # keep the unsent audio, in order
-                            self.audio.requeue(rest)
-                        raise
+            else:
+                await self._greet()
+            if self.disclosure.done.is_set():
+                await self._flush_audio(setup=True)
         finally:
             self._in_setup = False
-        self.audio.ready = True
+        self.audio.ready = self.disclosure.done.is_set()  # else the disclosure's end opens it
         self.ready.set()
         self.stats.model_up()
         await self.gate.pump()
@@ -400,6 +417,39 @@ class Call:
             connection=self.connections, reconnect=self.connections > 1,
             # billed: false without an API key (the local model), priced at 0 (shared/pricing.py)
             billed=self.endpoint.api_key is not None, agent=self.spec.name, agent_version=self.spec.version))
+
+    async def _greet(self) -> None:
+        """The greeting ``response.create``, once per call and only after the disclosure is over."""
+        if self._greeted or not self.spec.greeting or not self.disclosure.done.is_set():
+            return
+        self._greeted = True
+        await self.gate.request({"instructions": f"Greet the caller by saying exactly: {self.spec.greeting}"})
+
+    async def _flush_audio(self, *, setup: bool) -> None:
+        """Send buffered caller audio in order; frames arriving meanwhile are buffered and flushed by the next
+        round, and no await separates the last (empty) check from the caller going live."""
+        while self.audio.buffered:
+            chunks = self.audio.drain()
+            for i, chunk in enumerate(chunks):
+                try:
+                    await self._send_append(chunk, setup=setup)
+                except ModelClosedError:
+                    for rest in reversed(chunks[i:]):  # keep the unsent audio, in order
+                        self.audio.requeue(rest)
+                    raise
+
+    async def _after_disclosure(self) -> None:
+        """The disclosure is over: start listening and greet (when the model is ready; else
+        :meth:`_session_ready` does both)."""
+        await self.disclosure.done.wait()
+        if self._closing or not self.ready.is_set():
+            return
+        try:
+            await self._greet()
+            await self._flush_audio(setup=False)
+        except ModelClosedError:
+            return  # the reconnect's _session_ready flushes and greets
+        self.audio.ready = True
 
     async def _rebuild(self) -> bool:
         """Replay the log and re-create prior items; returns True when the agent owes a response."""
@@ -423,7 +473,13 @@ class Call:
     async def _on_audio(self, env: Envelope) -> None:
         """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""
         self._last_audio = time.monotonic()
-        chunk = self.audio.push(env.data)
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
+            return
+        if self.keypad.active:
+            self.keypad.withheld_bytes += len(env.data)  # a card number read aloud never reaches the model
+            return
+        chunk = self.audio.push(env.data)  # held while the disclosure plays (audio.ready is False)
         if chunk is None:
             return
         try:
@@ -443,17 +499,46 @@ class Call:
             await self.playback.on_mark(mark.item_id, mark.played_bytes, mark.cleared)
 
     async def _on_dtmf(self, env: Envelope) -> None:
-        """``call.<id>.carrier.dtmf`` (:class:`~shared.contracts.CarrierDtmf`) → a user text item
-        ``DTMF <digit>`` and a response."""
+        """``call.<id>.carrier.dtmf`` (:class:`~shared.contracts.CarrierDtmf`) → a user text item ``DTMF <digit>``
+        and a response (see :meth:`_on_digit`)."""
+        await self._on_digit(env)
+
+    async def _on_keypad(self, env: Envelope) -> None:
+        """``call.<id>.keypad`` ``{digit}``: a digit of a keypad capture (core NATS only; :mod:`.capture`)."""
+        await self._on_digit(env)
+
+    async def _on_digit(self, env: Envelope) -> None:
+        """A keypad digit goes to the keypad capture when one is in force (a digit pressed just before the gateway
+        switched to ``call.<id>.keypad`` arrives as ``carrier.dtmf``), else to the model as ``DTMF <digit>``;
+        ignored while a gated disclosure plays."""
         try:
             digit = CarrierDtmf.parse(env.data).digit
         except ContractError as exc:
-            log.warning("call %s: ignoring malformed dtmf: %s", self.call_id, exc)
+            log.warning("call %s: ignoring a malformed keypad digit on %s: %s", self.call_id, env.subject, exc)
             return
-        self._spawn(self._say_to_model({"type": "message", "role": "user",
-                                        "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            return  # the call is not listening yet (docs/compliance.md, "Disclosure")
+        if self.keypad.active:
+            self._spawn(self.keypad.press(digit))
+        else:
+            self._spawn(self._say_to_model({"type": "message", "role": "user",
+                                            "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+
+    async def _apply_capture(self) -> None:
+        await self.keypad.apply(self.flow.state, self.spec.capture_for(self.flow.state))
+
+    async def _keypad_result(self, text: str, tool: str, output: Any, ok: bool) -> None:
+        """A keypad entry's result → a system message and a response; a success drives the flow."""
+        await self.deliver({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}})
+        if ok:
+            changed = self.flow.on_tool_result(tool, output)
+            if changed is not None:
+                await self._change_state(changed, tool, "")
+        await self.gate.request()
 
     async def _say_to_model(self, item: dict[str, Any]) -> None:
+        await self.disclosure.done.wait()
         await self.deliver({"type": "conversation.item.create", "item": item})
         await self.gate.request()
 
@@ -513,6 +598,7 @@ class Call:
         session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
                                     model=self.endpoint.model, state_id=state)
         await self.deliver({"type": "session.update", "session": session})
+        await self._apply_capture()
         await self._call_event(subjects.session_event(self.call_id, "state_changed"), SessionStateChanged(
             call_id=self.call_id, from_=previous, to=state, tool=name, tool_call_id=tool_call_id))
 

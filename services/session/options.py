@@ -3,8 +3,12 @@ model endpoint and per-call tunables."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from shared.redact import Redactor
+
+from .agent import RedactionSpec
 
 __all__ = ["CallOptions", "ModelEndpoint"]
 
@@ -36,6 +40,9 @@ class CallOptions:
         carrier_idle_timeout: seconds without carrier audio after which the call is considered gone.
         barge_in_settle_s: how long a truncation waits for the mark echoes that follow a ``clear``.
         model_error_after: see the field.
+        disclosure_chunk_ms: audio per ``command.play`` of the disclosure (one carrier mark each).
+        disclosure_confirm_s: how long past its own length the disclosure's marks may take (then
+            ``unconfirmed``; :mod:`services.session.disclosure`).
     """
 
     audio_batch_ms: int = 40
@@ -43,7 +50,27 @@ class CallOptions:
     barge_in_settle_s: float = 1.0
     model_error_after: int = 5
     """Consecutive failed model connects (≈ 6 s of backoff) before ``session.error`` ``model_unavailable``."""
+    disclosure_chunk_ms: int = 500
+    disclosure_confirm_s: float = 10.0
+    capture_key: str | None = field(default=None, repr=False)
+    """``SWITCHBOARD_CAPTURE_KEY`` (hex): seals keypad captures for their tool (:mod:`shared.sealed`)."""
+    redaction: bool = False
+    """``SWITCHBOARD_REDACTION``: redact what the session logs (an agent's ``redaction`` overrides it)."""
+    redaction_patterns: tuple[str, ...] = ()
+    """``SWITCHBOARD_REDACTION_PATTERNS``: extra regular expressions, for every agent."""
+    redaction_region: str = "US"
+    """``SWITCHBOARD_REDACTION_REGION``: phone numbers without a country code."""
+
+    def redactor(self, spec: RedactionSpec | None) -> Redactor | None:
+        """The redactor for an agent with redaction ``spec`` (None: redaction is off for it)."""
+        enabled = spec.enabled if spec is not None else self.redaction
+        if not enabled:
+            return None
+        return Redactor([*self.redaction_patterns, *(spec.patterns if spec else [])], region=self.redaction_region)
 
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:
             raise ValueError("audio_batch_ms must be ≥ 20 and the timeouts positive")
+        if self.disclosure_chunk_ms < 20 or self.disclosure_confirm_s < 0:
+            raise ValueError("disclosure_chunk_ms must be ≥ 20 and disclosure_confirm_s ≥ 0")
+

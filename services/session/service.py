@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from nats.aio.subscription import Subscription
@@ -64,6 +65,13 @@ class SessionService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
         self.options = options or CallOptions()
+        if self.options.capture_key is None and settings.capture_key:
+            self.options = replace(self.options, capture_key=settings.capture_key)
+        if settings.redaction or settings.redaction_patterns:  # settings add to what the options say
+            self.options = replace(self.options, redaction=self.options.redaction or settings.redaction,
+                                   redaction_patterns=(*self.options.redaction_patterns,
+                                                       *settings.redaction_patterns),
+                                   redaction_region=settings.redaction_region)
         self.failed_calls: list[str] = []
         self.readiness = health.Readiness([health.nats_connection(bus.nc)])
         """Answered on ``switchboard.ready.session`` while started (``shared.health``)."""

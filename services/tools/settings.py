@@ -1,11 +1,13 @@
 """Settings of the tool worker (pydantic-settings, environment first, prefix ``SWITCHBOARD_``).
 
 Variables: ``SWITCHBOARD_TOOL_MODULES`` (comma-separated modules whose :class:`~.framework.Tool` objects the
-worker serves; default ``services.tools.receptionist``), ``SWITCHBOARD_TRANSFER_NUMBER`` (where
-``transfer_to_human`` sends the caller), the clinic's hours ``SWITCHBOARD_CLINIC_OPEN`` / ``_CLOSE``
-(``HH:MM``), ``SWITCHBOARD_CLINIC_SLOT_MINUTES``, ``SWITCHBOARD_CLINIC_DAYS`` (e.g. ``mon,tue,wed,thu,fri``),
-``SWITCHBOARD_CLINIC_TIMEZONE`` (IANA name; unset = the machine's local zone),
-``SWITCHBOARD_BOOKING_HORIZON_DAYS`` and ``SWITCHBOARD_TOOLS_SEED`` (seed demo data at start; default true).
+worker serves; default ``services.tools.receptionist,services.tools.payments``),
+``SWITCHBOARD_TRANSFER_NUMBER`` (where ``transfer_to_human`` sends the caller), the clinic's hours
+``SWITCHBOARD_CLINIC_OPEN`` / ``_CLOSE`` (``HH:MM``), ``SWITCHBOARD_CLINIC_SLOT_MINUTES``,
+``SWITCHBOARD_CLINIC_DAYS`` (e.g. ``mon,tue,wed,thu,fri``), ``SWITCHBOARD_CLINIC_TIMEZONE`` (IANA name;
+unset = the machine's local zone),
+``SWITCHBOARD_BOOKING_HORIZON_DAYS``, ``SWITCHBOARD_TOOLS_SEED`` (seed demo data at start; default true) and
+``SWITCHBOARD_CAPTURE_KEY`` (opens sealed keypad captures; ``take_payment``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ToolsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore", frozen=True)
 
-    tool_modules: str = "services.tools.receptionist"
+    tool_modules: str = "services.tools.receptionist,services.tools.payments"
     """Comma-separated importable modules; every module-level Tool in them is served."""
     transfer_number: str = "+15559870100"
     """E.164 number ``transfer_to_human`` transfers to (``control.to``)."""
@@ -52,6 +54,8 @@ class ToolsSettings(BaseSettings):
     """How many days ahead a booking may be made."""
     tools_seed: bool = True
     """Seed the demo customers at worker start (idempotent); set ``SWITCHBOARD_TOOLS_SEED=0`` in production."""
+    capture_key: str | None = None
+    """``SWITCHBOARD_CAPTURE_KEY``: opens keypad captures sealed by the session (:mod:`shared.sealed`)."""
 
     @field_validator("clinic_open", "clinic_close")
     @classmethod

@@ -27,10 +27,11 @@ sent/received), ``otel.spans`` (span records of :func:`shared.telemetry.span_to_
 from __future__ import annotations
 
 from .base import Body, Contract, ContractError
-from .calls import CallEnded, CallErased, CallStarted, CarrierDtmf, CarrierError, CarrierMark
+from .calls import CallEnded, CallErased, CallStarted, CarrierDtmf, CarrierError, CarrierMark, KeypadDigit
 from .commands import (
     COMMANDS,
     Command,
+    CommandCapture,
     CommandClear,
     CommandHangup,
     CommandPlay,
@@ -39,6 +40,8 @@ from .commands import (
 )
 from .session import (
     SESSION_EVENTS,
+    SessionCapture,
+    SessionDisclosure,
     SessionError,
     SessionEvent,
     SessionHandover,
@@ -62,12 +65,16 @@ __all__ = [
     "CarrierError",
     "CarrierMark",
     "Command",
+    "CommandCapture",
     "CommandClear",
     "CommandHangup",
     "CommandPlay",
     "CommandTransfer",
     "Contract",
     "ContractError",
+    "KeypadDigit",
+    "SessionCapture",
+    "SessionDisclosure",
     "SessionError",
     "SessionEvent",
     "SessionHandover",
@@ -87,14 +94,18 @@ CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
     "CarrierMark": CarrierMark,
     "CarrierDtmf": CarrierDtmf,
     "CarrierError": CarrierError,
+    "Keypad": KeypadDigit,
     "CommandClear": CommandClear,
     "CommandHangup": CommandHangup,
     "CommandTransfer": CommandTransfer,
     "CommandPlay": CommandPlay,
+    "CommandCapture": CommandCapture,
     "SessionModelConnected": SessionModelConnected,
     "SessionStateChanged": SessionStateChanged,
     "SessionSummary": SessionSummary,
     "SessionError": SessionError,
+    "SessionDisclosure": SessionDisclosure,
+    "SessionCapture": SessionCapture,
     "SessionHandover": SessionHandover,
     "ToolRequest": ToolRequest,
     "ToolReply": ToolResult,

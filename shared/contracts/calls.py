@@ -15,7 +15,7 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Contract
 
-__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark"]
+__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark", "KeypadDigit"]
 
 _DTMF = re.compile(r"[0-9*#A-D]")
 
@@ -127,6 +127,23 @@ class CarrierDtmf(Contract):
     """``call.<id>.carrier.dtmf``: one keypad digit from the caller (``0``–``9``, ``*``, ``#``, ``A``–``D``)."""
 
     MESSAGE: ClassVar[str] = "carrier.dtmf"
+
+    digit: str
+
+    @field_validator("digit")
+    @classmethod
+    def _digit(cls, value: str) -> str:
+        if _DTMF.fullmatch(value) is None:
+            raise ValueError("a DTMF digit is one of 0-9 * # A-D")
+        return value
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class KeypadDigit(Contract):
+    """``call.<id>.keypad``: one keypad digit pressed during a keypad capture (core NATS only, never stored;
+    docs/compliance.md, "Keypad capture"); same body as :class:`CarrierDtmf`."""
+
+    MESSAGE: ClassVar[str] = "call.keypad"
 
     digit: str
 

@@ -1,4 +1,4 @@
-"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play}``
+"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play,capture}``
 (docs/events.asyncapi.yaml). :func:`parse_command` reads any of them by verb."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Body, Contract, ContractError
 
-__all__ = ["COMMANDS", "Command", "CommandClear", "CommandHangup", "CommandPlay", "CommandTransfer",
+__all__ = ["COMMANDS", "Command", "CommandCapture", "CommandClear", "CommandHangup", "CommandPlay",
+           "CommandTransfer",
            "parse_command"]
 
 
@@ -90,10 +91,31 @@ class CommandPlay(Contract):
         return base64.b64decode(self.audio, validate=True)
 
 
-Command = CommandClear | CommandHangup | CommandTransfer | CommandPlay
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CommandCapture(Contract):
+    """``command.capture``: a keypad capture starts or ends (docs/compliance.md, "Keypad capture"); while
+    ``active`` the gateway sends keypad digits on core-only ``call.<id>.keypad`` instead of the stored
+    ``carrier.dtmf``.
+
+    Attributes:
+        active: the capture is on.
+        state: the flow state that captures (None: the flow has no state).
+        kind: ``card`` or ``digits`` (only when starting).
+    """
+
+    MESSAGE: ClassVar[str] = "command.capture"
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"kind"})
+
+    active: bool
+    state: str | None
+    kind: str | None = None
+
+
+Command = CommandClear | CommandHangup | CommandTransfer | CommandPlay | CommandCapture
 
 COMMANDS: dict[str, type[Command]] = {
     "clear": CommandClear, "hangup": CommandHangup, "transfer": CommandTransfer, "play": CommandPlay,
+    "capture": CommandCapture,
 }
 """Contract of each command verb (``shared.subjects.command``)."""
 

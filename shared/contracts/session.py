@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, field_validator
 from pydantic.dataclasses import dataclass
@@ -12,8 +12,8 @@ from shared import subjects
 
 from .base import CONFIG, Body, Contract, ContractError
 
-__all__ = ["SESSION_EVENTS", "SessionError", "SessionEvent", "SessionHandover", "SessionModelConnected",
-           "SessionStateChanged", "SessionSummary", "parse_session_event"]
+__all__ = ["SESSION_EVENTS", "SessionCapture", "SessionDisclosure", "SessionError", "SessionEvent", "SessionHandover",
+           "SessionModelConnected", "SessionStateChanged", "SessionSummary", "parse_session_event"]
 
 
 class _CallIdMixin:
@@ -131,11 +131,67 @@ class SessionHandover(_CallIdMixin, Contract):
     reason: str = "drain"
 
 
-SessionEvent = SessionModelConnected | SessionStateChanged | SessionSummary | SessionError | SessionHandover
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class SessionDisclosure(_CallIdMixin, Contract):
+    """``session.disclosure``: the agent's disclosure and the proof it was played (docs/compliance.md,
+    "Disclosure"; built by :mod:`services.session.disclosure`).
+
+    Attributes:
+        status: ``completed``, ``interrupted`` (the caller left first), ``unconfirmed`` (no marks in time) or
+            ``failed`` (synthesis failed).
+        text / item_id / audio_format / audio_bytes / audio_ms: what was played (bytes, ms).
+        played_bytes / played_ms: what the carrier confirmed played (marks), from the start.
+        started_at / finished_at: unix seconds (``started_at`` None: nothing was played).
+        gate_recording: caller audio and transcripts were held back until it completed.
+    """
+
+    MESSAGE: ClassVar[str] = "session.disclosure"
+
+    call_id: str
+    status: Literal["completed", "interrupted", "unconfirmed", "failed"]
+    text: str
+    item_id: str
+    audio_format: str
+    audio_bytes: NonNegativeInt
+    audio_ms: NonNegativeInt
+    played_bytes: NonNegativeInt
+    played_ms: NonNegativeInt
+    started_at: float | None
+    finished_at: float
+    gate_recording: bool
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class SessionCapture(_CallIdMixin, Contract):
+    """``session.capture``: one keypad capture entry, masked (docs/compliance.md, "Keypad capture"; built by
+    :mod:`services.session.capture`). The digits themselves never appear on any subject.
+
+    Attributes:
+        state / tool / kind: the capturing flow state, the tool that received the entry, ``card`` or ``digits``.
+        digits: how many digits were entered; masked: e.g. ``••••1111``.
+        ok / error_code: the tool accepted it, else the tool client's error code.
+        tool_call_id: the id the tool request carried.
+    """
+
+    MESSAGE: ClassVar[str] = "session.capture"
+
+    call_id: str
+    state: str
+    tool: str
+    kind: str
+    digits: NonNegativeInt
+    masked: str
+    ok: bool
+    error_code: int | str | None
+    tool_call_id: str
+
+
+SessionEvent = (SessionModelConnected | SessionStateChanged | SessionSummary | SessionError | SessionHandover
+                | SessionDisclosure | SessionCapture)
 
 SESSION_EVENTS: dict[str, type[SessionEvent]] = {
     "model_connected": SessionModelConnected, "state_changed": SessionStateChanged, "summary": SessionSummary,
-    "error": SessionError, "handover": SessionHandover,
+    "error": SessionError, "handover": SessionHandover, "disclosure": SessionDisclosure, "capture": SessionCapture,
 }
 """Contract of each ``call.<id>.session.<event>`` (``shared.subjects.session_event``)."""
 

@@ -235,10 +235,13 @@ class CallerSimulator:
             await self.follower.wait_changed(0.02)
 
     async def _first_turn(self) -> None:
-        """Let the agent greet: wait for a greeting to start (up to 3 s) and to finish (or, when the first
-        turn has ``barge_in_ms``, until that much of it has played)."""
+        """Let the agent greet: wait for a greeting to start (up to 3 s after any audio the session played
+        itself, such as the agent's disclosure, has finished playing) and to finish (or, when the first turn has
+        ``barge_in_ms``, until that much of it has played)."""
         greet_deadline = time.monotonic() + 3.0
         while self.follower.activity == 0 and time.monotonic() < greet_deadline and not self.closed.is_set():
+            if not self.playback.idle:  # the disclosure plays before the greeting is even requested
+                greet_deadline = time.monotonic() + 3.0
             await self.follower.wait_changed(0.05)
         if not self.follower.activity:
             return

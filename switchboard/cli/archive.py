@@ -63,6 +63,14 @@ def _when(ns: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
 
 
+def _disclosure(r: dict[str, Any]) -> str:
+    """``completed``, or the other status with the seconds the carrier confirmed played; ``-``: none logged."""
+    status, played = r.get("disclosure_status"), r.get("disclosure_played_ms")
+    if not status:
+        return "-"
+    return f"{status} ({played / 1000:.1f} s)" if isinstance(played, int) and status != "completed" else str(status)
+
+
 def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
           limit: int = typer.Option(20, min=1, max=1000), as_json: bool = typer.Option(False, "--json")) -> None:
     """Recent calls (table)."""
@@ -72,8 +80,8 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="Recent calls")
-    for column in ("call id", "started", "carrier", "from", "to", "agent", "status", "end reason", "duration",
-                   "turns", "tools", "cost est."):
+    for column in ("call id", "started", "carrier", "from", "to", "agent", "status", "end reason", "disclosure",
+                   "duration", "turns", "tools", "cost est."):
         table.add_column(column)
     for r in rows:
         duration = f"{r['duration_ms'] / 1000:.1f} s" if r.get("duration_ms") else "-"
@@ -83,7 +91,7 @@ def calls(api: str | None = typer.Option(None, help="Recorder API base URL"),
         table.add_row(r["call_id"], _when(r.get("started_ns")), r.get("carrier") or "-", r.get("from_number") or "-",
                       r.get("to_number") or "-", r.get("agent") or "-", "erased" if r.get("erased_ns") else r["status"],
                       r.get("end_reason") or "-",
-                      duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
+                      _disclosure(r), duration, str(r.get("turns", 0)), str(r.get("tool_call_count", 0)), cost)
     console.print(table)
 
 

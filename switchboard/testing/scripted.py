@@ -3,7 +3,8 @@
 :func:`script` yields the steps of one μ-law Twilio call exactly as the gateway and the session publish
 them (docs/architecture.md, "Subjects and streams"; Realtime GA shapes from
 https://platform.openai.com/docs/api-reference/realtime): ``call.<id>.started``, the
-session's ``session.update``, caller audio as ``input_audio_buffer.append`` (20 ms frames of real G.711
+session's ``session.disclosure`` (completed) and ``session.update``, caller audio as
+``input_audio_buffer.append`` (20 ms frames of real G.711
 μ-law of a tone), VAD events, an input transcription, a ``book_appointment`` function call and its output,
 an agent audio reply with transcript and marks, a barge-in (``speech_started`` → ``command.clear`` →
 ``conversation.item.truncate`` → cleared mark → ``response.done`` cancelled), the session summary and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,15 @@ import numpy as np
 
 from shared import audio, subjects
 from shared.bus import Bus
-from shared.contracts import CallEnded, CallStarted, CarrierMark, CommandClear, SessionModelConnected, SessionSummary
+from shared.contracts import (
+    CallEnded,
+    CallStarted,
+    CarrierMark,
+    CommandClear,
+    SessionDisclosure,
+    SessionModelConnected,
+    SessionSummary,
+)
 
 __all__ = ["FRAME_BYTES", "Step", "publish_call", "script", "tone"]
 
@@ -94,6 +104,11 @@ def script(call_id: str, *, run_id: str = "scripted") -> list[Step]:
         started_at=datetime.now(UTC).isoformat()).encode()))
     steps.append(Step("session", subjects.session_event(call_id, "model_connected"), SessionModelConnected(
         call_id=call_id, session_id="sess_1", model="gpt-realtime", billed=True, agent="receptionist").encode()))
+    steps.append(Step("session", subjects.session_disclosure(call_id), SessionDisclosure(
+        call_id=call_id, status="completed", text="You are speaking with an AI assistant.",
+        item_id=f"disclosure_{call_id}", audio_format="audio/pcmu", audio_bytes=16000, audio_ms=2000,
+        played_bytes=16000, played_ms=2000, started_at=time.time(), finished_at=time.time(),
+        gate_recording=True).encode()))
     client("session.update", session={
         "type": "realtime", "model": "gpt-realtime", "instructions": "You are a receptionist.",
         "output_modalities": ["audio"],

@@ -89,6 +89,15 @@ async def test_one_trace_spans_gateway_session_and_tools(system: System) -> None
     assert {s["trace_id"] for s in spans} == {call["trace_id"]}, "more than one trace for the call"
     assert {s["service"] for s in spans} >= {"switchboard-gateway", "switchboard-session", "switchboard-tools"}
     actual = tree(spans)
+    # the disclosure (played while the model connects, so its place among model_connected's siblings varies):
+    # under the session's call span, its audio handed to the gateway, then the proof
+    lines = actual.splitlines()
+    played = [f"{' ' * 8}publish call.{{call_id}}.command.play [switchboard-session]",
+              f"{' ' * 10}process call.{{call_id}}.command.play [switchboard-gateway]",
+              f"{' ' * 8}publish call.{{call_id}}.session.disclosure [switchboard-session]"]
+    at = [lines.index(line) for line in played]
+    assert at == sorted(at) and at[1] == at[0] + 1, "\n" + actual
+    actual = "\n".join(line for line in lines if line not in played)
     assert actual == EXPECTED, "\n" + actual
     tool_span = next(s for s in spans if s["name"] == "execute_tool book_appointment"
                      and s["service"] == "switchboard-tools")

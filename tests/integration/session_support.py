@@ -26,7 +26,15 @@ import httpx
 from shared import subjects, tool_registry
 from shared.audio import PCMU, silence
 from shared.bus import Bus, Envelope
-from shared.contracts import CallEnded, CallStarted, CarrierDtmf, CarrierMark, parse_command, parse_session_event
+from shared.contracts import (
+    CallEnded,
+    CallStarted,
+    CarrierDtmf,
+    CarrierMark,
+    KeypadDigit,
+    parse_command,
+    parse_session_event,
+)
 from shared.tts import synthesize_format_async
 from switchboard import natsserver
 
@@ -114,15 +122,23 @@ class SimGateway:
     """A gateway on the bus for one call (see the module docstring).
 
     ``auto_marks``: echo each audio chunk's mark as played right away (an instantly playing carrier);
-    otherwise the test echoes marks with :meth:`play`.
+    otherwise the test echoes marks with :meth:`play`. ``auto_play_marks``: the same for the audio of
+    ``command.play`` (the disclosure), tracked per ``item_id`` like model audio.
     """
 
-    def __init__(self, bus: Bus, call_id: str | None = None, *, auto_marks: bool = True) -> None:
+    def __init__(self, bus: Bus, call_id: str | None = None, *, auto_marks: bool = True,
+                 auto_play_marks: bool = True) -> None:
         self.bus = bus
         self.call_id = call_id or subjects.new_call_id()
         self.auto_marks = auto_marks
+        self.auto_play_marks = auto_play_marks
         self.items: dict[str, _Item] = {}
         self.item_order: list[str] = []
+        """Model audio items (``response.output_audio.delta``), in order."""
+        self.play_order: list[str] = []
+        self.keypad_capture = False
+        """``command.capture`` in force: digits go to ``call.<id>.keypad`` (core NATS), as the gateway does."""
+        """Items of ``command.play`` audio (the disclosure), in order."""
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.session_events: list[tuple[str, dict[str, Any]]] = []
@@ -161,7 +177,18 @@ class SimGateway:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
         body = parse_command(verb, env.data).encode()  # what the session sends must match its contract
         self.commands.append((verb, body))
-        if verb == "clear":
+        if verb == "capture":
+            self.keypad_capture = body.get("active") is True
+        elif verb == "play":
+            item_id = str(body.get("item_id") or "play")
+            item = self.items.setdefault(item_id, _Item())
+            if item_id not in self.play_order:
+                self.play_order.append(item_id)
+            item.received += len(base64.b64decode(body["audio"]))
+            item.pending.append(item.received)
+            if self.auto_play_marks:
+                await self.play(item_id)
+        elif verb == "clear":
             for item_id, item in self.items.items():  # a clear echoes every pending mark as cleared
                 for cumulative in item.pending:
                     await self._mark(item_id, cumulative, cleared=True)
@@ -198,7 +225,11 @@ class SimGateway:
             await asyncio.sleep(frame_ms / 1000 * pace)
 
     async def send_dtmf(self, digit: str) -> None:
-        """Publish a keypad digit."""
+        """Publish a keypad digit (on ``call.<id>.keypad`` while a keypad capture is in force)."""
+        if self.keypad_capture:
+            await self.bus.publish(subjects.call_keypad(self.call_id), KeypadDigit(digit=digit).encode(),
+                                   call_id=self.call_id)
+            return
         await self.bus.publish_event(subjects.carrier_dtmf(self.call_id), CarrierDtmf(digit=digit).encode(),
                                      call_id=self.call_id)
 
@@ -248,6 +279,7 @@ class LogEntry:
     source: str | None
     seq: int | None
     data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -262,5 +294,5 @@ async def read_log(bus: Bus, call_id: str) -> list[LogEntry]:
         async for env in bus.replay(filt, stream):
             parsed = subjects.parse(env.subject)
             kind = f"{parsed.direction}.{parsed.rest}" if parsed.direction else parsed.rest
-            entries.append(LogEntry(stream.name, env.subject, kind, env.source, env.seq, env.data))
+            entries.append(LogEntry(stream.name, env.subject, kind, env.source, env.seq, env.data, dict(env.headers)))
     return entries

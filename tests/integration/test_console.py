@@ -50,6 +50,7 @@ async def test_calls_list_filters_and_paging(console: Archived) -> None:
         assert root.status_code in (302, 307) and root.headers["location"] == "/ui/"
         page = (await c.get("/ui/")).text
         assert call_id in page and f'href="/ui/calls/{call_id}"' in page
+        assert "<th>disclosure</th>" in page and '<td class="disclosure">completed</td>' in page
         assert call_id in (await c.get("/ui/", params={"status": "ended", "end_reason": "caller_hangup"})).text
         assert call_id not in (await c.get("/ui/", params={"carrier": "no-such-carrier"})).text
         assert call_id not in (await c.get("/ui/", params={"from": "2099-01-01"})).text
@@ -74,6 +75,7 @@ async def test_call_page(console: Archived) -> None:
         assert f'src="/calls/{call_id}/recording.wav"' in page and "<audio" in page
         assert 'class="span-row"' in page and "execute_tool" in page  # trace waterfall
         assert "hash chains intact" in page  # audit
+        assert "<tr><th>disclosure</th><td>completed</td></tr>" in page
         assert "input_audio_buffer.append" not in page and "audio events filtered out" in page
         assert "response.function_call_arguments.done" in page  # timeline
         assert "interruptions" in page  # the call's KPIs

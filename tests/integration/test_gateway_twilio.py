@@ -257,3 +257,33 @@ async def test_audio_in_ms_20_publishes_every_frame(bus: Bus, nats_url: str, rec
         await wait_until(lambda: len(heard) >= 3)
         assert [e.data for e in heard] == [bytes([n]) * 160 for n in range(1, 4)]
         await ws.close()
+
+
+async def test_keypad_capture_sends_digits_on_core_nats_only(gw: RunningGateway, peer: EchoPeer, peer_bus: Bus,
+                                                             recorder: Recorder) -> None:
+    ws, call_id, _ = await open_call(gw, recorder, peer)
+
+    async def command_then_wait(payload: dict[str, Any], item: str) -> None:
+        # commands share one subscription, so the play's audio reaching the carrier means the capture was applied
+        await peer.command(call_id, "capture", payload)
+        await peer.command(call_id, "play", {"audio": base64.b64encode(b"\x02" * 160).decode(), "item_id": item})
+        got = [await recv_json(ws) for _ in range(2)]
+        assert [m["event"] for m in got] == ["media", "mark"]
+
+    async def press(digit: str, seq: int) -> None:
+        await ws.send(json.dumps({"event": "dtmf", "streamSid": "MZ1", "sequenceNumber": str(seq),
+                                  "dtmf": {"track": "inbound_track", "digit": digit}}))
+
+    await command_then_wait({"active": True, "state": "card"}, "p1")
+    await press("4", 10)
+    keypad = await recorder.wait_for(lambda: recorder.of(call_id, "keypad"))
+    assert keypad[0].json() == {"digit": "4"}
+    assert not recorder.of(call_id, "carrier.dtmf")
+    assert await peer_bus.last_message(subjects.CALLS_STREAM, subjects.call_keypad(call_id)) is None
+    await command_then_wait({"active": False}, "p2")
+    await press("5", 11)
+    dtmf = await recorder.wait_for(lambda: recorder.of(call_id, "carrier.dtmf"))
+    assert dtmf[0].json() == {"digit": "5"} and len(recorder.of(call_id, "keypad")) == 1
+    stored = await peer_bus.last_message(subjects.CALLS_STREAM, subjects.carrier_dtmf(call_id))
+    assert stored is not None and stored.json() == {"digit": "5"}
+    await ws.close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import yaml
 
 from services.session.call import CallOptions, ModelEndpoint
 from services.session.service import SessionService
@@ -27,9 +29,9 @@ def unreachable() -> ModelEndpoint:
     return ModelEndpoint(f"ws://127.0.0.1:{natsserver.free_port()}/v1/realtime", None, None)
 
 
-async def make_service(nats_url: str, **options: object) -> tuple[Bus, SessionService]:
+async def make_service(nats_url: str, agent: Path | None = None, **options: object) -> tuple[Bus, SessionService]:
     session_bus = await Bus.connect(nats_url, name="test-session", source="session")
-    settings = load_settings(nats_url=nats_url, agent=ROOT / "agents" / "receptionist.yaml", js_max_age=600)
+    settings = load_settings(nats_url=nats_url, agent=agent or ROOT / "agents" / "receptionist.yaml", js_max_age=600)
     service = SessionService(session_bus, settings, endpoint=unreachable(),
                              options=CallOptions(**options))  # type: ignore[arg-type]
     await service.start()
@@ -100,8 +102,17 @@ async def test_bad_started_payloads_are_rejected_and_the_service_carries_on(gate
         await session_bus.close()
 
 
-async def test_early_audio_is_buffered_while_the_model_is_away(gateway_bus: Bus, nats_url: str) -> None:
-    session_bus, service = await make_service(nats_url)
+def without_disclosure(tmp_path: Path) -> Path:
+    """The receptionist without its disclosure (whose gate would drop early audio instead of buffering it)."""
+    spec = yaml.safe_load((ROOT / "agents" / "receptionist.yaml").read_text())
+    spec.pop("disclosure")
+    (tmp_path / "receptionist.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "receptionist.yaml"
+
+
+async def test_early_audio_is_buffered_while_the_model_is_away(gateway_bus: Bus, nats_url: str,
+                                                               tmp_path: Path) -> None:
+    session_bus, service = await make_service(nats_url, without_disclosure(tmp_path))
     cid = subjects.new_call_id()
     try:
         await gateway_bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
@@ -116,6 +127,28 @@ async def test_early_audio_is_buffered_while_the_model_is_away(gateway_bus: Bus,
         await gateway_bus.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup").encode(),
                                         call_id=cid)
         await wait_until(lambda: not service.calls, what="call ended")
+    finally:
+        await service.stop()
+        await session_bus.close()
+
+
+async def test_audio_while_a_gated_disclosure_plays_is_dropped_not_buffered(gateway_bus: Bus,
+                                                                            nats_url: str) -> None:
+    session_bus, service = await make_service(nats_url)  # the receptionist: gate_recording true
+    cid = subjects.new_call_id()
+    try:
+        await gateway_bus.publish_event(subjects.call_started(cid), started(cid), call_id=cid)
+        await wait_until(lambda: cid in service.calls, what="call taken")
+        call = service.calls[cid]
+        await wait_until(call.subscribed.is_set, what="subscribed")
+        for _ in range(25):
+            await gateway_bus.publish(subjects.call_audio_in(cid), b"\xff" * 160, call_id=cid)
+        await wait_until(lambda: call.disclosure.withheld_bytes == 25 * 160, what="all audio withheld")
+        assert call.audio.buffered == 0 and call.log.counts == {"client": 0, "server": 0}
+        await gateway_bus.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup").encode(),
+                                        call_id=cid)
+        await wait_until(lambda: not service.calls, what="call ended")
+        assert call.disclosure.record is not None and call.disclosure.record.status == "interrupted"
     finally:
         await service.stop()
         await session_bus.close()

@@ -28,6 +28,16 @@ NO_JSON_CONTRACT = {
 }
 
 SAMPLES: dict[str, list[Any]] = {
+    "Keypad": [c.KeypadDigit(digit="4"), c.KeypadDigit(digit="#")],
+    "CommandCapture": [c.CommandCapture(active=True, state="card", kind="card"),
+                       c.CommandCapture(active=False, state="card")],
+    "SessionDisclosure": [c.SessionDisclosure(
+        call_id=CID, status="completed", text="You are speaking with an AI assistant.", item_id=f"disclosure_{CID}",
+        audio_format="audio/pcmu", audio_bytes=16000, audio_ms=2000, played_bytes=16000, played_ms=2000,
+        started_at=1796600000.12, finished_at=1796600003.95, gate_recording=True)],
+    "SessionCapture": [c.SessionCapture(call_id=CID, state="card", tool="take_payment", kind="card", digits=16,
+                                        masked="••••••••••••1111", ok=True, error_code=None,
+                                        tool_call_id="capture_1")],
     "CallErased": [
         c.CallErased(call_id=CID, erased_ns=1_796_622_952_577_482_767, erased_by="api:ops@host", reason="request"),
         c.CallErased(call_id=CID, erased_ns=1_796_622_952_000_000_000, erased_by="retention", reason="retention"),

@@ -409,9 +409,11 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "carrierMark": [subjects.carrier_mark(cid)],
         "carrierDtmf": [subjects.carrier_dtmf(cid)],
         "carrierError": [subjects.carrier_error(cid)],
-        "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play")],
+        "callKeypad": [subjects.call_keypad(cid)],
+        "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play", "capture")],
         "sessionEvent": [subjects.session_event(cid, e)
-                         for e in ("model_connected", "state_changed", "summary", "error")],
+                         for e in ("model_connected", "state_changed", "disclosure", "capture", "summary", "error")]
+                        + [subjects.session_disclosure(cid)],
         "callEnded": [subjects.call_ended(cid)],
         "callErased": [subjects.call_erased(cid)],
         "rtClient": [subjects.rt_client(cid, t) for t in ("session.update", "input_audio_buffer.append")],

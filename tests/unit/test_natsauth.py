@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nkeys
 
-from shared import natsauth
+from shared import natsauth, subjects
 from shared.config import load_settings
 from switchboard.supervisor import Supervisor
 
@@ -82,3 +82,27 @@ def test_client_options(tmp_path: Path) -> None:
     assert natsauth.client_options(nkey_seed=str(path))["nkeys_seed"] == str(path)
     assert natsauth.client_options(creds=tmp_path / "u.creds", nkey_seed=seed) == {
         "user_credentials": str(tmp_path / "u.creds")}
+
+
+def _nats_match(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+def test_only_the_session_may_publish_the_disclosure_and_the_recorder_archives_it() -> None:
+    subject = subjects.session_disclosure("call_x")
+    for name in natsauth.SERVICES:
+        perms = natsauth.PERMISSIONS[name]
+        assert perms is not None
+        block = perms.as_config()
+        may_publish = any(_nats_match(p, subject) for p in block["publish"]["allow"])
+        assert may_publish == (name == "session"), name  # nobody else can forge the proof
+    recorder = natsauth.PERMISSIONS["recorder"]
+    assert recorder is not None
+    assert any(_nats_match(p, subject) for p in recorder.as_config()["subscribe"]["allow"])

@@ -3,6 +3,7 @@ latency, barge-ins, usage and cost, caller/agent channels on the media timeline,
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from services.recorder.projections import project
 from services.recorder.recording import call_formats, format_name, render
 from services.recorder.records import ArchivedEvent, classify
 from shared.pricing import Usage, estimate_cost
-from switchboard.testing.scripted import USAGE, Step, script
+from switchboard.testing.scripted import USAGE, Step, script, tone
 
 T0 = 1_800_000_000_000_000_000
 
@@ -161,3 +162,38 @@ def test_agent_audio_sent_after_the_call_ended_is_not_in_the_recording() -> None
     assert len(full.agent) == len(only_before.agent)
     assert np.array_equal(full.agent, only_before.agent)
     assert any(p.interrupted for p in full.items.values()) or len(full.agent) <= len(full.caller)
+
+
+def test_disclosure_status_and_span_are_projected(call: list[ArchivedEvent]) -> None:
+    p = project(call)
+    assert (p.disclosure, p.disclosure_played_ms) == ("completed", 2000)  # the scripted call's record
+    assert p.to_dict()["disclosure"] == "completed"
+    interrupted = [e for e in call if e.type != "session.disclosure"] + events_from(
+        [Step("session", "call.CAunit.session.disclosure", {"status": "interrupted", "played_ms": 700})], "CAunit")
+    p = project(interrupted)
+    assert (p.disclosure, p.disclosure_played_ms) == ("interrupted", 700)
+    none = project([e for e in call if e.type != "session.disclosure"])
+    assert (none.disclosure, none.disclosure_played_ms) == (None, None)
+
+
+def test_the_disclosure_played_by_the_session_is_on_the_agent_channel() -> None:
+    cid = "CAplay"
+    steps = [s for s in script(cid) if not s.subject.startswith("rt.")][:1]  # call.started only
+    steps.append(Step("session", f"call.{cid}.command.play", {
+        "audio": base64.b64encode(tone(440, 400)).decode(), "audio_format": "audio/pcmu",
+        "item_id": f"disclosure_{cid}"}, 500.0))
+    steps.append(Step("gateway", f"call.{cid}.ended", {"reason": "caller_hangup"}))
+    timeline = render(events_from(steps, cid))
+    assert np.abs(timeline.agent[: 8 * 400]).max() > 1000  # 400 ms of tone at 8 kHz on the agent side
+    assert not timeline.caller.any()
+    assert f"disclosure_{cid}" in timeline.items
+
+
+def test_disclosure_column_text_in_the_console_and_the_cli() -> None:
+    from services.recorder.ui.pages import disclosure_text
+    from switchboard.cli.archive import _disclosure
+
+    for render_text in (disclosure_text, _disclosure):
+        assert render_text({}) == "-"
+        assert render_text({"disclosure_status": "completed", "disclosure_played_ms": 3600}) == "completed"
+        assert render_text({"disclosure_status": "interrupted", "disclosure_played_ms": 700}) == "interrupted (0.7 s)"

@@ -97,3 +97,22 @@ def test_flow_states_select_tools_and_instructions(tmp_path: Path) -> None:
     assert [t["name"] for t in session["tools"]] == ["book_appointment", "end_call"]
     assert session["instructions"] == "Base."
     assert flow.history == [{"from": "triage", "to": "booking", "tool": "lookup_customer"}]
+
+
+def test_disclosure_text_or_mapping_and_the_demo_receptionist_declares_one(tmp_path: Path) -> None:
+    short = tmp_path / "short.yaml"
+    short.write_text("name: a\ninstructions: x\ndisclosure: This call is recorded.\n")
+    spec = load_agent(short)
+    assert spec.disclosure is not None
+    assert (spec.disclosure.text, spec.disclosure.gate_recording) == ("This call is recorded.", True)
+    full = tmp_path / "full.yaml"
+    full.write_text("name: a\ninstructions: x\ndisclosure: {text: Recorded., gate_recording: false}\n")
+    assert load_agent(full).disclosure.gate_recording is False  # type: ignore[union-attr]
+    for bad in ("disclosure: ''", "disclosure: {gate_recording: true}", "disclosure: {text: a, gate: 1}"):
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"name: a\ninstructions: x\n{bad}\n")
+        with pytest.raises(AgentSpecError, match="disclosure"):
+            load_agent(path)
+    demo = load_agent(ROOT / "agents" / "receptionist.yaml").disclosure
+    assert demo is not None and demo.gate_recording
+    assert "AI assistant" in demo.text and "recorded" in demo.text

@@ -56,6 +56,7 @@ def test_subject_shapes() -> None:
     assert subjects.carrier_error(cid) == "call.c1.carrier.error"
     assert subjects.command(cid, "clear") == "call.c1.command.clear"
     assert subjects.session_event(cid, "summary") == "call.c1.session.summary"
+    assert subjects.session_disclosure(cid) == "call.c1.session.disclosure"
     assert subjects.call_ended(cid) == "call.c1.ended"
     assert subjects.rt_client(cid, "input_audio_buffer.append") == "rt.c1.client.input_audio_buffer.append"
     assert subjects.rt_server(cid, "response.output_audio.delta") == "rt.c1.server.response.output_audio.delta"

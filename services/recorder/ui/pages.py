@@ -39,6 +39,15 @@ def _cost(call: Mapping[str, Any]) -> str:
     return "unpriced model" if call.get("projected_ns") else "-"
 
 
+def disclosure_text(call: Mapping[str, Any]) -> str:
+    """The disclosure column of a call: its status and the ms confirmed played (``-``: none logged yet)."""
+    status = call.get("disclosure_status")
+    if not status:
+        return "-"
+    played = call.get("disclosure_played_ms")
+    return f"{status} ({played / 1000:.1f} s)" if isinstance(played, int) and status != "completed" else str(status)
+
+
 def layout(title: str, body: str, *, token_q: str = "", scripts: Sequence[str] = ()) -> str:
     """A full page: header with navigation, ``body``, page scripts (``/ui/static/<name>``, deferred, in order)."""
     tags = "".join(f'<script src="/ui/static/{name}{token_q}" defer></script>' for name in scripts)
@@ -72,7 +81,8 @@ def calls_page(rows: Sequence[Mapping[str, Any]], total: int, *, params: Mapping
                if params.get("access_token") else "")
             + '<button type="submit">Filter</button></form>')
     head = "".join(f"<th>{h}</th>" for h in ("started", "call", "caller", "carrier", "agent", "version", "status",
-                                              "end reason", "duration", "turns", "tools", "cost"))
+                                              "end reason", "disclosure", "duration", "turns", "tools",
+                                              "cost"))
     body = []
     for r in rows:
         link = f'/ui/calls/{_e(r["call_id"])}{token_q}'
@@ -81,6 +91,7 @@ def calls_page(rows: Sequence[Mapping[str, Any]], total: int, *, params: Mapping
             f'<td><a href="{link}">{_e(r["call_id"])}</a></td><td>{_e(r.get("from_number"))}</td>'
             f'<td>{_e(r.get("carrier"))}</td><td>{_e(r.get("agent"))}</td><td>{_e(r.get("agent_version"))}</td>'
             f'<td>{"erased" if r.get("erased_ns") else _e(r.get("status"))}</td><td>{_e(r.get("end_reason"))}</td>'
+            f'<td class="disclosure">{_e(disclosure_text(r))}</td>'
             f'<td>{_secs(r.get("duration_ms"))}</td>'
             f'<td>{_e(r.get("turns"))}</td><td>{_e(r.get("tool_call_count"))}</td><td>{_cost(r)}</td></tr>')
     pages = max(1, -(-total // per_page))
@@ -176,6 +187,7 @@ def call_page(call: Mapping[str, Any], *, turns: Sequence[Mapping[str, Any]], to
     cid = _e(call["call_id"])
     ended = call.get("status") == "ended"
     summary = [("status", call.get("status")), ("end reason", call.get("end_reason")),
+               ("disclosure", disclosure_text(call)),
                ("carrier", call.get("carrier")), ("caller", call.get("from_number")), ("to", call.get("to_number")),
                ("agent", call.get("agent")), ("version", (kpis or {}).get("agent_version")),
                ("started", _when(call.get("started_ns"))), ("duration", _secs(call.get("duration_ms"))),
