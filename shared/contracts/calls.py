@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, NonNegativeInt, field_validator
+from pydantic import AfterValidator, Field, NonNegativeInt, field_validator
 from pydantic.dataclasses import dataclass
 
 from shared import subjects
@@ -18,6 +18,16 @@ from .base import CONFIG, Contract
 __all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark", "KeypadDigit"]
 
 _DTMF = re.compile(r"[0-9*#A-D]")
+
+
+def _dtmf_digit(value: str) -> str:
+    if _DTMF.fullmatch(value) is None:
+        raise ValueError("a DTMF digit is one of 0-9 * # A-D")
+    return value
+
+
+DtmfDigit = Annotated[str, AfterValidator(_dtmf_digit)]
+"""One keypad digit: ``0``–``9``, ``*``, ``#``, ``A``–``D`` (RFC 4733 §3.2 events 0–15)."""
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -128,14 +138,7 @@ class CarrierDtmf(Contract):
 
     MESSAGE: ClassVar[str] = "carrier.dtmf"
 
-    digit: str
-
-    @field_validator("digit")
-    @classmethod
-    def _digit(cls, value: str) -> str:
-        if _DTMF.fullmatch(value) is None:
-            raise ValueError("a DTMF digit is one of 0-9 * # A-D")
-        return value
+    digit: DtmfDigit
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -145,14 +148,7 @@ class KeypadDigit(Contract):
 
     MESSAGE: ClassVar[str] = "call.keypad"
 
-    digit: str
-
-    @field_validator("digit")
-    @classmethod
-    def _digit(cls, value: str) -> str:
-        if _DTMF.fullmatch(value) is None:
-            raise ValueError("a DTMF digit is one of 0-9 * # A-D")
-        return value
+    digit: DtmfDigit
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)

@@ -25,7 +25,8 @@ from services.session.service import SessionService
 from shared.bus import Bus
 from shared.config import load_settings
 from shared.tool_registry import ToolSpec
-from tests.integration.session_support import ROOT, SimGateway, ToolBox, read_log, speech, start_localmodel
+from tests.integration.session_support import ROOT, SimGateway, ToolBox, read_log, speech
+from tests.integration.sessionbus_support import buses_fixture, model_url_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,23 +63,6 @@ def standard_tools(book: Any = booked, book_timeout_ms: int = 5000) -> dict[str,
         "end_call": (spec("end_call", control=True), end_call),
         "transfer_to_human": (spec("transfer_to_human", control=True), transfer),
     }
-
-
-@pytest.fixture(scope="module")
-async def model_url() -> AsyncIterator[str]:
-    async with start_localmodel(pacing="fast") as url:
-        yield url
-
-
-@pytest.fixture
-async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus, Bus]]:
-    session_bus = await Bus.connect(nats_url, name="test-session", source="session")
-    gateway_bus = await Bus.connect(nats_url, name="test-gateway", source="gateway")
-    tools_bus = await Bus.connect(nats_url, name="test-tools", source="tools")
-    await session_bus.ensure_streams(load_settings(js_max_age=600))
-    yield session_bus, gateway_bus, tools_bus
-    for bus in (gateway_bus, tools_bus, session_bus):
-        await bus.close()
 
 
 def write_agents(directory: Path) -> Path:

@@ -18,15 +18,10 @@ from services.session.call import CallOptions, ModelEndpoint
 from services.session.service import SessionService
 from shared.bus import Bus
 from shared.config import load_settings
-from tests.integration.session_support import ROOT, LogEntry, SimGateway, read_log, speech, start_localmodel
+from tests.integration.session_support import ROOT, LogEntry, SimGateway, read_log, speech
+from tests.integration.sessionbus_support import model_url_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-async def model_url() -> AsyncIterator[str]:
-    async with start_localmodel(pacing="fast") as url:
-        yield url
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from services.session.service import SessionService
 from shared.bus import Bus
 from shared.config import load_settings
 from tests.integration.session_support import ROOT, SimGateway, ToolBox, read_log
+from tests.integration.sessionbus_support import buses_fixture, model_url_fixture  # noqa: F401 - fixtures
 from tests.integration.test_session_call import (  # noqa: F401 - fixtures
-    buses,
-    model_url,
     next_response_done,
     say,
     standard_tools,
@@ -43,7 +42,7 @@ async def booked_with_contact_details(request: dict[str, Any]) -> dict[str, Any]
 
 
 @pytest.fixture
-async def service(buses: tuple[Bus, Bus, Bus], model_url: str, nats_url: str,  # noqa: F811
+async def service(buses: tuple[Bus, Bus, Bus], model_url: str, nats_url: str,
                   tmp_path: Path) -> AsyncIterator[SessionService]:
     receptionist = yaml.safe_load((ROOT / "agents" / "receptionist.yaml").read_text())
     receptionist["redaction"] = {"enabled": True, "patterns": ["(?i)\\bjohn(\\s+[a-z]+)?"]}  # the name as heard
