@@ -16,7 +16,7 @@ Body (JSON, UTF-8)::
 Headers: ``Content-Type: application/json``, ``Switchboard-Event: call.ended``, ``Switchboard-Delivery``
 (the ``Nats-Msg-Id`` of the ended event: the same on every retry, for de-duplication) and
 ``Switchboard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`` — verify by
-recomputing over the raw body and comparing in constant time (docs/analytics.md has the code).
+recomputing over the raw body and comparing in constant time (:func:`verify`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,24 @@ A missing phone number defaults to the caller ID (``call.from``), so ``phone`` i
 ISO ``YYYY-MM-DD`` and times ``HH:MM`` (24 h), clinic-local; the hours are :class:`~.clinic.ClinicHours`.
 Outputs are small JSON objects with a ``message`` the agent can read out. Errors: 400 (invalid or unbookable
 arguments), 404 (no such customer/appointment), 409 (slot taken, already cancelled, ambiguous).
+
+==================== ================================== =====================================================
+tool                 arguments                          output (besides ``message``) · errors
+==================== ================================== =====================================================
+lookup_customer      phone?                             status found, customer_id, name, phone,
+                                                        upcoming_appointments[] · 404
+check_availability   date                               date, available_times[], closed
+book_appointment     name, date, time, phone?           status booked, appointment_id, date, time, name,
+                                                        phone (``already_booked`` when the caller holds it)
+                                                        · 409 taken (the message lists free times)
+cancel_appointment   appointment_id? or phone?          status cancelled, appointment_id, date, time, name
+                     (+ date?, time?)                   · 404 · 409 (already cancelled, or several match)
+end_call             reason?                            status ending_call, control hangup
+transfer_to_human    reason?                            status transferring, to, control transfer
+==================== ================================== =====================================================
+
+Cancelling by id requires the caller's phone to match when both are known; by phone it cancels the caller's
+single upcoming appointment, narrowed by ``date``/``time``, and answers 409 listing them when several match.
 """
 
 from __future__ import annotations
