@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.localmodel import extract as ex
-from services.localmodel.grammar import tokenize
+from services.localmodel.grammar import FIRST_NAMES, LAST_NAMES, tokenize
 
 __all__ = ["DialoguePolicy", "Reply", "ToolCall", "greeting_from_instructions", "is_read_only"]
 
@@ -45,6 +45,12 @@ STOPWORDS: Final = frozenset({"a", "an", "the", "to", "for", "of", "on", "at", "
 DEFAULT_GREETING: Final = "Hello, how can I help you today?"
 ANYTHING_ELSE: Final = "Is there anything else I can help you with?"
 MIN_TOOL_SCORE: Final = 2.0
+GREETING_WORDS: Final = frozenset({"hi", "hello", "hey", "good", "morning", "afternoon", "evening", "there", "say",
+                                   "how", "are", "you", "please", "oh", "yes"})
+"""An utterance made only of these words (and at least one of hi/hello/hey/morning/afternoon/evening) is a
+greeting, answered with one ("Say hello." — Pipecat's usual first text item — is one too)."""
+KNOWN_NAMES: Final = frozenset(FIRST_NAMES) | frozenset(LAST_NAMES)
+"""Names accepted without an intro ("Robert Brown") when the agent has just asked for a name."""
 DTMF_ANSWERS: Final[Mapping[str, str]] = {"1": "yes", "2": "no"}
 """Keypad digits (arriving as the text ``DTMF <digit>``) that answer a question: 1 = yes, 2 = no."""
 
@@ -126,6 +132,9 @@ class DialoguePolicy:
     confirming: bool = False
     offered_more: bool = False
     last_call: ToolCall | None = None
+    asked: str | None = None
+    """The argument the last reply asked for (a bare answer fills it: "Robert Brown" after "May I have your
+    name?")."""
 
     def configure(self, tools: Sequence[Mapping[str, Any]], instructions: str | None) -> None:
         """Use the session's ``tools`` (Realtime function tools) and ``instructions``."""
@@ -185,7 +194,11 @@ class DialoguePolicy:
         if "phone" in p:
             return ex.extract_phone(words)
         if p == "name" or p.endswith("_name"):
-            return ex.extract_name(words)
+            named = ex.extract_name(words)
+            if named is None and self.asked == prop:
+                bare = [w for w in words if w in KNOWN_NAMES]
+                named = " ".join(w.capitalize() for w in bare[:3]) or None
+            return named
         if "reason" in p:
             return text.strip() or None
         if schema.get("type") in ("integer", "number") and not p.endswith("_id"):
@@ -222,8 +235,15 @@ class DialoguePolicy:
             text = DTMF_ANSWERS[keyed.group(1)]
         words = ex.words_of(text)
         if not words:
+            self.asked = None
             return Reply("Sorry, I didn't catch that. Could you say it again?")
+        asked, self.asked = self.asked, None
         heard = set(words)
+        if heard <= GREETING_WORDS and heard & {"hi", "hello", "hey", "morning", "afternoon", "evening"} \
+                and self.pending is None:
+            return Reply(f"{'Good ' + w if (w := _part_of_day(heard)) else 'Hello'}! "
+                         "How can I help you today?")
+        self.asked = asked
         tool_name, score = self.best_tool(words)
         if self.confirming and self.pending:
             if heard & YES and not (heard & NO):
@@ -262,8 +282,10 @@ class DialoguePolicy:
         assert tool is not None and self.pending is not None
         props: Mapping[str, Any] = (tool.get("parameters") or {}).get("properties") or {}
         missing = self._missing(tool)
+        self.asked = None
         if missing:
             self.confirming = False
+            self.asked = missing[0]
             return Reply(self._question(missing[0], props.get(missing[0]) or {}))
         if is_read_only(self.pending):
             return self._call_pending()
@@ -288,6 +310,7 @@ class DialoguePolicy:
         return Reply("", call)
 
     def _reset(self) -> None:
+        self.asked = None
         self.pending = None
         self.args = {}
         self.confirming = False
@@ -328,6 +351,11 @@ class DialoguePolicy:
         if is_read_only(name):
             return Reply(f"{_summarize(result)} {ANYTHING_ELSE}")
         return Reply(f"Done: {name.replace('_', ' ')} {details}. {ANYTHING_ELSE}".replace("  ", " "))
+
+
+def _part_of_day(heard: set[str]) -> str | None:
+    """``morning``/``afternoon``/``evening`` when the greeting named one ("good morning")."""
+    return next((w for w in ("morning", "afternoon", "evening") if w in heard and "good" in heard), None)
 
 
 def _summarize(result: Any) -> str:

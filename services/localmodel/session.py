@@ -210,7 +210,7 @@ class Session:
         if e.kind == "start":
             self._speech_item = new_id("item")
             self._drop_utterance()  # decode from the start of the segment (prefix padding included)
-            self._utterance = self.start_stream(self._spec())
+            self._utterance = self.start_stream(self._spec(listening=True))
             self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
             await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
                             item_id=self._speech_item)
@@ -273,7 +273,7 @@ class Session:
                 except Exception:
                     log.warning("streamed recognition failed; recognising the utterance whole", exc_info=True)
             if result is None:
-                result = await self.recognize(self._spec(), pcm)
+                result = await self.recognize(self._spec(listening=True), pcm)
             text = result.text
         except Exception:
             log.exception("recognition failed")
@@ -291,9 +291,13 @@ class Session:
             await self.emit("conversation.item.input_audio_transcription.completed", transcript=text, logprobs=None,
                             usage={"type": "duration", "seconds": round(stored.audio_ms / 1000.0, 3)}, **ids)
 
-    def _spec(self) -> LanguageModelSpec:
+    def _spec(self, *, listening: bool = False) -> LanguageModelSpec:
+        """The session's LM spec; ``listening``: for the caller's next utterance, so it expects the answer the
+        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`)."""
+        asked = (self.policy.asked or "").lower() if listening else ""
+        expect = "name" if asked == "name" or asked.endswith("_name") else None
         return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
-                                              self.state.session.get("instructions"))
+                                              self.state.session.get("instructions"), expect)
 
     # --- items -------------------------------------------------------------------------------------------
 

@@ -91,3 +91,24 @@ def test_keypad_one_confirms_and_two_declines_a_read_back() -> None:
     assert p.confirming
     r = p.on_user("DTMF 2")
     assert r.call is None and "won't" in r.say
+
+
+def test_greetings_are_answered_as_greetings() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("Say hello.").say == "Hello! How can I help you today?"
+    assert policy.on_user("good morning").say == "Good morning! How can I help you today?"
+    assert policy.on_user("hello what is the weather on mars").say.startswith("Sorry")
+
+
+def test_a_bare_name_answers_the_name_question() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("i need an appointment for monday at ten").say == "May I have your name, please?"
+    reply = policy.on_user("robert brown")
+    assert policy.args["name"] == "Robert Brown" and "Shall I go ahead?" in reply.say
+    assert policy.args["time"] == "10:00"
+    fresh = DialoguePolicy(today=lambda: TODAY)
+    fresh.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    fresh.on_user("book an appointment for john")  # not asked: "john" alone is no name
+    assert "name" not in fresh.args
