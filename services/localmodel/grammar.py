@@ -24,7 +24,8 @@ from typing import Any, Final
 
 from pocketsphinx.lm import ArpaBoLM
 
-__all__ = ["PHRASE_SET", "LanguageModelSpec", "build_corpus", "build_jsgf", "build_lm", "tokenize", "words_in"]
+__all__ = ["ANSWERS", "PHRASE_SET", "LanguageModelSpec", "answer_for", "build_answer_jsgf", "build_corpus",
+           "build_jsgf", "build_lm", "tokenize", "tool_phrasings", "words_in"]
 
 OPENERS: Final = ("i would like to", "i'd like to", "i want to", "i need to", "can i", "could i", "could you",
                   "please", "can you", "i'd like you to", "we need to", "i'm calling to", "i was hoping to",
@@ -50,8 +51,10 @@ PHRASE_SET: Final = (
     "are you a robot", "what can you do",
     "i want to speak to a human", "let me talk to a person", "can i speak to someone", "an agent please",
     "operator", "a real person please",
-    "my name is", "my phone number is", "my number is", "the date is", "for", "at", "on",
+    "my name is", "my phone number is", "my number is", "the date is",
 )
+INTRO_PHRASES: Final = ("my name is", "my phone number is", "my number is", "the date is")
+"""The :data:`PHRASE_SET` entries that only introduce a value (left out of the answer grammars)."""
 """Conversational phrases every session's model contains (docs/localmodel.md lists them)."""
 
 TOOL_PHRASES: Final[Mapping[str, Sequence[str]]] = {
@@ -170,6 +173,19 @@ def _slot_phrases(name: str, schema: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def tool_phrasings(tool_name: str) -> list[str]:
+    """The multi-word phrasings the grammar knows for a tool's verbs (:data:`TOOL_PHRASES`, :data:`TOOL_NOUNS`
+    and, for a check tool, :data:`CHECK_QUESTIONS`), e.g. "see the dentist" for ``book_appointment``; the
+    policy scores tools by them too, so what the recogniser can hear, the policy understands."""
+    words = tool_name.replace("_", " ").lower().split()
+    out = [p for verb, phrases in TOOL_PHRASES.items() if verb in words for p in phrases if " " in p]
+    out += [n for verb, nouns in TOOL_NOUNS.items() if verb in words for n in nouns if " " in n
+            and not n.startswith(("a ", "an "))]
+    if "check" in words:
+        out.extend(CHECK_QUESTIONS)
+    return out
+
+
 def _tool_nouns(tool: Mapping[str, Any]) -> list[str]:
     """The :data:`TOOL_NOUNS` of a tool's verbs (empty for a tool without one)."""
     words = str(tool.get("name", "")).replace("_", " ").lower().split()
@@ -190,9 +206,22 @@ def _tool_phrases(tool: Mapping[str, Any]) -> list[str]:
     return [p for p in phrases if p]
 
 
-ANSWERS: Final = ("name",)
+ANSWERS: Final = ("name", "date", "time")
 """Answers the recogniser has a grammar of their own for (:func:`build_answer_jsgf`): the value a question
 asked for ("May I have your name, please?" → ``name``)."""
+
+
+def answer_for(argument: str | None) -> str | None:
+    """The :data:`ANSWERS` grammar for a tool argument the agent asked for (``name``/``*_name`` → name,
+    ``*date*``/``day`` → date, ``*time*`` → time), else None."""
+    arg = (argument or "").lower()
+    if arg == "name" or arg.endswith("_name"):
+        return "name"
+    if "date" in arg or arg == "day":
+        return "date"
+    if "time" in arg:
+        return "time"
+    return None
 
 
 @dataclass(frozen=True)
@@ -355,7 +384,8 @@ def build_jsgf(spec: LanguageModelSpec, vocabulary: Iterable[str] | None = None)
 
 def build_answer_jsgf(spec: LanguageModelSpec, answer: str, vocabulary: Iterable[str] | None = None) -> str:
     """The grammar used right after the agent asked for ``answer`` (one of :data:`ANSWERS`): that answer (for
-    ``name``: ``[intro] <first> [<last>]``) or a :data:`PHRASE_SET` phrase ("sorry what", "no", …).
+    ``name``: ``[intro] <first> [<last>]``; ``date``: a date, maybe with a time; ``time``: a time — a bare
+    hour too — maybe with a date), or a :data:`PHRASE_SET` phrase ("sorry what", "no", …).
 
     Telephone audio is ambiguous enough that with every rule of :func:`build_jsgf` open, "my name is John
     Smith" over μ-law was heard as "on may the eighth" or "john davis"; conditioning on the question, as IVR
@@ -370,8 +400,12 @@ def build_answer_jsgf(spec: LanguageModelSpec, answer: str, vocabulary: Iterable
     allowed = set(vocabulary) if vocabulary is not None else None
     full = build_jsgf(spec, vocabulary)
     header = full.split("public <utterance> = ", 1)[0]
-    phrases = _alt(p for p in PHRASE_SET if allowed is None or all(w in allowed for w in p.split()))
-    return header + f"public <utterance> = <name> | {phrases};\n"
+    # without the bare intros ("my name is"), which would otherwise beat the intro followed by a name
+    phrases = _alt(p for p in PHRASE_SET if p not in INTRO_PHRASES
+                   and (allowed is None or all(w in allowed for w in p.split())))
+    value = {"name": "<name>", "date": "[for | on] <date> [<time>]",
+             "time": "(<time> | <clock>) [for | on] [<date>]"}[answer]
+    return header + f"public <utterance> = {value} | {phrases};\n"
 
 
 def _jsgf_text(allowed: set[str] | None, date: str, time: str, slots: str, name: str, body: str) -> str:

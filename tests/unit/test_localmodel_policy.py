@@ -112,3 +112,28 @@ def test_a_bare_name_answers_the_name_question() -> None:
     fresh.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
     fresh.on_user("book an appointment for john")  # not asked: "john" alone is no name
     assert "name" not in fresh.args
+
+
+def test_yes_and_no_are_read_as_phrases() -> None:
+    from services.localmodel.policy import says_no, says_yes
+
+    assert says_yes(["yes", "that's", "right"]) and not says_no(["yes", "that's", "right"])
+    assert says_no(["no", "that's", "all"]) and says_no(["that's", "it", "thank", "you"])
+    assert not says_yes(["yes", "no"])
+
+
+def test_a_booking_is_confirmed_with_yes_thats_right_and_a_bare_hour_answers_the_time() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("i'd like to make an appointment for tomorrow").say == "May I have your name, please?"
+    assert policy.on_user("mary jones").say == "What time would you like?"
+    assert "Shall I go ahead?" in policy.on_user("eleven").say
+    reply = policy.on_user("yes that's right")
+    assert reply.call is not None and reply.call.arguments["time"] == "11:00"
+
+
+def test_cancel_my_booking_is_a_cancellation() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.best_tool(["cancel", "my", "booking", "on", "friday"])[0] == "cancel_appointment"
+    assert policy.best_tool(["i", "would", "like", "to", "see", "the", "dentist"])[0] == "book_appointment"
