@@ -19,7 +19,7 @@ from tests.integration.localmodel_helpers import running_server, speech_ulaw, va
 async def until(ws: ClientConnection, kind: str, seen: list[dict[str, Any]], timeout: float = 60) -> dict[str, Any]:
     """Read (and validate) server events until one of type ``kind``."""
     while True:
-        event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         validate(event)
         seen.append(event)
         if event["type"] == kind:
