@@ -137,3 +137,10 @@ def test_cancel_my_booking_is_a_cancellation() -> None:
     policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
     assert policy.best_tool(["cancel", "my", "booking", "on", "friday"])[0] == "cancel_appointment"
     assert policy.best_tool(["i", "would", "like", "to", "see", "the", "dentist"])[0] == "book_appointment"
+
+
+def test_a_tool_error_that_starts_with_sorry_is_not_said_twice() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    reply = policy.on_tool_output("book_appointment", {}, json.dumps({"error": {"message": "Sorry, 10:00 is taken."}}))
+    assert reply.say.startswith("Sorry, 10:00 is taken. Is there anything else")
