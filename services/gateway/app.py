@@ -3,14 +3,18 @@
 Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
 ``/metrics``. Ready (``shared.health``): still accepting calls, and the NATS connection answers a PING.
+SIGTERM: :meth:`Gateway.drain` (``/readyz`` 503 at once, no new streams, live calls run up to
+``SWITCHBOARD_DRAIN_S``, then ``drain_timeout``), then uvicorn stops.
 Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_respons
 from shared import health
 from shared.bus import Bus
 from shared.config import Settings
+from shared.endreasons import EndReason
 from shared.health import Readiness
 from shared.http import add_ops_routes
 from shared.runtime import ServiceContext, serve_http
@@ -62,14 +67,34 @@ class Gateway:
         self.calls: dict[str, CallBridge] = {}
         self.max_outbound_chunks = max_outbound_chunks
         self.accepting = True
+        self.readiness: Readiness | None = None
+        """Set by :func:`create_app`; re-evaluated at once when the drain begins."""
 
     @property
     def default_agent(self) -> str:
         """The agent named when the carrier passes none: the stem of ``SWITCHBOARD_AGENT``."""
         return self.settings.agent.stem
 
-    async def end_all(self, reason: str = "gateway_shutdown") -> None:
-        """End every live call (the service is stopping)."""
+    async def drain(self, drain_s: float) -> None:
+        """Stop as a gateway with live calls should (SIGTERM): refuse new streams and answer ``/readyz`` 503 at
+        once, let the live calls run until they end or ``drain_s`` seconds passed, then end the rest with
+        ``drain_timeout`` (:meth:`end_all`)."""
+        self.accepting = False
+        if self.readiness is not None:
+            await self.readiness.evaluate()
+        deadline = time.monotonic() + drain_s
+        if self.calls:
+            log.info("draining: %d live call(s), at most %.0f s", len(self.calls), drain_s)
+        while (live := [b.ended.wait() for b in self.calls.values() if not b.ended.is_set()]) \
+                and time.monotonic() < deadline:
+            waits = [asyncio.ensure_future(w) for w in live]
+            await asyncio.wait(waits, timeout=deadline - time.monotonic())
+            for w in waits:
+                w.cancel()
+        await self.end_all()
+
+    async def end_all(self, reason: str = EndReason.DRAIN_TIMEOUT) -> None:
+        """End every live call with ``reason`` and close its socket with 1001 (going away); stop accepting."""
         self.accepting = False
         for bridge in list(self.calls.values()):
             await bridge.end(reason)
@@ -82,6 +107,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     readiness = Readiness([health.flag("accepting", lambda: gateway.accepting, "shutting down"),
                            health.nats_connection(gateway.bus.nc)])
+    gateway.readiness = readiness
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,7 +117,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             yield
         finally:
             await readiness.stop()
-            await gateway.end_all()
+            await gateway.end_all()  # normally none left: main drained them first
 
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_ops_routes(app, readiness)
@@ -182,7 +208,9 @@ def _console_base(ws: WebSocket, settings: Settings) -> str:
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Serve the gateway until the service stops (``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT``)."""
+    """Serve the gateway until the service stops (``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT``); on
+    SIGTERM it drains first (:meth:`Gateway.drain`, ``SWITCHBOARD_DRAIN_S``)."""
     gateway = Gateway(ctx.bus, ctx.settings)
     log.info("gateway listening on %s:%d", ctx.settings.host, ctx.settings.gateway_port)
-    await serve_http(ctx, create_app(gateway), ctx.settings.host, ctx.settings.gateway_port)
+    await serve_http(ctx, create_app(gateway), ctx.settings.host, ctx.settings.gateway_port,
+                     before_stop=lambda: gateway.drain(ctx.settings.drain_s))

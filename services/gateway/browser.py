@@ -45,6 +45,7 @@ from shared import subjects
 from shared.audio import PCM24K, Converter
 from shared.bus import Bus, Envelope
 from shared.carriers.twilio import MAX_MESSAGE_BYTES
+from shared.endreasons import EndReason
 
 __all__ = ["BrowserProtocolError", "BrowserSink", "BrowserStream"]
 
@@ -137,13 +138,13 @@ class BrowserStream:
                 await close_socket(self.ws, POLICY_VIOLATION, str(exc)[:120])
             except Exception as close_exc:
                 log.debug("close failed: %s", close_exc)
-        except RuntimeError:
+        except RuntimeError:  # receive after the bridge closed the socket (and ended the call)
             if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
+                await self.bridge.end(EndReason.LOST, error="socket closed under the reader")
         except Exception as exc:  # the bus failed under us: end this call only
             log.exception("browser stream failed")
             if self.bridge is not None:
-                await self.bridge.end("gateway_error", error=type(exc).__name__)
+                await self.bridge.end(EndReason.LOST, error=type(exc).__name__)
             with contextlib.suppress(Exception):
                 await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
         finally:

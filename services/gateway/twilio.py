@@ -4,7 +4,9 @@ Protocol: protocols.md §3 (https://www.twilio.com/docs/voice/media-streams/webs
 ``connected`` → ignored; ``start`` → a new call (:class:`~services.gateway.call.CallBridge`); ``media`` →
 ``call.<id>.audio.in``; ``dtmf`` → ``call.<id>.carrier.dtmf``; ``mark`` → ``call.<id>.carrier.mark``;
 ``stop`` → ``call.<id>.ended(reason="caller_hangup")``; the carrier closing the socket without ``stop`` ends
-the call the same way (``close_code`` in the payload). Outbound ``media`` + ``mark`` per chunk, ``clear``.
+the call by its close code (:func:`disconnect_reason`: 1000/1001/1005 the same way, 1006 and server-side codes
+``lost``; ``close_code`` in the payload); the gateway failing under the call (the bus) ends it ``lost``.
+Outbound ``media`` + ``mark`` per chunk, ``clear``.
 
 Bad input (malformed JSON, unknown event, invalid base64, media before start, a frame over 64 KiB, a second
 start, a binary frame) closes the socket with code 1008 and a reason, and ends the call (if one started)
@@ -32,9 +34,10 @@ from services.gateway.call import CallBridge, CallStart
 from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
+from shared.endreasons import EndReason
 
-__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S", "TwilioSink",
-           "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
+__all__ = ["HANGUP_CLOSE_CODES", "INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S",
+           "TwilioSink", "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
 
 log = logging.getLogger("services.gateway.twilio")
 
@@ -49,14 +52,22 @@ START_TIMEOUT_S = 10.0
 """Seconds a carrier socket may stay open without ``start`` before it is closed with 1008."""
 
 
-def disconnect_reason(message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+HANGUP_CLOSE_CODES = frozenset({1000, 1001, 1005})
+"""RFC 6455 §7.4.1 close codes of a peer that ended the connection on purpose (normal closure, going away, no
+status given): the caller hung up."""
+
+
+def disconnect_reason(message: Mapping[str, Any]) -> tuple[EndReason, dict[str, Any]]:
     """End reason and ``ended`` detail for an ASGI ``websocket.disconnect`` ``message`` (its ``code``):
-    ``protocol_error`` for :data:`PROTOCOL_CLOSE_CODES`, else ``caller_hangup``; the detail carries
-    ``close_code`` (and ``error`` for a protocol error)."""
+    ``protocol_error`` for :data:`PROTOCOL_CLOSE_CODES`, ``caller_hangup`` for :data:`HANGUP_CLOSE_CODES`,
+    else ``lost`` (1006: the connection broke without a close handshake; 1011/1012: a server went away); the
+    detail carries ``close_code`` (and ``error`` unless the caller hung up)."""
     code = message.get("code")
     if code in PROTOCOL_CLOSE_CODES:
-        return "protocol_error", {"close_code": code, "error": f"websocket closed with {code}"}
-    return "caller_hangup", {"close_code": code}
+        return EndReason.PROTOCOL_ERROR, {"close_code": code, "error": f"websocket closed with {code}"}
+    if code in HANGUP_CLOSE_CODES:
+        return EndReason.CALLER_HANGUP, {"close_code": code}
+    return EndReason.LOST, {"close_code": code, "error": f"websocket closed with {code}"}
 
 
 async def receive_before(ws: WebSocket, deadline: float | None) -> Mapping[str, Any]:
@@ -156,14 +167,14 @@ class TwilioStream:
                     break
         except tw.TwilioProtocolError as exc:
             await self._protocol_error(exc.reason)
-        except RuntimeError as exc:  # starlette: receive after the bridge closed the socket
+        except RuntimeError as exc:  # starlette: receive after the bridge closed the socket (and ended the call)
             log.debug("twilio socket closed: %s", exc)
             if self.bridge is not None:
-                await self.bridge.end("caller_hangup")
+                await self.bridge.end(EndReason.LOST, error="socket closed under the reader")
         except Exception as exc:  # the bus failed under us (e.g. NATS unreachable): end this call only
             log.exception("twilio stream failed")
             if self.bridge is not None:
-                await self.bridge.end("gateway_error", error=type(exc).__name__)
+                await self.bridge.end(EndReason.LOST, error=type(exc).__name__)
             with contextlib.suppress(Exception):
                 await close_socket(self.ws, INTERNAL_ERROR, "gateway error")
         finally:

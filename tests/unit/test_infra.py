@@ -30,7 +30,7 @@ K8S = INFRA / "k8s"
 ASYNCAPI = ROOT / "docs" / "events.asyncapi.yaml"
 SERVICES = ("gateway", "session", "tools", "recorder", "localmodel")
 HTTP_PORTS = {"gateway": "gateway_port", "recorder": "recorder_port", "localmodel": "localmodel_port"}
-PENDING_SETTINGS = {"SWITCHBOARD_DRAIN_S"}
+PENDING_SETTINGS: set[str] = set()
 """Settings of design.md's round-2 contract that the manifests already set and whose code comes with issues 22
 (drain) and 23 (NATS authentication and TLS)."""
 WORKLOADS = ("Deployment", "StatefulSet")
