@@ -23,7 +23,8 @@ log = logging.getLogger("services.tools")
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Migrate, seed, register the endpoints and serve until ``ctx.stopping``."""
+    """Migrate, seed, register the endpoints and serve until ``ctx.stopping``; then drain
+    (:meth:`ToolWorker.drain`: no new requests, the ones in flight answered) before the database closes."""
     settings = ToolsSettings()
     tools = load_tools(settings.modules)
     database = Database(ctx.settings.effective_database_url)
@@ -35,6 +36,7 @@ async def main(ctx: ServiceContext) -> None:
     worker = ToolWorker(tools, database=database, settings=settings)
     await worker.register(ctx.bus, ctx.micro, replicas=ctx.settings.js_replicas)
     await ctx.stopping.wait()
+    await worker.drain(ctx.bus, ctx.micro)
 
 
 async def seed_command() -> int:

@@ -6,6 +6,7 @@ never as a ``repr`` of an exception.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,16 @@ log = logging.getLogger("shared.bus")
 
 
 class MicroMixin:
-    """nats.micro registration; mixed into :class:`~shared.bus.Bus`."""
+    """nats.micro registration; mixed into :class:`~shared.bus.Bus`.
+
+    Each request's handler runs in its own task, shielded from the endpoint's subscription: stopping the
+    nats.micro service (``service.stop()`` unsubscribes, which cancels nats-py's message loop) takes no new
+    requests but lets the ones in flight finish and reply; :meth:`requests_done` waits for them (a draining
+    worker, design.md "Tools").
+    """
 
     nc: NATS
+    _requests_in_flight: set[asyncio.Task[None]]
 
     if TYPE_CHECKING:
         def _headers(self, call_id: str | None, extra: Mapping[str, str] | None) -> dict[str, str]: ...
@@ -75,6 +83,13 @@ class MicroMixin:
         from nats.micro.request import Request
 
         async def micro_handler(request: Request) -> None:
+            task = asyncio.ensure_future(serve(request))
+            in_flight = self._in_flight()
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            await asyncio.shield(task)
+
+        async def serve(request: Request) -> None:
             env = Envelope.from_parts(request.subject, request.data, request.headers, self._as_bus())
 
             async def run(e: Envelope) -> None:
@@ -109,3 +124,25 @@ class MicroMixin:
 
         assert isinstance(self, Bus)
         return self
+
+    def _in_flight(self) -> set[asyncio.Task[None]]:
+        try:
+            return self._requests_in_flight
+        except AttributeError:
+            self._requests_in_flight = set()
+            return self._requests_in_flight
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Endpoint requests being handled now (their replies not yet sent)."""
+        return len(self._in_flight())
+
+    async def requests_done(self, timeout: float) -> bool:
+        """Wait until no endpoint request is in flight, at most ``timeout`` s; True when none is left.
+
+        Stop the nats.micro service first (no new requests), then call this before closing the connection.
+        """
+        pending = set(self._in_flight())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return not any(not t.done() for t in pending)
