@@ -128,7 +128,8 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "tools": _service("tools", _kv_write(TOOLS_BUCKET), ["tools.>"]),
     "recorder": _service(
         "recorder",
-        ["audit.>", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM)],
+        ["audit.>", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM),
+         *_kv_write(subjects.RECORDER_LEASE_BUCKET)],
         ["rt.>", "call.*.started", "call.*.ended", "call.*.carrier.>", "call.*.command.>", "call.*.session.>",
          subjects.OTEL_SPANS],
     ),

@@ -25,6 +25,7 @@ __all__ = [
     "CALLS_STREAM",
     "CALL_ID_PREFIX",
     "OTEL_SPANS",
+    "RECORDER_LEASE_BUCKET",
     "RT_STREAM",
     "STREAMS",
     "TRACES_STREAM",
@@ -272,6 +273,10 @@ TRACES_STREAM = StreamSpec("TRACES", (OTEL_SPANS,), short_lived=True)
 STREAMS: tuple[StreamSpec, ...] = (CALLS_STREAM, RT_STREAM, TRACES_STREAM)
 AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
 """Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
+
+
+RECORDER_LEASE_BUCKET = "switchboard_recorder_lease"
+"""KV bucket of the recorder's single-writer lease (key ``writer``; ``services/recorder/lease.py``)."""
 
 
 def audit_checkpoint(call_id: str) -> str:
