@@ -113,7 +113,9 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "operator": None,
     "gateway": _service(
         "gateway",
-        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended", *_kv_write(BROWSER_TOKENS_BUCKET)],
+        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended", *_kv_write(BROWSER_TOKENS_BUCKET),
+         # /twilio/voice?resume=<id>: has the call started / ended (last message by subject; services/gateway/app.py)
+         "$JS.API.STREAM.MSG.GET.CALLS"],
         ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated",
          # the browser call's live transcript (services/gateway/browser.py)
          "rt.*.server.conversation.item.input_audio_transcription.completed",

@@ -40,9 +40,11 @@ __all__ = [
     "call_audio_in_all",
     "call_ended",
     "call_started",
+    "carrier_detached",
     "carrier_dtmf",
     "carrier_error",
     "carrier_mark",
+    "carrier_resumed",
     "command",
     "new_call_id",
     "parse",
@@ -127,6 +129,18 @@ def call_audio_in(call_id: str) -> str:
 def carrier_mark(call_id: str) -> str:
     """``call.<id>.carrier.mark`` — a playback mark echoed by the carrier."""
     return f"call.{validate_call_id(call_id)}.carrier.mark"
+
+
+def carrier_detached(call_id: str) -> str:
+    """``call.<id>.carrier.detached`` — a stopping gateway closed the call's carrier stream with a resume marker
+    (Twilio follows the TwiML ``<Redirect>`` to another gateway); payload ``reason``, ``stream_id``."""
+    return f"call.{validate_call_id(call_id)}.carrier.detached"
+
+
+def carrier_resumed(call_id: str) -> str:
+    """``call.<id>.carrier.resumed`` — a gateway reconnected the call's carrier stream under the same call id
+    (instead of a second ``started``); payload ``stream_id``, ``carrier_call_id``, ``gap_ms``."""
+    return f"call.{validate_call_id(call_id)}.carrier.resumed"
 
 
 def carrier_dtmf(call_id: str) -> str:

@@ -1,6 +1,7 @@
 """The gateway's FastAPI application and ``main`` (``python -m services.gateway``).
 
-Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
+Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>`` + ``<Redirect>`` to ``/twilio/voice?resume=<call id>``,
+which reconnects the call, or ``<Hangup/>``/``<Dial>`` once it ended), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
 ``/metrics``. Ready (``shared.health``): still accepting calls, and the NATS connection answers a PING.
 SIGTERM: :meth:`Gateway.drain` (``/readyz`` 503 at once, no new streams, live calls run up to
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -33,8 +35,9 @@ from services.gateway.security import (
     public_url_for,
 )
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
-from shared import health
+from shared import health, subjects
 from shared.bus import Bus
+from shared.carriers import twilio as tw
 from shared.config import Settings
 from shared.endreasons import EndReason
 from shared.health import Readiness
@@ -77,8 +80,9 @@ class Gateway:
 
     async def drain(self, drain_s: float) -> None:
         """Stop as a gateway with live calls should (SIGTERM): refuse new streams and answer ``/readyz`` 503 at
-        once, let the live calls run until they end or ``drain_s`` seconds passed, then end the rest with
-        ``drain_timeout`` (:meth:`end_all`)."""
+        once, let the live calls run until they end or ``drain_s`` seconds passed; then hand each Twilio call
+        that can reconnect to another gateway (:meth:`CallBridge.detach`: closed with the resume marker, Twilio
+        follows the TwiML ``<Redirect>``) and end the rest with ``drain_timeout`` (:meth:`end_all`)."""
         self.accepting = False
         if self.readiness is not None:
             await self.readiness.evaluate()
@@ -91,6 +95,9 @@ class Gateway:
             await asyncio.wait(waits, timeout=deadline - time.monotonic())
             for w in waits:
                 w.cancel()
+        for bridge in list(self.calls.values()):
+            if bridge.resumable:  # Twilio reconnects it through another gateway (TwiML <Redirect>)
+                await bridge.detach("gateway_drain")
         await self.end_all()
 
     async def end_all(self, reason: str = EndReason.DRAIN_TIMEOUT) -> None:
@@ -133,7 +140,25 @@ def create_app(gateway: Gateway) -> FastAPI:
             return Response("invalid signature", status_code=403)
         scheme = "wss" if request.url.scheme == "https" else "ws"
         stream_url = public_url_for(settings.public_url, scheme, request.url.netloc, "/twilio/media")
-        return Response(twiml_response(stream_url, form, gateway.default_agent), media_type="application/xml")
+        resume = request.query_params.get("resume")
+        if resume is not None:
+            try:
+                subjects.validate_call_id(resume)
+            except subjects.InvalidSubjectTokenError:
+                return Response("invalid resume call id", status_code=400)
+            ended = await gateway.bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(resume))
+            if ended is not None:  # the call ended here or elsewhere: Twilio hangs up (or dials the transfer)
+                body = ended.json() if ended.data else {}
+                to = body.get("transfer_to") if body.get("reason") == EndReason.TRANSFER else None
+                return Response(tw.build_end_twiml(str(to) if to else None), media_type="application/xml")
+            if await gateway.bus.last_message(subjects.CALLS_STREAM, subjects.call_started(resume)) is None:
+                log.warning("resume of unknown call %s: hanging up", resume)
+                return Response(tw.build_end_twiml(), media_type="application/xml")
+        call_id = resume or subjects.new_call_id()
+        redirect = public_url_for(settings.public_url, request.url.scheme, request.url.netloc, "/twilio/voice",
+                                  urlencode({"resume": call_id}))
+        return Response(twiml_response(stream_url, form, gateway.default_agent, call_id=call_id, redirect=redirect,
+                                       resume=resume is not None), media_type="application/xml")
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,11 +46,41 @@ from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
 from shared.telemetry import get_tracer
 
-__all__ = ["CallBridge", "CallStart", "CarrierSink"]
+__all__ = ["CallBridge", "CallStart", "CarrierSink", "resume_seq"]
 
 log = logging.getLogger("services.gateway.call")
 
 _CLOSE_NORMAL = 1000
+
+
+_GATEWAY_EVENTS = (subjects.carrier_detached, subjects.carrier_resumed, subjects.carrier_mark, subjects.carrier_dtmf,
+                   subjects.call_started)
+"""The logged (CALLS) subjects a gateway publishes during a call, to find its last ``Switchboard-Seq``."""
+_MIN_AUDIO_MS = 20
+"""The shortest caller audio per ``call.<id>.audio.in`` message (ms; ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS`` ≥ 20)."""
+
+
+async def resume_seq(bus: Bus, call_id: str) -> float | None:
+    """Continue this gateway's ``Switchboard-Seq`` for ``call_id`` after the previous gateway's, so the session's
+    duplicate filter and JetStream's ``Nats-Msg-Id`` de-duplication never take the new stream's messages for
+    repeats. Returns the gap since that gateway's last logged message (ms), None when nothing was logged.
+
+    The last seq is the highest among the gateway's logged messages for the call (``_GATEWAY_EVENTS``). When the
+    previous gateway detached cleanly, ``carrier.detached`` was its last message and that seq is exact; otherwise
+    (it crashed) it may have published core-NATS audio after its last logged message — at most one message per
+    ``_MIN_AUDIO_MS`` of the time since — so the seq continues after that many more.
+    """
+    last, last_ts, exact = 0, None, False
+    for subject in _GATEWAY_EVENTS:
+        env = await bus.last_message(subjects.CALLS_STREAM, subject(call_id))
+        if env is None or env.source != bus.source or env.seq is None or env.seq <= last:
+            continue
+        last, last_ts, exact = env.seq, env.ts_ns, subject is subjects.carrier_detached
+    gap_ms = (time.time_ns() - last_ts) / 1e6 if last_ts is not None else None
+    if not exact and gap_ms is not None:
+        last += math.ceil(max(0.0, gap_ms) / _MIN_AUDIO_MS) + 1
+    bus.resume_seq(call_id, last)
+    return round(gap_ms, 1) if gap_ms is not None else None
 
 
 class CarrierSink(Protocol):
@@ -93,12 +124,18 @@ class CallBridge:
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
-                 audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0) -> None:
+                 audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
+                 call_id: str | None = None, resumed: bool = False) -> None:
         parse_format(start.audio_format)
         self.bus = bus
         self.sink = sink
         self.start = start
-        self.call_id = subjects.new_call_id()
+        self.call_id = subjects.validate_call_id(call_id) if call_id else subjects.new_call_id()
+        self.resumed = resumed
+        """The carrier reconnected a call already running (another gateway's stream closed with a resume
+        marker): :meth:`open` publishes ``call.<id>.carrier.resumed`` instead of ``started``."""
+        if resumed:
+            session_hold_s = 0.0  # the session already listens
         self.queue = OutboundQueue(max_outbound_chunks)
         self.marks = MarkBook()
         self.ended = asyncio.Event()
@@ -153,6 +190,15 @@ class CallBridge:
         if self.idle_s is not None:
             self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
         s = self.start
+        if self.resumed:
+            gap_ms = await resume_seq(self.bus, cid)
+            await self.bus.publish_event(subjects.carrier_resumed(cid), {
+                "carrier": s.carrier, "carrier_call_id": s.carrier_call_id, "stream_id": s.stream_id,
+                "gap_ms": gap_ms}, call_id=cid)
+            metrics.ACTIVE_CALLS.add(1, {"switchboard.carrier": s.carrier})
+            self._counted = True
+            log.info("call %s resumed (%s %s)", cid, s.carrier, s.carrier_call_id)
+            return
         version = s.agent_version or rollout.choose(get_settings().agent.parent, s.agent, s.from_ or cid).version
         await self.bus.publish_event(subjects.call_started(cid), {
             "call_id": cid, "carrier": s.carrier, "agent": s.agent, "agent_version": version,
@@ -164,6 +210,12 @@ class CallBridge:
         self._counted = True
         log.info("call %s started (%s %s)", cid, s.carrier, s.carrier_call_id)
 
+    @property
+    def resumable(self) -> bool:
+        """True when the carrier will reconnect this call elsewhere if its stream closes: a Twilio stream
+        opened by our TwiML, which carries the call id and a ``<Redirect>`` (``services.gateway.twilio``)."""
+        return self.start.carrier == "twilio" and self.start.custom_parameters.get("call_id") == self.call_id
+
     async def end(self, reason: str, **detail: Any) -> None:
         """Publish ``call.<id>.ended`` once (later calls do nothing), unsubscribe and stop the writer.
 
@@ -171,8 +223,38 @@ class CallBridge:
         """
         if self.ended.is_set():
             return
-        self.ended.set()
         self.end_reason = reason
+        await self._finish(subjects.call_ended(self.call_id), {
+            "reason": reason,
+            "duration_ms": round((time.monotonic() - self._started_mono) * 1000.0, 1),
+            "audio_in_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
+            "audio_out_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
+            "outbound_dropped": self.queue.dropped,
+            "carrier": self.start.carrier,
+            "carrier_call_id": self.start.carrier_call_id,
+            "stream_id": self.start.stream_id,
+            **detail,
+        })
+        log.info("call %s ended: %s", self.call_id, reason)
+
+    async def detach(self, reason: str) -> None:
+        """Leave the call running without this gateway (it is stopping): publish ``call.<id>.carrier.detached``
+        (``reason``, ``stream_id``) instead of ``ended``, then close the carrier socket with 1000 and reason
+        ``resume`` — the resume marker; Twilio then requests the TwiML ``<Redirect>`` and reconnects the same call
+        id through another gateway. Only for :attr:`resumable` calls; does nothing once the call ended here."""
+        if self.ended.is_set():
+            return
+        self.end_reason = "detached"
+        await self._finish(subjects.carrier_detached(self.call_id),
+                           {"reason": reason, "stream_id": self.start.stream_id})
+        with contextlib.suppress(Exception):
+            await self.sink.close(_CLOSE_NORMAL, "resume")
+        log.info("call %s detached (%s): the carrier reconnects elsewhere", self.call_id, reason)
+
+    async def _finish(self, subject: str, payload: dict[str, Any]) -> None:
+        """Stop this bridge: the caller's last audio, unsubscribe, stop the tasks, publish ``payload`` on
+        ``subject`` (the last message of this gateway for the call), close the span."""
+        self.ended.set()
         try:  # the caller's last words go out before ended
             await self._release_held()
             held = self._audio.take()
@@ -188,30 +270,19 @@ class CallBridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        payload = {
-            "reason": reason,
-            "duration_ms": round((time.monotonic() - self._started_mono) * 1000.0, 1),
-            "audio_in_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
-            "audio_out_ms": round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
-            "outbound_dropped": self.queue.dropped,
-            "carrier": self.start.carrier,
-            "carrier_call_id": self.start.carrier_call_id,
-            "stream_id": self.start.stream_id,
-            **detail,
-        }
         try:
-            await self.bus.publish_event(subjects.call_ended(self.call_id), payload, call_id=self.call_id)
+            await self.bus.publish_event(subject, payload, call_id=self.call_id)
         except Exception:
-            log.exception("call %s: could not publish ended", self.call_id)
+            log.exception("call %s: could not publish %s", self.call_id, subject)
         if self._counted:
             metrics.ACTIVE_CALLS.add(-1, {"switchboard.carrier": self.start.carrier})
+        reason = str(self.end_reason)
         if self._span is not None:
             self._span.set_attribute("switchboard.end_reason", reason)
             if reason == "protocol_error":
-                self._span.set_status(Status(StatusCode.ERROR, str(detail.get("error", reason))))
+                self._span.set_status(Status(StatusCode.ERROR, str(payload.get("error", reason))))
             self._span.end()
         self.bus.forget_call(self.call_id)
-        log.info("call %s ended: %s", self.call_id, reason)
 
     # --- carrier → bus -----------------------------------------------------------------------------------
 
@@ -260,8 +331,7 @@ class CallBridge:
             elif now - quiet_since >= idle_s:
                 log.warning("call %s: no media from the carrier for %.1f s; ending", self.call_id, now - quiet_since)
                 await self.end("carrier_silent", idle_s=idle_s)
-                with contextlib.suppress(Exception):
-                    await self.sink.close(_CLOSE_NORMAL, "carrier_silent")
+                await self.close_after_logged(_CLOSE_NORMAL, "carrier_silent")
                 return
 
     async def _publish_audio(self, audio: bytes) -> None:
@@ -385,8 +455,21 @@ class CallBridge:
 
     async def _close(self, item: Control) -> None:
         await self.end(item.reason, **(item.detail or {}))
+        await self.close_after_logged(_CLOSE_NORMAL, item.reason)
+
+    async def close_after_logged(self, code: int, reason: str, *, timeout: float = 2.0) -> None:
+        """Close the carrier socket once ``call.<id>.ended`` is stored (at most ``timeout`` s): for a
+        :attr:`resumable` call the carrier requests ``/twilio/voice?resume=<id>`` as soon as the socket closes,
+        and that answer (hang up, not reconnect) reads the stored ``ended``. Once per call, never per frame."""
+        if self.resumable:
+            subject = subjects.call_ended(self.call_id)
+            with contextlib.suppress(Exception):
+                for _ in range(max(1, int(timeout / 0.02))):
+                    if await self.bus.last_message(subjects.CALLS_STREAM, subject) is not None:
+                        break
+                    await asyncio.sleep(0.02)
         with contextlib.suppress(Exception):
-            await self.sink.close(_CLOSE_NORMAL, item.reason)
+            await self.sink.close(code, reason)
 
     def detach_context(self) -> None:
         """Detach the call's trace context from the task that called :meth:`open` (at the end of the call)."""

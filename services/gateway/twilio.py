@@ -31,6 +31,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.gateway.call import CallBridge, CallStart
+from shared import subjects
 from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
@@ -88,18 +89,26 @@ async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code, reason)
 
 
-def twiml_response(stream_url: str, form: Mapping[str, str], agent: str) -> str:
+def twiml_response(stream_url: str, form: Mapping[str, str], agent: str, *, call_id: str | None = None,
+                   redirect: str | None = None, resume: bool = False) -> str:
     """TwiML connecting the call to ``stream_url`` with ``agent`` and the caller's numbers as parameters.
 
     ``form`` is Twilio's voice webhook form (``From``, ``To``, ``CallSid``, …); ``From``/``To`` travel as
-    ``<Parameter name="caller">`` / ``"called"`` (the start message has no numbers of its own).
+    ``<Parameter name="caller">`` / ``"called"`` (the start message has no numbers of its own). ``call_id`` (our
+    call id, chosen here so the redirect can name it) travels as ``<Parameter name="call_id">``, ``resume`` as
+    ``"resume"="1"`` (reconnect that call instead of starting one); ``redirect`` is the ``<Redirect>`` URL Twilio
+    requests when the stream ends (:func:`shared.carriers.twilio.build_twiml`).
     """
     params = {"agent": agent}
     if form.get("From"):
         params["caller"] = form["From"]
     if form.get("To"):
         params["called"] = form["To"]
-    return tw.build_twiml(stream_url, params, name="switchboard")
+    if call_id:
+        params["call_id"] = call_id
+    if resume:
+        params["resume"] = "1"
+    return tw.build_twiml(stream_url, params, name="switchboard", redirect=redirect)
 
 
 class TwilioSink:
@@ -232,6 +241,17 @@ class TwilioStream:
         if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000 or fmt.channels != 1:
             raise tw.TwilioProtocolError(f"unsupported media format {fmt.encoding}/{fmt.sample_rate}")
         params = dict(msg.start.custom_parameters)
+        call_id = params.get("call_id") or None
+        resumed = params.get("resume") == "1"
+        if call_id is not None:
+            try:
+                subjects.validate_call_id(call_id)
+            except subjects.InvalidSubjectTokenError:
+                raise tw.TwilioProtocolError("invalid call_id parameter") from None
+            if call_id in self.calls:
+                raise tw.TwilioProtocolError("call_id is already live on this gateway")
+        elif resumed:
+            raise tw.TwilioProtocolError("resume without call_id")
         start = CallStart(
             carrier="twilio", audio_format=PCMU, agent=str(params.get("agent") or self.default_agent),
             from_=params.get("caller") or params.get("from"), to=params.get("called") or params.get("to"),
@@ -240,7 +260,7 @@ class TwilioStream:
         )
         bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
                             max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms,
-                            idle_s=self.idle_s)
+                            idle_s=self.idle_s, call_id=call_id, resumed=resumed)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()

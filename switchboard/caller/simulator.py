@@ -11,7 +11,16 @@
    marks at once; both directions go to a stereo WAV on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
    :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
-4. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
+4. when the gateway closes the stream and the TwiML had a ``<Redirect>``, requests it as Twilio does
+   (https://www.twilio.com/docs/voice/twiml/connect: without an ``action``, Twilio moves on to the next verb when
+   ``<Connect>`` ends): a ``<Connect><Stream>`` answer reconnects — a new WebSocket and ``start`` with the new
+   parameters, the same ``CallSid`` — and anything else ends the call; caller frames due while no stream is
+   open are lost, as on a real phone line;
+5. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
+
+``gateway_url`` may list several gateways, comma-separated: the simulator then plays the load balancer in front
+of them too, sending each request (webhook, redirect, stream) to the first listed gateway whose ``/readyz``
+answers 200 — so a redirect away from a draining gateway lands on another one.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
 from shared.tts import synthesize_format_async
-from switchboard.caller.client import TwilioCallerSocket, fetch_twiml
+from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
 from switchboard.caller.follower import CallFollower
 from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from switchboard.caller.recording import StereoRecorder
@@ -75,7 +84,16 @@ class CallerSimulator:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.scenario = scenario
-        self.gateway_url = gateway_url.rstrip("/")
+        self.gateway_urls = [u.strip().rstrip("/") for u in gateway_url.split(",") if u.strip()]
+        if not self.gateway_urls:
+            raise ValueError("no gateway URL")
+        self.gateway_url = self.gateway_urls[0]
+        self.redirect: str | None = None
+        """The current TwiML's ``<Redirect>`` URL (requested when the gateway closes the stream)."""
+        self.reconnects = 0
+        """Streams reopened by following a ``<Redirect>``."""
+        self._call_sid = "CA" + secrets.token_hex(16)
+        self._hung_up = False
         self.bus = bus
         self.speed = speed
         self.wav = Path(wav) if wav else None
@@ -128,21 +146,69 @@ class CallerSimulator:
 
     async def _connect(self) -> None:
         caller = self.scenario.caller
-        call_sid = "CA" + secrets.token_hex(16)
         if self.twiml:
-            url, params = await fetch_twiml(self.gateway_url, from_=caller.from_, to=caller.to, call_sid=call_sid)
+            document = await post_twiml(await self._route(self.gateway_url + "/twilio/voice"),
+                                        {**self._form(), "CallStatus": "ringing"})
+            url, params = tw.parse_twiml(document)
+            self.redirect = tw.parse_redirect(document)
         else:
             scheme, rest = self.gateway_url.split("://", 1)
             url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
             params = {"caller": caller.from_, "called": caller.to}
+        await self._open_stream(url, params)
+        self._spawn(self._clock())
+        self._spawn(self._reader())
+
+    def _form(self) -> dict[str, str]:
+        caller = self.scenario.caller
+        return voice_form(from_=caller.from_, to=caller.to, call_sid=self._call_sid)
+
+    async def _open_stream(self, url: str, params: dict[str, str]) -> None:
+        caller = self.scenario.caller
         params = {**params, "run_id": self.run_id}
         params.setdefault("caller", caller.from_)
         params.setdefault("called", caller.to)
-        self.socket = await TwilioCallerSocket.connect(url, headers=self.headers)
-        self.socket.call_sid = call_sid
-        await self.socket.start(params)
-        self._spawn(self._clock())
-        self._spawn(self._reader())
+        socket = await TwilioCallerSocket.connect(await self._route(url), headers=self.headers)
+        socket.call_sid = self._call_sid
+        await socket.start(params)
+        self.socket = socket
+
+    async def _route(self, url: str) -> str:
+        """``url`` with its gateway replaced by the first listed gateway that is ready (the load balancer's
+        job; unchanged with one gateway or when the URL names none of them)."""
+        if len(self.gateway_urls) < 2:
+            return url
+        bases = {u: u.replace("http", "ws", 1) for u in self.gateway_urls}
+        for http_base, ws_base in bases.items():
+            for base in (http_base, ws_base):
+                if url.startswith(base + "/"):
+                    path = url[len(base):]
+                    async with httpx.AsyncClient(timeout=2.0) as client:
+                        for candidate in self.gateway_urls:
+                            with contextlib.suppress(httpx.HTTPError):
+                                if (await client.get(candidate + "/readyz")).status_code == 200:
+                                    target = candidate if base == http_base else bases[candidate]
+                                    return target + path
+                    return url
+        return url
+
+    async def _follow_redirect(self) -> bool:
+        """The stream closed: request the ``<Redirect>`` as Twilio does; True when it reconnected the call."""
+        if self.redirect is None or self._hung_up:
+            return False
+        try:
+            document = await post_twiml(await self._route(self.redirect), self._form())
+            url, params = tw.parse_twiml(document)
+        except (httpx.HTTPError, ValueError) as exc:  # <Hangup/>, <Dial>, or no answer: the call is over
+            log.info("redirect ends the call: %s", exc)
+            return False
+        self.redirect = tw.parse_redirect(document)
+        for name in self.playback.clear():  # what the old stream had not played is gone with it
+            log.debug("dropped mark %s with the old stream", name)
+        await self._open_stream(url, params)
+        self.reconnects += 1
+        self.out("  (stream reconnected through <Redirect>)")
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -175,8 +241,10 @@ class CallerSimulator:
                 for name in tick.marks:
                     await self.socket.mark(name)
             except ConnectionClosed:
-                self.closed.set()
-                return
+                if self.redirect is None or self._hung_up:
+                    self.closed.set()
+                    return
+                # the reader follows the <Redirect>; frames due meanwhile are lost, as on a phone line
             next_at += period
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -185,25 +253,36 @@ class CallerSimulator:
                 next_at = time.monotonic()
 
     async def _reader(self) -> None:
-        """Handle ``media`` (buffer for playback), ``mark`` (echo when played) and ``clear``."""
+        """Handle ``media`` (buffer for playback), ``mark`` (echo when played) and ``clear``; follow the TwiML
+        ``<Redirect>`` when the gateway closes the stream."""
         assert self.socket is not None
         try:
             while True:
-                message = await self.socket.receive()
-                if isinstance(message, tw.OutboundMedia):
-                    self.playback.add_audio(tw.decode_payload(message.media.payload))
-                elif isinstance(message, tw.Mark):
-                    for name in self.playback.add_mark(message.mark.name):
-                        await self.socket.mark(name)
-                else:
-                    for name in self.playback.clear():
-                        await self.socket.mark(name)
-        except ConnectionClosed:
-            pass
+                with contextlib.suppress(ConnectionClosed):
+                    await self._read_stream(self.socket)
+                try:
+                    if await self._follow_redirect():
+                        continue
+                except (OSError, WebSocketException) as exc:
+                    log.warning("could not reconnect the stream: %s", exc)
+                return
         except tw.TwilioProtocolError as exc:
             log.error("gateway sent an invalid message: %s", exc)
         finally:
             self.closed.set()
+
+    async def _read_stream(self, socket: TwilioCallerSocket) -> None:
+        """Read one stream until the gateway closes it (``ConnectionClosed``)."""
+        while True:
+            message = await socket.receive()
+            if isinstance(message, tw.OutboundMedia):
+                self.playback.add_audio(tw.decode_payload(message.media.payload))
+            elif isinstance(message, tw.Mark):
+                for name in self.playback.add_mark(message.mark.name):
+                    await socket.mark(name)
+            else:
+                for name in self.playback.clear():
+                    await socket.mark(name)
 
     # --- turns -----------------------------------------------------------------------------------------------
 
@@ -281,6 +360,7 @@ class CallerSimulator:
         await self._wait(lambda: not self.speech, "the caller's line could not be sent")
 
     async def _hang_up(self) -> None:
+        self._hung_up = True
         if self.socket is not None and not self.closed.is_set():
             with contextlib.suppress(ConnectionClosed):
                 await self.socket.stop()
