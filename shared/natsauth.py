@@ -124,8 +124,11 @@ PERMISSIONS: dict[str, Permissions | None] = {
     ),
     "session": _service(
         "session",
-        ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}")],
-        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended"],
+        ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}"),
+         *_kv_write(subjects.CALL_OWNERS_BUCKET)],
+        ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended",
+         # handover between instances (services/session/service.py)
+         "call.*.session.handover", "call.*.session.model_connected"],
     ),
     "tools": _service("tools", _kv_write(TOOLS_BUCKET), ["tools.>"]),
     "recorder": _service(

@@ -24,6 +24,7 @@ __all__ = [
     "AUDIT_STREAM",
     "CALLS_STREAM",
     "CALL_ID_PREFIX",
+    "CALL_OWNERS_BUCKET",
     "OTEL_SPANS",
     "RECORDER_LEASE_BUCKET",
     "RT_STREAM",
@@ -34,6 +35,7 @@ __all__ = [
     "StreamSpec",
     "all_call_events",
     "all_calls_started",
+    "all_session_handovers",
     "audit_checkpoint",
     "call_all",
     "call_audio_in",
@@ -56,6 +58,7 @@ __all__ = [
     "rt_wildcard",
     "session_event",
     "session_events",
+    "session_handover",
     "tool",
     "tool_wildcard",
     "validate_call_id",
@@ -289,6 +292,9 @@ AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
 """Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
 
 
+CALL_OWNERS_BUCKET = "switchboard_call_owners"
+"""KV bucket of live-call ownership (key = call id; value owner instance, epoch, since;
+``services/session/ownership.py``)."""
 RECORDER_LEASE_BUCKET = "switchboard_recorder_lease"
 """KV bucket of the recorder's single-writer lease (key ``writer``; ``services/recorder/lease.py``)."""
 
@@ -299,6 +305,17 @@ def audit_checkpoint(call_id: str) -> str:
 
 
 # --- added for the session service ----------------------------------------------------------------------
+
+
+def session_handover(call_id: str) -> str:
+    """``call.<id>.session.handover`` — the owner session instance is stopping and asks a peer to take the call
+    over (payload ``call_id, owner, epoch``)."""
+    return f"call.{validate_call_id(call_id)}.session.handover"
+
+
+def all_session_handovers() -> str:
+    """``call.*.session.handover`` — handover requests of every call (what session instances listen to)."""
+    return "call.*.session.handover"
 
 
 def session_events(call_id: str) -> str:

@@ -166,6 +166,8 @@ class CallBridge:
         self._release_lock = asyncio.Lock()
         self._hold_timer: asyncio.Task[None] | None = None
         self._mark_subject = subjects.carrier_mark(self.call_id)
+        self._epoch = 0
+        """The highest owner epoch seen on the call's commands and audio."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -370,7 +372,10 @@ class CallBridge:
     async def _on_delta(self, env: Envelope) -> None:
         """Queue one ``response.output_audio.delta`` (base64 ``delta``, ``item_id``) for the carrier.
 
-        12–50 a second per call; its fields are strings and small integers, so :meth:`Envelope.json_fast`."""
+        12–50 a second per call; its fields are strings and small integers, so :meth:`Envelope.json_fast`.
+        Audio of a stale owner epoch (below the highest seen for the call) is dropped (:meth:`_current`)."""
+        if not self._current(env):
+            return
         try:
             event = env.json_fast()
             audio = base64.b64decode(event["delta"], validate=True)
@@ -389,7 +394,23 @@ class CallBridge:
         if not self.queue.put_audio(AudioChunk(audio, item_id, cumulative)):
             metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
 
+    def _current(self, env: Envelope) -> bool:
+        """False for a message of a stale owner epoch (``Switchboard-Epoch`` below the highest seen for this
+        call: a session instance that lost the call, ``services/session/ownership.py``). One header read; the
+        first message of a higher epoch switches the call to it."""
+        epoch = env.headers.get(Headers.EPOCH)
+        if epoch is None:
+            return True
+        value = int(epoch) if epoch.isdigit() else 0
+        if value < self._epoch:
+            return False
+        self._epoch = value
+        return True
+
     async def _on_command(self, env: Envelope) -> None:
+        if not self._current(env):
+            log.warning("call %s: ignoring a command of a stale owner epoch", self.call_id)
+            return
         verb = subjects.parse(env.subject).rest.removeprefix("command.")
         try:
             body = env.json() if env.data else {}

@@ -12,13 +12,14 @@ from .service import SessionService
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Take calls until the service is asked to stop, then end the calls in progress."""
+    """Take calls until the service is asked to stop, then hand the calls in progress over to peers (those no
+    peer takes are served to their end, at most ``SWITCHBOARD_DRAIN_S``)."""
     service = SessionService(ctx.bus, ctx.settings)
     await service.start()
     try:
         await ctx.stopping.wait()
     finally:
-        await service.stop()
+        await service.stop(drain_s=ctx.settings.drain_s)
 
 
 if __name__ == "__main__":

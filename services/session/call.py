@@ -53,17 +53,26 @@ from .summary import CallStats
 from .telemetry import SessionHooks
 from .tools import Outcome, ToolDispatcher, model_output
 
-__all__ = ["Call", "CallInfo", "CallOptions", "ModelEndpoint"]  # the last three re-exported from .options
+__all__ = ["RECOVERY_LINE", "Call", "CallInfo", "CallOptions", "ModelEndpoint"]  # the last three from .options
 
 log = logging.getLogger(__name__)
+
+RECOVERY_LINE = "Sorry, I lost my train of thought for a moment. Where were we?"
+"""What the agent says after taking over a call whose owner crashed mid-response (once)."""
 
 
 class Call:
     """The session of one call (see the module docstring)."""
 
     def __init__(self, bus: Bus, spec: AgentSpec, info: CallInfo, endpoint: ModelEndpoint,
-                 options: CallOptions | None = None) -> None:
+                 options: CallOptions | None = None, *, takeover: str | None = None) -> None:
         self.bus = bus
+        self.takeover = takeover
+        """Set when this instance took the call over from another (``"handover"``: the owner asked;
+        ``"lapse"``: the owner stopped renewing): the first model session rebuilds the conversation from the log
+        instead of greeting, and after a lapse says one short recovery line if a response was cut off."""
+        self.handed_over = False
+        """Set when another instance now serves the call: this one stops without a summary."""
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -127,6 +136,12 @@ class Call:
         self.ended_reason = self.ended_reason or reason
         self.ended.set()
 
+    async def hand_off(self) -> None:
+        """Stop serving because another instance took the call over: close the model session, publish nothing
+        more for the call (no summary: the call goes on)."""
+        self.handed_over = True
+        await self.end("handover")
+
     async def _ended_before_pickup(self) -> None:
         """``call.<id>.ended`` published before :meth:`run` subscribed: the CALLS stream holds it."""
         env = await self.bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(self.call_id))
@@ -149,6 +164,9 @@ class Call:
         await self.control.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if self.handed_over:
+            self.hooks.call_ended()
+            return
         summary = self.stats.summary(tool_calls=self.tools.calls, first_audio_ms=self.hooks.first_audio_ms,
                                      events=self.log.counts, flow_state=self.flow.state,
                                      ended_reason=self.ended_reason)
@@ -191,6 +209,12 @@ class Call:
                 await asyncio.sleep(next(delays))
         self.registry.update(registry)
         self.bus.resume_seq(self.call_id, max(last_rt, last_calls))
+        if self.takeover and self.spec.flow is not None:
+            changed = await self.bus.last_message(subjects.CALLS_STREAM,
+                                                  subjects.session_event(self.call_id, "state_changed"))
+            state = changed.json().get("to") if changed is not None else None
+            if isinstance(state, str):
+                self.flow.state = state
 
     async def _model_loop(self) -> None:
         prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")
@@ -355,10 +379,12 @@ class Call:
         """First ``session.updated`` of a connection: greeting or rebuild, flush audio, then ready."""
         self._in_setup = True
         try:
-            reconnect = self.connections > 1
+            reconnect = self.connections > 1 or self.takeover is not None
             if reconnect:
-                owes = await self._rebuild()
-                if owes:
+                owes, cut_off = await self._rebuild()
+                if cut_off and self.takeover == "lapse" and self.connections == 1:
+                    await self.gate.request({"instructions": f"Say exactly: {RECOVERY_LINE}"})
+                elif owes:
                     await self.gate.request()
             elif self.spec.greeting:
                 await self.gate.request({"instructions": f"Greet the caller by saying exactly: "
@@ -383,24 +409,31 @@ class Call:
         session = ev.get("session") or {}
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
             "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
-            "connection": self.connections, "reconnect": self.connections > 1,
+            "connection": self.connections, "reconnect": reconnect, "takeover": self.takeover,
             # billed: false without an API key (the local model), priced at 0 (services/recorder/pricing.py)
             "billed": self.endpoint.api_key is not None, "agent": self.spec.name,
             "agent_version": self.spec.version})
 
-    async def _rebuild(self) -> bool:
-        """Replay the log and re-create prior items; returns True when the agent owes a response."""
+    async def _rebuild(self) -> tuple[bool, bool]:
+        """Replay the log and re-create prior items; returns (the agent owes a response, a response was cut off:
+        created in the log but never done)."""
         await self.bus.flush_acks(5.0)
         raw: list[tuple[str, bytes]] = []
+        open_responses: set[str] = set()
         async for env in self.bus.replay(subjects.rt_all(self.call_id), subjects.RT_STREAM):
             parsed = subjects.parse(env.subject)
-            if parsed.rest != "input_audio_buffer.append":
-                raw.append((parsed.direction or "", env.data))
+            if parsed.rest == "input_audio_buffer.append":
+                continue
+            raw.append((parsed.direction or "", env.data))
+            if parsed.direction == "server" and parsed.rest in ("response.created", "response.done"):
+                with contextlib.suppress(ValueError, AttributeError):
+                    rid = str((json.loads(env.data).get("response") or {}).get("id"))
+                    (open_responses.add if parsed.rest == "response.created" else open_responses.discard)(rid)
         conversation = ConversationLog().feed_all(parse_records(raw))
         for n, item in enumerate(conversation.items(), 1):
             await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
                              "item": item}, setup=True)
-        return conversation.owes_response()
+        return conversation.owes_response(), bool(open_responses)
 
     # --- carrier side ------------------------------------------------------------------------------------
 

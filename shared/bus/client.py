@@ -72,6 +72,7 @@ class Bus(StreamsMixin, MicroMixin):
         self.acks = AckTracker(nc, self.js, ack_timeout=ack_timeout, max_attempts=max_attempts)
         """JetStream publishes awaiting their ack (see :mod:`shared.bus.acks`)."""
         self._seq = _Sequencer()
+        self._epochs: dict[str, str] = {}
         self._tracer = trace.get_tracer("switchboard.bus")
         self._contexts: dict[tuple[str | None, str | None], otel_context.Context] = {}
         self._injections: dict[int, tuple[otel_context.Context, dict[str, str]]] = {}
@@ -206,8 +207,18 @@ class Bus(StreamsMixin, MicroMixin):
         self._seq.resume(call_id, last_seq)
 
     def forget_call(self, call_id: str) -> None:
-        """Drop per-call state (seq counter) once a call is over."""
+        """Drop per-call state (seq counter, epoch) once a call is over."""
         self._seq.forget(call_id)
+        self._epochs.pop(call_id, None)
+
+    def set_epoch(self, call_id: str, epoch: int | None) -> None:
+        """Send ``Switchboard-Epoch: epoch`` on everything published for ``call_id`` from now on (None: stop);
+        ``Nats-Msg-Id`` then names the epoch too (``<call>:<source>@<epoch>:<seq>``), so two owners of one call
+        never de-duplicate each other's messages."""
+        if epoch is None:
+            self._epochs.pop(call_id, None)
+        else:
+            self._epochs[call_id] = str(int(epoch))
 
     def _headers(self, call_id: str | None, extra: Mapping[str, str] | None, *,
                  reuse_context: bool = False) -> dict[str, str]:
@@ -222,7 +233,12 @@ class Bus(StreamsMixin, MicroMixin):
             seq = self._seq.next(call_id)
             headers[Headers.CALL_ID] = call_id
             headers[Headers.SEQ] = str(seq)
-            headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
+            epoch = self._epochs.get(call_id)
+            if epoch is None:
+                headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
+            else:
+                headers[Headers.EPOCH] = epoch
+                headers[Headers.MSG_ID] = f"{call_id}:{self.source}@{epoch}:{seq}"
         else:
             headers[Headers.MSG_ID] = secrets.token_hex(12)
         return headers
