@@ -8,7 +8,8 @@ lease) and the value ``{"holder", "since"}``:
 
 - **acquire**: ``create`` (succeeds only when the key does not exist — never written, expired, or deleted), retried
   every ``ttl_s / 4`` s until it succeeds; a second recorder therefore waits, binding no consumer, while the
-  first one holds the lease.
+  first one holds the lease. A holder that was a process on this host which no longer exists (a recorder killed
+  and restarted by ``switchboard up``) is replaced at once by compare-and-set on its revision.
 - **renew**: every ``ttl_s / 4`` s, ``update`` with the revision last written (compare-and-set,
   https://docs.nats.io/nats-concepts/jetstream/key-value-store): a revision that moved means another holder
   took the key after ours expired — the lease is lost.
@@ -119,10 +120,29 @@ class WriterLease:
         try:
             self._revision = int(await kv.create(self.key, self._value()))
         except nats.js.errors.KeyWrongLastSequenceError:
-            return False
+            if not await self._take_from_dead_local_holder(kv):
+                return False
         self._renewed_at = before
         self.lost.clear()
         log.info("recorder lease acquired by %s", self.holder)
+        return True
+
+    async def _take_from_dead_local_holder(self, kv: Any) -> bool:
+        """The holder is a process on this host that no longer exists (killed and restarted under a supervisor,
+        e.g. ``switchboard up``): take the lease by compare-and-set instead of waiting for the TTL."""
+        try:
+            entry = await kv.get(self.key)
+            holder = str(json.loads(entry.value or b"{}").get("holder") or "")
+        except Exception:
+            return False
+        host, _, pid = holder.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            return False
+        try:
+            self._revision = int(await kv.update(self.key, self._value(), last=entry.revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        log.info("recorder lease of exited process %s taken over", holder)
         return True
 
     async def acquire(self, stopping: asyncio.Event) -> bool:
@@ -195,3 +215,14 @@ class WriterLease:
             log.info("recorder lease released by %s", self.holder)
         except Exception as exc:  # it expires after ttl_s anyway
             log.warning("recorder lease release failed (it expires in %g s): %s", self.ttl_s, exc)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
