@@ -70,7 +70,7 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _MAX_EVENT_TYPE = 128
 
 Direction = Literal["client", "server"]
-CommandVerb = Literal["clear", "hangup", "transfer", "play"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play", "replay"]
 CarrierEvent = Literal["mark", "dtmf", "error"]
 
 
@@ -157,8 +157,9 @@ def carrier_error(call_id: str) -> str:
 
 
 def command(call_id: str, verb: str) -> str:
-    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``."""
-    if verb not in ("clear", "hangup", "transfer", "play", "*"):
+    """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``, ``replay`` (send the
+    caller audio kept since byte offset ``from_bytes`` again: a session that took the call over)."""
+    if verb not in ("clear", "hangup", "transfer", "play", "replay", "*"):
         raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
     return f"call.{validate_call_id(call_id)}.command.{verb}"
 

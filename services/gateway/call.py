@@ -5,7 +5,7 @@ Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native 
 ``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
 the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
 only when the model's output format (from ``session.updated``) differs from the carrier's; commands
-``call.<id>.command.{clear,hangup,transfer,play}``. Lifecycle: ``call.<id>.started`` when the carrier's start
+``call.<id>.command.{clear,hangup,transfer,play,replay}``. Lifecycle: ``call.<id>.started`` when the carrier's start
 arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the first
 reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
 once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -46,7 +47,7 @@ from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
 from shared.telemetry import get_tracer
 
-__all__ = ["CallBridge", "CallStart", "CarrierSink", "resume_seq"]
+__all__ = ["KEEP_MS", "CallBridge", "CallStart", "CarrierSink", "resume_seq"]
 
 log = logging.getLogger("services.gateway.call")
 
@@ -56,6 +57,8 @@ _CLOSE_NORMAL = 1000
 _GATEWAY_EVENTS = (subjects.carrier_detached, subjects.carrier_resumed, subjects.carrier_mark, subjects.carrier_dtmf,
                    subjects.call_started)
 """The logged (CALLS) subjects a gateway publishes during a call, to find its last ``Switchboard-Seq``."""
+KEEP_MS = 5000
+"""Caller audio kept per call for ``command.replay`` (ms)."""
 _MIN_AUDIO_MS = 20
 """The shortest caller audio per ``call.<id>.audio.in`` message (ms; ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS`` ≥ 20)."""
 
@@ -168,6 +171,10 @@ class CallBridge:
         self._mark_subject = subjects.carrier_mark(self.call_id)
         self._epoch = 0
         """The highest owner epoch seen on the call's commands and audio."""
+        self._kept: deque[tuple[int, bytes]] = deque()
+        """The caller audio published in the last :data:`KEEP_MS`: (byte offset, chunk)."""
+        self._published_bytes = 0
+        self._keep_bytes = int(parse_format(start.audio_format).bytes_per_ms * KEEP_MS)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -338,6 +345,28 @@ class CallBridge:
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
+        self._kept.append((self._published_bytes, audio))
+        self._published_bytes += len(audio)
+        while self._kept and self._published_bytes - self._kept[0][0] > self._keep_bytes:
+            self._kept.popleft()
+
+    async def replay(self, from_bytes: int) -> int:
+        """``command.replay``: publish again the caller audio kept (the last :data:`KEEP_MS`) from byte offset
+        ``from_bytes`` of this call's ``audio.in`` on, in order before any later frame, each chunk with header
+        ``Switchboard-Replay`` (an empty one when nothing is kept); returns the bytes sent.
+        A session that took the call over after a crash asks for it from the offset its log shows appended, so
+        what the caller said while no session listened is heard."""
+        async with self._release_lock:  # later frames wait (audio_in) until the replay is out
+            chunks = [(start, audio) for start, audio in self._kept if start + len(audio) > from_bytes]
+            sent = 0
+            for start, audio in chunks or [(self._published_bytes, b"")]:  # nothing kept: an empty marker
+                offset = max(from_bytes, start)
+                part = audio[offset - start:]
+                await self.bus.publish(self._audio_subject, part, call_id=self.call_id,
+                                       headers={**self._audio_headers, Headers.REPLAY: str(offset)})
+                sent += len(part)
+        log.info("call %s: replayed %d bytes of caller audio from offset %d", self.call_id, sent, from_bytes)
+        return sent
 
     async def dtmf(self, digit: str) -> None:
         """Publish ``call.<id>.carrier.dtmf`` ``{digit}``."""
@@ -425,6 +454,10 @@ class CallBridge:
             self.queue.put_close("transfer", {"transfer_to": body.get("to")})
         elif verb == "play":
             self._play(body)
+        elif verb == "replay":
+            offset = body.get("from_bytes")
+            if isinstance(offset, int) and offset >= 0:
+                await self.replay(offset)
         else:
             log.warning("call %s: unknown command %r", self.call_id, verb)
 

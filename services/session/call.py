@@ -37,7 +37,7 @@ from nats.aio.subscription import Subscription
 from services.tools.framework import ToolResult
 from shared import subjects, tool_registry
 from shared.audio import parse_format
-from shared.bus import Bus, Envelope, encode_payload
+from shared.bus import Bus, Envelope, Headers, encode_payload
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -73,6 +73,9 @@ class Call:
         instead of greeting, and after a lapse says one short recovery line if a response was cut off."""
         self.handed_over = False
         """Set when another instance now serves the call: this one stops without a summary."""
+        self.appended_in_log = 0
+        """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
+        self._await_replay = takeover == "lapse"
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -406,6 +409,9 @@ class Call:
         self.ready.set()
         self.stats.model_up()
         await self.gate.pump()
+        if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
+            await self._command("replay", {"from_bytes": self.appended_in_log})
+            self._spawn(self._stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), {
             "call_id": self.call_id, "session_id": session.get("id"), "model": session.get("model"),
@@ -420,15 +426,20 @@ class Call:
         await self.bus.flush_acks(5.0)
         raw: list[tuple[str, bytes]] = []
         open_responses: set[str] = set()
+        appended = 0
         async for env in self.bus.replay(subjects.rt_all(self.call_id), subjects.RT_STREAM):
             parsed = subjects.parse(env.subject)
             if parsed.rest == "input_audio_buffer.append":
+                with contextlib.suppress(ValueError, AttributeError):
+                    audio = str(json.loads(env.data).get("audio") or "")
+                    appended += len(audio) * 3 // 4 - audio[-2:].count("=")
                 continue
             raw.append((parsed.direction or "", env.data))
             if parsed.direction == "server" and parsed.rest in ("response.created", "response.done"):
                 with contextlib.suppress(ValueError, AttributeError):
                     rid = str((json.loads(env.data).get("response") or {}).get("id"))
                     (open_responses.add if parsed.rest == "response.created" else open_responses.discard)(rid)
+        self.appended_in_log = appended
         conversation = ConversationLog().feed_all(parse_records(raw))
         for n, item in enumerate(conversation.items(), 1):
             await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
@@ -441,8 +452,16 @@ class Call:
         await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
 
     async def _on_audio(self, env: Envelope) -> None:
-        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""
+        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``. After a takeover
+        from a crashed owner, live frames are dropped until the gateway's replay (header ``Switchboard-Replay``)
+        arrives: the replay re-sends them, in order, from what the log shows appended."""
         self._last_audio = time.monotonic()
+        if self._await_replay:
+            if Headers.REPLAY not in env.headers:
+                return
+            self._await_replay = False
+        if not env.data:
+            return
         chunk = self.audio.push(env.data)
         if chunk is None:
             return
@@ -451,6 +470,13 @@ class Call:
         except ModelClosedError:
             self.audio.ready = False
             self.audio.requeue(chunk)
+
+    async def _stop_awaiting_replay(self, after_s: float) -> None:
+        """No replay within ``after_s`` (an older gateway, or the carrier reconnected elsewhere): take live audio."""
+        await asyncio.sleep(after_s)
+        if self._await_replay:
+            log.warning("call %s: no caller audio replay from the gateway; taking live audio", self.call_id)
+            self._await_replay = False
 
     async def _on_mark(self, env: Envelope) -> None:
         """``call.<id>.carrier.mark``: ``{name, item_id, played_bytes, cleared}``."""

@@ -46,6 +46,9 @@ class CallOptions:
     barge_in_settle_s: float = 1.0
     model_error_after: int = 5
     """Consecutive failed model connects (≈ 6 s of backoff) before ``session.error`` ``model_unavailable``."""
+    replay_wait_s: float = 3.0
+    """After a takeover from a crashed owner: seconds to wait for the gateway's caller-audio replay (live
+    frames are dropped meanwhile, the replay re-sends them) before taking live audio anyway."""
 
     def __post_init__(self) -> None:
         if self.audio_batch_ms < 20 or self.carrier_idle_timeout <= 0 or self.barge_in_settle_s < 0:

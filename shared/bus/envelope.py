@@ -52,6 +52,8 @@ class Headers:
     """The call owner's epoch (a positive integer) on everything a session instance publishes for a call it
     owns (``services/session/ownership.py``); receivers ignore commands and audio of an epoch lower than the
     highest they have seen for the call."""
+    REPLAY: Final = "Switchboard-Replay"
+    """On ``call.<id>.audio.in`` sent again by ``command.replay`` (value: the byte offset of the chunk)."""
     SERVICE_ERROR: Final = "Nats-Service-Error"
     SERVICE_ERROR_CODE: Final = "Nats-Service-Error-Code"
 

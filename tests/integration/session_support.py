@@ -24,7 +24,7 @@ import httpx
 
 from shared import subjects, tool_registry
 from shared.audio import PCMU, silence
-from shared.bus import Bus, Envelope
+from shared.bus import Bus, Envelope, Headers
 from shared.tts import synthesize_format_async
 from switchboard import natsserver
 
@@ -159,6 +159,10 @@ class SimGateway:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
         body = env.json()
         self.commands.append((verb, body))
+        if verb == "replay":  # this simulated gateway keeps no audio: the empty replay marker, as the gateway sends
+            await self.bus.publish(subjects.call_audio_in(self.call_id), b"", call_id=self.call_id,
+                                   headers={"Switchboard-Audio-Format": "audio/pcmu",
+                                            Headers.REPLAY: str(body.get("from_bytes", 0))})
         if verb == "clear":
             for item_id, item in self.items.items():  # a clear echoes every pending mark as cleared
                 for cumulative in item.pending:

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, Headers
 from shared.carriers import twilio as tw
 from shared.config import load_settings
 from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
@@ -161,3 +161,25 @@ async def test_a_stream_cannot_claim_a_live_call_id(gw: RunningGateway, recorder
         await first.ws.send(json.dumps({"event": "noop"}))
     await recorder.wait_for(lambda: recorder.of(params["call_id"], "ended"))
     await websockets.connect(url)  # the gateway still serves
+
+
+async def test_replay_resends_the_kept_caller_audio_from_an_offset(
+        gw: RunningGateway, peer: EchoPeer, recorder: Recorder, audio_tap: AudioTap, peer_bus: Bus) -> None:
+    url, params = tw.parse_twiml(await post_twiml(gw.http_url + "/twilio/voice", FORM))
+    call_id = params["call_id"]
+    sock = await open_stream(url, params)
+    await wait_until(lambda: call_id in peer.started)
+    frames = [bytes([n]) * 160 for n in range(1, 11)]
+    for frame in frames:
+        await sock.media(frame)
+    sent = b"".join(frames)
+    await wait_until(lambda: sum(len(e.data) for e in audio_tap.of(call_id)) >= len(sent))
+    await peer.command(call_id, "replay", {"from_bytes": 500})
+    await wait_until(lambda: any(Headers.REPLAY in e.headers for e in audio_tap.of(call_id)))
+    await asyncio.sleep(0.2)
+    replayed = [e for e in audio_tap.of(call_id) if Headers.REPLAY in e.headers]
+    assert replayed[0].headers[Headers.REPLAY] == "500"
+    assert b"".join(e.data for e in replayed) == sent[500:]
+    seqs = [e.seq or 0 for e in audio_tap.of(call_id)]
+    assert seqs == sorted(seqs)
+    await sock.stop()
