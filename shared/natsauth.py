@@ -115,7 +115,10 @@ PERMISSIONS: dict[str, Permissions | None] = {
         "gateway",
         ["call.*.started", "call.*.audio.in", "call.*.carrier.>", "call.*.ended", *_kv_write(BROWSER_TOKENS_BUCKET),
          # /twilio/voice?resume=<id>: has the call started / ended (last message by subject; services/gateway/app.py)
-         "$JS.API.STREAM.MSG.GET.CALLS"],
+         "$JS.API.STREAM.MSG.GET.CALLS",
+         # does a session own the call (session_lost; services/gateway/call.py)
+         f"$JS.API.STREAM.MSG.GET.KV_{subjects.CALL_OWNERS_BUCKET}",
+         f"$JS.API.DIRECT.GET.KV_{subjects.CALL_OWNERS_BUCKET}.>"],
         ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated",
          # the browser call's live transcript (services/gateway/browser.py)
          "rt.*.server.conversation.item.input_audio_transcription.completed",

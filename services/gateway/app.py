@@ -174,7 +174,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         await TwilioStream(ws, gateway.bus, default_agent=gateway.default_agent, calls=gateway.calls,
                            max_outbound_chunks=gateway.max_outbound_chunks,
                            audio_in_ms=settings.gateway_audio_in_ms, start_timeout_s=gateway.start_timeout_s,
-                           idle_s=settings.carrier_idle_s).run()
+                           idle_s=settings.carrier_idle_s, session_lost_s=settings.session_lost_s or None).run()
 
     def bearer_ok(request: Request) -> bool:
         given = request.headers.get("authorization", "")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import nats.js.errors
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -45,9 +46,11 @@ from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
 from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
+from shared.endreasons import EndReason
 from shared.telemetry import get_tracer
+from shared.tts import synthesize_format_async
 
-__all__ = ["KEEP_MS", "CallBridge", "CallStart", "CarrierSink", "resume_seq"]
+__all__ = ["KEEP_MS", "SESSION_LOST_LINE", "CallBridge", "CallStart", "CarrierSink", "resume_seq"]
 
 log = logging.getLogger("services.gateway.call")
 
@@ -57,6 +60,8 @@ _CLOSE_NORMAL = 1000
 _GATEWAY_EVENTS = (subjects.carrier_detached, subjects.carrier_resumed, subjects.carrier_mark, subjects.carrier_dtmf,
                    subjects.call_started)
 """The logged (CALLS) subjects a gateway publishes during a call, to find its last ``Switchboard-Seq``."""
+SESSION_LOST_LINE = "Sorry, I'm having technical trouble and have to end this call. Please call back."
+"""What the gateway says before it ends a call no session serves any more (``session_lost``)."""
 KEEP_MS = 5000
 """Caller audio kept per call for ``command.replay`` (ms)."""
 _MIN_AUDIO_MS = 20
@@ -128,7 +133,7 @@ class CallBridge:
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
                  audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
-                 call_id: str | None = None, resumed: bool = False) -> None:
+                 call_id: str | None = None, resumed: bool = False, session_lost_s: float | None = None) -> None:
         parse_format(start.audio_format)
         self.bus = bus
         self.sink = sink
@@ -171,6 +176,8 @@ class CallBridge:
         self._mark_subject = subjects.carrier_mark(self.call_id)
         self._epoch = 0
         """The highest owner epoch seen on the call's commands and audio."""
+        self.session_lost_s = session_lost_s
+        self._owner_watch: asyncio.Task[None] | None = None
         self._kept: deque[tuple[int, bytes]] = deque()
         """The caller audio published in the last :data:`KEEP_MS`: (byte offset, chunk)."""
         self._published_bytes = 0
@@ -198,6 +205,9 @@ class CallBridge:
         self._writer = asyncio.create_task(self._write_loop(), name=f"gateway-writer-{cid}")
         if self.idle_s is not None:
             self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
+        if self.session_lost_s:
+            self._owner_watch = asyncio.create_task(self._watch_owner(self.session_lost_s),
+                                                    name=f"gateway-owner-{cid}")
         s = self.start
         if self.resumed:
             gap_ms = await resume_seq(self.bus, cid)
@@ -274,7 +284,7 @@ class CallBridge:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in (self._writer, self._watchdog, self._hold_timer):
+        for task in (self._writer, self._watchdog, self._hold_timer, self._owner_watch):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -342,6 +352,41 @@ class CallBridge:
                 await self.end("carrier_silent", idle_s=idle_s)
                 await self.close_after_logged(_CLOSE_NORMAL, "carrier_silent")
                 return
+
+    async def _watch_owner(self, lost_s: float) -> None:
+        """End the call with ``session_lost`` once its entry in the call-owners KV bucket (a session instance
+        owns the call, ``services/session/ownership.py``) has been missing for ``lost_s`` s after one was seen:
+        the owner died and no peer took the call over. The caller hears :data:`SESSION_LOST_LINE` first.
+        One KV read per call per second, nothing per frame; a call no session ever claimed is not watched."""
+        kv: Any = None
+        seen_at: float | None = None
+        while not self.ended.is_set():
+            await asyncio.sleep(1.0)
+            try:
+                kv = kv or await self.bus.js.key_value(subjects.CALL_OWNERS_BUCKET)
+                await kv.get(self.call_id)
+                seen_at = time.monotonic()
+                continue
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                pass
+            except Exception as exc:  # NATS blip: no verdict this round
+                log.debug("call %s: owner lookup failed: %s", self.call_id, exc)
+                continue
+            if seen_at is not None and time.monotonic() - seen_at >= lost_s:
+                log.warning("call %s: no session has owned the call for %.0f s; ending", self.call_id, lost_s)
+                await self._say_and_end(SESSION_LOST_LINE, EndReason.SESSION_LOST)
+                return
+
+    async def _say_and_end(self, text: str, reason: str) -> None:
+        """Play ``text`` (espeak-ng in the carrier's format), wait until it has been sent and played, end."""
+        with contextlib.suppress(Exception):
+            audio = await synthesize_format_async(text, self._carrier_fmt)
+            self.enqueue(audio, "gateway-notice")
+            await asyncio.sleep(ms_for_bytes(self._carrier_fmt, len(audio)) / 1000 + 0.5)
+        if self.ended.is_set():
+            return
+        await self.end(reason)
+        await self.close_after_logged(_CLOSE_NORMAL, reason)
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)

@@ -143,8 +143,10 @@ class TwilioStream:
 
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
-                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None) -> None:
+                 start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None,
+                 session_lost_s: float | None = None) -> None:
         self.ws = ws
+        self.session_lost_s = session_lost_s
         self.start_timeout_s = start_timeout_s
         self.idle_s = idle_s
         self.bus = bus
@@ -260,7 +262,8 @@ class TwilioStream:
         )
         bridge = CallBridge(self.bus, TwilioSink(self.ws, start.stream_id or ""), start,
                             max_outbound_chunks=self.max_outbound_chunks, audio_in_ms=self.audio_in_ms,
-                            idle_s=self.idle_s, call_id=call_id, resumed=resumed)
+                            idle_s=self.idle_s, call_id=call_id, resumed=resumed,
+                            session_lost_s=self.session_lost_s)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge
         await bridge.open()
