@@ -27,7 +27,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
+from services.gateway.resume import resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
@@ -50,47 +50,17 @@ from shared.endreasons import EndReason
 from shared.telemetry import get_tracer
 from shared.tts import synthesize_format_async
 
-__all__ = ["KEEP_MS", "SESSION_LOST_LINE", "CallBridge", "CallStart", "CarrierSink", "resume_seq"]
+__all__ = ["KEEP_MS", "SESSION_LOST_LINE", "CallBridge", "CallStart", "CarrierSink"]
 
 log = logging.getLogger("services.gateway.call")
 
 _CLOSE_NORMAL = 1000
 
 
-_GATEWAY_EVENTS = (subjects.carrier_detached, subjects.carrier_resumed, subjects.carrier_mark, subjects.carrier_dtmf,
-                   subjects.call_started)
-"""The logged (CALLS) subjects a gateway publishes during a call, to find its last ``Switchboard-Seq``."""
 SESSION_LOST_LINE = "Sorry, I'm having technical trouble and have to end this call. Please call back."
 """What the gateway says before it ends a call no session serves any more (``session_lost``)."""
 KEEP_MS = 5000
 """Caller audio kept per call for ``command.replay`` (ms)."""
-_MIN_AUDIO_MS = 20
-"""The shortest caller audio per ``call.<id>.audio.in`` message (ms; ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS`` ≥ 20)."""
-
-
-async def resume_seq(bus: Bus, call_id: str) -> float | None:
-    """Continue this gateway's ``Switchboard-Seq`` for ``call_id`` after the previous gateway's, so the session's
-    duplicate filter and JetStream's ``Nats-Msg-Id`` de-duplication never take the new stream's messages for
-    repeats. Returns the gap since that gateway's last logged message (ms), None when nothing was logged.
-
-    The last seq is the highest among the gateway's logged messages for the call (``_GATEWAY_EVENTS``). When the
-    previous gateway detached cleanly, ``carrier.detached`` was its last message and that seq is exact; otherwise
-    (it crashed) it may have published core-NATS audio after its last logged message — at most one message per
-    ``_MIN_AUDIO_MS`` of the time since — so the seq continues after that many more.
-    """
-    last, last_ts, exact = 0, None, False
-    for subject in _GATEWAY_EVENTS:
-        env = await bus.last_message(subjects.CALLS_STREAM, subject(call_id))
-        if env is None or env.source != bus.source or env.seq is None or env.seq <= last:
-            continue
-        last, last_ts, exact = env.seq, env.ts_ns, subject is subjects.carrier_detached
-    gap_ms = (time.time_ns() - last_ts) / 1e6 if last_ts is not None else None
-    if not exact and gap_ms is not None:
-        last += math.ceil(max(0.0, gap_ms) / _MIN_AUDIO_MS) + 1
-    bus.resume_seq(call_id, last)
-    return round(gap_ms, 1) if gap_ms is not None else None
-
-
 class CarrierSink(Protocol):
     """The carrier socket, as the bridge sees it (one writer task calls these, never concurrently)."""
 

@@ -47,7 +47,7 @@ from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket, backoff_delays
 from .options import CallInfo, CallOptions, ModelEndpoint
-from .rebuild import REBUILD_PREFIX, ConversationLog, parse_records
+from .rebuild import REBUILD_PREFIX, read_call_log
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
@@ -424,27 +424,13 @@ class Call:
         """Replay the log and re-create prior items; returns (the agent owes a response, a response was cut off:
         created in the log but never done)."""
         await self.bus.flush_acks(5.0)
-        raw: list[tuple[str, bytes]] = []
-        open_responses: set[str] = set()
-        appended = 0
-        async for env in self.bus.replay(subjects.rt_all(self.call_id), subjects.RT_STREAM):
-            parsed = subjects.parse(env.subject)
-            if parsed.rest == "input_audio_buffer.append":
-                with contextlib.suppress(ValueError, AttributeError):
-                    audio = str(json.loads(env.data).get("audio") or "")
-                    appended += len(audio) * 3 // 4 - audio[-2:].count("=")
-                continue
-            raw.append((parsed.direction or "", env.data))
-            if parsed.direction == "server" and parsed.rest in ("response.created", "response.done"):
-                with contextlib.suppress(ValueError, AttributeError):
-                    rid = str((json.loads(env.data).get("response") or {}).get("id"))
-                    (open_responses.add if parsed.rest == "response.created" else open_responses.discard)(rid)
-        self.appended_in_log = appended
-        conversation = ConversationLog().feed_all(parse_records(raw))
+        logged = await read_call_log(self.bus, self.call_id)
+        self.appended_in_log = logged.appended_bytes
+        conversation = logged.conversation
         for n, item in enumerate(conversation.items(), 1):
             await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
                              "item": item}, setup=True)
-        return conversation.owes_response(), bool(open_responses)
+        return conversation.owes_response(), logged.cut_off
 
     # --- carrier side ------------------------------------------------------------------------------------
 
