@@ -325,24 +325,25 @@ class CallBridge:
 
     async def _watch_owner(self, lost_s: float) -> None:
         """End the call with ``session_lost`` once its entry in the call-owners KV bucket (a session instance
-        owns the call, ``services/session/ownership.py``) has been missing for ``lost_s`` s after one was seen:
-        the owner died and no peer took the call over. The caller hears :data:`SESSION_LOST_LINE` first.
-        One KV read per call per second, nothing per frame; a call no session ever claimed is not watched."""
+        owns the call, ``services/session/ownership.py``) has been neither renewed nor replaced for ``lost_s`` s
+        (or is gone) after one was seen: the owner died and no peer took the call over. The caller hears
+        :data:`SESSION_LOST_LINE` first. One KV read per call per second, nothing per frame; judged on this
+        process's clock from the revisions seen; a call no session ever claimed is not watched."""
         kv: Any = None
-        seen_at: float | None = None
+        revision, changed_at = 0, time.monotonic()
         while not self.ended.is_set():
             await asyncio.sleep(1.0)
             try:
                 kv = kv or await self.bus.js.key_value(subjects.CALL_OWNERS_BUCKET)
-                await kv.get(self.call_id)
-                seen_at = time.monotonic()
-                continue
+                entry = await kv.get(self.call_id)
+                if int(entry.revision or 0) != revision:
+                    revision, changed_at = int(entry.revision or 0), time.monotonic()
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 pass
             except Exception as exc:  # NATS blip: no verdict this round
                 log.debug("call %s: owner lookup failed: %s", self.call_id, exc)
                 continue
-            if seen_at is not None and time.monotonic() - seen_at >= lost_s:
+            if revision and time.monotonic() - changed_at >= lost_s:
                 log.warning("call %s: no session has owned the call for %.0f s; ending", self.call_id, lost_s)
                 await self._say_and_end(SESSION_LOST_LINE, EndReason.SESSION_LOST)
                 return

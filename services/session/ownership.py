@@ -1,9 +1,11 @@
 """Live-call ownership with fencing (issue 22 item 1): which session instance serves each call.
 
 A NATS KV bucket (:data:`shared.subjects.CALL_OWNERS_BUCKET`, https://docs.nats.io/nats-concepts/jetstream/
-key-value-store): key = call id, value ``{"owner", "epoch", "since"}`` (:class:`Owner`). The bucket's ``max_age``
-is :data:`TTL_S` (2 s), so an entry nobody renews disappears; the owner renews each of its calls every
-:data:`HEARTBEAT_S` from one task per instance (never per audio frame).
+key-value-store): key = call id, value ``{"owner", "epoch", "since"}`` (:class:`Owner`). An ownership lives
+:data:`TTL_S` (2 s) unless renewed; the owner renews each of its calls every :data:`HEARTBEAT_S` from one task per
+instance (never per audio frame). The TTL is judged by the readers, each on its own clock, from the renewals they
+see (so no clocks are compared); the bucket itself keeps an entry :data:`KEEP_S` after its last write, so an
+instance that starts after an owner died — a restarted pod — still finds the lapsed entry and takes the call over.
 
 - **claim** (a new call): ``create`` — only when the key does not exist — with epoch 1.
 - **take over** (handover or lapse): ``update`` with the revision last seen (compare-and-set), or ``create`` when
@@ -38,12 +40,14 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from shared import subjects
 
-__all__ = ["HEARTBEAT_S", "TTL_S", "Owner", "Ownership", "owners_bucket"]
+__all__ = ["HEARTBEAT_S", "KEEP_S", "TTL_S", "Owner", "Ownership", "owners_bucket"]
 
 log = logging.getLogger(__name__)
 
 TTL_S = 2.0
-"""Seconds an ownership entry lives without renewal (the bucket's ``max_age``)."""
+"""Seconds an ownership lives without renewal (judged by the watchers)."""
+KEEP_S = 300.0
+"""The bucket's ``max_age``: an entry not written for this long is removed (abandoned calls)."""
 HEARTBEAT_S = 0.5
 """Seconds between an owner's renewals of each of its calls."""
 
@@ -76,12 +80,12 @@ class Owner:
 
 
 async def owners_bucket(js: JetStreamContext, *, replicas: int = 1) -> Any:
-    """The ownership KV bucket, created (``max_age`` = :data:`TTL_S`, history 1) when missing."""
+    """The ownership KV bucket, created (``max_age`` = :data:`KEEP_S`, history 1) when missing."""
     try:
         return await js.key_value(subjects.CALL_OWNERS_BUCKET)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(KeyValueConfig(
-            bucket=subjects.CALL_OWNERS_BUCKET, history=1, ttl=TTL_S, storage=StorageType.MEMORY,
+            bucket=subjects.CALL_OWNERS_BUCKET, history=1, ttl=KEEP_S, storage=StorageType.FILE,
             replicas=replicas, description="Switchboard live-call ownership"))
 
 

@@ -17,7 +17,8 @@ Ownership (``services/session/ownership.py``): an instance claims each call it t
   :data:`HANDOVER_GROUP`) takes the call over by compare-and-set (epoch + 1), rebuilds the conversation from the
   RT log and opens its own model session; when the peer's ``session.model_connected`` (higher epoch) arrives the
   old instance stops serving the call without a summary. A call nobody takes within ``handover_s`` is served to
-  its end (up to ``SWITCHBOARD_DRAIN_S``).
+  its end (up to ``SWITCHBOARD_DRAIN_S``), then left to lapse: an instance started meanwhile (a rolling update's
+  new pod, a restart) takes it over as after a crash.
 - **Takeover** after a crash: every instance watches the bucket; an entry not renewed for 2 s is taken over by
   whichever peer wins the compare-and-set, which rebuilds from the log and, when a response was cut off, says one
   short recovery line (:data:`services.session.call.RECOVERY_LINE`).
@@ -109,7 +110,8 @@ class SessionService:
 
     async def stop(self, *, drain_s: float = 0.0) -> None:
         """Stop taking calls (leave the queue groups) and hand each live call over to a peer; a call no peer
-        confirms within ``handover_s`` is served until it ends or ``drain_s`` passed, then ended."""
+        confirms within ``handover_s`` is served until it ends or ``drain_s`` passed, then left without a
+        summary: its ownership entry lapses and a peer — or this service restarted — takes it over."""
         self.stopping = True
         await self.readiness.stop()
         if self._ready_sub is not None:
@@ -125,13 +127,14 @@ class SessionService:
             await asyncio.wait(handovers)
         if self._tasks and drain_s > 0:
             await asyncio.wait(set(self._tasks.values()), timeout=drain_s)
-        for call in list(self.calls.values()):
-            await call.end("session_shutdown")
+        for call in list(self.calls.values()):  # not taken over, not ended: leave it to the next instance
+            log.warning("call %s: stopping with the call live; its ownership lapses for a peer or a restarted "
+                        "instance to take it over", call.call_id)
+            self.ownership.forget(call.call_id)
+            await call.hand_off()
         if self._tasks:
             await asyncio.wait(set(self._tasks.values()), timeout=10)
         await self.ownership.stop()
-        for call_id in list(self.ownership.held):
-            await self.ownership.release(call_id)
 
     async def _hand_over(self, call: Call) -> None:
         """Ask a peer to take ``call`` over; stop serving it once the peer's model session is up. No peer

@@ -177,3 +177,28 @@ async def test_ownership_entries_are_claimed_once_and_released(nats_url: str, mo
     finally:
         await service.stop()
         await bus.close()
+
+
+async def test_a_lone_instance_stopped_leaves_the_call_to_its_restart(nats_url: str, model_url: str,
+                                                                      gateway_bus: Bus, toolbox: ToolBox) -> None:
+    """SIGTERM with no peer (one replica, restarted by its supervisor): the call is served through the drain, then
+    left to lapse — without a summary — and the restarted instance takes it over."""
+    bus, lone = await new_instance(nats_url, model_url, "session-lone")
+    gw = SimGateway(gateway_bus)
+    await gw.start()
+    await gw.wait_for(lambda: gw.count("server.response.done") > 0, 60, "greeting")
+    await turn(gw, "Hi, I would like to book an appointment for tomorrow at ten", "reply asking for the name")
+    await lone.stop(drain_s=0)
+    await bus.close()
+    assert not any(n == "summary" for n, _ in gw.session_events)
+    bus2, restarted = await new_instance(nats_url, model_url, "session-restarted")
+    try:
+        await gw.wait_for(lambda: any(n == "model_connected" and e.get("takeover") == "lapse"
+                                      for n, e in gw.session_events), 60, "the restarted instance's takeover")
+        await turn(gw, "My name is John Smith", "read-back after the restart")
+        await finish_booking(gw, toolbox)
+        assert toolbox.requests["book_appointment"][0]["arguments"]["time"] == "10:00"
+    finally:
+        await restarted.stop()
+        await bus2.close()
+        await gw.close()
