@@ -409,6 +409,8 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "carrierMark": [subjects.carrier_mark(cid)],
         "carrierDtmf": [subjects.carrier_dtmf(cid)],
         "carrierError": [subjects.carrier_error(cid)],
+        "carrierDetached": [subjects.carrier_detached(cid)],
+        "carrierResumed": [subjects.carrier_resumed(cid)],
         "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play")],
         "sessionEvent": [subjects.session_event(cid, e)
                          for e in ("model_connected", "state_changed", "summary", "error")],
