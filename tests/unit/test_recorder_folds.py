@@ -36,7 +36,7 @@ def ev(at_ms: int, direction: str | None, type_: str, **body: Any) -> Event:
 
 
 def test_registry_names_every_fold_once() -> None:
-    assert [f.name for f in FOLDS] == ["user_turns", "assistant_turns", "tool_calls", "barge_ins", "cost"]
+    assert [f.name for f in FOLDS] == ["user_turns", "assistant_turns", "tool_calls", "barge_ins", "cost", "disclosure"]
     assert all(f.consumes for f in FOLDS)
 
 
