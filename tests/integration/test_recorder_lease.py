@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.recorder import queries
 from services.recorder.db import open_database
 from services.recorder.lease import WriterLease
+from services.recorder.vault import Vault
 from shared.bus import Bus
 from switchboard import natsserver
 from switchboard.testing.scripted import publish_call, script
 from tests.conftest import NatsAuth
-from tests.integration.test_recorder_restart import RecorderProcess
+from tests.integration.test_recorder_restart import ARCHIVE_KEY, RecorderProcess, subprocess_vault
 
 
 async def wait_for_line(log: Path, text: str, timeout: float = 60.0) -> None:
@@ -36,10 +37,11 @@ async def wait_for_line(log: Path, text: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"{text!r} not in {log}")
 
 
-async def wait_for_events(engine: AsyncEngine, call_id: str, n: int, timeout: float = 60.0) -> None:
-    """Poll the archive every 100 ms until ``call_id`` has ``n`` events."""
+async def wait_for_events(engine: AsyncEngine, call_id: str, n: int, vault: Vault,
+                          timeout: float = 60.0) -> None:
+    """Poll the archive every 100 ms until ``call_id`` has ``n`` events (opened with ``vault``)."""
     for _ in range(int(timeout / 0.1)):
-        if len(await queries.call_events(engine, call_id)) >= n:
+        if len(await queries.call_events(engine, call_id, vault=vault)) >= n:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{call_id}: fewer than {n} events archived")
@@ -87,7 +89,8 @@ async def test_second_recorder_process_waits_for_the_first_to_stop(
     env.update({"SWITCHBOARD_NATS_URL": nats_url, "SWITCHBOARD_DATABASE_URL": database_url,
                 "SWITCHBOARD_DATA_DIR": str(tmp_path / "data"), "SWITCHBOARD_RECORDER_CONSUMER": f"one{unique}",
                 "PYTHONUNBUFFERED": "1", "SWITCHBOARD_NATS_NKEY_SEED": str(nats_auth.seeds["recorder"]),
-                "SWITCHBOARD_JS_MAX_AGE": "3600"})
+                "SWITCHBOARD_JS_MAX_AGE": "3600", "SWITCHBOARD_ARCHIVE_KEY": ARCHIVE_KEY})
+    vault = subprocess_vault()
     first = RecorderProcess({**env, "SWITCHBOARD_RECORDER_PORT": str(natsserver.free_port())}, tmp_path / "a.log")
     second = RecorderProcess({**env, "SWITCHBOARD_RECORDER_PORT": str(natsserver.free_port())}, tmp_path / "b.log")
     engine = await open_database(database_url)
@@ -103,12 +106,12 @@ async def test_second_recorder_process_waits_for_the_first_to_stop(
         call_id = f"CAlease{unique}"
         steps = script(call_id)
         await publish_call(*buses, call_id, speed=0, steps=steps)
-        await wait_for_events(engine, call_id, len(steps))
+        await wait_for_events(engine, call_id, len(steps), vault)
         assert await first.stop() == 0
         await asyncio.wait_for(waiting, 60)  # took over once the first released the lease
         holder = await probe.current_holder()
         assert holder is not None and holder.endswith(f":{second.proc.pid}")  # type: ignore[union-attr]
-        assert len(await queries.call_events(engine, call_id)) == len(steps)  # nothing written twice
+        assert len(await queries.call_events(engine, call_id, vault=vault)) == len(steps)  # nothing written twice
         assert (await queries.verify_call(engine, call_id)).ok
         assert await second.stop() == 0
     finally:
