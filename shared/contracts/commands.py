@@ -106,7 +106,7 @@ class CommandCapture(Contract):
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"kind"})
 
     active: bool
-    state: str | None
+    state: str | None = None
     kind: str | None = None
 
 
