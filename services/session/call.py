@@ -446,7 +446,7 @@ class Call:
         self.stats.model_up()
         await self.gate.pump()
         if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
-            await self._command("replay", CommandReplay(from_bytes=self.appended_in_log))
+            await self._command("replay", CommandReplay(from_bytes=await self._consumed_in_log()))
             self._spawn(self._stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
         sid, model = session.get("id"), session.get("model")
@@ -532,6 +532,14 @@ class Call:
         except ModelClosedError:
             self.audio.ready = False
             self.audio.requeue(chunk)
+
+    async def _consumed_in_log(self) -> int:
+        """Caller audio bytes the previous owner consumed, by the log: appended to the model, plus what its
+        disclosure withheld (``gate_recording``; the disclosure record of the earlier session)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.disclosure.prior_checked.wait(), self.options.replay_wait_s)
+        record = self.disclosure.record
+        return self.appended_in_log + (record.withheld_bytes if record is not None else 0)
 
     async def _stop_awaiting_replay(self, after_s: float) -> None:
         """No replay within ``after_s`` (an older gateway, or the carrier reconnected elsewhere): take live audio."""

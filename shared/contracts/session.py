@@ -162,6 +162,7 @@ class SessionDisclosure(_CallIdMixin, Contract):
     started_at: float | None
     finished_at: float
     gate_recording: bool
+    withheld_bytes: NonNegativeInt = 0
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)

@@ -34,7 +34,7 @@ SAMPLES: dict[str, list[Any]] = {
     "SessionDisclosure": [c.SessionDisclosure(
         call_id=CID, status="completed", text="You are speaking with an AI assistant.", item_id=f"disclosure_{CID}",
         audio_format="audio/pcmu", audio_bytes=16000, audio_ms=2000, played_bytes=16000, played_ms=2000,
-        started_at=1796600000.12, finished_at=1796600003.95, gate_recording=True)],
+        started_at=1796600000.12, finished_at=1796600003.95, gate_recording=True, withheld_bytes=30720)],
     "SessionCapture": [c.SessionCapture(call_id=CID, state="card", tool="take_payment", kind="card", digits=16,
                                         masked="••••••••••••1111", ok=True, error_code=None,
                                         tool_call_id="capture_1")],
