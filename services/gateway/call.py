@@ -29,20 +29,18 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import nats.js.errors
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
-from services.gateway.resume import resume_seq
+from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, KeptAudio, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
@@ -76,10 +74,7 @@ log = logging.getLogger("services.gateway.call")
 _CLOSE_NORMAL = 1000
 
 
-SESSION_LOST_LINE = "Sorry, I'm having technical trouble and have to end this call. Please call back."
-"""What the gateway says before it ends a call no session serves any more (``session_lost``)."""
-KEEP_MS = 5000
-"""Caller audio kept per call for ``command.replay`` (ms)."""
+
 class CarrierSink(Protocol):
     """The carrier socket, as the bridge sees it (one writer task calls these, never concurrently)."""
 
@@ -173,10 +168,8 @@ class CallBridge:
         """The highest owner epoch seen on the call's commands and audio."""
         self.session_lost_s = session_lost_s
         self._owner_watch: asyncio.Task[None] | None = None
-        self._kept: deque[tuple[int, bytes]] = deque()
-        """The caller audio published in the last :data:`KEEP_MS`: (byte offset, chunk)."""
-        self._published_bytes = 0
-        self._keep_bytes = int(parse_format(start.audio_format).bytes_per_ms * KEEP_MS)
+        self._kept = KeptAudio(parse_format(start.audio_format).bytes_per_ms, KEEP_MS)
+        """The caller audio published in the last :data:`KEEP_MS` (``command.replay``)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -353,29 +346,11 @@ class CallBridge:
                 return
 
     async def _watch_owner(self, lost_s: float) -> None:
-        """End the call with ``session_lost`` once its entry in the call-owners KV bucket (a session instance
-        owns the call, ``services/session/ownership.py``) has been neither renewed nor replaced for ``lost_s`` s
-        (or is gone) after one was seen: the owner died and no peer took the call over. The caller hears
-        :data:`SESSION_LOST_LINE` first. One KV read per call per second, nothing per frame; judged on this
-        process's clock from the revisions seen; a call no session ever claimed is not watched."""
-        kv: Any = None
-        revision, changed_at = 0, time.monotonic()
-        while not self.ended.is_set():
-            await asyncio.sleep(1.0)
-            try:
-                kv = kv or await self.bus.js.key_value(subjects.CALL_OWNERS_BUCKET)
-                entry = await kv.get(self.call_id)
-                if int(entry.revision or 0) != revision:
-                    revision, changed_at = int(entry.revision or 0), time.monotonic()
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                pass
-            except Exception as exc:  # NATS blip: no verdict this round
-                log.debug("call %s: owner lookup failed: %s", self.call_id, exc)
-                continue
-            if revision and time.monotonic() - changed_at >= lost_s:
-                log.warning("call %s: no session has owned the call for %.0f s; ending", self.call_id, lost_s)
-                await self._say_and_end(SESSION_LOST_LINE, EndReason.SESSION_LOST)
-                return
+        """End the call with ``session_lost`` once no session has owned it for ``lost_s`` s
+        (:func:`~services.gateway.resume.owner_lost`); the caller hears :data:`SESSION_LOST_LINE` first."""
+        if await owner_lost(self.bus, self.call_id, lost_s, self.ended):
+            log.warning("call %s: no session has owned the call for %.0f s; ending", self.call_id, lost_s)
+            await self._say_and_end(SESSION_LOST_LINE, EndReason.SESSION_LOST)
 
     async def _say_and_end(self, text: str, reason: str) -> None:
         """Play ``text`` (espeak-ng in the carrier's format), wait until it has been sent and played, end."""
@@ -390,10 +365,7 @@ class CallBridge:
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
-        self._kept.append((self._published_bytes, audio))
-        self._published_bytes += len(audio)
-        while self._kept and self._published_bytes - self._kept[0][0] > self._keep_bytes:
-            self._kept.popleft()
+        self._kept.add(audio)
 
     async def replay(self, from_bytes: int) -> int:
         """``command.replay``: publish again the caller audio kept (the last :data:`KEEP_MS`) from byte offset
@@ -402,11 +374,8 @@ class CallBridge:
         A session that took the call over after a crash asks for it from the offset its log shows appended, so
         what the caller said while no session listened is heard."""
         async with self._release_lock:  # later frames wait (audio_in) until the replay is out
-            chunks = [(start, audio) for start, audio in self._kept if start + len(audio) > from_bytes]
             sent = 0
-            for start, audio in chunks or [(self._published_bytes, b"")]:  # nothing kept: an empty marker
-                offset = max(from_bytes, start)
-                part = audio[offset - start:]
+            for offset, part in self._kept.since(from_bytes):  # nothing kept: one empty marker
                 await self.bus.publish(self._audio_subject, part, call_id=self.call_id,
                                        headers={**self._audio_headers, Headers.REPLAY: str(offset)})
                 sent += len(part)
