@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     carrier_idle_s: float = Field(30.0, gt=0)
     """Seconds without inbound media on a started carrier stream (Twilio or browser) after which the gateway
     ends the call with end reason ``carrier_silent`` and closes the socket."""
+    drain_s: float = Field(3600.0, ge=0)
+    """Seconds a stopping gateway (SIGTERM) lets its live calls run before it ends them with ``drain_timeout``
+    (or, for a Twilio call, hands the call to another gateway through TwiML ``<Redirect>``). The Kubernetes
+    manifests set ``terminationGracePeriodSeconds`` to this + 30 s."""
+    session_lost_s: float = Field(10.0, ge=0)
+    """Seconds a Twilio call may go without an owning session instance (after one owned it: its owner died and no
+    peer took it over) before the gateway tells the caller and ends it with ``session_lost``; 0 = never."""
     recorder_port: int = Field(8081, ge=1, le=65535)
     recorder_lost_after_s: float = Field(600.0, gt=0)
     """Seconds without any archived event after which the recorder ends an open call with reason ``lost``

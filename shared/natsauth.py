@@ -115,7 +115,12 @@ PERMISSIONS: dict[str, Permissions | None] = {
     "gateway": _service(
         "gateway",
         ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended",
-         *_kv_write(BROWSER_TOKENS_BUCKET)],
+         *_kv_write(BROWSER_TOKENS_BUCKET),
+         # /twilio/voice?resume=<id>: has the call started / ended (last message by subject; services/gateway/app.py)
+         "$JS.API.STREAM.MSG.GET.CALLS",
+         # does a session own the call (session_lost; services/gateway/call.py)
+         f"$JS.API.STREAM.MSG.GET.KV_{subjects.CALL_OWNERS_BUCKET}",
+         f"$JS.API.DIRECT.GET.KV_{subjects.CALL_OWNERS_BUCKET}.>"],
         ["call.*.command.>", "rt.*.server.response.output_audio.delta", "rt.*.server.session.updated",
          # the browser call's live transcript (services/gateway/browser.py)
          "rt.*.server.conversation.item.input_audio_transcription.completed",
@@ -124,13 +129,17 @@ PERMISSIONS: dict[str, Permissions | None] = {
     ),
     "session": _service(
         "session",
-        ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}")],
-        ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended"],
+        ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}"),
+         *_kv_write(subjects.CALL_OWNERS_BUCKET)],
+        ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended",
+         # handover between instances (services/session/service.py)
+         "call.*.session.handover", "call.*.session.model_connected"],
     ),
     "tools": _service("tools", _kv_write(TOOLS_BUCKET), ["tools.>"]),
     "recorder": _service(
         "recorder",
-        ["audit.>", "call.*.erased", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM)],
+        ["audit.>", "call.*.erased", *_create(AUDIT_STREAM), *_read(*_CALL_STREAMS, AUDIT_STREAM),
+         *_kv_write(subjects.RECORDER_LEASE_BUCKET)],
         ["rt.>", "call.*.started", "call.*.ended", "call.*.erased", "call.*.carrier.>", "call.*.command.>",
          "call.*.session.>", subjects.OTEL_SPANS],
     ),

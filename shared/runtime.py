@@ -184,9 +184,9 @@ def run_service(name: str, main: Callable[[ServiceContext], Awaitable[None]], *,
         finally:
             stop_task.cancel()
             if not main_task.done():
-                # main saw ctx.stopping; give it a moment to finish its own shutdown
+                # main saw ctx.stopping; give it time to finish its own shutdown (a drain: SWITCHBOARD_DRAIN_S)
                 with contextlib.suppress(asyncio.TimeoutError, Exception):
-                    await asyncio.wait_for(asyncio.shield(main_task), 10)
+                    await asyncio.wait_for(asyncio.shield(main_task), ctx.settings.drain_s + 10)
                 main_task.cancel()
             await stop_service(ctx)
             log.info("service %s stopped", name)
@@ -194,8 +194,10 @@ def run_service(name: str, main: Callable[[ServiceContext], Awaitable[None]], *,
     asyncio.run(runner())
 
 
-async def serve_http(ctx: ServiceContext, app: Any, host: str, port: int) -> None:
-    """Serve the ASGI ``app`` with uvicorn on ``host:port`` until ``ctx.stopping`` is set.
+async def serve_http(ctx: ServiceContext, app: Any, host: str, port: int, *,
+                     before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve the ASGI ``app`` with uvicorn on ``host:port`` until ``ctx.stopping`` is set; then await
+    ``before_stop()`` (e.g. the gateway's drain; the server keeps serving meanwhile) and stop uvicorn.
 
     Raises:
         OSError: the port cannot be bound.
@@ -211,6 +213,11 @@ async def serve_http(ctx: ServiceContext, app: Any, host: str, port: int) -> Non
     stop_task = asyncio.create_task(ctx.stopping.wait())
     try:
         await asyncio.wait({serve_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if before_stop is not None and not serve_task.done():
+            try:
+                await before_stop()
+            except Exception:
+                log.exception("shutdown hook failed")
     finally:
         server.should_exit = True
         stop_task.cancel()

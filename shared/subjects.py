@@ -24,7 +24,9 @@ __all__ = [
     "AUDIT_STREAM",
     "CALLS_STREAM",
     "CALL_ID_PREFIX",
+    "CALL_OWNERS_BUCKET",
     "OTEL_SPANS",
+    "RECORDER_LEASE_BUCKET",
     "RT_STREAM",
     "STREAMS",
     "TRACES_STREAM",
@@ -33,6 +35,7 @@ __all__ = [
     "StreamSpec",
     "all_call_events",
     "all_calls_started",
+    "all_session_handovers",
     "audit_checkpoint",
     "call_all",
     "call_audio_in",
@@ -41,9 +44,11 @@ __all__ = [
     "call_erased",
     "call_keypad",
     "call_started",
+    "carrier_detached",
     "carrier_dtmf",
     "carrier_error",
     "carrier_mark",
+    "carrier_resumed",
     "command",
     "new_call_id",
     "parse",
@@ -56,6 +61,7 @@ __all__ = [
     "session_disclosure",
     "session_event",
     "session_events",
+    "session_handover",
     "tool",
     "tool_wildcard",
     "validate_call_id",
@@ -67,7 +73,7 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _MAX_EVENT_TYPE = 128
 
 Direction = Literal["client", "server"]
-CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture", "replay"]
 CarrierEvent = Literal["mark", "dtmf", "error"]
 
 
@@ -131,6 +137,18 @@ def carrier_mark(call_id: str) -> str:
     return f"call.{validate_call_id(call_id)}.carrier.mark"
 
 
+def carrier_detached(call_id: str) -> str:
+    """``call.<id>.carrier.detached`` — a stopping gateway closed the call's carrier stream with a resume marker
+    (Twilio follows the TwiML ``<Redirect>`` to another gateway); payload ``reason``, ``stream_id``."""
+    return f"call.{validate_call_id(call_id)}.carrier.detached"
+
+
+def carrier_resumed(call_id: str) -> str:
+    """``call.<id>.carrier.resumed`` — a gateway reconnected the call's carrier stream under the same call id
+    (instead of a second ``started``); payload ``stream_id``, ``carrier_call_id``, ``gap_ms``."""
+    return f"call.{validate_call_id(call_id)}.carrier.resumed"
+
+
 def carrier_dtmf(call_id: str) -> str:
     """``call.<id>.carrier.dtmf`` — a keypad digit from the caller."""
     return f"call.{validate_call_id(call_id)}.carrier.dtmf"
@@ -144,8 +162,9 @@ def carrier_error(call_id: str) -> str:
 
 def command(call_id: str, verb: str) -> str:
     """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``, ``capture``
-    (``{active}``: keypad digits go to :func:`call_keypad` instead of ``carrier.dtmf``)."""
-    if verb not in ("clear", "hangup", "transfer", "play", "capture", "*"):
+    (``{active}``: keypad digits go to :func:`call_keypad` instead of ``carrier.dtmf``), ``replay`` (send the
+    caller audio kept since byte offset ``from_bytes`` again: a session that took the call over)."""
+    if verb not in ("clear", "hangup", "transfer", "play", "capture", "replay", "*"):
         raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
     return f"call.{validate_call_id(call_id)}.command.{verb}"
 
@@ -298,12 +317,30 @@ AUDIT_STREAM = StreamSpec("AUDIT", ("audit.>",))
 """Signed chain checkpoints of the recorder (created with deny-delete and deny-purge; not in :data:`STREAMS`)."""
 
 
+CALL_OWNERS_BUCKET = "switchboard_call_owners"
+"""KV bucket of live-call ownership (key = call id; value owner instance, epoch, since;
+``services/session/ownership.py``)."""
+RECORDER_LEASE_BUCKET = "switchboard_recorder_lease"
+"""KV bucket of the recorder's single-writer lease (key ``writer``; ``services/recorder/lease.py``)."""
+
+
 def audit_checkpoint(call_id: str) -> str:
     """``audit.<id>`` — a signed checkpoint of one call's chain heads (recorder → AUDIT stream)."""
     return f"audit.{validate_call_id(call_id)}"
 
 
 # --- added for the session service ----------------------------------------------------------------------
+
+
+def session_handover(call_id: str) -> str:
+    """``call.<id>.session.handover`` — the owner session instance is stopping and asks a peer to take the call
+    over (payload ``call_id, owner, epoch``)."""
+    return f"call.{validate_call_id(call_id)}.session.handover"
+
+
+def all_session_handovers() -> str:
+    """``call.*.session.handover`` — handover requests of every call (what session instances listen to)."""
+    return "call.*.session.handover"
 
 
 def session_events(call_id: str) -> str:

@@ -169,6 +169,10 @@ def _service_present(name: str) -> bool:
     return importlib.util.find_spec(f"services.{name}.__main__") is not None
 
 
+LOCAL_DRAIN_S = 5
+"""``SWITCHBOARD_DRAIN_S`` of the children unless the environment sets one (below the stop grace of 10 s)."""
+
+
 class Supervisor:
     """Starts, watches and stops NATS and the services for one ``switchboard up``/``demo``.
 
@@ -239,6 +243,9 @@ class Supervisor:
         })
         if s.uses_local_model:
             env["SWITCHBOARD_REALTIME_URL"] = s.effective_realtime_url
+        # Ctrl-C stops the children within the stop grace (10 s): a gateway drains its live calls briefly
+        # (then drain_timeout) instead of for the production default of an hour
+        env.setdefault("SWITCHBOARD_DRAIN_S", str(LOCAL_DRAIN_S))
         env.update(self._extra_env)
         return env
 

@@ -1,6 +1,7 @@
 """The gateway's FastAPI application and ``main`` (``python -m services.gateway``).
 
-Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media`` (Twilio Media Streams),
+Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>`` + ``<Redirect>`` to ``/twilio/voice?resume=<call id>``,
+which reconnects the call, or ``<Hangup/>``/``<Dial>`` once it ended), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /telnyx/voice`` + ``WS /telnyx/media``, ``GET|POST /vonage/voice`` + ``WS /vonage/media``,
 ``POST /plivo/voice`` + ``WS /plivo/media`` (:mod:`.carrier_routes`),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
@@ -8,17 +9,23 @@ Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>``), ``WS /twilio/media
 (:mod:`shared.apidocs`), public like the carrier-facing routes it describes (the document holds no data; with
 ``SWITCHBOARD_API_TOKEN`` it declares the Bearer scheme that ``POST /browser/token`` needs). Ready
 (``shared.health``): still accepting calls, and the NATS connection answers a PING.
+SIGTERM: :meth:`Gateway.drain` (``/readyz`` 503 at once, no new streams, live calls run up to
+``SWITCHBOARD_DRAIN_S``, then resumable Twilio calls are detached and the rest end ``drain_timeout``), then uvicorn
+stops.
 Listens on ``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT`` (127.0.0.1:8080).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,10 +46,13 @@ from services.gateway.security import (
     public_url_for,
 )
 from services.gateway.twilio import START_TIMEOUT_S, TwilioStream, twiml_response
-from shared import health
+from shared import health, subjects
 from shared.apidocs import BEARER_SCHEME, XmlResponse, add_api_docs, binary, declare_bearer
 from shared.bus import Bus
+from shared.carriers import twilio as tw
 from shared.config import Settings
+from shared.contracts import CallEnded, ContractError
+from shared.endreasons import EndReason
 from shared.health import Readiness
 from shared.http import add_ops_routes
 from shared.runtime import ServiceContext, serve_http
@@ -78,6 +88,8 @@ class Gateway:
         self.calls: dict[str, CallBridge] = {}
         self.max_outbound_chunks = max_outbound_chunks
         self.accepting = True
+        self.readiness: Readiness | None = None
+        """Set by :func:`create_app`; re-evaluated at once when the drain begins."""
 
     @property
     def default_agent(self) -> str:
@@ -89,10 +101,33 @@ class Gateway:
         return {"default_agent": self.default_agent, "calls": self.calls,
                 "max_outbound_chunks": self.max_outbound_chunks,
                 "audio_in_ms": self.settings.gateway_audio_in_ms, "start_timeout_s": self.start_timeout_s,
-                "idle_s": self.settings.carrier_idle_s, "controls": self.controls}
+                "idle_s": self.settings.carrier_idle_s, "controls": self.controls,
+                "session_lost_s": self.settings.session_lost_s or None}
 
-    async def end_all(self, reason: str = "gateway_shutdown") -> None:
-        """End every live call (the service is stopping)."""
+    async def drain(self, drain_s: float) -> None:
+        """Stop as a gateway with live calls should (SIGTERM): refuse new streams and answer ``/readyz`` 503 at
+        once, let the live calls run until they end or ``drain_s`` seconds passed; then hand each Twilio call
+        that can reconnect to another gateway (:meth:`CallBridge.detach`: closed with the resume marker, Twilio
+        follows the TwiML ``<Redirect>``) and end the rest with ``drain_timeout`` (:meth:`end_all`)."""
+        self.accepting = False
+        if self.readiness is not None:
+            await self.readiness.evaluate()
+        deadline = time.monotonic() + drain_s
+        if self.calls:
+            log.info("draining: %d live call(s), at most %.0f s", len(self.calls), drain_s)
+        while (live := [b.ended.wait() for b in self.calls.values() if not b.ended.is_set()]) \
+                and time.monotonic() < deadline:
+            waits = [asyncio.ensure_future(w) for w in live]
+            await asyncio.wait(waits, timeout=deadline - time.monotonic())
+            for w in waits:
+                w.cancel()
+        for bridge in list(self.calls.values()):
+            if bridge.resumable:  # Twilio reconnects it through another gateway (TwiML <Redirect>)
+                await bridge.detach("gateway_drain")
+        await self.end_all()
+
+    async def end_all(self, reason: str = EndReason.DRAIN_TIMEOUT) -> None:
+        """End every live call with ``reason`` and close its socket with 1001 (going away); stop accepting."""
         self.accepting = False
         for bridge in list(self.calls.values()):
             await bridge.end(reason)
@@ -113,11 +148,16 @@ class GatewayError(BaseModel):
     error: str
 
 
-_TWIML = {**binary(XmlResponse.media_type, "TwiML: <Connect><Stream> to WS /twilio/media"),
+_TWIML = {**binary(XmlResponse.media_type, "TwiML: <Connect><Stream> to WS /twilio/media, then <Redirect> to "
+                                           "/twilio/voice?resume=<call id> (with ?resume: reconnect the call, "
+                                           "or <Hangup/>/<Dial> once it ended)"),
+          400: {"description": "resume is not a valid call id"},
           403: {"description": "X-Twilio-Signature missing or wrong (or no SWITCHBOARD_TWILIO_AUTH_TOKEN)"}}
 _TWILIO_WEBHOOK = {
     "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": "Twilio's request signature (https://www.twilio.com/docs/usage/security)"}],
+                    "description": "Twilio's request signature (https://www.twilio.com/docs/usage/security)"},
+                   {"name": "resume", "in": "query", "required": False, "schema": {"type": "string"},
+                    "description": "the call id to reconnect (the <Redirect> of an earlier answer)"}],
     "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
         "type": "object", "additionalProperties": {"type": "string"},
         "description": "Twilio's voice webhook parameters (CallSid, From, To, …)"}}}},
@@ -131,6 +171,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     readiness = Readiness([health.flag("accepting", lambda: gateway.accepting, "shutting down"),
                            health.nats_connection(gateway.bus.nc)])
+    gateway.readiness = readiness
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -140,7 +181,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             yield
         finally:
             await readiness.stop()
-            await gateway.end_all()
+            await gateway.end_all()  # normally none left: main drained them first
 
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     add_ops_routes(app, readiness)
@@ -159,7 +200,29 @@ def create_app(gateway: Gateway) -> FastAPI:
             return Response("invalid signature", status_code=403)
         scheme = "wss" if request.url.scheme == "https" else "ws"
         stream_url = public_url_for(settings.public_url, scheme, request.url.netloc, "/twilio/media")
-        return XmlResponse(twiml_response(stream_url, form, gateway.default_agent))
+        resume = request.query_params.get("resume")
+        if resume is not None:
+            try:
+                subjects.validate_call_id(resume)
+            except subjects.InvalidSubjectTokenError:
+                return Response("invalid resume call id", status_code=400)
+            ended = await gateway.bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(resume))
+            if ended is not None:  # the call ended here or elsewhere: Twilio hangs up (or dials the transfer)
+                try:
+                    final = CallEnded.parse(ended.data)
+                except ContractError as exc:
+                    log.warning("resume of call %s: unreadable ended (%s): hanging up", resume, exc)
+                    return XmlResponse(tw.build_end_twiml())
+                to = final.transfer_to if final.reason == EndReason.TRANSFER else None
+                return XmlResponse(tw.build_end_twiml(to))
+            if await gateway.bus.last_message(subjects.CALLS_STREAM, subjects.call_started(resume)) is None:
+                log.warning("resume of unknown call %s: hanging up", resume)
+                return XmlResponse(tw.build_end_twiml())
+        call_id = resume or subjects.new_call_id()
+        redirect = public_url_for(settings.public_url, request.url.scheme, request.url.netloc, "/twilio/voice",
+                                  urlencode({"resume": call_id}))
+        return XmlResponse(twiml_response(stream_url, form, gateway.default_agent, call_id=call_id, redirect=redirect,
+                                          resume=resume is not None))
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
@@ -232,7 +295,9 @@ def _console_base(ws: WebSocket, settings: Settings) -> str:
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Serve the gateway until the service stops (``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT``)."""
+    """Serve the gateway until the service stops (``SWITCHBOARD_HOST``:``SWITCHBOARD_GATEWAY_PORT``); on
+    SIGTERM it drains first (:meth:`Gateway.drain`, ``SWITCHBOARD_DRAIN_S``)."""
     gateway = Gateway(ctx.bus, ctx.settings)
     log.info("gateway listening on %s:%d", ctx.settings.host, ctx.settings.gateway_port)
-    await serve_http(ctx, create_app(gateway), ctx.settings.host, ctx.settings.gateway_port)
+    await serve_http(ctx, create_app(gateway), ctx.settings.host, ctx.settings.gateway_port,
+                     before_stop=lambda: gateway.drain(ctx.settings.drain_s))

@@ -94,10 +94,11 @@ class BrowserStream(CarrierStream):
     def __init__(self, ws: WebSocket, bus: Bus, *, default_agent: str, max_outbound_chunks: int = 1000,
                  calls: dict[str, CallBridge] | None = None, audio_in_ms: int = 40,
                  start_timeout_s: float = START_TIMEOUT_S, idle_s: float | None = None,
-                 call_page_base: str | None = None, controls: Mapping[str, CallControl] | None = None) -> None:
+                 call_page_base: str | None = None, controls: Mapping[str, CallControl] | None = None,
+                 session_lost_s: float | None = None) -> None:
         super().__init__(ws, bus, default_agent=default_agent, max_outbound_chunks=max_outbound_chunks,
                          calls=calls, audio_in_ms=audio_in_ms, start_timeout_s=start_timeout_s, idle_s=idle_s,
-                         controls=controls)
+                         controls=controls, session_lost_s=session_lost_s)
         self.call_page_base = call_page_base
         """Base URL of the recorder's console (``<base>/ui/calls/<id>`` is sent in ``started``); None: none."""
         self.sink = BrowserSink(ws)

@@ -5,7 +5,7 @@ Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native 
 ``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
 the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
 only when the model's output format (from ``session.updated``) differs from the carrier's; commands
-``call.<id>.command.{clear,hangup,transfer,play}``. Lifecycle: ``call.<id>.started`` when the carrier's start
+``call.<id>.command.{clear,hangup,transfer,play,replay}``. Lifecycle: ``call.<id>.started`` when the carrier's start
 arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the first
 reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
 once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
@@ -40,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
+from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, KeptAudio, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
 from shared.audio_batch import AudioBatcher
@@ -48,24 +49,30 @@ from shared.config import get_settings
 from shared.contracts import (
     CallEnded,
     CallStarted,
+    CarrierDetached,
     CarrierDtmf,
     CarrierError,
+    CarrierResumed,
     CommandCapture,
     CommandClear,
     CommandHangup,
     CommandPlay,
+    CommandReplay,
     CommandTransfer,
     ContractError,
     KeypadDigit,
     parse_command,
 )
+from shared.endreasons import EndReason
 from shared.telemetry import get_tracer
+from shared.tts import synthesize_format_async
 
-__all__ = ["CallBridge", "CallStart", "CarrierSink"]
+__all__ = ["KEEP_MS", "SESSION_LOST_LINE", "CallBridge", "CallStart", "CarrierSink"]
 
 log = logging.getLogger("services.gateway.call")
 
 _CLOSE_NORMAL = 1000
+
 
 
 class CarrierSink(Protocol):
@@ -111,7 +118,8 @@ class CallBridge:
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
                  audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
-                 on_transfer: Callable[[object], Awaitable[object]] | None = None) -> None:
+                 on_transfer: Callable[[object], Awaitable[object]] | None = None,
+                 call_id: str | None = None, resumed: bool = False, session_lost_s: float | None = None) -> None:
         parse_format(start.audio_format)
         self.on_transfer = on_transfer
         """Called with the target of ``command.transfer`` before the stream closes (the carrier's REST API
@@ -119,7 +127,12 @@ class CallBridge:
         self.bus = bus
         self.sink = sink
         self.start = start
-        self.call_id = subjects.new_call_id()
+        self.call_id = subjects.validate_call_id(call_id) if call_id else subjects.new_call_id()
+        self.resumed = resumed
+        """The carrier reconnected a call already running (another gateway's stream closed with a resume
+        marker): :meth:`open` publishes ``call.<id>.carrier.resumed`` instead of ``started``."""
+        if resumed:
+            session_hold_s = 0.0  # the session already listens
         self.queue = OutboundQueue(max_outbound_chunks)
         self.marks = MarkBook()
         self.ended = asyncio.Event()
@@ -151,6 +164,12 @@ class CallBridge:
         self._mark_subject = subjects.carrier_mark(self.call_id)
         self._keypad_capture = False
         """``command.capture``: keypad digits go to ``call.<id>.keypad`` (core NATS) instead of the stream."""
+        self._epoch = 0
+        """The highest owner epoch seen on the call's commands and audio."""
+        self.session_lost_s = session_lost_s
+        self._owner_watch: asyncio.Task[None] | None = None
+        self._kept = KeptAudio(parse_format(start.audio_format).bytes_per_ms, KEEP_MS)
+        """The caller audio published in the last :data:`KEEP_MS` (``command.replay``)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -174,7 +193,17 @@ class CallBridge:
         self._writer = asyncio.create_task(self._write_loop(), name=f"gateway-writer-{cid}")
         if self.idle_s is not None:
             self._watchdog = asyncio.create_task(self._watch_media(self.idle_s), name=f"gateway-idle-{cid}")
+        if self.session_lost_s:
+            self._owner_watch = asyncio.create_task(self._watch_owner(self.session_lost_s),
+                                                    name=f"gateway-owner-{cid}")
         s = self.start
+        if self.resumed:
+            gap_ms = await resume_seq(self.bus, cid)
+            resumed = CarrierResumed(carrier=s.carrier, carrier_call_id=s.carrier_call_id, stream_id=s.stream_id,
+                                     gap_ms=gap_ms)
+            await self.bus.publish_event(subjects.carrier_resumed(cid), resumed.encode(), call_id=cid)
+            log.info("call %s resumed (%s %s)", cid, s.carrier, s.carrier_call_id)
+            return
         version = s.agent_version or rollout.choose(get_settings().agent.parent, s.agent, s.from_ or cid).version
         started = CallStarted(
             call_id=cid, carrier=s.carrier, agent=s.agent, agent_version=version, audio_format=s.audio_format,
@@ -183,20 +212,58 @@ class CallBridge:
         await self.bus.publish_event(subjects.call_started(cid), started.encode(), call_id=cid)
         log.info("call %s started (%s %s)", cid, s.carrier, s.carrier_call_id)
 
+    @property
+    def resumable(self) -> bool:
+        """True when the carrier will reconnect this call elsewhere if its stream closes: a Twilio stream
+        opened by our TwiML, which carries the call id and a ``<Redirect>`` (``services.gateway.twilio``)."""
+        return self.start.carrier == "twilio" and self.start.custom_parameters.get("call_id") == self.call_id
+
     async def end(self, reason: str, **detail: Any) -> None:
         """Publish ``call.<id>.ended`` once (later calls do nothing), unsubscribe and stop the writer.
 
-        ``detail`` holds the optional fields of :class:`~shared.contracts.CallEnded` (``error``, ``close_code``,
-        ``transfer_to``, ``idle_s``); another key raises ``ValueError`` before anything is published. A
-        ``protocol_error`` first publishes ``call.<id>.carrier.error`` (``code``: the close code when the
-        WebSocket layer refused a frame, else ``invalid_frame``; ``reason``: the error).
+        ``reason`` is one of :class:`shared.endreasons.EndReason`. ``detail`` holds the optional fields of
+        :class:`~shared.contracts.CallEnded` (``error``, ``close_code``, ``transfer_to``, ``idle_s``); another key
+        raises ``ValueError`` before anything is published. A ``protocol_error`` first publishes
+        ``call.<id>.carrier.error`` (``code``: the close code when the WebSocket layer refused a frame, else
+        ``invalid_frame``; ``reason``: the error).
         """
         if self.ended.is_set():
             return
         ended = CallEnded(reason=reason, carrier=self.start.carrier, carrier_call_id=self.start.carrier_call_id,
                           stream_id=self.start.stream_id, **detail)
-        self.ended.set()
         self.end_reason = reason
+        await self._stop()
+        ended = dataclasses.replace(
+            ended, duration_ms=round((time.monotonic() - self._started_mono) * 1000.0, 1),
+            audio_in_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
+            audio_out_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
+            outbound_dropped=self.queue.dropped)
+        if reason == "protocol_error":
+            error = CarrierError(code=ended.close_code or "invalid_frame", reason=ended.error or reason)
+            await self._publish_last(subjects.carrier_error(self.call_id), error.encode())
+        await self._publish_last(subjects.call_ended(self.call_id), ended.encode())
+        self._close_span(reason, ended.error)
+        log.info("call %s ended: %s", self.call_id, reason)
+
+    async def detach(self, reason: str) -> None:
+        """Leave the call running without this gateway (it is stopping): publish ``call.<id>.carrier.detached``
+        (``reason``, ``stream_id``) instead of ``ended``, then close the carrier socket with 1000 and reason
+        ``resume`` — the resume marker; Twilio then requests the TwiML ``<Redirect>`` and reconnects the same call
+        id through another gateway. Only for :attr:`resumable` calls; does nothing once the call ended here."""
+        if self.ended.is_set():
+            return
+        self.end_reason = "detached"
+        detached = CarrierDetached(reason=reason, stream_id=self.start.stream_id)
+        await self._stop()
+        await self._publish_last(subjects.carrier_detached(self.call_id), detached.encode())
+        self._close_span("detached", None)
+        with contextlib.suppress(Exception):
+            await self.sink.close(_CLOSE_NORMAL, "resume")
+        log.info("call %s detached (%s): the carrier reconnects elsewhere", self.call_id, reason)
+
+    async def _stop(self) -> None:
+        """Stop this bridge: the caller's last audio goes out, unsubscribe, stop the tasks."""
+        self.ended.set()
         try:  # the caller's last words go out before ended
             await self._release_held()
             held = self._audio.take()
@@ -207,34 +274,26 @@ class CallBridge:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in (self._writer, self._watchdog, self._hold_timer):
+        for task in (self._writer, self._watchdog, self._hold_timer, self._owner_watch):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        ended = dataclasses.replace(
-            ended, duration_ms=round((time.monotonic() - self._started_mono) * 1000.0, 1),
-            audio_in_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
-            audio_out_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
-            outbound_dropped=self.queue.dropped)
-        if reason == "protocol_error":
-            error = CarrierError(code=ended.close_code or "invalid_frame", reason=ended.error or reason)
-            try:
-                await self.bus.publish_event(subjects.carrier_error(self.call_id), error.encode(),
-                                             call_id=self.call_id)
-            except Exception:
-                log.exception("call %s: could not publish carrier.error", self.call_id)
+
+    async def _publish_last(self, subject: str, body: dict[str, Any]) -> None:
+        """Publish one of this gateway's last messages for the call (logged; a failure is logged, not raised)."""
         try:
-            await self.bus.publish_event(subjects.call_ended(self.call_id), ended.encode(), call_id=self.call_id)
+            await self.bus.publish_event(subject, body, call_id=self.call_id)
         except Exception:
-            log.exception("call %s: could not publish ended", self.call_id)
+            log.exception("call %s: could not publish %s", self.call_id, subject)
+
+    def _close_span(self, reason: str, error: str | None) -> None:
         if self._span is not None:
             self._span.set_attribute("switchboard.end_reason", reason)
             if reason == "protocol_error":
-                self._span.set_status(Status(StatusCode.ERROR, str(detail.get("error", reason))))
+                self._span.set_status(Status(StatusCode.ERROR, error or reason))
             self._span.end()
         self.bus.forget_call(self.call_id)
-        log.info("call %s ended: %s", self.call_id, reason)
 
     # --- carrier → bus -----------------------------------------------------------------------------------
 
@@ -283,12 +342,45 @@ class CallBridge:
             elif now - quiet_since >= idle_s:
                 log.warning("call %s: no media from the carrier for %.1f s; ending", self.call_id, now - quiet_since)
                 await self.end("carrier_silent", idle_s=idle_s)
-                with contextlib.suppress(Exception):
-                    await self.sink.close(_CLOSE_NORMAL, "carrier_silent")
+                await self.close_after_logged(_CLOSE_NORMAL, "carrier_silent")
                 return
+
+    async def _watch_owner(self, lost_s: float) -> None:
+        """End the call with ``session_lost`` once no session has owned it for ``lost_s`` s
+        (:func:`~services.gateway.resume.owner_lost`); the caller hears :data:`SESSION_LOST_LINE` first."""
+        if await owner_lost(self.bus, self.call_id, lost_s, self.ended):
+            log.warning("call %s: no session has owned the call for %.0f s; ending", self.call_id, lost_s)
+            await self._say_and_end(SESSION_LOST_LINE, EndReason.SESSION_LOST)
+
+    async def _say_and_end(self, text: str, reason: str) -> None:
+        """Play ``text`` (espeak-ng in the carrier's format), wait until it has been sent and played, end."""
+        with contextlib.suppress(Exception):
+            audio = await synthesize_format_async(text, self._carrier_fmt)
+            self.enqueue(audio, "gateway-notice")
+            await asyncio.sleep(ms_for_bytes(self._carrier_fmt, len(audio)) / 1000 + 0.5)
+        if self.ended.is_set():
+            return
+        await self.end(reason)
+        await self.close_after_logged(_CLOSE_NORMAL, reason)
 
     async def _publish_audio(self, audio: bytes) -> None:
         await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
+        self._kept.add(audio)
+
+    async def replay(self, from_bytes: int) -> int:
+        """``command.replay``: publish again the caller audio kept (the last :data:`KEEP_MS`) from byte offset
+        ``from_bytes`` of this call's ``audio.in`` on, in order before any later frame, each chunk with header
+        ``Switchboard-Replay`` (an empty one when nothing is kept); returns the bytes sent.
+        A session that took the call over after a crash asks for it from the offset its log shows appended, so
+        what the caller said while no session listened is heard."""
+        async with self._release_lock:  # later frames wait (audio_in) until the replay is out
+            sent = 0
+            for offset, part in self._kept.since(from_bytes):  # nothing kept: one empty marker
+                await self.bus.publish(self._audio_subject, part, call_id=self.call_id,
+                                       headers={**self._audio_headers, Headers.REPLAY: str(offset)})
+                sent += len(part)
+        log.info("call %s: replayed %d bytes of caller audio from offset %d", self.call_id, sent, from_bytes)
+        return sent
 
     async def dtmf(self, digit: str) -> None:
         """Publish ``call.<id>.carrier.dtmf`` ``{digit}`` — or, while the session runs a keypad capture
@@ -330,7 +422,10 @@ class CallBridge:
     async def _on_delta(self, env: Envelope) -> None:
         """Queue one ``response.output_audio.delta`` (base64 ``delta``, ``item_id``) for the carrier.
 
-        12–50 a second per call; its fields are strings and small integers, so :meth:`Envelope.json_fast`."""
+        12–50 a second per call; its fields are strings and small integers, so :meth:`Envelope.json_fast`.
+        Audio of a stale owner epoch (below the highest seen for the call) is dropped (:meth:`_current`)."""
+        if not self._current(env):
+            return
         try:
             event = env.json_fast()
             audio = base64.b64decode(event["delta"], validate=True)
@@ -349,8 +444,25 @@ class CallBridge:
         if not self.queue.put_audio(AudioChunk(audio, item_id, cumulative)):
             metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
 
+    def _current(self, env: Envelope) -> bool:
+        """False for a message of a stale owner epoch (``Switchboard-Epoch`` below the highest seen for this
+        call: a session instance that lost the call, ``services/session/ownership.py``). One header read; the
+        first message of a higher epoch switches the call to it."""
+        epoch = env.headers.get(Headers.EPOCH)
+        if epoch is None:
+            return True
+        value = int(epoch) if epoch.isdigit() else 0
+        if value < self._epoch:
+            return False
+        self._epoch = value
+        return True
+
     async def _on_command(self, env: Envelope) -> None:
-        """``call.<id>.command.<verb>`` (:mod:`shared.contracts.commands`); a malformed one is logged and ignored."""
+        """``call.<id>.command.<verb>`` (:mod:`shared.contracts.commands`); a malformed one, or one of a stale
+        owner epoch (:meth:`_current`), is logged and ignored."""
+        if not self._current(env):
+            log.warning("call %s: ignoring a command of a stale owner epoch", self.call_id)
+            return
         verb = subjects.parse(env.subject).rest.removeprefix("command.")
         try:
             command = parse_command(verb, env.data)
@@ -365,6 +477,8 @@ class CallBridge:
             self.queue.put_close("transfer", {"transfer_to": command.to})
         elif isinstance(command, CommandCapture):
             self._keypad_capture = command.active
+        elif isinstance(command, CommandReplay):
+            await self.replay(command.from_bytes)
         else:
             self._play(command)
 
@@ -418,8 +532,21 @@ class CallBridge:
         if item.reason == "transfer" and self.on_transfer is not None:  # before the stream closes
             await self.on_transfer((item.detail or {}).get("transfer_to"))
         await self.end(item.reason, **(item.detail or {}))
+        await self.close_after_logged(_CLOSE_NORMAL, item.reason)
+
+    async def close_after_logged(self, code: int, reason: str, *, timeout: float = 2.0) -> None:
+        """Close the carrier socket once ``call.<id>.ended`` is stored (at most ``timeout`` s): for a
+        :attr:`resumable` call the carrier requests ``/twilio/voice?resume=<id>`` as soon as the socket closes,
+        and that answer (hang up, not reconnect) reads the stored ``ended``. Once per call, never per frame."""
+        if self.resumable:
+            subject = subjects.call_ended(self.call_id)
+            with contextlib.suppress(Exception):
+                for _ in range(max(1, int(timeout / 0.02))):
+                    if await self.bus.last_message(subjects.CALLS_STREAM, subject) is not None:
+                        break
+                    await asyncio.sleep(0.02)
         with contextlib.suppress(Exception):
-            await self.sink.close(_CLOSE_NORMAL, item.reason)
+            await self.sink.close(code, reason)
 
     def detach_context(self) -> None:
         """Detach the call's trace context from the task that called :meth:`open` (at the end of the call)."""

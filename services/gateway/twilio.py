@@ -4,7 +4,11 @@ Protocol: https://www.twilio.com/docs/voice/media-streams/websocket-messages. In
 ``connected`` → ignored; ``start`` → a new call (:class:`~services.gateway.call.CallBridge`); ``media`` →
 ``call.<id>.audio.in``; ``dtmf`` → ``call.<id>.carrier.dtmf``; ``mark`` → ``call.<id>.carrier.mark``;
 ``stop`` → ``call.<id>.ended(reason="caller_hangup")``; the carrier closing the socket without ``stop`` ends
-the call the same way (``close_code`` in the payload). Outbound ``media`` + ``mark`` per chunk, ``clear``.
+the call by its close code (:func:`~services.gateway.stream.disconnect_reason`: 1000/1001/1005 the same way,
+1006 and server-side codes ``lost``; ``close_code`` in the payload); the gateway failing under the call (the bus)
+ends it ``lost``. A ``start`` whose custom parameters carry ``call_id`` (our TwiML chose it) opens that call id;
+with ``resume=1`` too it reconnects a call already running (``call.<id>.carrier.resumed``, not ``started``).
+Outbound ``media`` + ``mark`` per chunk, ``clear``.
 
 Bad input (malformed JSON, unknown event, invalid base64, media before start, a frame over 64 KiB, a second
 start, a binary frame) closes the socket with code 1008 and a reason, and ends the call (if one started)
@@ -27,6 +31,7 @@ from starlette.websockets import WebSocket
 
 from services.gateway.call import CallStart
 from services.gateway.stream import (
+    HANGUP_CLOSE_CODES,
     INTERNAL_ERROR,
     POLICY_VIOLATION,
     PROTOCOL_CLOSE_CODES,
@@ -36,25 +41,34 @@ from services.gateway.stream import (
     disconnect_reason,
     receive_before,
 )
+from shared import subjects
 from shared.audio import PCMU
 from shared.carriers import twilio as tw
 
-__all__ = ["INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S", "TwilioSink",
-           "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
+__all__ = ["HANGUP_CLOSE_CODES", "INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S",
+           "TwilioSink", "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
 
 
-def twiml_response(stream_url: str, form: Mapping[str, str], agent: str) -> str:
+def twiml_response(stream_url: str, form: Mapping[str, str], agent: str, *, call_id: str | None = None,
+                   redirect: str | None = None, resume: bool = False) -> str:
     """TwiML connecting the call to ``stream_url`` with ``agent`` and the caller's numbers as parameters.
 
     ``form`` is Twilio's voice webhook form (``From``, ``To``, ``CallSid``, …); ``From``/``To`` travel as
-    ``<Parameter name="caller">`` / ``"called"`` (the start message has no numbers of its own).
+    ``<Parameter name="caller">`` / ``"called"`` (the start message has no numbers of its own). ``call_id`` (our
+    call id, chosen here so the redirect can name it) travels as ``<Parameter name="call_id">``, ``resume`` as
+    ``"resume"="1"`` (reconnect that call instead of starting one); ``redirect`` is the ``<Redirect>`` URL Twilio
+    requests when the stream ends (:func:`shared.carriers.twilio.build_twiml`).
     """
     params = {"agent": agent}
     if form.get("From"):
         params["caller"] = form["From"]
     if form.get("To"):
         params["called"] = form["To"]
-    return tw.build_twiml(stream_url, params, name="switchboard")
+    if call_id:
+        params["call_id"] = call_id
+    if resume:
+        params["resume"] = "1"
+    return tw.build_twiml(stream_url, params, name="switchboard", redirect=redirect)
 
 
 class TwilioSink:
@@ -147,10 +161,19 @@ class TwilioStream(CarrierStream):
         if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000 or fmt.channels != 1:
             raise tw.TwilioProtocolError(f"unsupported media format {fmt.encoding}/{fmt.sample_rate}")
         params = dict(msg.start.custom_parameters)
+        call_id = params.get("call_id") or None
+        resumed = params.get("resume") == "1"
+        if call_id is not None:
+            try:
+                subjects.validate_call_id(call_id)
+            except subjects.InvalidSubjectTokenError:
+                raise tw.TwilioProtocolError("invalid call_id parameter") from None
+        elif resumed:
+            raise tw.TwilioProtocolError("resume without call_id")
         start = CallStart(
             carrier="twilio", audio_format=PCMU, agent=str(params.get("agent") or self.default_agent),
             from_=params.get("caller") or params.get("from"), to=params.get("called") or params.get("to"),
             carrier_call_id=msg.start.call_sid, stream_id=msg.start.stream_sid or msg.stream_sid,
             custom_parameters=params,
         )
-        await self.open_call(TwilioSink(self.ws, start.stream_id or ""), start)
+        await self.open_call(TwilioSink(self.ws, start.stream_id or ""), start, call_id=call_id, resumed=resumed)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -359,14 +360,16 @@ class Session:
 
     async def _decide(self) -> Reply:
         """The policy's reply to the newest unanswered user item or tool output (or the greeting)."""
-        pending = None
+        unanswered: list[dict[str, Any]] = []
         for stored in reversed(self.conversation.items()):
             item = stored.item
             if item["id"] in self.handled:
                 break
             if item["type"] == "function_call_output" or (item["type"] == "message" and item.get("role") == "user"):
-                pending = item
-                break
+                unanswered.append(item)
+        pending = unanswered[0] if unanswered else None
+        for earlier in reversed(unanswered[1:]):  # e.g. a conversation re-created by conversation.item.create
+            await self._absorb(earlier)
         if pending is None:
             has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
             return self.policy.greeting() if not has_user else Reply("How can I help you?")
@@ -399,6 +402,26 @@ class Session:
         text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
         future = self.transcripts.pop(item["id"], None)
         return await future if future is not None else text
+
+    async def _absorb(self, item: dict[str, Any]) -> None:
+        """Let the policy take in an earlier user turn or tool output that got no reply of its own (a client
+        that re-created the conversation, e.g. a session that took a call over): its state — the tool asked
+        for, the arguments heard — then matches the conversation; the reply it would have given is dropped."""
+        self.handled.add(item["id"])
+        if item["type"] == "function_call_output":
+            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
+                         and s.item.get("call_id") == item.get("call_id")), None)
+            args: dict[str, Any] = {}
+            with contextlib.suppress(ValueError, TypeError):
+                args = json.loads(call.get("arguments") or "{}") if call else {}
+            self.policy.on_tool_output(str(call.get("name")) if call else "", args, str(item.get("output", "")))
+            return
+        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
+        future = self.transcripts.pop(item["id"], None)
+        if future is not None:
+            text = await future
+        if text.strip():
+            self.policy.on_user(text)
 
     # --- echo mode ---------------------------------------------------------------------------------------
 

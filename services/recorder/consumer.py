@@ -81,8 +81,13 @@ class StreamConsumer:
 
     def __init__(self, nc: NATS, archive: Archive, stream: subjects.StreamSpec, *,
                  durable_prefix: str = "recorder", batch: int = 512, fetch_timeout: float = 1.0,
-                 on_batch: BatchCallback | None = None, track_lag: bool = False, linger_s: float = 0.1) -> None:
+                 on_batch: BatchCallback | None = None, track_lag: bool = False, linger_s: float = 0.1,
+                 guard: Callable[[], bool] | None = None) -> None:
         self.nc = nc
+        self.guard = guard
+        """Checked before each batch is persisted (the single-writer lease, ``services.recorder.lease``): once
+        false, the batch is left unacked (redelivered to the next writer) and :meth:`run` returns."""
+        self.fenced = False
         self.js: JetStreamContext = nc.jetstream()
         self.archive = archive
         self.stream = stream
@@ -135,6 +140,9 @@ class StreamConsumer:
                 pending = asyncio.create_task(self._fetch(psub, linger))
                 if msgs:
                     await self._handle(msgs, stopping)
+                if self.fenced:
+                    log.error("%s: the writer lease is gone; consumer stopped", self.durable)
+                    return
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,6 +177,9 @@ class StreamConsumer:
         batch = [by_seq[s] for s in sorted(by_seq)]
         delay = 0.2
         while True:
+            if self.guard is not None and not self.guard():
+                self.fenced = True
+                return  # not acked: the next writer gets it again from the committed position
             try:
                 if self.stream.name == subjects.TRACES_STREAM.name:  # no span: it would trace itself
                     stored = await self.archive.persist_spans(batch)

@@ -4,7 +4,8 @@
 :func:`main` is the service entry point (``python -m services.recorder``). The API binds loopback unless
 ``SWITCHBOARD_API_TOKEN`` is set (then ``SWITCHBOARD_HOST``) on ``SWITCHBOARD_RECORDER_PORT`` (8081).
 ``SWITCHBOARD_RECORDER_CONSUMER`` (default ``recorder``) prefixes the durable consumer names; run one
-recorder per database (the hash chains need a single writer). ``SWITCHBOARD_RECORDER_LOST_AFTER_S`` (600)
+recorder per database (the hash chains need a single writer): a second one waits for the writer lease
+(``services/recorder/lease.py``) before it binds any consumer. ``SWITCHBOARD_RECORDER_LOST_AFTER_S`` (600)
 is the idle time after which an open call is ended as ``lost`` (``services/recorder/finalize.py``). With
 ``SWITCHBOARD_AUDIT_KEY`` the chain heads are signed and published to the ``AUDIT`` stream
 (``services/recorder/checkpoints.py``). Caller content is sealed under per-call keys (``SWITCHBOARD_ARCHIVE_KEY``;
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from services.recorder.consumer import StreamConsumer
 from services.recorder.db import open_database
 from services.recorder.erasure import Eraser, Retention
 from services.recorder.finalize import Finalizer
+from services.recorder.lease import WriterLease
 from services.recorder.vault import Vault, configured_vault
 from shared import health, subjects
 from shared.bus import Bus
@@ -42,15 +45,21 @@ __all__ = ["Recorder", "main"]
 log = logging.getLogger(__name__)
 
 
+async def _stop_when_lost(lease: WriterLease, stopping: asyncio.Event) -> None:
+    await lease.lost.wait()
+    stopping.set()
+
+
 class Recorder:
-    """Consumers for CALLS, RT and TRACES plus the finalizer, over one engine and bus."""
+    """Consumers for CALLS, RT and TRACES plus the finalizer, over one engine and bus. ``guard`` (the writer
+    lease's ``valid``) is checked by the consumers before every batch they persist."""
 
     def __init__(self, bus: Bus, engine: AsyncEngine, data_dir: Path, *, durable_prefix: str = "recorder",
                  batch: int = 512, settle_s: float = 1.0, track_lag: bool = False,
                  lost_after_s: float = 600.0, recordings_dir: Path | None = None,
                  audit_key: str | None = None, checkpoint_interval_s: float = INTERVAL_S,
                  js_replicas: int = 1, vault: Vault | None = None, retention: Retention | None = None,
-                 retention_interval_s: float = 3600.0) -> None:
+                 retention_interval_s: float = 3600.0, guard: Callable[[], bool] | None = None) -> None:
         self.bus = bus
         settings = get_settings()
         self.vault = vault or Vault(configured_vault().kms)
@@ -71,7 +80,7 @@ class Recorder:
         self.retention_interval_s = retention_interval_s
         self.consumers = [
             StreamConsumer(bus.nc, self.archive, spec, durable_prefix=durable_prefix, batch=batch,
-                           on_batch=self.finalizer.on_batch, track_lag=track_lag)
+                           on_batch=self.finalizer.on_batch, track_lag=track_lag, guard=guard)
             for spec in (subjects.CALLS_STREAM, subjects.RT_STREAM, subjects.TRACES_STREAM)
         ]
         self.stopping = asyncio.Event()
@@ -132,12 +141,21 @@ class Recorder:
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Run the recorder service until ``ctx.stopping``."""
+    """Run the recorder service until ``ctx.stopping``: wait for the single-writer lease
+    (:class:`~services.recorder.lease.WriterLease`), consume while holding it, and on SIGTERM commit and ack the
+    batch in flight, stop pulling and release the lease; losing the lease stops the service."""
     settings = ctx.settings
     engine = await open_database(settings.effective_database_url)
     ctx.stack.push_async_callback(engine.dispose)
-    recorder = Recorder(ctx.bus, engine, settings.data_dir,
-                        durable_prefix=os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder",
+    prefix = os.environ.get("SWITCHBOARD_RECORDER_CONSUMER") or "recorder"
+    lease = WriterLease(ctx.bus.js, prefix, replicas=settings.js_replicas)
+    if not await lease.acquire(ctx.stopping):
+        return
+    ctx.stack.push_async_callback(lease.release)  # closed after recorder.stop: the last batch is acked first
+    ctx.spawn(lease.keep(), name="recorder-lease")
+    ctx.spawn(_stop_when_lost(lease, ctx.stopping), name="recorder-lease-watch")
+    recorder = Recorder(ctx.bus, engine, settings.data_dir, guard=lease.valid,
+                        durable_prefix=prefix,
                         lost_after_s=settings.recorder_lost_after_s,
                         recordings_dir=settings.effective_recordings_dir, audit_key=settings.audit_key,
                         js_replicas=settings.js_replicas, retention_interval_s=settings.retention_interval_s)

@@ -15,8 +15,9 @@ from .service import SessionService
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Take calls until the service is asked to stop, then end the calls in progress. With
-    ``SWITCHBOARD_REDACTION`` every log line of the process is redacted (docs/compliance.md)."""
+    """Take calls until the service is asked to stop, then hand the calls in progress over to peers (those no
+    peer takes are served to their end, at most ``SWITCHBOARD_DRAIN_S``). With ``SWITCHBOARD_REDACTION`` every
+    log line of the process is redacted (docs/compliance.md)."""
     settings = ctx.settings
     if settings.redaction:
         install_log_redaction(Redactor(settings.redaction_patterns, region=settings.redaction_region))
@@ -28,7 +29,7 @@ async def main(ctx: ServiceContext) -> None:
     try:
         await ctx.stopping.wait()
     finally:
-        await service.stop()
+        await service.stop(drain_s=ctx.settings.drain_s)
 
 
 if __name__ == "__main__":

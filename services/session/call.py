@@ -38,7 +38,7 @@ from nats.aio.subscription import Subscription
 
 from shared import subjects, tool_registry
 from shared.audio import parse_format
-from shared.bus import Bus, Envelope, encode_payload
+from shared.bus import Bus, Envelope, Headers, encode_payload
 from shared.contracts import (
     CallEnded,
     CallInfo,
@@ -46,6 +46,7 @@ from shared.contracts import (
     CarrierDtmf,
     CarrierMark,
     CommandClear,
+    CommandReplay,
     Contract,
     ContractError,
     SessionError,
@@ -66,23 +67,36 @@ from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket, backoff_delays
 from .options import CallOptions, ModelEndpoint
-from .rebuild import REBUILD_PREFIX, ConversationLog, parse_records
+from .ownership import Takeover
+from .rebuild import REBUILD_PREFIX, read_call_log
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
 from .tools import Outcome, ToolDispatcher, model_output
 
-__all__ = ["Call", "CallOptions", "ModelEndpoint"]  # the last two re-exported from .options
+__all__ = ["RECOVERY_LINE", "Call", "CallOptions", "ModelEndpoint"]  # the last two re-exported from .options
 
 log = logging.getLogger(__name__)
+
+RECOVERY_LINE = "Sorry, I lost my train of thought for a moment. Where were we?"
+"""What the agent says after taking over a call whose owner crashed mid-response (once)."""
 
 
 class Call:
     """The session of one call (see the module docstring)."""
 
     def __init__(self, bus: Bus, spec: AgentSpec, info: CallStarted, endpoint: ModelEndpoint,
-                 options: CallOptions | None = None) -> None:
+                 options: CallOptions | None = None, *, takeover: Takeover | None = None) -> None:
         self.bus = bus
+        self.takeover = takeover
+        """Set when this instance took the call over from another (``"handover"``: the owner asked;
+        ``"lapse"``: the owner stopped renewing): the first model session rebuilds the conversation from the log
+        instead of greeting, and after a lapse says one short recovery line if a response was cut off."""
+        self.handed_over = False
+        """Set when another instance now serves the call: this one stops without a summary."""
+        self.appended_in_log = 0
+        """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
+        self._await_replay = takeover == "lapse"
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -102,7 +116,7 @@ class Call:
                                      command=self._command, publish=self._call_event,
                                      chunk_ms=self.options.disclosure_chunk_ms,
                                      confirm_grace_s=self.options.disclosure_confirm_s)
-        self._greeted = False
+        self._greeted = takeover is not None  # a call taken over was greeted by its first owner
         self.redactor = self.options.redactor(spec.redaction)
         """None: redaction off; else every logged event's text is redacted (docs/compliance.md)."""
         self.registry: dict[str, tool_registry.ToolSpec] = {}
@@ -160,6 +174,12 @@ class Call:
         self.ended_reason = self.ended_reason or reason
         self.ended.set()
 
+    async def hand_off(self) -> None:
+        """Stop serving because another instance took the call over: close the model session, publish nothing
+        more for the call (no summary: the call goes on)."""
+        self.handed_over = True
+        await self.end("handover")
+
     async def _ended_before_pickup(self) -> None:
         """``call.<id>.ended`` published before :meth:`run` subscribed: the CALLS stream holds it."""
         env = await self.bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(self.call_id))
@@ -186,6 +206,9 @@ class Call:
         await self.control.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if self.handed_over:
+            self.hooks.call_ended()
+            return
         summary = self.stats.summary(tool_calls=self.tools.calls, first_audio_ms=self.hooks.first_audio_ms,
                                      events=self.log.counts, flow_state=self.flow.state,
                                      ended_reason=self.ended_reason)
@@ -228,6 +251,17 @@ class Call:
                 await asyncio.sleep(next(delays))
         self.registry.update(registry)
         self.bus.resume_seq(self.call_id, max(last_rt, last_calls))
+        if self.takeover and self.spec.flow is not None:
+            changed = await self.bus.last_message(subjects.CALLS_STREAM,
+                                                  subjects.session_event(self.call_id, "state_changed"))
+            try:
+                state = SessionStateChanged.parse(changed.data).to if changed is not None else None
+            except ContractError as exc:
+                log.warning("call %s: unreadable state_changed in the log (%s); flow restarts", self.call_id, exc)
+                state = None
+            if state is not None:
+                self.flow.state = state
+                await self._apply_capture()  # the restored state's keypad capture
 
     async def _model_loop(self) -> None:
         prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")
@@ -394,10 +428,12 @@ class Call:
         """First ``session.updated`` of a connection: greeting or rebuild, flush audio, then ready."""
         self._in_setup = True
         try:
-            reconnect = self.connections > 1
+            reconnect = self.connections > 1 or self.takeover is not None
             if reconnect:
-                owes = await self._rebuild()
-                if owes:
+                owes, cut_off = await self._rebuild()
+                if cut_off and self.takeover == "lapse" and self.connections == 1:
+                    await self.gate.request({"instructions": f"Say exactly: {RECOVERY_LINE}"})
+                elif owes:
                     await self.gate.request()
             else:
                 await self._greet()
@@ -409,12 +445,15 @@ class Call:
         self.ready.set()
         self.stats.model_up()
         await self.gate.pump()
+        if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
+            await self._command("replay", CommandReplay(from_bytes=await self._consumed_in_log()))
+            self._spawn(self._stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
         sid, model = session.get("id"), session.get("model")
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), SessionModelConnected(
             call_id=self.call_id, session_id=sid if isinstance(sid, str) else None,
             model=model if isinstance(model, str) else None,
-            connection=self.connections, reconnect=self.connections > 1,
+            connection=self.connections, reconnect=reconnect, takeover=self.takeover,
             # billed: false without an API key (the local model), priced at 0 (shared/pricing.py)
             billed=self.endpoint.api_key is not None, agent=self.spec.name, agent_version=self.spec.version))
 
@@ -451,19 +490,17 @@ class Call:
             return  # the reconnect's _session_ready flushes and greets
         self.audio.ready = True
 
-    async def _rebuild(self) -> bool:
-        """Replay the log and re-create prior items; returns True when the agent owes a response."""
+    async def _rebuild(self) -> tuple[bool, bool]:
+        """Replay the log and re-create prior items; returns (the agent owes a response, a response was cut off:
+        created in the log but never done)."""
         await self.bus.flush_acks(5.0)
-        raw: list[tuple[str, bytes]] = []
-        async for env in self.bus.replay(subjects.rt_all(self.call_id), subjects.RT_STREAM):
-            parsed = subjects.parse(env.subject)
-            if parsed.rest != "input_audio_buffer.append":
-                raw.append((parsed.direction or "", env.data))
-        conversation = ConversationLog().feed_all(parse_records(raw))
+        logged = await read_call_log(self.bus, self.call_id)
+        self.appended_in_log = logged.appended_bytes
+        conversation = logged.conversation
         for n, item in enumerate(conversation.items(), 1):
             await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
                              "item": item}, setup=True)
-        return conversation.owes_response()
+        return conversation.owes_response(), logged.cut_off
 
     # --- carrier side ------------------------------------------------------------------------------------
 
@@ -471,8 +508,16 @@ class Call:
         await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
 
     async def _on_audio(self, env: Envelope) -> None:
-        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``."""
+        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``. After a takeover
+        from a crashed owner, live frames are dropped until the gateway's replay (header ``Switchboard-Replay``)
+        arrives: the replay re-sends them, in order, from what the log shows appended."""
         self._last_audio = time.monotonic()
+        if self._await_replay:
+            if Headers.REPLAY not in env.headers:
+                return
+            self._await_replay = False
+        if not env.data:
+            return
         if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
             self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
             return
@@ -487,6 +532,21 @@ class Call:
         except ModelClosedError:
             self.audio.ready = False
             self.audio.requeue(chunk)
+
+    async def _consumed_in_log(self) -> int:
+        """Caller audio bytes the previous owner consumed, by the log: appended to the model, plus what its
+        disclosure withheld (``gate_recording``; the disclosure record of the earlier session)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.disclosure.prior_checked.wait(), self.options.replay_wait_s)
+        record = self.disclosure.record
+        return self.appended_in_log + (record.withheld_bytes if record is not None else 0)
+
+    async def _stop_awaiting_replay(self, after_s: float) -> None:
+        """No replay within ``after_s`` (an older gateway, or the carrier reconnected elsewhere): take live audio."""
+        await asyncio.sleep(after_s)
+        if self._await_replay:
+            log.warning("call %s: no caller audio replay from the gateway; taking live audio", self.call_id)
+            self._await_replay = False
 
     async def _on_mark(self, env: Envelope) -> None:
         """``call.<id>.carrier.mark`` (:class:`~shared.contracts.CarrierMark`); echoes of no item are ignored."""

@@ -73,6 +73,8 @@ class DisclosureRecord:
         started_at: unix seconds when the first ``command.play`` was published (None: nothing was played).
         finished_at: unix seconds when the status was decided.
         gate_recording: the spec's option in force for this call.
+        withheld_bytes: caller audio (``audio.in`` bytes) discarded until the status was decided
+            (``gate_recording``); part of the replay offset of a session that takes the call over.
     """
 
     call_id: str
@@ -87,6 +89,7 @@ class DisclosureRecord:
     started_at: float | None
     finished_at: float
     gate_recording: bool
+    withheld_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON payload."""
@@ -109,7 +112,7 @@ class DisclosureRecord:
                        str(data["audio_format"]), int(data["audio_bytes"]), int(data["audio_ms"]),
                        int(data["played_bytes"]), int(data["played_ms"]),
                        float(started) if started is not None else None, float(data["finished_at"]),
-                       bool(data["gate_recording"]))
+                       bool(data["gate_recording"]), int(data.get("withheld_bytes") or 0))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"disclosure record is missing or mistypes {exc}") from None
 
@@ -146,6 +149,9 @@ class Disclosure:
         self.item_id = f"disclosure_{call_id}"
         self.done = asyncio.Event()
         """Set once the call may listen: the status is decided (or there is no disclosure)."""
+        self.prior_checked = asyncio.Event()
+        """Set once the log was searched for a record of an earlier session of this call (or there is no
+        disclosure): :attr:`record` then holds that record when there was one."""
         self.record: DisclosureRecord | None = None
         self.withheld_bytes = 0
         """Caller audio discarded while the disclosure played (``gate_recording``)."""
@@ -156,6 +162,7 @@ class Disclosure:
         self._closing = False
         if spec is None:
             self.done.set()
+            self.prior_checked.set()
 
     @property
     def gate_recording(self) -> bool:
@@ -184,6 +191,7 @@ class Disclosure:
         assert self.spec is not None
         try:
             prior = await self._prior()
+            self.prior_checked.set()
             if prior is not None:
                 self.record = prior
                 log.info("call %s: disclosure already %s in an earlier session", self.call_id, prior.status)
@@ -208,6 +216,7 @@ class Disclosure:
             await self.playback.wait_played([self.item_id], limit)
             await self._finish("completed" if self._played_bytes() >= len(audio) else "unconfirmed")
         finally:
+            self.prior_checked.set()
             self.done.set()
 
     async def _prior(self) -> DisclosureRecord | None:
@@ -231,7 +240,7 @@ class Disclosure:
         self.record = DisclosureRecord(
             self.call_id, status, self.spec.text, self.item_id, self.audio_format, self._audio_bytes,
             int(self._audio_bytes / self._bytes_per_ms), played, int(played / self._bytes_per_ms),
-            self._started_at, time.time(), self.spec.gate_recording)
+            self._started_at, time.time(), self.spec.gate_recording, self.withheld_bytes)
         if status != "completed":
             log.warning("call %s: disclosure %s (%d of %d ms confirmed played)", self.call_id, status,
                         self.record.played_ms, self.record.audio_ms)

@@ -60,6 +60,9 @@ class CallOptions:
     """``SWITCHBOARD_REDACTION_PATTERNS``: extra regular expressions, for every agent."""
     redaction_region: str = "US"
     """``SWITCHBOARD_REDACTION_REGION``: phone numbers without a country code."""
+    replay_wait_s: float = 3.0
+    """After a takeover from a crashed owner: seconds to wait for the gateway's caller-audio replay (live
+    frames are dropped meanwhile, the replay re-sends them) before taking live audio anyway."""
 
     def redactor(self, spec: RedactionSpec | None) -> Redactor | None:
         """The redactor for an agent with redaction ``spec`` (None: redaction is off for it)."""

@@ -18,12 +18,16 @@ duplicate the conversation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["REBUILD_PREFIX", "ConversationLog", "LogRecord", "parse_records"]
+from shared import subjects
+from shared.bus import Bus
+
+__all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log"]
 
 REBUILD_PREFIX = "sb_rebuild_"
 
@@ -126,3 +130,37 @@ def parse_records(raw: Iterable[tuple[str, bytes]]) -> list[LogRecord]:
         if isinstance(event, dict):
             records.append(LogRecord(direction, event))
     return records
+
+
+@dataclass(frozen=True, slots=True)
+class CallLog:
+    """What a rebuild reads from a call's RT log (:func:`read_call_log`)."""
+
+    conversation: ConversationLog
+    appended_bytes: int
+    """Caller audio the log shows appended (bytes of ``input_audio_buffer.append`` audio, decoded length)."""
+    cut_off: bool
+    """A ``response.created`` has no ``response.done``: a response was cut off (its owner died)."""
+
+
+async def read_call_log(bus: Bus, call_id: str) -> CallLog:
+    """Replay ``rt.<id>.>`` from the RT stream into a :class:`CallLog`."""
+    raw: list[tuple[str, bytes]] = []
+    open_responses: set[str] = set()
+    appended = 0
+    async for env in bus.replay(subjects.rt_all(call_id), subjects.RT_STREAM):
+        parsed = subjects.parse(env.subject)
+        if parsed.rest == "input_audio_buffer.append":
+            with contextlib.suppress(ValueError, AttributeError):
+                audio = str(json.loads(env.data).get("audio") or "")
+                appended += len(audio) * 3 // 4 - audio[-2:].count("=")
+            continue
+        raw.append((parsed.direction or "", env.data))
+        if parsed.direction == "server" and parsed.rest in ("response.created", "response.done"):
+            with contextlib.suppress(ValueError, AttributeError):
+                rid = str((json.loads(env.data).get("response") or {}).get("id"))
+                if parsed.rest == "response.created":
+                    open_responses.add(rid)
+                else:
+                    open_responses.discard(rid)
+    return CallLog(ConversationLog().feed_all(parse_records(raw)), appended, bool(open_responses))

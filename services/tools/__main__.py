@@ -25,7 +25,8 @@ log = logging.getLogger("services.tools")
 
 
 async def main(ctx: ServiceContext) -> None:
-    """Migrate, seed, register the endpoints and serve until ``ctx.stopping``."""
+    """Migrate, seed, register the endpoints and serve until ``ctx.stopping``; then drain
+    (:meth:`ToolWorker.drain`: no new requests, the ones in flight answered) before the database closes."""
     metrics = serve_metrics(ctx.settings.tools_metrics_port, ctx.settings.host,
                             variable="SWITCHBOARD_TOOLS_METRICS_PORT")
     if metrics is not None:
@@ -41,6 +42,7 @@ async def main(ctx: ServiceContext) -> None:
     worker = ToolWorker(tools, database=database, settings=settings)
     await worker.register(ctx.bus, ctx.micro, replicas=ctx.settings.js_replicas)
     await ctx.stopping.wait()
+    await worker.drain(ctx.bus, ctx.micro)
 
 
 async def seed_command() -> int:

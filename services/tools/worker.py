@@ -111,6 +111,20 @@ class ToolWorker:
         await health.answer_on_bus(bus, "tools", self.readiness)
         log.info("serving tools %s", ", ".join(self.tools))
 
+    async def drain(self, bus: Bus, service: Any) -> bool:
+        """Stop serving (SIGTERM): stop the nats.micro ``service`` — its endpoints leave the queue group, so
+        new requests go to other workers — then wait for the requests in flight to finish and reply, at most
+        the longest tool ``timeout_ms`` + 1 s (a request's default deadline).
+        Returns True when none was left unfinished."""
+        await service.stop()
+        limit = max((t.timeout_ms for t in self.tools.values()), default=0) / 1000 + 1.0
+        if bus.requests_in_flight:
+            log.info("draining: %d tool request(s) in flight", bus.requests_in_flight)
+        done = await bus.requests_done(limit)
+        if not done:
+            log.warning("drain: %d tool request(s) still running after %.1f s", bus.requests_in_flight, limit)
+        return done
+
     def _endpoint(self, t: Tool) -> Any:
         attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name,
                       "gen_ai.tool.type": "function"}

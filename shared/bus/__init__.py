@@ -7,7 +7,8 @@ inside the restored trace context, and never touch headers or spans themselves.
 Headers on every message (:class:`Headers`): ``Nats-Msg-Id`` (unique event id; JetStream de-duplication),
 ``traceparent`` (W3C, injected with the global OTel propagator), ``Switchboard-Call-Id``,
 ``Switchboard-Source``, ``Switchboard-Seq`` (monotonic per call and source, no gaps), ``Switchboard-Ts``
-(unix ns at publish) and ``Switchboard-Audio-Format`` on audio.
+(unix ns at publish), ``Switchboard-Audio-Format`` on audio and ``Switchboard-Epoch`` (the call owner's epoch,
+:meth:`Bus.set_epoch`) on what a session instance publishes for a call it owns.
 
 Spans follow the OTel messaging semantic conventions (``messaging.system="nats"``,
 ``messaging.destination.name``, ``messaging.destination.template``, ``messaging.operation.type``): a PRODUCER
@@ -31,6 +32,7 @@ from shared.bus.envelope import (
     decode_headers_seq,
     destination_template,
     encode_payload,
+    epoch_of,
     is_high_rate,
 )
 from shared.bus.links import batch_span, links_for
@@ -46,6 +48,7 @@ __all__ = [
     "decode_headers_seq",
     "destination_template",
     "encode_payload",
+    "epoch_of",
     "is_high_rate",
     "links_for",
 ]

@@ -72,6 +72,7 @@ class Bus:
         self.acks = AckTracker(nc, self.js, ack_timeout=ack_timeout, max_attempts=max_attempts)
         """JetStream publishes awaiting their ack (see :mod:`shared.bus.acks`)."""
         self._seq = _Sequencer()
+        self._epochs: dict[str, str] = {}
         self._tracer = trace.get_tracer("switchboard.bus")
         self._contexts: dict[tuple[str | None, str | None], otel_context.Context] = {}
         self._injections: dict[int, tuple[otel_context.Context, dict[str, str]]] = {}
@@ -151,8 +152,18 @@ class Bus:
         self._seq.resume(call_id, last_seq)
 
     def forget_call(self, call_id: str) -> None:
-        """Drop per-call state (seq counter) once a call is over."""
+        """Drop per-call state (seq counter, epoch) once a call is over."""
         self._seq.forget(call_id)
+        self._epochs.pop(call_id, None)
+
+    def set_epoch(self, call_id: str, epoch: int | None) -> None:
+        """Send ``Switchboard-Epoch: epoch`` on everything published for ``call_id`` from now on (None: stop);
+        ``Nats-Msg-Id`` then names the epoch too (``<call>:<source>@<epoch>:<seq>``), so two owners of one call
+        never de-duplicate each other's messages."""
+        if epoch is None:
+            self._epochs.pop(call_id, None)
+        else:
+            self._epochs[call_id] = str(int(epoch))
 
     def _headers(self, call_id: str | None, extra: Mapping[str, str] | None, *,
                  reuse_context: bool = False) -> dict[str, str]:
@@ -167,7 +178,12 @@ class Bus:
             seq = self._seq.next(call_id)
             headers[Headers.CALL_ID] = call_id
             headers[Headers.SEQ] = str(seq)
-            headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
+            epoch = self._epochs.get(call_id)
+            if epoch is None:
+                headers[Headers.MSG_ID] = f"{call_id}:{self.source}:{seq}"
+            else:
+                headers[Headers.EPOCH] = epoch
+                headers[Headers.MSG_ID] = f"{call_id}:{self.source}@{epoch}:{seq}"
         else:
             headers[Headers.MSG_ID] = secrets.token_hex(12)
         return headers
@@ -470,3 +486,12 @@ class Bus:
         await self.micro.add_endpoint(service, name=name, subject=subject, handler=handler,
                                       queue_group=queue_group, metadata=metadata, span_name=span_name,
                                       span_attributes=span_attributes)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Endpoint requests being handled now: :attr:`Micro.requests_in_flight`."""
+        return self.micro.requests_in_flight
+
+    async def requests_done(self, timeout: float) -> bool:
+        """Wait until no endpoint request is in flight, at most ``timeout`` s: :meth:`Micro.requests_done`."""
+        return await self.micro.requests_done(timeout)

@@ -68,6 +68,12 @@ class Headers:
     AUDIO_FORMAT: Final = "Switchboard-Audio-Format"
     DEADLINE: Final = "Switchboard-Deadline"
     """Absolute deadline of a request, unix time in integer ms (tool requests; docs/tools.md)."""
+    EPOCH: Final = "Switchboard-Epoch"
+    """The call owner's epoch (a positive integer) on everything a session instance publishes for a call it
+    owns (``services/session/ownership.py``); receivers ignore commands and audio of an epoch lower than the
+    highest they have seen for the call."""
+    REPLAY: Final = "Switchboard-Replay"
+    """On ``call.<id>.audio.in`` sent again by ``command.replay`` (value: the byte offset of the chunk)."""
     SERVICE_ERROR: Final = "Nats-Service-Error"
     SERVICE_ERROR_CODE: Final = "Nats-Service-Error-Code"
 
@@ -251,8 +257,15 @@ class _Sequencer:
         self._last.pop(call_id, None)
 
 
+def epoch_of(headers: dict[str, str]) -> int:
+    """The ``Switchboard-Epoch`` header as an int (0 when absent or malformed)."""
+    value = headers.get(Headers.EPOCH)
+    return int(value) if value and value.isdigit() else 0
+
+
 class _Deduper:
-    """Drops live core-NATS messages whose (call, source) seq is not newer than the last one seen."""
+    """Drops live core-NATS messages whose (call, source, epoch) seq is not newer than the last one seen (two
+    owners of one call — old and new, during a handover — count their seqs apart)."""
 
     def __init__(self, capacity: int = 20_000) -> None:
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -261,7 +274,8 @@ class _Deduper:
     def is_duplicate(self, env: Envelope) -> bool:
         if env.seq is None or env.call_id is None or env.source is None:
             return False
-        key = (env.call_id, env.source)
+        epoch = env.headers.get(Headers.EPOCH)
+        key = (env.call_id, env.source if epoch is None else f"{env.source}@{epoch}")
         last = self._last.get(key)
         if last is not None and env.seq <= last:
             return True

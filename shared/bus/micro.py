@@ -6,6 +6,7 @@ never as a ``repr`` of an exception.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -30,6 +31,11 @@ HeaderFactory = Callable[[str | None, Mapping[str, str] | None], dict[str, str]]
 class Micro:
     """nats.micro registration, a part of :class:`~shared.bus.Bus` (which delegates to it).
 
+    Each request's handler runs in its own task, shielded from the endpoint's subscription: stopping the
+    nats.micro service (``service.stop()`` unsubscribes, which cancels nats-py's message loop) takes no new
+    requests but lets the ones in flight finish and reply; :meth:`requests_done` waits for them (a draining
+    worker, design.md "Tools").
+
     Args:
         nc: the NATS connection.
         bus: what endpoint handlers run through (trace context and SERVER span; the owning bus).
@@ -40,6 +46,7 @@ class Micro:
         self.nc = nc
         self._bus = bus
         self._headers = headers
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def add_service(self, name: str, *, version: str = "0.1.0", description: str = "",
                           metadata: Mapping[str, str] | None = None) -> Any:
@@ -77,6 +84,12 @@ class Micro:
         from nats.micro.request import Request
 
         async def micro_handler(request: Request) -> None:
+            task = asyncio.ensure_future(serve(request))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            await asyncio.shield(task)
+
+        async def serve(request: Request) -> None:
             env = Envelope.from_parts(request.subject, request.data, request.headers, self._bus)
 
             async def run(e: Envelope) -> None:
@@ -103,3 +116,18 @@ class Micro:
         await service.add_endpoint(name=name, subject=subject, handler=micro_handler, queue_group=queue_group,
                                    metadata=dict(metadata or {}))
         await flush_shielded(self.nc)  # the server knows the endpoint before we return
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Endpoint requests being handled now (their replies not yet sent)."""
+        return len(self._in_flight)
+
+    async def requests_done(self, timeout: float) -> bool:
+        """Wait until no endpoint request is in flight, at most ``timeout`` s; True when none is left.
+
+        Stop the nats.micro service first (no new requests), then call this before closing the connection.
+        """
+        pending = set(self._in_flight)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return not any(not t.done() for t in pending)

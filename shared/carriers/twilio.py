@@ -45,6 +45,7 @@ __all__ = [
     "Stop",
     "StopPayload",
     "TwilioProtocolError",
+    "build_end_twiml",
     "build_twiml",
     "decode_payload",
     "dump",
@@ -53,6 +54,7 @@ __all__ = [
     "media_fields",
     "parse_inbound",
     "parse_outbound",
+    "parse_redirect",
     "parse_twiml",
     "validate_inbound",
 ]
@@ -330,12 +332,21 @@ def dump(message: _Model) -> str:
 # --- TwiML -------------------------------------------------------------------------------------------
 
 
-def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None = None) -> str:
-    """``<Response><Connect><Stream url=…>`` with one ``<Parameter>`` per item, built with the twilio SDK's
+def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None = None,
+                redirect: str | None = None) -> str:
+    """``<Response><Connect><Stream url=…>`` with one ``<Parameter>`` per item, then
+    ``<Redirect method="POST">redirect</Redirect>`` when ``redirect`` is given; built with the twilio SDK's
     ``VoiceResponse`` (https://www.twilio.com/docs/voice/twiml/stream).
 
     ``stream_url`` must be ``wss://`` (or ``ws://`` for plain-HTTP test setups) without a query string
-    (Twilio does not support query strings on stream URLs; parameters travel as ``<Parameter>``).
+    (Twilio does not support query strings on stream URLs; parameters travel as ``<Parameter>``). Without an
+    ``action`` on ``<Connect>``, Twilio moves on to the next verb when the stream ends — "If you do not provide
+    an action URL, <Connect> will finish and Twilio will move on to the next TwiML verb in the document. If
+    there is no further verb, Twilio will end the phone call." (https://www.twilio.com/docs/voice/twiml/connect,
+    "action"; the stream ends when the server closes the WebSocket, https://www.twilio.com/docs/voice/twiml/stream)
+    — so the ``<Redirect>`` is requested whenever our side closes the stream, and the document it returns decides
+    whether the call reconnects (another ``<Connect><Stream>``) or ends (``<Hangup/>``,
+    https://www.twilio.com/docs/voice/twiml/redirect).
 
     Raises:
         ValueError: the URL is not ws(s):// or carries a query string.
@@ -348,7 +359,31 @@ def build_twiml(stream_url: str, parameters: dict[str, str], *, name: str | None
     for key, value in parameters.items():
         stream.parameter(name=key, value=value)
     response.append(connect)
+    if redirect:
+        response.redirect(redirect, method="POST")
     return str(response.to_xml())
+
+
+def build_end_twiml(transfer_to: str | None = None) -> str:
+    """TwiML that ends the call (``<Hangup/>``) or, with ``transfer_to``, dials that number
+    (``<Dial>transfer_to</Dial>``; https://www.twilio.com/docs/voice/twiml/dial), built with ``VoiceResponse``."""
+    response = VoiceResponse()
+    if transfer_to:
+        response.dial(transfer_to)
+    else:
+        response.hangup()
+    return str(response.to_xml())
+
+
+def parse_redirect(document: str) -> str | None:
+    """The URL of the document's top-level ``<Redirect>`` (what Twilio requests once ``<Connect>`` ends), or
+    None when there is none (Twilio then ends the call). Malformed XML counts as none."""
+    try:
+        root = ET.fromstring(document)
+    except ET.ParseError:
+        return None
+    redirect = root.find("./Redirect")
+    return (redirect.text or "").strip() or None if redirect is not None else None
 
 
 def parse_twiml(document: str) -> tuple[str, dict[str, str]]:

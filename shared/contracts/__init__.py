@@ -12,7 +12,8 @@ subject                    contract                            module
 ``call.<id>.ended``        :class:`CallEnded`                  :mod:`.calls`
 ``call.<id>.erased``       :class:`CallErased`                 :mod:`.calls`
 ``call.<id>.carrier.*``    :class:`CarrierMark` / ``Dtmf`` /   :mod:`.calls`
-                           ``Error``
+                           ``Error`` / ``Detached`` /
+                           ``Resumed``
 ``call.<id>.command.*``    :class:`CommandClear` … (verb)      :mod:`.commands`
 ``call.<id>.session.*``    :class:`SessionSummary` … (event)   :mod:`.session`
 ``tools.<name>``           :class:`ToolRequest` / reply        :mod:`.tools`
@@ -27,7 +28,17 @@ sent/received), ``otel.spans`` (span records of :func:`shared.telemetry.span_to_
 from __future__ import annotations
 
 from .base import Body, Contract, ContractError
-from .calls import CallEnded, CallErased, CallStarted, CarrierDtmf, CarrierError, CarrierMark, KeypadDigit
+from .calls import (
+    CallEnded,
+    CallErased,
+    CallStarted,
+    CarrierDetached,
+    CarrierDtmf,
+    CarrierError,
+    CarrierMark,
+    CarrierResumed,
+    KeypadDigit,
+)
 from .commands import (
     COMMANDS,
     Command,
@@ -35,6 +46,7 @@ from .commands import (
     CommandClear,
     CommandHangup,
     CommandPlay,
+    CommandReplay,
     CommandTransfer,
     parse_command,
 )
@@ -61,14 +73,17 @@ __all__ = [
     "CallErased",
     "CallInfo",
     "CallStarted",
+    "CarrierDetached",
     "CarrierDtmf",
     "CarrierError",
     "CarrierMark",
+    "CarrierResumed",
     "Command",
     "CommandCapture",
     "CommandClear",
     "CommandHangup",
     "CommandPlay",
+    "CommandReplay",
     "CommandTransfer",
     "Contract",
     "ContractError",
@@ -94,12 +109,15 @@ CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
     "CarrierMark": CarrierMark,
     "CarrierDtmf": CarrierDtmf,
     "CarrierError": CarrierError,
+    "CarrierDetached": CarrierDetached,
+    "CarrierResumed": CarrierResumed,
     "Keypad": KeypadDigit,
     "CommandClear": CommandClear,
     "CommandHangup": CommandHangup,
     "CommandTransfer": CommandTransfer,
     "CommandPlay": CommandPlay,
     "CommandCapture": CommandCapture,
+    "CommandReplay": CommandReplay,
     "SessionModelConnected": SessionModelConnected,
     "SessionStateChanged": SessionStateChanged,
     "SessionSummary": SessionSummary,

@@ -1,5 +1,6 @@
 """Call lifecycle and carrier messages the gateway publishes (docs/events.asyncapi.yaml, design.md "Subjects,
-streams and payloads"): ``call.<id>.started``, ``call.<id>.ended`` and ``call.<id>.carrier.{mark,dtmf,error}``."""
+streams and payloads"): ``call.<id>.started``, ``call.<id>.ended`` and
+``call.<id>.carrier.{mark,dtmf,error,detached,resumed}``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Contract
 
-__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDtmf", "CarrierError", "CarrierMark", "KeypadDigit"]
+__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDetached", "CarrierDtmf", "CarrierError", "CarrierMark",
+           "CarrierResumed", "KeypadDigit"]
 
 _DTMF = re.compile(r"[0-9*#A-D]")
 
@@ -85,12 +87,12 @@ class CallEnded(Contract):
 
     Attributes:
         reason: ``caller_hangup``, ``agent_hangup``, ``transfer``, ``carrier_silent``, ``protocol_error``,
-            ``drain_timeout``, ``session_lost``, ``gateway_error``, … (design.md, "End reasons").
+            ``drain_timeout``, ``session_lost``, ``lost`` (:class:`shared.endreasons.EndReason`).
         duration_ms: ms from ``started`` to the end.
         audio_in_ms / audio_out_ms: ms of caller audio received / agent audio sent to the carrier.
         outbound_dropped: agent audio chunks dropped because the carrier queue was full.
         carrier, carrier_call_id, stream_id: as in :class:`CallStarted`.
-        error: what broke the protocol (``protocol_error``, ``gateway_error``); left out when None.
+        error: what broke (``protocol_error``, ``lost``); left out when None.
         close_code: the WebSocket close code (RFC 6455 §7.4) when the carrier closed; left out when None.
         transfer_to: where a ``transfer`` sent the caller; left out when None.
         idle_s: the silence limit that ended a ``carrier_silent`` call, s; left out when None.
@@ -165,6 +167,43 @@ class CarrierError(Contract):
 
     code: int | str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CarrierDetached(Contract):
+    """``call.<id>.carrier.detached``: a stopping gateway closed the call's carrier stream with the resume
+    marker (close 1000 ``resume``); the call goes on and the carrier reconnects it through another gateway
+    (TwiML ``<Redirect>``, docs/gateway.md "Drain and resume"). The gateway's last message for the call.
+
+    Attributes:
+        reason: why the gateway let go (``gateway_drain``).
+        stream_id: the carrier stream that was closed.
+    """
+
+    MESSAGE: ClassVar[str] = "carrier.detached"
+
+    reason: str
+    stream_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CarrierResumed(Contract):
+    """``call.<id>.carrier.resumed``: a gateway reconnected the call's carrier stream under the same call id
+    (published instead of a second ``call.<id>.started``).
+
+    Attributes:
+        carrier: ``twilio``.
+        carrier_call_id: the carrier's call id (Twilio ``CallSid``).
+        stream_id: the new stream's id.
+        gap_ms: ms since the previous gateway's last logged message for the call (None: none found).
+    """
+
+    MESSAGE: ClassVar[str] = "carrier.resumed"
+
+    carrier: str
+    carrier_call_id: str | None = None
+    stream_id: str | None = None
+    gap_ms: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)

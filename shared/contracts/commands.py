@@ -1,4 +1,4 @@
-"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play,capture}``
+"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play,capture,replay}``
 (docs/events.asyncapi.yaml). :func:`parse_command` reads any of them by verb."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import base64
 import binascii
 from typing import ClassVar
 
-from pydantic import field_validator
+from pydantic import NonNegativeInt, field_validator
 from pydantic.dataclasses import dataclass
 
 from shared.audio import parse_format
@@ -15,8 +15,7 @@ from shared.audio import parse_format
 from .base import CONFIG, Body, Contract, ContractError
 
 __all__ = ["COMMANDS", "Command", "CommandCapture", "CommandClear", "CommandHangup", "CommandPlay",
-           "CommandTransfer",
-           "parse_command"]
+           "CommandReplay", "CommandTransfer", "parse_command"]
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -111,11 +110,27 @@ class CommandCapture(Contract):
     kind: str | None = None
 
 
-Command = CommandClear | CommandHangup | CommandTransfer | CommandPlay | CommandCapture
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CommandReplay(Contract):
+    """``command.replay``: send again the caller audio the gateway kept (its last 5 s) from byte offset
+    ``from_bytes`` of the call's ``audio.in`` on — asked by a session that took the call over after its owner
+    crashed (docs/gateway.md "Drain and resume"). The chunks carry header ``Switchboard-Replay`` (their offset);
+    an empty chunk marks a replay with nothing kept.
+
+    Attributes:
+        from_bytes: carrier-format byte offset into the call's caller audio (≥ 0).
+    """
+
+    MESSAGE: ClassVar[str] = "command.replay"
+
+    from_bytes: NonNegativeInt
+
+
+Command = CommandClear | CommandHangup | CommandTransfer | CommandPlay | CommandCapture | CommandReplay
 
 COMMANDS: dict[str, type[Command]] = {
     "clear": CommandClear, "hangup": CommandHangup, "transfer": CommandTransfer, "play": CommandPlay,
-    "capture": CommandCapture,
+    "capture": CommandCapture, "replay": CommandReplay,
 }
 """Contract of each command verb (``shared.subjects.command``)."""
 

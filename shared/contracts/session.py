@@ -31,20 +31,23 @@ class SessionModelConnected(_CallIdMixin, Contract):
         call_id: the call.
         session_id / model: the Realtime session's id and model, as ``session.updated`` reported them.
         connection: 1 for the first model connection of the call, 2 after the first reconnect, ….
-        reconnect: ``connection > 1``.
+        reconnect: ``connection > 1``, or the call was taken over (its conversation rebuilt from the log).
+        takeover: ``handover`` (the previous owner handed the call over) or ``lapse`` (it stopped renewing its
+            ownership: crashed) when this instance took the call over; left out when None.
         billed: False when the session connected without an API key (the local model; priced at 0).
         agent / agent_version: the agent spec the session runs.
         url: the Realtime endpoint (never the API key); left out when None.
     """
 
     MESSAGE: ClassVar[str] = "session.model_connected"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"url"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"url", "takeover"})
 
     call_id: str
     session_id: str | None = None
     model: str | None = None
     connection: int = Field(default=1, ge=1)
     reconnect: bool = False
+    takeover: Literal["handover", "lapse"] | None = None
     billed: bool
     agent: str
     agent_version: str | None = None
@@ -159,6 +162,7 @@ class SessionDisclosure(_CallIdMixin, Contract):
     started_at: float | None
     finished_at: float
     gate_recording: bool
+    withheld_bytes: NonNegativeInt = 0
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)

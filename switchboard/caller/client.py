@@ -18,7 +18,27 @@ from websockets.asyncio.client import ClientConnection
 
 from shared.carriers import twilio as tw
 
-__all__ = ["TwilioCallerSocket", "fetch_twiml"]
+__all__ = ["TwilioCallerSocket", "fetch_twiml", "post_twiml", "voice_form"]
+
+
+def voice_form(*, from_: str, to: str, call_sid: str) -> dict[str, str]:
+    """The voice webhook's form as Twilio posts it (``CallSid``, ``From``, ``To``, …)."""
+    return {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": from_, "To": to, "Direction": "inbound",
+            "CallStatus": "in-progress", "ApiVersion": "2010-04-01"}
+
+
+async def post_twiml(url: str, form: dict[str, str], *, timeout: float = 10.0,
+                     headers: dict[str, str] | None = None) -> str:
+    """POST ``form`` to a TwiML URL (the voice webhook or a ``<Redirect>``) as Twilio does, with ``headers``
+    (``X-Twilio-Signature``); the document.
+
+    Raises:
+        httpx.HTTPError: the gateway did not answer 2xx.
+    """
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        response = await client.post(url, data=form, headers=headers or {})
+        response.raise_for_status()
+    return response.text
 
 
 async def fetch_twiml(gateway_url: str, *, from_: str, to: str, call_sid: str,
@@ -31,12 +51,8 @@ async def fetch_twiml(gateway_url: str, *, from_: str, to: str, call_sid: str,
     Raises:
         httpx.HTTPError: the gateway did not answer 2xx; ValueError: the answer is not usable TwiML.
     """
-    form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": from_, "To": to, "Direction": "inbound",
-            "CallStatus": "ringing", "ApiVersion": "2010-04-01"}
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        response = await client.post(gateway_url.rstrip("/") + "/twilio/voice", data=form)
-        response.raise_for_status()
-    return tw.parse_twiml(response.text)
+    form = {**voice_form(from_=from_, to=to, call_sid=call_sid), "CallStatus": "ringing"}
+    return tw.parse_twiml(await post_twiml(gateway_url.rstrip("/") + "/twilio/voice", form, timeout=timeout))
 
 
 class TwilioCallerSocket:

@@ -14,7 +14,16 @@
    on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
    :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
-4. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
+4. when the gateway closes the stream and the TwiML had a ``<Redirect>``, requests it as Twilio does
+   (https://www.twilio.com/docs/voice/twiml/connect: without an ``action``, Twilio moves on to the next verb when
+   ``<Connect>`` ends): a ``<Connect><Stream>`` answer reconnects — a new WebSocket and ``start`` with the new
+   parameters, the same ``CallSid`` — and anything else ends the call; caller frames due while no stream is
+   open are lost, as on a real phone line;
+5. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
+
+``gateway_url`` may list several gateways, comma-separated: the simulator then plays the load balancer in front
+of them too, sending each request (webhook, redirect, stream) to the first listed gateway whose ``/readyz``
+answers 200 — so a redirect away from a draining gateway lands on another one.
 """
 
 from __future__ import annotations
@@ -35,14 +44,15 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from shared.audio import PCMU
 from shared.bus import Bus
+from shared.carriers import twilio as tw
 from shared.carriers.frames import CarrierProtocolError, PlayAudio, PlayMark
 from shared.tts import synthesize_format_async
 from switchboard.caller.carriers import CARRIERS, CallerLine, TwilioLine, dial
-from switchboard.caller.client import TwilioCallerSocket
+from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
 from switchboard.caller.follower import CallFollower
 from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from switchboard.caller.recording import StereoRecorder
-from switchboard.caller.signing import CarrierKeys
+from switchboard.caller.signing import CarrierKeys, twilio_signature
 from switchboard.scenario import Scenario, Turn, check_expectations, read_call_log
 
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
@@ -85,7 +95,16 @@ class CallerSimulator:
         self.carrier = carrier
         self.keys = keys or CarrierKeys()
         self.scenario = scenario
-        self.gateway_url = gateway_url.rstrip("/")
+        self.gateway_urls = [u.strip().rstrip("/") for u in gateway_url.split(",") if u.strip()]
+        if not self.gateway_urls:
+            raise ValueError("no gateway URL")
+        self.gateway_url = self.gateway_urls[0]
+        self.redirect: str | None = None
+        """The current TwiML's ``<Redirect>`` URL (requested when the gateway closes the stream)."""
+        self.reconnects = 0
+        """Streams reopened by following a ``<Redirect>``."""
+        self._call_sid = "CA" + secrets.token_hex(16)
+        self._hung_up = False
         self.bus = bus
         self.speed = speed
         self.wav = Path(wav) if wav else None
@@ -138,20 +157,85 @@ class CallerSimulator:
 
     async def _connect(self) -> None:
         caller = self.scenario.caller
-        params = {"run_id": self.run_id, "caller": caller.from_, "called": caller.to}
-        if self.carrier == "twilio" and not self.twiml:
-            scheme, rest = self.gateway_url.split("://", 1)
-            url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
-            sock = await TwilioCallerSocket.connect(url, headers=self.headers)
-            sock.call_sid = "CA" + secrets.token_hex(16)
-            await sock.start(params)
-            self.socket = TwilioLine(sock)
+        if self.carrier == "twilio":
+            if self.twiml:
+                document = await self._post_twiml(await self._route(self.gateway_url + "/twilio/voice"),
+                                                  {**self._form(), "CallStatus": "ringing"})
+                url, params = tw.parse_twiml(document)
+                self.redirect = tw.parse_redirect(document)
+            else:
+                scheme, rest = self.gateway_url.split("://", 1)
+                url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
+                params = {"caller": caller.from_, "called": caller.to}
+            await self._open_stream(url, params)
         else:
             self.socket = await dial(self.carrier, self.gateway_url, from_=caller.from_, to=caller.to,
                                      params={"run_id": self.run_id}, keys=self.keys,
                                      ws_headers=self.headers or None)
         self._spawn(self._clock())
         self._spawn(self._reader())
+
+    def _form(self) -> dict[str, str]:
+        caller = self.scenario.caller
+        return voice_form(from_=caller.from_, to=caller.to, call_sid=self._call_sid)
+
+    async def _post_twiml(self, url: str, form: dict[str, str]) -> str:
+        """POST a Twilio webhook (the voice URL or a ``<Redirect>``), signed when the simulator has the key."""
+        token = self.keys.twilio_auth_token
+        headers = {"X-Twilio-Signature": twilio_signature(token, url, form)} if token else {}
+        return await post_twiml(url, form, headers=headers)
+
+    async def _open_stream(self, url: str, params: dict[str, str]) -> None:
+        """Open a Twilio media stream to ``url`` and send ``start`` with ``params`` (+ ``run_id``, numbers)."""
+        caller = self.scenario.caller
+        params = {**params, "run_id": self.run_id}
+        params.setdefault("caller", caller.from_)
+        params.setdefault("called", caller.to)
+        url = await self._route(url)
+        headers = self.headers
+        if not headers and self.keys.twilio_auth_token:
+            headers = {"X-Twilio-Signature": twilio_signature(self.keys.twilio_auth_token, url, {})}
+        socket = await TwilioCallerSocket.connect(url, headers=headers)
+        socket.call_sid = self._call_sid
+        await socket.start(params)
+        self.socket = TwilioLine(socket)
+
+    async def _route(self, url: str) -> str:
+        """``url`` with its gateway replaced by the first listed gateway that is ready (the load balancer's
+        job; unchanged with one gateway or when the URL names none of them)."""
+        if len(self.gateway_urls) < 2:
+            return url
+        bases = {u: u.replace("http", "ws", 1) for u in self.gateway_urls}
+        for http_base, ws_base in bases.items():
+            for base in (http_base, ws_base):
+                if url.startswith(base + "/"):
+                    path = url[len(base):]
+                    async with httpx.AsyncClient(timeout=2.0) as client:
+                        for candidate in self.gateway_urls:
+                            with contextlib.suppress(httpx.HTTPError):
+                                if (await client.get(candidate + "/readyz")).status_code == 200:
+                                    target = candidate if base == http_base else bases[candidate]
+                                    return target + path
+                    return url
+        return url
+
+    async def _follow_redirect(self) -> bool:
+        """The stream closed: request the ``<Redirect>`` as Twilio does; True when it reconnected the call."""
+        if self.redirect is None or self._hung_up:
+            return False
+        try:
+            document = await self._post_twiml(await self._route(self.redirect), self._form())
+            url, params = tw.parse_twiml(document)
+        except (httpx.HTTPError, ValueError) as exc:  # <Hangup/>, <Dial>, or no answer: the call is over
+            log.info("redirect ends the call: %s", exc)
+            return False
+        self.redirect = tw.parse_redirect(document)
+        for name in self.playback.clear():  # what the old stream had not played is gone with it
+            log.debug("dropped mark %s with the old stream", name)
+        await self._open_stream(url, params)
+        self.reconnects += 1
+        self.out("  (stream reconnected through <Redirect>)")
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -184,8 +268,10 @@ class CallerSimulator:
                 for name in tick.marks:
                     await self.socket.mark(name)
             except ConnectionClosed:
-                self.closed.set()
-                return
+                if self.redirect is None or self._hung_up:
+                    self.closed.set()
+                    return
+                # the reader follows the <Redirect>; frames due meanwhile are lost, as on a phone line
             next_at += period
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -194,29 +280,40 @@ class CallerSimulator:
                 next_at = time.monotonic()
 
     async def _reader(self) -> None:
-        """Handle agent audio (buffer for playback), marks (echo when played) and clears."""
+        """Handle agent audio (buffer for playback), marks (echo when played) and clears; follow the TwiML
+        ``<Redirect>`` when the gateway closes a Twilio stream."""
         assert self.socket is not None
         try:
             while True:
-                message = await self.socket.receive()
-                if isinstance(message, PlayAudio):
-                    self.playback.add_audio(message.audio)
-                elif isinstance(message, PlayMark):
-                    for name in self.playback.add_mark(message.name):
-                        await self.socket.mark(name)
-                else:
-                    pending = self.playback.clear()
-                    if self.socket.echoes_marks_on_clear:
-                        for name in pending:
-                            await self.socket.mark(name)
-                    else:
-                        await self.socket.cleared()
-        except ConnectionClosed:
-            pass
+                with contextlib.suppress(ConnectionClosed):
+                    await self._read_stream(self.socket)
+                try:
+                    if await self._follow_redirect():
+                        continue
+                except (OSError, WebSocketException) as exc:
+                    log.warning("could not reconnect the stream: %s", exc)
+                return
         except CarrierProtocolError as exc:
             log.error("gateway sent an invalid message: %s", exc)
         finally:
             self.closed.set()
+
+    async def _read_stream(self, line: CallerLine) -> None:
+        """Read one stream until the gateway closes it (``ConnectionClosed``)."""
+        while True:
+            message = await line.receive()
+            if isinstance(message, PlayAudio):
+                self.playback.add_audio(message.audio)
+            elif isinstance(message, PlayMark):
+                for name in self.playback.add_mark(message.name):
+                    await line.mark(name)
+            else:
+                pending = self.playback.clear()
+                if line.echoes_marks_on_clear:
+                    for name in pending:
+                        await line.mark(name)
+                else:
+                    await line.cleared()
 
     # --- turns -----------------------------------------------------------------------------------------------
 
@@ -297,6 +394,7 @@ class CallerSimulator:
         await self._wait(lambda: not self.speech, "the caller's line could not be sent")
 
     async def _hang_up(self) -> None:
+        self._hung_up = True
         if self.socket is not None and not self.closed.is_set():
             with contextlib.suppress(ConnectionClosed):
                 await self.socket.stop()

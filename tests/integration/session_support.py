@@ -25,7 +25,7 @@ import httpx
 
 from shared import subjects, tool_registry
 from shared.audio import PCMU, silence
-from shared.bus import Bus, Envelope
+from shared.bus import Bus, Envelope, Headers
 from shared.contracts import (
     CallEnded,
     CallStarted,
@@ -177,7 +177,11 @@ class SimGateway:
         verb = subjects.parse(env.subject).rest.split(".", 1)[1]
         body = parse_command(verb, env.data).encode()  # what the session sends must match its contract
         self.commands.append((verb, body))
-        if verb == "capture":
+        if verb == "replay":  # this simulated gateway keeps no audio: the empty replay marker, as the gateway sends
+            await self.bus.publish(subjects.call_audio_in(self.call_id), b"", call_id=self.call_id,
+                                   headers={"Switchboard-Audio-Format": "audio/pcmu",
+                                            Headers.REPLAY: str(body.get("from_bytes", 0))})
+        elif verb == "capture":
             self.keypad_capture = body.get("active") is True
         elif verb == "play":
             item_id = str(body.get("item_id") or "play")

@@ -18,7 +18,7 @@ from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCMU
 from shared.bus import Bus, Headers
-from shared.carriers.twilio import parse_twiml
+from shared.carriers.twilio import parse_redirect, parse_twiml
 from shared.config import load_settings
 from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
@@ -45,7 +45,10 @@ async def test_twiml_voice_webhook(gw: RunningGateway) -> None:
     assert r.headers["content-type"].startswith("application/xml")
     url, params = parse_twiml(r.text)
     assert url == f"ws://127.0.0.1:{gw.port}/twilio/media"
+    call_id = params.pop("call_id")  # chosen by the webhook, so the <Redirect> can name it
+    assert subjects.validate_call_id(call_id) == call_id
     assert params == {"agent": "receptionist", "caller": "+15551230001", "called": "+15559870000"}
+    assert parse_redirect(r.text) == f"http://127.0.0.1:{gw.port}/twilio/voice?resume={call_id}"
 
 
 async def test_twiml_uses_public_url(bus: Bus, nats_url: str) -> None:
@@ -53,6 +56,7 @@ async def test_twiml_uses_public_url(bus: Bus, nats_url: str) -> None:
     async with running_gateway(bus, settings) as running, httpx.AsyncClient(base_url=running.http_url) as client:
         r = await client.post("/twilio/voice", data={"From": "+1"})
     assert parse_twiml(r.text)[0] == "wss://voice.example.com/base/twilio/media"
+    assert (parse_redirect(r.text) or "").startswith("https://voice.example.com/base/twilio/voice?resume=call_")
 
 
 async def test_full_call_every_message_shape(gw: RunningGateway, peer: EchoPeer, recorder: Recorder,

@@ -30,7 +30,7 @@ K8S = INFRA / "k8s"
 ASYNCAPI = ROOT / "docs" / "events.asyncapi.yaml"
 SERVICES = ("gateway", "session", "tools", "recorder", "localmodel")
 HTTP_PORTS = {"gateway": "gateway_port", "recorder": "recorder_port", "localmodel": "localmodel_port"}
-PENDING_SETTINGS = {"SWITCHBOARD_DRAIN_S"}
+PENDING_SETTINGS: set[str] = set()
 """Settings of the round-2 contract that the manifests already set and whose code comes with issues 22
 (drain) and 23 (NATS authentication and TLS)."""
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -410,7 +410,9 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "carrierDtmf": [subjects.carrier_dtmf(cid)],
         "carrierError": [subjects.carrier_error(cid)],
         "callKeypad": [subjects.call_keypad(cid)],
-        "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play", "capture")],
+        "carrierDetached": [subjects.carrier_detached(cid)],
+        "carrierResumed": [subjects.carrier_resumed(cid)],
+        "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play", "capture", "replay")],
         "sessionEvent": [subjects.session_event(cid, e)
                          for e in ("model_connected", "state_changed", "disclosure", "capture", "summary", "error")]
                         + [subjects.session_disclosure(cid)],
