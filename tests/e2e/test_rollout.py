@@ -68,8 +68,10 @@ async def ready(url: str, timeout: float = 90.0) -> None:
     raise AssertionError(f"{url} not ready")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def rollout(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rollout]:
+    # one stack per test: each drill books the demo's slot, and a name misheard after a reconnect would find it
+    # taken by the previous drill's booking under another name
     data = tmp_path_factory.mktemp("rollout-data")
     ports = {name: natsserver.free_port() for name in ("nats", "gateway", "gateway2", "recorder", "analytics",
                                                          "localmodel")}

@@ -14,6 +14,7 @@ from services.recorder import live, queries
 from services.recorder.db import open_database
 from services.recorder.records import ArchivedEvent
 from services.recorder.service import Recorder
+from services.recorder.vault import Vault
 from shared import subjects
 from shared.bus import Bus
 from shared.config import load_settings
@@ -48,12 +49,12 @@ async def test_a_page_opened_mid_turn_shows_each_delta_once(nats_url: str, tmp_p
                 await asyncio.sleep(0.05)
         archived_delta = [e for e in await queries.call_events(engine, call_id) if e.type == DELTA][-1]
 
-        async def racing(_engine: object, cid: str) -> list[ArchivedEvent]:
+        async def racing(_engine: object, cid: str, *, vault: Vault | None = None) -> list[ArchivedEvent]:
             # the race: an event already archived also reaches the live subscription
             await gateway.nc.publish(archived_delta.subject, archived_delta.body, headers=archived_delta.headers)
             await gateway.nc.flush()
             await asyncio.sleep(0.3)
-            return await queries.call_events(engine, cid)
+            return await queries.call_events(engine, cid, vault=vault)
 
         monkeypatch.setattr(live, "call_events", racing)
         stream = live.live_stream(session, engine, call_id, heartbeat_s=1.0)
