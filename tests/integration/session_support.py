@@ -97,6 +97,11 @@ class ToolBox:
             await self.bus.add_endpoint(self._service, name=name, subject=subjects.tool(name),
                                         handler=self._wrap(name, handler))
         await tool_registry.publish(self.bus.js, [spec for spec, _ in tools.values()])
+        # the registry is the test NATS server's, shared by every test: what other tests registered goes
+        registered = await tool_registry.load(self.bus.js)
+        kv = await self.bus.js.key_value(tool_registry.BUCKET)
+        for name in set(registered) - set(tools):
+            await kv.delete(name)
 
     def _wrap(self, name: str, handler: ToolHandler) -> Callable[[Envelope], Awaitable[dict[str, Any]]]:
         async def run(env: Envelope) -> dict[str, Any]:
