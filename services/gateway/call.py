@@ -12,12 +12,8 @@ once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIE
 frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
 and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.
 
-Caller audio is held until the session listens: ``audio.in`` is core NATS, and the session subscribes to it only
-after it has taken ``call.<id>.started``, so frames published in between would reach nobody. The bridge keeps
-them (in order) until the first ``rt.<id>.server.session.updated`` (the session subscribes before it opens the
-model connection, so by then it listens), until ``session_hold_s`` (2 s) passed without one, or until the call
-ends, whichever comes first; later audio waits for the held audio to go out first. The session buffers early
-audio until its model is ready anyway, so holding it here adds no delay.
+Caller audio on its way to the bus (batched, held until the session listens, kept for replay) is
+:mod:`.caller_audio`.
 """
 
 from __future__ import annotations
@@ -39,11 +35,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.gateway.caller_audio import CallerAudio
 from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
-from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, KeptAudio, owner_lost, resume_seq
+from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
-from shared.audio_batch import AudioBatcher
 from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
 from shared.contracts import (
@@ -140,7 +136,6 @@ class CallBridge:
         self._carrier_fmt = start.audio_format
         self._converter: Converter | None = None
         self._item_bytes: dict[str, int] = {}
-        self._audio_in_bytes = 0
         self._media_frames = 0
         self.idle_s = idle_s
         self._watchdog: asyncio.Task[None] | None = None
@@ -151,25 +146,15 @@ class CallBridge:
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._span: trace.Span | None = None
         self._ctx_token: object | None = None
-        self._audio_headers = {Headers.AUDIO_FORMAT: start.audio_format}
-        self._audio = AudioBatcher(int(parse_format(start.audio_format).bytes_per_ms), min_ms=audio_in_ms,
-                                   ready=True)
-        self._audio_subject = subjects.call_audio_in(self.call_id)
-        self._held: list[bytes] | None = [] if session_hold_s > 0 else None
-        """Audio batches held until the session listens (None once released)."""
-        self._hold_s = session_hold_s
-        self._hold_until = self._started_mono + session_hold_s
-        self._release_lock = asyncio.Lock()
-        self._hold_timer: asyncio.Task[None] | None = None
         self._mark_subject = subjects.carrier_mark(self.call_id)
+        self.caller_audio = CallerAudio(bus, self.call_id, start.audio_format, audio_in_ms=audio_in_ms,
+                                        session_hold_s=session_hold_s)
         self._keypad_capture = False
         """``command.capture``: keypad digits go to ``call.<id>.keypad`` (core NATS) instead of the stream."""
         self._epoch = 0
         """The highest owner epoch seen on the call's commands and audio."""
         self.session_lost_s = session_lost_s
         self._owner_watch: asyncio.Task[None] | None = None
-        self._kept = KeptAudio(parse_format(start.audio_format).bytes_per_ms, KEEP_MS)
-        """The caller audio published in the last :data:`KEEP_MS` (``command.replay``)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -235,7 +220,7 @@ class CallBridge:
         await self._stop()
         ended = dataclasses.replace(
             ended, duration_ms=round((time.monotonic() - self._started_mono) * 1000.0, 1),
-            audio_in_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_in_bytes), 1),
+            audio_in_ms=round(ms_for_bytes(self._carrier_fmt, self.caller_audio.bytes_in), 1),
             audio_out_ms=round(ms_for_bytes(self._carrier_fmt, self._audio_out_bytes), 1),
             outbound_dropped=self.queue.dropped)
         if reason == "protocol_error":
@@ -265,16 +250,13 @@ class CallBridge:
         """Stop this bridge: the caller's last audio goes out, unsubscribe, stop the tasks."""
         self.ended.set()
         try:  # the caller's last words go out before ended
-            await self._release_held()
-            held = self._audio.take()
-            if held:
-                await self._publish_audio(held)
+            await self.caller_audio.flush()
         except Exception:
             log.exception("call %s: could not publish the last audio", self.call_id)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in (self._writer, self._watchdog, self._hold_timer, self._owner_watch):
+        for task in (self._writer, self._watchdog, self._owner_watch):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -298,37 +280,11 @@ class CallBridge:
     # --- carrier → bus -----------------------------------------------------------------------------------
 
     async def audio_in(self, audio: bytes) -> None:
-        """Take one inbound frame; publish ``call.<id>.audio.in`` (raw bytes, core NATS, in order) once at
-        least ``audio_in_ms`` of audio is held (at once when a frame alone is that long)."""
+        """Take one inbound frame (carrier format) for ``call.<id>.audio.in`` (:class:`.caller_audio.CallerAudio`)."""
         self._media_frames += 1
         if self.ended.is_set() or not audio:
             return
-        self._audio_in_bytes += len(audio)
-        chunk = self._audio.push(audio)
-        if chunk is None:
-            return
-        if self._held is not None:
-            if time.monotonic() < self._hold_until:
-                self._held.append(chunk)
-                if self._hold_timer is None:
-                    self._hold_timer = asyncio.create_task(self._release_after(self._hold_until))
-                return
-            await self._release_held()
-        elif self._release_lock.locked():  # the held audio is still going out: keep the order
-            async with self._release_lock:
-                pass
-        await self._publish_audio(chunk)
-
-    async def _release_after(self, deadline: float) -> None:
-        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-        await self._release_held()
-
-    async def _release_held(self) -> None:
-        """Publish the audio held until the session listens, in order; later calls do nothing."""
-        async with self._release_lock:
-            held, self._held = self._held, None
-            for chunk in held or ():
-                await self._publish_audio(chunk)
+        await self.caller_audio.push(audio)
 
     async def _watch_media(self, idle_s: float) -> None:
         """End the call with ``carrier_silent`` after ``idle_s`` s without a media frame (module docstring)."""
@@ -363,25 +319,6 @@ class CallBridge:
         await self.end(reason)
         await self.close_after_logged(_CLOSE_NORMAL, reason)
 
-    async def _publish_audio(self, audio: bytes) -> None:
-        await self.bus.publish(self._audio_subject, audio, call_id=self.call_id, headers=self._audio_headers)
-        self._kept.add(audio)
-
-    async def replay(self, from_bytes: int) -> int:
-        """``command.replay``: publish again the caller audio kept (the last :data:`KEEP_MS`) from byte offset
-        ``from_bytes`` of this call's ``audio.in`` on, in order before any later frame, each chunk with header
-        ``Switchboard-Replay`` (an empty one when nothing is kept); returns the bytes sent.
-        A session that took the call over after a crash asks for it from the offset its log shows appended, so
-        what the caller said while no session listened is heard."""
-        async with self._release_lock:  # later frames wait (audio_in) until the replay is out
-            sent = 0
-            for offset, part in self._kept.since(from_bytes):  # nothing kept: one empty marker
-                await self.bus.publish(self._audio_subject, part, call_id=self.call_id,
-                                       headers={**self._audio_headers, Headers.REPLAY: str(offset)})
-                sent += len(part)
-        log.info("call %s: replayed %d bytes of caller audio from offset %d", self.call_id, sent, from_bytes)
-        return sent
-
     async def dtmf(self, digit: str) -> None:
         """Publish ``call.<id>.carrier.dtmf`` ``{digit}`` — or, while the session runs a keypad capture
         (``command.capture {active: true}``), ``call.<id>.keypad`` on core NATS only, so the digits are never
@@ -406,8 +343,8 @@ class CallBridge:
     async def _on_session_updated(self, env: Envelope) -> None:
         """Learn the model's output format: ``session.audio.output.format`` (Realtime GA); the session listens,
         so the audio held for it goes out."""
-        if self._held is not None:
-            await self._release_held()
+        if self.caller_audio.holding:
+            await self.caller_audio.release()
         try:
             fmt = env.json()["session"]["audio"]["output"]["format"]
             name = fmt["type"] if fmt["type"] != "audio/pcm" else f"audio/pcm;rate={int(fmt.get('rate', 24000))}"
@@ -478,7 +415,7 @@ class CallBridge:
         elif isinstance(command, CommandCapture):
             self._keypad_capture = command.active
         elif isinstance(command, CommandReplay):
-            await self.replay(command.from_bytes)
+            await self.caller_audio.replay(command.from_bytes)
         else:
             self._play(command)
 

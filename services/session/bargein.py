@@ -14,10 +14,13 @@ for the item so far; https://platform.openai.com/docs/guides/realtime-conversati
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ItemPlayback", "PlaybackTracker", "b64_decoded_len"]
+from shared.contracts import CommandClear
+
+__all__ = ["BargeIn", "ItemPlayback", "PlaybackTracker", "b64_decoded_len"]
 
 
 def b64_decoded_len(b64: str) -> int:
@@ -123,3 +126,43 @@ class PlaybackTracker:
             return True
         except TimeoutError:
             return False
+
+
+class BargeIn:
+    """Caller speech while agent audio is still pending at the carrier: ``command.clear`` at once (the gateway
+    flushes the carrier's buffer), then ``conversation.item.truncate`` at the audio confirmed played.
+
+    Args:
+        playback: the call's tracker.
+        clear: publishes the ``clear`` command (:class:`~shared.contracts.CommandClear`).
+        deliver: sends a client event once the model session is ready.
+        spawn: runs a coroutine as one of the call's tasks.
+        settle_s: how long (seconds) a truncation waits for the mark echoes that follow a ``clear``.
+        on_barge_in: told after each clear (metrics, summary counts).
+    """
+
+    def __init__(self, playback: PlaybackTracker, *, clear: Callable[[CommandClear], Awaitable[None]],
+                 deliver: Callable[[dict[str, Any]], Awaitable[None]],
+                 spawn: Callable[[Awaitable[None]], asyncio.Task[Any]], settle_s: float,
+                 on_barge_in: Callable[[], None]) -> None:
+        self.playback = playback
+        self._clear = clear
+        self._deliver = deliver
+        self._spawn = spawn
+        self.settle_s = settle_s
+        self._on_barge_in = on_barge_in
+
+    async def speech_started(self) -> None:
+        """``input_audio_buffer.speech_started``: clear and truncate when agent audio is still unplayed."""
+        item = self.playback.current
+        if item is None or item.cleared or item.played >= item.received:
+            return
+        await self._clear(CommandClear(reason="barge_in", item_id=item.item_id, response_id=item.response_id))
+        self._on_barge_in()
+        self._spawn(self._truncate(item.item_id))
+
+    async def _truncate(self, item_id: str) -> None:
+        # the gateway echoes marks of played audio before the cleared ones: wait for them to settle
+        await self.playback.wait_settled(item_id, timeout=self.settle_s)
+        await self._deliver({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                             "audio_end_ms": self.playback.played_ms(item_id)})

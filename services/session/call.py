@@ -1,24 +1,21 @@
-"""One call's session: the model connection, the log, audio in, barge-in, tools, flows and control.
+"""One call's session: the model connection, the log, and the parts that make up the conversation.
 
 Lifecycle (docs/session.md; https://platform.openai.com/docs/guides/realtime-conversations):
 
-1. :meth:`Call.run` subscribes to the call's ``audio.in``, ``carrier.mark``, ``carrier.dtmf`` and ``ended``
-   subjects, then opens the model WebSocket at once (the carrier is still setting up) while loading the tool
-   registry and the last ``Switchboard-Seq`` already in the log. Early audio is buffered. Right after
-   subscribing it also reads the CALLS stream's last ``call.<id>.ended``: a call the gateway ended before the
-   session picked it up (start-then-stop) ends at once (subscribed first, so an ``ended`` is either delivered
-   or already in the stream; docs/session.md, "Design decisions").
-2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting
-   ``response.create`` (when the spec has one), buffered audio is flushed, ``call.<id>.session.model_connected``.
-   An agent with a ``disclosure`` plays it first (:mod:`.disclosure`, started right after subscribing): the
-   greeting and caller audio wait until it is over (with ``gate_recording``, caller input meanwhile is dropped).
+1. :meth:`Call.run` subscribes to the call's carrier subjects (:mod:`.callerin`: audio, marks, digits) and
+   ``ended``, then opens the model WebSocket at once (:mod:`.connect`) while loading the tool registry and the
+   log's last ``Switchboard-Seq`` (:mod:`.prepare`). Early audio is buffered. A call the gateway ended before the
+   session picked it up (start-then-stop) ends at once: the CALLS stream's last ``call.<id>.ended`` is read after
+   subscribing, so an ``ended`` is either delivered or already in the stream.
+2. ``session.created`` → ``session.update`` (agent spec + flow state); ``session.updated`` → greeting (after the
+   agent's disclosure, :mod:`.disclosure`), buffered audio flushed, ``call.<id>.session.model_connected``.
 3. Every client event sent and server event received is logged (:mod:`.log`); server events are logged before
    they are handled, so output audio reaches the gateway (which plays it from the logged subject) at once.
+   Barge-in is :mod:`.bargein`; tool and keypad results are :mod:`.turns`.
 4. A dropped model socket is reconnected with backoff; the new session gets ``session.update`` and the prior
    conversation rebuilt from the log (:mod:`.rebuild`), then audio resumes.
-5. ``call.<id>.ended`` → the reader stops (server frames arriving after it are neither logged nor handled),
-   the model socket is closed (the handshake gets at most 1 s, then the connection is dropped) and
-   ``call.<id>.session.summary`` published. Every socket a connect attempt opened is closed on every path.
+5. ``call.<id>.ended`` → the reader stops, the model socket is closed and ``call.<id>.session.summary``
+   published. Every socket a connect attempt opened is closed on every path.
 
 A bad server event (invalid JSON, an ``error`` event, an exception in a handler) is logged and never ends the
 call; an exception that escapes :meth:`Call.run` ends only this call (:mod:`.service` supervises).
@@ -30,49 +27,46 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import Any
 
-import nats.errors
 from nats.aio.subscription import Subscription
 
 from shared import subjects, tool_registry
 from shared.audio import parse_format
-from shared.bus import Bus, Envelope, Headers, encode_payload
+from shared.bus import Bus, Envelope, encode_payload
 from shared.contracts import (
     CallEnded,
     CallInfo,
     CallStarted,
-    CarrierDtmf,
-    CarrierMark,
-    CommandClear,
     CommandReplay,
     Contract,
     ContractError,
     SessionError,
     SessionModelConnected,
-    SessionStateChanged,
     SessionSummary,
-    ToolResult,
 )
 from shared.redact import loggable
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
-from .bargein import PlaybackTracker
+from .bargein import BargeIn, PlaybackTracker
+from .callerin import CallerInput
 from .capture import KeypadCapture
+from .connect import keep_connected
 from .control import PendingControl
 from .disclosure import Disclosure
 from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
-from .model import ModelClosedError, ModelSocket, backoff_delays
+from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
 from .ownership import Takeover
-from .rebuild import REBUILD_PREFIX, read_call_log
+from .prepare import load_context, restored_state
+from .rebuild import rebuild
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
-from .tools import Outcome, ToolDispatcher, model_output
+from .tools import ToolDispatcher
+from .turns import Turns
 
 __all__ = ["RECOVERY_LINE", "Call", "CallOptions", "ModelEndpoint"]  # the last two re-exported from .options
 
@@ -96,7 +90,6 @@ class Call:
         """Set when another instance now serves the call: this one stops without a summary."""
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
-        self._await_replay = takeover == "lapse"
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -120,11 +113,20 @@ class Call:
         self.redactor = self.options.redactor(spec.redaction)
         """None: redaction off; else every logged event's text is redacted (docs/compliance.md)."""
         self.registry: dict[str, tool_registry.ToolSpec] = {}
+        self.turns = Turns(self.call_id, flow=self.flow, gate=self.gate, control=self.control, deliver=self.deliver,
+                           session_for=self._session_for, apply_capture=self._apply_capture,
+                           publish=self._call_event)
         self.tools = ToolDispatcher(bus, CallInfo(self.call_id, info.from_, info.to, spec.name),
-                                    self.registry, self._on_tool_result, self.hooks)
+                                    self.registry, self.turns.tool_result, self.hooks)
         self.keypad = KeypadCapture(bus=bus, call=self.tools.call, registry=self.registry,
                                     key=self.options.capture_key, command=self._command,
-                                    publish=self._call_event, tell=self._keypad_result)
+                                    publish=self._call_event, tell=self.turns.keypad_result)
+        self.barge_in = BargeIn(self.playback, clear=lambda c: self._command("clear", c), deliver=self.deliver,
+                                spawn=self._spawn, settle_s=self.options.barge_in_settle_s,
+                                on_barge_in=self._barged_in)
+        self.caller = CallerInput(self.call_id, audio=self.audio, playback=self.playback, disclosure=self.disclosure,
+                                  keypad=self.keypad, send_append=self._send_append, say=self._say_to_model,
+                                  spawn=self._spawn, await_replay=takeover == "lapse")
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -132,7 +134,6 @@ class Call:
         self.connections = 0
         self._in_setup = False
         self._closing = False
-        self._last_audio = time.monotonic()
         self._subs: list[Subscription] = []
         self.subscribed = asyncio.Event()
         """Set once the call's carrier subjects are subscribed (audio published after this is not missed)."""
@@ -147,10 +148,10 @@ class Call:
         try:
             cid = self.call_id
             self._subs = [
-                await self.bus.subscribe(subjects.call_audio_in(cid), self._on_audio),
-                await self.bus.subscribe(subjects.carrier_mark(cid), self._on_mark),
-                await self.bus.subscribe(subjects.carrier_dtmf(cid), self._on_dtmf),
-                await self.bus.subscribe(subjects.call_keypad(cid), self._on_keypad),
+                await self.bus.subscribe(subjects.call_audio_in(cid), self.caller.on_audio),
+                await self.bus.subscribe(subjects.carrier_mark(cid), self.caller.on_mark),
+                await self.bus.subscribe(subjects.carrier_dtmf(cid), self.caller.on_digit),
+                await self.bus.subscribe(subjects.call_keypad(cid), self.caller.on_digit),
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
@@ -159,7 +160,7 @@ class Call:
             self._spawn(self._after_disclosure())
             self._spawn(self._ended_before_pickup())
             model_task = asyncio.create_task(self._model_loop(), name=f"model-{cid}")
-            watchdog = self._spawn(self._watch_carrier())
+            watchdog = self._spawn(self.caller.watch_silence(self.options.carrier_idle_timeout, self.ended, self.end))
             ended = asyncio.ensure_future(self.ended.wait())
             done, _ = await asyncio.wait({model_task, ended}, return_when=asyncio.FIRST_COMPLETED)
             ended.cancel()
@@ -217,98 +218,48 @@ class Call:
         finally:
             self.hooks.call_ended()
 
-    async def _watch_carrier(self) -> None:
-        """End a call whose carrier went silent (no audio for ``carrier_idle_timeout`` s; gateway gone)."""
-        limit = self.options.carrier_idle_timeout
-        while not self.ended.is_set():
-            await asyncio.sleep(min(5.0, limit / 4))
-            if time.monotonic() - self._last_audio > limit:
-                log.warning("call %s: no carrier audio for %.0fs, ending", self.call_id, limit)
-                await self.end("carrier_silent")
-
     # --- model connection --------------------------------------------------------------------------------
 
     async def _prepare(self) -> None:
-        """Tool registry and the log's last seq (so a restarted call continues ``Switchboard-Seq``).
-
-        JetStream lookups that fail while NATS is unreachable or paused (timeouts, no responders, a connection
-        being re-established) are retried with backoff until they answer or the call ends: a short NATS outage
-        at the start of a call must not end the call.
-        """
-        delays = backoff_delays()
-        while True:
-            try:
-                registry, last_rt, last_calls = await asyncio.gather(
-                    tool_registry.load(self.bus.js),
-                    self.bus.last_seq(self.call_id, subjects.RT_STREAM, subjects.rt_all(self.call_id)),
-                    self.bus.last_seq(self.call_id, subjects.CALLS_STREAM, subjects.call_all(self.call_id)))
-                break
-            except (nats.errors.Error, TimeoutError) as exc:
-                if self.ended.is_set():
-                    raise
-                log.warning("call %s: tool registry / log lookup failed (%s); retrying", self.call_id,
-                            type(exc).__name__)
-                await asyncio.sleep(next(delays))
+        """Tool registry and the log's last seq (so a restarted call continues ``Switchboard-Seq``); after a
+        takeover, the flow state the previous owner reached (:mod:`.prepare`)."""
+        registry, last_seq = await load_context(self.bus, self.call_id, self.ended)
         self.registry.update(registry)
-        self.bus.resume_seq(self.call_id, max(last_rt, last_calls))
+        self.bus.resume_seq(self.call_id, last_seq)
         if self.takeover and self.spec.flow is not None:
-            changed = await self.bus.last_message(subjects.CALLS_STREAM,
-                                                  subjects.session_event(self.call_id, "state_changed"))
-            try:
-                state = SessionStateChanged.parse(changed.data).to if changed is not None else None
-            except ContractError as exc:
-                log.warning("call %s: unreadable state_changed in the log (%s); flow restarts", self.call_id, exc)
-                state = None
+            state = await restored_state(self.bus, self.call_id)
             if state is not None:
                 self.flow.state = state
                 await self._apply_capture()  # the restored state's keypad capture
 
     async def _model_loop(self) -> None:
         prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")
-        delays = backoff_delays()
-        failures = 0
+
+        async def serve(sock: ModelSocket) -> None:
+            try:
+                await prepared
+                self.model = sock
+                self.connections += 1
+                await self._read(sock)
+            finally:
+                if self.model is sock:
+                    self.model = None
+                    self.ready.clear()
+                    self.audio.ready = False
+                    self.gate.reset()
+                    self.stats.model_down()
+
+        async def unavailable(exc: Exception) -> None:
+            await prepared
+            await self._call_event(subjects.session_event(self.call_id, "error"), SessionError(
+                call_id=self.call_id, code="model_unavailable",
+                message="The voice model cannot be reached; still trying.", detail=type(exc).__name__))
+
         try:
-            while not self._closing:
-                self.hooks.model_connecting(self.endpoint.url, self.connections, self.endpoint.model)
-                try:
-                    sock = await ModelSocket.connect(self.endpoint.url, api_key=self.endpoint.api_key)
-                except Exception as exc:  # refused, DNS, TLS, handshake status, timeout
-                    self.hooks.model_disconnected(f"connect failed: {exc}")
-                    log.warning("call %s: model connect failed: %s", self.call_id, exc)
-                    failures += 1
-                    if failures == self.options.model_error_after:
-                        await prepared
-                        await self._call_event(subjects.session_event(self.call_id, "error"), SessionError(
-                            call_id=self.call_id, code="model_unavailable",
-                            message="The voice model cannot be reached; still trying.", detail=type(exc).__name__))
-                    await asyncio.sleep(next(delays))
-                    continue
-                failures = 0
-                connected_at = time.monotonic()
-                reason = "closed"
-                try:
-                    await prepared
-                    self.model = sock
-                    self.connections += 1
-                    await self._read(sock)
-                except ModelClosedError as exc:
-                    reason = str(exc) or "closed"
-                finally:
-                    if self.model is sock:
-                        self.model = None
-                        self.ready.clear()
-                        self.audio.ready = False
-                        self.gate.reset()
-                        self.stats.model_down()
-                    await sock.close()  # also when cancelled before or while reading: never left open
-                if self._closing or self.ended.is_set():
-                    break
-                self.hooks.model_disconnected(reason)
-                self.stats.reconnects += 1
-                log.warning("call %s: model connection lost (%s); reconnecting", self.call_id, reason)
-                if time.monotonic() - connected_at > 30:
-                    delays = backoff_delays()
-                await asyncio.sleep(next(delays))
+            await keep_connected(
+                self.call_id, self.endpoint, self.hooks, error_after=self.options.model_error_after,
+                closing=lambda: self._closing or self.ended.is_set(), connections=lambda: self.connections,
+                serve=serve, unavailable=unavailable, lost=self.stats.reconnected)
         finally:
             if not prepared.done():
                 prepared.cancel()
@@ -388,7 +339,8 @@ class Call:
             if not self.ready.is_set():
                 await self._session_ready(ev)
         elif etype == "input_audio_buffer.speech_started":
-            await self._barge_in()
+            self.hooks.speech_started()
+            await self.barge_in.speech_started()
         elif etype == "input_audio_buffer.speech_stopped":
             self.hooks.speech_stopped()
         elif etype == "input_audio_buffer.committed":
@@ -430,7 +382,9 @@ class Call:
         try:
             reconnect = self.connections > 1 or self.takeover is not None
             if reconnect:
-                owes, cut_off = await self._rebuild()
+                logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True))
+                self.appended_in_log = logged.appended_bytes
+                owes, cut_off = logged.conversation.owes_response(), logged.cut_off
                 if cut_off and self.takeover == "lapse" and self.connections == 1:
                     await self.gate.request({"instructions": f"Say exactly: {RECOVERY_LINE}"})
                 elif owes:
@@ -447,7 +401,7 @@ class Call:
         await self.gate.pump()
         if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
             await self._command("replay", CommandReplay(from_bytes=await self._consumed_in_log()))
-            self._spawn(self._stop_awaiting_replay(self.options.replay_wait_s))
+            self._spawn(self.caller.stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
         sid, model = session.get("id"), session.get("model")
         await self._call_event(subjects.session_event(self.call_id, "model_connected"), SessionModelConnected(
@@ -490,48 +444,10 @@ class Call:
             return  # the reconnect's _session_ready flushes and greets
         self.audio.ready = True
 
-    async def _rebuild(self) -> tuple[bool, bool]:
-        """Replay the log and re-create prior items; returns (the agent owes a response, a response was cut off:
-        created in the log but never done)."""
-        await self.bus.flush_acks(5.0)
-        logged = await read_call_log(self.bus, self.call_id)
-        self.appended_in_log = logged.appended_bytes
-        conversation = logged.conversation
-        for n, item in enumerate(conversation.items(), 1):
-            await self.send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}",
-                             "item": item}, setup=True)
-        return conversation.owes_response(), logged.cut_off
-
     # --- carrier side ------------------------------------------------------------------------------------
 
     async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
         await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
-
-    async def _on_audio(self, env: Envelope) -> None:
-        """``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``. After a takeover
-        from a crashed owner, live frames are dropped until the gateway's replay (header ``Switchboard-Replay``)
-        arrives: the replay re-sends them, in order, from what the log shows appended."""
-        self._last_audio = time.monotonic()
-        if self._await_replay:
-            if Headers.REPLAY not in env.headers:
-                return
-            self._await_replay = False
-        if not env.data:
-            return
-        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
-            self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
-            return
-        if self.keypad.active:
-            self.keypad.withheld_bytes += len(env.data)  # a card number read aloud never reaches the model
-            return
-        chunk = self.audio.push(env.data)  # held while the disclosure plays (audio.ready is False)
-        if chunk is None:
-            return
-        try:
-            await self._send_append(chunk)
-        except ModelClosedError:
-            self.audio.ready = False
-            self.audio.requeue(chunk)
 
     async def _consumed_in_log(self) -> int:
         """Caller audio bytes the previous owner consumed, by the log: appended to the model, plus what its
@@ -541,61 +457,13 @@ class Call:
         record = self.disclosure.record
         return self.appended_in_log + (record.withheld_bytes if record is not None else 0)
 
-    async def _stop_awaiting_replay(self, after_s: float) -> None:
-        """No replay within ``after_s`` (an older gateway, or the carrier reconnected elsewhere): take live audio."""
-        await asyncio.sleep(after_s)
-        if self._await_replay:
-            log.warning("call %s: no caller audio replay from the gateway; taking live audio", self.call_id)
-            self._await_replay = False
-
-    async def _on_mark(self, env: Envelope) -> None:
-        """``call.<id>.carrier.mark`` (:class:`~shared.contracts.CarrierMark`); echoes of no item are ignored."""
-        try:
-            mark = CarrierMark.parse(env.data)
-        except ContractError as exc:
-            log.warning("call %s: ignoring malformed mark echo: %s", self.call_id, exc)
-            return
-        if mark.item_id is not None:
-            await self.playback.on_mark(mark.item_id, mark.played_bytes, mark.cleared)
-
-    async def _on_dtmf(self, env: Envelope) -> None:
-        """``call.<id>.carrier.dtmf`` (:class:`~shared.contracts.CarrierDtmf`) → a user text item ``DTMF <digit>``
-        and a response (see :meth:`_on_digit`)."""
-        await self._on_digit(env)
-
-    async def _on_keypad(self, env: Envelope) -> None:
-        """``call.<id>.keypad`` ``{digit}``: a digit of a keypad capture (core NATS only; :mod:`.capture`)."""
-        await self._on_digit(env)
-
-    async def _on_digit(self, env: Envelope) -> None:
-        """A keypad digit goes to the keypad capture when one is in force (a digit pressed just before the gateway
-        switched to ``call.<id>.keypad`` arrives as ``carrier.dtmf``), else to the model as ``DTMF <digit>``;
-        ignored while a gated disclosure plays."""
-        try:
-            digit = CarrierDtmf.parse(env.data).digit
-        except ContractError as exc:
-            log.warning("call %s: ignoring a malformed keypad digit on %s: %s", self.call_id, env.subject, exc)
-            return
-        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
-            return  # the call is not listening yet (docs/compliance.md, "Disclosure")
-        if self.keypad.active:
-            self._spawn(self.keypad.press(digit))
-        else:
-            self._spawn(self._say_to_model({"type": "message", "role": "user",
-                                            "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
-
     async def _apply_capture(self) -> None:
         await self.keypad.apply(self.flow.state, self.spec.capture_for(self.flow.state))
 
-    async def _keypad_result(self, text: str, tool: str, output: Any, ok: bool) -> None:
-        """A keypad entry's result → a system message and a response; a success drives the flow."""
-        await self.deliver({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}})
-        if ok:
-            changed = self.flow.on_tool_result(tool, output)
-            if changed is not None:
-                await self._change_state(changed, tool, "")
-        await self.gate.request()
+    def _session_for(self, state: str | None) -> dict[str, Any]:
+        session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
+                                    model=self.endpoint.model, state_id=state)
+        return session
 
     async def _say_to_model(self, item: dict[str, Any]) -> None:
         await self.disclosure.done.wait()
@@ -612,55 +480,11 @@ class Call:
             reason = "ended"
         await self.end(reason or "ended")
 
-    # --- barge-in ----------------------------------------------------------------------------------------
-
-    async def _barge_in(self) -> None:
-        """Caller speech while agent audio is still pending at the carrier: clear at once, then truncate."""
-        self.hooks.speech_started()
-        item = self.playback.current
-        if item is None or item.cleared or item.played >= item.received:
-            return
-        await self._command("clear", CommandClear(reason="barge_in", item_id=item.item_id,
-                                                  response_id=item.response_id))
+    def _barged_in(self) -> None:
         self.hooks.barge_in()
         self.stats.barge_ins += 1
-        self._spawn(self._truncate(item.item_id))
-
-    async def _truncate(self, item_id: str) -> None:
-        # the gateway echoes marks of played audio before the cleared ones: wait for them to settle
-        await self.playback.wait_settled(item_id, timeout=self.options.barge_in_settle_s)
-        await self.deliver({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                            "audio_end_ms": self.playback.played_ms(item_id)})
 
     # --- tools, flows, control ---------------------------------------------------------------------------
-
-    async def _on_tool_result(self, tool_call_id: str, name: str, outcome: Outcome, phase: str) -> None:
-        output = model_output(outcome)
-        if phase == "final":
-            item: dict[str, Any] = {"type": "message", "role": "system", "content": [{
-                "type": "input_text", "text": f"The background tool {name} (call {tool_call_id}) "
-                                              f"finished with: {json.dumps(output, ensure_ascii=False)}"}]}
-        else:
-            item = {"type": "function_call_output", "call_id": tool_call_id,
-                    "output": json.dumps(output, ensure_ascii=False)}
-        await self.deliver({"type": "conversation.item.create", "item": item})
-        result = outcome if isinstance(outcome, ToolResult) and phase != "started" else None
-        if result is not None:
-            changed = self.flow.on_tool_result(name, output)
-            if changed is not None:
-                await self._change_state(changed, name, tool_call_id)
-        create_id = await self.gate.request()
-        if result is not None and result.control:
-            self.control.arm(result.control, create_id, None)
-
-    async def _change_state(self, changed: tuple[str, str], name: str, tool_call_id: str) -> None:
-        previous, state = changed
-        session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
-                                    model=self.endpoint.model, state_id=state)
-        await self.deliver({"type": "session.update", "session": session})
-        await self._apply_capture()
-        await self._call_event(subjects.session_event(self.call_id, "state_changed"), SessionStateChanged(
-            call_id=self.call_id, from_=previous, to=state, tool=name, tool_call_id=tool_call_id))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

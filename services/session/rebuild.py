@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import subjects
 from shared.bus import Bus
 
-__all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log"]
+__all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log", "rebuild"]
 
 REBUILD_PREFIX = "sb_rebuild_"
 
@@ -164,3 +164,15 @@ async def read_call_log(bus: Bus, call_id: str) -> CallLog:
                 else:
                     open_responses.discard(rid)
     return CallLog(ConversationLog().feed_all(parse_records(raw)), appended, bool(open_responses))
+
+
+async def rebuild(bus: Bus, call_id: str, send: Callable[[dict[str, Any]], Awaitable[None]]) -> CallLog:
+    """Re-create a call's prior conversation in a new model session: wait (at most 5 s) for our own publishes to
+    be acknowledged, read the log (:func:`read_call_log`) and ``send`` one ``conversation.item.create`` per item
+    (``event_id`` ``sb_rebuild_<n>``; https://platform.openai.com/docs/api-reference/realtime-client-events/
+    conversation/item/create). Returns what was read."""
+    await bus.flush_acks(5.0)
+    logged = await read_call_log(bus, call_id)
+    for n, item in enumerate(logged.conversation.items(), 1):
+        await send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}", "item": item})
+    return logged

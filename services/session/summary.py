@@ -52,6 +52,10 @@ class CallStats:
         if isinstance(usage, dict):
             _add_usage(self.usage, usage)
 
+    def reconnected(self) -> None:
+        """A model connection dropped and the session is reconnecting."""
+        self.reconnects += 1
+
     def model_up(self) -> None:
         """The model session became usable."""
         self._connected_at = time.monotonic()

@@ -1,0 +1,142 @@
+"""The caller's side of one call's session: carrier audio, playback marks and keypad digits from the gateway.
+
+Subjects handled (subscribed by :meth:`services.session.call.Call.run`):
+
+- ``call.<id>.audio.in``: raw carrier audio → batched ``input_audio_buffer.append``
+  (https://platform.openai.com/docs/api-reference/realtime-client-events/input_audio_buffer/append), held while
+  the disclosure plays, withheld while a keypad capture is in force (docs/compliance.md);
+- ``call.<id>.carrier.mark``: the gateway's playback position (:class:`~shared.contracts.CarrierMark`) → the
+  :class:`~services.session.bargein.PlaybackTracker`;
+- ``call.<id>.carrier.dtmf`` and ``call.<id>.keypad``: a digit → the keypad capture, else the model as a user text
+  item ``DTMF <digit>``.
+
+After a takeover from a crashed owner, live audio is dropped until the gateway's replay (header
+``Switchboard-Replay``) arrives: the replay re-sends it, in order, from the offset the log shows appended
+(docs/operations.md, "Rollouts and crashes").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shared.bus import Envelope, Headers
+from shared.contracts import CarrierDtmf, CarrierMark, ContractError
+
+from .audio import AudioBatcher
+from .bargein import PlaybackTracker
+from .capture import KeypadCapture
+from .disclosure import Disclosure
+from .model import ModelClosedError
+
+__all__ = ["CallerInput"]
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Awaitable[Any]], "asyncio.Task[Any]"]
+
+
+class CallerInput:
+    """What reaches one call's session from the caller (see the module docstring).
+
+    Args:
+        call_id: the call (for log lines).
+        audio: the batcher that turns ``audio.in`` frames into append-sized chunks.
+        playback: the tracker fed by mark echoes.
+        disclosure: the call's disclosure (gates audio and digits until it is over).
+        keypad: the call's keypad capture (takes digits and withholds audio while active).
+        send_append: sends one chunk as ``input_audio_buffer.append``; raises
+            :class:`~services.session.model.ModelClosedError` when the model session is not usable.
+        say: gives the model a user item and asks for a response (waits for the disclosure and the model).
+        spawn: runs a coroutine as one of the call's tasks.
+        await_replay: True after a takeover from a crashed owner (live audio waits for the gateway's replay).
+    """
+
+    def __init__(self, call_id: str, *, audio: AudioBatcher, playback: PlaybackTracker, disclosure: Disclosure,
+                 keypad: KeypadCapture, send_append: Callable[[bytes], Awaitable[None]],
+                 say: Callable[[dict[str, Any]], Awaitable[None]], spawn: Spawn, await_replay: bool) -> None:
+        self.call_id = call_id
+        self.audio = audio
+        self.playback = playback
+        self.disclosure = disclosure
+        self.keypad = keypad
+        self._send_append = send_append
+        self._say = say
+        self._spawn = spawn
+        self.await_replay = await_replay
+        self.last_audio = time.monotonic()
+        """``time.monotonic()`` of the last ``audio.in`` message (the carrier watchdog reads it)."""
+
+    async def on_audio(self, env: Envelope) -> None:
+        """``call.<id>.audio.in`` (raw carrier audio in the call's format) → ``input_audio_buffer.append``."""
+        self.last_audio = time.monotonic()
+        if self.await_replay:
+            if Headers.REPLAY not in env.headers:
+                return
+            self.await_replay = False
+        if not env.data:
+            return
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            self.disclosure.withheld_bytes += len(env.data)  # not heard, not logged, not archived
+            return
+        if self.keypad.active:
+            self.keypad.withheld_bytes += len(env.data)  # a card number read aloud never reaches the model
+            return
+        chunk = self.audio.push(env.data)  # held while the disclosure plays (audio.ready is False)
+        if chunk is None:
+            return
+        try:
+            await self._send_append(chunk)
+        except ModelClosedError:
+            self.audio.ready = False
+            self.audio.requeue(chunk)
+
+    async def watch_silence(self, limit_s: float, ended: asyncio.Event,
+                            end: Callable[[str], Awaitable[None]]) -> None:
+        """Until ``ended``: end the call with ``carrier_silent`` when no ``audio.in`` arrived for ``limit_s``
+        seconds (the carrier or the gateway is gone; carriers send audio, silence included, all call long)."""
+        while not ended.is_set():
+            await asyncio.sleep(min(5.0, limit_s / 4))
+            if time.monotonic() - self.last_audio > limit_s:
+                log.warning("call %s: no carrier audio for %.0fs, ending", self.call_id, limit_s)
+                await end("carrier_silent")
+
+    async def stop_awaiting_replay(self, after_s: float) -> None:
+        """No replay within ``after_s`` seconds (an older gateway, or the carrier reconnected elsewhere): take
+        live audio."""
+        await asyncio.sleep(after_s)
+        if self.await_replay:
+            log.warning("call %s: no caller audio replay from the gateway; taking live audio", self.call_id)
+            self.await_replay = False
+
+    async def on_mark(self, env: Envelope) -> None:
+        """``call.<id>.carrier.mark`` (:class:`~shared.contracts.CarrierMark`); echoes of no item are ignored."""
+        try:
+            mark = CarrierMark.parse(env.data)
+        except ContractError as exc:
+            log.warning("call %s: ignoring malformed mark echo: %s", self.call_id, exc)
+            return
+        if mark.item_id is not None:
+            await self.playback.on_mark(mark.item_id, mark.played_bytes, mark.cleared)
+
+    async def on_digit(self, env: Envelope) -> None:
+        """``call.<id>.carrier.dtmf`` or ``call.<id>.keypad`` (:class:`~shared.contracts.CarrierDtmf`).
+
+        A digit goes to the keypad capture when one is in force (a digit pressed just before the gateway switched
+        to ``call.<id>.keypad`` arrives as ``carrier.dtmf``), else to the model as ``DTMF <digit>``; ignored while
+        a gated disclosure plays (docs/compliance.md, "Disclosure")."""
+        try:
+            digit = CarrierDtmf.parse(env.data).digit
+        except ContractError as exc:
+            log.warning("call %s: ignoring a malformed keypad digit on %s: %s", self.call_id, env.subject, exc)
+            return
+        if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
+            return
+        if self.keypad.active:
+            self._spawn(self.keypad.press(digit))
+        else:
+            self._spawn(self._say({"type": "message", "role": "user",
+                                   "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
