@@ -272,6 +272,22 @@ def test_secret_keys_used_are_generated_in_dev() -> None:
                     assert ref["key"] in generated, f"dev overlay lacks secret key {ref['key']}"
 
 
+def _secret_env(deployment: str) -> dict[str, str]:
+    """``{env var: switchboard-secrets key}`` of a deployment's first container."""
+    container = _deployment(deployment)["spec"]["template"]["spec"]["containers"][0]
+    return {env["name"]: env["valueFrom"]["secretKeyRef"]["key"] for env in container.get("env", [])
+            if env.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "switchboard-secrets"}
+
+
+def test_keys_shared_across_pods_come_from_the_secret() -> None:
+    # a key generated per pod would break: browser tokens across gateway replicas, checkpoints across recorder
+    # restarts, keypad captures sealed by the session and opened by the tool worker
+    assert _secret_env("gateway")["SWITCHBOARD_TOKEN_SECRET"] == "token-secret"
+    assert _secret_env("recorder")["SWITCHBOARD_AUDIT_KEY"] == "audit-key"
+    assert _secret_env("recorder")["SWITCHBOARD_ARCHIVE_KEY"] == "archive-key"
+    assert _secret_env("session")["SWITCHBOARD_CAPTURE_KEY"] == _secret_env("tools")["SWITCHBOARD_CAPTURE_KEY"]
+
+
 def test_localmodel_component_points_the_session_at_the_local_model() -> None:
     comp = _load(K8S / "components" / "localmodel" / "kustomization.yaml")[0]
     url = _literals(comp, "configMapGenerator", "switchboard-config")["SWITCHBOARD_REALTIME_URL"]
