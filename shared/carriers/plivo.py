@@ -1,7 +1,7 @@
 """Plivo Audio Streams (XML ``<Stream bidirectional="true" keepCallAlive="true">``).
 
 Sources: https://www.plivo.com/docs/voice/xml/the-stream-element and
-https://www.plivo.com/docs/voice/concepts/audio-streaming (protocols.md §4.3).
+https://www.plivo.com/docs/voice/concepts/audio-streaming.
 
 Plivo → server (JSON text, camelCase): ``start`` (``start.callId``, ``start.streamId``,
 ``start.mediaFormat{encoding,sampleRate}``; ``extra_headers`` carries the XML's ``extraHeaders``), ``media``

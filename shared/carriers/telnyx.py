@@ -1,7 +1,7 @@
 """Telnyx Media Streaming over WebSockets (TeXML ``<Connect><Stream bidirectionalMode="rtp">``).
 
 Sources: https://developers.telnyx.com/docs/voice/programmable-voice/media-streaming and
-https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/stream (protocols.md §4.1).
+https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/stream.
 
 Telnyx → server (JSON text, snake_case): ``connected``; ``start`` (``stream_id`` at the top level,
 ``start.call_control_id``, ``from``, ``to``, ``media_format{encoding,sample_rate,channels}``,

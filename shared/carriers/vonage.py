@@ -1,7 +1,7 @@
 """Vonage Voice API WebSockets (NCCO ``connect`` to a ``websocket`` endpoint).
 
 Sources: https://developer.vonage.com/en/voice/voice-api/concepts/websockets and the NCCO reference
-https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect (protocols.md §4.2).
+https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect.
 
 Vonage → server: first a text ``{"event":"websocket:connected","content-type":"audio/l16;rate=16000",…}``
 with the NCCO endpoint's ``headers`` flattened into it (our ``agent``, ``caller``, ``called``, ``uuid``); then
