@@ -29,8 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import httpx
 from shared import health, natsauth, subjects
 from shared.config import Settings
 from switchboard import natsserver
+from switchboard.children import HEALTHY_RESET_S, Backoff, ServiceState
 
 __all__ = ["HEALTHY_RESET_S", "PROBE_INTERVAL_S", "SERVICE_ORDER", "Backoff", "ServiceState", "Supervisor"]
 
@@ -48,114 +48,6 @@ SERVICE_ORDER = ("localmodel", "tools", "recorder", "analytics", "session", "gat
 """Start order (stop order is the reverse)."""
 PROBE_INTERVAL_S = 1.0
 """Seconds between readiness probes of a running child."""
-HEALTHY_RESET_S = 60.0
-"""A child ready for this long before it dies restarts after the initial backoff again."""
-
-
-class Backoff:
-    """Restart delays: ``start`` s doubling to ``cap`` s; back to ``start`` after ``reset_after`` s of health."""
-
-    def __init__(self, start: float = 0.5, cap: float = 30.0, reset_after: float = HEALTHY_RESET_S) -> None:
-        self.start = start
-        self.cap = cap
-        self.reset_after = reset_after
-        self._next = start
-
-    def delay(self, healthy_for: float) -> float:
-        """The delay before the next restart of a child that was ready for ``healthy_for`` s before it died
-        (0 when it never became ready)."""
-        if healthy_for >= self.reset_after:
-            self._next = self.start
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-
-@dataclass
-class ServiceState:
-    """A supervised service: its process, readiness, restarts and where it listens."""
-
-    name: str
-    present: bool
-    enabled: bool
-    url: str = ""
-    ready_url: str | None = None
-    process: asyncio.subprocess.Process | None = None
-    ready: bool = False
-    restarts: int = 0
-    log_path: Path | None = None
-    started_at: float = 0.0
-    note: str = ""
-    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
-    embedded: natsserver.EmbeddedNats | None = field(default=None, repr=False)
-    """The nats-server process (the ``nats`` entry only)."""
-    healthy_since: float | None = None
-    """``time.monotonic()`` since when the child has been ready without a break (None: not ready)."""
-    was_ready: bool = False
-    """The current process has been ready at least once."""
-    longest_health: float = 0.0
-    """The longest finished stretch (s) of readiness of the current process."""
-    external: bool = False
-    """Not ours to run (an external NATS): probed only."""
-    backoff: Backoff = field(default_factory=Backoff, repr=False)
-    monitor: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        """The child's pid, if it has one."""
-        if self.embedded is not None:
-            return self.embedded.process.pid
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def running(self) -> bool:
-        """The child process exists and has not exited."""
-        if self.external:
-            return True
-        if self.embedded is not None:
-            return self.embedded.process.poll() is None
-        return self.process is not None and self.process.returncode is None
-
-    @property
-    def status(self) -> str:
-        """``absent``, ``disabled``, ``starting``, ``ready``, ``unready`` (was ready, now fails its probe) or
-        ``exited``."""
-        if not self.present:
-            return "absent"
-        if not self.enabled:
-            return "disabled"
-        if not self.running:
-            return "exited"
-        if self.ready:
-            return "ready"
-        return "unready" if self.was_ready else "starting"
-
-    def mark(self, ready: bool) -> bool:
-        """Record a probe result; returns whether readiness changed."""
-        changed = ready != self.ready
-        self.ready = ready
-        if ready:
-            self.was_ready = True
-            if self.healthy_since is None:
-                self.healthy_since = time.monotonic()
-        elif self.healthy_since is not None:
-            self.longest_health = max(self.longest_health, time.monotonic() - self.healthy_since)
-            self.healthy_since = None
-        return changed
-
-    def new_process(self) -> None:
-        """Forget the readiness history of the previous process (a new one was started)."""
-        self.mark(False)
-        self.was_ready = False
-        self.longest_health = 0.0
-        self.started_at = time.monotonic()
-
-    def healthy_for(self) -> float:
-        """The longest time (s) the current process has been ready without a break (0 when never ready)."""
-        current = 0.0 if self.healthy_since is None else time.monotonic() - self.healthy_since
-        return max(self.longest_health, current)
-
-
 async def _quiet_error(exc: Exception) -> None:
     """The supervisor's own connection: its outages are reported through the ``nats`` entry's readiness."""
     log.debug("supervisor's nats connection: %s", exc)
@@ -341,21 +233,18 @@ class Supervisor:
 
     async def _watch_nats(self) -> None:
         """Restart the embedded nats-server (same port and store dir) whenever it dies."""
-        state = self.nats_state
-        while not self._stopping:
-            assert state.embedded is not None
-            code = state.embedded.process.poll()
-            if code is None:
+
+        async def exited() -> int:
+            while True:
+                assert self.nats_state.embedded is not None
+                code = self.nats_state.embedded.process.poll()
+                if code is not None:
+                    return code
                 await asyncio.sleep(0.1)
-                continue
-            healthy_for = state.healthy_for()
-            self._changed(state, False)
-            delay = state.backoff.delay(healthy_for)
-            self._on_event(f"nats-server exited with code {code}; restarting in {delay:.1f}s")
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
-            starting = asyncio.ensure_future(self._start_nats(state.embedded.port))
+
+        async def restart() -> bool:
+            assert self.nats_state.embedded is not None
+            starting = asyncio.ensure_future(self._start_nats(self.nats_state.embedded.port))
             try:
                 await asyncio.shield(starting)  # stop() waits for a start under way, then stops that server
             except asyncio.CancelledError:
@@ -364,9 +253,32 @@ class Supervisor:
                 raise
             except RuntimeError as exc:  # the port is still held, the store is locked, ...: try again later
                 self._on_event(f"nats-server did not restart: {exc}")
+                return False
+            return True
+
+        await self._supervise(self.nats_state, "nats-server", exited, restart)
+
+    async def _supervise(self, state: ServiceState, what: str, exited: Callable[[], Awaitable[int]],
+                         restart: Callable[[], Awaitable[bool]], *, ready_timeout: float | None = None) -> None:
+        """Until the supervisor stops: wait for ``exited()`` (the exit code), mark ``state`` unready, wait its
+        :class:`Backoff` delay, then ``restart()`` (False: not restarted, the next exit check decides) and,
+        with ``ready_timeout``, wait up to that many seconds for the new child to be ready."""
+        while not self._stopping:
+            code = await exited()
+            if self._stopping:
+                return
+            healthy_for = state.healthy_for()
+            self._changed(state, False)
+            delay = state.backoff.delay(healthy_for)
+            self._on_event(f"{what} exited with code {code}; restarting in {delay:.1f}s")
+            await asyncio.sleep(delay)
+            if self._stopping or not await restart():
                 continue
             state.restarts += 1
             self._write_if_started()
+            if ready_timeout is not None:
+                with contextlib.suppress(RuntimeError):
+                    await self._wait_ready(state, ready_timeout)
 
     async def _spawn(self, state: ServiceState) -> None:
         assert state.log_path is None or state.log_path.parent.exists()
@@ -450,23 +362,17 @@ class Supervisor:
         return "\n".join(state.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     async def _watch(self, state: ServiceState) -> None:
-        while not self._stopping:
+        """Restart a service's child whenever it exits, then wait (up to 60 s) for it to be ready again."""
+
+        async def exited() -> int:
             assert state.process is not None
-            code = await state.process.wait()
-            if self._stopping:
-                return
-            healthy_for = state.healthy_for()
-            self._changed(state, False)
-            delay = state.backoff.delay(healthy_for)
-            self._on_event(f"{state.name}: exited with code {code}; restarting in {delay:.1f}s")
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
-            state.restarts += 1
+            return await state.process.wait()
+
+        async def restart() -> bool:
             await self._spawn(state)
-            self._write_if_started()
-            with contextlib.suppress(RuntimeError):
-                await self._wait_ready(state, 60.0)
+            return True
+
+        await self._supervise(state, f"{state.name}:", exited, restart, ready_timeout=60.0)
 
     # --- stop ------------------------------------------------------------------------------------------
 

@@ -167,6 +167,8 @@ def _calls_event(fig: CallFigures, ev: KpiEvent) -> None:
             fig.end_reason = CallEnded.parse(body).reason or "unknown"
         except ContractError:
             fig.end_reason = "unknown"
+    elif ev.type == "erased":  # the recorder destroyed the call's data key: the caller's number goes too
+        fig.from_number = None
     elif ev.type == "session.model_connected":
         try:
             connected = SessionModelConnected.parse(body)

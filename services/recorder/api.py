@@ -46,6 +46,7 @@ from shared import subjects
 from shared.apidocs import EventStreamResponse, NdjsonResponse, WavResponse, add_api_docs, binary, declare_bearer
 from shared.bus import Bus
 from shared.config import get_settings
+from shared.errors import PublishFailedError
 from shared.health import Readiness
 from shared.http import add_ops_routes
 
@@ -227,7 +228,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
         client = request.client.host if request.client else "unknown"
         try:
             done = await eraser.erase(call_id, by=f"api:{actor or client}")
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (PublishFailedError, nats.errors.Error, TimeoutError) as exc:
             raise HTTPException(status_code=503, detail=f"call.{call_id}.erased could not be published, "
                                                         f"nothing was erased: {exc!r}") from None
         return JSONResponse(done)

@@ -2,15 +2,15 @@
 
 Erasing a call (:meth:`Eraser.erase`):
 
-1. publishes ``call.<id>.erased`` (``{call_id, erased_ns, erased_by, reason}``) to the CALLS stream and waits for
-   JetStream's acknowledgement — the recorder archives it into the call's CALLS chain like any event, so the
-   erasure is itself a hash-chained, checkpointed, cross-checked record; nothing is destroyed when the publish
-   fails;
+1. publishes ``call.<id>.erased`` (:class:`~shared.contracts.CallErased`) to the CALLS stream with
+   :meth:`Bus.publish_event` and waits for JetStream's acknowledgement — the recorder archives it into the
+   call's CALLS chain like any event, so the erasure is itself a hash-chained, checkpointed, cross-checked
+   record; nothing is destroyed when the publish fails. Other holders of the call's data erase their own copy
+   on this event (the analytics service clears the caller's number in ``kpi_calls``);
 2. in one transaction, under the archive's write lock: deletes the call's row of ``call_keys`` (the only copy of
    its data key), records ``erased_ns``/``erased_by``/``erase_reason`` in ``calls``, clears the parties'
-   numbers and the recording path there (and the caller's number in the analytics service's ``kpi_calls`` when
-   it shares the database), and deletes the call's ``transcript_turns`` and ``tool_calls`` (the projections that
-   hold content in clear); the writer's key cache forgets the key;
+   numbers and the recording path there, and deletes the call's ``transcript_turns`` and ``tool_calls`` (the
+   projections that hold content in clear); the writer's key cache forgets the key;
 3. deletes the rendered recording (``<recordings dir>/<call id>.wav`` and the stored path).
 
 The events stay (append-only); their sealed content reads ``[erased]`` from then on, and their hash chains still
@@ -18,7 +18,8 @@ verify because they cover the stored ciphertext. JetStream keeps its own copy un
 
 Retention (:class:`Retention`, :meth:`Eraser.sweep`): an ended call whose end lies more than its agent's
 ``retention_days`` (agent spec), else ``SWITCHBOARD_RETENTION_DAYS``, in the past is erased with reason
-``retention``; no policy keeps calls forever.
+``retention``; no policy keeps calls forever. The retention is read from the agent specs at sweep time, not
+from the call's log: a policy an operator shortens applies to the calls already archived.
 """
 
 from __future__ import annotations
@@ -32,19 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from opentelemetry.propagate import inject
-from opentelemetry.trace import SpanKind
-from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.analytics.models import kpi_calls
 from services.recorder import models
 from services.recorder.archive import Archive
 from services.recorder.vault import Vault
 from services.session.agent import AgentSpecError, load_agent
 from shared import subjects
 from shared.bus import Bus, Headers
-from shared.bus.envelope import encode_payload
 from shared.contracts import CallErased
 from shared.telemetry import get_tracer
 
@@ -125,7 +122,8 @@ class Eraser:
 
         Raises:
             LookupError: no such call in the archive.
-            nats-py's errors: ``call.<id>.erased`` could not be published (nothing was erased).
+            shared.errors.PublishFailedError: ``call.<id>.erased`` was not acknowledged after the bus's
+                retries (nothing was erased).
         """
         c = models.calls
         async with self.engine.connect() as conn:
@@ -140,13 +138,9 @@ class Eraser:
         erased_ns = time.time_ns()
         by = by[:128]
         record = CallErased(call_id=call_id, erased_ns=erased_ns, erased_by=by, reason=reason)
-        headers = {Headers.CALL_ID: call_id, Headers.SOURCE: "recorder", Headers.SEQ: "1",
-                   Headers.TS: str(erased_ns), Headers.MSG_ID: f"erased-{call_id}-{erased_ns}"}
         with get_tracer("switchboard.recorder").start_as_current_span(
-                "erase", kind=SpanKind.PRODUCER, attributes={"switchboard.call_id": call_id,
-                                                             "switchboard.erase.reason": reason}):
-            inject(headers)  # traceparent of this span (W3C Trace Context)
-            await self.bus.js.publish(subjects.call_erased(call_id), encode_payload(record.encode()), headers=headers)
+                "erase", attributes={"switchboard.call_id": call_id, "switchboard.erase.reason": reason}):
+            await self._publish(record)
         lock = self.archive.write_lock if self.archive is not None else contextlib.nullcontext()
         async with lock, self.engine.begin() as conn:
             await conn.execute(delete(models.call_keys).where(models.call_keys.c.call_id == call_id))
@@ -155,13 +149,25 @@ class Eraser:
                 recording_path=None))
             for table in (models.transcript_turns, models.tool_calls):
                 await conn.execute(delete(table).where(table.c.call_id == call_id))
-            if await conn.run_sync(lambda c: inspect(c).has_table(kpi_calls.name)):  # analytics in this database
-                await conn.execute(update(kpi_calls).where(kpi_calls.c.call_id == call_id).values(from_number=None))
             self.vault.forget(call_id)
         deleted = await _unlink(paths)
         log.warning("call %s erased by %s (%s): data key destroyed, %d recording file(s) deleted",
                     call_id, by, reason, len(deleted))
         return {**record.encode(), "already": False, "recordings_deleted": deleted}
+
+    async def _publish(self, record: CallErased) -> None:
+        """Publish ``record`` on ``call.<id>.erased`` and wait until JetStream acknowledged it.
+
+        Raises:
+            shared.errors.PublishFailedError: every attempt of the bus failed.
+        """
+        msg_id = f"erased-{record.call_id}-{record.erased_ns}"  # one per erasure, whichever process erases
+        await self.bus.publish_event(subjects.call_erased(record.call_id), record.encode(), call_id=record.call_id,
+                                     headers={Headers.MSG_ID: msg_id})
+        await self.bus.flush_acks()
+        failed = next((e for e in self.bus.failed_publishes if e.msg_id == msg_id), None)
+        if failed is not None:
+            raise failed
 
     async def expired(self, now_ns: int | None = None) -> list[str]:
         """Ended, not yet erased calls whose end is older than their retention at ``now_ns`` (default now)."""

@@ -35,8 +35,12 @@ __all__ = [
     "b64decode",
     "check_digit",
     "field_of",
+    "inbound_audio",
     "load_object",
+    "string_at",
+    "text_frame",
     "text_of",
+    "unknown",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -72,10 +76,20 @@ class StreamStart:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioIn:
+class _Audio:
+    audio: bytes
+    """In the wire format (decoded from base64 where the carrier sends it so)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Named:
+    name: str
+
+
+class AudioIn(_Audio):
     """Caller audio, decoded from the wire (base64 or binary) but still in the wire format."""
 
-    audio: bytes
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +99,10 @@ class DtmfIn:
     digit: str
 
 
-@dataclass(frozen=True, slots=True)
-class MarkEcho:
+class MarkEcho(_Named):
     """Playback reached the mark (Twilio/Telnyx ``mark``, Vonage ``websocket:notify``, Plivo ``playedStream``)."""
 
-    name: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +115,16 @@ class StreamStop:
     """The carrier ended the stream (the caller hung up)."""
 
 
-@dataclass(frozen=True, slots=True)
-class PlayAudio:
+class PlayAudio(_Audio):
     """Gateway → carrier: audio to play (wire format), as the caller simulator decodes it."""
 
-    audio: bytes
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class PlayMark:
+class PlayMark(_Named):
     """Gateway → carrier: report ``name`` once the audio before it has played."""
 
-    name: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,35 @@ def load_object(frame: str | bytes) -> dict[str, Any]:
     return raw
 
 
+def text_frame(frame: str | bytes | None, carrier: str) -> dict[str, Any]:
+    """:func:`load_object` of a text frame, for carriers whose protocol has no binary frames (Telnyx, Plivo).
+
+    Raises:
+        CarrierProtocolError: a binary frame (``bytes`` or no text), or what :func:`load_object` raises.
+    """
+    if not isinstance(frame, str):
+        raise CarrierProtocolError(f"binary frames are not part of the {carrier} protocol")
+    return load_object(frame)
+
+
+def unknown(kind: str, value: object) -> CarrierProtocolError:
+    """The error for a message whose ``kind`` (``event``, ``action``) is not one the carrier sends."""
+    return CarrierProtocolError(f"unknown {kind} {str(value)[:40]!r}")
+
+
+def inbound_audio(raw: dict[str, Any]) -> bytes | None:
+    """The decoded ``media.payload`` of a JSON ``media`` message (Telnyx, Plivo) on the caller's track
+    (``track`` ``inbound``, ``inbound_track`` or absent); None for another track.
+
+    Raises:
+        CarrierProtocolError: ``media`` not an object, or its payload not base64.
+    """
+    media = field_of(raw, "media")
+    if text_of(media, "track", "inbound") not in ("inbound", "inbound_track"):
+        return None
+    return b64decode(media.get("payload"))
+
+
 def b64decode(payload: object, where: str = "media.payload") -> bytes:
     """Decode a base64 field (standard alphabet, padding required).
 
@@ -194,6 +234,20 @@ def text_of(raw: dict[str, Any], name: str, default: str | None = None) -> str |
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise CarrierProtocolError(f"invalid {raw.get('event')}: {name} must be a string")
+
+
+def string_at(raw: dict[str, Any], path: str) -> str:
+    """The string at the dotted ``path`` of ``raw`` (``"mark.name"`` is ``raw["mark"]["name"]``).
+
+    Raises:
+        CarrierProtocolError: missing or not a string (named with the message's ``event`` or ``action``).
+    """
+    value: object = raw
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, str):
+        raise CarrierProtocolError(f"invalid {raw.get('event', raw.get('action'))}: {path} must be a string")
+    return value
 
 
 class Codec(Protocol):

@@ -1,7 +1,7 @@
 """Plivo Audio Streams (XML ``<Stream bidirectional="true" keepCallAlive="true">``).
 
 Sources: https://www.plivo.com/docs/voice/xml/the-stream-element and
-https://www.plivo.com/docs/voice/concepts/audio-streaming (protocols.md §4.3).
+https://www.plivo.com/docs/voice/concepts/audio-streaming.
 
 Plivo → server (JSON text, camelCase): ``start`` (``start.callId``, ``start.streamId``,
 ``start.mediaFormat{encoding,sampleRate}``; ``extra_headers`` carries the XML's ``extraHeaders``), ``media``
@@ -24,25 +24,8 @@ import orjson
 from plivo import plivoxml
 
 from shared.audio import PCMU
-from shared.carriers.frames import (
-    AudioIn,
-    CarrierProtocolError,
-    Cleared,
-    DtmfIn,
-    InboundEvent,
-    MarkEcho,
-    OutboundEvent,
-    PlayAudio,
-    PlayClear,
-    PlayMark,
-    StreamStart,
-    StreamStop,
-    b64decode,
-    check_digit,
-    field_of,
-    load_object,
-    text_of,
-)
+from shared.carriers import frames
+from shared.carriers.frames import CarrierProtocolError, InboundEvent, OutboundEvent
 
 __all__ = ["PlivoCodec", "build_stream_xml", "caller_frame", "content_type", "parse_extra_headers",
            "parse_outbound", "parse_stream_xml"]
@@ -101,39 +84,32 @@ class PlivoCodec:
         Raises:
             CarrierProtocolError: binary frame, bad JSON, unknown event, missing fields, bad base64/digit.
         """
-        if text is None:
-            raise CarrierProtocolError("binary frames are not part of the Plivo protocol")
-        raw = load_object(text)
+        raw = frames.text_frame(text, "Plivo")
         event = raw.get("event")
         if event == "media":
-            media = field_of(raw, "media")
-            if text_of(media, "track", "inbound") not in ("inbound", "inbound_track"):
-                return None
-            return AudioIn(b64decode(media.get("payload")))
+            audio = frames.inbound_audio(raw)
+            return None if audio is None else frames.AudioIn(audio)
         if event == "start":
-            start = field_of(raw, "start")
+            start = frames.field_of(raw, "start")
             fmt = start.get("mediaFormat") or {}
             if not isinstance(fmt, dict):
                 raise CarrierProtocolError("invalid start: mediaFormat must be an object")
-            wire = _wire_format(text_of(fmt, "encoding", "audio/x-mulaw") or "", fmt.get("sampleRate", 8000))
-            self.stream_id = text_of(start, "streamId") or text_of(raw, "streamId") or ""
+            wire = _wire_format(frames.text_of(fmt, "encoding", "audio/x-mulaw") or "", fmt.get("sampleRate", 8000))
+            self.stream_id = frames.text_of(start, "streamId") or frames.text_of(raw, "streamId") or ""
             self.content_type = content_type(wire)
             params = parse_extra_headers(raw.get("extra_headers", raw.get("extraHeaders")))
-            return StreamStart(carrier_call_id=text_of(start, "callId"), stream_id=self.stream_id or None,
-                               wire_format=wire, from_=params.get("caller"), to=params.get("called"),
-                               parameters=params)
+            return frames.StreamStart(carrier_call_id=frames.text_of(start, "callId"),
+                                      stream_id=self.stream_id or None, wire_format=wire,
+                                      from_=params.get("caller"), to=params.get("called"), parameters=params)
         if event == "dtmf":
-            return DtmfIn(check_digit(field_of(raw, "dtmf").get("digit")))
+            return frames.DtmfIn(frames.check_digit(frames.field_of(raw, "dtmf").get("digit")))
         if event == "playedStream":
-            name = raw.get("name")
-            if not isinstance(name, str):
-                raise CarrierProtocolError("invalid playedStream: name must be a string")
-            return MarkEcho(name)
+            return frames.MarkEcho(frames.string_at(raw, "name"))
         if event == "clearedAudio":
-            return Cleared()
+            return frames.Cleared()
         if event == "stop":
-            return StreamStop()
-        raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
+            return frames.StreamStop()
+        raise frames.unknown("event", event)
 
     def encode_audio(self, audio: bytes) -> list[str | bytes]:
         """``{"event":"playAudio","media":{"contentType":…,"sampleRate":…,"payload":<base64>}}``."""
@@ -209,17 +185,12 @@ def parse_outbound(frame: str | bytes) -> OutboundEvent:
     Raises:
         CarrierProtocolError: anything else.
     """
-    if isinstance(frame, bytes):
-        raise CarrierProtocolError("binary frames are not part of the Plivo protocol")
-    raw = load_object(frame)
+    raw = frames.text_frame(frame, "Plivo")
     event = raw.get("event")
     if event == "playAudio":
-        return PlayAudio(b64decode(field_of(raw, "media").get("payload")))
+        return frames.PlayAudio(frames.b64decode(frames.field_of(raw, "media").get("payload")))
     if event == "checkpoint":
-        name = raw.get("name")
-        if not isinstance(name, str):
-            raise CarrierProtocolError("invalid checkpoint: name must be a string")
-        return PlayMark(name)
+        return frames.PlayMark(frames.string_at(raw, "name"))
     if event == "clearAudio":
-        return PlayClear()
-    raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
+        return frames.PlayClear()
+    raise frames.unknown("event", event)

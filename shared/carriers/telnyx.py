@@ -1,7 +1,7 @@
 """Telnyx Media Streaming over WebSockets (TeXML ``<Connect><Stream bidirectionalMode="rtp">``).
 
 Sources: https://developers.telnyx.com/docs/voice/programmable-voice/media-streaming and
-https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/stream (protocols.md §4.1).
+https://developers.telnyx.com/docs/voice/programmable-voice/texml-verbs/stream.
 
 Telnyx → server (JSON text, snake_case): ``connected``; ``start`` (``stream_id`` at the top level,
 ``start.call_control_id``, ``from``, ``to``, ``media_format{encoding,sample_rate,channels}``,
@@ -24,24 +24,8 @@ from typing import Any
 import orjson
 
 from shared.audio import PCMA, PCMU
-from shared.carriers.frames import (
-    AudioIn,
-    CarrierProtocolError,
-    DtmfIn,
-    InboundEvent,
-    MarkEcho,
-    OutboundEvent,
-    PlayAudio,
-    PlayClear,
-    PlayMark,
-    StreamStart,
-    StreamStop,
-    b64decode,
-    check_digit,
-    field_of,
-    load_object,
-    text_of,
-)
+from shared.carriers import frames
+from shared.carriers.frames import CarrierProtocolError, InboundEvent, OutboundEvent
 from shared.carriers.twilio import parse_twiml
 
 __all__ = ["TelnyxCodec", "build_texml", "caller_frame", "parse_outbound", "parse_texml", "wire_format"]
@@ -89,22 +73,19 @@ class TelnyxCodec:
         Raises:
             CarrierProtocolError: binary frame, bad JSON, unknown event, missing fields, bad base64/digit.
         """
-        if text is None:
-            raise CarrierProtocolError("binary frames are not part of the Telnyx protocol")
-        raw = load_object(text)
+        raw = frames.text_frame(text, "Telnyx")
         event = raw.get("event")
         if event == "media":
-            media = field_of(raw, "media")
-            if text_of(media, "track", "inbound") not in ("inbound", "inbound_track"):
+            audio = frames.inbound_audio(raw)
+            if audio is None:
                 return None
-            audio = b64decode(media.get("payload"))
-            return AudioIn(_swap16(audio) if self.big_endian else audio)
+            return frames.AudioIn(_swap16(audio) if self.big_endian else audio)
         if event == "start":
-            start = field_of(raw, "start")
+            start = frames.field_of(raw, "start")
             fmt = start.get("media_format") or {}
             if not isinstance(fmt, dict):
                 raise CarrierProtocolError("invalid start: media_format must be an object")
-            encoding = text_of(fmt, "encoding", "PCMU") or "PCMU"
+            encoding = frames.text_of(fmt, "encoding", "PCMU") or "PCMU"
             rate = fmt.get("sample_rate", 8000)
             if not isinstance(rate, int) or fmt.get("channels", 1) != 1:
                 raise CarrierProtocolError("invalid start: media_format sample_rate/channels")
@@ -114,25 +95,22 @@ class TelnyxCodec:
             if not isinstance(params, dict):
                 raise CarrierProtocolError("invalid start: custom_parameters must be an object")
             self.started = True
-            return StreamStart(carrier_call_id=text_of(start, "call_control_id"),
-                               stream_id=text_of(raw, "stream_id"), wire_format=wire,
-                               from_=text_of(start, "from"), to=text_of(start, "to"),
-                               parameters={str(k): str(v) for k, v in params.items()})
+            return frames.StreamStart(carrier_call_id=frames.text_of(start, "call_control_id"),
+                                      stream_id=frames.text_of(raw, "stream_id"), wire_format=wire,
+                                      from_=frames.text_of(start, "from"), to=frames.text_of(start, "to"),
+                                      parameters={str(k): str(v) for k, v in params.items()})
         if event == "dtmf":
-            return DtmfIn(check_digit(field_of(raw, "dtmf").get("digit")))
+            return frames.DtmfIn(frames.check_digit(frames.field_of(raw, "dtmf").get("digit")))
         if event == "mark":
-            name = field_of(raw, "mark").get("name")
-            if not isinstance(name, str):
-                raise CarrierProtocolError("invalid mark: mark.name must be a string")
-            return MarkEcho(name)
+            return frames.MarkEcho(frames.string_at(raw, "mark.name"))
         if event == "stop":
-            return StreamStop()
+            return frames.StreamStop()
         if event == "connected":
             return None
         if event == "error":
             log.warning("telnyx reported an error on the stream: %s", str(raw.get("payload"))[:200])
             return None
-        raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
+        raise frames.unknown("event", event)
 
     def encode_audio(self, audio: bytes) -> list[str | bytes]:
         """``{"event":"media","media":{"payload":<base64>}}``."""
@@ -196,18 +174,13 @@ def parse_outbound(frame: str | bytes) -> OutboundEvent:
     Raises:
         CarrierProtocolError: not a Telnyx ``media``/``mark``/``clear`` message.
     """
-    if isinstance(frame, bytes):
-        raise CarrierProtocolError("binary frames are not part of the Telnyx protocol")
-    raw = load_object(frame)
+    raw = frames.text_frame(frame, "Telnyx")
     event = raw.get("event")
     if event == "media":
-        return PlayAudio(b64decode(field_of(raw, "media").get("payload")))
+        return frames.PlayAudio(frames.b64decode(frames.field_of(raw, "media").get("payload")))
     if event == "mark":
-        name = field_of(raw, "mark").get("name")
-        if not isinstance(name, str):
-            raise CarrierProtocolError("invalid mark: mark.name must be a string")
-        return PlayMark(name)
+        return frames.PlayMark(frames.string_at(raw, "mark.name"))
     if event == "clear":
-        return PlayClear()
-    raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
+        return frames.PlayClear()
+    raise frames.unknown("event", event)
 

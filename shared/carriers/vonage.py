@@ -1,7 +1,7 @@
 """Vonage Voice API WebSockets (NCCO ``connect`` to a ``websocket`` endpoint).
 
 Sources: https://developer.vonage.com/en/voice/voice-api/concepts/websockets and the NCCO reference
-https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect (protocols.md §4.2).
+https://developer.vonage.com/en/voice/voice-api/ncco-reference#connect.
 
 Vonage → server: first a text ``{"event":"websocket:connected","content-type":"audio/l16;rate=16000",…}``
 with the NCCO endpoint's ``headers`` flattened into it (our ``agent``, ``caller``, ``called``, ``uuid``); then
@@ -24,23 +24,8 @@ from typing import Any
 
 import orjson
 
-from shared.carriers.frames import (
-    MAX_MESSAGE_BYTES,
-    AudioIn,
-    CarrierProtocolError,
-    Cleared,
-    DtmfIn,
-    InboundEvent,
-    MarkEcho,
-    OutboundEvent,
-    PlayAudio,
-    PlayClear,
-    PlayMark,
-    StreamStart,
-    check_digit,
-    load_object,
-    text_of,
-)
+from shared.carriers import frames
+from shared.carriers.frames import CarrierProtocolError, InboundEvent, OutboundEvent
 
 __all__ = ["RATES", "VonageCodec", "build_ncco", "connected_frame", "frame_bytes", "parse_ncco",
            "parse_outbound"]
@@ -60,14 +45,6 @@ def _rate_of(content_type: object) -> int:
     if match is None or int(match.group(1)) not in RATES:
         raise CarrierProtocolError(f"unsupported content-type {str(content_type)[:40]!r}")
     return int(match.group(1))
-
-
-def _notify_name(raw: dict[str, Any], what: str) -> str:
-    payload = raw.get("payload")
-    name = payload.get("name") if isinstance(payload, dict) else None
-    if not isinstance(name, str):
-        raise CarrierProtocolError(f"invalid {what}: payload.name must be a string")
-    return name
 
 
 class VonageCodec:
@@ -92,10 +69,10 @@ class VonageCodec:
                 raise CarrierProtocolError("audio before websocket:connected")
             size = frame_bytes(self.rate)
             if len(data) != size:
-                raise CarrierProtocolError(f"audio frame of {min(len(data), MAX_MESSAGE_BYTES + 1)} bytes, "
+                raise CarrierProtocolError(f"audio frame of {min(len(data), frames.MAX_MESSAGE_BYTES + 1)} bytes, "
                                            f"expected {size} (20 ms of L16 at {self.rate} Hz)")
-            return AudioIn(data)
-        raw = load_object(text or "")
+            return frames.AudioIn(data)
+        raw = frames.load_object(text or "")
         event = raw.get("event")
         if event == "websocket:connected":
             if self.rate is not None:
@@ -103,34 +80,34 @@ class VonageCodec:
             self.rate = _rate_of(raw.get("content-type"))
             params = {k: str(v) for k, v in raw.items() if k not in ("event", "content-type")
                       and isinstance(v, str | int | float) and not isinstance(v, bool)}
-            return StreamStart(carrier_call_id=params.get("uuid"), stream_id=None,
-                               wire_format=f"audio/pcm;rate={self.rate}", from_=params.get("caller"),
-                               to=params.get("called"), parameters=params)
+            return frames.StreamStart(carrier_call_id=params.get("uuid"), stream_id=None,
+                                      wire_format=f"audio/pcm;rate={self.rate}", from_=params.get("caller"),
+                                      to=params.get("called"), parameters=params)
         if self.rate is None:
             raise CarrierProtocolError(f"{str(event)[:40]} before websocket:connected")
         if event == "websocket:dtmf":
             digit = raw.get("digit")
             if digit is None and isinstance(raw.get("dtmf"), dict):  # newer payloads nest it
                 digit = raw["dtmf"].get("digit")
-            return DtmfIn(check_digit(digit))
+            return frames.DtmfIn(frames.check_digit(digit))
         if event == "websocket:notify":
-            return MarkEcho(_notify_name(raw, "websocket:notify"))
+            return frames.MarkEcho(frames.string_at(raw, "payload.name"))
         if event == "websocket:cleared":
-            return Cleared()
-        raise CarrierProtocolError(f"unknown event {str(event)[:40]!r}")
+            return frames.Cleared()
+        raise frames.unknown("event", event)
 
     def _frames(self, audio: bytes, *, pad: bool) -> list[str | bytes]:
         assert self.rate is not None
         size = frame_bytes(self.rate)
         data = self._held + audio
         whole = len(data) - len(data) % size
-        frames: list[str | bytes] = [data[i:i + size] for i in range(0, whole, size)]
+        out: list[str | bytes] = [data[i:i + size] for i in range(0, whole, size)]
         rest = data[whole:]
         if pad and rest:
-            frames.append(rest + bytes(size - len(rest)))
+            out.append(rest + bytes(size - len(rest)))
             rest = b""
         self._held = rest
-        return frames
+        return out
 
     def encode_audio(self, audio: bytes) -> list[str | bytes]:
         """Whole 20 ms binary frames; a partial frame is held for the next call."""
@@ -205,11 +182,11 @@ def parse_outbound(frame: str | bytes) -> OutboundEvent:
         CarrierProtocolError: anything else.
     """
     if isinstance(frame, bytes):
-        return PlayAudio(frame)
-    raw = load_object(frame)
+        return frames.PlayAudio(frame)
+    raw = frames.load_object(frame)
     action = raw.get("action")
     if action == "notify":
-        return PlayMark(_notify_name(raw, "notify"))
+        return frames.PlayMark(frames.string_at(raw, "payload.name"))
     if action == "clear":
-        return PlayClear()
-    raise CarrierProtocolError(f"unknown action {text_of(raw, 'action')!r}"[:120])
+        return frames.PlayClear()
+    raise frames.unknown("action", raw.get("action"))

@@ -12,6 +12,13 @@ import pytest
 from shared.bus import Bus
 from shared.config import load_settings
 from switchboard import natsserver
+from tests.integration.gateway_support import (  # noqa: F401 - the gateway tests' fixtures, registered once
+    audio_tap_fixture,
+    gw_fixture,
+    peer_bus_fixture,
+    peer_fixture,
+    recorder_fixture,
+)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Fixtures and helpers for the gateway integration tests (test modules import the ``*_fixture`` functions).
+"""Fixtures and helpers for the gateway integration tests.
+
+``tests/integration/conftest.py`` registers the fixtures (``gw``, ``peer_bus``, ``peer``, ``recorder``,
+``audio_tap``); a gateway test module imports :func:`bus_fixture` to have the gateway's bus as ``bus`` (the
+conftest's ``bus`` is a session-side one).
 
 A real nats-server (``nats_url``), the gateway app on a free port (uvicorn), an
 :class:`~switchboard.testing.echo_peer.EchoPeer` on its own bus connection standing in for the session, and a
@@ -38,11 +42,9 @@ TIMEOUT = 10.0  # generous: a busy 2-core machine
 
 
 @pytest.fixture(name="bus")
-async def bus_fixture(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="gateway-test", source="gateway")
-    await b.ensure_streams(load_settings(js_max_age=600))
-    yield b
-    await b.close()
+def bus_fixture(gateway_bus: Bus) -> Bus:
+    """The gateway's bus (conftest's ``gateway_bus``, the one :func:`gw_fixture` serves on) as ``bus``."""
+    return gateway_bus
 
 
 @pytest.fixture(name="peer_bus")
@@ -53,8 +55,8 @@ async def peer_bus_fixture(nats_url: str) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture(name="gw")
-async def gw_fixture(bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(bus, load_settings(nats_url=nats_url, insecure_dev=True)) as running:
+async def gw_fixture(gateway_bus: Bus, nats_url: str) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(gateway_bus, load_settings(nats_url=nats_url, insecure_dev=True)) as running:
         yield running
 
 

@@ -28,12 +28,7 @@ from shared.bus import Bus, Envelope
 from shared.contracts import CallStarted, CarrierDtmf, CarrierMark, CommandClear, CommandHangup, SessionSummary
 from switchboard.caller import run_scenario
 from switchboard.scenario import Scenario, load_scenario
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    bus_fixture,
-    gw_fixture,
-    peer_bus_fixture,
-    wait_until,
-)
+from tests.integration.gateway_support import bus_fixture, wait_until  # noqa: F401
 
 SPEED = 6.0
 TONE = bytes([0x9E, 0x8F, 0x89, 0x86, 0x86, 0x89, 0x8E, 0x9C, 0x1E, 0x0F, 0x09, 0x06, 0x06, 0x09, 0x0E, 0x1C] * 10)

@@ -20,16 +20,7 @@ from shared.bus import Bus
 from shared.config import load_settings
 from shared.contracts import CarrierError
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    Recorder,
-    bus_fixture,
-    media_frame,
-    open_call,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
-)
+from tests.integration.gateway_support import TIMEOUT, Recorder, bus_fixture, media_frame, open_call  # noqa: F401
 
 IDLE_S = 2.0
 """The carrier idle limit in these tests (s; production default 30)."""

@@ -32,15 +32,7 @@ from switchboard.caller.signing import (
     vonage_authorization,
 )
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    Recorder,
-    bus_fixture,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
-    wait_until,
-)
+from tests.integration.gateway_support import TIMEOUT, Recorder, bus_fixture, wait_until  # noqa: F401
 
 TELNYX_PRIVATE, TELNYX_PUBLIC = new_telnyx_key()
 VONAGE_SECRET = "vonage-signature-secret-0123456789abcdef"

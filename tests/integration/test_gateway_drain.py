@@ -16,16 +16,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from services.gateway.server import RunningGateway
 from services.gateway.twilio import disconnect_reason
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - bus_fixture
     TIMEOUT,
     Recorder,
     bus_fixture,
-    gw_fixture,
     media_frame,
     open_call,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
     wait_until,
 )
 

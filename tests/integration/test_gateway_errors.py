@@ -25,16 +25,12 @@ from shared.bus import Bus
 from shared.config import load_settings
 from shared.contracts import CallEnded, CarrierError
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - bus_fixture
     TIMEOUT,
     Recorder,
     bus_fixture,
-    gw_fixture,
     media_frame,
     open_call,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
     recv_json,
     start_frame,
     wait_until,

@@ -15,17 +15,7 @@ import websockets
 from services.gateway.server import RunningGateway
 from shared import subjects
 from shared.bus import Bus
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    AudioTap,
-    Recorder,
-    audio_tap_fixture,
-    bus_fixture,
-    gw_fixture,
-    peer_bus_fixture,
-    recorder_fixture,
-    wait_until,
-)
+from tests.integration.gateway_support import TIMEOUT, AudioTap, Recorder, bus_fixture, wait_until  # noqa: F401
 
 
 async def browser_socket(gw: RunningGateway) -> websockets.ClientConnection:

@@ -26,18 +26,7 @@ from shared.carriers import twilio as tw
 from shared.config import load_settings
 from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    AudioTap,
-    Recorder,
-    audio_tap_fixture,
-    bus_fixture,
-    gw_fixture,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
-    wait_until,
-)
+from tests.integration.gateway_support import TIMEOUT, AudioTap, Recorder, bus_fixture, wait_until  # noqa: F401
 
 FORM = voice_form(from_="+15551230001", to="+15559870000", call_sid="CA" + "7" * 32)
 

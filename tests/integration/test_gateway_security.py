@@ -21,16 +21,11 @@ from shared import subjects
 from shared.audio import PCM24K, pcm16_to_bytes
 from shared.bus import Bus, Headers
 from shared.config import load_settings
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - bus_fixture
     TIMEOUT,
     AudioTap,
     Recorder,
-    audio_tap_fixture,
     bus_fixture,
-    gw_fixture,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
     start_frame,
     wait_until,
 )

@@ -16,13 +16,7 @@ from shared.bus import Bus
 from shared.carriers import twilio as tw
 from shared.config import load_settings
 from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    Recorder,
-    bus_fixture,
-    peer_bus_fixture,
-    recorder_fixture,
-)
+from tests.integration.gateway_support import TIMEOUT, Recorder, bus_fixture  # noqa: F401
 
 LOST_S = 2.0
 

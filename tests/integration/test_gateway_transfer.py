@@ -17,14 +17,7 @@ from shared.config import load_settings
 from switchboard.caller.carriers import dial
 from switchboard.caller.signing import CarrierKeys
 from tests.integration.carrier_support import FakeCarrierApi, serving
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    Recorder,
-    bus_fixture,
-    peer_bus_fixture,
-    recorder_fixture,
-    wait_until,
-)
+from tests.integration.gateway_support import TIMEOUT, Recorder, bus_fixture, wait_until  # noqa: F401
 
 ACCOUNT_SID = "AC" + "1" * 32
 

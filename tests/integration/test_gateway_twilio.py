@@ -21,18 +21,13 @@ from shared.bus import Bus, Headers
 from shared.carriers.twilio import parse_redirect, parse_twiml
 from shared.config import load_settings
 from switchboard.testing.echo_peer import EchoPeer
-from tests.integration.gateway_support import (  # noqa: F401 - fixtures
+from tests.integration.gateway_support import (  # noqa: F401 - bus_fixture
     TIMEOUT,
     AudioTap,
     Recorder,
-    audio_tap_fixture,
     bus_fixture,
-    gw_fixture,
     media_frame,
     open_call,
-    peer_bus_fixture,
-    peer_fixture,
-    recorder_fixture,
     recv_json,
     wait_until,
 )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.analytics.kpis import CallFigures, GroupSums, KpiEvent, aggregate, apply, percentile
-from shared.contracts import CallEnded, CallStarted, SessionModelConnected
+from shared.contracts import CallEnded, CallErased, CallStarted, SessionModelConnected
 
 MS = 1_000_000
 CID = "call_x"
@@ -93,6 +93,15 @@ def test_per_call_figures() -> None:
     assert fig.usage.output_audio_tokens == 150
     # 10 text in x $4 twice + 150 audio out x $64, per 1M tokens (gpt-realtime)
     assert fig.cost_usd == pytest.approx((2 * 10 * 4 + 150 * 64) / 1e6)
+
+
+def test_erasure_clears_the_callers_number_and_keeps_the_figures() -> None:
+    script = booking_call()
+    script.calls(7000, "erased", **CallErased(call_id=CID, erased_ns=1, erased_by="retention",
+                                              reason="retention").encode())
+    fig, latencies = script.run()
+    assert fig.from_number is None
+    assert latencies == [400.0, 650.0] and fig.task_completed and fig.end_reason == "agent_hangup"
 
 
 def test_local_model_costs_nothing_and_unknown_model_is_unpriced() -> None:
