@@ -51,6 +51,7 @@ from shared.contracts import (
     CarrierResumed,
     CommandCapture,
     CommandClear,
+    CommandDtmf,
     CommandHangup,
     CommandPlay,
     CommandReplay,
@@ -115,11 +116,17 @@ class CallBridge:
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
                  audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
                  on_transfer: Callable[[object], Awaitable[object]] | None = None,
+                 on_hangup: Callable[[], Awaitable[object]] | None = None,
+                 on_dtmf: Callable[[str], Awaitable[object]] | None = None,
                  call_id: str | None = None, resumed: bool = False, session_lost_s: float | None = None) -> None:
         parse_format(start.audio_format)
         self.on_transfer = on_transfer
         """Called with the target of ``command.transfer`` before the stream closes (the carrier's REST API
         moves the call: :mod:`services.gateway.call_control`); None: the stream just closes."""
+        self.on_hangup = on_hangup
+        """Called on ``command.hangup`` after ``ended`` and before the stream closes (the carrier ends the leg)."""
+        self.on_dtmf = on_dtmf
+        """Called with the digits of ``command.dtmf`` (the carrier sends them); None: logged and dropped."""
         self.bus = bus
         self.sink = sink
         self.start = start
@@ -416,6 +423,11 @@ class CallBridge:
             self._keypad_capture = command.active
         elif isinstance(command, CommandReplay):
             await self.caller_audio.replay(command.from_bytes)
+        elif isinstance(command, CommandDtmf):
+            if self.on_dtmf is None:
+                log.warning("call %s: no call control for %s: DTMF not sent", self.call_id, self.start.carrier)
+            else:
+                self._side(self.on_dtmf(command.digits))
         else:
             self._play(command)
 
@@ -443,7 +455,10 @@ class CallBridge:
         self.enqueue(audio, command.item_id or "play")
 
     def _publish_soon(self, subject: str, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self.bus.publish_event(subject, payload, call_id=self.call_id))
+        self._side(self.bus.publish_event(subject, payload, call_id=self.call_id))
+
+    def _side(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
@@ -469,6 +484,8 @@ class CallBridge:
         if item.reason == "transfer" and self.on_transfer is not None:  # before the stream closes
             await self.on_transfer((item.detail or {}).get("transfer_to"))
         await self.end(item.reason, **(item.detail or {}))
+        if item.reason == "agent_hangup" and self.on_hangup is not None:  # ended first: the caller did not hang up
+            await self.on_hangup()
         await self.close_after_logged(_CLOSE_NORMAL, item.reason)
 
     async def close_after_logged(self, code: int, reason: str, *, timeout: float = 2.0) -> None:
