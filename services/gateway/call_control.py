@@ -227,12 +227,13 @@ class TelnyxControl:
         Raises:
             ValueError: no account sid configured; telnyx.APIError: Telnyx refused.
         """
-        body: dict[str, Any] = {"url": call.answer_url, "url_method": "POST", "to": call.to, "from_": call.from_}
+        # the body is the union of three TypedDicts the SDK cannot tell apart: its wire names are given directly
+        body: dict[str, Any] = {"Url": call.answer_url, "UrlMethod": "POST", "To": call.to, "From": call.from_}
         if self.texml_app_id:
-            body["application_sid"] = self.texml_app_id
+            body["ApplicationSid"] = self.texml_app_id
         if call.amd_url:
-            body.update(machine_detection="Enable", async_amd=True, async_amd_status_callback=call.amd_url,
-                        async_amd_status_callback_method="POST")
+            body.update(MachineDetection="Enable", AsyncAmd=True, AsyncAmdStatusCallback=call.amd_url,
+                        AsyncAmdStatusCallbackMethod="POST")
         created = await self.client.texml.accounts.calls.calls(
             _need(self.account_sid, "SWITCHBOARD_TELNYX_ACCOUNT_SID for outbound calls"), body=body)  # type: ignore[arg-type]
         sid = created.to_dict().get("call_sid")
