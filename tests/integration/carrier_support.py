@@ -15,10 +15,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.gateway.server import serving_app
+
+VONAGE_APP = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"
+"""A Vonage application id for tests."""
+_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+VONAGE_KEY = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+"""The application's RSA private key (PEM): the gateway signs its Voice API JWTs with it."""
+VONAGE_PUBLIC = _KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+"""Its public key (verifies the JWTs the fake received)."""
+PLIVO_ID = "MA" + "A" * 18
+"""A Plivo auth id for tests."""
 
 
 @dataclass(frozen=True)

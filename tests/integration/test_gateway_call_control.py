@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
 from services.gateway.amd import plivo_dial_xml
@@ -23,7 +21,7 @@ from shared.config import load_settings
 from switchboard import natsserver
 from switchboard.caller.carriers import CallerLine, dial
 from switchboard.caller.signing import CarrierKeys, plivo_headers
-from tests.integration.carrier_support import FakeCarrierApi, serving
+from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, VONAGE_PUBLIC, FakeCarrierApi, serving
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     Recorder,
@@ -34,14 +32,7 @@ from tests.integration.gateway_support import (  # noqa: F401 - fixtures
 )
 
 ACCOUNT_SID = "AC" + "3" * 32
-VONAGE_APP = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"
-PLIVO_ID = "MA" + "A" * 18
 PLIVO_TOKEN = "plivo-auth-token-0123456789abcdef"
-_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-VONAGE_KEY = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-VONAGE_PUBLIC = _KEY.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @pytest.fixture

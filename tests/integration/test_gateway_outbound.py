@@ -6,6 +6,7 @@ become ``call.<id>.carrier.amd``. Every webhook is signature-checked (no insecur
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from services.gateway.server import RunningGateway, running_gateway
 from shared.bus import Bus
@@ -27,7 +29,8 @@ from switchboard.caller.signing import (
     twilio_signature,
     vonage_authorization,
 )
-from tests.integration.carrier_support import Dialed, FakeCarrierApi, serving
+from switchboard.cli import app as cli
+from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, Dialed, FakeCarrierApi, serving
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     Recorder,
     bus_fixture,
@@ -35,7 +38,6 @@ from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     recorder_fixture,
     wait_until,
 )
-from tests.integration.test_gateway_call_control import PLIVO_ID, VONAGE_APP, VONAGE_KEY
 
 ACCOUNT_SID = "AC" + "4" * 32
 TELNYX_PRIVATE, TELNYX_PUBLIC = new_telnyx_key()
@@ -203,3 +205,23 @@ async def test_carrier_without_call_control_or_caller_id_is_refused(bus: Bus, na
         no_from = await post_outbound(gw, {"to": "+15557654321", "agent": "echo"})
     assert no_control.status_code == 400 and "no call control configured for vonage" in no_control.text
     assert no_from.status_code == 400 and "SWITCHBOARD_OUTBOUND_FROM" in no_from.text
+
+
+async def test_switchboard_dial_places_the_call_through_the_gateway(dial_gw: RunningGateway,
+                                                                    fake_api: FakeCarrierApi,
+                                                                    recorder: Recorder) -> None:
+    lines: list[CallerLine] = []
+    answer_with_simulator(dial_gw, fake_api, lines)
+    runner = CliRunner()
+    env = {"SWITCHBOARD_API_TOKEN": API_TOKEN}
+    placed = await asyncio.to_thread(runner.invoke, cli, ["dial", "+15557654321", "--agent", "echo", "--carrier",
+                                                         "telnyx", "--gateway", dial_gw.http_url, "--json"], env=env)
+    assert placed.exit_code == 0, placed.output
+    created = json.loads(placed.output)
+    started = await recorder.wait_for(lambda: recorder.of(created["call_id"], "started"))
+    assert started[0].json()["agent"] == "echo" and started[0].json()["carrier"] == "telnyx"
+    refused = await asyncio.to_thread(runner.invoke, cli, ["dial", "5557654321", "--agent", "echo", "--gateway",
+                                                          dial_gw.http_url], env=env)
+    assert refused.exit_code == 1 and "422" in refused.output and "to:" in refused.output
+    await wait_until(lambda: lines)
+    await lines[0].stop()
