@@ -110,23 +110,17 @@ class CallBridge:
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
     ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``);
     ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring);
-    ``on_transfer`` runs on ``command.transfer`` before the stream closes.
+    ``on_control`` runs ``command.transfer|hangup|dtmf`` through the carrier's API.
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
                  audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
-                 on_transfer: Callable[[object], Awaitable[object]] | None = None,
-                 on_hangup: Callable[[], Awaitable[object]] | None = None,
-                 on_dtmf: Callable[[str], Awaitable[object]] | None = None,
+                 on_control: Callable[[object], Awaitable[object]] | None = None,
                  call_id: str | None = None, resumed: bool = False, session_lost_s: float | None = None) -> None:
         parse_format(start.audio_format)
-        self.on_transfer = on_transfer
-        """Called with the target of ``command.transfer`` before the stream closes (the carrier's REST API
-        moves the call: :mod:`services.gateway.call_control`); None: the stream just closes."""
-        self.on_hangup = on_hangup
-        """Called on ``command.hangup`` after ``ended`` and before the stream closes (the carrier ends the leg)."""
-        self.on_dtmf = on_dtmf
-        """Called with the digits of ``command.dtmf`` (the carrier sends them); None: logged and dropped."""
+        self.on_control = on_control
+        """Called with ``command.transfer`` before the stream closes, ``command.hangup`` after ``ended`` and
+        ``command.dtmf`` at once (:mod:`services.gateway.call_control`); None: the stream just closes."""
         self.bus = bus
         self.sink = sink
         self.start = start
@@ -423,12 +417,9 @@ class CallBridge:
             self._keypad_capture = command.active
         elif isinstance(command, CommandReplay):
             await self.caller_audio.replay(command.from_bytes)
-        elif isinstance(command, CommandDtmf):
-            if self.on_dtmf is None:
-                log.warning("call %s: no call control for %s: DTMF not sent", self.call_id, self.start.carrier)
-            else:
-                self._side(self.on_dtmf(command.digits))
-        else:
+        elif isinstance(command, CommandDtmf) and self.on_control is not None:
+            self._soon(self.on_control(command))
+        elif isinstance(command, CommandPlay):
             self._play(command)
 
     def clear(self) -> None:
@@ -440,7 +431,7 @@ class CallBridge:
         dropped = self.queue.put_clear()
         self.marks.clear()
         for echo in self.marks.unsent(dropped):
-            self._publish_soon(self._mark_subject, echo.encode())
+            self._soon(self.bus.publish_event(self._mark_subject, echo.encode(), call_id=self.call_id))
 
     def _play(self, command: CommandPlay) -> None:
         """``command.play``: its audio queued like model audio (converted when its format is not the carrier's)."""
@@ -454,10 +445,7 @@ class CallBridge:
                 return
         self.enqueue(audio, command.item_id or "play")
 
-    def _publish_soon(self, subject: str, payload: dict[str, Any]) -> None:
-        self._side(self.bus.publish_event(subject, payload, call_id=self.call_id))
-
-    def _side(self, work: Awaitable[object]) -> None:
+    def _soon(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
@@ -481,11 +469,11 @@ class CallBridge:
                 return
 
     async def _close(self, item: Control) -> None:
-        if item.reason == "transfer" and self.on_transfer is not None:  # before the stream closes
-            await self.on_transfer((item.detail or {}).get("transfer_to"))
+        if item.reason == "transfer" and self.on_control is not None:  # before the stream closes
+            await self.on_control(CommandTransfer(to=str((item.detail or {}).get("transfer_to"))))
         await self.end(item.reason, **(item.detail or {}))
-        if item.reason == "agent_hangup" and self.on_hangup is not None:  # ended first: the caller did not hang up
-            await self.on_hangup()
+        if item.reason == "agent_hangup" and self.on_control is not None:  # ended first: not a caller hangup
+            await self.on_control(CommandHangup())
         await self.close_after_logged(_CLOSE_NORMAL, item.reason)
 
     async def close_after_logged(self, code: int, reason: str, *, timeout: float = 2.0) -> None:

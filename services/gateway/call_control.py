@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from services.gateway.call import CallStart
+from shared.contracts import CommandDtmf, CommandHangup, CommandTransfer
 
 if TYPE_CHECKING:
     from shared.config import Settings
 
 __all__ = ["CallControl", "CarrierUnsupportedError", "OutboundCall", "TelnyxControl", "TwilioControl",
-           "controls_for", "dial_twiml", "dtmf_or_log", "hangup_or_log", "transfer_or_log"]
+           "control_or_log", "controls_for", "dial_twiml", "dtmf_or_log", "hangup_or_log", "transfer_or_log"]
 
 log = logging.getLogger("services.gateway.call_control")
 
@@ -300,3 +301,21 @@ async def dtmf_or_log(control: CallControl, start: CallStart, digits: str) -> bo
         return False
     log.info("%s call %s: sent %d DTMF digit(s)", start.carrier, start.carrier_call_id, len(digits))
     return True
+
+
+async def control_or_log(control: CallControl | None, start: CallStart, command: object) -> bool:
+    """Run ``command`` (:class:`~shared.contracts.CommandTransfer` / ``CommandHangup`` / ``CommandDtmf``) through
+    ``control`` — the bridge's ``on_control`` (:class:`~services.gateway.call.CallBridge`); True when the carrier
+    accepted. Without a client (None) nothing is sent: the stream closing alone is the transfer or hangup, and a
+    DTMF command is logged as not sent."""
+    if control is None:
+        if isinstance(command, CommandDtmf):
+            log.warning("%s call %s: no call control configured: DTMF not sent", start.carrier, start.carrier_call_id)
+        return False
+    if isinstance(command, CommandTransfer):
+        return await transfer_or_log(control, start, command.to)
+    if isinstance(command, CommandHangup):
+        return await hangup_or_log(control, start)
+    if isinstance(command, CommandDtmf):
+        return await dtmf_or_log(control, start, command.digits)
+    raise TypeError(f"not a call-control command: {type(command).__name__}")
