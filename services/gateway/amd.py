@@ -39,11 +39,13 @@ from shared.contracts import CarrierAmd
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
 
-__all__ = ["add_amd_routes", "human", "plivo_dial_xml"]
+__all__ = ["CARRIER_CALLBACKS", "add_amd_routes", "human", "plivo_dial_xml"]
 
 log = logging.getLogger("services.gateway.amd")
 
 _NO_CONTENT = 204
+CARRIER_CALLBACKS = ("/twilio/amd", "/telnyx/amd", "/vonage/amd", "/plivo/amd", "/plivo/transfer")
+"""The routes here: carrier-signed, so no API token (the OpenAPI document says so)."""
 
 
 def human(answered_by: str) -> bool | None:

@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from services.gateway.amd import add_amd_routes
+from services.gateway.amd import CARRIER_CALLBACKS, add_amd_routes
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
 from services.gateway.call_control import controls_for
@@ -191,7 +191,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings
     declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
-                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"]})
+                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"],
+                              **{path: [] for path in CARRIER_CALLBACKS}})
 
     @app.post("/twilio/voice", response_class=XmlResponse, responses=_TWIML, openapi_extra=_TWILIO_WEBHOOK)
     async def twilio_voice(request: Request) -> Response:
