@@ -5,9 +5,9 @@ Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native 
 ``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
 the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
 only when the model's output format (from ``session.updated``) differs from the carrier's; commands
-``call.<id>.command.{clear,hangup,transfer,play,replay}``. Lifecycle: ``call.<id>.started`` when the carrier's start
-arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the first
-reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
+``call.<id>.command.{clear,hangup,transfer,play,replay,dtmf}``. Lifecycle: ``call.<id>.started`` when the carrier's
+start arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the
+first reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
 once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
 frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
 and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.

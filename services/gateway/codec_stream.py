@@ -9,6 +9,9 @@ Marks: each chunk of agent audio is followed by the carrier's playback marker (T
 ``notify``, Plivo ``checkpoint``); its echo becomes ``call.<id>.carrier.mark``. A ``command.clear`` sends the
 carrier's clear; carriers that echo pending marks themselves (Telnyx) do so, for the others (Vonage, Plivo) the
 marks pending at the clear are echoed when the carrier confirms it (``websocket:cleared`` / ``clearedAudio``).
+
+A ``call_id`` stream parameter (our answer markup carries it for an outbound call, :mod:`.dialer`) opens the call
+under that id; an invalid one closes the stream with 1008.
 """
 
 from __future__ import annotations

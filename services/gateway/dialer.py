@@ -127,10 +127,9 @@ def add_dial_routes(app: FastAPI, gateway: Gateway) -> None:
         try:
             carrier_call_id = await control.dial(call)
         except Exception as exc:  # the SDK's / httpx's errors vary by vendor
-            log.warning("outbound %s call %s to %s failed: %s", body.carrier, call_id, body.to, type(exc).__name__)
+            log.warning("outbound %s call %s failed: %s", body.carrier, call_id, type(exc).__name__)
             return _error(502, f"the {body.carrier} API refused the call or was unreachable ({type(exc).__name__})")
-        log.info("outbound %s call %s (%s) to %s for agent %s", body.carrier, call_id, carrier_call_id, body.to,
-                 body.agent)
+        log.info("outbound %s call %s (%s) placed for agent %s", body.carrier, call_id, carrier_call_id, body.agent)
         created = OutboundCreated(call_id=call_id, carrier=body.carrier, carrier_call_id=carrier_call_id,
                                   agent=body.agent, to=body.to, from_=from_)
         return JSONResponse(created.model_dump(by_alias=True), status_code=201)

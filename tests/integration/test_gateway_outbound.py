@@ -225,3 +225,11 @@ async def test_switchboard_dial_places_the_call_through_the_gateway(dial_gw: Run
     assert refused.exit_code == 1 and "422" in refused.output and "to:" in refused.output
     await wait_until(lambda: lines)
     await lines[0].stop()
+
+
+async def test_answer_url_with_a_bad_call_id_is_refused(dial_gw: RunningGateway) -> None:
+    url = f"{dial_gw.http_url}/plivo/voice?agent=echo&call_id=bad.id"
+    form = {"CallUUID": "u1", "From": FROM, "To": "+15557654321"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        refused = await client.post(url, data=form, headers=plivo_headers(KEYS.plivo_auth_token or "", url, form))
+    assert refused.status_code == 400 and "invalid call_id" in refused.text
