@@ -13,7 +13,8 @@ Answering-machine detection (``machine_detection: true``): the carrier posts its
 
 The route needs the API token (``Authorization: Bearer``; with no token configured, only in insecure development
 mode). Answers: 201 :class:`OutboundCreated`; 400 an unknown agent or a carrier without call control or a caller
-ID; 401 no token; 422 a body that does not validate; 502 the carrier's API refused or was unreachable.
+ID; 401 no token; 422 a body that does not validate; 502 the carrier's API refused or was unreachable; 503 the
+gateway is draining.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def add_dial_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post("/calls/outbound", status_code=201, response_model=OutboundCreated, response_model_by_alias=True,
               responses={400: {"model": DialError, "description": "unknown agent, or the carrier cannot dial"},
                          401: {"model": DialError, "description": "the API token (Bearer) is required"},
-                         502: {"model": DialError, "description": "the carrier's API refused or was unreachable"}})
+                         502: {"model": DialError, "description": "the carrier's API refused or was unreachable"},
+                         503: {"model": DialError, "description": "the gateway is draining (shutting down)"}})
     async def outbound(body: OutboundRequest, request: Request) -> JSONResponse:
         if not authorized(request):
             return _error(401, "the API token (Bearer) is required")
