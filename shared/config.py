@@ -113,6 +113,24 @@ class Settings(BaseSettings):
     plivo_auth_token: str | None = None
     """The Plivo (sub)account auth token (key of ``X-Plivo-Signature-V3``); without it every Plivo request is
     refused (unless ``insecure_dev``)."""
+    vonage_application_id: str | None = None
+    """The Vonage Voice application's id; with ``vonage_private_key``, call control (transfer, hangup, DTMF) and
+    outbound calls go through the Voice API with an application JWT."""
+    vonage_private_key: str | None = None
+    """The application's RSA private key: PEM text, or the path of a file holding it."""
+    vonage_api_url: str | None = None
+    """Base URL of the Vonage Voice API (unset: ``https://api.nexmo.com``; tests point it at a fake)."""
+    plivo_auth_id: str | None = None
+    """The Plivo (sub)account auth id (``MA…``/``SA…``); with ``plivo_auth_token``, call control and outbound calls
+    go through Plivo's Voice API."""
+    plivo_api_url: str | None = None
+    """Base URL of Plivo's API (unset: ``https://api.plivo.com``; tests point it at a fake)."""
+    telnyx_account_sid: str | None = None
+    """The Telnyx account id that outbound calls are placed under (TeXML ``/texml/Accounts/{id}/Calls``)."""
+    telnyx_texml_app_id: str | None = None
+    """The TeXML application (``ApplicationSid``) outbound Telnyx calls belong to."""
+    outbound_from: str | None = None
+    """Default caller ID (E.164) of outbound calls (``POST /calls/outbound`` without ``from``)."""
     api_token: str | None = None
     js_replicas: int = Field(1, ge=1, le=5)
     js_max_age: float = Field(7 * 24 * 3600.0, gt=0)
@@ -156,7 +174,9 @@ class Settings(BaseSettings):
     @field_validator("nats_url", "realtime_url", "public_url", "database_url", "openai_api_key",
                      "localmodel_token", "twilio_auth_token", "twilio_account_sid", "twilio_api_url",
                      "telnyx_api_key", "telnyx_api_url", "telnyx_public_key",
-                     "vonage_signature_secret", "plivo_auth_token", "api_token", "webhook_url", "webhook_secret",
+                     "vonage_signature_secret", "plivo_auth_token", "vonage_application_id", "vonage_private_key",
+                     "vonage_api_url", "plivo_auth_id", "plivo_api_url", "telnyx_account_sid", "telnyx_texml_app_id",
+                     "outbound_from", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
                      "audit_key", "archive_key", "retention_days", "capture_key", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 Subject grammar (docs/architecture.md, "Subjects and streams"; docs/events.asyncapi.yaml):
 
-- ``call.<id>.started`` / ``.audio.in`` / ``.carrier.{mark,dtmf,error}`` / ``.command.<verb>`` /
+- ``call.<id>.started`` / ``.audio.in`` / ``.carrier.{mark,dtmf,error,amd}`` / ``.command.<verb>`` /
   ``.session.<event>`` / ``.ended``
 - ``rt.<id>.client.<realtime event type>`` / ``rt.<id>.server.<realtime event type>``
 - ``tools.<name>`` and ``otel.spans``
@@ -44,6 +44,7 @@ __all__ = [
     "call_erased",
     "call_keypad",
     "call_started",
+    "carrier_amd",
     "carrier_detached",
     "carrier_dtmf",
     "carrier_error",
@@ -73,8 +74,8 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 _MAX_EVENT_TYPE = 128
 
 Direction = Literal["client", "server"]
-CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture", "replay"]
-CarrierEvent = Literal["mark", "dtmf", "error"]
+CommandVerb = Literal["clear", "hangup", "transfer", "play", "capture", "replay", "dtmf"]
+CarrierEvent = Literal["mark", "dtmf", "error", "amd"]
 
 
 class InvalidSubjectTokenError(ValueError):
@@ -154,6 +155,12 @@ def carrier_dtmf(call_id: str) -> str:
     return f"call.{validate_call_id(call_id)}.carrier.dtmf"
 
 
+def carrier_amd(call_id: str) -> str:
+    """``call.<id>.carrier.amd`` — the carrier's answering-machine detection result for an outbound call
+    (:class:`shared.contracts.CarrierAmd`: ``answered_by``, ``human``)."""
+    return f"call.{validate_call_id(call_id)}.carrier.amd"
+
+
 def carrier_error(call_id: str) -> str:
     """``call.<id>.carrier.error`` — a carrier frame the gateway could not accept (``code``, ``reason``;
     :class:`shared.contracts.CarrierError`), published right before ``ended`` with ``protocol_error``."""
@@ -163,8 +170,9 @@ def carrier_error(call_id: str) -> str:
 def command(call_id: str, verb: str) -> str:
     """``call.<id>.command.<verb>``; verbs ``clear``, ``hangup``, ``transfer``, ``play``, ``capture``
     (``{active}``: keypad digits go to :func:`call_keypad` instead of ``carrier.dtmf``), ``replay`` (send the
-    caller audio kept since byte offset ``from_bytes`` again: a session that took the call over)."""
-    if verb not in ("clear", "hangup", "transfer", "play", "capture", "replay", "*"):
+    caller audio kept since byte offset ``from_bytes`` again: a session that took the call over), ``dtmf`` (send
+    keypad tones through the carrier's API)."""
+    if verb not in ("clear", "hangup", "transfer", "play", "capture", "replay", "dtmf", "*"):
         raise InvalidSubjectTokenError(f"unknown command verb {verb!r}")
     return f"call.{validate_call_id(call_id)}.command.{verb}"
 

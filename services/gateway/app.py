@@ -3,7 +3,8 @@
 Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>`` + ``<Redirect>`` to ``/twilio/voice?resume=<call id>``,
 which reconnects the call, or ``<Hangup/>``/``<Dial>`` once it ended), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /telnyx/voice`` + ``WS /telnyx/media``, ``GET|POST /vonage/voice`` + ``WS /vonage/media``,
-``POST /plivo/voice`` + ``WS /plivo/media`` (:mod:`.carrier_routes`),
+``POST /plivo/voice`` + ``WS /plivo/media`` (:mod:`.carrier_routes`), ``POST /calls/outbound`` (:mod:`.dialer`),
+``POST /{twilio,telnyx,vonage,plivo}/amd`` + ``POST /plivo/transfer`` (:mod:`.amd`),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
 ``/metrics``, and the API reference ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json`` from local assets
 (:mod:`shared.apidocs`), public like the carrier-facing routes it describes (the document holds no data; with
@@ -31,11 +32,13 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from services.gateway.amd import CARRIER_CALLBACKS, add_amd_routes
 from services.gateway.browser import BrowserStream
 from services.gateway.call import CallBridge
 from services.gateway.call_control import controls_for
 from services.gateway.carrier_routes import add_carrier_routes
 from services.gateway.carrier_security import PlivoSignatures, TelnyxSignatures, VonageSignatures
+from services.gateway.dialer import add_dial_routes
 from services.gateway.security import (
     SESSION_COOKIE,
     SESSION_TTL_S,
@@ -81,7 +84,7 @@ class Gateway:
         self.vonage = VonageSignatures(settings.vonage_signature_secret, insecure_dev=settings.insecure_dev)
         self.plivo = PlivoSignatures(settings.plivo_auth_token, insecure_dev=settings.insecure_dev)
         self.controls = controls_for(settings)
-        """Call-control clients (transfers through the carrier's REST API), by carrier."""
+        """Call-control clients (transfer, hangup, DTMF, outbound calls through the carrier's REST API), by carrier."""
         if not settings.token_secret:
             log.warning("no SWITCHBOARD_TOKEN_SECRET: browser tokens are valid on this replica only")
         self.tokens = BrowserTokens(settings.token_secret, used=KvNonces(bus.js))
@@ -188,7 +191,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings
     declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
-                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"]})
+                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"],
+                              **{path: [] for path in CARRIER_CALLBACKS}})
 
     @app.post("/twilio/voice", response_class=XmlResponse, responses=_TWIML, openapi_extra=_TWILIO_WEBHOOK)
     async def twilio_voice(request: Request) -> Response:
@@ -238,6 +242,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         await TwilioStream(ws, gateway.bus, **gateway.stream_options()).run()
 
     add_carrier_routes(app, gateway)
+    add_dial_routes(app, gateway)
+    add_amd_routes(app, gateway)
 
     def bearer_ok(request: Request) -> bool:
         given = request.headers.get("authorization", "")

@@ -5,9 +5,9 @@ Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native 
 ``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
 the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
 only when the model's output format (from ``session.updated``) differs from the carrier's; commands
-``call.<id>.command.{clear,hangup,transfer,play,replay}``. Lifecycle: ``call.<id>.started`` when the carrier's start
-arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the first
-reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
+``call.<id>.command.{clear,hangup,transfer,play,replay,dtmf}``. Lifecycle: ``call.<id>.started`` when the carrier's
+start arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the
+first reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
 once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
 frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
 and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.
@@ -51,6 +51,7 @@ from shared.contracts import (
     CarrierResumed,
     CommandCapture,
     CommandClear,
+    CommandDtmf,
     CommandHangup,
     CommandPlay,
     CommandReplay,
@@ -109,17 +110,17 @@ class CallBridge:
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
     ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``);
     ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring);
-    ``on_transfer`` runs on ``command.transfer`` before the stream closes.
+    ``on_control`` runs ``command.transfer|hangup|dtmf`` through the carrier's API.
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
                  audio_in_ms: int = 40, idle_s: float | None = None, session_hold_s: float = 2.0,
-                 on_transfer: Callable[[object], Awaitable[object]] | None = None,
+                 on_control: Callable[[object], Awaitable[object]] | None = None,
                  call_id: str | None = None, resumed: bool = False, session_lost_s: float | None = None) -> None:
         parse_format(start.audio_format)
-        self.on_transfer = on_transfer
-        """Called with the target of ``command.transfer`` before the stream closes (the carrier's REST API
-        moves the call: :mod:`services.gateway.call_control`); None: the stream just closes."""
+        self.on_control = on_control
+        """Called with ``command.transfer`` before the stream closes, ``command.hangup`` after ``ended`` and
+        ``command.dtmf`` at once (:mod:`services.gateway.call_control`); None: the stream just closes."""
         self.bus = bus
         self.sink = sink
         self.start = start
@@ -416,7 +417,9 @@ class CallBridge:
             self._keypad_capture = command.active
         elif isinstance(command, CommandReplay):
             await self.caller_audio.replay(command.from_bytes)
-        else:
+        elif isinstance(command, CommandDtmf) and self.on_control is not None:
+            self._soon(self.on_control(command))
+        elif isinstance(command, CommandPlay):
             self._play(command)
 
     def clear(self) -> None:
@@ -428,7 +431,7 @@ class CallBridge:
         dropped = self.queue.put_clear()
         self.marks.clear()
         for echo in self.marks.unsent(dropped):
-            self._publish_soon(self._mark_subject, echo.encode())
+            self._soon(self.bus.publish_event(self._mark_subject, echo.encode(), call_id=self.call_id))
 
     def _play(self, command: CommandPlay) -> None:
         """``command.play``: its audio queued like model audio (converted when its format is not the carrier's)."""
@@ -442,8 +445,8 @@ class CallBridge:
                 return
         self.enqueue(audio, command.item_id or "play")
 
-    def _publish_soon(self, subject: str, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self.bus.publish_event(subject, payload, call_id=self.call_id))
+    def _soon(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
@@ -466,9 +469,11 @@ class CallBridge:
                 return
 
     async def _close(self, item: Control) -> None:
-        if item.reason == "transfer" and self.on_transfer is not None:  # before the stream closes
-            await self.on_transfer((item.detail or {}).get("transfer_to"))
+        if item.reason == "transfer" and self.on_control is not None:  # before the stream closes
+            await self.on_control(CommandTransfer(to=str((item.detail or {}).get("transfer_to"))))
         await self.end(item.reason, **(item.detail or {}))
+        if item.reason == "agent_hangup" and self.on_control is not None:  # ended first: not a caller hangup
+            await self.on_control(CommandHangup())
         await self.close_after_logged(_CLOSE_NORMAL, item.reason)
 
     async def close_after_logged(self, code: int, reason: str, *, timeout: float = 2.0) -> None:

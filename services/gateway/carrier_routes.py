@@ -9,7 +9,9 @@ media WebSocket run by :class:`~services.gateway.codec_stream.CodecStream` (docs
   bidirectional="true" keepCallAlive="true">.../plivo/media?token=…</Stream>``; ``WS /plivo/media``.
 
 The agent is the gateway's default (``SWITCHBOARD_AGENT``) unless the webhook's query names one (``?agent=``,
-part of the signed URL). A bad signature answers 403; a bad or reused stream token refuses the upgrade (403).
+part of the signed URL); ``?call_id=`` (an outbound call, :mod:`.dialer`) opens the stream under that call id
+(400 when it is not a valid call id). A bad signature answers 403; a bad or reused stream token refuses the
+upgrade (403).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from services.gateway.codec_stream import CodecStream
 from services.gateway.security import TokenError, public_url_for
+from shared import subjects
 from shared.apidocs import XmlResponse, binary
 from shared.carriers import plivo, telnyx, vonage
 from shared.carriers.frames import Codec
@@ -68,6 +71,11 @@ def add_carrier_routes(app: FastAPI, gateway: Gateway) -> None:
 
     def params(request: Request, caller: str | None, called: str | None) -> dict[str, str]:
         found = {"agent": request.query_params.get("agent") or gateway.default_agent}
+        if (call_id := request.query_params.get("call_id")) is not None:
+            try:
+                found["call_id"] = subjects.validate_call_id(call_id)
+            except subjects.InvalidSubjectTokenError:
+                raise HTTPException(400, "invalid call_id") from None
         if caller:
             found["caller"] = caller
         if called:

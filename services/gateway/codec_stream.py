@@ -9,6 +9,9 @@ Marks: each chunk of agent audio is followed by the carrier's playback marker (T
 ``notify``, Plivo ``checkpoint``); its echo becomes ``call.<id>.carrier.mark``. A ``command.clear`` sends the
 carrier's clear; carriers that echo pending marks themselves (Telnyx) do so, for the others (Vonage, Plivo) the
 marks pending at the clear are echoed when the carrier confirms it (``websocket:cleared`` / ``clearedAudio``).
+
+A ``call_id`` stream parameter (our answer markup carries it for an outbound call, :mod:`.dialer`) opens the call
+under that id; an invalid one closes the stream with 1008.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from starlette.websockets import WebSocket
 
 from services.gateway.call import CallStart
 from services.gateway.stream import CarrierStream, close_socket
+from shared import subjects
 from shared.audio import PCM24K, PCMA, PCMU, Converter
 from shared.bus import Bus
 from shared.carriers.frames import (
@@ -154,4 +158,18 @@ class CodecStream(CarrierStream):
             carrier_call_id=event.carrier_call_id, stream_id=event.stream_id,
             custom_parameters={**params, "wire_format": event.wire_format},
         )
-        await self.open_call(self.sink, start)
+        await self.open_call(self.sink, start, call_id=_call_id(params.get("call_id")))
+
+
+def _call_id(value: str | None) -> str | None:
+    """The call id our answer markup chose (an outbound call, ``?call_id=`` on the voice webhook), or None.
+
+    Raises:
+        CarrierProtocolError: not a valid call id.
+    """
+    if value is None:
+        return None
+    try:
+        return subjects.validate_call_id(value)
+    except subjects.InvalidSubjectTokenError:
+        raise CarrierProtocolError("invalid call_id parameter") from None

@@ -30,7 +30,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from services.gateway.call import CallBridge, CallStart, CarrierSink
-from services.gateway.call_control import CallControl, transfer_or_log
+from services.gateway.call_control import CallControl, control_or_log
 from shared.bus import Bus
 from shared.carriers.frames import CarrierProtocolError
 from shared.endreasons import EndReason
@@ -176,9 +176,9 @@ class CarrierStream:
         if call_id is not None and call_id in self.calls:
             raise CarrierProtocolError("call_id is already live on this gateway")
         control = self.controls.get(start.carrier)
-        on_transfer = (functools.partial(transfer_or_log, control, start)) if control is not None else None
         bridge = CallBridge(self.bus, sink, start, max_outbound_chunks=self.max_outbound_chunks,
-                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s, on_transfer=on_transfer,
+                            audio_in_ms=self.audio_in_ms, idle_s=self.idle_s,
+                            on_control=functools.partial(control_or_log, control, start),
                             call_id=call_id, resumed=resumed, session_lost_s=self.session_lost_s)
         self.bridge = bridge
         self.calls[bridge.call_id] = bridge

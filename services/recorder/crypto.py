@@ -82,6 +82,7 @@ CONTENT_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     # CALLS (call.<id>.<type>): the parties' numbers and keypad digits
     "started": (("from",), ("to",)),
     "carrier.dtmf": (("digit",), ("digits",)),
+    "command.dtmf": (("digits",),),  # digits the agent keys in for the caller (an account number, a PIN)
 }
 """Event type → paths (keys from the body's root) of the fields holding caller content."""
 

@@ -152,6 +152,7 @@ class Call:
                 await self.bus.subscribe(subjects.carrier_mark(cid), self.caller.on_mark),
                 await self.bus.subscribe(subjects.carrier_dtmf(cid), self.caller.on_digit),
                 await self.bus.subscribe(subjects.call_keypad(cid), self.caller.on_digit),
+                await self.bus.subscribe(subjects.carrier_amd(cid), self.caller.on_amd),
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()

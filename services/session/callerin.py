@@ -8,7 +8,9 @@ Subjects handled (subscribed by :meth:`services.session.call.Call.run`):
 - ``call.<id>.carrier.mark``: the gateway's playback position (:class:`~shared.contracts.CarrierMark`) → the
   :class:`~services.session.bargein.PlaybackTracker`;
 - ``call.<id>.carrier.dtmf`` and ``call.<id>.keypad``: a digit → the keypad capture, else the model as a user text
-  item ``DTMF <digit>``.
+  item ``DTMF <digit>``;
+- ``call.<id>.carrier.amd``: the carrier's answering-machine verdict of an outbound call; a machine (or fax) → the
+  model as a system item (:data:`MACHINE_NOTE`), so the agent's instructions can leave a message or end the call.
 
 After a takeover from a crashed owner, live audio is dropped until the gateway's replay (header
 ``Switchboard-Replay``) arrives: the replay re-sends it, in order, from the offset the log shows appended
@@ -24,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.bus import Envelope, Headers
-from shared.contracts import CarrierDtmf, CarrierMark, ContractError
+from shared.contracts import CarrierAmd, CarrierDtmf, CarrierMark, ContractError
 
 from .audio import AudioBatcher
 from .bargein import PlaybackTracker
@@ -32,7 +34,10 @@ from .capture import KeypadCapture
 from .disclosure import Disclosure
 from .model import ModelClosedError
 
-__all__ = ["CallerInput"]
+__all__ = ["MACHINE_NOTE", "CallerInput"]
+
+MACHINE_NOTE = "Answering-machine detection: this call was answered by a machine ({answered_by}), not a person."
+"""The system item the model gets when the carrier detected a machine (``answered_by``: the carrier's verdict)."""
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +145,17 @@ class CallerInput:
         else:
             self._spawn(self._say({"type": "message", "role": "user",
                                    "content": [{"type": "input_text", "text": f"DTMF {digit}"}]}))
+
+    async def on_amd(self, env: Envelope) -> None:
+        """``call.<id>.carrier.amd`` (:class:`~shared.contracts.CarrierAmd`): a machine or fax (``human`` false) →
+        :data:`MACHINE_NOTE` to the model as a system item, with a response; a person or an unsure verdict changes
+        nothing (the conversation is already going)."""
+        try:
+            amd = CarrierAmd.parse(env.data)
+        except ContractError as exc:
+            log.warning("call %s: ignoring a malformed AMD result: %s", self.call_id, exc)
+            return
+        log.info("call %s: answering-machine detection: %s", self.call_id, amd.answered_by)
+        if amd.human is False:
+            self._spawn(self._say({"type": "message", "role": "system", "content": [
+                {"type": "input_text", "text": MACHINE_NOTE.format(answered_by=amd.answered_by)}]}))

@@ -1,4 +1,8 @@
-"""Call control after the goodbye: a tool reply's ``control`` → ``call.<id>.command.hangup|transfer``.
+"""Call control from a tool reply's ``control``: ``call.<id>.command.hangup|transfer`` after the goodbye, and
+``call.<id>.command.dtmf`` at once.
+
+A reply's ``control: {"verb": "dtmf", "digits": "1234#"}`` (a tool that navigates an IVR or dials an extension)
+sends the digits to the far end through the carrier at once (the gateway's call control); the call goes on.
 
 ``end_call`` / ``transfer_to_human`` replies carry ``control: {"verb": "hangup"}`` or ``{"verb": "transfer",
 "to": ...}`` (docs/tools.md, "Wire contract"). The command must not cut the agent's goodbye short, so it is published
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.contracts import CommandHangup, CommandTransfer
+from shared.contracts import CommandDtmf, CommandHangup, CommandTransfer, ContractError
 
 from .bargein import PlaybackTracker
 
@@ -41,7 +45,7 @@ class ControlDirective:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Execute = Callable[[str, CommandHangup | CommandTransfer], Awaitable[None]]
+Execute = Callable[[str, CommandHangup | CommandTransfer | CommandDtmf], Awaitable[None]]
 """``execute(verb, command)`` publishes ``call.<id>.command.<verb>``."""
 
 
@@ -59,9 +63,12 @@ class PendingControl:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def arm(self, control: dict[str, Any], create_event_id: str, reason: str | None) -> ControlDirective | None:
-        """Register ``control`` (from a tool reply); returns the directive, or None for an unknown verb or a
-        ``transfer`` without a ``to`` string."""
+        """Register ``control`` (from a tool reply); returns the directive, or None for an unknown verb, a
+        ``transfer`` without a ``to`` string, or ``dtmf`` (sent at once, nothing waits; bad digits are logged)."""
         verb = control.get("verb")
+        if verb == "dtmf":
+            self._send_dtmf(control.get("digits"))
+            return None
         if verb not in ("hangup", "transfer") or self.fired:
             if verb not in ("hangup", "transfer"):
                 log.warning("ignoring unknown control verb %r", verb)
@@ -77,6 +84,14 @@ class PendingControl:
         self.directive = ControlDirective(verb, payload, create_event_id)
         self._spawn(self._deadline(self.directive))
         return self.directive
+
+    def _send_dtmf(self, digits: object) -> None:
+        try:
+            command = CommandDtmf.parse({"digits": digits})
+        except ContractError as exc:
+            log.warning("ignoring a dtmf control: %s", exc)
+            return
+        self._spawn(self.execute("dtmf", command))
 
     def on_response_created(self, response_id: str, create_event_id: str | None) -> None:
         """``response.created`` answering our create ``create_event_id`` (None for server-started ones)."""

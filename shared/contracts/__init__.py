@@ -13,7 +13,7 @@ subject                    contract                            module
 ``call.<id>.erased``       :class:`CallErased`                 :mod:`.calls`
 ``call.<id>.carrier.*``    :class:`CarrierMark` / ``Dtmf`` /   :mod:`.calls`
                            ``Error`` / ``Detached`` /
-                           ``Resumed``
+                           ``Resumed`` / ``Amd``
 ``call.<id>.command.*``    :class:`CommandClear` … (verb)      :mod:`.commands`
 ``call.<id>.session.*``    :class:`SessionSummary` … (event)   :mod:`.session`
 ``tools.<name>``           :class:`ToolRequest` / reply        :mod:`.tools`
@@ -32,6 +32,7 @@ from .calls import (
     CallEnded,
     CallErased,
     CallStarted,
+    CarrierAmd,
     CarrierDetached,
     CarrierDtmf,
     CarrierError,
@@ -44,6 +45,7 @@ from .commands import (
     Command,
     CommandCapture,
     CommandClear,
+    CommandDtmf,
     CommandHangup,
     CommandPlay,
     CommandReplay,
@@ -73,6 +75,7 @@ __all__ = [
     "CallErased",
     "CallInfo",
     "CallStarted",
+    "CarrierAmd",
     "CarrierDetached",
     "CarrierDtmf",
     "CarrierError",
@@ -81,6 +84,7 @@ __all__ = [
     "Command",
     "CommandCapture",
     "CommandClear",
+    "CommandDtmf",
     "CommandHangup",
     "CommandPlay",
     "CommandReplay",
@@ -111,6 +115,7 @@ CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
     "CarrierError": CarrierError,
     "CarrierDetached": CarrierDetached,
     "CarrierResumed": CarrierResumed,
+    "CarrierAmd": CarrierAmd,
     "Keypad": KeypadDigit,
     "CommandClear": CommandClear,
     "CommandHangup": CommandHangup,
@@ -118,6 +123,7 @@ CATALOGUE: dict[str, type[Contract] | type[ToolRequest] | type[ToolResult]] = {
     "CommandPlay": CommandPlay,
     "CommandCapture": CommandCapture,
     "CommandReplay": CommandReplay,
+    "CommandDtmf": CommandDtmf,
     "SessionModelConnected": SessionModelConnected,
     "SessionStateChanged": SessionStateChanged,
     "SessionSummary": SessionSummary,

@@ -1,6 +1,6 @@
 """Call lifecycle and carrier messages the gateway publishes (docs/events.asyncapi.yaml, design.md "Subjects,
 streams and payloads"): ``call.<id>.started``, ``call.<id>.ended`` and
-``call.<id>.carrier.{mark,dtmf,error,detached,resumed}``."""
+``call.<id>.carrier.{mark,dtmf,error,detached,resumed,amd}``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Contract
 
-__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierDetached", "CarrierDtmf", "CarrierError", "CarrierMark",
-           "CarrierResumed", "KeypadDigit"]
+__all__ = ["CallEnded", "CallErased", "CallStarted", "CarrierAmd", "CarrierDetached", "CarrierDtmf", "CarrierError",
+           "CarrierMark", "CarrierResumed", "KeypadDigit"]
 
 _DTMF = re.compile(r"[0-9*#A-D]")
 
@@ -141,6 +141,30 @@ class CarrierDtmf(Contract):
     MESSAGE: ClassVar[str] = "carrier.dtmf"
 
     digit: DtmfDigit
+
+
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CarrierAmd(Contract):
+    """``call.<id>.carrier.amd``: the carrier's answering-machine detection result for an outbound call.
+
+    Attributes:
+        carrier: ``twilio``, ``telnyx``, ….
+        answered_by: the carrier's verdict as it sent it (Twilio/Telnyx TeXML ``AnsweredBy``: ``human``,
+            ``machine_start``, ``machine_end_beep``, ``fax``, ``unknown`` …;
+            https://www.twilio.com/docs/voice/answering-machine-detection#webhook-parameters).
+        human: True when the verdict is a person, False for a machine or fax, None when unknown.
+        carrier_call_id: the carrier's call id the result is for (Twilio ``CallSid``).
+        detection_ms: how long detection took (Twilio ``MachineDetectionDuration``), when sent.
+    """
+
+    MESSAGE: ClassVar[str] = "carrier.amd"
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"carrier_call_id", "detection_ms"})
+
+    carrier: str
+    answered_by: str = Field(min_length=1, max_length=64)
+    human: bool | None = None
+    carrier_call_id: str | None = None
+    detection_ms: NonNegativeInt | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)

@@ -1,10 +1,11 @@
-"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play,capture,replay}``
+"""Commands from the session to the gateway: ``call.<id>.command.{clear,hangup,transfer,play,capture,replay,dtmf}``
 (docs/events.asyncapi.yaml). :func:`parse_command` reads any of them by verb."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import ClassVar
 
 from pydantic import NonNegativeInt, field_validator
@@ -14,8 +15,10 @@ from shared.audio import parse_format
 
 from .base import CONFIG, Body, Contract, ContractError
 
-__all__ = ["COMMANDS", "Command", "CommandCapture", "CommandClear", "CommandHangup", "CommandPlay",
+__all__ = ["COMMANDS", "Command", "CommandCapture", "CommandClear", "CommandDtmf", "CommandHangup", "CommandPlay",
            "CommandReplay", "CommandTransfer", "parse_command"]
+
+_DIGITS = re.compile(r"[0-9*#A-D]{1,32}")
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -126,11 +129,33 @@ class CommandReplay(Contract):
     from_bytes: NonNegativeInt
 
 
-Command = CommandClear | CommandHangup | CommandTransfer | CommandPlay | CommandCapture | CommandReplay
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class CommandDtmf(Contract):
+    """``command.dtmf``: send keypad tones to the far end of the call through the carrier's API (an IVR the agent
+    navigates, an extension to dial); carriers that cannot send digits on a live call log it and send nothing.
+
+    Attributes:
+        digits: 1–32 of ``0``–``9``, ``*``, ``#``, ``A``–``D`` (RFC 4733 §3.2 events 0–15), sent in order.
+    """
+
+    MESSAGE: ClassVar[str] = "command.dtmf"
+
+    digits: str
+
+    @field_validator("digits")
+    @classmethod
+    def _digits(cls, value: str) -> str:
+        if _DIGITS.fullmatch(value) is None:
+            raise ValueError("digits must be 1-32 of 0-9 * # A-D")
+        return value
+
+
+Command = (CommandClear | CommandHangup | CommandTransfer | CommandPlay | CommandCapture | CommandReplay
+           | CommandDtmf)
 
 COMMANDS: dict[str, type[Command]] = {
     "clear": CommandClear, "hangup": CommandHangup, "transfer": CommandTransfer, "play": CommandPlay,
-    "capture": CommandCapture, "replay": CommandReplay,
+    "capture": CommandCapture, "replay": CommandReplay, "dtmf": CommandDtmf,
 }
 """Contract of each command verb (``shared.subjects.command``)."""
 

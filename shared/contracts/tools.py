@@ -3,7 +3,7 @@
 Request: ``arguments`` (the model's arguments, parsed), ``tool_call_id`` (the Realtime function call's
 ``call_id``, the idempotency key), ``call`` (``call_id, from, to, agent``) and ``deadline_ms``; the absolute
 deadline travels in the ``Switchboard-Deadline`` header (unix ms). Reply: ``{"output": <JSON>}`` and optionally
-``"control": {"verb": "hangup" | "transfer", ...}``. Errors are nats.micro service errors (headers
+``"control": {"verb": "hangup" | "transfer" | "dtmf", ...}``. Errors are nats.micro service errors (headers
 ``Nats-Service-Error-Code`` and ``Nats-Service-Error``; https://github.com/nats-io/nats-architecture-and-design,
 ADR-32), not bodies.
 
@@ -176,7 +176,8 @@ class ToolResult:
     """A tool's reply: a JSON ``output`` for the model and an optional call ``control`` directive.
 
     ``control`` is ``{"verb": "hangup", ...}`` or ``{"verb": "transfer", "to": "+1…", ...}``; the session turns
-    it into ``call.<id>.command.<verb>`` after the agent's goodbye audio has played.
+    it into ``call.<id>.command.<verb>`` after the agent's goodbye audio has played. ``{"verb": "dtmf",
+    "digits": "1234#"}`` becomes ``call.<id>.command.dtmf`` at once (the carrier sends the tones).
     """
 
     MESSAGE: ClassVar[str] = _REPLY

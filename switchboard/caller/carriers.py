@@ -107,12 +107,12 @@ class TwilioLine:
 class _JsonLine:
     """Telnyx and Plivo: JSON frames with base64 μ-law, a sequence number and the stream id."""
 
-    def __init__(self, carrier: str, ws: ClientConnection) -> None:
+    def __init__(self, carrier: str, ws: ClientConnection, *, call_id: str | None = None) -> None:
         self.carrier = carrier
         self.echoes_marks_on_clear = carrier == "telnyx"
         self.ws = ws
         self.stream_id = secrets.token_hex(16)
-        self.call_id = "v3:" + secrets.token_urlsafe(16)
+        self.call_id = call_id or "v3:" + secrets.token_urlsafe(16)
         self._seq = 0
         self._chunk = 0
         self._lock = asyncio.Lock()
@@ -210,65 +210,74 @@ class _VonageLine:
 
 
 async def dial(carrier: str, gateway_url: str, *, from_: str, to: str, params: Mapping[str, str],
-               keys: CarrierKeys, timeout: float = 10.0, ws_headers: Mapping[str, str] | None = None) -> CallerLine:
+               keys: CarrierKeys, timeout: float = 10.0, ws_headers: Mapping[str, str] | None = None,
+               answer_url: str | None = None, twiml: str | None = None,
+               carrier_call_id: str | None = None) -> CallerLine:
     """Place a call: the carrier's signed webhook, its answer, the media socket and the start message.
 
     ``params`` (e.g. ``run_id``) are added to what the answer asks the carrier to pass back; ``ws_headers``
-    replace the Twilio upgrade's own signature header (tests of the gateway's checks).
+    replace the Twilio upgrade's own signature header (tests of the gateway's checks). An outbound call the
+    gateway created is answered the same way: ``answer_url`` is the webhook the create request named (default
+    ``<gateway>/<carrier>/voice``), ``twiml`` the document a Twilio create request carried inline (no webhook
+    then), ``carrier_call_id`` the carrier's id for the call (default: a random one).
 
     Raises:
         ValueError: an unknown carrier or an unusable answer; httpx.HTTPError: the webhook was refused;
         OSError / websockets.exceptions.InvalidHandshake: the upgrade was refused.
     """
     base = gateway_url.rstrip("/")
+    webhook = answer_url or f"{base}/{carrier}/voice"
     call_id = secrets.token_hex(16)
+    sid = carrier_call_id or ("CA" + call_id if carrier == "twilio" else call_id)
     async with httpx.AsyncClient(timeout=timeout) as client:
         if carrier == "twilio":
-            form = {"CallSid": "CA" + call_id, "AccountSid": "AC" + "0" * 32, "From": from_, "To": to,
+            form = {"CallSid": sid, "AccountSid": "AC" + "0" * 32, "From": from_, "To": to,
                     "Direction": "inbound", "CallStatus": "ringing", "ApiVersion": "2010-04-01"}
-            headers = ({"X-Twilio-Signature": twilio_signature(keys.twilio_auth_token, base + "/twilio/voice", form)}
-                       if keys.twilio_auth_token else {})
-            response = await client.post(base + "/twilio/voice", data=form, headers=headers)
-            response.raise_for_status()
-            url, answer = tw.parse_twiml(response.text)
+            if twiml is None:
+                headers = ({"X-Twilio-Signature": twilio_signature(keys.twilio_auth_token, webhook, form)}
+                           if keys.twilio_auth_token else {})
+                response = await client.post(webhook, data=form, headers=headers)
+                response.raise_for_status()
+                twiml = response.text
+            url, answer = tw.parse_twiml(twiml)
             if ws_headers is None and keys.twilio_auth_token:
                 ws_headers = {"X-Twilio-Signature": twilio_signature(keys.twilio_auth_token, url, {})}
             sock = await TwilioCallerSocket.connect(url, headers=ws_headers)
-            sock.call_sid = "CA" + call_id
+            sock.call_sid = sid
             await sock.start({**answer, **params})
             return TwilioLine(sock)
         if carrier == "telnyx":
-            body = urlencode({"CallSid": call_id, "From": from_, "To": to, "Direction": "inbound"}).encode()
+            body = urlencode({"CallSid": sid, "From": from_, "To": to, "Direction": "inbound"}).encode()
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             if keys.telnyx_private_key:
                 headers.update(telnyx_headers(keys.telnyx_private_key, body))
-            response = await client.post(base + "/telnyx/voice", content=body, headers=headers)
+            response = await client.post(webhook, content=body, headers=headers)
             response.raise_for_status()
             url, answer = telnyx.parse_texml(response.text)
-            line = _JsonLine("telnyx", await _connect(url))
+            line = _JsonLine("telnyx", await _connect(url), call_id=carrier_call_id)
             await line.start({**answer, **params}, from_, to)
             return line
         if carrier == "vonage":
-            query = {"from": from_.lstrip("+"), "to": to.lstrip("+"), "uuid": call_id,
+            query = {"from": from_.lstrip("+"), "to": to.lstrip("+"), "uuid": sid,
                      "conversation_uuid": "CON-" + call_id}
             headers = ({"Authorization": vonage_authorization(keys.vonage_signature_secret)}
                        if keys.vonage_signature_secret else {})
-            response = await client.get(base + "/vonage/voice", params=query, headers=headers)
+            response = await client.get(httpx.URL(webhook).copy_merge_params(query), headers=headers)
             response.raise_for_status()
             url, rate, answer, auth = vonage.parse_ncco(response.json())
             ws = await _connect(url, {"Authorization": auth} if auth else None)
             await ws.send(vonage.connected_frame(rate, {**answer, **params}))
             return _VonageLine(ws, rate)
         if carrier == "plivo":
-            form = {"CallUUID": call_id, "From": from_, "To": to, "Direction": "inbound", "CallStatus": "ringing"}
-            headers = (plivo_headers(keys.plivo_auth_token, base + "/plivo/voice", form)
+            form = {"CallUUID": sid, "From": from_, "To": to, "Direction": "inbound", "CallStatus": "ringing"}
+            headers = (plivo_headers(keys.plivo_auth_token, webhook, form)
                        if keys.plivo_auth_token else {})
-            response = await client.post(base + "/plivo/voice", data=form, headers=headers)
+            response = await client.post(webhook, data=form, headers=headers)
             response.raise_for_status()
             url, wire, answer = plivo.parse_stream_xml(response.text)
             if wire != PCMU:
                 raise ValueError(f"the simulator speaks μ-law to Plivo, the answer asks for {wire}")
-            line = _JsonLine("plivo", await _connect(url))
+            line = _JsonLine("plivo", await _connect(url), call_id=carrier_call_id)
             await line.start({**answer, **params}, from_, to)
             return line
     raise ValueError(f"unknown carrier {carrier!r}; one of {', '.join(CARRIERS)}")

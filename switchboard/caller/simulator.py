@@ -21,6 +21,10 @@
    open are lost, as on a real phone line;
 5. after the call ended, checks ``expect`` against the log replayed from the RT and CALLS streams.
 
+With ``answer`` the simulator is the callee of an outbound call instead: it does not call the gateway in step 1;
+``answer(params)`` returns the line once the carrier connected the call (e.g. after ``POST /calls/outbound``),
+with ``params`` (``run_id``) added to the stream's start.
+
 ``gateway_url`` may list several gateways, comma-separated: the simulator then plays the load balancer in front
 of them too, sending each request (webhook, redirect, stream) to the first listed gateway whose ``/readyz``
 answers 200 — so a redirect away from a draining gateway lands on another one.
@@ -34,7 +38,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +91,14 @@ class CallerSimulator:
     def __init__(self, scenario: Scenario, *, gateway_url: str, bus: Bus, speed: float = 1.0,
                  wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
                  out: Callable[[str], None] | None = None, headers: dict[str, str] | None = None,
-                 carrier: str = "twilio", keys: CarrierKeys | None = None) -> None:
+                 carrier: str = "twilio", keys: CarrierKeys | None = None,
+                 answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         if carrier not in CARRIERS:
             raise ValueError(f"unknown carrier {carrier!r}; one of {', '.join(CARRIERS)}")
         self.carrier = carrier
+        self.answer = answer
         self.keys = keys or CarrierKeys()
         self.scenario = scenario
         self.gateway_urls = [u.strip().rstrip("/") for u in gateway_url.split(",") if u.strip()]
@@ -157,7 +163,9 @@ class CallerSimulator:
 
     async def _connect(self) -> None:
         caller = self.scenario.caller
-        if self.carrier == "twilio":
+        if self.answer is not None:
+            self.socket = await self.answer({"run_id": self.run_id})
+        elif self.carrier == "twilio":
             if self.twiml:
                 document = await self._post_twiml(await self._route(self.gateway_url + "/twilio/voice"),
                                                   {**self._form(), "CallStatus": "ringing"})
@@ -430,13 +438,15 @@ async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, s
                        wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
                        out: Callable[[str], None] | None = None,
                        headers: dict[str, str] | None = None, carrier: str = "twilio",
-                       keys: CarrierKeys | None = None) -> CallResult:
+                       keys: CarrierKeys | None = None,
+                       answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None) -> CallResult:
     """Place ``scenario``'s call through the gateway at ``gateway_url`` and follow it on NATS at ``nats_url``.
 
     ``speed`` > 1 paces audio faster than real time (tests only); ``wav`` writes the stereo recording;
     ``twiml`` fetches ``POST /twilio/voice`` first; ``out`` receives printable lines (what both sides said);
     ``headers`` are sent on the Twilio upgrade when ``twiml`` is off (e.g. ``X-Twilio-Signature``);
-    ``carrier`` is the carrier to speak and ``keys`` what to sign its webhooks with.
+    ``carrier`` is the carrier to speak and ``keys`` what to sign its webhooks with; ``answer``: the simulator is
+    the callee of an outbound call (module docstring).
 
     Returns:
         A :class:`CallResult`; ``ok`` is false when the call could not be placed or an expectation failed.
@@ -448,6 +458,6 @@ async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, s
     try:
         return await CallerSimulator(scenario, gateway_url=gateway_url, bus=bus, speed=speed, wav=wav, twiml=twiml,
                                      turn_timeout=turn_timeout, out=out, headers=headers, carrier=carrier,
-                                     keys=keys).run()
+                                     keys=keys, answer=answer).run()
     finally:
         await bus.close()

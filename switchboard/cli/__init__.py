@@ -1,6 +1,6 @@
 """The ``switchboard`` command line (Typer + Rich); each command group lives in its own module.
 
-Commands (README.md; docs/recorder.md, "CLI"): ``up``, ``status``, ``demo``, ``call``, ``calls``, ``replay``,
+Commands (README.md; docs/recorder.md, "CLI"): ``up``, ``status``, ``demo``, ``call``, ``dial``, ``calls``, ``replay``,
 ``tail``, ``trace``, ``audit verify``, ``erase``, ``kpis``.
 """
 
@@ -14,6 +14,7 @@ import typer
 from switchboard.cli import archive as _archive
 from switchboard.cli import call as _call
 from switchboard.cli import demo as _demo
+from switchboard.cli import dial as _dial
 from switchboard.cli import erase as _erase
 from switchboard.cli import kpis as _kpis
 from switchboard.cli import up as _up
@@ -37,6 +38,7 @@ def _operator_credentials() -> None:
 
 _up.register(app)
 _call.register(app)
+_dial.register(app)
 _archive.register(app)
 _demo.register(app)
 _erase.register(app)

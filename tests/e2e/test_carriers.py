@@ -4,8 +4,11 @@ simulator signs as each vendor signs, with test keys the gateway is configured w
 
 For each call: the scenario's expectations hold (tool calls, barge-in, who ended it), the call was started by
 that carrier with its audio format, and the recorder archived it. The barge-in scenario ends in a transfer: over
-Twilio and Telnyx it reaches a local fake of the carrier's REST API (``tests.integration.carrier_support.py``) as
-the vendor documents it, for that call.
+Twilio, Telnyx and Vonage it reaches a local fake of the carrier's REST API (``tests.integration.carrier_support.py``)
+as the vendor documents it, for that call; the book-appointment scenario ends with the agent's hangup, which reaches
+the fake the same way. (Plivo's transfer needs ``SWITCHBOARD_PUBLIC_URL`` — Plivo fetches the ``<Dial>`` from the
+gateway — which the supervisor's free ports do not give in advance: its API calls are covered by
+``tests/integration/test_gateway_call_control.py``.)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from switchboard.caller.signing import CarrierKeys, new_telnyx_key
 from switchboard.cli.demo import wait_archived
 from switchboard.scenario import load_scenario, read_call_log
 from tests.e2e.conftest import ROOT, SPEED, System, running_system
-from tests.integration.carrier_support import FakeCarrierApi, serving
+from tests.integration.carrier_support import VONAGE_APP, VONAGE_KEY, FakeCarrierApi, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -54,7 +57,9 @@ async def carrier_system(request: pytest.FixtureRequest, tmp_path_factory: pytes
            "SWITCHBOARD_VONAGE_SIGNATURE_SECRET": KEYS.vonage_signature_secret or "",
            "SWITCHBOARD_PLIVO_AUTH_TOKEN": KEYS.plivo_auth_token or "",
            "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "SWITCHBOARD_TWILIO_API_URL": fake_api.url,
-           "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2"}
+           "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2",
+           "SWITCHBOARD_VONAGE_APPLICATION_ID": VONAGE_APP, "SWITCHBOARD_VONAGE_PRIVATE_KEY": VONAGE_KEY,
+           "SWITCHBOARD_VONAGE_API_URL": fake_api.url}
     carrier = str(request.param)
     async with running_system(tmp_path_factory.mktemp(f"e2e-{carrier}"), env) as running:
         yield carrier, running
@@ -86,7 +91,10 @@ async def test_scenario_over_carrier(carrier_system: tuple[str, System], scenari
     async with httpx.AsyncClient(base_url=signed_system.recorder_url, timeout=10) as client:
         call = await wait_archived(client, result.call_id)
     assert call.get("projected_ns"), f"call {result.call_id} not archived: {call}"
-    transfers = [r for r in FAKE_API.requests if started["carrier_call_id"] in r["path"]]
+    leg = [r for r in FAKE_API.requests if started["carrier_call_id"] in r["path"]]
+    transfers = [r for r in leg if r["action"] == "transfer"]
+    hangups = [r for r in leg if r["action"] == "hangup"]
+    assert hangups if scenario == "book-appointment" and carrier != "plivo" else not hangups, leg
     if scenario == "barge-in" and carrier == "twilio":
         [request] = transfers
         assert request["path"] == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{started['carrier_call_id']}.json"
@@ -95,6 +103,11 @@ async def test_scenario_over_carrier(carrier_system: tuple[str, System], scenari
         [request] = transfers
         assert request["path"] == f"/v2/calls/{started['carrier_call_id']}/actions/transfer"
         assert request["body"]["to"] == TRANSFER_TO
+    elif scenario == "barge-in" and carrier == "vonage":
+        [request] = transfers
+        assert request["method"] == "PUT" and request["path"] == f"/v1/calls/{started['carrier_call_id']}"
+        assert request["body"]["destination"]["ncco"][0]["endpoint"] == [
+            {"type": "phone", "number": TRANSFER_TO.removeprefix("+")}]
     else:
         assert transfers == []
 

@@ -46,6 +46,10 @@ def test_nested_items_and_calls_fields_round_trip() -> None:
     sealed = seal(key, "started", started, stream="CALLS")
     assert b"+1555" not in sealed and json.loads(sealed)["agent"] == "receptionist"
     assert json.loads(open_body(key, CALL, "CALLS", 7, "started", sealed)) == started
+    keyed = {"digits": "4421987#"}  # what the agent keys in for the caller (command.dtmf)
+    sealed = seal(key, "command.dtmf", keyed, stream="CALLS")
+    assert b"4421987" not in sealed
+    assert json.loads(open_body(key, CALL, "CALLS", 7, "command.dtmf", sealed)) == keyed
 
 
 def test_events_without_content_are_stored_unchanged() -> None:

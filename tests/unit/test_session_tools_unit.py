@@ -12,7 +12,7 @@ from services.session.bargein import PlaybackTracker
 from services.session.control import PendingControl
 from services.session.summary import CallStats
 from services.session.tools import error_output, parse_arguments
-from shared.contracts import CommandHangup, CommandTransfer
+from shared.contracts import CommandDtmf, CommandHangup, CommandTransfer
 
 
 def test_parse_arguments() -> None:
@@ -32,7 +32,7 @@ def test_error_output_shape() -> None:
 async def test_control_fires_after_the_goodbye_response_and_its_playback() -> None:
     fired: list[tuple[str, dict[str, Any]]] = []
 
-    async def execute(verb: str, command: CommandHangup | CommandTransfer) -> None:
+    async def execute(verb: str, command: CommandHangup | CommandTransfer | CommandDtmf) -> None:
         fired.append((verb, command.encode()))
 
     playback = PlaybackTracker(8)
@@ -57,7 +57,7 @@ async def test_control_fires_after_the_goodbye_response_and_its_playback() -> No
 async def test_control_safety_timeout_and_transfer_payload() -> None:
     fired: list[tuple[str, dict[str, Any]]] = []
 
-    async def execute(verb: str, command: CommandHangup | CommandTransfer) -> None:
+    async def execute(verb: str, command: CommandHangup | CommandTransfer | CommandDtmf) -> None:
         fired.append((verb, command.encode()))
 
     control = PendingControl(PlaybackTracker(8), execute, response_timeout=0.05)
@@ -82,3 +82,22 @@ def test_summary_sums_usage_and_counts_turns() -> None:
     assert summary["turns"] == {"user": 2, "assistant": 3, "responses": {"completed": 2, "cancelled": 1}}
     assert summary["durations"]["first_audio_p50_ms"] == 200.0
     assert summary["ended_reason"] == "caller_hangup"
+
+
+async def test_dtmf_control_is_sent_at_once_and_bad_digits_are_refused() -> None:
+    fired: list[tuple[str, dict[str, Any]]] = []
+
+    async def execute(verb: str, command: CommandHangup | CommandTransfer | CommandDtmf) -> None:
+        fired.append((verb, command.encode()))
+
+    control = PendingControl(PlaybackTracker(8), execute, response_timeout=10)
+    assert control.arm({"verb": "dtmf", "digits": "12x"}, "e1", None) is None
+    assert control.arm({"verb": "dtmf"}, "e1", None) is None
+    assert control.arm({"verb": "dtmf", "digits": "4321#"}, "e1", None) is None  # nothing waits for a goodbye
+    for _ in range(50):
+        if fired:
+            break
+        await asyncio.sleep(0.01)
+    assert fired == [("dtmf", {"digits": "4321#"})]
+    assert control.directive is None and control.fired == []  # a later hangup/transfer still arms
+    await control.cancel()
