@@ -428,7 +428,9 @@ def test_asyncapi_channels_match_the_subject_builders_and_streams() -> None:
         "callKeypad": [subjects.call_keypad(cid)],
         "carrierDetached": [subjects.carrier_detached(cid)],
         "carrierResumed": [subjects.carrier_resumed(cid)],
-        "command": [subjects.command(cid, v) for v in ("clear", "hangup", "transfer", "play", "capture", "replay")],
+        "carrierAmd": [subjects.carrier_amd(cid)],
+        "command": [subjects.command(cid, v)
+                    for v in ("clear", "hangup", "transfer", "play", "capture", "replay", "dtmf")],
         "sessionEvent": [subjects.session_event(cid, e)
                          for e in ("model_connected", "state_changed", "disclosure", "capture", "summary", "error")]
                         + [subjects.session_disclosure(cid)],
