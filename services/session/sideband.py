@@ -27,6 +27,7 @@ call:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 SIP_CARRIER = "openai_sip"
 """The ``started.carrier`` of calls served by :class:`SidebandCall`."""
 _NORMAL_CLOSE = 1000
+_ENDING_WAIT_S = 5.0
+"""Seconds the reader waits, after the sideband closed under our hangup/refer, for that command to end the call
+(no reconnect attempt meanwhile)."""
 
 
 def sideband_url(api_url: str, call_id: str) -> str:
@@ -110,6 +114,8 @@ class SidebandCall(Call):
         self._ended_published = False
         self._sip_over = False
         """The SIP side ended the call (sideband closed normally, or our hangup/refer went through)."""
+        self._ending = False
+        """A hangup/refer of ours is in flight: the sideband's close that follows is not the caller's."""
 
     async def run(self) -> None:
         """Accept the call (unless taken over: accepted already), then serve it (:meth:`Call.run`)."""
@@ -151,11 +157,14 @@ class SidebandCall(Call):
         try:
             await super()._read(sock)
         except ModelClosedError:
-            if sock.close_code == _NORMAL_CLOSE and not self.ended.is_set():
+            if sock.close_code == _NORMAL_CLOSE and not self.ended.is_set() and not self._ending:
                 log.info("call %s: the sideband closed normally: the SIP call is over", self.call_id)
                 self._sip_over = True
                 await self._publish_ended(EndReason.CALLER_HANGUP, close_code=_NORMAL_CLOSE)
                 await self.end(EndReason.CALLER_HANGUP)
+            elif self._ending:  # our hangup/refer closed it: let the command finish ending the call
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ended.wait(), _ENDING_WAIT_S)
             raise
 
     async def _on_server_event(self, etype: str, ev: dict[str, Any]) -> None:
@@ -171,8 +180,9 @@ class SidebandCall(Call):
 
     async def _command(self, verb: str, command: Contract) -> None:
         await super()._command(verb, command)  # logged on call.<id>.command.<verb> as for every call
-        if verb not in ("hangup", "transfer") or self._sip_over:
+        if verb not in ("hangup", "transfer") or self._sip_over or self._ending:
             return
+        self._ending = True
         try:
             if isinstance(command, CommandTransfer):
                 await self.client.realtime.calls.refer(self.sip_call_id, target_uri=transfer_uri(command.to))
@@ -182,6 +192,7 @@ class SidebandCall(Call):
                 reason, to = EndReason.AGENT_HANGUP, None
         except openai.OpenAIError as exc:
             log.warning("call %s: %s of %s failed: %s", self.call_id, verb, self.sip_call_id, exc)
+            self._ending = False
             return
         self._sip_over = True
         await self._publish_ended(reason, transfer_to=to)
