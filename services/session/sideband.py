@@ -47,7 +47,7 @@ from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
 from .ownership import Takeover
 
-__all__ = ["SIP_CARRIER", "SidebandCall", "sideband_url", "transfer_uri"]
+__all__ = ["SIP_CARRIER", "SidebandCall", "sideband_url", "transfer_uri", "without_formats"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def transfer_uri(to: str) -> str:
     return to if to.startswith(("sip:", "sips:", "tel:")) else f"tel:{to}"
 
 
-def _without_formats(session: dict[str, Any]) -> dict[str, Any]:
+def without_formats(session: dict[str, Any]) -> dict[str, Any]:
     """``session`` without ``audio.input.format`` / ``audio.output.format`` (SIP negotiates the codec)."""
     audio = session.get("audio")
     if not isinstance(audio, dict):
@@ -143,13 +143,13 @@ class SidebandCall(Call):
                                           model=self.endpoint.model, state_id=self.flow.state)
         if missing:
             log.warning("call %s: tools not in the registry, left out: %s", self.call_id, missing)
-        await self.client.realtime.calls.accept(self.sip_call_id, **_without_formats(session))
+        await self.client.realtime.calls.accept(self.sip_call_id, **without_formats(session))
         log.info("call %s: accepted OpenAI SIP call %s", self.call_id, self.sip_call_id)
 
     async def send(self, event: dict[str, Any], *, setup: bool = False) -> None:
         """:meth:`Call.send`, with ``session.update`` stripped of audio formats (SIP negotiates the codec)."""
         if event.get("type") == "session.update" and isinstance(event.get("session"), dict):
-            event = {**event, "session": _without_formats(event["session"])}
+            event = {**event, "session": without_formats(event["session"])}
         await super().send(event, setup=setup)
 
     async def _read(self, sock: ModelSocket) -> None:
