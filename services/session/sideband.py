@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -106,6 +108,8 @@ class SidebandCall(Call):
             spec = spec.model_copy(update={"disclosure": None, "greeting": greeting})
         self.sip_call_id = info.carrier_call_id
         sideband = ModelEndpoint(sideband_url(api_url, self.sip_call_id), endpoint.api_key, endpoint.model)
+        # no carrier audio on the bus: the sideband's close, not a silence watchdog, says when the call is over
+        options = dataclasses.replace(options or CallOptions(), carrier_idle_timeout=math.inf)
         super().__init__(bus, spec, info, sideband, options, takeover=takeover)
         self.client = openai.AsyncOpenAI(api_key=endpoint.api_key or "local", base_url=api_url, max_retries=2,
                                          timeout=10.0)
@@ -170,13 +174,10 @@ class SidebandCall(Call):
     async def _on_server_event(self, etype: str, ev: dict[str, Any]) -> None:
         if etype == "session.created":
             return  # :meth:`_read` sent the session.update already
+        if etype == "response.output_audio.delta":  # played on the SIP leg, which OpenAI tracks itself: no
+            self.hooks.output_audio()  # playback to follow here, so caller speech never sends clear/truncate
+            return
         await super()._on_server_event(etype, ev)
-
-    async def _watch_carrier(self) -> None:
-        return  # no carrier audio on the bus: the sideband's close says when the call is over
-
-    async def _barge_in(self) -> None:
-        self.hooks.speech_started()  # the model stops itself (interrupt_response); nothing to clear here
 
     async def _command(self, verb: str, command: Contract) -> None:
         await super()._command(verb, command)  # logged on call.<id>.command.<verb> as for every call
