@@ -91,3 +91,28 @@ async def test_sip_call_books_an_appointment(sip_system: tuple[System, int]) -> 
     assert audit["ok"], audit["problems"]
     types = {json.loads(line).get("type") for line in archived.splitlines() if line.strip()}
     assert {"session.update", "response.function_call_arguments.done", "conversation.item.create"} <= types
+
+
+async def test_sip_call_barge_in_and_transfer(sip_system: tuple[System, int]) -> None:
+    """The caller talks over the greeting: the model stops itself (a response cancelled with ``turn_detected``;
+    on SIP, clearing and truncation are the model's, so no ``command.clear`` is logged), the agent transfers the
+    call with a SIP REFER and the call ends ``transfer``."""
+    system, sip_port = sip_system
+    scenario = load_scenario(ROOT / "scenarios" / "barge-in.yaml")
+    scenario = scenario.model_copy(update={"expect": scenario.expect.model_copy(update={"barge_in": None})})
+    lines: list[str] = []
+    result = await run_scenario(scenario, gateway_url=system.gateway_url, nats_url=system.nats_url, speed=SPEED,
+                                out=lines.append, carrier=CARRIER, sip_url=sip_leg_url(sip_port))
+    assert result.call_id, f"call not placed: {result.failures}"
+    assert result.ok, f"{result.failures}\n" + "\n".join(lines)
+    bus = await Bus.connect(system.nats_url, name="e2e-sip", source="test")
+    try:
+        log = await read_call_log(bus, result.call_id)
+    finally:
+        await bus.close()
+    cancelled = [e["response"] for e in log.server_events("response.done")
+                 if e["response"].get("status") == "cancelled"]
+    assert cancelled and cancelled[0]["status_details"]["reason"] == "turn_detected", cancelled
+    assert not any(rest == "command.clear" for rest, _ in log.calls)
+    ended = dict(log.calls)["ended"]
+    assert ended["reason"] == "transfer" and ended["transfer_to"]
