@@ -192,7 +192,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings
     declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
-                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"]})
+                   overrides={"/twilio/voice": [], "/openai/webhook": [],
+                              "/browser/token": [BEARER_SCHEME, "browserSession"]})
 
     @app.post("/twilio/voice", response_class=XmlResponse, responses=_TWIML, openapi_extra=_TWILIO_WEBHOOK)
     async def twilio_voice(request: Request) -> Response:

@@ -40,6 +40,7 @@ import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
+from pydantic import BaseModel
 
 from shared import rollout, subjects
 from shared.bus import Bus, Envelope
@@ -47,7 +48,8 @@ from shared.config import Settings, get_settings
 from shared.contracts import CallEnded, CallStarted
 from shared.endreasons import EndReason
 
-__all__ = ["CARRIER", "OpenAISipCalls", "add_openai_sip_routes", "call_started_for", "sip_user"]
+__all__ = ["CARRIER", "OpenAISipCalls", "WebhookAnswer", "WebhookError", "add_openai_sip_routes",
+           "call_started_for", "sip_user"]
 
 log = logging.getLogger("services.gateway.openai_sip")
 
@@ -86,6 +88,21 @@ def call_started_for(event: RealtimeCallIncomingWebhookEvent, *, call_id: str, a
                        audio_format=AUDIO_FORMAT, from_=sip_user(headers.get("from")), to=sip_user(headers.get("to")),
                        carrier_call_id=event.data.call_id, stream_id=headers.get("call-id"),
                        custom_parameters=custom, started_at=datetime.now(UTC).isoformat())
+
+
+class WebhookAnswer(BaseModel):
+    """``POST /openai/webhook``'s 200 answer: the call started (or already started: ``duplicate``), or the type of
+    an event that is not handled (``ignored``)."""
+
+    call_id: str | None = None
+    duplicate: bool = False
+    ignored: str | None = None
+
+
+class WebhookError(BaseModel):
+    """``POST /openai/webhook``'s 400/503 answer: why the delivery was refused."""
+
+    error: str
 
 
 class OpenAISipCalls:
@@ -201,9 +218,10 @@ def add_openai_sip_routes(app: FastAPI, calls: OpenAISipCalls, accepting: Callab
     """``POST /openai/webhook`` on ``app`` (public: the signature is the authentication). While ``accepting()``
     is false (the gateway drains) it answers 503, so OpenAI delivers the webhook again (to another replica)."""
 
-    @app.post("/openai/webhook", openapi_extra=_WEBHOOK_DOC,
-              responses={400: {"description": "signature missing or wrong, stale timestamp, or no secret"},
-                         503: {"description": "the gateway is shutting down"}})
+    @app.post("/openai/webhook", openapi_extra=_WEBHOOK_DOC, response_model=WebhookAnswer,
+              responses={400: {"model": WebhookError,
+                               "description": "signature missing or wrong, stale timestamp, or no secret"},
+                         503: {"model": WebhookError, "description": "the gateway is shutting down"}})
     async def openai_webhook(request: Request) -> JSONResponse:
         if not accepting():
             return JSONResponse({"error": "shutting down"}, status_code=503)

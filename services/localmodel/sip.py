@@ -4,10 +4,13 @@ What OpenAI does for a SIP call (https://platform.openai.com/docs/guides/realtim
 
 - ``WS /sip/leg`` stands in for the SIP trunk. The caller (the caller simulator) sends the INVITE as its first
   text message, ``{"event": "invite", "headers": [{"name": "From", "value": "sip:+1555…@…"}, …]}``, then caller
-  audio as binary frames (G.711 μ-law 8 kHz, any length); it receives the agent's audio as binary μ-law frames,
-  ``{"event": "clear"}`` when the model interrupted itself (caller speech), ``{"event": "accepted"}`` /
-  ``{"event": "rejected", "status_code": N}`` and ``{"event": "refer", "target_uri": …}``; the socket closes
-  (1000) when the call ends from our side. Closing it is the caller's hangup (BYE).
+  audio as binary frames (G.711 μ-law 8 kHz, any length), and echoes each ``{"event": "mark", "name": …}`` once
+  the audio before it played (OpenAI paces RTP, so it knows what played; the simulated leg buffers, so it says).
+  It receives the agent's audio as binary μ-law frames, each followed by such a mark; ``{"event": "clear"}`` when
+  the caller talks over unplayed agent audio (the sidebands then get ``output_audio_buffer.cleared``, as from
+  OpenAI) or a response was cancelled; ``{"event": "accepted"}``, ``{"event": "rejected", "status_code": N}``
+  and ``{"event": "refer", "target_uri": …}``. The socket closes (1000) when the call ends from our side;
+  closing it is the caller's hangup (BYE).
 - On the INVITE a call ``rtc_…`` is created and a ``realtime.call.incoming`` webhook is POSTed to the configured
   URL, signed per Standard Webhooks (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64
   HMAC-SHA256 of "<id>.<timestamp>.<body>">``, the key being the base64 after ``whsec_``;
@@ -49,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from services.localmodel.protocol import new_id
 from services.localmodel.session import Send, Session
 
 __all__ = ["SipCall", "SipSide", "sign_webhook"]
@@ -92,6 +96,11 @@ class SipCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str = ""
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+    playing: str | None = None
+    """The response whose audio went to the leg last (OpenAI's output audio buffer)."""
+    marks_sent: int = 0
+    """Audio chunks sent to the leg, each followed by a mark the leg echoes once it played the chunk."""
+    marks_played: int = 0
 
     async def send_to(self, ws: WebSocket, data: str | bytes) -> None:
         """Send one frame on ``ws`` (one writer at a time per socket); a closed socket is ignored."""
@@ -109,13 +118,24 @@ class SipCall:
         parsed = json.loads(text) if isinstance(event, str) else event
         etype = parsed.get("type")
         if etype == "response.output_audio.delta":
+            self.playing = str(parsed.get("response_id") or "")
             with contextlib.suppress(binascii.Error, ValueError):
                 await self.send_to(self.leg, base64.b64decode(str(parsed.get("delta", ""))))
+                self.marks_sent += 1
+                await self.send_to(self.leg, json.dumps({"event": "mark", "name": str(self.marks_sent)}))
             return
         if etype == "response.done" and (parsed.get("response") or {}).get("status") == "cancelled":
             await self.send_to(self.leg, json.dumps({"event": "clear"}))
         for ws in list(self.sidebands):
             await self.send_to(ws, text)
+        if etype == "input_audio_buffer.speech_started" and self.playing is not None \
+                and self.marks_played < self.marks_sent:
+            await self.send_to(self.leg, json.dumps({"event": "clear"}))  # the caller talks over the agent
+            cleared = {"type": "output_audio_buffer.cleared", "event_id": new_id("event"),
+                       "response_id": self.playing}
+            self.playing, self.marks_played = None, self.marks_sent
+            for ws in list(self.sidebands):
+                await self.send_to(ws, json.dumps(cleared, separators=(",", ":")))
 
 
 class SipSide:
@@ -189,8 +209,13 @@ class SipSide:
                 if audio and call.state == "live" and call.session is not None:
                     await call.session.handle(json.dumps({"type": "input_audio_buffer.append",
                                                           "audio": base64.b64encode(audio).decode()}))
-                elif message.get("text") and '"bye"' in str(message["text"]):
-                    break
+                elif message.get("text"):
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        event = json.loads(str(message["text"]))
+                        if event.get("event") == "bye":
+                            break
+                        if event.get("event") == "mark":
+                            call.marks_played = max(call.marks_played, int(event["name"]))
         except WebSocketDisconnect:
             pass
         call.end_reason = call.end_reason or "bye"

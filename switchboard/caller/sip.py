@@ -5,7 +5,8 @@ A SIP call never reaches the gateway's media routes: the trunk sends the call to
 ``WS /sip/leg`` plays the trunk's leg (:mod:`services.localmodel.sip`): :class:`SipLine` sends the INVITE
 (``From``/``To``/``Call-ID`` and an ``X-Switchboard-<Name>`` header per simulator parameter, e.g. ``run_id``,
 which the gateway copies into ``call.<id>.started``.custom_parameters), then 20 ms μ-law frames, and reads the
-agent's μ-law audio and ``clear``. SIP has no playback marks: the model knows what it sent.
+agent's μ-law audio, ``clear`` and marks, echoing each mark once the audio before it played (OpenAI paces the
+RTP stream, so it knows what played; the simulated leg buffers, so it reports it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from shared.carriers.frames import OutboundEvent, PlayAudio, PlayClear
+from shared.carriers.frames import OutboundEvent, PlayAudio, PlayClear, PlayMark
 
 __all__ = ["CARRIER", "SipLine", "sip_leg_url"]
 
@@ -70,7 +71,8 @@ class SipLine:
         await self.ws.send(frame)
 
     async def mark(self, name: str) -> None:
-        """SIP has no marks: nothing to report."""
+        """Report that the audio before mark ``name`` played (the simulated leg's stand-in for RTP pacing)."""
+        await self.ws.send(json.dumps({"event": "mark", "name": name}))
 
     async def cleared(self) -> None:
         """SIP has no clear confirmation: nothing to send."""
@@ -84,7 +86,7 @@ class SipLine:
         await self.ws.close(1000, "bye")
 
     async def receive(self) -> OutboundEvent:
-        """The next agent audio (μ-law) or ``clear``; other leg messages are skipped.
+        """The next agent audio (μ-law), mark or ``clear``; other leg messages are skipped.
 
         Raises:
             websockets.exceptions.ConnectionClosed: the call ended.
@@ -93,5 +95,8 @@ class SipLine:
             message = await self.ws.recv()
             if isinstance(message, bytes):
                 return PlayAudio(message)
-            if json.loads(message).get("event") == "clear":
+            event = json.loads(message)
+            if event.get("event") == "clear":
                 return PlayClear()
+            if event.get("event") == "mark":
+                return PlayMark(str(event.get("name")))
