@@ -7,10 +7,10 @@ What OpenAI does for a SIP call (https://platform.openai.com/docs/guides/realtim
   audio as binary frames (G.711 μ-law 8 kHz, any length), and echoes each ``{"event": "mark", "name": …}`` once
   the audio before it played (OpenAI paces RTP, so it knows what played; the simulated leg buffers, so it says).
   It receives the agent's audio as binary μ-law frames, each followed by such a mark; ``{"event": "clear"}`` when
-  the caller talks over unplayed agent audio (the sidebands then get ``output_audio_buffer.cleared``, as from
-  OpenAI) or a response was cancelled; ``{"event": "accepted"}``, ``{"event": "rejected", "status_code": N}``
-  and ``{"event": "refer", "target_uri": …}``. The socket closes (1000) when the call ends from our side;
-  closing it is the caller's hangup (BYE).
+  the caller talks over unplayed agent audio or a playing response was cancelled; ``{"event": "accepted"}``,
+  ``{"event": "rejected", "status_code": N}`` and ``{"event": "refer", "target_uri": …}``. The socket closes
+  (1000) when the call ends from our side; closing it is the caller's hangup (BYE). The sidebands get
+  ``output_audio_buffer.started`` / ``stopped`` (all of a response's audio played) / ``cleared``, as from OpenAI.
 - On the INVITE a call ``rtc_…`` is created and a ``realtime.call.incoming`` webhook is POSTed to the configured
   URL, signed per Standard Webhooks (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64
   HMAC-SHA256 of "<id>.<timestamp>.<body>">``, the key being the base64 after ``whsec_``;
@@ -19,8 +19,8 @@ What OpenAI does for a SIP call (https://platform.openai.com/docs/guides/realtim
 - ``POST /v1/realtime/calls/{call_id}/accept`` (body: a Realtime ``session`` object) starts the call's
   conversation — a local model :class:`~services.localmodel.session.Session` configured with that session and
   μ-law in and out (the codec the SIP leg "negotiated"); ``/reject`` (``status_code``, default 603) ends a
-  pending call; ``/hangup`` and ``/refer`` (``target_uri``) end a live one. Unknown call: 404; a call in the
-  wrong state: 409.
+  pending call; ``/hangup`` and ``/refer`` (``target_uri``) end a live one. Unknown or ended call: 404; a call
+  in the wrong state: 409.
 - ``WS /v1/realtime?call_id=`` is the sideband: the first one attached gets ``session.created`` and
   ``conversation.created``, then every server event of the call except ``response.output_audio.delta`` (the
   audio goes to the SIP leg only); its client events drive the conversation. It is refused (HTTP 403) for a call
@@ -101,6 +101,8 @@ class SipCall:
     marks_sent: int = 0
     """Audio chunks sent to the leg, each followed by a mark the leg echoes once it played the chunk."""
     marks_played: int = 0
+    audio_complete: bool = False
+    """The response in :attr:`playing` is done: no more of its audio will come."""
 
     async def send_to(self, ws: WebSocket, data: str | bytes) -> None:
         """Send one frame on ``ws`` (one writer at a time per socket); a closed socket is ignored."""
@@ -113,29 +115,54 @@ class SipCall:
                     await ws.send_text(data)
 
     async def emit(self, event: dict[str, Any] | str) -> None:
-        """A server event of the conversation: audio to the leg, everything else to the sidebands."""
+        """A server event of the conversation: audio to the leg, everything else to the sidebands; the output
+        audio buffer's ``started``/``stopped``/``cleared`` as OpenAI reports them for SIP calls."""
         text = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
         parsed = json.loads(text) if isinstance(event, str) else event
         etype = parsed.get("type")
         if etype == "response.output_audio.delta":
-            self.playing = str(parsed.get("response_id") or "")
+            rid = str(parsed.get("response_id") or "")
+            if self.playing != rid:
+                self.playing, self.audio_complete = rid, False
+                await self.tell({"type": "output_audio_buffer.started", "response_id": rid})
             with contextlib.suppress(binascii.Error, ValueError):
                 await self.send_to(self.leg, base64.b64decode(str(parsed.get("delta", ""))))
                 self.marks_sent += 1
                 await self.send_to(self.leg, json.dumps({"event": "mark", "name": str(self.marks_sent)}))
             return
-        if etype == "response.done" and (parsed.get("response") or {}).get("status") == "cancelled":
-            await self.send_to(self.leg, json.dumps({"event": "clear"}))
         for ws in list(self.sidebands):
             await self.send_to(ws, text)
-        if etype == "input_audio_buffer.speech_started" and self.playing is not None \
+        if etype == "response.done":
+            response = parsed.get("response") or {}
+            if self.playing is not None and response.get("id") == self.playing:
+                if response.get("status") == "cancelled":
+                    await self.clear()
+                else:
+                    self.audio_complete = True
+                    await self.played(self.marks_played)
+        elif etype == "input_audio_buffer.speech_started" and self.playing is not None \
                 and self.marks_played < self.marks_sent:
-            await self.send_to(self.leg, json.dumps({"event": "clear"}))  # the caller talks over the agent
-            cleared = {"type": "output_audio_buffer.cleared", "event_id": new_id("event"),
-                       "response_id": self.playing}
-            self.playing, self.marks_played = None, self.marks_sent
-            for ws in list(self.sidebands):
-                await self.send_to(ws, json.dumps(cleared, separators=(",", ":")))
+            await self.clear()  # the caller talks over the agent
+
+    async def tell(self, event: dict[str, Any]) -> None:
+        """Send a server event of our own (a fresh ``event_id``) to every sideband."""
+        text = json.dumps({"type": event["type"], "event_id": new_id("event"), **event}, separators=(",", ":"))
+        for ws in list(self.sidebands):
+            await self.send_to(ws, text)
+
+    async def clear(self) -> None:
+        """Drop the agent audio the leg has not played: ``clear`` to the leg, ``output_audio_buffer.cleared``."""
+        rid, self.playing, self.marks_played = self.playing, None, self.marks_sent
+        await self.send_to(self.leg, json.dumps({"event": "clear"}))
+        await self.tell({"type": "output_audio_buffer.cleared", "response_id": rid})
+
+    async def played(self, mark: int) -> None:
+        """The leg played up to ``mark``; once a finished response's audio has all played:
+        ``output_audio_buffer.stopped``."""
+        self.marks_played = max(self.marks_played, mark)
+        if self.playing is not None and self.audio_complete and self.marks_played >= self.marks_sent:
+            rid, self.playing = self.playing, None
+            await self.tell({"type": "output_audio_buffer.stopped", "response_id": rid})
 
 
 class SipSide:
@@ -215,7 +242,7 @@ class SipSide:
                         if event.get("event") == "bye":
                             break
                         if event.get("event") == "mark":
-                            call.marks_played = max(call.marks_played, int(event["name"]))
+                            await call.played(int(event["name"]))
         except WebSocketDisconnect:
             pass
         call.end_reason = call.end_reason or "bye"
@@ -299,11 +326,12 @@ class SipSide:
         return Response(status_code=200)
 
     async def _end(self, call: SipCall, reason: str) -> None:
-        """End ``call`` once: close the leg and every sideband (1000), close the conversation."""
+        """End ``call`` once: forget it, close the leg and every sideband (1000), close the conversation."""
         if call.state == "ended":
             return
         call.state, call.end_reason = "ended", call.end_reason or reason
         call.ended.set()
+        self.calls.pop(call.call_id, None)  # the API no longer knows it (404)
         for ws in [call.leg, *call.sidebands]:
             with contextlib.suppress(Exception):
                 await ws.close(1000, call.end_reason[:120])

@@ -90,6 +90,9 @@ class Call:
         """Set when another instance now serves the call: this one stops without a summary."""
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
+        self.conversation_persists = False
+        """True when the model keeps the conversation across connections (a SIP call's sideband,
+        :mod:`.sideband`): a reconnect or takeover re-attaches without rebuilding it from the log."""
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -381,7 +384,7 @@ class Call:
         self._in_setup = True
         try:
             reconnect = self.connections > 1 or self.takeover is not None
-            if reconnect:
+            if reconnect and not self.conversation_persists:
                 logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True))
                 self.appended_in_log = logged.appended_bytes
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off

@@ -19,7 +19,9 @@ call:
    truncation from here), an agent's spoken disclosure cannot be played by the gateway, so the model says it as
    the first words of the greeting (no ``session.disclosure`` proof record: a known gap), and
    ``command.hangup`` / ``command.transfer`` become ``/hangup`` and ``/refer`` (``target_uri`` ``tel:…`` or the
-   SIP URI as given);
+   SIP URI as given) once the goodbye played (``output_audio_buffer.stopped``, at most :data:`PLAY_OUT_S`);
+   a dropped sideband, or a call taken over by another instance, re-attaches to the live conversation at OpenAI
+   (nothing is rebuilt from the log, no second greeting);
 4. publishes ``call.<id>.ended`` (the gateway has no leg to end): ``caller_hangup`` when the sideband closes
    normally (code 1000: the SIP call is over), ``agent_hangup`` / ``transfer`` after the API call; a call that
    ends for another reason (``call.<id>.ended`` from elsewhere) is hung up through the API.
@@ -49,13 +51,16 @@ from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
 from .ownership import Takeover
 
-__all__ = ["SIP_CARRIER", "SidebandCall", "sideband_url", "transfer_uri", "without_formats"]
+__all__ = ["PLAY_OUT_S", "SIP_CARRIER", "SidebandCall", "sideband_url", "transfer_uri", "without_formats"]
 
 log = logging.getLogger(__name__)
 
 SIP_CARRIER = "openai_sip"
 """The ``started.carrier`` of calls served by :class:`SidebandCall`."""
 _NORMAL_CLOSE = 1000
+PLAY_OUT_S = 15.0
+"""Seconds a hangup or transfer waits for the agent audio still playing on the SIP leg
+(``output_audio_buffer.stopped``)."""
 _ENDING_WAIT_S = 5.0
 """Seconds the reader waits, after the sideband closed under our hangup/refer, for that command to end the call
 (no reconnect attempt meanwhile)."""
@@ -111,6 +116,11 @@ class SidebandCall(Call):
         # no carrier audio on the bus: the sideband's close, not a silence watchdog, says when the call is over
         options = dataclasses.replace(options or CallOptions(), carrier_idle_timeout=math.inf)
         super().__init__(bus, spec, info, sideband, options, takeover=takeover)
+        self.conversation_persists = True  # the call's session lives at OpenAI: re-attach, never rebuild
+        self.played_out = asyncio.Event()
+        """Set while no agent audio is playing on the SIP leg (``output_audio_buffer.started`` clears it,
+        ``stopped``/``cleared`` set it): a hangup or transfer waits for it, so the goodbye is heard."""
+        self.played_out.set()
         self.client = openai.AsyncOpenAI(api_key=endpoint.api_key or "local", base_url=api_url, max_retries=2,
                                          timeout=10.0)
         self.accepted = False
@@ -177,6 +187,10 @@ class SidebandCall(Call):
         if etype == "response.output_audio.delta":  # played on the SIP leg, which OpenAI tracks itself: no
             self.hooks.output_audio()  # playback to follow here, so caller speech never sends clear/truncate
             return
+        if etype == "output_audio_buffer.started":
+            self.played_out.clear()
+        elif etype in ("output_audio_buffer.stopped", "output_audio_buffer.cleared"):
+            self.played_out.set()
         await super()._on_server_event(etype, ev)
 
     async def _command(self, verb: str, command: Contract) -> None:
@@ -184,6 +198,8 @@ class SidebandCall(Call):
         if verb not in ("hangup", "transfer") or self._sip_over or self._ending:
             return
         self._ending = True
+        with contextlib.suppress(TimeoutError):  # let the goodbye play out on the SIP leg (bounded)
+            await asyncio.wait_for(self.played_out.wait(), PLAY_OUT_S)
         try:
             if isinstance(command, CommandTransfer):
                 await self.client.realtime.calls.refer(self.sip_call_id, target_uri=transfer_uri(command.to))
