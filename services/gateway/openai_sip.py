@@ -9,8 +9,9 @@ answers 400 with the reason and publishes nothing. A verified ``realtime.call.in
 publishes ``call.<id>.started`` (carrier ``openai_sip``, ``carrier_call_id`` = OpenAI's ``call_id``, ``from``/``to``
 from the SIP ``From``/``To`` headers, and every ``X-Switchboard-<Name>`` SIP header as custom parameter
 ``<name>``, lower case with ``_`` for ``-``: how the caller simulator's ``run_id`` travels); then it answers 200.
-Other webhook types are acknowledged (200) and ignored; a retried delivery of a call this replica already took
-(same OpenAI ``call_id``) answers 200 without a second call.
+Other webhook types are acknowledged (200) and ignored; a retried delivery of a call any replica already took
+(same OpenAI ``call_id``, remembered for 120 s in the gateways' shared used-nonce KV bucket) answers 200 without a
+second call.
 
 Who accepts: the session that takes the call, not the gateway. The session service owns the agent specs (the
 rollout's version of the spec chosen for this caller) and the model API key, so the instance that wins the call
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -36,12 +38,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from openai.types.webhooks import RealtimeCallIncomingWebhookEvent
 from pydantic import BaseModel
 
+from services.gateway.security import KvNonces
 from shared import rollout, subjects
 from shared.bus import Bus, Envelope
 from shared.config import Settings, get_settings
@@ -62,6 +66,7 @@ REJECT_STATUS = 480
 _CUSTOM_PREFIX = "x-switchboard-"
 _SEEN_MAX = 10_000
 _SIP_USER = re.compile(r"<?(?:sips?|tel):([^@;>]+)")
+_KV_KEY = re.compile(r"[-_=a-zA-Z0-9]{1,200}")
 
 
 def sip_user(value: str | None) -> str | None:
@@ -124,6 +129,8 @@ class OpenAISipCalls:
         self.client = openai.AsyncOpenAI(api_key=settings.openai_api_key or settings.localmodel_token or "local",
                                          base_url=settings.effective_openai_api_url,
                                          webhook_secret=settings.openai_webhook_secret, max_retries=2, timeout=10.0)
+        self.nonces = KvNonces(bus.js)
+        """Calls taken by any replica (the browser tokens' used-nonce bucket, keys ``sip_<OpenAI call id>``)."""
         self._seen: OrderedDict[str, str] = OrderedDict()
         """OpenAI call id → our call id, for retried deliveries (bounded)."""
         self._watches: set[asyncio.Task[None]] = set()
@@ -149,6 +156,8 @@ class OpenAISipCalls:
         known = self._seen.get(openai_call)
         if known is not None:
             return JSONResponse({"call_id": known, "duplicate": True})
+        if not await self._first_delivery(openai_call):
+            return JSONResponse({"duplicate": True})  # another replica took this call
         call_id = subjects.new_call_id()
         self._seen[openai_call] = call_id
         while len(self._seen) > _SEEN_MAX:
@@ -171,6 +180,19 @@ class OpenAISipCalls:
         await self.bus.publish_event(subjects.call_started(call_id), started.encode(), call_id=call_id)
         log.info("call %s started (%s %s)", call_id, CARRIER, openai_call)
         return JSONResponse({"call_id": call_id})
+
+    async def _first_delivery(self, openai_call: str) -> bool:
+        """Claim ``openai_call`` for this replica in the shared used-nonce bucket (entries live 120 s: a retry
+        of a ringing call's webhook comes within seconds); True when no replica had it. JetStream unreachable:
+        True (a duplicate call beats a lost one; this replica's own retries are still caught)."""
+        key = "sip_" + (openai_call if _KV_KEY.fullmatch(openai_call)
+                        else hashlib.sha256(openai_call.encode()).hexdigest())
+        now = time.time()
+        try:
+            return await self.nonces.claim(key, now + 120.0, now)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not check webhook %s against other replicas (%s)", openai_call, exc)
+            return True
 
     async def _watch_claim(self, call_id: str, openai_call: str, claimed: asyncio.Event, subs: list[Any],
                            since: float) -> None:

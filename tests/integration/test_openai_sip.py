@@ -102,10 +102,13 @@ async def test_only_signed_webhooks_start_calls(bus: Bus, nats_url: str) -> None
         assert ok.status_code == 200, ok.text
         again = await client.post("/openai/webhook", content=good, headers=signed(good))  # a retried delivery
         assert again.json() == {"call_id": ok.json()["call_id"], "duplicate": True}
+        async with running_gateway(bus, settings) as other, httpx.AsyncClient(base_url=other.http_url) as second:
+            elsewhere = await second.post("/openai/webhook", content=good, headers=signed(good))
+        assert elsewhere.json() == {"duplicate": True}  # the retry reached another replica: still one call
         await asyncio.wait_for(arrived.wait(), 15)
         await bus.nc.flush()
     await sub.unsubscribe()
-    [call] = started  # the refused deliveries published nothing, the retry no second call
+    [call] = started  # the refused deliveries published nothing, the retries no second call
     assert call.call_id == ok.json()["call_id"] and call.carrier == "openai_sip"
     assert (call.carrier_call_id, call.stream_id, call.from_, call.to) == \
         ("rtc_good", "sip-call-1", "+15551230001", "+15559870000")
