@@ -211,6 +211,7 @@ class SipSide:
         problem = await self._post_webhook(call)
         if problem is not None:
             log.warning("sip call %s: webhook failed: %s", call.call_id, problem)
+            self.calls.pop(call.call_id, None)  # unknown to the API before the caller hears why
             await call.leg.close(1011, f"webhook failed: {problem}"[:120])
             return
         reader = asyncio.create_task(self._read_leg(call))

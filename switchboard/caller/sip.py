@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from shared.carriers.frames import OutboundEvent, PlayAudio, PlayClear, PlayMark
 
@@ -57,13 +58,16 @@ class SipLine:
         headers += [{"name": f"X-Switchboard-{name.replace('_', '-')}", "value": value}
                     for name, value in params.items()]
         await ws.send(json.dumps({"event": "invite", "headers": headers}))
-        async for message in ws:
-            event = json.loads(message) if isinstance(message, str) else {}
-            if event.get("event") == "accepted":
-                return cls(ws)
-            if event.get("event") == "rejected":
-                await ws.close()
-                raise ValueError(f"the call was rejected with SIP {event.get('status_code')}")
+        try:
+            async for message in ws:
+                event = json.loads(message) if isinstance(message, str) else {}
+                if event.get("event") == "accepted":
+                    return cls(ws)
+                if event.get("event") == "rejected":
+                    await ws.close()
+                    raise ValueError(f"the call was rejected with SIP {event.get('status_code')}")
+        except ConnectionClosed:
+            pass  # closed with an error code: the reason says why
         raise ValueError(f"the SIP leg closed before an answer: {ws.close_code} {ws.close_reason}")
 
     async def media(self, frame: bytes) -> None:

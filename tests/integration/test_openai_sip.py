@@ -177,3 +177,25 @@ async def test_an_unknown_call_is_refused(bus: Bus, sip: tuple[SipSide, int]) ->
     assert ended is not None
     final = CallEnded.parse(ended.data)
     assert final.reason == "session_lost" and final.error is not None and "accept failed" in final.error
+
+
+async def test_a_webhook_signed_with_another_secret_starts_nothing(bus: Bus, nats_url: str,
+                                                                   sip: tuple[SipSide, int]) -> None:
+    """The local model signs with a secret the gateway does not have: the gateway answers 400 and the SIP leg is
+    closed with that reason; no call starts."""
+    side, port = sip
+    other = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    settings = load_settings(nats_url=nats_url, openai_webhook_secret=other, session_lost_s=600)
+    started: list[Envelope] = []
+
+    async def on_started(env: Envelope) -> None:
+        started.append(env)
+
+    sub = await bus.subscribe(subjects.all_calls_started(), on_started)
+    async with running_gateway(bus, settings) as gw:
+        side.webhook_url = f"{gw.http_url}/openai/webhook"
+        with pytest.raises(ValueError, match="webhook failed: HTTP 400"):
+            await SipLine.dial(sip_leg_url(port), from_="+15551230001", to="+15559870000", params={})
+        await bus.nc.flush()
+    await sub.unsubscribe()
+    assert started == [] and side.calls == {}
