@@ -129,23 +129,25 @@ async def test_a_call_no_session_takes_is_rejected(bus: Bus, nats_url: str, sip:
                              openai_api_url=f"http://127.0.0.1:{port}/v1")
     async with running_gateway(bus, settings) as gw:
         side.webhook_url = f"{gw.http_url}/openai/webhook"
-        seen: list[Envelope] = []
-        arrived = asyncio.Event()
+        seen: dict[str, Envelope] = {}
+        ended_seen = asyncio.Event()
 
-        async def on_started(env: Envelope) -> None:
-            seen.append(env)
-            arrived.set()
+        async def on_event(env: Envelope) -> None:
+            seen[subjects.parse(env.subject).rest] = env
+            if "ended" in seen:
+                ended_seen.set()
 
-        sub = await bus.subscribe(subjects.all_calls_started(), on_started)
+        subs = [await bus.subscribe(subjects.all_calls_started(), on_event),
+                await bus.subscribe("call.*.ended", on_event)]
         with pytest.raises(ValueError, match="rejected with SIP 480"):
             await SipLine.dial(sip_leg_url(port), from_="+15551230001", to="+15559870000", params={"run_id": "r2"})
-        await asyncio.wait_for(arrived.wait(), 15)
-        await sub.unsubscribe()
-        [first] = seen
-        started = CallStarted.parse(first.data)
-        ended = await bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(started.call_id))
+        await asyncio.wait_for(ended_seen.wait(), 15)  # published once the reject went through
+        for sub in subs:
+            await sub.unsubscribe()
+        started = CallStarted.parse(seen["started"].data)
+        ended = seen["ended"]
+        assert subjects.parse(ended.subject).call_id == started.call_id
     assert started.custom_parameters == {"run_id": "r2"} and started.carrier_call_id
-    assert ended is not None
     final = CallEnded.parse(ended.data)
     assert final.reason == "session_lost" and final.carrier_call_id == started.carrier_call_id
     assert side.calls == {}  # the rejected call is gone from the SIP side
@@ -173,6 +175,7 @@ async def test_an_unknown_call_is_refused(bus: Bus, sip: tuple[SipSide, int]) ->
     call = SidebandCall(bus, load_agent(ROOT / "agents" / "receptionist.yaml"), info,
                         ModelEndpoint("ws://unused", None, None), api_url=api)
     await call.run()
+    await bus.flush_acks(5.0)  # published asynchronously: stored once acknowledged
     ended = await bus.last_message(subjects.CALLS_STREAM, subjects.call_ended(call_id))
     assert ended is not None
     final = CallEnded.parse(ended.data)
