@@ -123,7 +123,6 @@ class SidebandCall(Call):
         self.played_out.set()
         self.client = openai.AsyncOpenAI(api_key=endpoint.api_key or "local", base_url=api_url, max_retries=2,
                                          timeout=10.0)
-        self.accepted = False
         self._started_at = time.monotonic()
         self._ended_published = False
         self._sip_over = False
@@ -136,7 +135,6 @@ class SidebandCall(Call):
         try:
             if self.takeover is None:
                 await self._accept()
-            self.accepted = True
         except openai.OpenAIError as exc:
             log.warning("call %s: accept of %s failed: %s", self.call_id, self.sip_call_id, exc)
             await self._publish_ended(EndReason.SESSION_LOST, error=f"accept failed: {exc}")
