@@ -7,7 +7,9 @@ Variables (docs/operations.md, "Configuration"): ``SWITCHBOARD_NATS_URL``, ``SWI
 ``SWITCHBOARD_API_TOKEN``, ``SWITCHBOARD_JS_REPLICAS``, ``SWITCHBOARD_JS_MAX_AGE``, ``SWITCHBOARD_CARRIER_IDLE_S``,
 ``SWITCHBOARD_RECORDER_LOST_AFTER_S``, ``SWITCHBOARD_WEBHOOK_URL``, ``SWITCHBOARD_WEBHOOK_SECRET``,
 ``SWITCHBOARD_NATS_CREDS``, ``SWITCHBOARD_NATS_NKEY_SEED``, ``SWITCHBOARD_NATS_TLS_CA|CERT|KEY``,
-``SWITCHBOARD_INSECURE_DEV``, ``SWITCHBOARD_TOKEN_SECRET``, ``SWITCHBOARD_AUDIT_KEY`` (docs/security.md), the ports
+``SWITCHBOARD_INSECURE_DEV``, ``SWITCHBOARD_TOKEN_SECRET``, ``SWITCHBOARD_OPENAI_WEBHOOK_SECRET``,
+``SWITCHBOARD_OPENAI_API_URL``, ``SWITCHBOARD_LOCALMODEL_SIP_PORT``, ``SWITCHBOARD_LOCALMODEL_SIP_WEBHOOK_URL``,
+``SWITCHBOARD_AUDIT_KEY`` (docs/security.md), the ports
 ``SWITCHBOARD_{GATEWAY,RECORDER,ANALYTICS,LOCALMODEL,NATS}_PORT``, the metrics ports
 ``SWITCHBOARD_SESSION_METRICS_PORT`` / ``SWITCHBOARD_TOOLS_METRICS_PORT`` and the standard ``OTEL_*`` variables (read by
 the OpenTelemetry SDK itself).
@@ -131,6 +133,19 @@ class Settings(BaseSettings):
     """The TeXML application (``ApplicationSid``) outbound Telnyx calls belong to."""
     outbound_from: str | None = None
     """Default caller ID (E.164) of outbound calls (``POST /calls/outbound`` without ``from``)."""
+    openai_webhook_secret: str | None = None
+    """The OpenAI project's webhook signing secret (``whsec_…``): the gateway verifies ``realtime.call.incoming``
+    (``POST /openai/webhook``) with it, and the local model signs its simulated SIP calls' webhooks with it;
+    without it the gateway refuses every OpenAI webhook."""
+    openai_api_url: str | None = None
+    """Base URL of OpenAI's REST API for SIP calls (``/realtime/calls/{call_id}/accept`` …); its sideband
+    WebSocket is ``<this, ws(s)://>/realtime?call_id=``. Unset: ``https://api.openai.com/v1`` with
+    ``OPENAI_API_KEY``, else the local model's SIP API (``http://127.0.0.1:<localmodel_sip_port>/v1``)."""
+    localmodel_sip_port: int = Field(0, ge=0, le=65535)
+    """Port of the local model's simulated SIP side (Realtime calls API, sideband WebSocket, SIP legs); 0: off."""
+    localmodel_sip_webhook_url: str | None = None
+    """Where the local model POSTs ``realtime.call.incoming``; default the gateway's
+    ``http://127.0.0.1:<gateway_port>/openai/webhook``."""
     api_token: str | None = None
     js_replicas: int = Field(1, ge=1, le=5)
     js_max_age: float = Field(7 * 24 * 3600.0, gt=0)
@@ -178,7 +193,8 @@ class Settings(BaseSettings):
                      "vonage_api_url", "plivo_auth_id", "plivo_api_url", "telnyx_account_sid", "telnyx_texml_app_id",
                      "outbound_from", "api_token", "webhook_url", "webhook_secret",
                      "nats_creds", "nats_nkey_seed", "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "token_secret",
-                     "audit_key", "archive_key", "retention_days", "capture_key", mode="before")
+                     "audit_key", "archive_key", "retention_days", "capture_key", "openai_webhook_secret",
+                     "openai_api_url", "localmodel_sip_webhook_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -216,6 +232,21 @@ class Settings(BaseSettings):
         if self.openai_api_key:
             return f"wss://api.openai.com/v1/realtime?model={self.model}"
         return f"ws://127.0.0.1:{self.localmodel_port}/v1/realtime?model={self.model}"
+
+    @property
+    def effective_openai_api_url(self) -> str:
+        """The REST base of the Realtime calls API (SIP calls): the override, else OpenAI with a key, else the
+        local model's SIP side."""
+        if self.openai_api_url:
+            return self.openai_api_url.rstrip("/")
+        if self.openai_api_key:
+            return "https://api.openai.com/v1"
+        return f"http://127.0.0.1:{self.localmodel_sip_port}/v1"
+
+    @property
+    def effective_sip_webhook_url(self) -> str:
+        """Where the local model sends ``realtime.call.incoming``: the setting, else this host's gateway."""
+        return self.localmodel_sip_webhook_url or f"http://127.0.0.1:{self.gateway_port}/openai/webhook"
 
     @property
     def uses_local_model(self) -> bool:

@@ -2,7 +2,8 @@
 
 Exactly one reason per call, chosen by what actually happened, never ``caller_hangup`` for something the caller
 did not do. The gateway publishes every reason except ``lost``, which the recorder sets on a call whose
-``ended`` never arrived (``services.recorder.finalize``).
+``ended`` never arrived (``services.recorder.finalize``); an OpenAI SIP call's session publishes its
+``caller_hangup`` (the sideband closed), ``agent_hangup`` and ``transfer`` (``services.session.sideband``).
 """
 
 from __future__ import annotations

@@ -125,12 +125,16 @@ PERMISSIONS: dict[str, Permissions | None] = {
          # the browser call's live transcript (services/gateway/browser.py)
          "rt.*.server.conversation.item.input_audio_transcription.completed",
          "rt.*.server.response.output_audio_transcript.delta", "rt.*.server.response.output_audio_transcript.done",
-         "rt.*.server.response.function_call_arguments.done"],
+         "rt.*.server.response.function_call_arguments.done",
+         # an OpenAI SIP call: did a session attach, or did it end (services/gateway/openai_sip.py)
+         "call.*.session.model_connected", "call.*.ended"],
     ),
     "session": _service(
         "session",
         ["rt.>", "call.*.command.>", "call.*.session.>", "tools.>", *_read("CALLS", "RT", f"KV_{TOOLS_BUCKET}"),
-         *_kv_write(subjects.CALL_OWNERS_BUCKET)],
+         *_kv_write(subjects.CALL_OWNERS_BUCKET),
+         # an OpenAI SIP call has no gateway leg: its session ends it (services/session/sideband.py)
+         "call.*.ended"],
         ["call.*.started", "call.*.audio.in", "call.*.keypad", "call.*.carrier.>", "call.*.ended",
          # handover between instances (services/session/service.py)
          "call.*.session.handover", "call.*.session.model_connected"],

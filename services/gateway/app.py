@@ -4,7 +4,8 @@ Routes: ``POST /twilio/voice`` (TwiML ``<Connect><Stream>`` + ``<Redirect>`` to 
 which reconnects the call, or ``<Hangup/>``/``<Dial>`` once it ended), ``WS /twilio/media`` (Twilio Media Streams),
 ``POST /telnyx/voice`` + ``WS /telnyx/media``, ``GET|POST /vonage/voice`` + ``WS /vonage/media``,
 ``POST /plivo/voice`` + ``WS /plivo/media`` (:mod:`.carrier_routes`), ``POST /calls/outbound`` (:mod:`.dialer`),
-``POST /{twilio,telnyx,vonage,plivo}/amd`` + ``POST /plivo/transfer`` (:mod:`.amd`),
+``POST /{twilio,telnyx,vonage,plivo}/amd`` + ``POST /plivo/transfer`` (:mod:`.amd`), ``POST /openai/webhook``
+(OpenAI SIP calls, :mod:`.openai_sip`),
 ``POST /browser/token`` + ``WS /browser`` + ``GET /phone`` (browser calls), ``/healthz``, ``/readyz``,
 ``/metrics``, and the API reference ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json`` from local assets
 (:mod:`shared.apidocs`), public like the carrier-facing routes it describes (the document holds no data; with
@@ -39,6 +40,7 @@ from services.gateway.call_control import controls_for
 from services.gateway.carrier_routes import add_carrier_routes
 from services.gateway.carrier_security import PlivoSignatures, TelnyxSignatures, VonageSignatures
 from services.gateway.dialer import add_dial_routes
+from services.gateway.openai_sip import OpenAISipCalls, add_openai_sip_routes
 from services.gateway.security import (
     SESSION_COOKIE,
     SESSION_TTL_S,
@@ -175,6 +177,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     readiness = Readiness([health.flag("accepting", lambda: gateway.accepting, "shutting down"),
                            health.nats_connection(gateway.bus.nc)])
     gateway.readiness = readiness
+    sip = OpenAISipCalls(gateway.bus, gateway.settings, default_agent=gateway.default_agent)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -184,6 +187,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             yield
         finally:
             await readiness.stop()
+            await sip.close()
             await gateway.end_all()  # normally none left: main drained them first
 
     app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -191,7 +195,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings
     declare_bearer(app, enabled=bool(settings.api_token), extra_schemes=_BROWSER_SESSION,
-                   overrides={"/twilio/voice": [], "/browser/token": [BEARER_SCHEME, "browserSession"],
+                   overrides={"/twilio/voice": [], "/openai/webhook": [],
+                              "/browser/token": [BEARER_SCHEME, "browserSession"],
                               **{path: [] for path in CARRIER_CALLBACKS}})
 
     @app.post("/twilio/voice", response_class=XmlResponse, responses=_TWIML, openapi_extra=_TWILIO_WEBHOOK)
@@ -244,6 +249,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     add_carrier_routes(app, gateway)
     add_dial_routes(app, gateway)
     add_amd_routes(app, gateway)
+    add_openai_sip_routes(app, sip, lambda: gateway.accepting)
 
     def bearer_ok(request: Request) -> bool:
         given = request.headers.get("authorization", "")

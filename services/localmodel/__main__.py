@@ -1,7 +1,9 @@
 """``python -m services.localmodel [--host H] [--port P] [--mode agent|echo] [--pacing realtime|fast]``.
 
 Defaults come from ``shared.config.Settings`` (``SWITCHBOARD_HOST``, ``SWITCHBOARD_LOCALMODEL_PORT``,
-``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``) and ``SWITCHBOARD_LOCALMODEL_PACING``.
+``SWITCHBOARD_LOCALMODEL_MODE``, ``SWITCHBOARD_LOCALMODEL_TOKEN``) and ``SWITCHBOARD_LOCALMODEL_PACING``; with
+``SWITCHBOARD_LOCALMODEL_SIP_PORT`` also the simulated SIP side (:mod:`services.localmodel.sip`), which signs its
+webhooks with ``SWITCHBOARD_OPENAI_WEBHOOK_SECRET`` and sends them to ``SWITCHBOARD_LOCALMODEL_SIP_WEBHOOK_URL``.
 SIGTERM/SIGINT close every session and exit 0.
 """
 
@@ -41,6 +43,9 @@ async def serve(settings: LocalModelSettings) -> None:
     tune_gc()
     log.info("localmodel listening on ws://%s:%d/v1/realtime (mode %s, pacing %s)", settings.host, server.port,
              settings.mode, settings.pacing)
+    if server.sip_port is not None:
+        log.info("localmodel SIP side on http://%s:%d (SIP legs /sip/leg, calls API /v1/realtime/calls, webhook %s)",
+                 settings.host, server.sip_port, settings.sip_webhook_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

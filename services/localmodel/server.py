@@ -5,6 +5,8 @@
   (https://platform.openai.com/docs/api-reference/realtime). Any Bearer token is accepted unless a token is
   configured (then a missing/wrong one gets HTTP 401). A client sending
   ``OpenAI-Beta: realtime=v1`` gets the ``beta_api_shape_disabled`` error event and a close, as OpenAI answers.
+- with ``sip_port`` set, the simulated SIP side (:mod:`.sip`: SIP legs, the Realtime calls API, sideband
+  WebSockets) on its own port, sharing the recognisers;
 - frames up to 24 MiB are read (a 15 MiB append in base64 is 20 MiB); larger frames close with 1009.
 
 Recognition runs in worker processes shared by all sessions (:class:`.recognizers.RecognizerPool`, one per
@@ -34,8 +36,9 @@ from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
 from services.localmodel.grammar import LanguageModelSpec
 from services.localmodel.protocol import ProtocolError, error_event
 from services.localmodel.recognizers import RecognizerPool
-from services.localmodel.session import Session
+from services.localmodel.session import Send, Session
 from services.localmodel.settings import LocalModelSettings
+from services.localmodel.sip import SipSide, bound_port
 
 __all__ = ["LocalModelServer"]
 
@@ -57,6 +60,11 @@ class LocalModelServer:
         self.first_audio_ms: list[float] = []
         """speech_stopped → first audio delta (ms) per response, for the benchmark (bounded)."""
         self._server: Server | None = None
+        self.sip = SipSide(self._sip_session, webhook_url=settings.sip_webhook_url,
+                           webhook_secret=settings.webhook_secret) if settings.sip_port is not None else None
+        self.sip_port: int | None = None
+        """The SIP side's bound port after :meth:`start` (None: off)."""
+        self._sip_serving: tuple[asyncio.Task[None], Any] | None = None
         self._warm_task: asyncio.Task[None] | None = None
         self.on_first_audio: Callable[[float], None] | None = None
 
@@ -67,6 +75,9 @@ class LocalModelServer:
                                    max_queue=64, compression=None, ping_interval=None)
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
+        if self.sip is not None and self.settings.sip_port is not None:
+            self._sip_serving = await self.sip.serve(self.settings.host, self.settings.sip_port)
+            self.sip_port = bound_port(self._sip_serving[1])
         self._warm_task = asyncio.create_task(self._warm())
 
     async def _warm(self) -> None:
@@ -76,6 +87,12 @@ class LocalModelServer:
 
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop listening and shut the pool down."""
+        if self.sip is not None and self._sip_serving is not None:
+            await self.sip.end_all()
+            task, server = self._sip_serving
+            server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 10)
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -108,6 +125,11 @@ class LocalModelServer:
             self.first_audio_ms.append(ms)
         if self.on_first_audio is not None:
             self.on_first_audio(ms)
+
+    def _sip_session(self, send: Send, model: str) -> Session:
+        """A conversation for an accepted SIP call (:mod:`.sip`)."""
+        return Session(send, self.settings, self.pool.recognize, model=model, stream=self.pool.stream,
+                       on_first_audio=self._record_first_audio)
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None

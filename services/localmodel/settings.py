@@ -1,5 +1,6 @@
 """The local model's own settings: ``shared.config.Settings`` (host, ``localmodel_port``, ``localmodel_mode``,
-``localmodel_token``) plus ``SWITCHBOARD_LOCALMODEL_PACING`` (``realtime`` | ``fast``, default realtime) and
+``localmodel_token``, ``localmodel_sip_port``, ``localmodel_sip_webhook_url``,
+``openai_webhook_secret``) plus ``SWITCHBOARD_LOCALMODEL_PACING`` (``realtime`` | ``fast``, default realtime) and
 ``SWITCHBOARD_LOCALMODEL_CHUNK_MS`` (output audio delta length, 20–100 ms, default 40), overridable by CLI
 flags (``python -m services.localmodel --help``).
 """
@@ -35,6 +36,12 @@ class LocalModelSettings:
     """Length of each ``response.output_audio.delta`` (20–100 ms)."""
     max_sessions: int = 1000
     """Connections beyond this are refused with HTTP 503."""
+    sip_port: int | None = None
+    """Port of the simulated SIP side (:mod:`.sip`); None: off, 0: a free port (tests)."""
+    sip_webhook_url: str = "http://127.0.0.1:8080/openai/webhook"
+    """Where the SIP side POSTs ``realtime.call.incoming``."""
+    webhook_secret: str | None = None
+    """The Standard Webhooks key the SIP side signs with (``SWITCHBOARD_OPENAI_WEBHOOK_SECRET``)."""
 
     def __post_init__(self) -> None:
         if self.pacing not in ("realtime", "fast"):
@@ -60,7 +67,8 @@ class LocalModelSettings:
             "host": settings.host, "port": settings.localmodel_port, "mode": settings.localmodel_mode,
             "token": settings.localmodel_token,
             "pacing": os.environ.get("SWITCHBOARD_LOCALMODEL_PACING", "realtime").strip().lower() or "realtime",
-            "chunk_ms": chunk_ms,
+            "chunk_ms": chunk_ms, "sip_port": settings.localmodel_sip_port or None,
+            "sip_webhook_url": settings.effective_sip_webhook_url, "webhook_secret": settings.openai_webhook_secret,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

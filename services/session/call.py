@@ -17,8 +17,8 @@ Lifecycle (docs/session.md; https://platform.openai.com/docs/guides/realtime-con
 5. ``call.<id>.ended`` → the reader stops, the model socket is closed and ``call.<id>.session.summary``
    published. Every socket a connect attempt opened is closed on every path.
 
-A bad server event (invalid JSON, an ``error`` event, an exception in a handler) is logged and never ends the
-call; an exception that escapes :meth:`Call.run` ends only this call (:mod:`.service` supervises).
+A bad server event (invalid JSON, an ``error`` event, a failing handler) is logged and never ends the call; an
+exception that escapes :meth:`Call.run` ends only this call (:mod:`.service` supervises).
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ class Call:
         """Set when another instance now serves the call: this one stops without a summary."""
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
+        self.conversation_persists = False
+        """True: the model keeps the conversation across connections (SIP sideband): no rebuild on reconnect."""
         self.spec = spec
         self.info = info
         self.call_id = info.call_id
@@ -370,19 +372,14 @@ class Call:
             await self.gate.on_error(err.get("code"), err.get("event_id"))
 
     async def _send_session_update(self) -> None:
-        session, missing = session_config(self.spec, audio_format=self.info.audio_format,
-                                          registry=self.registry, model=self.endpoint.model,
-                                          state_id=self.flow.state)
-        if missing:
-            log.warning("call %s: tools not in the registry, left out: %s", self.call_id, missing)
-        await self.send({"type": "session.update", "session": session}, setup=True)
+        await self.send({"type": "session.update", "session": self._session_for(self.flow.state)}, setup=True)
 
     async def _session_ready(self, ev: dict[str, Any]) -> None:
         """First ``session.updated`` of a connection: greeting or rebuild, flush audio, then ready."""
         self._in_setup = True
         try:
             reconnect = self.connections > 1 or self.takeover is not None
-            if reconnect:
+            if reconnect and not self.conversation_persists:
                 logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True))
                 self.appended_in_log = logged.appended_bytes
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off
@@ -462,8 +459,10 @@ class Call:
         await self.keypad.apply(self.flow.state, self.spec.capture_for(self.flow.state))
 
     def _session_for(self, state: str | None) -> dict[str, Any]:
-        session, _ = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
-                                    model=self.endpoint.model, state_id=state)
+        session, missing = session_config(self.spec, audio_format=self.info.audio_format, registry=self.registry,
+                                          model=self.endpoint.model, state_id=state)
+        if missing:
+            log.warning("call %s: tools not in the registry, left out: %s", self.call_id, missing)
         return session
 
     async def _say_to_model(self, item: dict[str, Any]) -> None:

@@ -110,6 +110,11 @@ class ModelSocket:
         reason = f" {msg.extra}" if msg.type is WSMsgType.CLOSE and msg.extra else ""
         raise ModelClosedError(f"closed (code {code}){reason}")
 
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code (RFC 6455 §7.4) once the connection closed; None while open or unknown."""
+        return self._ws.close_code
+
     async def close(self) -> None:
         """Close the connection and its session (idempotent). The close handshake gets at most
         2 × :data:`CLOSE_TIMEOUT_S` s (RFC 6455 §7.1.1 lets the client drop the TCP connection when the server

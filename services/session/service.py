@@ -47,6 +47,7 @@ from shared.errors import PublishFailedError
 from .agent import AgentSpec, AgentSpecError, load_agent
 from .call import Call, CallOptions, ModelEndpoint
 from .ownership import Owner, Ownership, Takeover
+from .sideband import SIP_CARRIER, SidebandCall
 
 __all__ = ["HANDOVER_GROUP", "QUEUE_GROUP", "SessionService", "endpoint_from_settings"]
 
@@ -267,7 +268,11 @@ class SessionService:
         log.info("call %s: agent %s version %s (epoch %d)", info.call_id, spec.name, spec.version, epoch)
         endpoint = self.endpoint.with_model(spec.model) if spec.model else self.endpoint
         self.bus.set_epoch(info.call_id, epoch)
-        call = Call(self.bus, spec, info, endpoint, self.options, takeover=takeover)
+        if info.carrier == SIP_CARRIER:  # accepted through the calls API, served over its sideband
+            call: Call = SidebandCall(self.bus, spec, info, endpoint, self.options, takeover=takeover,
+                                      api_url=self.settings.effective_openai_api_url)
+        else:
+            call = Call(self.bus, spec, info, endpoint, self.options, takeover=takeover)
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")
         self._tasks[info.call_id] = task

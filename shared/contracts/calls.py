@@ -83,7 +83,9 @@ class CallStarted(Contract):
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
 class CallEnded(Contract):
-    """``call.<id>.ended``: the carrier leg is over (published once per call by the gateway).
+    """``call.<id>.ended``: the carrier leg is over (published once per call by the gateway; for an OpenAI SIP
+    call, whose media never reaches the gateway, by the session serving it, or by the gateway when no session took
+    it).
 
     Attributes:
         reason: ``caller_hangup``, ``agent_hangup``, ``transfer``, ``carrier_silent``, ``protocol_error``,

@@ -2,7 +2,8 @@
 
 :func:`run_scenario` (also ``switchboard call [--carrier twilio|telnyx|vonage|plivo]``):
 
-1. follows ``call.*.started`` on the bus, then calls the carrier's webhook (``/<carrier>/voice``, signed as
+1. follows ``call.*.started`` on the bus (``--carrier openai-sip``: dials the local model's SIP leg instead,
+   :mod:`.sip`), then calls the carrier's webhook (``/<carrier>/voice``, signed as
    the carrier signs it when the simulator has the key, :mod:`.signing`) to learn the stream URL and
    parameters, opens the media WebSocket and sends the carrier's start with those parameters + ``run_id``
    (fresh) + ``caller``/``called`` (:mod:`.carriers`; Twilio without ``twiml`` connects to
@@ -57,6 +58,8 @@ from switchboard.caller.follower import CallFollower
 from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from switchboard.caller.recording import StereoRecorder
 from switchboard.caller.signing import CarrierKeys, twilio_signature
+from switchboard.caller.sip import CARRIER as SIP_CARRIER
+from switchboard.caller.sip import SipLine
 from switchboard.scenario import Scenario, Turn, check_expectations, read_call_log
 
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
@@ -92,11 +95,15 @@ class CallerSimulator:
                  wav: str | Path | None = None, twiml: bool = True, turn_timeout: float = 60.0,
                  out: Callable[[str], None] | None = None, headers: dict[str, str] | None = None,
                  carrier: str = "twilio", keys: CarrierKeys | None = None,
-                 answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None) -> None:
+                 answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None,
+                 sip_url: str | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
-        if carrier not in CARRIERS:
-            raise ValueError(f"unknown carrier {carrier!r}; one of {', '.join(CARRIERS)}")
+        if carrier not in (*CARRIERS, SIP_CARRIER):
+            raise ValueError(f"unknown carrier {carrier!r}; one of {', '.join((*CARRIERS, SIP_CARRIER))}")
+        if carrier == SIP_CARRIER and not sip_url:
+            raise ValueError("an openai-sip call needs sip_url (the local model's SIP leg)")
+        self.sip_url = sip_url
         self.carrier = carrier
         self.answer = answer
         self.keys = keys or CarrierKeys()
@@ -176,6 +183,10 @@ class CallerSimulator:
                 url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/media"
                 params = {"caller": caller.from_, "called": caller.to}
             await self._open_stream(url, params)
+        elif self.carrier == SIP_CARRIER:
+            assert self.sip_url is not None
+            self.socket = await SipLine.dial(self.sip_url, from_=caller.from_, to=caller.to,
+                                             params={"run_id": self.run_id})
         else:
             self.socket = await dial(self.carrier, self.gateway_url, from_=caller.from_, to=caller.to,
                                      params={"run_id": self.run_id}, keys=self.keys,
@@ -439,14 +450,17 @@ async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, s
                        out: Callable[[str], None] | None = None,
                        headers: dict[str, str] | None = None, carrier: str = "twilio",
                        keys: CarrierKeys | None = None,
-                       answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None) -> CallResult:
+                       answer: Callable[[dict[str, str]], Awaitable[CallerLine]] | None = None,
+                       sip_url: str | None = None) -> CallResult:
     """Place ``scenario``'s call through the gateway at ``gateway_url`` and follow it on NATS at ``nats_url``.
 
     ``speed`` > 1 paces audio faster than real time (tests only); ``wav`` writes the stereo recording;
     ``twiml`` fetches ``POST /twilio/voice`` first; ``out`` receives printable lines (what both sides said);
     ``headers`` are sent on the Twilio upgrade when ``twiml`` is off (e.g. ``X-Twilio-Signature``);
     ``carrier`` is the carrier to speak and ``keys`` what to sign its webhooks with; ``answer``: the simulator is
-    the callee of an outbound call (module docstring).
+    the callee of an outbound call (module docstring); ``sip_url`` is the local model's SIP leg for
+    ``carrier="openai-sip"`` (:mod:`switchboard.caller.sip`: the call reaches the gateway as OpenAI's webhook, not
+    through ``gateway_url``).
 
     Returns:
         A :class:`CallResult`; ``ok`` is false when the call could not be placed or an expectation failed.
@@ -458,6 +472,6 @@ async def run_scenario(scenario: Scenario, *, gateway_url: str, nats_url: str, s
     try:
         return await CallerSimulator(scenario, gateway_url=gateway_url, bus=bus, speed=speed, wav=wav, twiml=twiml,
                                      turn_timeout=turn_timeout, out=out, headers=headers, carrier=carrier,
-                                     keys=keys, answer=answer).run()
+                                     keys=keys, answer=answer, sip_url=sip_url).run()
     finally:
         await bus.close()
