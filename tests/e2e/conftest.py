@@ -48,15 +48,18 @@ class System:
 
 @contextlib.asynccontextmanager
 async def running_system(data: Path, extra_env: dict[str, str] | None = None) -> AsyncIterator[System]:
-    """``switchboard up``'s supervisor on free ports with data dir ``data``; ``extra_env`` goes to every child."""
+    """``switchboard up``'s supervisor on free ports with data dir ``data``; ``extra_env`` goes to every child
+    (``{gateway_url}`` in a value becomes the gateway's base URL, e.g. for ``SWITCHBOARD_PUBLIC_URL``)."""
     ports = {name: natsserver.free_port() for name in ("nats", "gateway", "recorder", "analytics", "localmodel",
                                                 "session_metrics", "tools_metrics")}
+    gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+    extra_env = {key: value.replace("{gateway_url}", gateway_url) for key, value in (extra_env or {}).items()}
     settings = load_settings(data_dir=data, nats_url=None, nats_port=ports["nats"], gateway_port=ports["gateway"],
                              recorder_port=ports["recorder"], analytics_port=ports["analytics"],
                              localmodel_port=ports["localmodel"], session_metrics_port=ports["session_metrics"],
                              tools_metrics_port=ports["tools_metrics"],
                              agent=ROOT / "agents" / "receptionist.yaml", realtime_url=None, openai_api_key=None)
-    supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast", **(extra_env or {})})
+    supervisor = Supervisor(settings, extra_env={"SWITCHBOARD_LOCALMODEL_PACING": "fast", **extra_env})
     try:
         await supervisor.start(ready_timeout=120)
     except RuntimeError:

@@ -3,18 +3,17 @@ real processes, with the gateway verifying every webhook signature (no insecure 
 simulator signs as each vendor signs, with test keys the gateway is configured with.
 
 For each call: the scenario's expectations hold (tool calls, barge-in, who ended it), the call was started by
-that carrier with its audio format, and the recorder archived it. The barge-in scenario ends in a transfer: over
-Twilio, Telnyx and Vonage it reaches a local fake of the carrier's REST API (``tests.integration.carrier_support.py``)
-as the vendor documents it, for that call; the book-appointment scenario ends with the agent's hangup, which reaches
-the fake the same way. (Plivo's transfer needs ``SWITCHBOARD_PUBLIC_URL`` — Plivo fetches the ``<Dial>`` from the
-gateway — which the supervisor's free ports do not give in advance: its API calls are covered by
-``tests/integration/test_gateway_call_control.py``.)
+that carrier with its audio format, and the recorder archived it. The barge-in scenario ends in a transfer: it
+reaches a local fake of the carrier's REST API (``tests.integration.carrier_support.py``) as the vendor documents
+it, for that call (Plivo's names the gateway's ``/plivo/transfer`` XML, so the gateway's public URL is set); the
+book-appointment scenario ends with the agent's hangup, which reaches the fake the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -39,6 +38,7 @@ ACCOUNT_SID = "AC" + "2" * 32
 TRANSFER_TO = "+15559870100"
 """The tools service's default ``SWITCHBOARD_TRANSFER_NUMBER``."""
 FAKE_API = FakeCarrierApi()
+PLIVO_AUTH_ID = "MAE2E0000000000000000"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,9 @@ async def carrier_system(request: pytest.FixtureRequest, tmp_path_factory: pytes
            "SWITCHBOARD_TWILIO_ACCOUNT_SID": ACCOUNT_SID, "SWITCHBOARD_TWILIO_API_URL": fake_api.url,
            "SWITCHBOARD_TELNYX_API_KEY": "KEY-e2e", "SWITCHBOARD_TELNYX_API_URL": fake_api.url + "/v2",
            "SWITCHBOARD_VONAGE_APPLICATION_ID": VONAGE_APP, "SWITCHBOARD_VONAGE_PRIVATE_KEY": VONAGE_KEY,
-           "SWITCHBOARD_VONAGE_API_URL": fake_api.url}
+           "SWITCHBOARD_VONAGE_API_URL": fake_api.url,
+           "SWITCHBOARD_PLIVO_AUTH_ID": PLIVO_AUTH_ID, "SWITCHBOARD_PLIVO_API_URL": fake_api.url,
+           "SWITCHBOARD_PUBLIC_URL": "{gateway_url}"}
     carrier = str(request.param)
     async with running_system(tmp_path_factory.mktemp(f"e2e-{carrier}"), env) as running:
         yield carrier, running
@@ -94,7 +96,7 @@ async def test_scenario_over_carrier(carrier_system: tuple[str, System], scenari
     leg = [r for r in FAKE_API.requests if started["carrier_call_id"] in r["path"]]
     transfers = [r for r in leg if r["action"] == "transfer"]
     hangups = [r for r in leg if r["action"] == "hangup"]
-    assert hangups if scenario == "book-appointment" and carrier != "plivo" else not hangups, leg
+    assert hangups if scenario == "book-appointment" else not hangups, leg
     if scenario == "barge-in" and carrier == "twilio":
         [request] = transfers
         assert request["path"] == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{started['carrier_call_id']}.json"
@@ -108,6 +110,12 @@ async def test_scenario_over_carrier(carrier_system: tuple[str, System], scenari
         assert request["method"] == "PUT" and request["path"] == f"/v1/calls/{started['carrier_call_id']}"
         assert request["body"]["destination"]["ncco"][0]["endpoint"] == [
             {"type": "phone", "number": TRANSFER_TO.removeprefix("+")}]
+    elif scenario == "barge-in" and carrier == "plivo":
+        [request] = transfers
+        assert request["path"] == f"/v1/Account/{PLIVO_AUTH_ID}/Call/{started['carrier_call_id']}/"
+        assert request["body"]["legs"] == "aleg"
+        assert request["body"]["aleg_url"] == (f"{signed_system.gateway_url}/plivo/transfer?"
+                                               + urlencode({"to": TRANSFER_TO}))
     else:
         assert transfers == []
 
