@@ -91,8 +91,9 @@ def summarize(results: list[CallResult], late_ms: float) -> dict[str, Any]:
 class LagSampler:
     """Samples the recorder's lag per stream every ``interval`` s (see the module docstring)."""
 
-    def __init__(self, nats_url: str, interval: float = 0.5) -> None:
+    def __init__(self, nats_url: str, options: dict[str, Any], interval: float = 0.5) -> None:
         self.nats_url = nats_url
+        self.options = options
         self.interval = interval
         self.samples: dict[str, list[float]] = {s: [] for s in STREAMS}
 
@@ -113,7 +114,7 @@ class LagSampler:
 
     async def current(self) -> float:
         """The largest lag over every stream right now."""
-        nc = await nats.connect(self.nats_url, connect_timeout=5)
+        nc = await nats.connect(self.nats_url, connect_timeout=5, **self.options)
         try:
             js = nc.jetstream()
             return max([await self.lag(js, s) for s in STREAMS])
@@ -122,7 +123,7 @@ class LagSampler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until ``stop`` is set."""
-        nc = await nats.connect(self.nats_url, connect_timeout=5)
+        nc = await nats.connect(self.nats_url, connect_timeout=5, **self.options)
         try:
             js = nc.jetstream()
             while not stop.is_set():
@@ -174,7 +175,7 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
                              f"sb{calls}") if profile else [])
     pids["localmodel"] = stack.pid("localmodel")
     pids["loadgen"] = os.getpid()
-    sampler = LagSampler(stack.nats_url)
+    sampler = LagSampler(stack.nats_url, stack.supervisor.operator_options())
     stop = asyncio.Event()
     lag_task = asyncio.create_task(sampler.run(stop))
     before, t0 = _cpu(pids), time.monotonic()
