@@ -14,7 +14,8 @@ One command (``make bench`` runs it with the other benches):
    ``--step`` from 60 with short rounds first.
 
 Prints per N: CPU per call-second (ms of CPU per second of call audio) of every Switchboard process
-(nats-server, gateway, session, tools, recorder; from ``/proc``, :mod:`bench._proc_cpu`) and their sum, the
+(nats-server, gateway, session, tools, recorder, analytics: every process ``switchboard up`` runs but the local
+model; from ``/proc``, :mod:`bench._proc_cpu`) and their sum, the
 bare bridge's, the ratio; echo round trip p50/p95/p99 (send of a frame → its return), late share (round trip
 over ``--late-ms``), frames lost / duplicated, audio returned that the callers never sent; recorder lag (age of
 the oldest message the recorder has not yet archived — its durable consumer's ack floor + 1, JetStream's storage
@@ -57,7 +58,7 @@ from shared import subjects  # noqa: E402
 from switchboard import natsserver  # noqa: E402
 from tests.drills_support import Stack  # noqa: E402
 
-SB_PROCS = ("nats", "gateway", "session", "tools", "recorder")
+SB_PROCS = ("nats", "gateway", "session", "tools", "recorder", "analytics")
 """The processes whose CPU is Switchboard's (the local model stands in for OpenAI and is excluded)."""
 STREAMS = (subjects.RT_STREAM.name, subjects.CALLS_STREAM.name, subjects.TRACES_STREAM.name)
 ECHO_MODEL = "switchboard-echo"
@@ -171,7 +172,7 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
                             profile: Path | None = None, echo_marks: bool = True) -> dict[str, Any]:
     """N calls through the gateway; CPU of every Switchboard process until the recorder caught up."""
     pids = {name: stack.pid(name) for name in SB_PROCS}
-    spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder")}, seconds, profile,
+    spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder", "analytics")}, seconds, profile,
                              f"sb{calls}") if profile else [])
     pids["localmodel"] = stack.pid("localmodel")
     pids["loadgen"] = os.getpid()
