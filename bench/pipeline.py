@@ -14,7 +14,8 @@ One command (``make bench`` runs it with the other benches):
    ``--step`` from 60 with short rounds first.
 
 Prints per N: CPU per call-second (ms of CPU per second of call audio) of every Switchboard process
-(nats-server, gateway, session, tools, recorder; from ``/proc``, :mod:`bench._proc_cpu`) and their sum, the
+(nats-server, gateway, session, tools, recorder, analytics: every process ``switchboard up`` runs but the local
+model; from ``/proc``, :mod:`bench._proc_cpu`) and their sum, the
 bare bridge's, the ratio; echo round trip p50/p95/p99 (send of a frame → its return), late share (round trip
 over ``--late-ms``), frames lost / duplicated, audio returned that the callers never sent; recorder lag (age of
 the oldest message the recorder has not yet archived — its durable consumer's ack floor + 1, JetStream's storage
@@ -57,7 +58,7 @@ from shared import subjects  # noqa: E402
 from switchboard import natsserver  # noqa: E402
 from tests.drills_support import Stack  # noqa: E402
 
-SB_PROCS = ("nats", "gateway", "session", "tools", "recorder")
+SB_PROCS = ("nats", "gateway", "session", "tools", "recorder", "analytics")
 """The processes whose CPU is Switchboard's (the local model stands in for OpenAI and is excluded)."""
 STREAMS = (subjects.RT_STREAM.name, subjects.CALLS_STREAM.name, subjects.TRACES_STREAM.name)
 ECHO_MODEL = "switchboard-echo"
@@ -91,8 +92,9 @@ def summarize(results: list[CallResult], late_ms: float) -> dict[str, Any]:
 class LagSampler:
     """Samples the recorder's lag per stream every ``interval`` s (see the module docstring)."""
 
-    def __init__(self, nats_url: str, interval: float = 0.5) -> None:
+    def __init__(self, nats_url: str, options: dict[str, Any], interval: float = 0.5) -> None:
         self.nats_url = nats_url
+        self.options = options
         self.interval = interval
         self.samples: dict[str, list[float]] = {s: [] for s in STREAMS}
 
@@ -113,7 +115,7 @@ class LagSampler:
 
     async def current(self) -> float:
         """The largest lag over every stream right now."""
-        nc = await nats.connect(self.nats_url, connect_timeout=5)
+        nc = await nats.connect(self.nats_url, connect_timeout=5, **self.options)
         try:
             js = nc.jetstream()
             return max([await self.lag(js, s) for s in STREAMS])
@@ -122,7 +124,7 @@ class LagSampler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until ``stop`` is set."""
-        nc = await nats.connect(self.nats_url, connect_timeout=5)
+        nc = await nats.connect(self.nats_url, connect_timeout=5, **self.options)
         try:
             js = nc.jetstream()
             while not stop.is_set():
@@ -170,11 +172,11 @@ async def switchboard_round(stack: Stack, calls: int, seconds: float, late_ms: f
                             profile: Path | None = None, echo_marks: bool = True) -> dict[str, Any]:
     """N calls through the gateway; CPU of every Switchboard process until the recorder caught up."""
     pids = {name: stack.pid(name) for name in SB_PROCS}
-    spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder")}, seconds, profile,
+    spies = (start_profilers({k: pids[k] for k in ("gateway", "session", "recorder", "analytics")}, seconds, profile,
                              f"sb{calls}") if profile else [])
     pids["localmodel"] = stack.pid("localmodel")
     pids["loadgen"] = os.getpid()
-    sampler = LagSampler(stack.nats_url)
+    sampler = LagSampler(stack.nats_url, stack.supervisor.operator_options())
     stop = asyncio.Event()
     lag_task = asyncio.create_task(sampler.run(stop))
     before, t0 = _cpu(pids), time.monotonic()

@@ -1,19 +1,15 @@
 """One call's bridge between a carrier socket and the bus (docs/architecture.md; docs/events.asyncapi.yaml).
 
-Inbound: caller audio → ``call.<id>.audio.in`` (core NATS, raw carrier-native bytes, in order, header
-``Switchboard-Audio-Format``); keypad digits → ``call.<id>.carrier.dtmf``; mark echoes →
-``call.<id>.carrier.mark``. Outbound: ``rt.<id>.server.response.output_audio.delta`` (a core subscription on
-the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio + a mark per chunk, converted
-only when the model's output format (from ``session.updated``) differs from the carrier's; commands
-``call.<id>.command.{clear,hangup,transfer,play,replay,dtmf}``. Lifecycle: ``call.<id>.started`` when the carrier's
-start arrives, ``call.<id>.ended`` (``reason``, ``duration_ms``, ``audio_in_ms``, ``audio_out_ms``) exactly once; the
-first reason wins. With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000)
-once no inbound media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``); it samples a
-frame counter every ``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends between ``idle_s``
-and ``1.25 × idle_s`` (at most ``idle_s + 5``) after the last frame.
-
-Caller audio on its way to the bus (batched, held until the session listens, kept for replay) is
-:mod:`.caller_audio`.
+Inbound: caller audio → ``call.<id>.audio.in`` (:mod:`.caller_audio`: batched, held until the session listens, kept
+for replay); keypad digits → ``call.<id>.carrier.dtmf``; mark echoes → ``call.<id>.carrier.mark`` (played ones at a
+bounded rate: :class:`~services.gateway.outbound.MarkPublisher`). Outbound: ``rt.<id>.server.response.output_audio
+.delta`` (a core subscription on the logged Realtime event; duplicates dropped by seq in the bus) → carrier audio +
+a mark per chunk, converted only when the model's output format (from ``session.updated``) differs from the
+carrier's; commands ``call.<id>.command.{clear,hangup,transfer,play,replay,dtmf}``. Lifecycle:
+``call.<id>.started`` when the carrier's start arrives, ``call.<id>.ended`` exactly once; the first reason wins.
+With ``idle_s`` set, a watchdog ends the call with ``carrier_silent`` (and closes the socket, 1000) once no inbound
+media frame arrived for ``idle_s`` seconds (``SWITCHBOARD_CARRIER_IDLE_S``): it samples a frame counter every
+``min(5, idle_s / 4)`` s, so nothing is paid per frame and the call ends at most ``idle_s + 5`` s after the last.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.caller_audio import CallerAudio
-from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue
+from services.gateway.outbound import AudioChunk, Control, MarkBook, MarkPublisher, OutboundQueue
 from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
@@ -132,6 +128,8 @@ class CallBridge:
             session_hold_s = 0.0  # the session already listens
         self.queue = OutboundQueue(max_outbound_chunks)
         self.marks = MarkBook()
+        self.echoes = MarkPublisher(self.marks, lambda m: self.bus.publish_event(self._mark_subject, m.encode(),
+                                                                                 call_id=self.call_id))
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self._carrier_fmt = start.audio_format
@@ -173,6 +171,8 @@ class CallBridge:
         self._ctx_token = otel_context.attach(trace.set_span_in_context(self._span))
         self._subs = [
             await self.bus.subscribe(subjects.rt_server(cid, "response.output_audio.delta"), self._on_delta),
+            await self.bus.subscribe(subjects.rt_server(cid, "response.done"),
+                                     lambda env: self.echoes.response_done(env.json())),
             await self.bus.subscribe(subjects.rt_server(cid, "session.updated"), self._on_session_updated),
             await self.bus.subscribe(subjects.command(cid, "*"), self._on_command),
         ]
@@ -254,6 +254,10 @@ class CallBridge:
             await self.caller_audio.flush()
         except Exception:
             log.exception("call %s: could not publish the last audio", self.call_id)
+        try:  # and the played position the held mark echoes carry
+            await self.echoes.close()
+        except Exception:
+            log.exception("call %s: could not publish the last mark echoes", self.call_id)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -333,11 +337,8 @@ class CallBridge:
 
     async def mark_echo(self, name: str) -> None:
         """A mark came back from the carrier: publish ``call.<id>.carrier.mark`` (unknown names ignored)."""
-        echo = self.marks.echo(name)
-        if echo is None:
+        if not await self.echoes.carrier_echo(name):  # played echoes go out at a bounded rate (.outbound)
             log.warning("call %s: ignoring echo of unknown mark %r", self.call_id, name[:80])
-            return
-        await self.bus.publish_event(self._mark_subject, echo.encode(), call_id=self.call_id)
 
     # --- bus → carrier -----------------------------------------------------------------------------------
 
@@ -367,7 +368,7 @@ class CallBridge:
         try:
             event = env.json_fast()
             audio = base64.b64decode(event["delta"], validate=True)
-            item_id = str(event.get("item_id") or event.get("response_id") or "item")
+            item_id = self.marks.item_of(event)  # and its response (services.gateway.outbound.MarkPublisher)
         except (ValueError, KeyError, TypeError, binascii.Error):
             log.warning("call %s: ignoring malformed output_audio.delta", self.call_id)
             return
@@ -426,12 +427,11 @@ class CallBridge:
         """``command.clear``: drop unsent audio, send ``clear`` next, treat pending marks as cleared.
 
         Chunks dropped before they were sent never reach the carrier, so their (cleared) mark payloads are
-        published here; marks already sent echo from the carrier after the ``clear``.
+        published here, after the held played echoes; marks already sent echo from the carrier after the ``clear``.
         """
         dropped = self.queue.put_clear()
         self.marks.clear()
-        for echo in self.marks.unsent(dropped):
-            self._soon(self.bus.publish_event(self._mark_subject, echo.encode(), call_id=self.call_id))
+        self._soon(self.echoes.cleared(self.marks.unsent(dropped)))
 
     def _play(self, command: CommandPlay) -> None:
         """``command.play``: its audio queued like model audio (converted when its format is not the carrier's)."""
@@ -444,6 +444,7 @@ class CallBridge:
                 log.warning("call %s: ignoring play command: %s", self.call_id, exc)
                 return
         self.enqueue(audio, command.item_id or "play")
+        self.marks.complete([command.item_id or "play"])
 
     def _soon(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)

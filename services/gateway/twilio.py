@@ -46,7 +46,8 @@ from shared.audio import PCMU
 from shared.carriers import twilio as tw
 
 __all__ = ["HANGUP_CLOSE_CODES", "INTERNAL_ERROR", "POLICY_VIOLATION", "PROTOCOL_CLOSE_CODES", "START_TIMEOUT_S",
-           "TwilioSink", "TwilioStream", "close_socket", "disconnect_reason", "receive_before", "twiml_response"]
+           "TwilioSink", "TwilioStream", "close_socket", "disconnect_reason", "mark_echo_name", "receive_before",
+           "twiml_response"]
 
 
 def twiml_response(stream_url: str, form: Mapping[str, str], agent: str, *, call_id: str | None = None,
@@ -129,6 +130,10 @@ class TwilioStream(CarrierStream):
             if track in ("inbound", "inbound_track"):
                 await bridge.audio_in(tw.decode_payload(payload))
             return True
+        name = mark_echo_name(raw)
+        if name is not None and bridge is not None:
+            await bridge.mark_echo(name)
+            return True
         msg = tw.validate_inbound(raw)
         if isinstance(msg, tw.Media):
             if bridge is None:
@@ -177,3 +182,18 @@ class TwilioStream(CarrierStream):
             custom_parameters=params,
         )
         await self.open_call(TwilioSink(self.ws, start.stream_id or ""), start, call_id=call_id, resumed=resumed)
+
+
+def mark_echo_name(raw: Any) -> str | None:
+    """Fast path for a well-formed ``mark`` echo (one per chunk of agent audio): its ``mark.name``, or None for
+    anything else, which then goes through :func:`shared.carriers.twilio.validate_inbound` for full validation and
+    a precise error. Accepts exactly what :class:`shared.carriers.twilio.Mark` accepts (extra keys ignored)."""
+    if type(raw) is not dict or raw.get("event") != "mark":
+        return None
+    mark = raw.get("mark")
+    if type(mark) is not dict:
+        return None
+    name = mark.get("name")
+    if type(name) is not str or type(raw.get("sequenceNumber", "")) is not str:
+        return None
+    return name if type(raw.get("streamSid", "")) is str else None

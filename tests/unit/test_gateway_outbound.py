@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.gateway.outbound import AudioChunk, Control, MarkBook, OutboundQueue, mark_name
+from services.gateway.outbound import AudioChunk, Control, MarkBook, MarkPublisher, OutboundQueue, mark_name
 from services.gateway.security import BrowserTokens, TokenError, TwilioSignatures, public_url_for
+from shared.contracts import CarrierMark
 
 
 def chunk(item: str, total: int) -> AudioChunk:
@@ -79,6 +80,89 @@ def test_mark_book_played_is_monotonic(ops: list[str]) -> None:
         elif op == "clear":
             book.clear()
     assert book.played("x") <= total
+
+
+def played(item: str, total: int, *, cleared: bool = False) -> CarrierMark:
+    return CarrierMark(name=mark_name(item, total), item_id=item, played_bytes=total, cleared=cleared)
+
+
+async def test_mark_publisher_holds_played_echoes_and_flushes_them_before_cleared_ones() -> None:
+    sent: list[CarrierMark] = []
+
+    async def publish(mark: CarrierMark) -> None:
+        sent.append(mark)
+
+    marks = MarkPublisher(MarkBook(), publish, interval_s=3600.0)
+    await marks.echo(played("a", 160))  # nothing published lately: at once
+    for echo in (played("a", 320), played("b", 80), played("a", 480)):
+        await marks.echo(echo)  # within the interval: held, the latest per item
+    assert sent == [played("a", 160)]
+    await marks.echo(played("a", 480, cleared=True))  # a clear: what played goes out first, then the cleared echo
+    assert sent == [played("a", 160), played("b", 80), played("a", 480), played("a", 480, cleared=True)]
+    assert (marks.published, marks.replaced) == (4, 1)
+    await marks.echo(played("b", 160))
+    await marks.cleared([played("c", 0, cleared=True)])
+    await marks.close()
+    assert sent[4:] == [played("b", 160), played("c", 0, cleared=True)]
+    with pytest.raises(ValueError):
+        MarkPublisher(MarkBook(), publish, interval_s=-1)
+
+
+async def test_the_echo_that_ends_an_items_audio_is_published_at_once() -> None:
+    sent: list[CarrierMark] = []
+
+    async def publish(mark: CarrierMark) -> None:
+        sent.append(mark)
+
+    book = MarkBook()
+    marks = MarkPublisher(book, publish, interval_s=3600.0)
+    assert book.item_of({"response_id": "r1", "item_id": "a", "delta": ""}) == "a"
+    for total in (160, 320, 480):
+        book.sent(chunk("a", total))
+    assert await marks.carrier_echo("a:160") and await marks.carrier_echo("a:320")  # the second is held
+    assert not await marks.carrier_echo("a:320") and not await marks.carrier_echo("never:sent")
+    assert sent == [played("a", 160)] and not book.settled("a")
+    await marks.response_done({"type": "response.done", "response": {"id": "r1"}})  # a:480 still plays
+    assert sent == [played("a", 160)] and not book.settled("a")
+    assert await marks.carrier_echo("a:480")  # played to its end: out at once, after the held one
+    assert sent == [played("a", 160), played("a", 320), played("a", 480)] and book.settled("a")
+    # the echo came before response.done was handled: held, then out with it
+    book.sent(chunk("b", 160))
+    assert await marks.carrier_echo("b:160") and sent[-1] == played("a", 480)
+    await marks.response_done({"response": {"id": "r2"}})  # not b's response (nor malformed events below)
+    bad_events: list[object] = [{}, [], {"response": {"id": 5}}]
+    for bad in bad_events:
+        await marks.response_done(bad)
+    assert sent[-1] == played("a", 480)
+    assert book.item_of({"response_id": "r3", "item_id": "b"}) == "b"  # its delta handled after response.done
+    await marks.response_done({"response": {"id": "r3"}})
+    assert sent[-1] == played("b", 160)
+    book.complete(["play"])  # a clip queued whole
+    book.sent(chunk("play", 160))
+    assert await marks.carrier_echo("play:160") and sent[-1] == played("play", 160)
+    assert book.item_of({"response_id": "r4"}) == "r4" and book.item_of({}) == "item"
+
+
+async def test_mark_publisher_publishes_the_held_echo_when_the_interval_has_passed() -> None:
+    sent: list[CarrierMark] = []
+    published = asyncio.Event()
+
+    async def publish(mark: CarrierMark) -> None:
+        sent.append(mark)
+        published.set()
+
+    marks = MarkPublisher(MarkBook(), publish, interval_s=0.01)
+    for total in (160, 320, 480):
+        await marks.echo(played("a", total))
+    while played("a", 480) not in sent:  # no flush: the timer publishes the latest held echo
+        published.clear()
+        await asyncio.wait_for(published.wait(), 5)
+    assert sent[0] == played("a", 160) and sent[-1] == played("a", 480)
+    assert sorted(sent, key=lambda m: m.played_bytes) == sent and marks.published + marks.replaced == 3
+    every = MarkPublisher(MarkBook(), publish, interval_s=0)
+    for total in (640, 800):
+        await every.echo(played("a", total))
+    assert sent[-2:] == [played("a", 640), played("a", 800)]
 
 
 async def test_browser_tokens() -> None:

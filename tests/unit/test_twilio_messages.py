@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.gateway.twilio import mark_echo_name
 from shared.carriers import twilio as tw
 
 # Examples in the shapes of Twilio's documentation (https://www.twilio.com/docs/voice/media-streams/websocket-messages).
@@ -131,3 +132,21 @@ def test_fuzz_parser_only_raises_protocol_errors(frame: str) -> None:
     if isinstance(message, tw.Media):
         with contextlib.suppress(tw.TwilioProtocolError):
             tw.decode_payload(message.media.payload)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(twilio_like(), st.builds(lambda name, seq, sid: {"event": "mark", "mark": {"name": name},
+                                                                  "sequenceNumber": seq, "streamSid": sid},
+                                          json_values, json_values, json_values)))
+def test_the_gateways_mark_fast_path_agrees_with_full_validation(message: Any) -> None:
+    raw = json.loads(message) if isinstance(message, str) else message
+    fast = mark_echo_name(raw)
+    try:
+        full = tw.validate_inbound(raw)
+    except tw.TwilioProtocolError:
+        assert fast is None  # bad input takes the full path and its precise error
+        return
+    if fast is not None:
+        assert isinstance(full, tw.Mark) and full.mark.name == fast
+    else:  # anything the fast path declines still parses (e.g. a null sequenceNumber)
+        assert not isinstance(full, tw.Mark) or raw.get("sequenceNumber", "") is None
