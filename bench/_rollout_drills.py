@@ -90,8 +90,9 @@ async def _scenario_call(rs: RolloutStack, timeout: float = 20.0) -> str | None:
     return None
 
 
-async def _kill9_owner(rs: RolloutStack) -> list[str]:
-    """kill -9 the session instance that owns the scenario's call (else the one owning the most calls)."""
+async def _owner_pid(rs: RolloutStack) -> tuple[int, str]:
+    """The pid of the session instance that owns the scenario's call (else the one owning the most calls), and a
+    note naming it."""
     target = await _scenario_call(rs)
     nc = await nats.connect(servers=rs.stack.nats_url.split(","), connect_timeout=10,
                             **rs.stack.supervisor.operator_options())
@@ -111,10 +112,23 @@ async def _kill9_owner(rs: RolloutStack) -> list[str]:
         counts[o.owner] = counts.get(o.owner, 0) + 1
     instance = owners[target].owner if target in owners else max(counts, key=lambda k: counts[k])
     pid = int(instance.rsplit(":", 2)[1])
-    names = rs.switchboard_pids()
+    name = rs.switchboard_pids().get(pid, ("?", False))[0]
+    return pid, (f"{name} (pid {pid}), owner of {counts.get(instance, 0)} of {len(owners)} calls"
+                 f"{' incl. the scenario' if target in owners else ''}")
+
+
+async def _kill9_owner(rs: RolloutStack) -> list[str]:
+    """kill -9 the session instance that owns the scenario's call; the peer takes its calls over after the lapse."""
+    pid, note = await _owner_pid(rs)
     os.kill(pid, signal.SIGKILL)
-    return [f"kill -9 {names.get(pid, ('?', False))[0]} (pid {pid}), owner of {counts.get(instance, 0)} of "
-            f"{len(owners)} calls{' incl. the scenario' if target in owners else ''}"]
+    return [f"kill -9 {note}"]
+
+
+async def _sigterm_owner(rs: RolloutStack) -> list[str]:
+    """SIGTERM the session instance that owns the scenario's call: it hands its calls over to the peer."""
+    pid, note = await _owner_pid(rs)
+    os.kill(pid, signal.SIGTERM)
+    return [f"SIGTERM {note}"]
 
 
 async def _gateway_sigterm_peer(rs: RolloutStack) -> list[str]:
@@ -141,6 +155,7 @@ DRILLS: dict[str, Drill] = {d.name: d for d in (
     Drill("session-restart", _sigterm_restart("session")),
     Drill("tools-restart", _sigterm_restart("tools")),
     Drill("recorder-restart", _sigterm_restart("recorder")),
+    Drill("session-sigterm-peer", _sigterm_owner, extras=("session",)),
     Drill("session-kill9-peer", _kill9_owner, extras=("session",)),
     Drill("gateway-sigterm-peer", _gateway_sigterm_peer, extras=("gateway",), env={"SWITCHBOARD_DRAIN_S": "1"}),
     Drill("gateway-kill9-peer", _gateway_kill9_peer, extras=("gateway",)),

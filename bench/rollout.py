@@ -9,7 +9,8 @@ simulator, and ``--fault-after`` s in does one thing to the system:
 - ``gateway-restart``: SIGTERM the gateway (drain: its calls go on; the supervisor restarts it after they end);
 - ``session-restart`` / ``tools-restart`` / ``recorder-restart``: SIGTERM the service; the supervisor restarts
   it (the session's calls are taken over by the restarted instance after the drain);
-- ``session-kill9-peer``: two session instances; kill -9 the one that owns the scenario's call;
+- ``session-sigterm-peer``: two session instances; SIGTERM the one that owns the scenario's call (handover);
+- ``session-kill9-peer``: two session instances; kill -9 the one that owns the scenario's call (takeover);
 - ``gateway-sigterm-peer``: two gateways; SIGTERM one (drain 1 s): its callers follow ``<Redirect>`` to the other;
 - ``gateway-kill9-peer``: two gateways; kill -9 one: its callers follow ``<Redirect>`` as well.
 
@@ -45,8 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from _rollout_drills import DRILLS, DrillReport, run_drill, summary  # noqa: E402
 
-GAP_GOALS_S = {"session-kill9-peer": 3.0, "default": 1.0}
-"""The issue's gap goals: ≤ 3 s after a crash (p95), ≤ 1 s for a handover; printed, not enforced."""
+GAP_GOALS_S = {"session-sigterm-peer": 1.0, "gateway-sigterm-peer": 1.0, "session-kill9-peer": 3.0,
+               "gateway-kill9-peer": 3.0}
+"""The issue's gap goals with a peer running (p95 over the calls): ≤ 1 s for a handover, ≤ 3 s after a crash;
+printed, not enforced. A restart with no peer has none (the gap is the restart)."""
 CPU_GOAL = 0.05
 """The whole path's CPU per call-second at most 5 % above the baseline's (printed, not enforced: the machine
 is shared)."""
@@ -107,11 +110,11 @@ async def main(argv: list[str] | None = None) -> int:
     rows = [summary(r, baseline) for r in reports]
     print(table(rows))
     for r in reports[1:]:
-        goal = GAP_GOALS_S.get(r.name, GAP_GOALS_S["default"])
-        over = baseline.cpu_ms_per_call_s and r.cpu_ms_per_call_s > baseline.cpu_ms_per_call_s * (1 + CPU_GOAL)
-        if r.p95_gap_s > goal or over:
-            print(f"note: {r.name}: p95 gap {r.p95_gap_s:.2f}s (goal ≤ {goal:.0f}s)"
-                  f"{', CPU more than 5 % above the baseline' if over else ''}")
+        goal = GAP_GOALS_S.get(r.name)
+        if goal is not None and r.p95_gap_s > goal:
+            print(f"note: {r.name}: p95 gap {r.p95_gap_s:.2f}s (goal ≤ {goal:.0f}s)")
+        if baseline.cpu_ms_per_call_s and r.cpu_ms_per_call_s > baseline.cpu_ms_per_call_s * (1 + CPU_GOAL):
+            print(f"note: {r.name}: whole-path CPU per call-second more than 5 % above the baseline")
     stamp = datetime.now(UTC)
     path = args.json or ROOT / "bench" / "results" / f"rollout-{stamp:%Y-%m-%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
