@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 import nats
-from _rollout_load import EchoCall, place_echo_calls
+from _rollout_load import Balancer, EchoCall, place_echo_calls
 from _rollout_stack import CpuMeter, RolloutStack
 
 from services.recorder.recording import call_formats
@@ -41,6 +42,8 @@ __all__ = ["DRILLS", "Drill", "DrillReport", "run_drill"]
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_LEAD_S = 6.0
 """The scenario starts this long before the fault is due (its greeting and first reply take about that long)."""
+LOOK_AGAIN_S = 30.0
+"""When events are missing from the archive at the first look, the second look comes this much later (s)."""
 OFF_PATH = frozenset({"analytics"})
 """Processes off the call path, left out of the headline CPU figure (as in ``bench/pipeline.py``'s whole path:
 nats-server, gateway, session, tools, recorder); they are in ``cpu_by_process``."""
@@ -175,6 +178,8 @@ class DrillReport:
     p95_gap_s: float = 0.0
     """95th percentile over the echo calls of each call's longest silence (s)."""
     reconnects: int = 0
+    reconnect_s: list[float] = field(default_factory=list)
+    """Each echo call's reconnect: from the stream's close to ``start`` on the new one (s, sorted)."""
     events_acked: int = 0
     events_lost: int = 0
     """Acknowledged by JetStream (RT and CALLS), not in the archive."""
@@ -238,6 +243,11 @@ async def _account(rs: RolloutStack, report: DrillReport, echo: list[EchoCall], 
     call_ids = list(ids.values()) + ([scenario_call] if scenario_call else [])
     account = drills.DrillResult(report.name, calls=len(call_ids))
     await drills.account(rs.stack, account, call_ids, settle_s=120.0)
+    if account.lost:  # lost, or not archived yet? look again once the recorder had time to catch up
+        report.notes.append(f"{account.lost} events not archived at the first look")
+        await asyncio.sleep(LOOK_AGAIN_S)
+        account = drills.DrillResult(report.name, calls=len(call_ids))
+        await drills.account(rs.stack, account, call_ids, settle_s=10.0)
     report.events_acked, report.events_lost = account.acked, account.lost
     report.events_duplicated = account.duplicated
     report.notes += account.notes[:3]
@@ -280,8 +290,10 @@ async def _fault_when_mid_call(drill: Drill, rs: RolloutStack, sim: CallerSimula
     return notes + await drill.fault(rs)
 
 
-async def run_drill(drill: Drill, *, calls: int, seconds: float, fault_after: float) -> DrillReport:
-    """Run ``drill`` on a fresh system; never raises for a failed call (see :class:`DrillReport`).
+async def run_drill(drill: Drill, *, calls: int, seconds: float, fault_after: float,
+                    keep_logs: Path | None = None) -> DrillReport:
+    """Run ``drill`` on a fresh system; never raises for a failed call (see :class:`DrillReport`). ``keep_logs``:
+    copy the services' logs to ``keep_logs/<drill>/`` before the system's data directory is removed.
 
     The echo calls start at once; the scenario ``SCENARIO_LEAD_S`` s before ``fault_after``; the fault when both
     the echo calls have run ``fault_after`` s and the scenario's call is mid-call.
@@ -294,15 +306,18 @@ async def run_drill(drill: Drill, *, calls: int, seconds: float, fault_after: fl
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"rollout-{drill.name}-") as tmp:
         async with RolloutStack(Path(tmp) / "data", extra_env=drill.env, extras=drill.extras) as rs:
-            bus = await Bus.connect(rs.stack.nats_url, name="rollout-caller", source="caller", connect_timeout=10)
-            try:
+            async with contextlib.AsyncExitStack() as callers:
+                bus = await Bus.connect(rs.stack.nats_url, name="rollout-caller", source="caller",
+                                        connect_timeout=10)
+                callers.push_async_callback(bus.close)
+                balancer = await callers.enter_async_context(Balancer(rs.gateways))
                 sim = CallerSimulator(scenario, gateway_url=",".join(rs.gateways), bus=bus, speed=1.0,
                                       turn_timeout=90, out=lines.append)
                 meter = CpuMeter(rs)
                 meter.start()
                 echo = [EchoCall() for _ in range(calls)]
                 t0 = time.monotonic()
-                load = asyncio.create_task(place_echo_calls(rs.gateways, echo, seconds, frames))
+                load = asyncio.create_task(place_echo_calls(balancer, echo, seconds, frames))
                 await asyncio.sleep(max(0.0, fault_after - SCENARIO_LEAD_S))
                 sim_task = asyncio.create_task(sim.run())
                 fault_task = (asyncio.create_task(_fault_when_mid_call(drill, rs, sim, fault_after, t0))
@@ -315,8 +330,6 @@ async def run_drill(drill: Drill, *, calls: int, seconds: float, fault_after: fl
                     except Exception as exc:  # the figures are still worth having
                         report.notes.append(f"fault: {type(exc).__name__}: {exc}")
                 await meter.stop()
-            finally:
-                await bus.close()
             by_process = meter.by_name()
             report.cpu_by_process = by_process
             report.cpu_s = sum(v for k, v in by_process.items() if k not in OFF_PATH)
@@ -330,10 +343,13 @@ async def run_drill(drill: Drill, *, calls: int, seconds: float, fault_after: fl
             report.p95_gap_s = (statistics.quantiles(gaps, n=20, method="inclusive")[-1] if len(gaps) >= 2
                                 else report.max_gap_s)
             report.reconnects = sum(c.reconnects for c in echo) + sim.reconnects
+            report.reconnect_s = sorted(round(x, 2) for c in echo for x in c.reconnect_s)
             await _account(rs, report, echo, outcome.call_id)
             if outcome.call_id and not any(f.startswith("call failed") for f in outcome.failures) and \
                     report.scenario_end_reason in ("agent_hangup", "caller_hangup"):
                 report.completed += 1
+        if keep_logs is not None:
+            shutil.copytree(Path(tmp) / "data" / "logs", keep_logs / drill.name, dirs_exist_ok=True)
     report.seconds = time.monotonic() - started
     return report
 

@@ -6,8 +6,7 @@ Each call posts the voice webhook, opens the ``<Connect><Stream>`` and sends a 2
 gateway closes the stream before the caller hangs up, the caller requests the TwiML's ``<Redirect>`` — Twilio
 moves on to the next verb when ``<Connect>`` ends (https://www.twilio.com/docs/voice/twiml/connect) — and a
 ``<Connect><Stream>`` answer reconnects the same ``CallSid`` on a new stream; frames due meanwhile are lost, as on
-a phone line. Several gateways may be given: each request goes to the first whose ``/readyz`` answers 200 (the
-load balancer's job), so a redirect away from a draining gateway lands on another one.
+a phone line. Several gateways may be given: :class:`Balancer` plays the load balancer in front of them.
 
 The gap (:class:`PlayoutGaps`): agent audio is played out as it arrives, in real time; a frame arriving after
 everything received so far has played ends a silence of ``arrival − end of playout``. The longest such silence
@@ -24,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from shared.carriers import twilio as tw
 from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
 
-__all__ = ["EchoCall", "PlayoutGaps", "place_echo_calls", "ready_gateway"]
+__all__ = ["Balancer", "EchoCall", "PlayoutGaps", "place_echo_calls"]
 
 FRAME_S = 0.020
 """One Twilio media frame: 20 ms of μ-law 8 kHz."""
@@ -85,27 +84,64 @@ class EchoCall:
         return max(0.0, self.ended - self.started)
 
 
-async def ready_gateway(gateways: list[str], url: str) -> str:
-    """``url`` with its gateway base replaced by the first of ``gateways`` whose ``/readyz`` answers 200 (``url``
-    unchanged when it names none of them, or none is ready)."""
-    for base in gateways:
-        for scheme_base in (base, base.replace("http", "ws", 1)):
-            if not url.startswith(scheme_base + "/"):
-                continue
-            path = url[len(scheme_base):]
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                for candidate in gateways:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(candidate + "/readyz")).status_code == 200:
-                            return (candidate if scheme_base == base else candidate.replace("http", "ws", 1)) + path
+class Balancer:
+    """The load balancer in front of the gateways: probes each ``/readyz`` every ``interval`` s (as a load
+    balancer's health check does) and routes each request to the first gateway that answered 200 last time, so a
+    redirect away from a draining gateway lands on another one without waiting for a probe. Use as
+    ``async with``."""
+
+    def __init__(self, gateways: list[str], interval: float = 0.5) -> None:
+        if not gateways:
+            raise ValueError("no gateway")
+        self.gateways = gateways
+        self.interval = interval
+        self.healthy = list(gateways)
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Balancer:
+        self._client = httpx.AsyncClient(timeout=self.interval)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _probe(self, base: str) -> bool:
+        assert self._client is not None
+        try:
+            return (await self._client.get(base + "/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _run(self) -> None:
+        while True:
+            up = await asyncio.gather(*(self._probe(g) for g in self.gateways))
+            self.healthy = [g for g, ok in zip(self.gateways, up, strict=True) if ok]
+            await asyncio.sleep(self.interval)
+
+    def route(self, url: str) -> str:
+        """``url`` (http or ws) with its gateway replaced by the first healthy one (unchanged when it names none of
+        the gateways or none is healthy)."""
+        if not self.healthy:
             return url
-    return url
+        for base in self.gateways:
+            for scheme_base, target in ((base, self.healthy[0]),
+                                        (base.replace("http", "ws", 1), self.healthy[0].replace("http", "ws", 1))):
+                if url.startswith(scheme_base + "/"):
+                    return target + url[len(scheme_base):]
+        return url
 
 
 class _Caller:
-    def __init__(self, call: EchoCall, gateways: list[str], seconds: float, frames: list[bytes]) -> None:
+    def __init__(self, call: EchoCall, balancer: Balancer, seconds: float, frames: list[bytes]) -> None:
         self.call = call
-        self.gateways = gateways
+        self.balancer = balancer
         self.ticks = int(seconds / FRAME_S)
         self.frames = frames
         self.tick = 0
@@ -128,7 +164,7 @@ class _Caller:
 
     async def _stream(self, url: str, params: dict[str, str]) -> bool:
         """One stream until the caller hangs up (True) or the gateway closes it (False)."""
-        sock = await TwilioCallerSocket.connect(await ready_gateway(self.gateways, url))
+        sock = await TwilioCallerSocket.connect(self.balancer.route(url))
         sock.call_sid = self.call.call_sid
         await sock.start({**params, "agent": "echo", "run_id": self.call.run_id})
         if self.reconnected_from is not None:
@@ -138,6 +174,11 @@ class _Caller:
         try:
             while self.tick < self.ticks:
                 if reader.done():
+                    failure = reader.exception()
+                    if failure is not None and not isinstance(failure, ConnectionClosed):
+                        # what Twilio would not accept either: the call is not followed further
+                        self.call.error = f"the gateway sent an invalid frame: {type(failure).__name__}: {failure}"
+                        raise failure
                     return False
                 try:
                     await sock.media(self.frames[self.tick % len(self.frames)])
@@ -162,7 +203,7 @@ class _Caller:
 
     async def run(self) -> None:
         call = self.call
-        voice = await ready_gateway(self.gateways, self.gateways[0] + "/twilio/voice")
+        voice = self.balancer.route(self.balancer.gateways[0] + "/twilio/voice")
         document = await post_twiml(voice, {**self._form(), "CallStatus": "ringing"})
         url, params = tw.parse_twiml(document)
         redirect = tw.parse_redirect(document)
@@ -173,7 +214,7 @@ class _Caller:
                 call.error = "the gateway closed the stream and the TwiML has no <Redirect>"
                 return
             try:
-                document = await post_twiml(await ready_gateway(self.gateways, redirect), self._form())
+                document = await post_twiml(self.balancer.route(redirect), self._form())
                 url, params = tw.parse_twiml(document)
             except (httpx.HTTPError, ValueError) as exc:
                 call.error = f"the <Redirect> ended the call: {type(exc).__name__}: {exc}"[:200]
@@ -187,9 +228,9 @@ class _Caller:
                 self.tick = due
 
 
-async def place_echo_calls(gateways: list[str], calls: list[EchoCall], seconds: float, frames: list[bytes], *,
+async def place_echo_calls(balancer: Balancer, calls: list[EchoCall], seconds: float, frames: list[bytes], *,
                            stagger: float = 0.05) -> list[EchoCall]:
-    """Place ``calls`` (``stagger`` s apart), each ``seconds`` long, through ``gateways``; returns when all ended.
+    """Place ``calls`` (``stagger`` s apart), each ``seconds`` long, through ``balancer``; returns when all ended.
 
     A call that could not be placed or was cut off has :attr:`EchoCall.error` set; none raises.
     """
@@ -197,8 +238,8 @@ async def place_echo_calls(gateways: list[str], calls: list[EchoCall], seconds: 
     async def one(call: EchoCall, delay: float) -> None:
         await asyncio.sleep(delay)
         try:
-            await _Caller(call, gateways, seconds, frames).run()
-        except (OSError, WebSocketException, httpx.HTTPError, ValueError, tw.TwilioProtocolError) as exc:
+            await _Caller(call, balancer, seconds, frames).run()
+        except Exception as exc:  # recorded: one call's failure is a figure, not the end of the drill
             call.error = call.error or f"{type(exc).__name__}: {exc}"[:200]
         finally:
             call.ended = time.monotonic()

@@ -96,13 +96,15 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-after", type=float, default=12.0, help="fault this many s into the calls")
     parser.add_argument("--drills", type=parse_drills, default=list(DRILLS),
                         help=f"comma-separated, run in turn after the baseline (default all: {','.join(DRILLS)})")
+    parser.add_argument("--keep-logs", type=Path, help="copy each drill's service logs to KEEP_LOGS/<drill>/")
     parser.add_argument("--json", type=Path, help="where to write the result (default bench/results/rollout-*.json)")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.seconds <= args.fault_after:
         parser.error("--calls must be ≥ 1 and --seconds longer than --fault-after")
     reports: list[DrillReport] = []
     for name in args.drills:
-        report = await run_drill(DRILLS[name], calls=args.calls, seconds=args.seconds, fault_after=args.fault_after)
+        report = await run_drill(DRILLS[name], calls=args.calls, seconds=args.seconds, fault_after=args.fault_after,
+                                 keep_logs=args.keep_logs)
         reports.append(report)
         print(f"{name}: {'ok' if report.ok else 'FAILED'} in {report.seconds:.0f}s; {'; '.join(report.notes)[:600]}",
               flush=True)
