@@ -30,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import logging
 import os
 import tempfile
 import wave
@@ -41,12 +42,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.recorder.fencing import OwnerFence
 from services.recorder.records import ArchivedEvent
 from shared import audio
 from shared.contracts import CallStarted, CarrierMark, ContractError
 
 __all__ = ["GAP_TOLERANCE_MS", "EventLoader", "ItemPlayout", "Timeline", "cached_wav", "call_formats", "format_name",
            "render", "render_wav", "write_wav"]
+
+log = logging.getLogger("switchboard.recorder.recording")
 
 GAP_TOLERANCE_MS = 120.0
 """Caller frames arriving later than this after the previous frame's end start a silent gap (ms)."""
@@ -182,7 +186,8 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
     """Lay the call's audio on its timeline (see the module docstring); ``events`` in any order.
 
     ``t0_ns`` (unix ns) is the call's start; default the ``call.<id>.started`` event, else the first event.
-    Undecodable audio (bad base64) is skipped.
+    Undecodable audio (bad base64) is skipped, and so are agent audio and commands of a stale owner epoch
+    (:class:`~services.recorder.fencing.OwnerFence`: the gateway dropped them, the caller never heard them).
     """
     ordered = sorted(events, key=lambda e: (e.time_ns, e.stream, e.stream_seq))
     in_fmt, out_fmt = call_formats(ordered)
@@ -197,6 +202,7 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
     caller_start: float | None = None
     gap = GAP_TOLERANCE_MS * rate / 1000
     last_append_ns: int | None = None
+    fence = OwnerFence()
 
     def position(ev: ArchivedEvent) -> int:
         """Media time of ``ev`` in samples: wall clock from t0 until caller audio flows, then the caller
@@ -218,6 +224,8 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
             last_append_ns = ev.time_ns
         elif (ev.direction == "server" and ev.type == "response.output_audio.delta") or (
                 ev.direction is None and ev.type == "command.play"):
+            if not fence.current(ev.headers):
+                continue
             body = ev.json() or {}
             item_id = str(body.get("item_id") or "play")
             raw = _b64(body.get("delta") if ev.direction else body.get("audio"))
@@ -244,6 +252,8 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
             agent.write(start, pcm)
             play.end_ms = agent.cursor * 1000.0 / rate
         elif ev.direction is None and ev.type in ("command.clear", "ended"):
+            if not fence.current(ev.headers):
+                continue
             at = position(ev)
             if agent.cursor > at:
                 agent.cut(at)
@@ -253,6 +263,9 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
                         play.end_ms = max(play.start_ms, at * 1000.0 / rate)
             if ev.type == "ended":
                 break
+    if fence.ignored:
+        log.info("call %s: %d agent audio/command events of a stale owner epoch left out of the recording",
+                 ordered[0].call_id, fence.ignored)
     length = max(caller.cursor, agent.cursor, len(caller.data[:caller.cursor]))
     left = np.zeros(length, dtype=np.int16)
     right = np.zeros(length, dtype=np.int16)
