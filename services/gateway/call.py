@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.caller_audio import CallerAudio
-from services.gateway.outbound import AudioChunk, Control, MarkBook, MarkPublisher, OutboundQueue
+from services.gateway.outbound import MAX_CHUNK_BYTES, AudioChunk, Control, MarkBook, MarkPublisher, OutboundQueue
 from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
 from shared.audio import Converter, convert, ms_for_bytes, parse_format
@@ -375,13 +375,14 @@ class CallBridge:
         self.enqueue(audio if self._converter is None else self._converter.convert(audio), item_id)
 
     def enqueue(self, audio: bytes, item_id: str) -> None:
-        """Queue carrier-format audio for ``item_id``; over the bound it is dropped and counted."""
-        if not audio or self.ended.is_set():
+        """Queue carrier-format audio for ``item_id``, ``MAX_CHUNK_BYTES`` a chunk at most (over the bound: dropped)."""
+        if self.ended.is_set():
             return
-        cumulative = self._item_bytes.get(item_id, 0) + len(audio)
-        self._item_bytes[item_id] = cumulative
-        if not self.queue.put_audio(AudioChunk(audio, item_id, cumulative)):
-            metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
+        for start in range(0, len(audio), MAX_CHUNK_BYTES):  # one carrier message per chunk (MAX_CHUNK_BYTES)
+            part = audio[start:start + MAX_CHUNK_BYTES]
+            cumulative = self._item_bytes[item_id] = self._item_bytes.get(item_id, 0) + len(part)
+            if not self.queue.put_audio(AudioChunk(part, item_id, cumulative)):
+                metrics.OUTBOUND_DROPPED.add(1, {"switchboard.carrier": self.start.carrier})
 
     def _current(self, env: Envelope) -> bool:
         """False for a message of a stale owner epoch (``Switchboard-Epoch`` below the highest seen for this

@@ -32,7 +32,12 @@ from typing import Any, Literal
 
 from shared.contracts import CarrierMark
 
-__all__ = ["AudioChunk", "Control", "MarkBook", "MarkPublisher", "OutboundQueue", "mark_name"]
+__all__ = ["MAX_CHUNK_BYTES", "AudioChunk", "Control", "MarkBook", "MarkPublisher", "OutboundQueue", "mark_name"]
+
+MAX_CHUNK_BYTES = 16 * 1024
+"""Most audio one carrier message carries (bytes, carrier format): a model delta can hold seconds of audio (e.g.
+what a new session says after a reconnect), and a Twilio ``media`` message is limited to 64 KiB of JSON, base64
+included; larger deltas are sent as several chunks, each with its mark."""
 
 log = logging.getLogger(__name__)
 

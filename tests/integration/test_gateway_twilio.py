@@ -14,11 +14,12 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from services.gateway.outbound import MAX_CHUNK_BYTES
 from services.gateway.server import RunningGateway, running_gateway
 from shared import subjects
 from shared.audio import PCMU
 from shared.bus import Bus, Headers
-from shared.carriers.twilio import parse_redirect, parse_twiml
+from shared.carriers.twilio import MAX_MESSAGE_BYTES, parse_redirect, parse_twiml
 from shared.config import load_settings
 from switchboard.testing.echo_peer import EchoPeer
 from tests.integration.gateway_support import (  # noqa: F401 - bus_fixture
@@ -190,6 +191,24 @@ async def test_play_command_and_dedupe_of_retried_delta(gw: RunningGateway, peer
     got = [await recv_json(ws) for _ in range(4)]
     assert [m["event"] for m in got] == ["media", "mark", "media", "mark"]
     assert [m["mark"]["name"] for m in got if m["event"] == "mark"] == ["item_d:160", "item_p:160"]
+    await ws.close()
+
+
+async def test_a_long_delta_goes_out_in_messages_under_twilios_limit(gw: RunningGateway, peer: EchoPeer,
+                                                                     peer_bus: Bus, recorder: Recorder) -> None:
+    # e.g. what a new session says at once after a handover: 10 s of μ-law in one delta
+    ws, call_id, _ = await open_call(gw, recorder, peer)
+    audio = bytes(range(256)) * 320
+    event = {"type": "response.output_audio.delta", "item_id": "item_l", "response_id": "r",
+             "delta": base64.b64encode(audio).decode()}
+    await peer_bus.publish(subjects.rt_server(call_id, "response.output_audio.delta"), event, call_id=call_id)
+    chunks = -(-len(audio) // MAX_CHUNK_BYTES)
+    got = [await recv_json(ws) for _ in range(2 * chunks)]
+    media = [base64.b64decode(m["media"]["payload"]) for m in got if m["event"] == "media"]
+    assert b"".join(media) == audio and all(len(part) <= MAX_CHUNK_BYTES for part in media)
+    assert all(len(json.dumps(m)) < MAX_MESSAGE_BYTES for m in got)
+    marks = [m["mark"]["name"] for m in got if m["event"] == "mark"]
+    assert marks[-1] == f"item_l:{len(audio)}" and len(marks) == chunks
     await ws.close()
 
 
