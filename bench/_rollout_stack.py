@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from _proc_cpu import cpu_seconds_ticks
 
 from shared import subjects
 from switchboard import natsserver
-from tests.drills_support import Stack
+from tests.drills_support import Stack, terminate
 
 __all__ = ["CpuMeter", "RolloutStack"]
 
@@ -71,13 +70,7 @@ class RolloutStack:
     async def __aexit__(self, *exc: object) -> None:
         try:
             for proc in self.procs.values():
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.wait_for(proc.wait(), 20)
-                    except TimeoutError:
-                        proc.kill()
-                        await proc.wait()
+                await terminate(proc)
         finally:
             await self.stack.__aexit__(*exc)
 

@@ -50,7 +50,19 @@ from switchboard.caller.simulator import run_scenario
 from switchboard.scenario import load_scenario
 from switchboard.supervisor import Supervisor
 
-__all__ = ["Cluster", "DrillResult", "EchoLoad", "Stack", "account", "run_drill"]
+__all__ = ["Cluster", "DrillResult", "EchoLoad", "Stack", "account", "run_drill", "terminate"]
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float = 20.0) -> None:
+    """SIGTERM a child process still running; SIGKILL it after ``grace_s`` seconds; wait for it."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_S = 0.020

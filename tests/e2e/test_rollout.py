@@ -31,6 +31,7 @@ from switchboard import natsserver
 from switchboard.caller import CallResult, run_scenario
 from switchboard.scenario import load_scenario
 from switchboard.supervisor import Supervisor
+from tests.drills_support import terminate
 from tests.e2e.conftest import ROOT, SPEED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -96,13 +97,7 @@ async def rollout(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rol
         if bus is not None:
             await bus.close()
         for proc in extra.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 20)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await terminate(proc)
         await supervisor.stop()
 
 

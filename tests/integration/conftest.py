@@ -12,6 +12,7 @@ import pytest
 from shared.bus import Bus
 from shared.config import load_settings
 from switchboard import natsserver
+from tests.integration.carrier_support import FakeCarrierApi, serving
 from tests.integration.gateway_support import (  # noqa: F401 - the gateway tests' fixtures, registered once
     audio_tap_fixture,
     gw_fixture,
@@ -29,6 +30,14 @@ def own_nats(tmp_path: Path) -> Iterator[natsserver.EmbeddedNats]:
     if server.process.poll() is None:
         os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeCarrierApi]:
+    """A local fake of the carriers' REST APIs (:mod:`tests.integration.carrier_support`); requests to
+    ``+15550009999`` are refused as the vendors refuse an unknown call."""
+    async with serving(FakeCarrierApi(fail_targets={"+15550009999"})) as fake:
+        yield fake
 
 
 @pytest.fixture

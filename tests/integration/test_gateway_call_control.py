@@ -21,7 +21,7 @@ from shared.config import load_settings
 from switchboard import natsserver
 from switchboard.caller.carriers import CallerLine, dial
 from switchboard.caller.signing import CarrierKeys, plivo_headers
-from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, VONAGE_PUBLIC, FakeCarrierApi, serving
+from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, VONAGE_PUBLIC, FakeCarrierApi
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     TIMEOUT,
     Recorder,
@@ -33,12 +33,6 @@ from tests.integration.gateway_support import (  # noqa: F401 - fixtures
 
 ACCOUNT_SID = "AC" + "3" * 32
 PLIVO_TOKEN = "plivo-auth-token-0123456789abcdef"
-
-
-@pytest.fixture
-async def fake_api() -> AsyncIterator[FakeCarrierApi]:
-    async with serving(FakeCarrierApi(fail_targets={"+15550009999"})) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from switchboard.caller.signing import (
     vonage_authorization,
 )
 from switchboard.cli import app as cli
-from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, Dialed, FakeCarrierApi, serving
+from tests.integration.carrier_support import PLIVO_ID, VONAGE_APP, VONAGE_KEY, Dialed, FakeCarrierApi
 from tests.integration.gateway_support import (  # noqa: F401 - fixtures
     Recorder,
     bus_fixture,
@@ -47,12 +47,6 @@ KEYS = CarrierKeys(twilio_auth_token="outbound-twilio-auth-token-0123456", telny
 API_TOKEN = "outbound-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 FROM = "+15550100200"
-
-
-@pytest.fixture
-async def fake_api() -> AsyncIterator[FakeCarrierApi]:
-    async with serving(FakeCarrierApi(fail_targets={"+15550009999"})) as fake:
-        yield fake
 
 
 @pytest.fixture

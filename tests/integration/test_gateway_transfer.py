@@ -16,16 +16,10 @@ from shared.bus import Bus
 from shared.config import load_settings
 from switchboard.caller.carriers import dial
 from switchboard.caller.signing import CarrierKeys
-from tests.integration.carrier_support import FakeCarrierApi, serving
+from tests.integration.carrier_support import FakeCarrierApi
 from tests.integration.gateway_support import TIMEOUT, Recorder, bus_fixture, wait_until  # noqa: F401
 
 ACCOUNT_SID = "AC" + "1" * 32
-
-
-@pytest.fixture
-async def fake_api() -> AsyncIterator[FakeCarrierApi]:
-    async with serving(FakeCarrierApi(fail_targets={"+15550009999"})) as fake:
-        yield fake
 
 
 @pytest.fixture
