@@ -105,8 +105,7 @@ class CallBridge:
 
     ``max_outbound_chunks`` bounds the queue toward the carrier socket (see :mod:`.outbound`);
     ``audio_in_ms`` is the caller audio per ``call.<id>.audio.in`` message (ms, ``SWITCHBOARD_GATEWAY_AUDIO_IN_MS``);
-    ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring);
-    ``on_control`` runs ``command.transfer|hangup|dtmf`` through the carrier's API.
+    ``idle_s`` (s, None = no watchdog) ends a call whose carrier sends no media (see the module docstring).
     """
 
     def __init__(self, bus: Bus, sink: CarrierSink, start: CallStart, *, max_outbound_chunks: int = 1000,
