@@ -50,7 +50,7 @@ from shared.redact import loggable
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
 from .bargein import BargeIn, PlaybackTracker
-from .callerin import CallerInput
+from .callerin import REPEAT_LINE, CallerInput
 from .capture import KeypadCapture
 from .connect import keep_connected
 from .control import PendingControl
@@ -68,7 +68,7 @@ from .telemetry import SessionHooks
 from .tools import ToolDispatcher
 from .turns import Turns
 
-__all__ = ["RECOVERY_LINE", "Call", "CallOptions", "ModelEndpoint"]  # the last two re-exported from .options
+__all__ = ["RECOVERY_LINE", "REPEAT_LINE", "Call", "CallOptions", "ModelEndpoint"]  # the last 3 are re-exported
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Call:
                                      chunk_ms=self.options.disclosure_chunk_ms,
                                      confirm_grace_s=self.options.disclosure_confirm_s)
         self._greeted = takeover is not None  # a call taken over was greeted by its first owner
+        self._recovered = False
         self.redactor = self.options.redactor(spec.redaction)
         """None: redaction off; else every logged event's text is redacted (docs/compliance.md)."""
         self.registry: dict[str, tool_registry.ToolSpec] = {}
@@ -128,7 +129,8 @@ class Call:
                                 on_barge_in=self._barged_in)
         self.caller = CallerInput(self.call_id, audio=self.audio, playback=self.playback, disclosure=self.disclosure,
                                   keypad=self.keypad, send_append=self._send_append, say=self._say_to_model,
-                                  spawn=self._spawn, await_replay=takeover == "lapse")
+                                  spawn=self._spawn, await_replay=takeover == "lapse",
+                                  bytes_per_ms=fmt.bytes_per_ms, ask_again=self._ask_again)
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -384,6 +386,7 @@ class Call:
                 self.appended_in_log = logged.appended_bytes
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off
                 if cut_off and self.takeover == "lapse" and self.connections == 1:
+                    self._recovered = True
                     await self.gate.request({"instructions": f"Say exactly: {RECOVERY_LINE}"})
                 elif owes:
                     await self.gate.request()
@@ -398,7 +401,8 @@ class Call:
         self.stats.model_up()
         await self.gate.pump()
         if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
-            await self._command("replay", CommandReplay(from_bytes=await self._consumed_in_log()))
+            offset = await self.caller.replay_offset(self.appended_in_log, self.options.replay_wait_s)
+            await self._command("replay", CommandReplay(from_bytes=offset))
             self._spawn(self.caller.stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
         sid, model = session.get("id"), session.get("model")
@@ -447,13 +451,9 @@ class Call:
     async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
         await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
 
-    async def _consumed_in_log(self) -> int:
-        """Caller audio bytes the previous owner consumed, by the log: appended to the model, plus what its
-        disclosure withheld (``gate_recording``; the disclosure record of the earlier session)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.disclosure.prior_checked.wait(), self.options.replay_wait_s)
-        record = self.disclosure.record
-        return self.appended_in_log + (record.withheld_bytes if record is not None else 0)
+    async def _ask_again(self) -> None:
+        if not self._recovered:  # the recovery line already asks the caller to go on
+            await self.gate.request({"instructions": f"Say exactly: {REPEAT_LINE}"})
 
     async def _apply_capture(self) -> None:
         await self.keypad.apply(self.flow.state, self.spec.capture_for(self.flow.state))

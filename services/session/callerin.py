@@ -14,12 +14,15 @@ Subjects handled (subscribed by :meth:`services.session.call.Call.run`):
 
 After a takeover from a crashed owner, live audio is dropped until the gateway's replay (header
 ``Switchboard-Replay``) arrives: the replay re-sends it, in order, from the offset the log shows appended
-(docs/operations.md, "Rollouts and crashes").
+(docs/operations.md, "Rollouts and crashes"). The gateway keeps only the last few seconds: when the replay starts
+later than asked (at least :data:`MISSED_MIN_MS` of the caller's audio is gone), the agent asks the caller to say it
+again instead of both sides waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +37,13 @@ from .capture import KeypadCapture
 from .disclosure import Disclosure
 from .model import ModelClosedError
 
-__all__ = ["MACHINE_NOTE", "CallerInput"]
+__all__ = ["MACHINE_NOTE", "MISSED_MIN_MS", "REPEAT_LINE", "CallerInput"]
+
+REPEAT_LINE = "Sorry, I missed what you just said. Could you say it again?"
+"""What the agent says after a takeover when caller audio was lost, unless it already said a recovery line."""
+
+MISSED_MIN_MS = 300
+"""Caller audio (ms) lost before a takeover's replay that makes the agent ask the caller to repeat."""
 
 MACHINE_NOTE = "Answering-machine detection: this call was answered by a machine ({answered_by}), not a person."
 """The system item the model gets when the carrier detected a machine (``answered_by``: the carrier's verdict)."""
@@ -58,12 +67,19 @@ class CallerInput:
         say: gives the model a user item and asks for a response (waits for the disclosure and the model).
         spawn: runs a coroutine as one of the call's tasks.
         await_replay: True after a takeover from a crashed owner (live audio waits for the gateway's replay).
+        bytes_per_ms: of the call's audio format.
+        ask_again: asks the caller to repeat (the replay lost some of what they said).
     """
 
     def __init__(self, call_id: str, *, audio: AudioBatcher, playback: PlaybackTracker, disclosure: Disclosure,
                  keypad: KeypadCapture, send_append: Callable[[bytes], Awaitable[None]],
-                 say: Callable[[dict[str, Any]], Awaitable[None]], spawn: Spawn, await_replay: bool) -> None:
+                 say: Callable[[dict[str, Any]], Awaitable[None]], spawn: Spawn, await_replay: bool,
+                 bytes_per_ms: float, ask_again: Callable[[], Awaitable[None]]) -> None:
         self.call_id = call_id
+        self.bytes_per_ms = bytes_per_ms
+        self._ask_again = ask_again
+        self.replay_from: int | None = None
+        """The offset (bytes of ``audio.in``) a takeover asked the gateway to replay from."""
         self.audio = audio
         self.playback = playback
         self.disclosure = disclosure
@@ -79,9 +95,11 @@ class CallerInput:
         """``call.<id>.audio.in`` (raw carrier audio in the call's format) → ``input_audio_buffer.append``."""
         self.last_audio = time.monotonic()
         if self.await_replay:
-            if Headers.REPLAY not in env.headers:
+            offset = env.headers.get(Headers.REPLAY)
+            if offset is None:
                 return
             self.await_replay = False
+            self._check_replay(offset)
         if not env.data:
             return
         if not self.disclosure.done.is_set() and self.disclosure.gate_recording:
@@ -108,6 +126,25 @@ class CallerInput:
             if time.monotonic() - self.last_audio > limit_s:
                 log.warning("call %s: no carrier audio for %.0fs, ending", self.call_id, limit_s)
                 await end("carrier_silent")
+
+    async def replay_offset(self, appended_in_log: int, wait_s: float) -> int:
+        """The offset to replay from after a takeover: caller audio bytes the previous owner consumed, by the log
+        (``appended_in_log``: appended to the model), plus what its disclosure withheld (``gate_recording``; the
+        disclosure record of the earlier session, awaited at most ``wait_s`` seconds). Remembered for the check
+        of the replay's first chunk."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.disclosure.prior_checked.wait(), wait_s)
+        record = self.disclosure.record
+        self.replay_from = appended_in_log + (record.withheld_bytes if record is not None else 0)
+        return self.replay_from
+
+    def _check_replay(self, offset: str) -> None:
+        """The replay's first chunk starts at ``offset``: audio before it (since :attr:`replay_from`) is gone."""
+        lost = int(offset) - self.replay_from if offset.isdigit() and self.replay_from is not None else 0
+        if lost >= MISSED_MIN_MS * self.bytes_per_ms:
+            log.warning("call %s: %.1f s of caller audio was lost before the takeover; asking again", self.call_id,
+                        lost / self.bytes_per_ms / 1000)
+            self._spawn(self._ask_again())
 
     async def stop_awaiting_replay(self, after_s: float) -> None:
         """No replay within ``after_s`` seconds (an older gateway, or the carrier reconnected elsewhere): take

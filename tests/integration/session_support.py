@@ -147,6 +147,8 @@ class SimGateway:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.session_events: list[tuple[str, dict[str, Any]]] = []
+        self.replay_gap_bytes = 0
+        """Caller audio this gateway lost before a ``command.replay``'s offset (its replay starts that much later)."""
         self._changed = asyncio.Condition()
         self._subs: list[Any] = []
 
@@ -185,7 +187,7 @@ class SimGateway:
         if verb == "replay":  # this simulated gateway keeps no audio: the empty replay marker, as the gateway sends
             await self.bus.publish(subjects.call_audio_in(self.call_id), b"", call_id=self.call_id,
                                    headers={"Switchboard-Audio-Format": "audio/pcmu",
-                                            Headers.REPLAY: str(body.get("from_bytes", 0))})
+                                            Headers.REPLAY: str(body.get("from_bytes", 0) + self.replay_gap_bytes)})
         elif verb == "capture":
             self.keypad_capture = body.get("active") is True
         elif verb == "play":

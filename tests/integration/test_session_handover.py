@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from services.session.call import CallOptions, ModelEndpoint
+from services.session.call import REPEAT_LINE, CallOptions, ModelEndpoint
 from services.session.rebuild import REBUILD_PREFIX
 from services.session.service import SessionService
 from shared import subjects
@@ -153,6 +153,24 @@ async def test_a_crashed_owner_is_taken_over_and_the_booking_completes(
     await turn(gw, "My name is John Smith", "read-back after the takeover")
     await finish_booking(gw, toolbox)
     assert toolbox.requests["book_appointment"][0]["arguments"]["time"] == "10:00"
+    assert not asked_again(gw)  # the replay lost nothing
+    await gw.close()
+
+
+def asked_again(gw: SimGateway) -> bool:
+    return any(REPEAT_LINE in json.dumps(event) for name, event in gw.events if name == "client.response.create")
+
+
+async def test_caller_audio_lost_before_a_takeover_makes_the_agent_ask_again(
+        pair: list[tuple[Bus, SessionService]], gateway_bus: Bus, toolbox: ToolBox) -> None:
+    gw = SimGateway(gateway_bus)
+    gw.replay_gap_bytes = 8000  # the gateway no longer kept the last second (μ-law) before the replay's offset
+    await gw.start()
+    await gw.wait_for(lambda: gw.count("server.response.done") > 0, 60, "greeting")
+    crashed_bus, _ = pair[owner_of(pair, gw.call_id)]
+    await turn(gw, "Hi, I would like to book an appointment for tomorrow at ten", "reply asking for the name")
+    await crashed_bus.nc.close()
+    await gw.wait_for(lambda: asked_again(gw), 60, "the new owner asks the caller to say it again")
     await gw.close()
 
 
