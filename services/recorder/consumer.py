@@ -50,7 +50,10 @@ from services.recorder.reread import reread
 from shared import metrics, subjects
 from shared.bus import Headers, batch_span
 
-__all__ = ["BatchCallback", "ConsumerStats", "StreamConsumer"]
+__all__ = ["GUARD_POLL_S", "BatchCallback", "ConsumerStats", "StreamConsumer"]
+
+GUARD_POLL_S = 0.25
+"""Seconds between checks of a false guard while a batch is held."""
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,11 @@ class StreamConsumer:
                  guard: Callable[[], bool] | None = None) -> None:
         self.nc = nc
         self.guard = guard
-        """Checked before each batch is persisted (the single-writer lease, ``services.recorder.lease``): once
-        false, the batch is left unacked (redelivered to the next writer) and :meth:`run` returns."""
+        """Checked before each batch is persisted (the single-writer lease, ``services.recorder.lease``): while
+        false the batch is held, neither persisted nor acked, until it is true again (a renewal that was only
+        late) or the service stops (the lease was lost: the batch is redelivered to the next writer)."""
         self.fenced = False
+        """True while a batch is held because the guard is false."""
         self.js: JetStreamContext = nc.jetstream()
         self.archive = archive
         self.stream = stream
@@ -140,9 +145,6 @@ class StreamConsumer:
                 pending = asyncio.create_task(self._fetch(psub, linger))
                 if msgs:
                     await self._handle(msgs, stopping)
-                if self.fenced:
-                    log.error("%s: the writer lease is gone; consumer stopped", self.durable)
-                    return
         finally:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -178,8 +180,15 @@ class StreamConsumer:
         delay = 0.2
         while True:
             if self.guard is not None and not self.guard():
+                if not self.fenced:
+                    log.warning("%s: the writer lease is not valid; holding %d events", self.durable, len(batch))
                 self.fenced = True
-                return  # not acked: the next writer gets it again from the committed position
+                if stopping.is_set():
+                    return  # not acked: the next writer gets it again from the committed position
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), GUARD_POLL_S)
+                continue
+            self.fenced = False
             try:
                 if self.stream.name == subjects.TRACES_STREAM.name:  # no span: it would trace itself
                     stored = await self.archive.persist_spans(batch)

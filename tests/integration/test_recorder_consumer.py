@@ -96,3 +96,46 @@ async def test_consumer_resumes_from_the_committed_position(
     finally:
         await engine.dispose()
         await ref_engine.dispose()
+
+
+async def test_a_late_lease_renewal_holds_the_batch_and_archiving_goes_on(
+        buses: tuple[Bus, Bus], database_url: str, unique: str) -> None:
+    # the guard (the writer lease's valid()) is false for a while — a renewal delayed by a cluster leader
+    # election — then true again: the held batch is persisted then and the consumer keeps going
+    gateway, session = buses
+    call_id = f"CAguard{unique}"
+    engine = await open_database(database_url)
+    try:
+        await start_at_stream_end(gateway, engine)
+        before = (await gateway.js.stream_info(subjects.RT_STREAM.name)).state.last_seq
+        steps = script(call_id)
+        await publish_call(gateway, session, call_id, speed=0, steps=steps)
+        await gateway.flush_acks(30)
+        await session.flush_acks(30)
+        last = before + sum(1 for s in steps if s.subject.startswith("rt."))
+        valid = False
+        refused = asyncio.Event()
+
+        def guard() -> bool:
+            if not valid:
+                refused.set()
+            return valid
+
+        archive = Archive(engine)
+        consumer = StreamConsumer(gateway.nc, archive, subjects.RT_STREAM, durable_prefix=f"guard{unique}",
+                                  batch=50, guard=guard)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stopping))
+        try:
+            await asyncio.wait_for(refused.wait(), 30)
+            await asyncio.sleep(1.0)
+            assert not task.done() and await archive.position(subjects.RT_STREAM.name) == before  # held, unwritten
+            valid = True
+            async with asyncio.timeout(30):
+                await archive.wait_for_position(subjects.RT_STREAM.name, last)
+        finally:
+            stopping.set()
+            await task
+        assert not consumer.fenced and (await queries.verify_call(engine, call_id)).ok
+    finally:
+        await engine.dispose()
