@@ -27,6 +27,7 @@ import nats
 from _rollout_load import Balancer, EchoCall, place_echo_calls
 from _rollout_stack import CpuMeter, RolloutStack
 
+from shared.fencing import OwnerFence
 from services.recorder.recording import call_formats
 from services.recorder.records import ArchivedEvent
 from services.session.ownership import Owner
@@ -220,7 +221,9 @@ class DrillReport:
 
 
 async def _caller_audio_ms(client: httpx.AsyncClient, recorder_url: str, call_id: str) -> float:
-    """Caller audio the archive shows appended for ``call_id`` (ms, in the session's input format)."""
+    """Caller audio the archive shows appended for ``call_id`` (ms, in the session's input format), by the current
+    owner: during a handover both owners append the same live audio, and the old owner's copies after the new
+    owner's first append are not counted (as in the recording, :class:`~shared.fencing.OwnerFence`)."""
     events: list[ArchivedEvent] = []
     for kind in ("started", "session.update", "input_audio_buffer.append"):
         r = await client.get(f"{recorder_url}/calls/{call_id}/events", params={"type": kind}, timeout=120)
@@ -229,8 +232,9 @@ async def _caller_audio_ms(client: httpx.AsyncClient, recorder_url: str, call_id
     in_fmt, _ = call_formats(events)
     per_s = audio.bytes_for_ms(in_fmt, 1000.0)
     total = 0
-    for ev in events:
-        if ev.type == "input_audio_buffer.append":
+    fence = OwnerFence()
+    for ev in sorted(events, key=lambda e: (e.time_ns, e.stream, e.stream_seq)):
+        if ev.type == "input_audio_buffer.append" and fence.current(ev.headers):
             text = str((ev.json() or {}).get("audio") or "")
             total += len(text) * 3 // 4 - text[-2:].count("=")
     return 1000.0 * total / per_s

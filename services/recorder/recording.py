@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.recorder.fencing import OwnerFence
+from shared.fencing import OwnerFence
 from services.recorder.records import ArchivedEvent
 from shared import audio
 from shared.contracts import CallStarted, CarrierMark, ContractError
@@ -187,7 +187,9 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
 
     ``t0_ns`` (unix ns) is the call's start; default the ``call.<id>.started`` event, else the first event.
     Undecodable audio (bad base64) is skipped, and so are agent audio and commands of a stale owner epoch
-    (:class:`~services.recorder.fencing.OwnerFence`: the gateway dropped them, the caller never heard them).
+    (:class:`~shared.fencing.OwnerFence`: the gateway dropped them, the caller never heard them).
+    Caller audio has its own fence: during a handover both owners append the same live audio until the old one
+    stops, and once the new owner's first append is seen only its appends are laid down (once, not twice).
     """
     ordered = sorted(events, key=lambda e: (e.time_ns, e.stream, e.stream_seq))
     in_fmt, out_fmt = call_formats(ordered)
@@ -202,7 +204,7 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
     caller_start: float | None = None
     gap = GAP_TOLERANCE_MS * rate / 1000
     last_append_ns: int | None = None
-    fence = OwnerFence()
+    fence, caller_fence = OwnerFence(), OwnerFence()
 
     def position(ev: ArchivedEvent) -> int:
         """Media time of ``ev`` in samples: wall clock from t0 until caller audio flows, then the caller
@@ -214,6 +216,8 @@ def render(events: Sequence[ArchivedEvent], t0_ns: int | None = None) -> Timelin
 
     for ev in ordered:
         if ev.direction == "client" and ev.type == "input_audio_buffer.append":
+            if not caller_fence.current(ev.headers):
+                continue
             samples = audio.decode(in_fmt, _b64((ev.json() or {}).get("audio")))
             if len(samples) == 0:
                 continue

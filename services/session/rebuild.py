@@ -26,6 +26,7 @@ from typing import Any
 
 from shared import subjects
 from shared.bus import Bus
+from shared.fencing import OwnerFence
 
 __all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log", "rebuild"]
 
@@ -138,7 +139,8 @@ class CallLog:
 
     conversation: ConversationLog
     appended_bytes: int
-    """Caller audio the log shows appended (bytes of ``input_audio_buffer.append`` audio, decoded length)."""
+    """Caller audio the log shows appended (bytes of ``input_audio_buffer.append`` audio, decoded length), each
+    append counted once (:class:`~shared.fencing.OwnerFence`: after a handover, the current owner's copies)."""
     cut_off: bool
     """A ``response.created`` has no ``response.done``: a response was cut off (its owner died)."""
 
@@ -148,9 +150,12 @@ async def read_call_log(bus: Bus, call_id: str) -> CallLog:
     raw: list[tuple[str, bytes]] = []
     open_responses: set[str] = set()
     appended = 0
+    fence = OwnerFence()
     async for env in bus.replay(subjects.rt_all(call_id), subjects.RT_STREAM):
         parsed = subjects.parse(env.subject)
         if parsed.rest == "input_audio_buffer.append":
+            if not fence.current(env.headers):
+                continue  # the previous owner's copy during a handover: the new owner appended it too
             with contextlib.suppress(ValueError, AttributeError):
                 audio = str(json.loads(env.data).get("audio") or "")
                 appended += len(audio) * 3 // 4 - audio[-2:].count("=")

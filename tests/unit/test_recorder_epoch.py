@@ -7,7 +7,7 @@ import base64
 
 import orjson
 
-from services.recorder.fencing import OwnerFence
+from shared.fencing import OwnerFence
 from services.recorder.recording import render
 from services.recorder.records import ArchivedEvent, classify
 from shared.bus import Headers
@@ -69,3 +69,20 @@ def test_fence_follows_the_highest_epoch_and_passes_unstamped_messages() -> None
     assert fence.current({})  # the gateway's own messages carry no epoch
     assert fence.current({Headers.EPOCH: "3"}) and fence.epoch == 3
     assert fence.ignored == 2
+
+
+def test_caller_audio_both_owners_appended_during_a_handover_is_laid_down_once() -> None:
+    """Epoch 1 appends 2 s; from 1 s on, epoch 2 (the peer taking the call over) appends the same live audio
+    while epoch 1 still does: the caller track is 2 s long, not 3 s. (Each frame reaches the new owner first
+    here; when the old owner's copy of the first shared frame comes first, that one frame is laid down twice.)"""
+    events = [_event(0, 0, f"call.{CALL}.started", {"call_id": CALL, "audio_format": "audio/pcmu"}, None)]
+    frame = base64.b64encode(tone(300, 20)).decode()
+    seq = 1
+    for n in range(100):
+        epochs = (1,) if n < 50 else (1, 2)
+        for epoch in epochs:
+            events.append(_event(seq, 20.0 * n + 0.05 * (2 - epoch), f"rt.{CALL}.client.input_audio_buffer.append",
+                                 {"type": "input_audio_buffer.append", "audio": frame}, epoch))
+            seq += 1
+    timeline = render(events)
+    assert len(timeline.caller) == 2 * 8000  # 8 kHz μ-law: 2 s, each frame once

@@ -1,11 +1,13 @@
-"""The stale-owner rule on the recorder's side (issue 22): a call's agent audio and commands of an owner epoch
-below the highest seen for the call are left out of what the recorder derives from them.
+"""The stale-owner rule for what is derived from a call's log (issue 22): a message of an owner epoch below the
+highest seen for the call is left out.
 
 A session instance that owns a call stamps ``Switchboard-Epoch`` on everything it publishes for it
 (:class:`shared.bus.Headers`, ``services/session/ownership.py``); after a handover or a takeover the previous
 owner may still publish a little (its model was mid-response). The gateway drops that audio and those commands
 (``services/gateway/call.py``, ``_current``), so the caller never heard them; the recorder keeps them in the
 archive (the log is complete) but a projection of what the caller heard — the recording — must drop them too.
+During a handover both owners append the same live caller audio until the old one stops: the recording and a
+later takeover's replay offset (``services/session/rebuild.py``) count each append once, the current owner's.
 """
 
 from __future__ import annotations
