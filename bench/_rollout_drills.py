@@ -27,12 +27,12 @@ import nats
 from _rollout_load import Balancer, EchoCall, place_echo_calls
 from _rollout_stack import CpuMeter, RolloutStack
 
-from shared.fencing import OwnerFence
 from services.recorder.recording import call_formats
 from services.recorder.records import ArchivedEvent
 from services.session.ownership import Owner
 from shared import audio, subjects
 from shared.bus import Bus
+from shared.fencing import OwnerFence
 from switchboard.caller import CallerSimulator
 from switchboard.scenario import load_scenario
 from switchboard.testing.scripted import tone

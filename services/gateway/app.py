@@ -40,6 +40,7 @@ from services.gateway.call_control import controls_for
 from services.gateway.carrier_routes import add_carrier_routes
 from services.gateway.carrier_security import PlivoSignatures, TelnyxSignatures, VonageSignatures
 from services.gateway.dialer import add_dial_routes
+from services.gateway.handoff import detach_when_quiet
 from services.gateway.openai_sip import OpenAISipCalls, add_openai_sip_routes
 from services.gateway.security import (
     SESSION_COOKIE,
@@ -113,7 +114,8 @@ class Gateway:
         """Stop as a gateway with live calls should (SIGTERM): refuse new streams and answer ``/readyz`` 503 at
         once, let the live calls run until they end or ``drain_s`` seconds passed; then hand each Twilio call
         that can reconnect to another gateway (:meth:`CallBridge.detach`: closed with the resume marker, Twilio
-        follows the TwiML ``<Redirect>``) and end the rest with ``drain_timeout`` (:meth:`end_all`)."""
+        follows the TwiML ``<Redirect>``) at its next quiet moment (:func:`.handoff.detach_when_quiet`, a few
+        seconds at most) and end the rest with ``drain_timeout`` (:meth:`end_all`)."""
         self.accepting = False
         if self.readiness is not None:
             await self.readiness.evaluate()
@@ -126,9 +128,10 @@ class Gateway:
             await asyncio.wait(waits, timeout=deadline - time.monotonic())
             for w in waits:
                 w.cancel()
-        for bridge in list(self.calls.values()):
-            if bridge.resumable:  # Twilio reconnects it through another gateway (TwiML <Redirect>)
-                await bridge.detach("gateway_drain")
+        resumable = [b for b in self.calls.values() if b.resumable and not b.ended.is_set()]
+        if resumable:  # Twilio reconnects them through another gateway (TwiML <Redirect>), each at a quiet moment
+            quiet = await asyncio.gather(*(detach_when_quiet(b, "gateway_drain") for b in resumable))
+            log.info("detached %d call(s), %d at a quiet moment", len(quiet), sum(quiet))
         await self.end_all()
 
     async def end_all(self, reason: str = EndReason.DRAIN_TIMEOUT) -> None:

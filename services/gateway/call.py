@@ -22,9 +22,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
@@ -32,10 +31,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.gateway.caller_audio import CallerAudio
+from services.gateway.callstart import CallStart, CarrierSink
+from services.gateway.handoff import CallerLevel
 from services.gateway.outbound import MAX_CHUNK_BYTES, AudioChunk, Control, MarkBook, MarkPublisher, OutboundQueue
 from services.gateway.resume import KEEP_MS, SESSION_LOST_LINE, owner_lost, resume_seq
 from shared import metrics, rollout, subjects
-from shared.audio import Converter, convert, ms_for_bytes, parse_format
+from shared.audio import AudioFormat, Converter, convert, ms_for_bytes, parse_format
 from shared.bus import Bus, Envelope, Headers
 from shared.config import get_settings
 from shared.contracts import (
@@ -66,38 +67,6 @@ log = logging.getLogger("services.gateway.call")
 
 _CLOSE_NORMAL = 1000
 
-
-
-class CarrierSink(Protocol):
-    """The carrier socket, as the bridge sees it (one writer task calls these, never concurrently)."""
-
-    async def send_audio(self, audio: bytes) -> None:
-        """Send carrier-format audio."""
-
-    async def send_mark(self, name: str) -> None:
-        """Send a playback mark after the audio sent so far."""
-
-    async def send_clear(self) -> None:
-        """Flush the carrier's playback buffer."""
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close the socket (``code`` per RFC 6455 §7.4)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallStart:
-    """What the carrier told us when the stream started (becomes the ``call.<id>.started`` payload)."""
-
-    carrier: str
-    audio_format: str
-    agent: str
-    from_: str | None = None
-    to: str | None = None
-    carrier_call_id: str | None = None
-    stream_id: str | None = None
-    custom_parameters: dict[str, str] = field(default_factory=dict)
-    agent_version: str | None = None
-    """None: chosen at :meth:`CallBridge.open` by :func:`shared.rollout.choose` (sticky per caller)."""
 
 
 class CallBridge:
@@ -153,6 +122,8 @@ class CallBridge:
         """The highest owner epoch seen on the call's commands and audio."""
         self.session_lost_s = session_lost_s
         self._owner_watch: asyncio.Task[None] | None = None
+        self.level: CallerLevel | None = None
+        """Set while a drain looks for a quiet moment to detach (:mod:`.handoff`)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -288,7 +259,17 @@ class CallBridge:
         self._media_frames += 1
         if self.ended.is_set() or not audio:
             return
+        if self.level is not None:
+            self.level.feed(audio)
         await self.caller_audio.push(audio)
+
+    def agent_audio_unplayed(self) -> bool:
+        """Agent audio queued for the carrier or sent and not yet played (its mark not echoed)."""
+        return bool(self.queue.audio_queued or self.marks.pending)
+
+    def carrier_format(self) -> AudioFormat:
+        """The carrier's audio format (what :meth:`audio_in` is fed)."""
+        return parse_format(self._carrier_fmt)
 
     async def _watch_media(self, idle_s: float) -> None:
         """End the call with ``carrier_silent`` after ``idle_s`` s without a media frame (module docstring)."""

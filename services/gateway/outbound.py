@@ -83,6 +83,11 @@ class OutboundQueue:
         self.dropped = 0
         """Audio chunks refused because the queue was full."""
 
+    @property
+    def audio_queued(self) -> int:
+        """Audio chunks queued and not yet sent."""
+        return self._audio
+
     def put_audio(self, chunk: AudioChunk) -> bool:
         """Queue a chunk; False (and counted in :attr:`dropped`) when ``max_chunks`` are already queued."""
         if self._audio >= self.max_chunks:
@@ -165,6 +170,11 @@ class MarkBook:
             self._complete.move_to_end(item_id)
         while len(self._complete) > self._max_items:
             self._complete.popitem(last=False)
+
+    @property
+    def pending(self) -> int:
+        """Marks sent and not yet echoed (audio the carrier has not played yet)."""
+        return len(self._pending)
 
     def settled(self, item_id: str | None) -> bool:
         """True when ``item_id`` is complete and no mark sent for it is still waiting for its echo: the carrier

@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.fencing import OwnerFence
 from services.recorder.records import ArchivedEvent
 from shared import audio
 from shared.contracts import CallStarted, CarrierMark, ContractError
+from shared.fencing import OwnerFence
 
 __all__ = ["GAP_TOLERANCE_MS", "EventLoader", "ItemPlayout", "Timeline", "cached_wav", "call_formats", "format_name",
            "render", "render_wav", "write_wav"]

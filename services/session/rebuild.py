@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,8 @@ from typing import Any
 from shared import subjects
 from shared.bus import Bus
 from shared.fencing import OwnerFence
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log", "rebuild"]
 
@@ -176,8 +180,11 @@ async def rebuild(bus: Bus, call_id: str, send: Callable[[dict[str, Any]], Await
     be acknowledged, read the log (:func:`read_call_log`) and ``send`` one ``conversation.item.create`` per item
     (``event_id`` ``sb_rebuild_<n>``; https://platform.openai.com/docs/api-reference/realtime-client-events/
     conversation/item/create). Returns what was read."""
+    t0 = time.monotonic()
     await bus.flush_acks(5.0)
     logged = await read_call_log(bus, call_id)
-    for n, item in enumerate(logged.conversation.items(), 1):
+    items = logged.conversation.items()
+    for n, item in enumerate(items, 1):
         await send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}", "item": item})
+    log.info("call %s: rebuilt %d item(s) from the log in %.2f s", call_id, len(items), time.monotonic() - t0)
     return logged

@@ -7,10 +7,10 @@ import base64
 
 import orjson
 
-from shared.fencing import OwnerFence
 from services.recorder.recording import render
 from services.recorder.records import ArchivedEvent, classify
 from shared.bus import Headers
+from shared.fencing import OwnerFence
 from switchboard.testing.scripted import tone
 
 T0 = 1_800_000_000_000_000_000
