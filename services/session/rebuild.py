@@ -32,9 +32,15 @@ from shared.fencing import OwnerFence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord", "parse_records", "read_call_log", "rebuild"]
+__all__ = ["LOGGED_CLIENT", "LOGGED_SERVER", "REBUILD_PREFIX", "CallLog", "ConversationLog", "LogRecord",
+           "parse_records", "read_call_log", "rebuild"]
 
 REBUILD_PREFIX = "sb_rebuild_"
+LOGGED_CLIENT = ("conversation.item.create", "input_audio_buffer.append")
+"""Client event types a rebuild reads (Realtime GA names)."""
+LOGGED_SERVER = ("input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
+                 "response.output_item.done", "conversation.item.deleted", "response.created", "response.done")
+"""Server event types a rebuild reads: :class:`ConversationLog`'s and the cut-off check's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +156,15 @@ class CallLog:
 
 
 async def read_call_log(bus: Bus, call_id: str) -> CallLog:
-    """Replay ``rt.<id>.>`` from the RT stream into a :class:`CallLog`."""
+    """Replay the call's RT log into a :class:`CallLog`: only the event types it reads (:data:`LOGGED_CLIENT`,
+    :data:`LOGGED_SERVER`), not the model's audio and transcript deltas that make up most of a call's log."""
     raw: list[tuple[str, bytes]] = []
     open_responses: set[str] = set()
     appended = 0
     fence = OwnerFence()
-    async for env in bus.replay(subjects.rt_all(call_id), subjects.RT_STREAM):
+    wanted = [subjects.rt_client(call_id, t) for t in LOGGED_CLIENT] + \
+        [subjects.rt_server(call_id, t) for t in LOGGED_SERVER]
+    async for env in bus.replay(wanted, subjects.RT_STREAM):
         parsed = subjects.parse(env.subject)
         if parsed.rest == "input_audio_buffer.append":
             if not fence.current(env.headers):

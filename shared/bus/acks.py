@@ -124,6 +124,10 @@ class AckTracker:
         self._retries: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._progress = asyncio.Event()
+        """Set whenever a message settles (:meth:`wait_settled` re-checks its barrier)."""
+        self._issued = 0
+        """The newest reply token handed out."""
         self._room = asyncio.Event()
         self._room.set()
 
@@ -148,7 +152,8 @@ class AckTracker:
         while len(self._pending) >= self.max_pending:
             self._room.clear()
             await self._room.wait()
-        token = str(next(self._tokens))
+        self._issued = next(self._tokens)
+        token = str(self._issued)
         item = PendingAck(subject, data, headers, call_id, time.monotonic() + self.ack_timeout)
         self._pending[token] = item
         self._idle.clear()
@@ -166,6 +171,23 @@ class AckTracker:
         """Wait until every message is acknowledged or surfaced as failed; False if ``timeout`` s passed first."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until every message handed over before this call is acknowledged or surfaced as failed; later
+        ones are not waited for (a connection publishing for many calls is seldom idle). A retry in progress
+        holds it too. False if ``timeout`` s passed first."""
+        upto = self._issued
+
+        async def settled() -> None:
+            while self._retries or (self._pending and int(next(iter(self._pending))) <= upto):
+                self._progress.clear()
+                await self._progress.wait()
+
+        try:
+            await asyncio.wait_for(settled(), timeout)
         except TimeoutError:
             return False
         return True
@@ -203,6 +225,7 @@ class AckTracker:
         self._settled()
 
     def _settled(self) -> None:
+        self._progress.set()
         if len(self._pending) < self.max_pending:
             self._room.set()
         if not self._pending and not self._retries:

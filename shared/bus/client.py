@@ -6,7 +6,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import nats.errors
@@ -133,7 +133,7 @@ class Bus:
 
     async def close(self) -> None:
         """Wait (bounded) for pending JetStream acks, then drain and close the connection."""
-        await self.flush_acks(self.ack_timeout * (self.max_attempts + 1))
+        await self.acks.wait_idle(self.ack_timeout * (self.max_attempts + 1))
         self.acks.stop()
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
@@ -341,8 +341,9 @@ class Bus:
         return await self._send(subject, encode_payload(payload), call_id, headers, traced, jetstream=True)
 
     async def flush_acks(self, timeout: float | None = None) -> None:
-        """Wait until every pending JetStream publish is acknowledged or surfaced as failed."""
-        await self.acks.wait_idle(timeout)
+        """Wait until every JetStream publish made before this call is acknowledged or surfaced as failed
+        (:meth:`AckTracker.wait_settled`: later publishes are not waited for)."""
+        await self.acks.wait_settled(timeout)
 
     # --- subscribe -------------------------------------------------------------------------------------
 
@@ -454,7 +455,7 @@ class Bus:
         """Create or update the CALLS, RT and TRACES streams: :meth:`Streams.ensure_streams`."""
         await self.streams.ensure_streams(settings)
 
-    def replay(self, filter_subject: str, stream: subjects.StreamSpec, *, batch: int = 512,
+    def replay(self, filter_subject: str | Sequence[str], stream: subjects.StreamSpec, *, batch: int = 512,
                timeout: float = 5.0) -> AsyncIterator[Envelope]:
         """Every stored message of ``stream`` on ``filter_subject``, in stream order: :meth:`Streams.replay`."""
         return self.streams.replay(filter_subject, stream, batch=batch, timeout=timeout)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -73,21 +73,25 @@ class Streams:
                                 "an operator updates it (switchboard up does at start)", spec.name, exc)
 
     async def replay(
-        self, filter_subject: str, stream: subjects.StreamSpec, *, batch: int = 512, timeout: float = 5.0
+        self, filter_subject: str | Sequence[str], stream: subjects.StreamSpec, *, batch: int = 512,
+        timeout: float = 5.0
     ) -> AsyncIterator[Envelope]:
-        """Yield every stored message of ``stream`` matching ``filter_subject``, in stream order.
+        """Yield every stored message of ``stream`` matching ``filter_subject`` (one subject, or several:
+        JetStream's ``filter_subjects``, nats-server 2.10+), in stream order.
 
         Uses an ephemeral pull consumer (deliver all, no acks) that is deleted afterwards. Ends when the
         consumer reports nothing pending.
         """
+        several = not isinstance(filter_subject, str)
         psub = await self.js.pull_subscribe(
-            filter_subject,
+            "" if several else str(filter_subject),
             stream=stream.name,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.NONE,
                 inactive_threshold=60.0,
                 mem_storage=True,
+                filter_subjects=list(filter_subject) if several else None,
             ),
         )
         try:
