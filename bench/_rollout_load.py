@@ -125,6 +125,25 @@ class Balancer:
             self.healthy = [g for g, ok in zip(self.gateways, up, strict=True) if ok]
             await asyncio.sleep(self.interval)
 
+    async def post_twiml(self, url: str, form: dict[str, str]) -> str:
+        """POST a TwiML webhook through the balancer. A gateway that refuses the connection (it died since the last
+        probe) is taken out of rotation and the request goes to the next healthy one, as a load balancer's passive
+        health check does (e.g. nginx ``proxy_next_upstream error``); other errors are raised.
+
+        Raises:
+            httpx.HTTPError: every healthy gateway refused, or an HTTP error.
+        """
+        for _ in range(len(self.gateways)):
+            routed = self.route(url)
+            try:
+                return await post_twiml(routed, form)
+            except httpx.ConnectError:
+                dead = next((g for g in self.gateways if routed.startswith(g + "/")), None)
+                if dead is None or dead not in self.healthy:
+                    raise
+                self.healthy = [g for g in self.healthy if g != dead]
+        return await post_twiml(self.route(url), form)
+
     def route(self, url: str) -> str:
         """``url`` (http or ws) with its gateway replaced by the first healthy one (unchanged when it names none of
         the gateways or none is healthy)."""
@@ -204,7 +223,7 @@ class _Caller:
     async def run(self) -> None:
         call = self.call
         voice = self.balancer.route(self.balancer.gateways[0] + "/twilio/voice")
-        document = await post_twiml(voice, {**self._form(), "CallStatus": "ringing"})
+        document = await self.balancer.post_twiml(voice, {**self._form(), "CallStatus": "ringing"})
         url, params = tw.parse_twiml(document)
         redirect = tw.parse_redirect(document)
         call.started = time.monotonic()
@@ -214,7 +233,7 @@ class _Caller:
                 call.error = "the gateway closed the stream and the TwiML has no <Redirect>"
                 return
             try:
-                document = await post_twiml(self.balancer.route(redirect), self._form())
+                document = await self.balancer.post_twiml(redirect, self._form())
                 url, params = tw.parse_twiml(document)
             except (httpx.HTTPError, ValueError) as exc:
                 call.error = f"the <Redirect> ended the call: {type(exc).__name__}: {exc}"[:200]
