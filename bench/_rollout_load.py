@@ -84,6 +84,10 @@ class EchoCall:
         return max(0.0, self.ended - self.started)
 
 
+PROBE_TIMEOUT_S = 2.0
+"""A health probe not answered this long fails (a load balancer's health-check timeout)."""
+
+
 class Balancer:
     """The load balancer in front of the gateways: probes each ``/readyz`` every ``interval`` s (as a load
     balancer's health check does) and routes each request to the first gateway that answered 200 last time, so a
@@ -100,7 +104,7 @@ class Balancer:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Balancer:
-        self._client = httpx.AsyncClient(timeout=self.interval)
+        self._client = httpx.AsyncClient(timeout=PROBE_TIMEOUT_S)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -126,34 +130,39 @@ class Balancer:
             await asyncio.sleep(self.interval)
 
     async def post_twiml(self, url: str, form: dict[str, str]) -> str:
-        """POST a TwiML webhook through the balancer. A gateway that refuses the connection (it died since the last
-        probe) is taken out of rotation and the request goes to the next healthy one, as a load balancer's passive
-        health check does (e.g. nginx ``proxy_next_upstream error``); other errors are raised.
+        """POST a TwiML webhook through the balancer: to the healthy gateways first, then the others. A gateway that
+        refuses the connection (it died since the last probe) is taken out of rotation and the next one is tried,
+        as a load balancer's passive health check does (e.g. nginx ``proxy_next_upstream error``); one that answers
+        is put back in rotation.
 
         Raises:
-            httpx.HTTPError: every healthy gateway refused, or an HTTP error.
+            httpx.HTTPError: every gateway refused the connection, or an HTTP error.
         """
-        for _ in range(len(self.gateways)):
-            routed = self.route(url)
+        error: httpx.ConnectError | None = None
+        for gateway in self.healthy + [g for g in self.gateways if g not in self.healthy]:
             try:
-                return await post_twiml(routed, form)
-            except httpx.ConnectError:
-                dead = next((g for g in self.gateways if routed.startswith(g + "/")), None)
-                if dead is None or dead not in self.healthy:
-                    raise
-                self.healthy = [g for g in self.healthy if g != dead]
-        return await post_twiml(self.route(url), form)
+                document = await post_twiml(self._to(url, gateway), form)
+            except httpx.ConnectError as exc:
+                self.healthy = [g for g in self.healthy if g != gateway]
+                error = exc
+                continue
+            if gateway not in self.healthy:
+                self.healthy = [gateway, *self.healthy]
+            return document
+        assert error is not None
+        raise error
 
     def route(self, url: str) -> str:
         """``url`` (http or ws) with its gateway replaced by the first healthy one (unchanged when it names none of
         the gateways or none is healthy)."""
-        if not self.healthy:
-            return url
+        return self._to(url, self.healthy[0]) if self.healthy else url
+
+    def _to(self, url: str, target: str) -> str:
+        """``url`` with its gateway (http or ws) replaced by ``target``; unchanged when it names none."""
         for base in self.gateways:
-            for scheme_base, target in ((base, self.healthy[0]),
-                                        (base.replace("http", "ws", 1), self.healthy[0].replace("http", "ws", 1))):
+            for scheme_base, to in ((base, target), (base.replace("http", "ws", 1), target.replace("http", "ws", 1))):
                 if url.startswith(scheme_base + "/"):
-                    return target + url[len(scheme_base):]
+                    return to + url[len(scheme_base):]
         return url
 
 

@@ -13,6 +13,9 @@ instance that starts after an owner died — a restarted pod — still finds the
 - **renew**: ``update`` with the revision this instance wrote last; a moved revision means another instance took
   the call — this instance is *fenced* for that call (:meth:`Ownership.on_lost` callbacks).
 - **release** (the call ended): ``delete`` with the held revision.
+- **leave** (stopping with the call live, no peer took it over): ``update`` to ``"released": true``, same epoch;
+  a watcher takes a released entry over at once instead of after :data:`TTL_S` (a restarted instance, seconds
+  sooner).
 
 Peers learn of lapses by watching the bucket (one ordered consumer per instance): a key not updated for
 :data:`TTL_S` is reported to :meth:`Ownership.on_lapsed` callbacks (so a peer can take the call over after an
@@ -62,22 +65,28 @@ LapsedCallback = Callable[[str, "Owner", int], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """One ownership entry: ``owner`` (instance id), ``epoch`` (≥ 1, +1 per takeover), ``since`` (ISO 8601)."""
+    """One ownership entry: ``owner`` (instance id), ``epoch`` (≥ 1, +1 per takeover), ``since`` (ISO 8601),
+    ``released`` (the owner stopped serving the live call: take it over without waiting for the TTL)."""
 
     owner: str
     epoch: int
     since: str
+    released: bool = False
 
     def encode(self) -> bytes:
-        """The KV value (JSON)."""
-        return json.dumps({"owner": self.owner, "epoch": self.epoch, "since": self.since}).encode()
+        """The KV value (JSON; ``released`` only when true)."""
+        body: dict[str, object] = {"owner": self.owner, "epoch": self.epoch, "since": self.since}
+        if self.released:
+            body["released"] = True
+        return json.dumps(body).encode()
 
     @classmethod
     def decode(cls, data: bytes | None) -> Owner | None:
         """The entry in ``data``, or None when it is empty or malformed."""
         try:
             body = json.loads(data or b"")
-            return cls(str(body["owner"]), int(body["epoch"]), str(body.get("since", "")))
+            return cls(str(body["owner"]), int(body["epoch"]), str(body.get("since", "")),
+                       body.get("released") is True)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -196,6 +205,19 @@ class Ownership:
         with contextlib.suppress(Exception):
             await self._kv.delete(call_id, last=held[1])
 
+    async def leave(self, call_id: str) -> None:
+        """Stop serving a live call this instance holds (it is stopping; no peer took the call over): mark the
+        entry released (compare-and-set on the held revision) so a watching instance takes it over at once. On
+        failure (fenced, NATS down) the entry just lapses after :data:`TTL_S`."""
+        held = self.held.pop(call_id, None)
+        if held is None:
+            return
+        entry, revision = held
+        try:
+            await self._kv.update(call_id, Owner(entry.owner, entry.epoch, entry.since, True).encode(), last=revision)
+        except Exception as exc:
+            log.warning("call %s: could not mark the ownership released (%s); it lapses", call_id, exc)
+
     def forget(self, call_id: str) -> None:
         """Stop renewing ``call_id`` without deleting it (handed over: the new owner's entry stays)."""
         self.held.pop(call_id, None)
@@ -241,12 +263,12 @@ class Ownership:
                 self.seen[update.key] = (owner, int(update.revision or 0), time.monotonic())
 
     async def _lapses(self) -> None:
-        """Every heartbeat: report entries of other instances not renewed for ``ttl_s``."""
+        """Every heartbeat: report entries of other instances not renewed for ``ttl_s``, and released ones."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             now = time.monotonic()
             for call_id, (owner, revision, at) in list(self.seen.items()):
-                if now - at < self.ttl_s or call_id in self.held:
+                if (now - at < self.ttl_s and not owner.released) or call_id in self.held:
                     continue
                 self.seen.pop(call_id, None)
                 for callback in self._lapsed:

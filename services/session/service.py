@@ -120,7 +120,8 @@ class SessionService:
     async def stop(self, *, drain_s: float = 0.0) -> None:
         """Stop taking calls (leave the queue groups) and hand each live call over to a peer; a call no peer
         confirms within ``handover_s`` is served until it ends or ``drain_s`` passed, then left without a
-        summary: its ownership entry lapses and a peer — or this service restarted — takes it over."""
+        summary: its ownership entry is marked released and a peer — or this service restarted — takes it over at
+        once."""
         self.stopping = True
         await self.readiness.stop()
         if self._ready_sub is not None:
@@ -137,9 +138,9 @@ class SessionService:
         if self._tasks and drain_s > 0:
             await asyncio.wait(set(self._tasks.values()), timeout=drain_s)
         for call in list(self.calls.values()):  # not taken over, not ended: leave it to the next instance
-            log.warning("call %s: stopping with the call live; its ownership lapses for a peer or a restarted "
+            log.warning("call %s: stopping with the call live; its ownership is released for a peer or a restarted "
                         "instance to take it over", call.call_id)
-            self.ownership.forget(call.call_id)
+            await self.ownership.leave(call.call_id)
             await call.hand_off()
         if self._tasks:
             await asyncio.wait(set(self._tasks.values()), timeout=10)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.session.call import REPEAT_LINE, CallOptions, ModelEndpoint
+from services.session.ownership import Owner, Ownership
 from services.session.rebuild import REBUILD_PREFIX
 from services.session.service import SessionService
 from shared import subjects
@@ -200,13 +201,15 @@ async def test_ownership_entries_are_claimed_once_and_released(nats_url: str, mo
 async def test_a_lone_instance_stopped_leaves_the_call_to_its_restart(nats_url: str, model_url: str,
                                                                       gateway_bus: Bus, toolbox: ToolBox) -> None:
     """SIGTERM with no peer (one replica, restarted by its supervisor): the call is served through the drain, then
-    left to lapse — without a summary — and the restarted instance takes it over."""
+    released — without a summary — and the restarted instance takes it over."""
     bus, lone = await new_instance(nats_url, model_url, "session-lone")
     gw = SimGateway(gateway_bus)
     await gw.start()
     await gw.wait_for(lambda: gw.count("server.response.done") > 0, 60, "greeting")
     await turn(gw, "Hi, I would like to book an appointment for tomorrow at ten", "reply asking for the name")
     await lone.stop(drain_s=0)
+    owner, _ = await lone.ownership.current(gw.call_id)
+    assert owner is not None and owner.released and owner.epoch == 1  # marked released, not left to lapse
     await bus.close()
     assert not any(n == "summary" for n, _ in gw.session_events)
     bus2, restarted = await new_instance(nats_url, model_url, "session-restarted")
@@ -220,3 +223,28 @@ async def test_a_lone_instance_stopped_leaves_the_call_to_its_restart(nats_url: 
         await restarted.stop()
         await bus2.close()
         await gw.close()
+
+
+async def test_a_released_entry_is_taken_over_without_waiting_for_the_ttl(bus: Bus, unique: str) -> None:
+    """An instance that stops with a call live marks its entry released; a watcher reports it at once (its TTL
+    here is an hour, so only the release can make it report)."""
+    leaving, watching = Ownership(bus.js), Ownership(bus.js, ttl_s=3600)
+    lapsed: asyncio.Queue[tuple[str, Owner]] = asyncio.Queue()
+    call_id = f"call_rel{unique}"
+
+    async def on_lapsed(lapsed_id: str, owner: Owner, revision: int) -> None:
+        if lapsed_id == call_id:  # other tests' released entries are in the bucket too
+            await lapsed.put((lapsed_id, owner))
+
+    watching.on_lapsed(on_lapsed)
+    await leaving.start(watch=False)
+    await watching.start()
+    try:
+        assert await leaving.claim(call_id) == 1
+        await leaving.leave(call_id)
+        got_id, owner = await asyncio.wait_for(lapsed.get(), 30)
+        assert (got_id, owner.owner, owner.epoch, owner.released) == (call_id, leaving.instance, 1, True)
+        assert await watching.take_over(call_id) == 2
+    finally:
+        await leaving.stop()
+        await watching.stop()
