@@ -14,7 +14,10 @@
    marks at once (Twilio, Telnyx) or confirms the clear (Vonage, Plivo); both directions go to a stereo WAV
    on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
-   :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``;
+   :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``; when the
+   agent answers a line by asking its previous question again word for word (it did not get the answer: audio
+   lost to a reconnect or a crash, or misheard), says the line again, as a person would — at most
+   :data:`MAX_REPEATS` times per line, each shown as ``(asked again: repeating)``;
 4. when the gateway closes the stream and the TwiML had a ``<Redirect>``, requests it as Twilio does
    (https://www.twilio.com/docs/voice/twiml/connect: without an ``action``, Twilio moves on to the next verb when
    ``<Connect>`` ends): a ``<Connect><Stream>`` answer reconnects — a new WebSocket and ``start`` with the new
@@ -65,6 +68,9 @@ from switchboard.scenario import Scenario, Turn, check_expectations, read_call_l
 __all__ = ["CallResult", "CallerSimulator", "run_scenario"]
 
 log = logging.getLogger("switchboard.caller")
+
+MAX_REPEATS = 2
+"""Times the caller says a line again when the agent asks its question again (module docstring, step 3)."""
 
 
 @dataclass
@@ -134,9 +140,16 @@ class CallerSimulator:
         self.closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._said: list[str] = []
+        self._agent_lines: list[str] = []
 
     def _on_line(self, speaker: str, text: str) -> None:
+        if speaker == "agent":
+            self._agent_lines.append(text)
         self.out(f"{speaker:>6}: {text}")
+
+    def _asked_again(self, asked: str | None, since: int) -> bool:
+        """The agent said ``asked`` (its line before the caller's) again among its lines from index ``since``."""
+        return asked is not None and any(line.strip() == asked.strip() for line in self._agent_lines[since:])
 
     # --- the call ------------------------------------------------------------------------------------------
 
@@ -376,10 +389,13 @@ class CallerSimulator:
 
     async def _turns(self) -> None:
         turns = self.scenario.turns
-        for index, turn in enumerate(turns):
+        index, repeats = 0, 0
+        while index < len(turns):
+            turn = turns[index]
             if self.closed.is_set():
                 return
             baseline_done = self.follower.responses_done
+            asked, since = (self._agent_lines[-1] if self._agent_lines else None), len(self._agent_lines)
             await self._act(turn)
             reply_start = self.playback.played_ms_total
             if turn.hangup_after_ms is not None:
@@ -392,6 +408,11 @@ class CallerSimulator:
                                  "no agent reply to barge in on")
             else:
                 await self._wait(self._turn_finished(baseline_done), "the agent did not finish its turn")
+                if turn.say is not None and repeats < MAX_REPEATS and self._asked_again(asked, since):
+                    repeats += 1
+                    self.out("caller: (asked again: repeating)")
+                    continue
+            index, repeats = index + 1, 0
 
     async def _act(self, turn: Turn) -> None:
         assert self.socket is not None

@@ -299,3 +299,18 @@ async def test_barge_in_on_the_greeting(gw: RunningGateway, nats_url: str, agent
     call = agent.calls[result.call_id]
     assert len(call.cleared) == 1  # the greeting was cut short by the caller's line
     assert [line for speaker, line in result.transcript if speaker == "agent"][-1] == "Of course."
+
+
+async def test_the_caller_says_a_line_again_when_the_agent_asks_again(gw: RunningGateway, nats_url: str,
+                                                                      agent_bus: Bus) -> None:
+    """An agent that did not get the answer (audio lost to a reconnect or a crash) asks its question again word for
+    word: the simulated caller repeats its line, as a person would, and the scenario goes on."""
+    asked = BOOKING_REPLIES[0]
+    agent = ScriptedAgent(agent_bus, [asked, asked, *BOOKING_REPLIES[1:]])
+    await agent.start()
+    lines: list[str] = []
+    result = await run_scenario(BOOKING, gateway_url=gw.http_url, nats_url=nats_url, speed=SPEED,
+                                out=lines.append, turn_timeout=30)
+    assert result.failures == [] and result.ok
+    assert result.said == ["I would like to book an appointment", "Yes please", "Yes please", "No thank you"]
+    assert sum("(asked again: repeating)" in line for line in lines) == 1
