@@ -86,7 +86,8 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
         psub = await first._bind(spec)
         msgs = await psub.fetch(10_000, timeout=2)
         await store.apply_batch(engine, spec.name, sorted((e for e in map(to_event, msgs) if e is not None),
-                                                          key=lambda e: e[1].stream_seq))
+                                                          key=lambda e: e[1].stream_seq),
+                                first.first_audio if spec is subjects.RT_STREAM else None)
         for m in msgs:
             await m.nak()
         await psub.unsubscribe()
