@@ -5,11 +5,10 @@ would write theirs (nats-py public API only; docs/analytics.md walks through it)
   overrides it). A durable keeps its position on the server across restarts.
 - **Replay from the start**: created with ``DeliverPolicy.ALL``, so a new consumer reads every event the
   streams still hold (``SWITCHBOARD_JS_MAX_AGE``) before the live ones.
-- **Only what the KPIs need**: CALLS whole (small), RT through ``filter_subjects`` (:data:`RT_TYPES`) — audio
-  is never delivered: not the caller's (``input_audio_buffer.append``), nor the model's
-  (``response.output_audio.delta``), whose first message after each ``speech_stopped`` — all that the
-  first-response latency reads — is looked up in the stream instead (:mod:`services.analytics.turns`). Bodies
-  the KPIs do not read (:data:`NO_BODY`) are not decoded.
+- **Only what the KPIs need**: ``filter_subjects`` (:data:`CALLS_TYPES`, :data:`RT_TYPES`). Audio is never
+  delivered: not the caller's (``input_audio_buffer.append``), nor the model's (``response.output_audio.delta``),
+  whose first message after each ``speech_stopped`` — all that the first-response latency reads — is looked up
+  in the stream instead (:mod:`services.analytics.turns`). Bodies no KPI reads (:data:`NO_BODY`) are not decoded.
 - **Ack policy** ``AckPolicy.ALL``: after the batch's transaction committed, its last message is acked, which
   acks the batch (``ack_wait`` 60 s; unacked messages are redelivered). A durable made with another ack policy
   or filter (an older version) is recreated to start after the committed position.
@@ -17,7 +16,8 @@ would write theirs (nats-py public API only; docs/analytics.md walks through it)
   one transaction (:func:`services.analytics.store.apply_batch`); a redelivered message at or below that
   sequence is skipped, so a crash between commit and ack never counts an event twice.
 
-One task consumes both streams in turn (one batch each, in stream order), so a call's row has one writer; turns
+One task consumes both streams in turn (one batch each, in stream order), so a call's row has one writer; after
+batches that were not full it waits ``linger_s`` (0.2 s), so a transaction carries that much traffic; turns
 still waiting for audio are looked up again every :data:`~services.analytics.turns.RETRY_S`.
 """
 
@@ -42,10 +42,12 @@ from services.analytics.kpis import KpiEvent
 from shared import subjects
 from shared.bus import Headers
 
-__all__ = ["NO_BODY", "RT_TYPES", "AnalyticsConsumer", "to_event"]
+__all__ = ["CALLS_TYPES", "NO_BODY", "RT_TYPES", "AnalyticsConsumer", "to_event"]
 
 log = logging.getLogger(__name__)
 
+CALLS_TYPES = ("started", "ended", "erased", "session.model_connected")
+"""The CALLS events the KPIs read (``call.*.<type>`` filter subjects; not the carriers' marks, for instance)."""
 RT_TYPES: tuple[tuple[subjects.Direction, str], ...] = (
     ("server", "input_audio_buffer.speech_started"),
     ("server", "input_audio_buffer.speech_stopped"),
@@ -98,12 +100,14 @@ class AnalyticsConsumer:
     """
 
     def __init__(self, js: JetStreamContext, engine: AsyncEngine, *, durable_prefix: str = "analytics",
-                 batch: int = 256, fetch_timeout: float = 0.5, on_batch: BatchHook | None = None) -> None:
+                 batch: int = 1024, fetch_timeout: float = 0.5, linger_s: float = 0.2,
+                 on_batch: BatchHook | None = None) -> None:
         self.js = js
         self.engine = engine
         self.prefix = durable_prefix
         self.batch = batch
         self.fetch_timeout = fetch_timeout
+        self.linger_s = linger_s
         self.on_batch = on_batch
         self.ready = asyncio.Event()
         self.applied = 0
@@ -125,6 +129,8 @@ class AnalyticsConsumer:
             config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start_after + 1
         if stream.name == subjects.RT_STREAM.name:
             config.filter_subjects = [subjects.rt_any_call(d, t) for d, t in RT_TYPES]
+        else:
+            config.filter_subjects = [f"call.*.{t}" for t in CALLS_TYPES]
         return config
 
     async def _bind(self, stream: subjects.StreamSpec) -> JetStreamContext.PullSubscription:
@@ -152,12 +158,17 @@ class AnalyticsConsumer:
         looked = time.monotonic()
         try:
             while not stopping.is_set():
+                got, full = False, False
                 for name, psub in subs:
                     msgs = await self._fetch(psub)
                     if msgs is None:
                         return
                     if msgs:
+                        got, full = True, full or len(msgs) >= self.batch
                         await self._handle(name, msgs, stopping)
+                if got and not full:  # a trickle: gather linger_s of events per transaction
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), self.linger_s)
                 if self.waiting and time.monotonic() - looked >= turns.RETRY_S:
                     looked = time.monotonic()
                     await self._resolve()

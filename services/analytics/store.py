@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -85,14 +85,15 @@ async def position(engine: AsyncEngine, stream: str) -> int:
 
 async def _write(conn: AsyncConnection, figs: dict[str, CallFigures], existing: dict[str, CallFigures],
                  latencies: list[dict[str, Any]], out: BatchOutcome) -> None:
+    """Write ``figs`` (update those in ``existing``, insert the others: one statement each, executemany)."""
     was_ended = {cid for cid, f in existing.items() if f.ended}
-    for cid, fig in figs.items():
-        if cid in existing:
-            await conn.execute(_T.update().where(_T.c.call_id == cid).values(**_row(fig)))
-        else:
-            await conn.execute(_T.insert().values(**_row(fig)))
-        if fig.ended and cid not in was_ended:
-            out.ended.append(fig)
+    updates = [{**_row(fig), "b_call_id": cid} for cid, fig in figs.items() if cid in existing]
+    inserts = [_row(fig) for cid, fig in figs.items() if cid not in existing]
+    if updates:
+        await conn.execute(_T.update().where(_T.c.call_id == bindparam("b_call_id")), updates)
+    if inserts:
+        await conn.execute(_T.insert(), inserts)
+    out.ended += [fig for cid, fig in figs.items() if fig.ended and cid not in was_ended]
     if latencies:
         await conn.execute(models.kpi_latencies.insert(), latencies)
 
