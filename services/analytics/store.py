@@ -83,10 +83,10 @@ async def position(engine: AsyncEngine, stream: str) -> int:
         return await _position(conn, stream)
 
 
-async def _write(conn: AsyncConnection, figs: dict[str, CallFigures], existing: dict[str, CallFigures],
+async def _write(conn: AsyncConnection, figs: dict[str, CallFigures], existing: set[str], was_ended: set[str],
                  latencies: list[dict[str, Any]], out: BatchOutcome) -> None:
-    """Write ``figs`` (update those in ``existing``, insert the others: one statement each, executemany)."""
-    was_ended = {cid for cid, f in existing.items() if f.ended}
+    """Write ``figs`` (update those in ``existing``, insert the others: one statement each, executemany); the
+    calls that ended since ``was_ended`` (ended before the batch) go to ``out.ended``."""
     updates = [{**_row(fig), "b_call_id": cid} for cid, fig in figs.items() if cid in existing]
     inserts = [_row(fig) for cid, fig in figs.items() if cid not in existing]
     if updates:
@@ -131,6 +131,7 @@ async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[s
         if not todo:
             return out
         existing = await _load(conn, {cid for cid, _ in todo})
+        was_ended = {cid for cid, f in existing.items() if f.ended}
         figs = dict(existing)
         latencies: list[dict[str, Any]] = []
         for cid, ev in todo:
@@ -146,7 +147,7 @@ async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[s
                 await _close_turn(fig, first_audio, done, None, latencies, out)
                 if turns.open_turn(fig, done) is not None:
                     out.open_turns.append(fig.call_id)
-        await _write(conn, figs, existing, latencies, out)
+        await _write(conn, figs, set(existing), was_ended, latencies, out)
         last = todo[-1][1].stream_seq
         if done:
             await conn.execute(models.kpi_positions.update().where(models.kpi_positions.c.stream == stream)
@@ -180,7 +181,7 @@ async def resolve_turns(engine: AsyncEngine, first_audio: turns.Lookup, call_ids
                     fig.ended_ns is None or now_ns - fig.ended_ns < turns.SETTLE_S * 1e9):
                 out.open_turns.append(cid)
         if changed:
-            await _write(conn, changed, existing, latencies, out)
+            await _write(conn, changed, set(existing), set(existing), latencies, out)
     return out
 
 

@@ -85,9 +85,11 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
     for spec in (subjects.CALLS_STREAM, subjects.RT_STREAM):
         psub = await first._bind(spec)
         msgs = await psub.fetch(10_000, timeout=2)
-        await store.apply_batch(engine, spec.name, sorted((e for e in map(to_event, msgs) if e is not None),
-                                                          key=lambda e: e[1].stream_seq),
-                                first.first_audio if spec is subjects.RT_STREAM else None)
+        outcome = await store.apply_batch(engine, spec.name, sorted((e for e in map(to_event, msgs) if e is not None),
+                                                                    key=lambda e: e[1].stream_seq),
+                                          first.first_audio if spec is subjects.RT_STREAM else None)
+        if spec is subjects.CALLS_STREAM:  # the calls that ended in the batch (the metrics and the webhook)
+            assert set(calls) <= {fig.call_id for fig in outcome.ended}
         for m in msgs:
             await m.nak()
         await psub.unsubscribe()

@@ -1,6 +1,7 @@
 """First-response latency by lookup (services/analytics/turns.py) against the fold over every event: a call's RT
 events in random batches, with the output audio deltas never delivered and the stream seen by the lookups
-growing between batches, give exactly the latencies (and their delta sequences) of ``kpis.apply`` over all."""
+growing between batches, give exactly the latencies (and their delta sequences) of ``kpis.apply`` over all;
+a batch reports the calls that ended in it (metrics, webhook)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,12 @@ async def test_lookups_give_the_latencies_of_the_full_fold(engine: Any, seed: in
         rows = (await conn.execute(select(models.kpi_latencies.c.stream_seq, models.kpi_latencies.c.latency_ms)
                                    .where(models.kpi_latencies.c.call_id == CALL))).all()
     assert {r.stream_seq: pytest.approx(r.latency_ms) for r in rows} == expected
+
+
+async def test_a_call_that_ends_in_a_later_batch_is_reported_once(engine: Any) -> None:
+    started = KpiEvent("CALLS", None, "started", {}, 1_000, 1)
+    ended = KpiEvent("CALLS", None, "ended", {"reason": "agent_hangup"}, 2_000, 2)
+    first = await store.apply_batch(engine, "CALLS", [(CALL, started)])
+    later = await store.apply_batch(engine, "CALLS", [(CALL, ended)])
+    again = await store.apply_batch(engine, "CALLS", [(CALL, ended)])  # redelivered
+    assert (first.ended, [f.call_id for f in later.ended], again.ended) == ([], [CALL], [])
