@@ -36,7 +36,7 @@ from shared import subjects
 from shared.bus import Headers
 from shared.callfigures import OUTPUT_AUDIO, FirstAudio
 
-__all__ = ["RETRY_S", "SETTLE_S", "FirstMessage", "StreamLookup", "open_turn", "resolve"]
+__all__ = ["RETRY_S", "SETTLE_S", "FirstMessage", "Lookup", "StreamLookup", "open_turn", "resolve"]
 
 RETRY_S = 0.25
 """Seconds between two lookups for the turns still waiting for audio."""
@@ -50,7 +50,9 @@ FirstMessage = tuple[int, int]
 class Lookup(Protocol):
     """The first RT message of a subject after a sequence (see :class:`StreamLookup`)."""
 
-    async def first_after(self, subject: str, seq: int) -> FirstMessage | None: ...
+    async def first_after(self, subject: str, seq: int) -> FirstMessage | None:
+        """``(seq, ts_ns)`` of the first message on ``subject`` with a sequence above ``seq``, None if none yet."""
+        ...
 
 
 class StreamLookup:
@@ -58,7 +60,6 @@ class StreamLookup:
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
-        self.requests = 0
 
     async def first_after(self, subject: str, seq: int) -> FirstMessage | None:
         """``(seq, ts_ns)`` of the first RT message on ``subject`` with a sequence above ``seq``; None when the
@@ -67,7 +68,6 @@ class StreamLookup:
         Raises:
             nats.errors.TimeoutError, nats.js.errors.APIError: the request failed (the batch is retried).
         """
-        self.requests += 1
         try:
             raw = await self.js.get_msg(subjects.RT_STREAM.name, seq=seq + 1, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
