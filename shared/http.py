@@ -2,18 +2,34 @@
 
 ``/metrics`` serves the process's OpenTelemetry metrics in Prometheus text format (the Prometheus reader
 installed by :func:`shared.telemetry.setup_telemetry` registers with ``prometheus_client``'s registry).
+These routes are left out of FastAPI's request tracing (:data:`TELEMETRY`): the supervisor and Kubernetes probe
+them every second or so, and each traced probe would be spans to export, stream and archive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.telemetry import TelemetryConfig
 
 from shared.health import Readiness
 
-__all__ = ["add_ops_routes"]
+__all__ = ["OPS_PATHS", "TELEMETRY", "add_ops_routes", "is_ops_request"]
+
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""The operational routes :func:`add_ops_routes` adds."""
+
+
+def is_ops_request(scope: MutableMapping[str, Any]) -> bool:
+    """True for an ASGI ``scope`` of one of :data:`OPS_PATHS` (FastAPI's telemetry ``exclude`` hook)."""
+    return scope.get("path") in OPS_PATHS
+
+
+TELEMETRY: TelemetryConfig = {"exclude": is_ops_request}
+"""``FastAPI(telemetry=...)`` of every service: requests traced, the probes of :data:`OPS_PATHS` not."""
 
 
 def add_ops_routes(app: FastAPI, ready: Readiness | Callable[[], bool]) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.analytics import store
 from shared.apidocs import add_api_docs, declare_bearer
 from shared.health import Readiness
-from shared.http import add_ops_routes
+from shared.http import TELEMETRY, add_ops_routes
 
 __all__ = ["CallKpis", "KpiGroup", "Kpis", "create_app", "parse_time"]
 
@@ -119,7 +119,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None,
     """The analytics API over ``engine`` (``ready`` answers ``/readyz``)."""
     app = FastAPI(title="Switchboard analytics", version="1",
                   description="KPIs computed from the CALLS and RT event streams (docs/analytics.md).",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY)
     app.state.api_token = api_token
     add_ops_routes(app, ready)
     add_api_docs(app)  # public, as before: the document describes the API, it holds no data

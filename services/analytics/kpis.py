@@ -203,14 +203,17 @@ def _cost(fig: CallFigures, ev: KpiEvent) -> None:
 
 
 def _first_audio(fig: CallFigures, ev: KpiEvent) -> float | None:
-    """Fold ``ev`` into the call's :class:`~shared.callfigures.FirstAudio` (kept as ``state["stopped_ns"]``)."""
+    """Fold ``ev`` into the call's :class:`~shared.callfigures.FirstAudio` (kept as ``state["stopped_ns"]``,
+    with the open turn's RT sequence as ``state["stopped_seq"]``: :mod:`services.analytics.turns`)."""
     stopped = fig.state.get("stopped_ns")
     state, latency = FirstAudio(stopped if isinstance(stopped, int) else None).observe(
         (ev.direction, ev.type), ev.ts_ns)
     if state.stopped_ns is None:
         fig.state.pop("stopped_ns", None)
+        fig.state.pop("stopped_seq", None)
     else:
         fig.state["stopped_ns"] = state.stopped_ns
+        fig.state["stopped_seq"] = ev.stream_seq
     return latency
 
 

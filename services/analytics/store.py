@@ -3,7 +3,9 @@
 :func:`apply_batch` is the idempotent step: in ONE transaction it reads the stream's committed position,
 skips every event at or below it (a redelivery after a crash between commit and ack), applies the rest to the
 calls' :class:`~services.analytics.kpis.CallFigures`, writes the rows and latencies, and moves the position to
-the batch's last sequence. Applying the same batch twice therefore changes nothing.
+the batch's last sequence. Applying the same batch twice therefore changes nothing. First audio is looked up
+in the RT stream (:mod:`services.analytics.turns`): a closed turn and its latency row (keyed by the delta's
+sequence) commit together, so a turn closes once; :func:`resolve_turns` closes turns whose audio came later.
 
 :func:`kpis` aggregates ended calls per group in SQL (``GROUP BY`` sums) and computes the latency percentiles
 from the group's latency rows (:func:`services.analytics.kpis.aggregate`).
@@ -16,15 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from services.analytics import models
+from services.analytics import models, turns
 from services.analytics.kpis import Aggregate, CallFigures, GroupSums, KpiEvent, aggregate, apply
 from shared.pricing import Usage
 
-__all__ = ["GROUPS", "BatchOutcome", "GroupBy", "apply_batch", "call_figures", "kpis", "position"]
+__all__ = ["GROUPS", "BatchOutcome", "GroupBy", "apply_batch", "call_figures", "kpis", "open_turn_calls", "position",
+           "resolve_turns"]
 
 GroupBy = Literal["agent_version", "day", "carrier"]
 GROUPS: tuple[GroupBy, ...] = ("agent_version", "day", "carrier")
@@ -40,6 +43,8 @@ class BatchOutcome:
     skipped: int = 0
     ended: list[CallFigures] = field(default_factory=list)
     latencies: list[tuple[str, float]] = field(default_factory=list)
+    open_turns: list[str] = field(default_factory=list)
+    """Calls whose turn still waits for its first audio (only with a ``first_audio`` lookup)."""
 
 
 def _figures(row: Any) -> CallFigures:
@@ -78,11 +83,45 @@ async def position(engine: AsyncEngine, stream: str) -> int:
         return await _position(conn, stream)
 
 
-async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[str, KpiEvent]]) -> BatchOutcome:
+async def _write(conn: AsyncConnection, figs: dict[str, CallFigures], existing: set[str], was_ended: set[str],
+                 latencies: list[dict[str, Any]], out: BatchOutcome) -> None:
+    """Write ``figs`` (update those in ``existing``, insert the others: one statement each, executemany); the
+    calls that ended since ``was_ended`` (ended before the batch) go to ``out.ended``."""
+    updates = [{**_row(fig), "b_call_id": cid} for cid, fig in figs.items() if cid in existing]
+    inserts = [_row(fig) for cid, fig in figs.items() if cid not in existing]
+    if updates:
+        await conn.execute(_T.update().where(_T.c.call_id == bindparam("b_call_id")), updates)
+    if inserts:
+        await conn.execute(_T.insert(), inserts)
+    out.ended += [fig for cid, fig in figs.items() if fig.ended and cid not in was_ended]
+    if latencies:
+        await conn.execute(models.kpi_latencies.insert(), latencies)
+
+
+async def _close_turn(fig: CallFigures, lookup: turns.Lookup, position: int, before: int | None,
+                      latencies: list[dict[str, Any]], out: BatchOutcome) -> None:
+    closed = await turns.resolve(fig, lookup, position, before)
+    if closed is not None and closed[1] is not None:
+        latencies.append({"stream_seq": closed[0], "call_id": fig.call_id, "latency_ms": closed[1]})
+        out.latencies.append((fig.agent_version or "unknown", closed[1]))
+
+
+async def _load(conn: AsyncConnection, ids: set[str]) -> dict[str, CallFigures]:
+    rows = (await conn.execute(select(_T).where(_T.c.call_id.in_(sorted(ids))))).all() if ids else []
+    return {r.call_id: _figures(r) for r in rows}
+
+
+async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[str, KpiEvent]],
+                      first_audio: turns.Lookup | None = None) -> BatchOutcome:
     """Apply ``(call_id, event)`` pairs of one ``stream`` batch (ascending ``stream_seq``) in one transaction.
+
+    ``first_audio`` (RT batches whose consumer does not receive the output audio deltas): closes open turns by
+    looking their first audio up (:mod:`services.analytics.turns`), before each ``speech_stopped`` and at the
+    end of the batch; ``outcome.open_turns`` lists the calls whose turn still waits.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was written (retry the same batch).
+        nats.errors.Error: a lookup failed; nothing was written (retry the same batch).
     """
     out = BatchOutcome()
     async with engine.begin() as conn:
@@ -91,27 +130,24 @@ async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[s
         out.skipped = len(events) - len(todo)
         if not todo:
             return out
-        ids = sorted({cid for cid, _ in todo})
-        rows = (await conn.execute(select(_T).where(_T.c.call_id.in_(ids)))).all()
-        existing = {r.call_id: _figures(r) for r in rows}
+        existing = await _load(conn, {cid for cid, _ in todo})
+        was_ended = {cid for cid, f in existing.items() if f.ended}
         figs = dict(existing)
         latencies: list[dict[str, Any]] = []
-        was_ended = {cid for cid, f in existing.items() if f.ended}
         for cid, ev in todo:
             fig = figs.setdefault(cid, CallFigures(cid))
+            if first_audio is not None and ev.type == "input_audio_buffer.speech_stopped":
+                await _close_turn(fig, first_audio, done, ev.stream_seq, latencies, out)
             latency = apply(fig, ev)
             if latency is not None:
                 latencies.append({"stream_seq": ev.stream_seq, "call_id": cid, "latency_ms": latency})
                 out.latencies.append((fig.agent_version or "unknown", latency))
-        for cid, fig in figs.items():
-            if cid in existing:
-                await conn.execute(_T.update().where(_T.c.call_id == cid).values(**_row(fig)))
-            else:
-                await conn.execute(_T.insert().values(**_row(fig)))
-            if fig.ended and cid not in was_ended:
-                out.ended.append(fig)
-        if latencies:
-            await conn.execute(models.kpi_latencies.insert(), latencies)
+        if first_audio is not None:
+            for fig in figs.values():
+                await _close_turn(fig, first_audio, done, None, latencies, out)
+                if turns.open_turn(fig, done) is not None:
+                    out.open_turns.append(fig.call_id)
+        await _write(conn, figs, set(existing), was_ended, latencies, out)
         last = todo[-1][1].stream_seq
         if done:
             await conn.execute(models.kpi_positions.update().where(models.kpi_positions.c.stream == stream)
@@ -120,6 +156,50 @@ async def apply_batch(engine: AsyncEngine, stream: str, events: Sequence[tuple[s
             await conn.execute(models.kpi_positions.insert().values(stream=stream, last_seq=last))
         out.applied = len(todo)
     return out
+
+
+async def resolve_turns(engine: AsyncEngine, first_audio: turns.Lookup, call_ids: Sequence[str],
+                        now_ns: int) -> BatchOutcome:
+    """Close the open turns of ``call_ids`` whose first audio is now in the RT stream (one transaction; the
+    RT position does not move). ``outcome.open_turns``: those still waiting, less the calls that ended more
+    than :data:`~services.analytics.turns.SETTLE_S` before ``now_ns``.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, nats.errors.Error: nothing was written (call it again).
+    """
+    out = BatchOutcome()
+    async with engine.begin() as conn:
+        done = await _position(conn, "RT")
+        existing = await _load(conn, set(call_ids))
+        figs = dict(existing)
+        latencies: list[dict[str, Any]] = []
+        changed: dict[str, CallFigures] = {}
+        for cid, fig in figs.items():
+            if await _close_turn_changed(fig, first_audio, done, latencies, out):
+                changed[cid] = fig
+            elif turns.open_turn(fig, done) is not None and (
+                    fig.ended_ns is None or now_ns - fig.ended_ns < turns.SETTLE_S * 1e9):
+                out.open_turns.append(cid)
+        if changed:
+            await _write(conn, changed, set(existing), set(existing), latencies, out)
+    return out
+
+
+async def _close_turn_changed(fig: CallFigures, lookup: turns.Lookup, position: int,
+                              latencies: list[dict[str, Any]], out: BatchOutcome) -> bool:
+    before = turns.open_turn(fig, position)
+    await _close_turn(fig, lookup, position, None, latencies, out)
+    return before is not None and turns.open_turn(fig, position) is None
+
+
+async def open_turn_calls(engine: AsyncEngine, now_ns: int) -> list[str]:
+    """Calls whose turn waits for audio (the consumer's retry list at start), less those that ended more than
+    :data:`~services.analytics.turns.SETTLE_S` before ``now_ns``."""
+    since = now_ns - int(turns.SETTLE_S * 1e9)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(_T.c.call_id).where(
+            _T.c.state.like('%"stopped_ns"%'), or_(_T.c.ended_ns.is_(None), _T.c.ended_ns >= since)))).all()
+    return [r.call_id for r in rows]
 
 
 async def call_figures(engine: AsyncEngine, call_id: str) -> dict[str, Any] | None:

@@ -60,7 +60,7 @@ from shared.config import Settings
 from shared.contracts import CallEnded, ContractError
 from shared.endreasons import EndReason
 from shared.health import Readiness
-from shared.http import add_ops_routes
+from shared.http import TELEMETRY, add_ops_routes
 from shared.runtime import ServiceContext, serve_http
 
 __all__ = ["Gateway", "create_app", "main"]
@@ -193,7 +193,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             await sip.close()
             await gateway.end_all()  # normally none left: main drained them first
 
-    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Switchboard gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=TELEMETRY)
     add_ops_routes(app, readiness)
     add_api_docs(app)  # public, like /twilio/voice and /phone: the document describes routes, it holds no data
     settings = gateway.settings

@@ -48,7 +48,7 @@ from shared.bus import Bus
 from shared.config import get_settings
 from shared.errors import PublishFailedError
 from shared.health import Readiness
-from shared.http import add_ops_routes
+from shared.http import TELEMETRY, add_ops_routes
 
 __all__ = ["create_app"]
 
@@ -108,7 +108,7 @@ def create_app(engine: AsyncEngine, *, api_token: str | None, bus: Bus | None = 
     A call whose key cannot be had answers 500 naming why (wrong ``SWITCHBOARD_ARCHIVE_KEY``, key missing)."""
     app = FastAPI(title="Switchboard recorder", version="1",
                   description="The call archive: calls, events, transcripts, recordings, traces, audit.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None, telemetry=TELEMETRY)
     app.state.api_token = api_token
     add_api_docs(app, dependencies=[Depends(_authorize)])  # /docs, /redoc, /openapi.json: local assets
     declare_bearer(app, enabled=bool(api_token),

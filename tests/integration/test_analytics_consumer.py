@@ -13,8 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.analytics import store
+from services.analytics import models, store
 from services.analytics.api import CallKpis, Kpis, create_app
 from services.analytics.consumer import AnalyticsConsumer, to_event
 from services.analytics.db import open_database
@@ -85,8 +86,11 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
     for spec in (subjects.CALLS_STREAM, subjects.RT_STREAM):
         psub = await first._bind(spec)
         msgs = await psub.fetch(10_000, timeout=2)
-        await store.apply_batch(engine, spec.name, sorted((e for e in map(to_event, msgs) if e is not None),
-                                                          key=lambda e: e[1].stream_seq))
+        outcome = await store.apply_batch(engine, spec.name, sorted((e for e in map(to_event, msgs) if e is not None),
+                                                                    key=lambda e: e[1].stream_seq),
+                                          first.first_audio if spec is subjects.RT_STREAM else None)
+        if spec is subjects.CALLS_STREAM:  # the calls that ended in the batch (the metrics and the webhook)
+            assert set(calls) <= {fig.call_id for fig in outcome.ended}
         for m in msgs:
             await m.nak()
         await psub.unsubscribe()
@@ -136,6 +140,33 @@ async def test_kpis_resume_without_double_counting(buses: tuple[Bus, Bus], engin
         assert doc["paths"]["/kpis"]["get"]["security"] == [{"bearerAuth": []}]
         assert doc["paths"]["/kpis"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Kpis"}
+
+
+async def test_an_older_durable_is_recreated_after_the_committed_position(buses: tuple[Bus, Bus], engine: Any,
+                                                                          unique: str) -> None:
+    gateway, session = buses
+    prefix = f"old{unique}"
+    # as an older version made it: explicit acks, every CALLS subject
+    old = ConsumerConfig(durable_name=f"{prefix}-calls", ack_policy=AckPolicy.EXPLICIT,
+                         deliver_policy=DeliverPolicy.ALL)
+    await session.js.add_consumer("CALLS", old)
+    committed = (await session.js.stream_info("CALLS")).state.last_seq
+    async with engine.begin() as conn:
+        await conn.execute(models.kpi_positions.insert().values(stream="CALLS", last_seq=committed))
+    call_id = f"call_old{unique}"
+    await gateway.publish_event(subjects.carrier_mark(call_id), {"name": "m1"}, call_id=call_id)
+    await place_call(gateway, session, call_id, version="1", reason="agent_hangup")
+
+    consumer = AnalyticsConsumer(session.js, engine, durable_prefix=prefix)
+    psub = await consumer._bind(subjects.CALLS_STREAM)
+    info = await session.js.consumer_info("CALLS", f"{prefix}-calls")
+    assert info.config.ack_policy == AckPolicy.ALL
+    msgs = await psub.fetch(10_000, timeout=2)
+    await psub.unsubscribe()
+    assert min(m.metadata.sequence.stream for m in msgs) > committed  # starts after what the database holds
+    assert {m.subject for m in msgs if call_id in m.subject} == {  # only what the KPIs read: not the mark
+        subjects.call_started(call_id), subjects.session_event(call_id, "model_connected"),
+        subjects.call_ended(call_id)}
 
 
 class Receiver:
