@@ -498,12 +498,18 @@ async def account(stack: Stack, result: DrillResult, call_ids: list[str], *, set
 
 
 def _late_server_events(rows: list[dict[str, Any]]) -> int:
-    """Server events stored by JetStream more than 2 s after the call's ``ended`` (model left talking)."""
-    ended = [int(r["stream_ts_ns"]) for r in rows if str(r.get("subject", "")).endswith(".ended")]
+    """Server events published more than 2 s after the call's ``ended`` (model left talking), by their publish
+    time (``Switchboard-Ts``; JetStream's storage time when absent): a publish whose ack was lost with a cluster
+    node is stored again by its retry seconds later, but it was said before the end."""
+
+    def published(r: dict[str, Any]) -> int:
+        return int(r.get("ts_ns") or r.get("stream_ts_ns") or 0)
+
+    ended = [published(r) for r in rows if str(r.get("subject", "")).endswith(".ended")]
     if not ended:
         return 0
     limit = min(ended) + 2_000_000_000
-    return sum(1 for r in rows if r.get("direction") == "server" and int(r.get("stream_ts_ns") or 0) > limit)
+    return sum(1 for r in rows if r.get("direction") == "server" and published(r) > limit)
 
 
 # --- one drill ---------------------------------------------------------------------------------------------
