@@ -61,7 +61,7 @@ from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
 from .ownership import Takeover
 from .prepare import load_context, restored_state
-from .rebuild import rebuild
+from .rebuild import CallLog, read_call_log, rebuild
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
@@ -90,6 +90,7 @@ class Call:
         """Set when another instance now serves the call: this one stops without a summary."""
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
+        self._logged: CallLog | None = None
         self.conversation_persists = False
         """True: the model keeps the conversation across connections (SIP sideband): no rebuild on reconnect."""
         self.spec = spec
@@ -231,6 +232,8 @@ class Call:
         registry, last_seq = await load_context(self.bus, self.call_id, self.ended)
         self.registry.update(registry)
         self.bus.resume_seq(self.call_id, last_seq)
+        if self.takeover == "lapse":  # its owner is gone: read its log while the model connects, not after
+            self._logged = await read_call_log(self.bus, self.call_id)
         if self.takeover and self.spec.flow is not None:
             state = await restored_state(self.bus, self.call_id)
             if state is not None:
@@ -303,8 +306,7 @@ class Call:
         await self._send_frame(str(event["type"]), frame, setup=setup, logged=loggable(self.redactor, event, frame))
 
     async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool, logged: bytes | None = None) -> None:
-        """Send one client event's exact bytes and log them (``logged``: the redacted form), under the log lock
-        (see :meth:`send`)."""
+        """Send one client event's exact bytes and log them (``logged``: redacted) under the log lock (:meth:`send`)."""
         async with self.log.lock:
             sock = self.model
             if sock is None or not (setup or self.ready.is_set()):
@@ -382,7 +384,8 @@ class Call:
         try:
             reconnect = self.connections > 1 or self.takeover is not None
             if reconnect and not self.conversation_persists:
-                logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True))
+                logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True),
+                                       self._logged if self.connections == 1 else None)
                 self.appended_in_log = logged.appended_bytes
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off
                 if cut_off and self.takeover == "lapse" and self.connections == 1:
@@ -434,8 +437,7 @@ class Call:
                     raise
 
     async def _after_disclosure(self) -> None:
-        """The disclosure is over: start listening and greet (when the model is ready; else
-        :meth:`_session_ready` does both)."""
+        """The disclosure is over: listen and greet (once the model is ready; else :meth:`_session_ready` does)."""
         await self.disclosure.done.wait()
         if self._closing or not self.ready.is_set():
             return
@@ -471,8 +473,7 @@ class Call:
         await self.gate.request()
 
     async def _on_ended(self, env: Envelope) -> None:
-        """``call.<id>.ended``: close the model session and publish the summary (an unreadable ``ended`` still
-        ends the call, with reason ``ended``)."""
+        """``call.<id>.ended``: close the model session, publish the summary (an unreadable one ends it too)."""
         try:
             reason = CallEnded.parse(env.data).reason
         except ContractError as exc:

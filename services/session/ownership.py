@@ -56,6 +56,8 @@ KEEP_S = 300.0
 """The bucket's ``max_age``: an entry not written for this long is removed (abandoned calls)."""
 HEARTBEAT_S = 0.5
 """Seconds between an owner's renewals of each of its calls."""
+LAPSE_CHECK_S = 0.1
+"""Seconds between a watcher's checks for lapsed entries (a lapse is seen at most this long after the TTL)."""
 
 LostCallback = Callable[[str, "Owner | None"], Awaitable[None]]
 """``async callback(call_id, new_owner)``: this instance no longer owns the call (``None``: unknown)."""
@@ -263,9 +265,10 @@ class Ownership:
                 self.seen[update.key] = (owner, int(update.revision or 0), time.monotonic())
 
     async def _lapses(self) -> None:
-        """Every heartbeat: report entries of other instances not renewed for ``ttl_s``, and released ones."""
+        """Every :data:`LAPSE_CHECK_S`: report entries of other instances not renewed for ``ttl_s``, and released
+        ones."""
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(LAPSE_CHECK_S)
             now = time.monotonic()
             for call_id, (owner, revision, at) in list(self.seen.items()):
                 if (now - at < self.ttl_s and not owner.released) or call_id in self.held:

@@ -184,14 +184,17 @@ async def read_call_log(bus: Bus, call_id: str) -> CallLog:
     return CallLog(ConversationLog().feed_all(parse_records(raw)), appended, bool(open_responses))
 
 
-async def rebuild(bus: Bus, call_id: str, send: Callable[[dict[str, Any]], Awaitable[None]]) -> CallLog:
+async def rebuild(bus: Bus, call_id: str, send: Callable[[dict[str, Any]], Awaitable[None]],
+                  logged: CallLog | None = None) -> CallLog:
     """Re-create a call's prior conversation in a new model session: wait (at most 5 s) for our own publishes to
-    be acknowledged, read the log (:func:`read_call_log`) and ``send`` one ``conversation.item.create`` per item
-    (``event_id`` ``sb_rebuild_<n>``; https://platform.openai.com/docs/api-reference/realtime-client-events/
-    conversation/item/create). Returns what was read."""
+    be acknowledged, read the log (:func:`read_call_log`; ``logged``: already read — after a crash, while the
+    model connected) and ``send`` one ``conversation.item.create`` per item (``event_id`` ``sb_rebuild_<n>``;
+    https://platform.openai.com/docs/api-reference/realtime-client-events/conversation/item/create). Returns what
+    was read."""
     t0 = time.monotonic()
-    await bus.flush_acks(5.0)
-    logged = await read_call_log(bus, call_id)
+    if logged is None:
+        await bus.flush_acks(5.0)
+        logged = await read_call_log(bus, call_id)
     items = logged.conversation.items()
     for n, item in enumerate(items, 1):
         await send({"type": "conversation.item.create", "event_id": f"{REBUILD_PREFIX}{n}", "item": item})

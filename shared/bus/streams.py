@@ -74,10 +74,12 @@ class Streams:
 
     async def replay(
         self, filter_subject: str | Sequence[str], stream: subjects.StreamSpec, *, batch: int = 512,
-        timeout: float = 5.0
+        timeout: float = 5.0, headers_only: bool = False
     ) -> AsyncIterator[Envelope]:
         """Yield every stored message of ``stream`` matching ``filter_subject`` (one subject, or several:
-        JetStream's ``filter_subjects``, nats-server 2.10+), in stream order.
+        JetStream's ``filter_subjects``, nats-server 2.10+), in stream order. ``headers_only``: the messages
+        come without their bodies (``data`` empty; JetStream adds ``Nats-Msg-Size``), for a scan that reads
+        headers only.
 
         Uses an ephemeral pull consumer (deliver all, no acks) that is deleted afterwards. Ends when the
         consumer reports nothing pending.
@@ -92,6 +94,7 @@ class Streams:
                 inactive_threshold=60.0,
                 mem_storage=True,
                 filter_subjects=list(filter_subject) if several else None,
+                headers_only=headers_only or None,
             ),
         )
         try:
@@ -138,7 +141,7 @@ class Streams:
         """
         wanted = source or self.source
         last = 0
-        async for env in self.replay(filter_subject, stream):
+        async for env in self.replay(filter_subject, stream, headers_only=True):  # a call's audio: not read
             if env.source == wanted and env.call_id == call_id and env.seq is not None:
                 last = max(last, env.seq)
         return last
