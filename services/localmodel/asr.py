@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pocketsphinx
 
-from services.localmodel.bandwidth import SpectralFolder
+from services.localmodel.bandwidth import TelephoneBand
 from services.localmodel.grammar import ANSWERS, LanguageModelSpec, build_answer_jsgf, build_jsgf, build_lm, words_in
 
 __all__ = ["MIN_GRAMMAR_PROB", "Recognizer", "Transcript", "UtteranceStream"]
@@ -190,7 +190,7 @@ class Recognizer:
         for sentence in CMN_CALIBRATION:
             # shaped like a VAD segment: prefix padding before the speech, the silence that ended it after
             ulaw = silence(fmt, 300) + synthesize_format(sentence, fmt) + silence(fmt, 500)
-            pcm = SpectralFolder().process(Resampler(fmt.rate, SAMPLE_RATE).process(decode(fmt, ulaw)))
+            pcm = TelephoneBand().process(Resampler(fmt.rate, SAMPLE_RATE).process(decode(fmt, ulaw)))
             self._decode(decoder, "_default", pcm.astype(np.int16), reset=False)
         return str(decoder.get_cmn(True))
 
