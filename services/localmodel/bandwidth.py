@@ -3,8 +3,7 @@
 pocketsphinx's en-US acoustic model was trained on 16 kHz speech and its filterbank reaches 6.8 kHz
 (``feat.params``: ``-upperf 6800``). G.711 audio from a phone carries nothing above 4 kHz, so after upsampling the
 filters between 4 and 6.8 kHz see silence, and sounds whose energy is mostly up there — /s/, /th/, /f/ — are
-misheard: "Smith" came back as "Davis" or "Baker" in every μ-law run, while the same sentence as 24 kHz PCM was
-right every time (docs/localmodel.md, "Telephone audio").
+misheard: "Smith" came back as "Davis" or "Baker" over μ-law.
 
 The fix adds a mirror image of the 0–4 kHz band into 4–8 kHz: ``y[n] = x[n] · (1 + g · (−1)^n)``. Multiplying
 by ``(−1)^n`` shifts the spectrum by half the sample rate (8 kHz), so energy at ``f`` reappears at
