@@ -373,8 +373,8 @@ class Session:
         if pending is None:
             has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
             return self.policy.greeting() if not has_user else Reply("How can I help you?")
-        self.handled.add(pending["id"])
         if pending["type"] == "function_call_output":
+            self.handled.add(pending["id"])
             call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
                          and s.item.get("call_id") == pending.get("call_id")), None)
             name = str(call.get("name")) if call else ""
@@ -386,29 +386,38 @@ class Session:
             return self.policy.on_tool_output(name, args, str(pending.get("output", "")))
         # a sentence the VAD split at a pause ("Good morning." + "I need an appointment …") is one request: the
         # user items since the last answered one are joined, in order
-        texts = [await self._user_text(pending)]
+        # user items since the last answered one are joined, in order. They count as answered only once their
+        # texts are in: a response cancelled by a barge-in while recognition runs leaves them to the next one
+        group = [pending]
         for stored in reversed(self.conversation.items()):
             item = stored.item
             if item["id"] == pending["id"]:
                 continue
             if item["id"] in self.handled or item.get("role") != "user" or item["type"] != "message":
                 break
-            self.handled.add(item["id"])
-            texts.insert(0, await self._user_text(item))
+            group.insert(0, item)
+        texts = [await self._user_text(item) for item in group]
+        self.handled.update(item["id"] for item in group)
         return self.policy.on_user(" ".join(t for t in texts if t.strip()))
 
     async def _user_text(self, item: dict[str, Any]) -> str:
-        """A user item's text: typed text, or its transcript (awaited while recognition runs)."""
+        """A user item's text: typed text, or its transcript, awaited while recognition runs. The wait is
+        shielded and the future kept until it resolves: cancelling the waiting response (a barge-in) must not
+        cancel the transcript, or the turn is lost to every later response."""
         text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
-        future = self.transcripts.pop(item["id"], None)
-        return await future if future is not None else text
+        future = self.transcripts.get(item["id"])
+        if future is None:
+            return text
+        text = await asyncio.shield(future)
+        self.transcripts.pop(item["id"], None)
+        return text
 
     async def _absorb(self, item: dict[str, Any]) -> None:
         """Let the policy take in an earlier user turn or tool output that got no reply of its own (a client
         that re-created the conversation, e.g. a session that took a call over): its state — the tool asked
         for, the arguments heard — then matches the conversation; the reply it would have given is dropped."""
-        self.handled.add(item["id"])
         if item["type"] == "function_call_output":
+            self.handled.add(item["id"])
             call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
                          and s.item.get("call_id") == item.get("call_id")), None)
             args: dict[str, Any] = {}
@@ -416,10 +425,8 @@ class Session:
                 args = json.loads(call.get("arguments") or "{}") if call else {}
             self.policy.on_tool_output(str(call.get("name")) if call else "", args, str(item.get("output", "")))
             return
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
-        future = self.transcripts.pop(item["id"], None)
-        if future is not None:
-            text = await future
+        text = await self._user_text(item)
+        self.handled.add(item["id"])
         if text.strip():
             self.policy.on_user(text)
 
