@@ -25,11 +25,8 @@ import asyncio
 import base64
 import datetime as dt
 import json
-import os
 import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +40,10 @@ sys.path.insert(0, str(ROOT))
 from services.localmodel.grammar import tokenize  # noqa: E402
 from services.session.agent import load_agent  # noqa: E402
 from services.tools import receptionist  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from localmodel import start_server  # noqa: E402
+
 from shared.audio import parse_format, silence  # noqa: E402
 from shared.tts import synthesize_format  # noqa: E402
 from switchboard.scenario import args_match  # noqa: E402
@@ -242,25 +243,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    import httpx
-
-    env = dict(os.environ, SWITCHBOARD_LOCALMODEL_PACING="fast")
-    proc = subprocess.Popen([sys.executable, "-m", "services.localmodel", "--host", "127.0.0.1", "--port",
-                             str(port), "--mode", "agent"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("local model did not become ready")
-
-
 def session_config() -> dict[str, Any]:
     """The demo receptionist's Realtime session (agents/receptionist.yaml, tools from the registry)."""
     agent = load_agent(ROOT / "agents" / "receptionist.yaml")
@@ -301,7 +283,7 @@ def main() -> None:
     print(f"{len(cases)} held-out cases, {lines} lines, formats {', '.join(FORMATS)}, voices "
           f"{', '.join(f'{v}@{w}wpm' for v, w in VOICES)}")
     port = free_port()
-    proc = start_server(port)
+    proc = start_server(port, "agent", pacing="fast", ready_s=90.0)
     runs: list[dict[str, Any]] = []
     try:
         for run in range(1, args.runs + 1):

@@ -50,14 +50,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def start_server(port: int, mode: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SWITCHBOARD_LOCALMODEL_PACING="realtime")
+def start_server(port: int, mode: str, *, pacing: str = "realtime", ready_s: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start the local model on ``port`` (``mode`` agent|echo, ``pacing``) and wait up to ``ready_s`` for /readyz.
+
+    Raises:
+        RuntimeError: it did not become ready in time.
+    """
+    env = dict(os.environ, SWITCHBOARD_LOCALMODEL_PACING=pacing)
     proc = subprocess.Popen([sys.executable, "-m", "services.localmodel", "--host", "127.0.0.1", "--port",
                              str(port), "--mode", mode], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     import httpx
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
