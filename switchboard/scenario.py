@@ -19,7 +19,7 @@ Format (docs/gateway.md, "Caller simulator")::
 
 ``tool_calls[].args`` requires argument values: every key listed must be present in the logged call's
 arguments with an equal value (strings compared case-insensitively and without surrounding spaces; nested
-objects recursively); arguments not listed are not checked. docs/scenarios.md has the full format.
+objects recursively); arguments not listed are not checked.
 
 Expectations are checked against the log — the call's Realtime events replayed from the RT stream and its
 call events from CALLS (:class:`CallLog`) — never against what the simulator itself sent. Tool calls are the
