@@ -62,7 +62,11 @@ async def test_each_call_is_taken_by_exactly_one_instance(gateway_bus: Bus, nats
         taken = [cid for _, s in instances for cid in s.calls]
         assert sorted(taken) == sorted(calls)  # every call once, none twice
         assert sum(1 for _, s in instances if s.calls) >= 2  # the queue group spreads calls
-    finally:
+    finally:  # the calls end: left live, a later test's instance would take them over (their owners stopped)
+        for cid in calls:
+            await gateway_bus.publish_event(subjects.call_ended(cid), CallEnded(reason="caller_hangup").encode(),
+                                            call_id=cid)
+        await wait_until(lambda: not any(s.calls for _, s in instances), what="calls ended")
         for session_bus, service in instances:
             await service.stop()
             await session_bus.close()
