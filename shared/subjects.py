@@ -38,6 +38,7 @@ __all__ = [
     "all_session_handovers",
     "audit_checkpoint",
     "call_all",
+    "call_any",
     "call_audio_in",
     "call_audio_in_all",
     "call_ended",
@@ -379,3 +380,9 @@ def webhook_status() -> str:
 def all_calls_ended() -> str:
     """``call.*.ended`` — the end of every call (the post-call webhook's filter)."""
     return "call.*.ended"
+
+
+def call_any(event: str) -> str:
+    """``call.*.<event>`` — one call event (``started``, ``session.model_connected``, …) of every call (analytics
+    filters)."""
+    return f"call.*.{_event_type(event)}"

@@ -130,7 +130,7 @@ class AnalyticsConsumer:
         if stream.name == subjects.RT_STREAM.name:
             config.filter_subjects = [subjects.rt_any_call(d, t) for d, t in RT_TYPES]
         else:
-            config.filter_subjects = [f"call.*.{t}" for t in CALLS_TYPES]
+            config.filter_subjects = [subjects.call_any(t) for t in CALLS_TYPES]
         return config
 
     async def _bind(self, stream: subjects.StreamSpec) -> JetStreamContext.PullSubscription:
