@@ -26,7 +26,7 @@ from services.localmodel import protocol as p
 from services.localmodel.asr import Transcript
 from services.localmodel.audio_in import InputAudio
 from services.localmodel.conversation import Conversation, StoredItem
-from services.localmodel.grammar import LanguageModelSpec
+from services.localmodel.grammar import LanguageModelSpec, answer_for
 from services.localmodel.policy import DialoguePolicy, Reply
 from services.localmodel.protocol import ProtocolError, new_id
 from services.localmodel.responses import ResponseRun
@@ -211,7 +211,7 @@ class Session:
         if e.kind == "start":
             self._speech_item = new_id("item")
             self._drop_utterance()  # decode from the start of the segment (prefix padding included)
-            self._utterance = self.start_stream(self._spec())
+            self._utterance = self.start_stream(self._spec(listening=True))
             self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
             await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
                             item_id=self._speech_item)
@@ -220,6 +220,8 @@ class Session:
                 run.cancel("turn_detected")
                 if run.task is not None:
                     await asyncio.wait({run.task})
+                if self.response is run:  # cancelled before it started: its own cleanup never ran
+                    self.response = None
         elif e.kind == "stop" and self._speech_item:
             item_id, self._speech_item = self._speech_item, None
             self._stopped_at = time.monotonic()
@@ -274,7 +276,7 @@ class Session:
                 except Exception:
                     log.warning("streamed recognition failed; recognising the utterance whole", exc_info=True)
             if result is None:
-                result = await self.recognize(self._spec(), pcm)
+                result = await self.recognize(self._spec(listening=True), pcm)
             text = result.text
         except Exception:
             log.exception("recognition failed")
@@ -292,9 +294,12 @@ class Session:
             await self.emit("conversation.item.input_audio_transcription.completed", transcript=text, logprobs=None,
                             usage={"type": "duration", "seconds": round(stored.audio_ms / 1000.0, 3)}, **ids)
 
-    def _spec(self) -> LanguageModelSpec:
+    def _spec(self, *, listening: bool = False) -> LanguageModelSpec:
+        """The session's LM spec; ``listening``: for the caller's next utterance, so it expects the answer the
+        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`)."""
+        expect = answer_for(self.policy.asked) if listening else None
         return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
-                                              self.state.session.get("instructions"))
+                                              self.state.session.get("instructions"), expect)
 
     # --- items -------------------------------------------------------------------------------------------
 
@@ -368,8 +373,8 @@ class Session:
         if pending is None:
             has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
             return self.policy.greeting() if not has_user else Reply("How can I help you?")
-        self.handled.add(pending["id"])
         if pending["type"] == "function_call_output":
+            self.handled.add(pending["id"])
             call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
                          and s.item.get("call_id") == pending.get("call_id")), None)
             name = str(call.get("name")) if call else ""
@@ -379,18 +384,40 @@ class Session:
 
                 args = json.loads(call.get("arguments") or "{}") if call else {}
             return self.policy.on_tool_output(name, args, str(pending.get("output", "")))
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in pending.get("content") or [])
-        future = self.transcripts.pop(pending["id"], None)
-        if future is not None:
-            text = await future
-        return self.policy.on_user(text)
+        # a sentence the VAD split at a pause ("Good morning." + "I need an appointment …") is one request: the
+        # user items since the last answered one are joined, in order
+        # user items since the last answered one are joined, in order. They count as answered only once their
+        # texts are in: a response cancelled by a barge-in while recognition runs leaves them to the next one
+        group = [pending]
+        for stored in reversed(self.conversation.items()):
+            item = stored.item
+            if item["id"] == pending["id"]:
+                continue
+            if item["id"] in self.handled or item.get("role") != "user" or item["type"] != "message":
+                break
+            group.insert(0, item)
+        texts = [await self._user_text(item) for item in group]
+        self.handled.update(item["id"] for item in group)
+        return self.policy.on_user(" ".join(t for t in texts if t.strip()))
+
+    async def _user_text(self, item: dict[str, Any]) -> str:
+        """A user item's text: typed text, or its transcript, awaited while recognition runs. The wait is
+        shielded and the future kept until it resolves: cancelling the waiting response (a barge-in) must not
+        cancel the transcript, or the turn is lost to every later response."""
+        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
+        future = self.transcripts.get(item["id"])
+        if future is None:
+            return text
+        text = await asyncio.shield(future)
+        self.transcripts.pop(item["id"], None)
+        return text
 
     async def _absorb(self, item: dict[str, Any]) -> None:
         """Let the policy take in an earlier user turn or tool output that got no reply of its own (a client
         that re-created the conversation, e.g. a session that took a call over): its state — the tool asked
         for, the arguments heard — then matches the conversation; the reply it would have given is dropped."""
-        self.handled.add(item["id"])
         if item["type"] == "function_call_output":
+            self.handled.add(item["id"])
             call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
                          and s.item.get("call_id") == item.get("call_id")), None)
             args: dict[str, Any] = {}
@@ -398,10 +425,8 @@ class Session:
                 args = json.loads(call.get("arguments") or "{}") if call else {}
             self.policy.on_tool_output(str(call.get("name")) if call else "", args, str(item.get("output", "")))
             return
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
-        future = self.transcripts.pop(item["id"], None)
-        if future is not None:
-            text = await future
+        text = await self._user_text(item)
+        self.handled.add(item["id"])
         if text.strip():
             self.policy.on_user(text)
 
