@@ -310,6 +310,38 @@ class DialoguePolicy:
         self.confirming = False
         return self._advance()
 
+    def on_assistant(self, text: str) -> None:
+        """Take in what the agent said when the client, not this policy, put it in the conversation (an
+        assistant item re-created after a handover, or said by another model): the argument it asks for becomes
+        :attr:`asked` (a question naming it: "May I have your name, please?" → ``name``; arguments of the pending
+        tool still missing come first, then the pending tool's others, then every tool's), a question once the
+        pending tool has all it needs is a read-back awaiting yes or no (:attr:`confirming`), and "anything
+        else?" is :attr:`offered_more`."""
+        words = ex.words_of(text)
+        question = "?" in text
+        self.asked = self._asked_in(words) if question else None
+        tool = self._tool(self.pending)
+        self.confirming = bool(question and tool is not None and self.asked is None and not self._missing(tool))
+        if re.search(r"\banything else\b", " ".join(words)):
+            self.offered_more = True
+
+    def on_function_call(self, name: str, arguments: Mapping[str, Any]) -> None:
+        """Take in a function call the client put in the conversation: it was made, so nothing is pending."""
+        self.last_call = ToolCall(name, dict(arguments))
+        self._reset()
+
+    def _asked_in(self, words: Sequence[str]) -> str | None:
+        """The argument a question (``words``) asks for, by the words naming it (see :meth:`on_assistant`)."""
+        heard = set(words)
+        pending = self._tool(self.pending)
+        order: list[str] = list(self._missing(pending)) if pending else []
+        for tool in ([pending] if pending else []) + self.tools:
+            order += [str(prop) for prop in ((tool.get("parameters") or {}).get("properties") or {})]
+        for prop in order:
+            if _names(prop, heard):
+                return prop
+        return None
+
     def _advance(self) -> Reply:
         tool = self._tool(self.pending)
         assert tool is not None and self.pending is not None
@@ -385,6 +417,21 @@ class DialoguePolicy:
         if is_read_only(name):
             return Reply(f"{_summarize(result)} {ANYTHING_ELSE}")
         return Reply(f"Done: {name.replace('_', ' ')} {details}. {ANYTHING_ELSE}".replace("  ", " "))
+
+
+def _names(prop: str, heard: set[str]) -> bool:
+    """True when the words ``heard`` name argument ``prop``: name; date or day; time; phone or number; else
+    every word of the argument's own name ("appointment id")."""
+    p = prop.lower()
+    if p == "name" or p.endswith("_name"):
+        return "name" in heard
+    if "date" in p or p == "day":
+        return bool(heard & {"date", "day"})
+    if "time" in p:
+        return "time" in heard
+    if "phone" in p:
+        return bool(heard & {"phone", "number"})
+    return set(p.split("_")) <= heard
 
 
 def _part_of_day(heard: set[str]) -> str | None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +30,7 @@ from services.localmodel.protocol import ProtocolError, new_id
 from services.localmodel.responses import ResponseRun
 from services.localmodel.settings import ECHO_MODEL, LocalModelSettings
 from services.localmodel.state import SessionState
+from services.localmodel.turns import Turns
 from services.localmodel.vad import VadEvent
 from shared.audio import Converter
 
@@ -70,11 +69,11 @@ class Session:
         self.state = SessionState(model)
         self.conversation = Conversation()
         self.policy = DialoguePolicy()
+        self.turns = Turns(self.conversation, self.policy)
+        """The policy's state, folded from the conversation's items (:mod:`.turns`)."""
         self.input = InputAudio(self.state.input_format, self.state.vad_params)
         self.response: ResponseRun | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.transcripts: dict[str, asyncio.Future[str]] = {}
-        self.handled: set[str] = set()
         self._speech_item: str | None = None
         self._stopped_at: float | None = None
         self._on_first_audio = on_first_audio
@@ -260,8 +259,7 @@ class Session:
         await self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         await self.emit("conversation.item.added", previous_item_id=previous, item=item)
         await self.emit("conversation.item.done", previous_item_id=previous, item=item)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.transcripts[item_id] = future
+        future = self.turns.transcript_owed(item_id)
         self.spawn(self._transcribe(stored, pcm, streamed, future))
 
     async def _transcribe(self, stored: StoredItem, pcm: npt.NDArray[np.int16],
@@ -296,8 +294,12 @@ class Session:
 
     def _spec(self, *, listening: bool = False) -> LanguageModelSpec:
         """The session's LM spec; ``listening``: for the caller's next utterance, so it expects the answer the
-        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`)."""
-        expect = answer_for(self.policy.asked) if listening else None
+        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`) — asked
+        by this model or in an assistant item the client created: the conversation is folded first."""
+        expect = None
+        if listening:
+            self.turns.catch_up()
+            expect = answer_for(self.policy.asked)
         return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
                                               self.state.session.get("instructions"), expect)
 
@@ -318,6 +320,7 @@ class Session:
             item.setdefault("call_id", new_id("call"))
             item.setdefault("arguments", "")
         previous = self.conversation.add(StoredItem(item), ev.previous_item_id, event_id=ev.event_id)
+        self.turns.created_by_client(item)
         await self.emit("conversation.item.added", previous_item_id=previous, item=item)
         await self.emit("conversation.item.done", previous_item_id=previous, item=item)
 
@@ -359,76 +362,8 @@ class Session:
         self._stopped_at = None
 
     async def _decide(self) -> Reply:
-        """The policy's reply to the newest unanswered user item or tool output (or the greeting)."""
-        unanswered: list[dict[str, Any]] = []
-        for stored in reversed(self.conversation.items()):
-            item = stored.item
-            if item["id"] in self.handled:
-                break
-            if item["type"] == "function_call_output" or (item["type"] == "message" and item.get("role") == "user"):
-                unanswered.append(item)
-        pending = unanswered[0] if unanswered else None
-        for earlier in reversed(unanswered[1:]):  # e.g. a conversation re-created by conversation.item.create
-            await self._absorb(earlier)
-        if pending is None:
-            has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
-            return self.policy.greeting() if not has_user else Reply("How can I help you?")
-        if pending["type"] == "function_call_output":
-            self.handled.add(pending["id"])
-            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
-                         and s.item.get("call_id") == pending.get("call_id")), None)
-            name = str(call.get("name")) if call else ""
-            args: dict[str, Any] = {}
-            with contextlib.suppress(ValueError, TypeError):
-                import json
-
-                args = json.loads(call.get("arguments") or "{}") if call else {}
-            return self.policy.on_tool_output(name, args, str(pending.get("output", "")))
-        # a sentence the VAD split at a pause ("Good morning." + "I need an appointment …") is one request: the
-        # user items since the last answered one are joined, in order
-        # user items since the last answered one are joined, in order. They count as answered only once their
-        # texts are in: a response cancelled by a barge-in while recognition runs leaves them to the next one
-        group = [pending]
-        for stored in reversed(self.conversation.items()):
-            item = stored.item
-            if item["id"] == pending["id"]:
-                continue
-            if item["id"] in self.handled or item.get("role") != "user" or item["type"] != "message":
-                break
-            group.insert(0, item)
-        texts = [await self._user_text(item) for item in group]
-        self.handled.update(item["id"] for item in group)
-        return self.policy.on_user(" ".join(t for t in texts if t.strip()))
-
-    async def _user_text(self, item: dict[str, Any]) -> str:
-        """A user item's text: typed text, or its transcript, awaited while recognition runs. The wait is
-        shielded and the future kept until it resolves: cancelling the waiting response (a barge-in) must not
-        cancel the transcript, or the turn is lost to every later response."""
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
-        future = self.transcripts.get(item["id"])
-        if future is None:
-            return text
-        text = await asyncio.shield(future)
-        self.transcripts.pop(item["id"], None)
-        return text
-
-    async def _absorb(self, item: dict[str, Any]) -> None:
-        """Let the policy take in an earlier user turn or tool output that got no reply of its own (a client
-        that re-created the conversation, e.g. a session that took a call over): its state — the tool asked
-        for, the arguments heard — then matches the conversation; the reply it would have given is dropped."""
-        if item["type"] == "function_call_output":
-            self.handled.add(item["id"])
-            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
-                         and s.item.get("call_id") == item.get("call_id")), None)
-            args: dict[str, Any] = {}
-            with contextlib.suppress(ValueError, TypeError):
-                args = json.loads(call.get("arguments") or "{}") if call else {}
-            self.policy.on_tool_output(str(call.get("name")) if call else "", args, str(item.get("output", "")))
-            return
-        text = await self._user_text(item)
-        self.handled.add(item["id"])
-        if text.strip():
-            self.policy.on_user(text)
+        """The policy's reply to the conversation's unanswered end (:meth:`.turns.Turns.answer`)."""
+        return await self.turns.answer()
 
     # --- echo mode ---------------------------------------------------------------------------------------
 

@@ -144,3 +144,35 @@ def test_a_tool_error_that_starts_with_sorry_is_not_said_twice() -> None:
     policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
     reply = policy.on_tool_output("book_appointment", {}, json.dumps({"error": {"message": "Sorry, 10:00 is taken."}}))
     assert reply.say.startswith("Sorry, 10:00 is taken. Is there anything else")
+
+
+def test_a_question_the_client_put_in_the_conversation_sets_what_was_asked() -> None:
+    """Assistant items created by the client (a conversation rebuilt after a handover, another model's words)
+    count like the policy's own replies: the argument asked for, the read-back awaiting yes, "anything else"."""
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("i need an appointment tomorrow")
+    policy.on_assistant("Great. And what time works for you?")
+    assert policy.asked == "time" and not policy.confirming
+    assert policy.on_user("eleven").say == "May I have your name, please?"
+    policy.on_assistant("Sure. Could I get your full name?")
+    assert policy.asked == "name"
+    policy.on_user("robert brown")
+    policy.on_assistant("Robert Brown, tomorrow at 11. Is that right?")
+    assert policy.confirming and policy.asked is None
+    policy.on_function_call("book_appointment", {"name": "Robert Brown", "date": "2026-11-23", "time": "11:00"})
+    assert policy.pending is None and not policy.confirming
+    assert policy.last_call is not None and policy.last_call.name == "book_appointment"
+    policy.on_assistant("You're all set. Anything else?")
+    assert policy.offered_more and policy.asked is None
+    reply = policy.on_user("no thanks")
+    assert reply.call is not None and reply.call.name == "end_call"
+
+
+def test_a_statement_the_client_put_in_the_conversation_asks_nothing() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("i need an appointment tomorrow at ten")
+    assert policy.asked == "name"
+    policy.on_assistant("Your name is needed for the booking.")
+    assert policy.asked is None

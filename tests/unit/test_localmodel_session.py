@@ -1,15 +1,18 @@
 """The local model session's turn bookkeeping with a fake recogniser: a response cancelled by a barge-in while
-it waits for a caller turn's transcript must leave that turn to the next response."""
+it waits for a caller turn's transcript must leave that turn to the next response; items the client creates
+(a conversation rebuilt after a handover) set the dialogue state like the model's own."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from services.localmodel.asr import Transcript
+from services.localmodel.demo_tools import DEMO_INSTRUCTIONS, DEMO_TOOLS
 from services.localmodel.grammar import LanguageModelSpec
 from services.localmodel.session import Session
 from services.localmodel.settings import LocalModelSettings
@@ -61,3 +64,59 @@ async def test_barge_in_while_a_transcript_is_pending_leaves_the_turn_to_the_nex
     finally:
         await session.close()
     assert " ".join(heard) == "i need an appointment tomorrow please"
+
+
+def _create(item: dict[str, Any]) -> str:
+    return json.dumps({"type": "conversation.item.create", "item": item})
+
+
+def _text(role: str, text: str) -> dict[str, Any]:
+    kind = "input_text" if role == "user" else "output_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+async def _rebuilt_session(*items: dict[str, Any]) -> tuple[Session, list[dict[str, Any] | str]]:
+    sent: list[dict[str, Any] | str] = []
+
+    async def send(event: dict[str, Any] | str) -> None:
+        sent.append(event)
+
+    session = Session(send, LocalModelSettings(pacing="fast"), HeldRecogniser(), model="gpt-realtime",
+                      stream=lambda spec: None)  # type: ignore[arg-type,return-value]
+    await session.handle(json.dumps({"type": "session.update", "session": {
+        "type": "realtime", "tools": DEMO_TOOLS, "instructions": DEMO_INSTRUCTIONS}}))
+    for item in items:
+        await session.handle(_create(item))
+    return session, sent
+
+
+async def test_a_conversation_rebuilt_by_the_client_sets_the_grammar_of_the_next_utterance() -> None:
+    """After a handover the new owner re-creates the call with conversation.item.create and the caller answers
+    the name question: that answer must be decoded with the name grammar, though this model never replied."""
+    session, sent = await _rebuilt_session(
+        _text("assistant", "Hello, thank you for calling Acme Dental. How can I help you today?"),
+        _text("user", "hi i would like to book an appointment for tomorrow at ten"),
+        _text("assistant", "May I have your name, please?"))
+    try:
+        assert not [e for e in sent if isinstance(e, dict) and e.get("type") == "error"]
+        assert session._spec(listening=True).expect == "name"
+    finally:
+        await session.close()
+
+
+async def test_a_rebuilt_tool_call_and_its_output_count_like_the_models_own() -> None:
+    session, _ = await _rebuilt_session(
+        _text("user", "book an appointment for tomorrow at ten for john smith"),
+        _text("assistant", "To confirm: book appointment on Monday at 10 AM for John Smith. Shall I go ahead?"),
+        _text("user", "yes"),
+        {"type": "function_call", "call_id": "call_1", "name": "book_appointment",
+         "arguments": json.dumps({"name": "John Smith", "date": "2026-11-23", "time": "10:00"})},
+        {"type": "function_call_output", "call_id": "call_1", "output": json.dumps({"appointment_id": 7})},
+        _text("assistant", "You're booked. Is there anything else I can help you with?"),
+        _text("user", "no thank you"))
+    try:
+        assert session._spec(listening=True).expect is None
+        reply = await session._decide()
+        assert reply.call is not None and reply.call.name == "end_call"
+    finally:
+        await session.close()
