@@ -186,17 +186,19 @@ HELD_OUT = [
 def word_accuracy() -> tuple[float, list[tuple[str, str]]]:
     """1 - word error rate of the recogniser over :data:`HELD_OUT` (μ-law 8 kHz, en-us+klatt)."""
     from services.localmodel.asr import Recognizer
+    from services.localmodel.audio_in import InputAudio
     from services.localmodel.grammar import LanguageModelSpec, tokenize
-    from shared.audio import Resampler, ulaw_decode
+    from shared.audio import parse_format
 
     rec = Recognizer()
     spec = LanguageModelSpec.from_session(DEMO_TOOLS, DEMO_INSTRUCTIONS)
     errors = words = 0
     pairs = []
     for sentence in HELD_OUT:
-        rs = Resampler(8000, 16000)
         ulaw = b"\xff" * 2400 + synthesize_format(sentence, "audio/pcmu") + b"\xff" * 2400
-        pcm = np.concatenate([rs.process(ulaw_decode(ulaw)), rs.flush()]).astype(np.int16)
+        channel = InputAudio(parse_format("audio/pcmu"), None)  # the session's path: upsampling + folding
+        channel.append(ulaw)
+        pcm = channel.take()[1]
         ref, hyp = tokenize(sentence), rec.recognize(spec, pcm).text.split()
         d = np.zeros((len(ref) + 1, len(hyp) + 1), dtype=int)
         d[:, 0] = range(len(ref) + 1)

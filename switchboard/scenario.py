@@ -12,10 +12,14 @@ Format (docs/gateway.md, "Caller simulator")::
       - say: "Bye"
         hangup_after_ms: 800    # optional: hang up 800 ms into the agent's reply
     expect:
-      tool_calls: [{name: book_appointment, args: {time: "10:00"}}]   # subset match on arguments
+      tool_calls: [{name: book_appointment, args: {name: "John Smith", time: "10:00"}}]   # subset match
       transcript_contains: ["booked"]                                  # in the agent's transcript
       ended_by: agent                                                  # or caller
       barge_in: true            # optional: the log shows command.clear + conversation.item.truncate
+
+``tool_calls[].args`` requires argument values: every key listed must be present in the logged call's
+arguments with an equal value (strings compared case-insensitively and without surrounding spaces; nested
+objects recursively); arguments not listed are not checked.
 
 Expectations are checked against the log — the call's Realtime events replayed from the RT stream and its
 call events from CALLS (:class:`CallLog`) — never against what the simulator itself sent. Tool calls are the
@@ -49,6 +53,7 @@ __all__ = [
     "ToolCallExpectation",
     "Turn",
     "args_match",
+    "args_mismatches",
     "check_expectations",
     "load_scenario",
     "read_call_log",
@@ -224,6 +229,24 @@ def args_match(expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
+def args_mismatches(expected: Any, actual: Any, path: str = "") -> list[str]:
+    """Why ``actual`` fails :func:`args_match` against ``expected``, one ``"<path>: expected X, got Y"`` per
+    differing (or missing) argument, e.g. ``['name: expected "John Smith", got "John Davis"']``; empty when they
+    match."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out: list[str] = []
+        for key, value in expected.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in actual:
+                out.append(f"{sub}: expected {json.dumps(value)}, missing")
+            else:
+                out.extend(args_mismatches(value, actual[key], sub))
+        return out
+    if args_match(expected, actual):
+        return []
+    return [f"{path or 'arguments'}: expected {json.dumps(expected)}, got {json.dumps(actual)}"]
+
+
 def check_expectations(expect: Expectations, log: CallLog) -> list[str]:
     """Every failed expectation, as a sentence (empty list: all hold).
 
@@ -239,7 +262,9 @@ def check_expectations(expect: Expectations, log: CallLog) -> list[str]:
                 break
         else:
             seen = ", ".join(f"{c['name']}({json.dumps(c['args'])})" for c in calls) or "none"
-            failures.append(f"expected tool call {wanted.name} with {json.dumps(wanted.args)}; logged: {seen}")
+            same_name = [c for c in calls[position:] if c["name"] == wanted.name]
+            why = f" ({'; '.join(args_mismatches(wanted.args, same_name[0]['args']))})" if same_name else ""
+            failures.append(f"expected tool call {wanted.name} with {json.dumps(wanted.args)}{why}; logged: {seen}")
     spoken = " ".join(log.agent_transcript()).casefold()
     for phrase in expect.transcript_contains:
         if phrase.casefold() not in spoken:

@@ -38,7 +38,8 @@ import numpy as np
 import numpy.typing as npt
 import pocketsphinx
 
-from services.localmodel.grammar import LanguageModelSpec, build_jsgf, build_lm, words_in
+from services.localmodel.bandwidth import TelephoneBand
+from services.localmodel.grammar import ANSWERS, LanguageModelSpec, build_answer_jsgf, build_jsgf, build_lm, words_in
 
 __all__ = ["MIN_GRAMMAR_PROB", "Recognizer", "Transcript", "UtteranceStream"]
 
@@ -53,6 +54,9 @@ BESTPATH: Final = False
 costs more than the whole forward decode, which streaming cannot hide, for a few points of word accuracy
 (``bench/localmodel.py`` measures both); the forward (Viterbi) hypothesis is used as is. Without it the
 posterior is always 1.0, so the LM pass runs only when the grammar finds nothing."""
+BEAMS: Final = {"beam": 1e-60, "pbeam": 1e-60, "wbeam": 1e-40}
+"""Search beams, wider than pocketsphinx's defaults (1e-48, 1e-48, 7e-29): with the paraphrase grammar the
+default beams pruned the right path of short answers ("no, thank you" came back empty from the grammar pass)."""
 LEAD_KEEP_MS: Final = 100
 """Silence kept before the first voiced 10 ms frame (VAD segments carry 300 ms of prefix padding; more than
 ~150 ms of leading silence made short answers like "no, thank you" misrecognised)."""
@@ -83,6 +87,13 @@ class _Model:
     lm_path: str
     jsgf: str
     idle: list[Any]
+    answers: dict[str, str]
+    """Answer grammars (JSGF text) by :data:`~.grammar.ANSWERS` name; searches ``answer_<name>``."""
+
+
+def _search(spec: LanguageModelSpec) -> str:
+    """The grammar search for ``spec``: ``answer_<expect>`` when it expects an answer, else ``grammar``."""
+    return f"answer_{spec.expect}" if spec.expect else "grammar"
 
 
 def _first_voiced_frame(pcm: npt.NDArray[np.int16]) -> int | None:
@@ -152,15 +163,18 @@ class Recognizer:
             dict_path.write_text("".join(line + "\n" for w in sorted(vocab) for line in prons[w]), encoding="utf-8")
             lm_path = self._dir / f"{key}.arpa"
             lm_path.write_text(build_lm(spec, vocab), encoding="utf-8")
-            model = _Model(str(dict_path), str(lm_path), build_jsgf(spec, vocab), [])
+            model = _Model(str(dict_path), str(lm_path), build_jsgf(spec, vocab), [],
+                           {a: build_answer_jsgf(spec, a, vocab) for a in ANSWERS})
             with self._lock:
                 self._models[key] = model
             return model
 
     def _new_decoder(self, model: _Model) -> Any:
         decoder = pocketsphinx.Decoder(hmm=self._hmm, dict=model.dict_path, lm=model.lm_path, logfn=os.devnull,
-                                       bestpath=BESTPATH)
+                                       bestpath=BESTPATH, **BEAMS)
         decoder.add_jsgf_string("grammar", model.jsgf)
+        for answer, jsgf in model.answers.items():
+            decoder.add_jsgf_string(f"answer_{answer}", jsgf)
         with self._build_lock:
             if self._cmn_prior is None:
                 self._cmn_prior = self._calibrate(decoder)
@@ -176,7 +190,7 @@ class Recognizer:
         for sentence in CMN_CALIBRATION:
             # shaped like a VAD segment: prefix padding before the speech, the silence that ended it after
             ulaw = silence(fmt, 300) + synthesize_format(sentence, fmt) + silence(fmt, 500)
-            pcm = Resampler(fmt.rate, SAMPLE_RATE).process(decode(fmt, ulaw))
+            pcm = TelephoneBand().process(Resampler(fmt.rate, SAMPLE_RATE).process(decode(fmt, ulaw)))
             self._decode(decoder, "_default", pcm.astype(np.int16), reset=False)
         return str(decoder.get_cmn(True))
 
@@ -198,7 +212,7 @@ class Recognizer:
         if decoder is None:
             decoder = self._new_decoder(model)
         try:
-            text, prob = self._decode(decoder, "grammar", pcm16k)
+            text, prob = self._decode(decoder, _search(spec), pcm16k)
             source = "grammar"
             if not text or prob < MIN_GRAMMAR_PROB:
                 lm_text, lm_prob = self._decode(decoder, "_default", pcm16k)
@@ -262,7 +276,7 @@ class UtteranceStream:
         self._voiced = False
         self._cpu = 0.0
         self._open = True
-        decoder.activate_search("grammar")
+        decoder.activate_search(_search(spec))
         decoder.reinit_feat()
         decoder.start_utt()
 

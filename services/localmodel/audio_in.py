@@ -1,5 +1,7 @@
 """The input audio buffer of one session: raw bytes in the session's input format plus a 16 kHz copy for
-VAD and recognition, on the audio timeline (ms of audio received since the session started).
+recognition (band-limited to telephone audio with a folded high band whatever the format,
+:mod:`.bandwidth`; VAD is fed the plain resampled audio), on the audio timeline (ms of audio received since
+the session started).
 
 While no speech is under way (server VAD), only the last ``prefix_padding_ms`` + 1 s is kept, so an idle
 caller streaming silence for an hour uses constant memory; in manual mode (``turn_detection: null``) the buffer
@@ -13,6 +15,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from services.localmodel.bandwidth import TelephoneBand
 from services.localmodel.vad import VadEvent, VadParams, VoiceActivityDetector
 from shared.audio import AudioFormat, Resampler, decode
 
@@ -31,6 +34,8 @@ class InputAudio:
         if self.vad is not None:
             self.vad.position_ms = int(start_ms)
         self._resampler = None if fmt.rate == 16000 else Resampler(fmt.rate, 16000)
+        self._band = TelephoneBand()
+        """The recogniser's front end for every format (:mod:`.bandwidth`); VAD sees the audio plain."""
         self.raw = bytearray()
         self.pcm16k: list[npt.NDArray[np.int16]] = []
         self.last_pcm16k: npt.NDArray[np.int16] = np.zeros(0, dtype=np.int16)
@@ -53,7 +58,8 @@ class InputAudio:
         self.position_ms += len(data) / self.fmt.bytes_per_ms
         samples = decode(self.fmt, data)
         pcm = self._resampler.process(samples) if self._resampler else samples
-        self.last_pcm16k = pcm.astype(np.int16, copy=False)
+        heard = self._band.process(pcm.astype(np.int16, copy=False))
+        self.last_pcm16k = heard.astype(np.int16, copy=False)
         self.pcm16k.append(self.last_pcm16k)
         events = self.vad.feed(pcm) if self.vad else []
         in_speech = self.vad is not None and self.vad.in_speech

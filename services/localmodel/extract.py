@@ -6,7 +6,8 @@ Input is the recogniser's lower-case word list (numbers as words: "ten thirty") 
 - dates → ISO ``YYYY-MM-DD`` relative to ``today``: "today", "tomorrow", "the day after tomorrow",
   "[on|this] friday" (the next Friday after today), "next friday" (same), "november third"/"the third"
   (this year/month, or the next one when already past), ISO dates as typed;
-- times → ``HH:MM`` 24 h: "ten" → 10:00, "ten thirty" → 10:30, "10 am" / "ten a m" → 10:00, "two p m" →
+- times → ``HH:MM`` 24 h: "ten" → 10:00, "ten thirty" → 10:30, "half past three" → 15:30, "quarter to
+  ten" → 09:45, "quarter past ten" → 10:15, "10 am" / "ten a m" → 10:00, "two p m" →
   14:00, "noon" → 12:00; an hour 1–7 without am/pm is taken as afternoon (business hours);
 - numbers → int ("forty five" → 45, "12" → 12); phone digits → E.164 for 10 digits (``+1`` prefix),
   else the digits as said ("oh" = 0); names → the capitalised words after "my name is" / "this is" /
@@ -149,6 +150,14 @@ def extract_time(words: Sequence[str]) -> str | None:
     """
     if "noon" in words or "midday" in words:
         return "12:00"
+    for i, w in enumerate(words[:-2]):
+        if (w, words[i + 1]) in (("half", "past"), ("quarter", "past"), ("quarter", "to")):
+            hour = _number_at(words, i + 2)
+            if hour and 1 <= hour[0] <= 12:
+                h, minute = hour[0], 30 if w == "half" else 15
+                if words[i + 1] == "to":
+                    h, minute = (h - 2) % 12 + 1, 45
+                return _clock(h, minute, _meridiem(words, i + 2 + hour[1]))
     for i, w in enumerate(words):
         m = re.fullmatch(r"(\d{1,2}):(\d{2})", w)
         if m:

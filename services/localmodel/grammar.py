@@ -24,34 +24,68 @@ from typing import Any, Final
 
 from pocketsphinx.lm import ArpaBoLM
 
-__all__ = ["PHRASE_SET", "LanguageModelSpec", "build_corpus", "build_jsgf", "build_lm", "tokenize", "words_in"]
+__all__ = ["ANSWERS", "PHRASE_SET", "LanguageModelSpec", "answer_for", "build_answer_jsgf", "build_corpus",
+           "build_jsgf", "build_lm", "tokenize", "tool_phrasings", "words_in"]
 
-OPENERS: Final = ("i would like to", "i'd like to", "i want to", "i need to", "can i", "could you", "please",
-                  "hi i would like to", "hello i want to", "can you", "i'd like you to", "we need to")
-"""Request openers put before each tool phrase."""
+OPENERS: Final = ("i would like to", "i'd like to", "i want to", "i need to", "can i", "could i", "could you",
+                  "please", "can you", "i'd like you to", "we need to", "i'm calling to", "i was hoping to",
+                  "i'd love to", "i wanted to", "is it possible to", "would it be possible to", "i have to")
+"""Request openers put before each tool phrase (a verb phrase follows: "i need to" + "book an appointment")."""
+REQUESTS: Final = ("i need", "i would like", "i'd like", "i want", "could i get", "can i get", "can i have",
+                   "could i have", "i'm looking for", "i'm after", "do you have", "have you got", "is there")
+"""Request openers put before a tool's noun phrase ("could i get" + "an appointment")."""
+GREETINGS: Final = ("hi", "hello", "hey", "hi there", "hello there", "good morning", "good afternoon",
+                    "good evening", "yes hello", "oh hi")
+"""Greetings a caller may put before a request (or say alone)."""
 
 PHRASE_SET: Final = (
     "yes", "yes please", "yes that's right", "yeah", "sure", "sure go ahead", "go ahead", "okay", "correct",
-    "that's correct", "please do", "no", "no thank you", "no thanks", "no that's all", "that's all thank you",
-    "nothing else", "not really", "thank you", "thanks", "goodbye", "bye", "hello", "hi", "hi there",
-    "good morning", "good afternoon", "wait", "stop", "sorry", "sorry what", "can you repeat that",
+    "that's correct", "please do", "yes go ahead", "that's right", "sounds good", "perfect", "yes it is",
+    "yes that's fine", "yep", "absolutely", "of course", "that works",
+    "no", "no thank you", "no thanks", "no that's all", "that's all thank you", "no that's everything",
+    "that's it", "that's everything", "no that will be all", "nothing else", "not really", "no i'm good",
+    "no that's it thanks", "thank you", "thanks", "thanks a lot", "goodbye", "bye", "bye bye",
+    "hello", "hi", "hi there", "good morning", "good afternoon", "good evening", "how are you",
+    "wait", "stop", "hold on", "sorry", "sorry what", "can you repeat that", "say that again", "pardon",
     "i don't know", "what is the weather on mars", "what time is it", "who are you", "tell me a joke",
+    "are you a robot", "what can you do",
     "i want to speak to a human", "let me talk to a person", "can i speak to someone", "an agent please",
-    "my name is", "my phone number is", "my number is", "the date is", "for", "at", "on",
+    "operator", "a real person please",
+    "my name is", "my phone number is", "my number is", "the date is",
 )
 """Conversational phrases every session's model contains."""
+INTRO_PHRASES: Final = ("my name is", "my phone number is", "my number is", "the date is")
+"""The :data:`PHRASE_SET` entries that only introduce a value (left out of the answer grammars)."""
 
 TOOL_PHRASES: Final[Mapping[str, Sequence[str]]] = {
     "book": ("book an appointment", "make an appointment", "make a booking", "schedule an appointment",
-             "book a time", "set up an appointment"),
-    "cancel": ("cancel my appointment", "cancel an appointment", "cancel the booking", "cancel it"),
-    "check": ("check availability", "check what is available", "see what times are free", "check the schedule"),
-    "lookup": ("look up my account", "find my details", "check my account"),
+             "book a time", "set up an appointment", "book in", "book me in", "get an appointment",
+             "come in", "see the dentist", "book a cleaning", "book a checkup", "arrange an appointment"),
+    "cancel": ("cancel my appointment", "cancel an appointment", "cancel the booking", "cancel it",
+               "cancel my booking", "call off my appointment", "cancel"),
+    "check": ("check availability", "check what is available", "see what times are free", "check the schedule",
+              "know what times you have", "find out what's free", "see what's available", "check for openings"),
+    "lookup": ("look up my account", "find my details", "check my account", "look me up"),
     "transfer": ("speak to a human", "talk to a person", "speak to someone", "talk to an agent",
-                 "transfer me to a human"),
+                 "transfer me to a human", "talk to a real person", "speak to a receptionist",
+                 "speak with someone"),
     "end": ("end the call", "hang up", "that's all"),
 }
 """Verb-specific phrasings; a tool whose name contains the verb (e.g. ``book_appointment``) gets them."""
+
+TOOL_NOUNS: Final[Mapping[str, Sequence[str]]] = {
+    "book": ("an appointment", "a booking", "a new appointment", "an appointment please", "a dental appointment",
+             "a cleaning", "a checkup", "a slot", "an appointment booked"),
+    "cancel": ("to cancel", "to cancel my appointment", "my appointment cancelled"),
+    "check": ("any openings", "any free times", "any availability", "anything available", "anything free",
+              "a free slot", "availability"),
+    "transfer": ("a human", "a person", "someone to talk to", "a real person"),
+}
+"""Noun phrases put after :data:`REQUESTS` ("could i get" + "an appointment")."""
+CHECK_QUESTIONS: Final = ("what times do you have", "what times are free", "what's available", "when are you free",
+                          "what do you have", "are there any openings", "is there anything free",
+                          "what is available")
+"""Questions that ask for availability (a ``check`` tool gets them, with an optional date after them)."""
 
 WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS: Final = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -62,14 +96,22 @@ ORDINALS: Final = ("first", "second", "third", "fourth", "fifth", "sixth", "seve
                    "twenty fourth", "twenty fifth", "twenty sixth", "twenty seventh", "twenty eighth",
                    "twenty ninth", "thirtieth", "thirty first")
 HOURS: Final = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
-MINUTES: Final = ("fifteen", "thirty", "forty five", "o'clock", "o five", "twenty", "ten")
+MINUTES: Final = ("fifteen", "thirty", "forty five", "o'clock", "o five", "twenty", "ten", "forty", "fifty",
+                  "twenty five", "thirty five", "fifty five")
+PARTS_OF_DAY: Final = ("in the morning", "in the afternoon", "in the evening", "a m", "p m")
 DIGITS: Final = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh")
+LETTERS: Final = tuple("abcdefghijklmnopqrstuvwxyz")
+"""Spelled letters ("S M I T H")."""
+NAME_INTROS: Final = ("my name is", "my name's", "the name is", "name is", "it's", "it is", "this is", "i'm",
+                      "i am", "it's for", "for", "the appointment is for", "put it under", "under")
 FIRST_NAMES: Final = ("john", "mary", "james", "patricia", "robert", "jennifer", "michael", "linda", "david",
                       "susan", "william", "sarah", "richard", "karen", "thomas", "lisa", "peter", "anna", "paul",
                       "emma", "mark", "laura", "george", "alice", "daniel", "kate", "steven", "helen")
+"""First names the recogniser knows (see docs/localmodel.md: a census-sized list was measured worse)."""
 LAST_NAMES: Final = ("smith", "johnson", "williams", "brown", "jones", "miller", "davis", "wilson", "anderson",
                      "taylor", "thomas", "moore", "martin", "jackson", "white", "harris", "clark", "lewis",
                      "walker", "hall", "young", "king", "wright", "green", "baker", "adams", "nelson", "carter")
+"""Last names the recogniser knows."""
 NUMBERS: Final = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                   "twelve", "twenty", "thirty", "forty", "fifty", "hundred")
 
@@ -81,8 +123,9 @@ def tokenize(text: str) -> list[str]:
 
 
 def _date_phrases() -> list[str]:
-    out = ["today", "tomorrow", "the day after tomorrow", "next week"]
+    out = ["today", "tomorrow", "the day after tomorrow", "next week", "tomorrow morning", "tomorrow afternoon"]
     out += [f"on {d}" for d in WEEKDAYS] + [f"next {d}" for d in WEEKDAYS] + [f"this {d}" for d in WEEKDAYS]
+    out += [f"this coming {d}" for d in WEEKDAYS] + [f"{d} morning" for d in WEEKDAYS[:5]]
     out += [f"on {m} {o}" for m, o in itertools.product(MONTHS, ORDINALS[::3])]
     out += [f"on the {o}" for o in ORDINALS]
     return out
@@ -92,6 +135,10 @@ def _time_phrases() -> list[str]:
     out = [f"at {h}" for h in HOURS] + [f"at {h} {m}" for h in HOURS for m in MINUTES]
     out += [f"at {h} a m" for h in HOURS] + [f"at {h} p m" for h in HOURS] + ["at noon", "in the morning",
                                                                              "in the afternoon"]
+    out += [f"at half past {h}" for h in HOURS] + [f"at quarter past {h}" for h in HOURS]
+    out += [f"at quarter to {h}" for h in HOURS] + [f"around {h}" for h in HOURS]
+    out += [f"at {h} {p}" for h, p in zip(HOURS, itertools.cycle(PARTS_OF_DAY[:3]))]
+    out += [f"at {h} thirty {p}" for h, p in zip(HOURS, itertools.cycle(PARTS_OF_DAY[:3]))]
     return out
 
 
@@ -102,8 +149,9 @@ def _phone_phrases() -> list[str]:
 
 def _name_phrases() -> list[str]:
     pairs = list(zip(FIRST_NAMES, LAST_NAMES, strict=False)) + list(zip(FIRST_NAMES[::-1], LAST_NAMES, strict=False))
-    return [f"my name is {f} {last}" for f, last in pairs] + [f"it's {f} {last}" for f, last in pairs[:10]] + [
-        f"this is {f}" for f in FIRST_NAMES]
+    intros = itertools.cycle(NAME_INTROS)
+    return [f"my name is {f} {last}" for f, last in pairs] + [f"{next(intros)} {f} {last}" for f, last in pairs] + [
+        f"this is {f}" for f in FIRST_NAMES] + [f"{f} {last}" for f, last in pairs[:14]]
 
 
 def _slot_phrases(name: str, schema: Mapping[str, Any]) -> list[str]:
@@ -125,6 +173,25 @@ def _slot_phrases(name: str, schema: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def tool_phrasings(tool_name: str) -> list[str]:
+    """The multi-word phrasings the grammar knows for a tool's verbs (:data:`TOOL_PHRASES`, :data:`TOOL_NOUNS`
+    and, for a check tool, :data:`CHECK_QUESTIONS`), e.g. "see the dentist" for ``book_appointment``; the
+    policy scores tools by them too, so what the recogniser can hear, the policy understands."""
+    words = tool_name.replace("_", " ").lower().split()
+    out = [p for verb, phrases in TOOL_PHRASES.items() if verb in words for p in phrases if " " in p]
+    out += [n for verb, nouns in TOOL_NOUNS.items() if verb in words for n in nouns if " " in n
+            and not n.startswith(("a ", "an "))]
+    if "check" in words:
+        out.extend(CHECK_QUESTIONS)
+    return out
+
+
+def _tool_nouns(tool: Mapping[str, Any]) -> list[str]:
+    """The :data:`TOOL_NOUNS` of a tool's verbs (empty for a tool without one)."""
+    words = str(tool.get("name", "")).replace("_", " ").lower().split()
+    return [n for verb, nouns in TOOL_NOUNS.items() if verb in words for n in nouns]
+
+
 def _tool_phrases(tool: Mapping[str, Any]) -> list[str]:
     name = str(tool.get("name", ""))
     words = name.replace("_", " ").lower().split()
@@ -132,23 +199,53 @@ def _tool_phrases(tool: Mapping[str, Any]) -> list[str]:
     for verb, variants in TOOL_PHRASES.items():
         if verb in words:
             phrases.extend(variants)
+    if "check" in words:
+        phrases.extend(CHECK_QUESTIONS)
     desc = str(tool.get("description", ""))
     phrases.extend(" ".join(tokenize(s)) for s in re.split(r"[.;!?]", desc) if tokenize(s))
     return [p for p in phrases if p]
 
 
+ANSWERS: Final = ("name", "date", "time")
+"""Answers the recogniser has a grammar of their own for (:func:`build_answer_jsgf`): the value a question
+asked for ("May I have your name, please?" → ``name``)."""
+
+
+def answer_for(argument: str | None) -> str | None:
+    """The :data:`ANSWERS` grammar for a tool argument the agent asked for (``name``/``*_name`` → name,
+    ``*date*``/``day`` → date, ``*time*`` → time), else None."""
+    arg = (argument or "").lower()
+    if arg == "name" or arg.endswith("_name"):
+        return "name"
+    if "date" in arg or arg == "day":
+        return "date"
+    if "time" in arg:
+        return "time"
+    return None
+
+
 @dataclass(frozen=True)
 class LanguageModelSpec:
-    """What a session's LM is built from: its tools (Realtime ``session.tools``) and instructions."""
+    """What a session's LM is built from: its tools (Realtime ``session.tools``) and instructions; ``expect``
+    names the answer the agent has just asked for (one of :data:`ANSWERS`, or None)."""
 
     tools: tuple[str, ...]
     """Each tool as canonical JSON (hashable)."""
     instructions: str
+    expect: str | None = None
+    """Decode with the answer grammar for this value (:func:`build_answer_jsgf`); not part of :attr:`key`."""
 
     @classmethod
-    def from_session(cls, tools: Iterable[Mapping[str, Any]], instructions: str | None) -> LanguageModelSpec:
-        """The spec for a session's ``tools`` list and ``instructions`` string."""
-        return cls(tuple(json.dumps(t, sort_keys=True) for t in tools), instructions or "")
+    def from_session(cls, tools: Iterable[Mapping[str, Any]], instructions: str | None,
+                     expect: str | None = None) -> LanguageModelSpec:
+        """The spec for a session's ``tools`` list and ``instructions`` string.
+
+        Raises:
+            ValueError: ``expect`` is not None or one of :data:`ANSWERS`.
+        """
+        if expect is not None and expect not in ANSWERS:
+            raise ValueError(f"expect must be one of {ANSWERS} or None, got {expect!r}")
+        return cls(tuple(json.dumps(t, sort_keys=True) for t in tools), instructions or "", expect)
 
     @property
     def key(self) -> str:
@@ -180,6 +277,14 @@ def build_corpus(spec: LanguageModelSpec) -> list[str]:
         params = tool.get("parameters") or {}
         props: Mapping[str, Any] = params.get("properties") or {}
         slot_lists = [v for n, s in props.items() if isinstance(s, Mapping) and (v := _slot_phrases(n, s))]
+        nouns = _tool_nouns(tool)
+        for k, noun in enumerate(nouns):
+            for r, request in enumerate(REQUESTS):
+                sentences[f"{request} {noun}"] = None
+                if slot_lists and (r + k) % 3 == 0:
+                    sample = _spread(slot_lists[(r + k) % len(slot_lists)], SLOT_SAMPLE)
+                    sentences[f"{GREETINGS[(r + k) % len(GREETINGS)]} {request} {noun} "
+                              f"{sample[(r * 7 + k) % len(sample)]}"] = None
         for phrase in _tool_phrases(tool):
             sentences[phrase] = None
             for o in OPENERS:
@@ -229,47 +334,105 @@ def _alt(options: Iterable[str]) -> str:
 
 
 def build_jsgf(spec: LanguageModelSpec, vocabulary: Iterable[str] | None = None) -> str:
-    """A JSGF grammar for ``spec``: ``[greeting] [opener] <tool phrase> [for|on] [<date>] [<time>]``, names
-    after "my name is", phone digit strings (7+ digits), dates, times, enum values and :data:`PHRASE_SET`.
-    Phrases with a word outside ``vocabulary`` are left out."""
+    """A JSGF grammar for ``spec``.
+
+    Utterances: ``[greeting] [opener] <tool phrase> [<slots>]``, ``[greeting] <request> <tool noun>
+    [<slots>]``, a greeting alone, a name (``[intro] <first> [<last>]``), phone digit strings (7+ digits),
+    ``[for | on] <date> [<time>]``, ``<time>``, enum values and :data:`PHRASE_SET`. Times are a grammar
+    of their own: "at ten", "at ten thirty", "at half past three", "quarter to four", "at three thirty in the
+    afternoon", "at two p m", "noon" ("at"/"around"/"about"/"by" is required before a bare hour: without it
+    short answers such as "no, thank you" were heard as times). Phrases with a word outside ``vocabulary``
+    are left out.
+    """
     allowed = set(vocabulary) if vocabulary is not None else None
 
     def ok(phrase: str) -> bool:
         return allowed is None or all(w in allowed for w in phrase.split())
 
+    def alt(options: Iterable[str]) -> str:
+        return _alt(o for o in options if ok(o))
+
     tool_phrases: list[str] = []
+    nouns: list[str] = []
     enums: list[str] = []
     for raw in spec.tools:
         tool = json.loads(raw)
         tool_phrases.extend(p for p in _tool_phrases(tool) if ok(p))
+        nouns.extend(n for n in _tool_nouns(tool) if ok(n))
         props = (tool.get("parameters") or {}).get("properties") or {}
         for schema in props.values():
             if isinstance(schema, Mapping) and "enum" in schema:
                 enums.extend(str(v).replace("_", " ").lower() for v in schema["enum"])
-    weekday = _alt(WEEKDAYS)
-    date = _alt(["today", "tomorrow", "the day after tomorrow", f"[on | next | this] {weekday}",
-                 f"[on] {_alt(MONTHS)} [the] {_alt(ORDINALS)}", f"on the {_alt(ORDINALS)}"])
-    time = _alt([f"at {_alt(HOURS)} [{_alt(MINUTES)}] [a m | p m]", "at noon", "in the morning",
-                 "in the afternoon"])
-    name = f"[my name is | it's | this is] {_alt(FIRST_NAMES)} [{_alt(LAST_NAMES)}]"
+    weekday = alt(WEEKDAYS)
+    date = _alt(["today", "tomorrow [morning | afternoon]", "the day after tomorrow", "next week",
+                 f"[on | next | this | this coming] {weekday} [morning | afternoon]",
+                 f"[on] {alt(MONTHS)} [the] {alt(ORDINALS)}", f"[on] the {alt(ORDINALS)}"])
+    time = _alt(["(at | around | about | by) <clock>", "in the (morning | afternoon | evening)"])
+    slots = "[for | on] [<date>] [<time>] | <time> [for | on] [<date>]"
+    name = f"[{alt(NAME_INTROS)}] <first> [<last>]"
     phone = "(my [phone] number is | the number is | it is) <dg> <dg> <dg> <dg> <dg> <dg> <dg>+"
-    rules = [f"[hi | hello] [{_alt(OPENERS)}] {_alt(tool_phrases)} [for | on] [<date>] [<time>]"] if tool_phrases \
-        else []
-    rules += [name, phone, "[for] <date> [<time>]", "<time>", _alt(p for p in PHRASE_SET if ok(p))]
+    rules: list[str] = []
+    if tool_phrases:
+        rules.append(f"[<greet>] [{alt(OPENERS)}] {_alt(tool_phrases)} [<slots>]")
+    if nouns:
+        rules.append(f"[<greet>] {alt(REQUESTS)} {_alt(nouns)} [<slots>]")
+    rules += ["<greet>", "<name>", "[for | on] <date> [<time>]", "<time>", phone, alt(PHRASE_SET)]
     if enums:
-        rules.append(_alt(e for e in enums if ok(e)))
-    body = " | ".join(rules)
+        rules.append(alt(enums))
+    return _jsgf_text(allowed, date, time, slots, name, " | ".join(rules))
+
+
+def build_answer_jsgf(spec: LanguageModelSpec, answer: str, vocabulary: Iterable[str] | None = None) -> str:
+    """The grammar used right after the agent asked for ``answer`` (one of :data:`ANSWERS`): that answer (for
+    ``name``: ``[intro] <first> [<last>]``; ``date``: a date, maybe with a time; ``time``: a time — a bare
+    hour too — maybe with a date), or a :data:`PHRASE_SET` phrase ("sorry what", "no", …).
+
+    Telephone audio is ambiguous enough that with every rule of :func:`build_jsgf` open, "my name is John
+    Smith" over μ-law was heard as "on may the eighth" or "john davis"; conditioning on the question, as IVR
+    grammars do per prompt, is what made it reliable (docs/localmodel.md). An answer outside this grammar
+    comes back as the nearest phrase or, when nothing fits, from the trigram LM pass.
+
+    Raises:
+        ValueError: ``answer`` is not one of :data:`ANSWERS`.
+    """
+    if answer not in ANSWERS:
+        raise ValueError(f"no answer grammar for {answer!r}")
+    allowed = set(vocabulary) if vocabulary is not None else None
+    full = build_jsgf(spec, vocabulary)
+    header = full.split("public <utterance> = ", 1)[0]
+    # without the bare intros ("my name is"), which would otherwise beat the intro followed by a name
+    phrases = _alt(p for p in PHRASE_SET if p not in INTRO_PHRASES
+                   and (allowed is None or all(w in allowed for w in p.split())))
+    value = {"name": "<name>", "date": "[for | on] <date> [<time>]",
+             "time": "(<time> | <clock>) [for | on] [<date>]"}[answer]
+    return header + f"public <utterance> = {value} | {phrases};\n"
+
+
+def _jsgf_text(allowed: set[str] | None, date: str, time: str, slots: str, name: str, body: str) -> str:
+    """The JSGF document: shared rules and the public ``<utterance>`` rule ``body``."""
+
+    def alt(options: Iterable[str]) -> str:
+        return _alt(o for o in options if allowed is None or all(w in allowed for w in o.split()))
+
+    first = alt(FIRST_NAMES)
+    last = alt(LAST_NAMES)
+    clock = _alt([f"<hour> [{alt(MINUTES)}] [{alt(PARTS_OF_DAY)}]", "(half | quarter) past <hour>",
+                  "quarter to <hour>", "noon", "midday"])
     return ("#JSGF V1.0;\ngrammar switchboard;\n"
-            f"<date> = {date};\n<time> = {time};\n<dg> = {_alt(DIGITS)};\n"
+            f"<greet> = {alt(GREETINGS)};\n<hour> = {alt(HOURS)};\n<clock> = {clock};\n"
+            f"<date> = {date};\n<time> = {time};\n<slots> = {slots};\n<dg> = {alt(DIGITS)};\n"
+            f"<first> = {first};\n<last> = {last};\n<name> = {name};\n"
             f"public <utterance> = {body};\n")
 
 
 def words_in(spec: LanguageModelSpec) -> set[str]:
     """Every word the LM and grammar of ``spec`` may use (for the pronunciation dictionary subset)."""
     words = {w for s in build_corpus(spec) for w in s.split()}
-    words.update(w for group in (WEEKDAYS, MONTHS, ORDINALS, HOURS, MINUTES, DIGITS, FIRST_NAMES, LAST_NAMES)
+    words.update(w for group in (WEEKDAYS, MONTHS, ORDINALS, HOURS, MINUTES, DIGITS, FIRST_NAMES, LAST_NAMES,
+                                 LETTERS, GREETINGS, REQUESTS, NAME_INTROS, PARTS_OF_DAY)
                  for phrase in group for w in phrase.split())
+
     grammar = build_jsgf(spec).split("\n", 2)[2]  # drop the header lines
-    grammar = re.sub(r"<[^>]*>|\bpublic\b|/[0-9.]+/", " ", grammar)
+    grammar = re.sub(r"<[^>]*>|\bpublic\b|/[0-9.e+-]+/", " ", grammar)
     words.update(re.findall(r"[a-z0-9][a-z0-9']*", grammar))
     return words

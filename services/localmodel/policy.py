@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.localmodel import extract as ex
-from services.localmodel.grammar import tokenize
+from services.localmodel.grammar import FIRST_NAMES, LAST_NAMES, tokenize, tool_phrasings
 
 __all__ = ["DialoguePolicy", "Reply", "ToolCall", "greeting_from_instructions", "is_read_only"]
 
@@ -39,7 +39,9 @@ READ_ONLY_VERBS: Final = frozenset({"get", "lookup", "look", "check", "list", "f
 CONTROL_TOOLS: Final = ("end_call", "transfer", "hang_up", "hangup")
 YES: Final = frozenset({"yes", "yeah", "yep", "sure", "okay", "ok", "correct", "right", "please", "ahead",
                         "absolutely", "definitely", "fine", "do"})
-NO: Final = frozenset({"no", "nope", "nah", "don't", "not", "nothing", "that's", "stop", "wait"})
+NO: Final = frozenset({"no", "nope", "nah", "don't", "not", "nothing", "stop", "wait"})
+NO_PHRASES: Final = ("that's all", "that's it", "that's everything", "that will be all", "i'm good", "all set")
+"""Phrases that say "no" to "anything else?" without the word no (see :func:`says_no`)."""
 SYNONYMS: Final[Mapping[str, tuple[str, ...]]] = {
     "book": ("booking", "make", "schedule", "reserve", "set"),
     "cancel": ("cancel", "cancelled", "remove", "drop"),
@@ -57,8 +59,26 @@ STOPWORDS: Final = frozenset({"a", "an", "the", "to", "for", "of", "on", "at", "
 DEFAULT_GREETING: Final = "Hello, how can I help you today?"
 ANYTHING_ELSE: Final = "Is there anything else I can help you with?"
 MIN_TOOL_SCORE: Final = 2.0
+GREETING_WORDS: Final = frozenset({"hi", "hello", "hey", "good", "morning", "afternoon", "evening", "there", "say",
+                                   "how", "are", "you", "please", "oh", "yes"})
+"""An utterance made only of these words (and at least one of hi/hello/hey/morning/afternoon/evening) is a
+greeting, answered with one ("Say hello." — Pipecat's usual first text item — is one too)."""
+KNOWN_NAMES: Final = frozenset(FIRST_NAMES) | frozenset(LAST_NAMES)
+"""Names accepted without an intro ("Robert Brown") when the agent has just asked for a name."""
 DTMF_ANSWERS: Final[Mapping[str, str]] = {"1": "yes", "2": "no"}
 """Keypad digits (arriving as the text ``DTMF <digit>``) that answer a question: 1 = yes, 2 = no."""
+
+
+def says_no(words: Sequence[str]) -> bool:
+    """True when ``words`` answer no: a :data:`NO` word, or a :data:`NO_PHRASES` phrase ("that's all"), so
+    "yes, that's right" is not a no."""
+    text = " ".join(words)
+    return bool(set(words) & NO) or any(re.search(rf"\b{re.escape(p)}\b", text) for p in NO_PHRASES)
+
+
+def says_yes(words: Sequence[str]) -> bool:
+    """True when ``words`` answer yes (a :data:`YES` word) and do not also answer no (:func:`says_no`)."""
+    return bool(set(words) & YES) and not says_no(words)
 
 
 def is_read_only(tool_name: str) -> bool:
@@ -138,6 +158,9 @@ class DialoguePolicy:
     confirming: bool = False
     offered_more: bool = False
     last_call: ToolCall | None = None
+    asked: str | None = None
+    """The argument the last reply asked for (a bare answer fills it: "Robert Brown" after "May I have your
+    name?")."""
 
     def configure(self, tools: Sequence[Mapping[str, Any]], instructions: str | None) -> None:
         """Use the session's ``tools`` (Realtime function tools) and ``instructions``."""
@@ -154,13 +177,19 @@ class DialoguePolicy:
         return next((t for t in self.tools if t.get("name") == name), None)
 
     def score(self, tool: Mapping[str, Any], words: Sequence[str]) -> float:
-        """How well ``words`` match a tool: 2 per name word or synonym heard, 1 per description word."""
+        """How well ``words`` match a tool: 2 per name word or synonym heard (0.5 more when the word itself
+        was said, so "cancel my booking" is a cancellation, not a booking), 2 when one of the recogniser's
+        phrasings of the tool's verb was said ("see the dentist": :func:`.grammar.tool_phrasings`), 0.5 per
+        description word."""
         heard = set(words) - STOPWORDS
         name_words = [w for w in str(tool.get("name", "")).lower().split("_") if w not in STOPWORDS]
         score = 0.0
         for w in name_words:
             if w in heard or any(s in heard for s in SYNONYMS.get(w, ())):
-                score += 2.0
+                score += 2.0 + 0.5 * (w in heard)
+        text = f" {' '.join(words)} "
+        if any(f" {phrase} " in text for phrase in tool_phrasings(str(tool.get("name", "")))):
+            score += 2.0
         desc = set(tokenize(str(tool.get("description", "")))) - STOPWORDS - set(name_words)
         score += 0.5 * len(desc & heard)
         return score
@@ -192,12 +221,16 @@ class DialoguePolicy:
             return ex.extract_enum(words, schema["enum"])
         if schema.get("format") == "date" or "date" in p or p == "day":
             return ex.extract_date(words, self.today())
-        if "time" in p:
-            return ex.extract_time(words)
+        if "time" in p:  # a bare hour ("eleven") is a time when the agent has just asked for one
+            return ex.extract_time(words) or (ex.extract_time(["at", *words]) if self.asked == prop else None)
         if "phone" in p:
             return ex.extract_phone(words)
         if p == "name" or p.endswith("_name"):
-            return ex.extract_name(words)
+            named = ex.extract_name(words)
+            if named is None and self.asked == prop:
+                bare = [w for w in words if w in KNOWN_NAMES]
+                named = " ".join(w.capitalize() for w in bare[:3]) or None
+            return named
         if "reason" in p:
             return text.strip() or None
         if schema.get("type") in ("integer", "number") and not p.endswith("_id"):
@@ -234,22 +267,30 @@ class DialoguePolicy:
             text = DTMF_ANSWERS[keyed.group(1)]
         words = ex.words_of(text)
         if not words:
+            self.asked = None
             return Reply("Sorry, I didn't catch that. Could you say it again?")
+        asked, self.asked = self.asked, None
         heard = set(words)
+        if heard <= GREETING_WORDS and heard & {"hi", "hello", "hey", "morning", "afternoon", "evening"} \
+                and self.pending is None:
+            return Reply(f"{'Good ' + w if (w := _part_of_day(heard)) else 'Hello'}! "
+                         "How can I help you today?")
+        self.asked = asked
         tool_name, score = self.best_tool(words)
+        no = says_no(words)
         if self.confirming and self.pending:
-            if heard & YES and not (heard & NO):
+            if says_yes(words):
                 return self._call_pending()
             tool = self._tool(self.pending)
             updates = self.fill(tool, words, text) if tool else {}
             if updates:
                 self.args.update(updates)
                 return self._advance()
-            if heard & NO:
+            if no:
                 self._reset()
                 self.offered_more = True
                 return Reply(f"Okay, I won't do that. {ANYTHING_ELSE}")
-        if self.offered_more and self.pending is None and heard & NO and (tool_name is None or score < 4):
+        if self.offered_more and self.pending is None and no and (tool_name is None or score < 4):
             return self._end_call("caller has nothing else")
         if heard & {"bye", "goodbye"} and self._tool("end_call"):
             return self._end_call("caller said goodbye")
@@ -259,7 +300,7 @@ class DialoguePolicy:
                 self.args.update(self.fill(tool, words, text))
                 return self._advance()
         if tool_name is None:
-            if self.offered_more and heard & YES:
+            if self.offered_more and says_yes(words):
                 return Reply("Sure, what else can I help you with?")
             return Reply(self._clarify())
         tool = self._tool(tool_name)
@@ -269,13 +310,47 @@ class DialoguePolicy:
         self.confirming = False
         return self._advance()
 
+    def on_assistant(self, text: str) -> None:
+        """Take in what the agent said when the client, not this policy, put it in the conversation (an
+        assistant item re-created after a handover, or said by another model): the argument it asks for becomes
+        :attr:`asked` (a question naming it: "May I have your name, please?" → ``name``; arguments of the pending
+        tool still missing come first, then the pending tool's others, then every tool's), a question once the
+        pending tool has all it needs is a read-back awaiting yes or no (:attr:`confirming`), and "anything
+        else?" is :attr:`offered_more`."""
+        words = ex.words_of(text)
+        question = "?" in text
+        self.asked = self._asked_in(words) if question else None
+        tool = self._tool(self.pending)
+        self.confirming = bool(question and tool is not None and self.asked is None and not self._missing(tool))
+        if re.search(r"\banything else\b", " ".join(words)):
+            self.offered_more = True
+
+    def on_function_call(self, name: str, arguments: Mapping[str, Any]) -> None:
+        """Take in a function call the client put in the conversation: it was made, so nothing is pending."""
+        self.last_call = ToolCall(name, dict(arguments))
+        self._reset()
+
+    def _asked_in(self, words: Sequence[str]) -> str | None:
+        """The argument a question (``words``) asks for, by the words naming it (see :meth:`on_assistant`)."""
+        heard = set(words)
+        pending = self._tool(self.pending)
+        order: list[str] = list(self._missing(pending)) if pending else []
+        for tool in ([pending] if pending else []) + self.tools:
+            order += [str(prop) for prop in ((tool.get("parameters") or {}).get("properties") or {})]
+        for prop in order:
+            if _names(prop, heard):
+                return prop
+        return None
+
     def _advance(self) -> Reply:
         tool = self._tool(self.pending)
         assert tool is not None and self.pending is not None
         props: Mapping[str, Any] = (tool.get("parameters") or {}).get("properties") or {}
         missing = self._missing(tool)
+        self.asked = None
         if missing:
             self.confirming = False
+            self.asked = missing[0]
             return Reply(self._question(missing[0], props.get(missing[0]) or {}))
         if is_read_only(self.pending):
             return self._call_pending()
@@ -300,6 +375,7 @@ class DialoguePolicy:
         return Reply("", call)
 
     def _reset(self) -> None:
+        self.asked = None
         self.pending = None
         self.args = {}
         self.confirming = False
@@ -323,7 +399,8 @@ class DialoguePolicy:
             err = result["error"]
             message = err.get("message", "the request failed") if isinstance(err, Mapping) else err
             self.offered_more = True
-            return Reply(f"Sorry, {str(message).rstrip('.')}. {ANYTHING_ELSE}")
+            message = re.sub(r"^\s*sorry[,.!]?\s*", "", str(message), flags=re.IGNORECASE).rstrip(".")
+            return Reply(f"Sorry, {message}. {ANYTHING_ELSE}")
         if name == "end_call":
             self._reset()
             return Reply("Thank you for calling. Goodbye!")
@@ -340,6 +417,26 @@ class DialoguePolicy:
         if is_read_only(name):
             return Reply(f"{_summarize(result)} {ANYTHING_ELSE}")
         return Reply(f"Done: {name.replace('_', ' ')} {details}. {ANYTHING_ELSE}".replace("  ", " "))
+
+
+def _names(prop: str, heard: set[str]) -> bool:
+    """True when the words ``heard`` name argument ``prop``: name; date or day; time; phone or number; else
+    every word of the argument's own name ("appointment id")."""
+    p = prop.lower()
+    if p == "name" or p.endswith("_name"):
+        return "name" in heard
+    if "date" in p or p == "day":
+        return bool(heard & {"date", "day"})
+    if "time" in p:
+        return "time" in heard
+    if "phone" in p:
+        return bool(heard & {"phone", "number"})
+    return set(p.split("_")) <= heard
+
+
+def _part_of_day(heard: set[str]) -> str | None:
+    """``morning``/``afternoon``/``evening`` when the greeting named one ("good morning")."""
+    return next((w for w in ("morning", "afternoon", "evening") if w in heard and "good" in heard), None)
 
 
 def _summarize(result: Any) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,12 +24,13 @@ from services.localmodel import protocol as p
 from services.localmodel.asr import Transcript
 from services.localmodel.audio_in import InputAudio
 from services.localmodel.conversation import Conversation, StoredItem
-from services.localmodel.grammar import LanguageModelSpec
+from services.localmodel.grammar import LanguageModelSpec, answer_for
 from services.localmodel.policy import DialoguePolicy, Reply
 from services.localmodel.protocol import ProtocolError, new_id
 from services.localmodel.responses import ResponseRun
 from services.localmodel.settings import ECHO_MODEL, LocalModelSettings
 from services.localmodel.state import SessionState
+from services.localmodel.turns import Turns
 from services.localmodel.vad import VadEvent
 from shared.audio import Converter
 
@@ -70,11 +69,11 @@ class Session:
         self.state = SessionState(model)
         self.conversation = Conversation()
         self.policy = DialoguePolicy()
+        self.turns = Turns(self.conversation, self.policy)
+        """The policy's state, folded from the conversation's items (:mod:`.turns`)."""
         self.input = InputAudio(self.state.input_format, self.state.vad_params)
         self.response: ResponseRun | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.transcripts: dict[str, asyncio.Future[str]] = {}
-        self.handled: set[str] = set()
         self._speech_item: str | None = None
         self._stopped_at: float | None = None
         self._on_first_audio = on_first_audio
@@ -211,7 +210,7 @@ class Session:
         if e.kind == "start":
             self._speech_item = new_id("item")
             self._drop_utterance()  # decode from the start of the segment (prefix padding included)
-            self._utterance = self.start_stream(self._spec())
+            self._utterance = self.start_stream(self._spec(listening=True))
             self._utterance.feed(self.input.segment(e.ms, self.input.position_ms)[1])
             await self.emit("input_audio_buffer.speech_started", audio_start_ms=int(e.ms),
                             item_id=self._speech_item)
@@ -220,6 +219,8 @@ class Session:
                 run.cancel("turn_detected")
                 if run.task is not None:
                     await asyncio.wait({run.task})
+                if self.response is run:  # cancelled before it started: its own cleanup never ran
+                    self.response = None
         elif e.kind == "stop" and self._speech_item:
             item_id, self._speech_item = self._speech_item, None
             self._stopped_at = time.monotonic()
@@ -258,8 +259,7 @@ class Session:
         await self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         await self.emit("conversation.item.added", previous_item_id=previous, item=item)
         await self.emit("conversation.item.done", previous_item_id=previous, item=item)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.transcripts[item_id] = future
+        future = self.turns.transcript_owed(item_id)
         self.spawn(self._transcribe(stored, pcm, streamed, future))
 
     async def _transcribe(self, stored: StoredItem, pcm: npt.NDArray[np.int16],
@@ -274,7 +274,7 @@ class Session:
                 except Exception:
                     log.warning("streamed recognition failed; recognising the utterance whole", exc_info=True)
             if result is None:
-                result = await self.recognize(self._spec(), pcm)
+                result = await self.recognize(self._spec(listening=True), pcm)
             text = result.text
         except Exception:
             log.exception("recognition failed")
@@ -292,9 +292,16 @@ class Session:
             await self.emit("conversation.item.input_audio_transcription.completed", transcript=text, logprobs=None,
                             usage={"type": "duration", "seconds": round(stored.audio_ms / 1000.0, 3)}, **ids)
 
-    def _spec(self) -> LanguageModelSpec:
+    def _spec(self, *, listening: bool = False) -> LanguageModelSpec:
+        """The session's LM spec; ``listening``: for the caller's next utterance, so it expects the answer the
+        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`) — asked
+        by this model or in an assistant item the client created: the conversation is folded first."""
+        expect = None
+        if listening:
+            self.turns.catch_up()
+            expect = answer_for(self.policy.asked)
         return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
-                                              self.state.session.get("instructions"))
+                                              self.state.session.get("instructions"), expect)
 
     # --- items -------------------------------------------------------------------------------------------
 
@@ -313,6 +320,7 @@ class Session:
             item.setdefault("call_id", new_id("call"))
             item.setdefault("arguments", "")
         previous = self.conversation.add(StoredItem(item), ev.previous_item_id, event_id=ev.event_id)
+        self.turns.created_by_client(item)
         await self.emit("conversation.item.added", previous_item_id=previous, item=item)
         await self.emit("conversation.item.done", previous_item_id=previous, item=item)
 
@@ -354,56 +362,8 @@ class Session:
         self._stopped_at = None
 
     async def _decide(self) -> Reply:
-        """The policy's reply to the newest unanswered user item or tool output (or the greeting)."""
-        unanswered: list[dict[str, Any]] = []
-        for stored in reversed(self.conversation.items()):
-            item = stored.item
-            if item["id"] in self.handled:
-                break
-            if item["type"] == "function_call_output" or (item["type"] == "message" and item.get("role") == "user"):
-                unanswered.append(item)
-        pending = unanswered[0] if unanswered else None
-        for earlier in reversed(unanswered[1:]):  # e.g. a conversation re-created by conversation.item.create
-            await self._absorb(earlier)
-        if pending is None:
-            has_user = any(s.item.get("role") == "user" for s in self.conversation.items())
-            return self.policy.greeting() if not has_user else Reply("How can I help you?")
-        self.handled.add(pending["id"])
-        if pending["type"] == "function_call_output":
-            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
-                         and s.item.get("call_id") == pending.get("call_id")), None)
-            name = str(call.get("name")) if call else ""
-            args: dict[str, Any] = {}
-            with contextlib.suppress(ValueError, TypeError):
-                import json
-
-                args = json.loads(call.get("arguments") or "{}") if call else {}
-            return self.policy.on_tool_output(name, args, str(pending.get("output", "")))
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in pending.get("content") or [])
-        future = self.transcripts.pop(pending["id"], None)
-        if future is not None:
-            text = await future
-        return self.policy.on_user(text)
-
-    async def _absorb(self, item: dict[str, Any]) -> None:
-        """Let the policy take in an earlier user turn or tool output that got no reply of its own (a client
-        that re-created the conversation, e.g. a session that took a call over): its state — the tool asked
-        for, the arguments heard — then matches the conversation; the reply it would have given is dropped."""
-        self.handled.add(item["id"])
-        if item["type"] == "function_call_output":
-            call = next((s.item for s in self.conversation.items() if s.item["type"] == "function_call"
-                         and s.item.get("call_id") == item.get("call_id")), None)
-            args: dict[str, Any] = {}
-            with contextlib.suppress(ValueError, TypeError):
-                args = json.loads(call.get("arguments") or "{}") if call else {}
-            self.policy.on_tool_output(str(call.get("name")) if call else "", args, str(item.get("output", "")))
-            return
-        text = " ".join(str(part.get("text") or part.get("transcript") or "") for part in item.get("content") or [])
-        future = self.transcripts.pop(item["id"], None)
-        if future is not None:
-            text = await future
-        if text.strip():
-            self.policy.on_user(text)
+        """The policy's reply to the conversation's unanswered end (:meth:`.turns.Turns.answer`)."""
+        return await self.turns.answer()
 
     # --- echo mode ---------------------------------------------------------------------------------------
 

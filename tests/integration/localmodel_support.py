@@ -4,16 +4,21 @@ every server event against ``openai.types.realtime`` (the union openai-agents va
 from __future__ import annotations
 
 import base64
+import functools
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+import shared
 from services.localmodel.server import LocalModelServer
 from services.localmodel.settings import LocalModelSettings
-from shared.tts import synthesize_format
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 
@@ -36,9 +41,32 @@ async def running_server(**overrides: Any) -> AsyncIterator[LocalModelServer]:
         await server.stop()
 
 
+_RENDER = ("import sys; from shared.tts import synthesize_format; "
+           "sys.stdout.buffer.write(synthesize_format(*sys.argv[1:]))")
+
+
+@functools.cache
+def fresh_speech(text: str, fmt: str = "audio/pcmu") -> bytes:
+    """``text`` spoken by espeak-ng en-us+klatt in ``fmt``, rendered by a fresh Python process.
+
+    libespeak-ng keeps state across utterances that no API call resets (not even ``espeak_Terminate`` +
+    ``espeak_Initialize``), so in-process renderings of one sentence differ with what the process synthesised
+    before — the local model's replies included — and so did what the recogniser heard. A fresh process
+    renders the same bytes every time; cached per ``(text, fmt)``.
+
+    Raises:
+        subprocess.CalledProcessError: the rendering process failed (its stderr is attached).
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(shared.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", _RENDER, text, fmt], check=True, capture_output=True,
+                          env=env, timeout=60).stdout
+
+
 def speech_ulaw(text: str, pad_ms: int = 300, tail_ms: int = 900) -> bytes:
-    """``text`` spoken by espeak-ng en-us+klatt as μ-law 8 kHz with leading/trailing silence."""
-    return b"\xff" * (pad_ms * 8) + synthesize_format(text, "audio/pcmu") + b"\xff" * (tail_ms * 8)
+    """``text`` spoken by espeak-ng en-us+klatt as μ-law 8 kHz (:func:`fresh_speech`) with leading/trailing
+    silence."""
+    return b"\xff" * (pad_ms * 8) + fresh_speech(text) + b"\xff" * (tail_ms * 8)
 
 
 def b64(data: bytes) -> str:

@@ -35,8 +35,8 @@ from shared.contracts import (
     parse_command,
     parse_session_event,
 )
-from shared.tts import synthesize_format_async
 from switchboard import natsserver
+from tests.integration.localmodel_support import fresh_speech
 
 __all__ = ["LogEntry", "SimGateway", "ToolBox", "read_log", "speech", "start_localmodel"]
 
@@ -75,8 +75,12 @@ async def start_localmodel(*, pacing: str = "fast", mode: str = "agent") -> Asyn
 
 
 async def speech(text: str, *, trailing_ms: int = 1200) -> bytes:
-    """``text`` spoken by espeak-ng (en-us+klatt) as μ-law 8 kHz, followed by ``trailing_ms`` of silence."""
-    return await synthesize_format_async(text, PCMU) + silence(PCMU, trailing_ms)
+    """``text`` spoken by espeak-ng (en-us+klatt) as μ-law 8 kHz, followed by ``trailing_ms`` of silence.
+
+    Rendered by a fresh process (:func:`.localmodel_support.fresh_speech`): in this process the rendering of one
+    sentence would change with everything synthesised before it, so what the model heard — "My name is John
+    Smith" after a handover — depended on which tests ran first."""
+    return await asyncio.to_thread(fresh_speech, text, "audio/pcmu") + silence(PCMU, trailing_ms)
 
 
 ToolHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

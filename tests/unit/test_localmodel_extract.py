@@ -58,3 +58,14 @@ def test_numbers_phone_name_enum() -> None:
     assert ex.extract_name(w("book an appointment")) is None
     assert ex.extract_enum(w("a large pizza"), ["small", "large"]) == "large"
     assert ex.extract_enum(w("window seat"), ["aisle_seat", "window_seat"]) == "window_seat"
+
+
+def test_half_and_quarter_times() -> None:
+    from services.localmodel.extract import extract_time, words_of
+
+    assert extract_time(words_of("at half past three")) == "15:30"
+    assert extract_time(words_of("half past nine in the morning")) == "09:30"
+    assert extract_time(words_of("quarter past ten")) == "10:15"
+    assert extract_time(words_of("quarter to four")) == "15:45"
+    assert extract_time(words_of("at quarter to twelve")) == "11:45"
+    assert extract_time(words_of("quarter to one")) == "12:45"

@@ -91,3 +91,88 @@ def test_keypad_one_confirms_and_two_declines_a_read_back() -> None:
     assert p.confirming
     r = p.on_user("DTMF 2")
     assert r.call is None and "won't" in r.say
+
+
+def test_greetings_are_answered_as_greetings() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("Say hello.").say == "Hello! How can I help you today?"
+    assert policy.on_user("good morning").say == "Good morning! How can I help you today?"
+    assert policy.on_user("hello what is the weather on mars").say.startswith("Sorry")
+
+
+def test_a_bare_name_answers_the_name_question() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("i need an appointment for monday at ten").say == "May I have your name, please?"
+    reply = policy.on_user("robert brown")
+    assert policy.args["name"] == "Robert Brown" and "Shall I go ahead?" in reply.say
+    assert policy.args["time"] == "10:00"
+    fresh = DialoguePolicy(today=lambda: TODAY)
+    fresh.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    fresh.on_user("book an appointment for john")  # not asked: "john" alone is no name
+    assert "name" not in fresh.args
+
+
+def test_yes_and_no_are_read_as_phrases() -> None:
+    from services.localmodel.policy import says_no, says_yes
+
+    assert says_yes(["yes", "that's", "right"]) and not says_no(["yes", "that's", "right"])
+    assert says_no(["no", "that's", "all"]) and says_no(["that's", "it", "thank", "you"])
+    assert not says_yes(["yes", "no"])
+
+
+def test_a_booking_is_confirmed_with_yes_thats_right_and_a_bare_hour_answers_the_time() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.on_user("i'd like to make an appointment for tomorrow").say == "May I have your name, please?"
+    assert policy.on_user("mary jones").say == "What time would you like?"
+    assert "Shall I go ahead?" in policy.on_user("eleven").say
+    reply = policy.on_user("yes that's right")
+    assert reply.call is not None and reply.call.arguments["time"] == "11:00"
+
+
+def test_cancel_my_booking_is_a_cancellation() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert policy.best_tool(["cancel", "my", "booking", "on", "friday"])[0] == "cancel_appointment"
+    assert policy.best_tool(["i", "would", "like", "to", "see", "the", "dentist"])[0] == "book_appointment"
+
+
+def test_a_tool_error_that_starts_with_sorry_is_not_said_twice() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    reply = policy.on_tool_output("book_appointment", {}, json.dumps({"error": {"message": "Sorry, 10:00 is taken."}}))
+    assert reply.say.startswith("Sorry, 10:00 is taken. Is there anything else")
+
+
+def test_a_question_the_client_put_in_the_conversation_sets_what_was_asked() -> None:
+    """Assistant items created by the client (a conversation rebuilt after a handover, another model's words)
+    count like the policy's own replies: the argument asked for, the read-back awaiting yes, "anything else"."""
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("i need an appointment tomorrow")
+    policy.on_assistant("Great. And what time works for you?")
+    assert policy.asked == "time" and not policy.confirming
+    assert policy.on_user("eleven").say == "May I have your name, please?"
+    policy.on_assistant("Sure. Could I get your full name?")
+    assert policy.asked == "name"
+    policy.on_user("robert brown")
+    policy.on_assistant("Robert Brown, tomorrow at 11. Is that right?")
+    assert policy.confirming and policy.asked is None
+    policy.on_function_call("book_appointment", {"name": "Robert Brown", "date": "2026-11-23", "time": "11:00"})
+    assert policy.pending is None and not policy.confirming
+    assert policy.last_call is not None and policy.last_call.name == "book_appointment"
+    policy.on_assistant("You're all set. Anything else?")
+    assert policy.offered_more and policy.asked is None
+    reply = policy.on_user("no thanks")
+    assert reply.call is not None and reply.call.name == "end_call"
+
+
+def test_a_statement_the_client_put_in_the_conversation_asks_nothing() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("i need an appointment tomorrow at ten")
+    assert policy.asked == "name"
+    policy.on_assistant("Your name is needed for the booking.")
+    assert policy.asked is None

@@ -16,6 +16,7 @@ from switchboard.scenario import (
     Scenario,
     ScenarioError,
     args_match,
+    args_mismatches,
     check_expectations,
     load_scenario,
 )
@@ -154,3 +155,33 @@ def test_barge_in_expectation_reads_clear_and_truncate_from_the_log() -> None:
     log.rt.append(("client", {"type": "conversation.item.truncate", "item_id": "item_1", "audio_end_ms": 400}))
     assert check_expectations(wanted, log) == []
     assert "no barge-in" in check_expectations(unwanted, log)[0]
+
+
+def test_mismatched_argument_is_named() -> None:
+    log = _log([fc("book_appointment", {"name": "John Davis", "time": "10:00"})])
+    expect = Expectations.model_validate(
+        {"tool_calls": [{"name": "book_appointment", "args": {"name": "John Smith", "time": "10:00", "date": "x"}}]})
+    failures = check_expectations(expect, log)
+    assert len(failures) == 1
+    assert 'name: expected "John Smith", got "John Davis"' in failures[0]
+    assert 'date: expected "x", missing' in failures[0]
+    assert args_mismatches({"name": "John Smith", "time": "10:00", "slot": {"room": 1}},
+                           {"name": "John Davis", "time": "10:00", "slot": {"room": 2}}) == [
+        'name: expected "John Smith", got "John Davis"', "slot.room: expected 1, got 2"]  # matching ones unnamed
+    assert args_mismatches({"name": "john smith"}, {"name": "John Smith"}) == []
+
+
+def test_demo_scenario_requires_the_name_that_was_said() -> None:
+    """``make demo`` places book-appointment.yaml: a booking under another name must fail it."""
+    root = Path(__file__).resolve().parents[2]
+    scenario = load_scenario(root / "scenarios" / "book-appointment.yaml")
+    said_name = next(t.say for t in scenario.turns if t.say and "my name is" in t.say.lower())
+    assert said_name.lower().endswith("john smith")
+    booked = [c for c in scenario.expect.tool_calls if c.name == "book_appointment"]
+    assert booked and booked[0].args["name"] == "John Smith"
+    heard_wrong = _log([fc("book_appointment", {"name": "John Davis", "date": "2026-12-08", "time": "10:00"}),
+                        said("You're booked for John Davis."), fc("end_call", {})], "agent_hangup")
+    assert any("John Davis" in f for f in check_expectations(scenario.expect, heard_wrong))
+    heard_right = _log([fc("book_appointment", {"name": "John Smith", "date": "2026-12-08", "time": "10:00"}),
+                        said("You're booked for John Smith."), fc("end_call", {})], "agent_hangup")
+    assert check_expectations(scenario.expect, heard_right) == []
