@@ -59,9 +59,9 @@ from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
-from .ownership import Takeover
-from .prepare import load_context, restored_state
-from .rebuild import CallLog, read_call_log, rebuild
+from .ownership import Owner, Takeover
+from .prepare import read_before_model
+from .rebuild import CallLog, rebuild
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
@@ -91,6 +91,10 @@ class Call:
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
         self._logged: CallLog | None = None
+        self.lapsed_owner: Owner | None = None
+        """After a lapse: the crashed owner's last ownership entry (its seq mark shortens the log scan)."""
+        self.seq_resumed = False
+        """Set once ``Switchboard-Seq`` continues the log's (from then on the bus's seq for the call is exact)."""
         self.conversation_persists = False
         """True: the model keeps the conversation across connections (SIP sideband): no rebuild on reconnect."""
         self.spec = spec
@@ -228,17 +232,17 @@ class Call:
 
     async def _prepare(self) -> None:
         """Tool registry and the log's last seq (so a restarted call continues ``Switchboard-Seq``); after a
-        takeover, the flow state the previous owner reached (:mod:`.prepare`)."""
-        registry, last_seq = await load_context(self.bus, self.call_id, self.ended)
-        self.registry.update(registry)
-        self.bus.resume_seq(self.call_id, last_seq)
-        if self.takeover == "lapse":  # its owner is gone: read its log while the model connects, not after
-            self._logged = await read_call_log(self.bus, self.call_id)
-        if self.takeover and self.spec.flow is not None:
-            state = await restored_state(self.bus, self.call_id)
-            if state is not None:
-                self.flow.state = state
-                await self._apply_capture()  # the restored state's keypad capture
+        takeover, the flow state the previous owner reached (:mod:`.prepare`); after a lapse, the call's log for
+        the rebuild. The reads run side by side, while the model connects."""
+        read = await read_before_model(self.bus, self.call_id, self.ended, takeover=self.takeover,
+                                       flow=self.spec.flow is not None, previous=self.lapsed_owner)
+        self.registry.update(read.registry)
+        self.bus.resume_seq(self.call_id, read.last_seq)
+        self.seq_resumed = True
+        self._logged = read.logged
+        if read.state is not None:
+            self.flow.state = read.state
+            await self._apply_capture()  # the restored state's keypad capture
 
     async def _model_loop(self) -> None:
         prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")

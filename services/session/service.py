@@ -80,7 +80,7 @@ class SessionService:
         self.bus = bus
         self.handover_s = handover_s
         """Seconds a stopping instance waits for a peer to confirm each handover before serving the call on."""
-        self.ownership = Ownership(bus.js, replicas=settings.js_replicas)
+        self.ownership = Ownership(bus.js, replicas=settings.js_replicas, seq_of=self._seq_of)
         self.ownership.on_lost(self._on_lost)
         self.ownership.on_lapsed(self._on_lapsed)
         self.stopping = False
@@ -216,7 +216,13 @@ class SessionService:
         if epoch is None:
             return  # another peer won
         log.info("call %s: taking over (%s) from %s at epoch %d", call_id, why, owner.owner, epoch)
-        self._run_call(info, epoch, takeover=why)
+        self._run_call(info, epoch, takeover=why, previous=owner if why == "lapse" else None)
+
+    def _seq_of(self, call_id: str) -> int | None:
+        """The call's last ``Switchboard-Seq`` for its ownership entry: known once the call continues the log's
+        (None before: a peer taking over after a crash then reads the whole log)."""
+        call = self.calls.get(call_id)
+        return self.bus.current_seq(call_id) if call is not None and call.seq_resumed else None
 
     async def _on_lost(self, call_id: str, new_owner: Owner | None) -> None:
         """Fenced: another instance owns the call now. A handover in progress waits for the peer's
@@ -264,7 +270,8 @@ class SessionService:
             return
         self._run_call(info, epoch)
 
-    def _run_call(self, info: CallStarted, epoch: int, *, takeover: Takeover | None = None) -> None:
+    def _run_call(self, info: CallStarted, epoch: int, *, takeover: Takeover | None = None,
+                  previous: Owner | None = None) -> None:
         spec = self.agent_for(info.agent, info.agent_version)
         log.info("call %s: agent %s version %s (epoch %d)", info.call_id, spec.name, spec.version, epoch)
         endpoint = self.endpoint.with_model(spec.model) if spec.model else self.endpoint
@@ -274,6 +281,7 @@ class SessionService:
                                       api_url=self.settings.effective_openai_api_url)
         else:
             call = Call(self.bus, spec, info, endpoint, self.options, takeover=takeover)
+        call.lapsed_owner = previous
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")
         self._tasks[info.call_id] = task
