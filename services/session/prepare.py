@@ -1,12 +1,12 @@
 """What a call's session reads from NATS before its first model session: the tool registry, the log's last
 ``Switchboard-Seq`` and, for a call taken over, the flow state the previous owner reached.
 
-The last seq after a crash: the lapsed owner's ownership entry names its seq when the bucket stored the entry
-(:class:`~services.session.ownership.Owner` ``seq``, ``written``); what it published later has a higher seq and
-was stored later, so only the log's tail from :data:`TAIL_MARGIN_S` before that write is read — a few seconds
-of a call instead of all of it (every audio delta's headers), which is most of a takeover's work when a crashed
-instance's calls are taken over together. Without a mark (an entry written before its owner knew the seq, a
-handover) the whole log is read.
+After a crash the lapsed owner's last ownership entry marks where its log stood
+(:class:`~services.session.ownership.LogMark`): the last seq is then the mark's or a higher one from the log's
+tail (:func:`~services.session.ownership.tail_start`), and the caller audio appended is the mark's plus the
+tail's appends — a few seconds of a call instead of all of it (every delta's headers, every append's audio),
+which was most of a takeover's work when a crashed instance's calls are taken over together. Without a mark (an
+entry written before its owner knew, a handover) the whole log is read.
 
 JetStream lookups that fail while NATS is unreachable or paused (timeouts, no responders, a connection being
 re-established) are retried with backoff until they answer or the call ends: a short NATS outage at the start of a
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -28,25 +28,12 @@ from shared.bus import Bus
 from shared.contracts import ContractError, SessionStateChanged
 
 from .model import backoff_delays
-from .ownership import Owner, Takeover
+from .ownership import Owner, Takeover, tail_start
 from .rebuild import CallLog, read_call_log
 
-__all__ = ["TAIL_MARGIN_S", "ReadBeforeModel", "load_context", "read_before_model", "restored_state", "tail_start"]
+__all__ = ["ReadBeforeModel", "load_context", "read_before_model", "restored_state"]
 
 log = logging.getLogger(__name__)
-
-
-TAIL_MARGIN_S = 1.0
-"""Seconds before the lapsed owner's last ownership write from which its log is read: covers the write's own
-delay in the server (the seq is read before the write is sent) and clock differences between the servers of a
-cluster that lead the KV bucket and the log's streams."""
-
-
-def tail_start(previous: Owner | None) -> datetime | None:
-    """Where the log scan for the last seq may start after ``previous`` lapsed (None: read the whole log)."""
-    if previous is None or previous.seq is None or previous.written is None:
-        return None
-    return previous.written - timedelta(seconds=TAIL_MARGIN_S)
 
 
 async def load_context(bus: Bus, call_id: str, ended: asyncio.Event, *,
@@ -58,7 +45,7 @@ async def load_context(bus: Bus, call_id: str, ended: asyncio.Event, *,
         nats.errors.Error, TimeoutError: a lookup failed after ``ended`` was set (the call is over).
     """
     since = tail_start(previous)
-    floor = previous.seq if since is not None and previous is not None and previous.seq is not None else 0
+    floor = previous.mark.seq if since is not None and previous is not None and previous.mark is not None else 0
     delays = backoff_delays()
     while True:
         try:
@@ -112,9 +99,10 @@ async def read_before_model(bus: Bus, call_id: str, ended: asyncio.Event, *, tak
     """
     reads: list[Any] = [load_context(bus, call_id, ended, previous=previous)]
     if takeover == "lapse":  # its owner is gone: nothing more will be logged before the rebuild
-        reads.append(read_call_log(bus, call_id))
+        reads.append(read_call_log(bus, call_id, previous=previous))
     if takeover and flow:
         reads.append(restored_state(bus, call_id))
+    t0 = time.monotonic()
     tasks = [asyncio.ensure_future(read) for read in reads]
     try:
         await asyncio.gather(*tasks)
@@ -122,5 +110,8 @@ async def read_before_model(bus: Bus, call_id: str, ended: asyncio.Event, *, tak
         for task in tasks:
             task.cancel()
     registry, last_seq = tasks[0].result()
+    if takeover:
+        log.info("call %s: read before the model in %.2f s (%s)", call_id, time.monotonic() - t0,
+                 "the log's tail" if tail_start(previous) is not None else "the whole log")
     return ReadBeforeModel(registry, last_seq, tasks[1].result() if takeover == "lapse" else None,
                            tasks[-1].result() if takeover and flow else None)
