@@ -92,7 +92,7 @@ class Call:
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
         self._logged: CallLog | None = None
         self.lapsed_owner: Owner | None = None
-        """After a lapse: the crashed owner's last ownership entry (its seq mark shortens the log scan)."""
+        """After a lapse: the crashed owner's last ownership entry (its log mark limits the reads to the log's tail)."""
         self.seq_resumed = False
         """Set once ``Switchboard-Seq`` continues the log's (from then on the bus's seq for the call is exact)."""
         self.appended: tuple[int, int] | None = (0, 0) if takeover is None else None
