@@ -59,9 +59,9 @@ from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
-from .ownership import Takeover
-from .prepare import load_context, restored_state
-from .rebuild import CallLog, read_call_log, rebuild
+from .ownership import Owner, Takeover
+from .prepare import read_before_model
+from .rebuild import CallLog, rebuild
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
@@ -91,6 +91,13 @@ class Call:
         self.appended_in_log = 0
         """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
         self._logged: CallLog | None = None
+        self.lapsed_owner: Owner | None = None
+        """After a lapse: the crashed owner's last ownership entry (its log mark limits the reads to the log's tail)."""
+        self.seq_resumed = False
+        """Set once ``Switchboard-Seq`` continues the log's (from then on the bus's seq for the call is exact)."""
+        self.appended: tuple[int, int] | None = (0, 0) if takeover is None else None
+        """(seq of the last caller-audio append logged, caller audio bytes appended over the call up to it); after
+        a takeover None until the rebuild counted the log's."""
         self.conversation_persists = False
         """True: the model keeps the conversation across connections (SIP sideband): no rebuild on reconnect."""
         self.spec = spec
@@ -228,17 +235,17 @@ class Call:
 
     async def _prepare(self) -> None:
         """Tool registry and the log's last seq (so a restarted call continues ``Switchboard-Seq``); after a
-        takeover, the flow state the previous owner reached (:mod:`.prepare`)."""
-        registry, last_seq = await load_context(self.bus, self.call_id, self.ended)
-        self.registry.update(registry)
-        self.bus.resume_seq(self.call_id, last_seq)
-        if self.takeover == "lapse":  # its owner is gone: read its log while the model connects, not after
-            self._logged = await read_call_log(self.bus, self.call_id)
-        if self.takeover and self.spec.flow is not None:
-            state = await restored_state(self.bus, self.call_id)
-            if state is not None:
-                self.flow.state = state
-                await self._apply_capture()  # the restored state's keypad capture
+        takeover, the flow state the previous owner reached (:mod:`.prepare`); after a lapse, the call's log for
+        the rebuild. The reads run side by side, while the model connects."""
+        read = await read_before_model(self.bus, self.call_id, self.ended, takeover=self.takeover,
+                                       flow=self.spec.flow is not None, previous=self.lapsed_owner)
+        self.registry.update(read.registry)
+        self.bus.resume_seq(self.call_id, read.last_seq)
+        self.seq_resumed = True
+        self._logged = read.logged
+        if read.state is not None:
+            self.flow.state = read.state
+            await self._apply_capture()  # the restored state's keypad capture
 
     async def _model_loop(self) -> None:
         prepared = asyncio.create_task(self._prepare(), name=f"prepare-{self.call_id}")
@@ -305,14 +312,16 @@ class Call:
         frame = encode_payload(event)
         await self._send_frame(str(event["type"]), frame, setup=setup, logged=loggable(self.redactor, event, frame))
 
-    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool, logged: bytes | None = None) -> None:
-        """Send one client event's exact bytes and log them (``logged``: redacted) under the log lock (:meth:`send`)."""
+    async def _send_frame(self, event_type: str, frame: bytes, *, setup: bool,
+                          logged: bytes | None = None) -> int | None:
+        """Send one client event's exact bytes and log them (``logged``: redacted) under the log lock (:meth:`send`);
+        returns the logged event's seq."""
         async with self.log.lock:
             sock = self.model
             if sock is None or not (setup or self.ready.is_set()):
                 raise ModelClosedError("model session not ready")
             await sock.send(frame)
-            await self.log.publish_locked("client", event_type, frame if logged is None else logged)
+            return await self.log.publish_locked("client", event_type, frame if logged is None else logged)
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """Send once the model session is ready, waiting through reconnects (never dropped)."""
@@ -387,6 +396,8 @@ class Call:
                 logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True),
                                        self._logged if self.connections == 1 else None)
                 self.appended_in_log = logged.appended_bytes
+                if self.appended is None:  # taken over: our own appends count on from the log's
+                    self.appended = (self.bus.current_seq(self.call_id), logged.appended_bytes)
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off
                 if cut_off and self.takeover == "lapse" and self.connections == 1:
                     self._recovered = True
@@ -451,7 +462,9 @@ class Call:
     # --- carrier side ------------------------------------------------------------------------------------
 
     async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
-        await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
+        seq = await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
+        if self.appended is not None and seq is not None:
+            self.appended = (seq, self.appended[1] + len(chunk))
 
     async def _ask_again(self) -> None:
         if not self._recovered:  # the recovery line already asks the caller to go on

@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, Headers
 
 __all__ = ["UNPARSABLE_TYPE", "EventLog"]
 
@@ -55,10 +55,12 @@ class EventLog:
             self._subjects[key] = subject
         return subject
 
-    async def publish_locked(self, direction: str, event_type: str, data: bytes) -> None:
-        """Publish one event; the caller holds :attr:`lock`."""
-        await self.bus.publish_event(self.subject(direction, event_type), data, call_id=self.call_id)
+    async def publish_locked(self, direction: str, event_type: str, data: bytes) -> int | None:
+        """Publish one event; the caller holds :attr:`lock`. Returns its ``Switchboard-Seq``."""
+        headers = await self.bus.publish_event(self.subject(direction, event_type), data, call_id=self.call_id)
         self.counts[direction] += 1
+        seq = headers.get(Headers.SEQ)
+        return int(seq) if seq is not None and seq.isdigit() else None
 
     async def server(self, event_type: str, data: bytes) -> None:
         """Log a server event exactly as received (``data`` = the frame's bytes)."""

@@ -18,17 +18,21 @@ duplicate the conversation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, epoch_of
 from shared.fencing import OwnerFence
+
+from .ownership import Owner, tail_start
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ __all__ = ["LOGGED_CLIENT", "LOGGED_SERVER", "REBUILD_PREFIX", "CallLog", "Conve
            "parse_records", "read_call_log", "rebuild"]
 
 REBUILD_PREFIX = "sb_rebuild_"
-LOGGED_CLIENT = ("conversation.item.create", "input_audio_buffer.append")
+APPEND = "input_audio_buffer.append"
+LOGGED_CLIENT = ("conversation.item.create", APPEND)
 """Client event types a rebuild reads (Realtime GA names)."""
 LOGGED_SERVER = ("input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
                  "response.output_item.done", "conversation.item.deleted", "response.created", "response.done")
@@ -155,24 +160,29 @@ class CallLog:
     """A ``response.created`` has no ``response.done``: a response was cut off (its owner died)."""
 
 
-async def read_call_log(bus: Bus, call_id: str) -> CallLog:
+async def read_call_log(bus: Bus, call_id: str, *, previous: Owner | None = None) -> CallLog:
     """Replay the call's RT log into a :class:`CallLog`: only the event types it reads (:data:`LOGGED_CLIENT`,
-    :data:`LOGGED_SERVER`), not the model's audio and transcript deltas that make up most of a call's log."""
+    :data:`LOGGED_SERVER`), not the model's audio and transcript deltas that make up most of a call's log. The
+    caller's audio appends (most of what is read) and the conversation's events are read side by side; with
+    ``previous`` (a lapsed owner's entry) whose mark counts the audio it appended, only the appends of the log's
+    tail are read (:func:`_appended_since`)."""
+    wanted = [subjects.rt_client(call_id, t) for t in LOGGED_CLIENT if t != APPEND] + \
+        [subjects.rt_server(call_id, t) for t in LOGGED_SERVER]
+    since = tail_start(previous)
+    if since is not None and previous is not None and previous.mark is not None and previous.mark.appended:
+        counted = _appended_since(bus, call_id, since, previous.epoch, previous.mark.appended)
+    else:
+        counted = _appended(bus, call_id)
+    (raw, cut_off), appended = await asyncio.gather(_conversation(bus, wanted), counted)
+    return CallLog(ConversationLog().feed_all(parse_records(raw)), appended, cut_off)
+
+
+async def _conversation(bus: Bus, wanted: list[str]) -> tuple[list[tuple[str, bytes]], bool]:
+    """The conversation's logged events (direction, body) in log order, and whether a response was cut off."""
     raw: list[tuple[str, bytes]] = []
     open_responses: set[str] = set()
-    appended = 0
-    fence = OwnerFence()
-    wanted = [subjects.rt_client(call_id, t) for t in LOGGED_CLIENT] + \
-        [subjects.rt_server(call_id, t) for t in LOGGED_SERVER]
     async for env in bus.replay(wanted, subjects.RT_STREAM):
         parsed = subjects.parse(env.subject)
-        if parsed.rest == "input_audio_buffer.append":
-            if not fence.current(env.headers):
-                continue  # the previous owner's copy during a handover: the new owner appended it too
-            with contextlib.suppress(ValueError, AttributeError):
-                audio = str(json.loads(env.data).get("audio") or "")
-                appended += len(audio) * 3 // 4 - audio[-2:].count("=")
-            continue
         raw.append((parsed.direction or "", env.data))
         if parsed.direction == "server" and parsed.rest in ("response.created", "response.done"):
             with contextlib.suppress(ValueError, AttributeError):
@@ -181,7 +191,37 @@ async def read_call_log(bus: Bus, call_id: str) -> CallLog:
                     open_responses.add(rid)
                 else:
                     open_responses.discard(rid)
-    return CallLog(ConversationLog().feed_all(parse_records(raw)), appended, bool(open_responses))
+    return raw, bool(open_responses)
+
+
+def _audio_bytes(data: bytes) -> int:
+    """Decoded length of an ``input_audio_buffer.append`` body's base64 ``audio`` (0 when unreadable)."""
+    with contextlib.suppress(ValueError, AttributeError):
+        audio = str(json.loads(data).get("audio") or "")
+        return len(audio) * 3 // 4 - audio[-2:].count("=")
+    return 0
+
+
+async def _appended(bus: Bus, call_id: str) -> int:
+    """Bytes of caller audio the log shows appended, each append once (:class:`CallLog`)."""
+    appended = 0
+    fence = OwnerFence()
+    async for env in bus.replay(subjects.rt_client(call_id, APPEND), subjects.RT_STREAM):
+        if not fence.current(env.headers):
+            continue  # the previous owner's copy during a handover: the new owner appended it too
+        appended += _audio_bytes(env.data)
+    return appended
+
+
+async def _appended_since(bus: Bus, call_id: str, since: datetime, epoch: int, mark: tuple[int, int]) -> int:
+    """Bytes of caller audio appended over the call by a lapsed owner (``epoch``) whose mark counted ``mark[1]``
+    up to its append of seq ``mark[0]``: the mark plus the owner's later appends (higher seq) stored from
+    ``since`` on. Appends of older epochs are stale copies (as in :func:`_appended`)."""
+    after_seq, appended = mark
+    async for env in bus.streams.replay(subjects.rt_client(call_id, APPEND), subjects.RT_STREAM, since=since):
+        if epoch_of(env.headers) == epoch and env.source == bus.source and (env.seq or 0) > after_seq:
+            appended += _audio_bytes(env.data)
+    return appended
 
 
 async def rebuild(bus: Bus, call_id: str, send: Callable[[dict[str, Any]], Awaitable[None]],

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.aio.subscription import Subscription
@@ -46,7 +47,7 @@ from shared.errors import PublishFailedError
 
 from .agent import AgentSpec, AgentSpecError, load_agent
 from .call import Call, CallOptions, ModelEndpoint
-from .ownership import Owner, Ownership, Takeover
+from .ownership import LogMark, Owner, Ownership, Takeover
 from .sideband import SIP_CARRIER, SidebandCall
 
 __all__ = ["HANDOVER_GROUP", "QUEUE_GROUP", "SessionService", "endpoint_from_settings"]
@@ -80,7 +81,7 @@ class SessionService:
         self.bus = bus
         self.handover_s = handover_s
         """Seconds a stopping instance waits for a peer to confirm each handover before serving the call on."""
-        self.ownership = Ownership(bus.js, replicas=settings.js_replicas)
+        self.ownership = Ownership(bus.js, replicas=settings.js_replicas, mark_of=self._mark_of)
         self.ownership.on_lost(self._on_lost)
         self.ownership.on_lapsed(self._on_lapsed)
         self.stopping = False
@@ -216,7 +217,15 @@ class SessionService:
         if epoch is None:
             return  # another peer won
         log.info("call %s: taking over (%s) from %s at epoch %d", call_id, why, owner.owner, epoch)
-        self._run_call(info, epoch, takeover=why)
+        self._run_call(info, epoch, takeover=why, previous=owner if why == "lapse" else None)
+
+    def _mark_of(self, call_id: str) -> LogMark | None:
+        """Where the call's log stands, for its ownership entry: known once the call continues the log's seq
+        (None before: a peer taking over after a crash then reads the whole log)."""
+        call = self.calls.get(call_id)
+        if call is None or not call.seq_resumed:
+            return None
+        return LogMark(self.bus.current_seq(call_id), datetime.now(UTC), call.appended)
 
     async def _on_lost(self, call_id: str, new_owner: Owner | None) -> None:
         """Fenced: another instance owns the call now. A handover in progress waits for the peer's
@@ -264,7 +273,8 @@ class SessionService:
             return
         self._run_call(info, epoch)
 
-    def _run_call(self, info: CallStarted, epoch: int, *, takeover: Takeover | None = None) -> None:
+    def _run_call(self, info: CallStarted, epoch: int, *, takeover: Takeover | None = None,
+                  previous: Owner | None = None) -> None:
         spec = self.agent_for(info.agent, info.agent_version)
         log.info("call %s: agent %s version %s (epoch %d)", info.call_id, spec.name, spec.version, epoch)
         endpoint = self.endpoint.with_model(spec.model) if spec.model else self.endpoint
@@ -274,6 +284,7 @@ class SessionService:
                                       api_url=self.settings.effective_openai_api_url)
         else:
             call = Call(self.bus, spec, info, endpoint, self.options, takeover=takeover)
+        call.lapsed_owner = previous
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")
         self._tasks[info.call_id] = task

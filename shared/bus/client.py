@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -150,6 +151,10 @@ class Bus:
     def resume_seq(self, call_id: str, last_seq: int) -> None:
         """Continue ``Switchboard-Seq`` for ``call_id`` after ``last_seq`` (a session that took over)."""
         self._seq.resume(call_id, last_seq)
+
+    def current_seq(self, call_id: str) -> int:
+        """The last ``Switchboard-Seq`` taken (or resumed) for ``call_id``, 0 if none; later ones are higher."""
+        return self._seq.current(call_id)
 
     def forget_call(self, call_id: str) -> None:
         """Drop per-call state (seq counter, epoch) once a call is over."""
@@ -466,9 +471,9 @@ class Bus:
         return await self.streams.follow(filter_subject, stream, handler)
 
     async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
-                       source: str | None = None) -> int:
+                       source: str | None = None, *, since: datetime | None = None) -> int:
         """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source``: :meth:`Streams.last_seq`."""
-        return await self.streams.last_seq(call_id, stream, filter_subject, source)
+        return await self.streams.last_seq(call_id, stream, filter_subject, source, since=since)
 
     async def last_message(self, stream: subjects.StreamSpec, subject: str) -> Envelope | None:
         """The last message ``stream`` stores on ``subject``: :meth:`Streams.last_message`."""

@@ -250,6 +250,10 @@ class _Sequencer:
         self._last[call_id] = value
         return value
 
+    def current(self, call_id: str) -> int:
+        """The last seq taken (or resumed) for ``call_id``; 0: none."""
+        return self._last.get(call_id, 0)
+
     def resume(self, call_id: str, last_seq: int) -> None:
         self._last[call_id] = max(last_seq, self._last.get(call_id, 0))
 

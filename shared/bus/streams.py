@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
@@ -74,22 +75,24 @@ class Streams:
 
     async def replay(
         self, filter_subject: str | Sequence[str], stream: subjects.StreamSpec, *, batch: int = 512,
-        timeout: float = 5.0, headers_only: bool = False
+        timeout: float = 5.0, headers_only: bool = False, since: datetime | None = None
     ) -> AsyncIterator[Envelope]:
         """Yield every stored message of ``stream`` matching ``filter_subject`` (one subject, or several:
         JetStream's ``filter_subjects``, nats-server 2.10+), in stream order. ``headers_only``: the messages
         come without their bodies (``data`` empty; JetStream adds ``Nats-Msg-Size``), for a scan that reads
-        headers only.
+        headers only. ``since`` (timezone-aware): only the messages the stream stored from then on (server
+        time; JetStream's ``opt_start_time``).
 
-        Uses an ephemeral pull consumer (deliver all, no acks) that is deleted afterwards. Ends when the
-        consumer reports nothing pending.
+        Uses an ephemeral pull consumer (deliver all or by start time, no acks) that is deleted afterwards. Ends
+        when the consumer reports nothing pending.
         """
         several = not isinstance(filter_subject, str)
         psub = await self.js.pull_subscribe(
             "" if several else str(filter_subject),
             stream=stream.name,
             config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
+                deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+                opt_start_time=since,
                 ack_policy=AckPolicy.NONE,
                 inactive_threshold=60.0,
                 mem_storage=True,
@@ -133,15 +136,16 @@ class Streams:
                                        deliver_policy=DeliverPolicy.ALL)
 
     async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
-                       source: str | None = None) -> int:
-        """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source`` (0 when none).
+                       source: str | None = None, *, since: datetime | None = None) -> int:
+        """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source`` (0 when none); ``since``: among
+        the messages stored from then on only (a scan of the log's tail instead of all of it).
 
         A session that reconnects or takes over a call calls :meth:`resume_seq` with it so the log stays
         gap-free.
         """
         wanted = source or self.source
         last = 0
-        async for env in self.replay(filter_subject, stream, headers_only=True):  # a call's audio: not read
+        async for env in self.replay(filter_subject, stream, headers_only=True, since=since):  # audio: not read
             if env.source == wanted and env.call_id == call_id and env.seq is not None:
                 last = max(last, env.seq)
         return last
