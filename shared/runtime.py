@@ -26,6 +26,7 @@ from typing import Any
 
 from shared.bus import Bus, Headers
 from shared.config import Settings, get_settings
+from shared.tasks import TaskSet
 from shared.telemetry import NatsSpanExporter, Telemetry, setup_logging, setup_telemetry
 
 __all__ = ["GC_GEN0_THRESHOLD", "ServiceContext", "install_uvloop", "run_service", "serve_http", "start_service",
@@ -96,22 +97,11 @@ class ServiceContext:
     stack: AsyncExitStack
     micro: Any
     telemetry: Telemetry
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("service", log))
 
     def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Start a supervised background task (kept referenced; exceptions logged; cancelled at stop)."""
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        if name:
-            task.set_name(name)
-        self.tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self.tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task %s failed", t.get_name(), exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
+        return self.tasks.spawn(coro, name=name)
 
 
 async def start_service(name: str, settings: Settings | None = None, *, metadata: dict[str, str] | None = None,
@@ -155,10 +145,8 @@ async def stop_service(ctx: ServiceContext) -> None:
     """Close what ``main`` registered, cancel leftover tasks, stop the micro service, drain the bus."""
     ctx.stopping.set()
     await ctx.stack.aclose()
-    for task in list(ctx.tasks):
-        task.cancel()
-    if ctx.tasks:
-        await asyncio.wait(set(ctx.tasks), timeout=5)
+    if left := ctx.tasks.cancel():
+        await asyncio.wait(left, timeout=5)
     with contextlib.suppress(Exception):
         await ctx.micro.stop()
     ctx.telemetry.tracer_provider.force_flush(2000)

@@ -33,6 +33,7 @@ from services.localmodel.state import SessionState
 from services.localmodel.turns import Turns
 from services.localmodel.vad import VadEvent
 from shared.audio import Converter
+from shared.tasks import TaskSet
 
 __all__ = ["Session"]
 
@@ -73,7 +74,7 @@ class Session:
         """The policy's state, folded from the conversation's items (:mod:`.turns`)."""
         self.input = InputAudio(self.state.input_format, self.state.vad_params)
         self.response: ResponseRun | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet("localmodel session", log)
         self._speech_item: str | None = None
         self._stopped_at: float | None = None
         self._on_first_audio = on_first_audio
@@ -88,15 +89,7 @@ class Session:
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Start a task owned by this session (cancelled by :meth:`close`)."""
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("localmodel session task failed", exc_info=task.exception())
+        return self.tasks.spawn(coro)
 
     async def emit(self, kind: str, **fields: Any) -> None:
         """Send a server event with a fresh ``event_id``."""
@@ -111,9 +104,7 @@ class Session:
     async def close(self) -> None:
         """Cancel every task this session started (and an utterance being recognised) and wait for them."""
         self._drop_utterance()
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
+        tasks = self.tasks.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 

@@ -46,6 +46,7 @@ from shared.contracts import (
     SessionSummary,
 )
 from shared.redact import loggable
+from shared.tasks import TaskSet
 
 from .agent import AgentSpec, session_config
 from .audio import AudioBatcher, append_event
@@ -59,9 +60,10 @@ from .flow import FlowMachine
 from .log import UNPARSABLE_TYPE, EventLog
 from .model import ModelClosedError, ModelSocket
 from .options import CallOptions, ModelEndpoint
-from .ownership import Owner, Takeover
+from .ownership import Takeover
+from .position import LogPosition
 from .prepare import read_before_model
-from .rebuild import CallLog, rebuild
+from .rebuild import rebuild
 from .responses import ResponseGate
 from .summary import CallStats
 from .telemetry import SessionHooks
@@ -88,16 +90,8 @@ class Call:
         instead of greeting, and after a lapse says one short recovery line if a response was cut off."""
         self.handed_over = False
         """Set when another instance now serves the call: this one stops without a summary."""
-        self.appended_in_log = 0
-        """Caller audio bytes the log shows appended (read by a rebuild; the replay offset after a takeover)."""
-        self._logged: CallLog | None = None
-        self.lapsed_owner: Owner | None = None
-        """After a lapse: the crashed owner's last ownership entry (its log mark limits the reads to the log's tail)."""
-        self.seq_resumed = False
-        """Set once ``Switchboard-Seq`` continues the log's (from then on the bus's seq for the call is exact)."""
-        self.appended: tuple[int, int] | None = (0, 0) if takeover is None else None
-        """(seq of the last caller-audio append logged, caller audio bytes appended over the call up to it); after
-        a takeover None until the rebuild counted the log's."""
+        self.position = LogPosition(taken_over=takeover is not None)
+        """The call's log as this instance knows it (the ownership entry's mark; the replay offset)."""
         self.conversation_persists = False
         """True: the model keeps the conversation across connections (SIP sideband): no rebuild on reconnect."""
         self.spec = spec
@@ -149,7 +143,7 @@ class Call:
         self._subs: list[Subscription] = []
         self.subscribed = asyncio.Event()
         """Set once the call's carrier subjects are subscribed (audio published after this is not missed)."""
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(f"call {self.call_id}", log)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -218,8 +212,7 @@ class Call:
                 await model_task
         await self.tools.cancel()
         await self.control.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         if self.handed_over:
             self.hooks.call_ended()
             return
@@ -238,11 +231,11 @@ class Call:
         takeover, the flow state the previous owner reached (:mod:`.prepare`); after a lapse, the call's log for
         the rebuild. The reads run side by side, while the model connects."""
         read = await read_before_model(self.bus, self.call_id, self.ended, takeover=self.takeover,
-                                       flow=self.spec.flow is not None, previous=self.lapsed_owner)
+                                       flow=self.spec.flow is not None, previous=self.position.lapsed_owner)
         self.registry.update(read.registry)
         self.bus.resume_seq(self.call_id, read.last_seq)
-        self.seq_resumed = True
-        self._logged = read.logged
+        self.position.seq_resumed = True
+        self.position.prefetched = read.logged
         if read.state is not None:
             self.flow.state = read.state
             await self._apply_capture()  # the restored state's keypad capture
@@ -394,10 +387,8 @@ class Call:
             reconnect = self.connections > 1 or self.takeover is not None
             if reconnect and not self.conversation_persists:
                 logged = await rebuild(self.bus, self.call_id, lambda e: self.send(e, setup=True),
-                                       self._logged if self.connections == 1 else None)
-                self.appended_in_log = logged.appended_bytes
-                if self.appended is None:  # taken over: our own appends count on from the log's
-                    self.appended = (self.bus.current_seq(self.call_id), logged.appended_bytes)
+                                       self.position.prefetched if self.connections == 1 else None)
+                self.position.counted(self.bus.current_seq(self.call_id), logged.appended_bytes)
                 owes, cut_off = logged.conversation.owes_response(), logged.cut_off
                 if cut_off and self.takeover == "lapse" and self.connections == 1:
                     self._recovered = True
@@ -415,7 +406,7 @@ class Call:
         self.stats.model_up()
         await self.gate.pump()
         if self.takeover == "lapse" and self.connections == 1:  # what the caller said while nobody listened
-            offset = await self.caller.replay_offset(self.appended_in_log, self.options.replay_wait_s)
+            offset = await self.caller.replay_offset(self.position.appended_in_log, self.options.replay_wait_s)
             await self._command("replay", CommandReplay(from_bytes=offset))
             self._spawn(self.caller.stop_awaiting_replay(self.options.replay_wait_s))
         session = ev.get("session") or {}
@@ -463,8 +454,7 @@ class Call:
 
     async def _send_append(self, chunk: bytes, *, setup: bool = False) -> None:
         seq = await self._send_frame("input_audio_buffer.append", append_event(chunk), setup=setup)
-        if self.appended is not None and seq is not None:
-            self.appended = (seq, self.appended[1] + len(chunk))
+        self.position.note_append(seq, len(chunk))
 
     async def _ask_again(self) -> None:
         if not self._recovered:  # the recovery line already asks the caller to go on
@@ -501,12 +491,4 @@ class Call:
     # --- tools, flows, control ---------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("call %s: task failed", self.call_id, exc_info=task.exception())
+        return self._tasks.spawn(coro)

@@ -51,8 +51,8 @@ async def load_context(bus: Bus, call_id: str, ended: asyncio.Event, *,
         try:
             registry, last_rt, last_calls = await asyncio.gather(
                 tool_registry.load(bus.js),
-                bus.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id), since=since),
-                bus.last_seq(call_id, subjects.CALLS_STREAM, subjects.call_all(call_id), since=since))
+                bus.streams.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id), since=since),
+                bus.streams.last_seq(call_id, subjects.CALLS_STREAM, subjects.call_all(call_id), since=since))
             return registry, max(floor, last_rt, last_calls)
         except (nats.errors.Error, TimeoutError) as exc:
             if ended.is_set():

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.aio.subscription import Subscription
@@ -223,9 +222,7 @@ class SessionService:
         """Where the call's log stands, for its ownership entry: known once the call continues the log's seq
         (None before: a peer taking over after a crash then reads the whole log)."""
         call = self.calls.get(call_id)
-        if call is None or not call.seq_resumed:
-            return None
-        return LogMark(self.bus.current_seq(call_id), datetime.now(UTC), call.appended)
+        return None if call is None else call.position.mark(self.bus.current_seq(call_id))
 
     async def _on_lost(self, call_id: str, new_owner: Owner | None) -> None:
         """Fenced: another instance owns the call now. A handover in progress waits for the peer's
@@ -284,7 +281,7 @@ class SessionService:
                                       api_url=self.settings.effective_openai_api_url)
         else:
             call = Call(self.bus, spec, info, endpoint, self.options, takeover=takeover)
-        call.lapsed_owner = previous
+        call.position.lapsed_owner = previous
         self.calls[info.call_id] = call
         task = asyncio.create_task(self._supervise(call), name=f"call-{info.call_id}")
         self._tasks[info.call_id] = task

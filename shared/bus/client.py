@@ -7,7 +7,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -469,11 +468,6 @@ class Bus:
                      handler: Handler) -> JetStreamContext.PushSubscription:
         """Stored then new messages of ``stream`` to ``handler``, in order: :meth:`Streams.follow`."""
         return await self.streams.follow(filter_subject, stream, handler)
-
-    async def last_seq(self, call_id: str, stream: subjects.StreamSpec, filter_subject: str,
-                       source: str | None = None, *, since: datetime | None = None) -> int:
-        """The highest ``Switchboard-Seq`` stored for ``call_id`` from ``source``: :meth:`Streams.last_seq`."""
-        return await self.streams.last_seq(call_id, stream, filter_subject, source, since=since)
 
     async def last_message(self, stream: subjects.StreamSpec, subject: str) -> Envelope | None:
         """The last message ``stream`` stores on ``subject``: :meth:`Streams.last_message`."""

@@ -212,7 +212,7 @@ async def test_replay_returns_a_call_in_stream_order(bus: Bus, unique: str) -> N
     got = [env async for env in bus.replay(subjects.rt_all(call_id), subjects.RT_STREAM)]
     assert [env.json()["type"] for env in got] == types
     assert [env.seq for env in got] == [1, 2, 3]
-    assert await bus.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id)) == 3
+    assert await bus.streams.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id)) == 3
     heads = [env async for env in bus.streams.replay(subjects.rt_all(call_id), subjects.RT_STREAM, headers_only=True)]
     assert [(env.seq, env.data) for env in heads] == [(1, b""), (2, b""), (3, b"")]  # headers, no bodies
     assert [env async for env in bus.replay(subjects.rt_all(f"none{unique}"), subjects.RT_STREAM)] == []

@@ -100,8 +100,8 @@ async def test_the_seq_scan_after_a_lapse_reads_only_the_log_tail(bus: Bus, nats
         tail = [env.seq async for env in reader.streams.replay(subjects.rt_all(call_id), subjects.RT_STREAM,
                                                                headers_only=True, since=mark)]
         assert tail == [4, 5]
-        assert await reader.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id), since=mark) == 5
-        assert await reader.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id)) == 5
+        assert await reader.streams.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id), since=mark) == 5
+        assert await reader.streams.last_seq(call_id, subjects.RT_STREAM, subjects.rt_all(call_id)) == 5
 
         lapsed = Owner("crashed", 1, "", mark=LogMark(7, mark), written=mark)  # its 6..7 never reached the log
         start = tail_start(lapsed)
