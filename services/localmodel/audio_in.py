@@ -103,7 +103,9 @@ class InputAudio:
         return raw, pcm, start
 
     def clear(self) -> None:
-        """Empty the buffer (the timeline keeps counting)."""
+        """Empty the buffer and forget a turn in progress (the timeline keeps counting)."""
+        if self.vad is not None:
+            self.vad.reset_turn()
         self.raw.clear()
         self.pcm16k = []
         self.base_ms = self.position_ms

@@ -5,6 +5,10 @@ streamed to one of them while it is spoken (``stream``), or sent whole (``recogn
 fallback when a stream fails) — and synthesis in :mod:`shared.tts`'s worker thread. Every task a session
 starts is kept in ``self.tasks`` and cancelled by :meth:`Session.close` (called when the socket closes,
 whatever the reason).
+
+A ``response.create`` whose instructions are ``Say exactly: <line>`` speaks that line verbatim (what a real model
+does with such instructions; the session's recovery and repeat requests are written so) without a turn of the
+dialogue policy: what the agent was asking stays asked.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -38,6 +43,9 @@ from shared.tasks import TaskSet
 __all__ = ["Session"]
 
 log = logging.getLogger(__name__)
+
+SAY_EXACTLY = re.compile(r"\s*say exactly:\s*(?P<line>\S.*?)\s*", re.IGNORECASE | re.DOTALL)
+"""Response instructions spoken verbatim (the whole instructions must match; see the module docstring)."""
 
 Send = Callable[[dict[str, Any] | str], Awaitable[None]]
 """Sends one server event: a dict (serialized compactly) or its exact JSON text."""
@@ -160,8 +168,10 @@ class Session:
                                     f"{self.response.id}. Wait until the response is finished before creating "
                                     "a new one.", event_id=ev.event_id)
             params = ev.response
-            self.start_response(params.metadata if params else None,
-                                params.instructions if params else None)
+            instructions = params.instructions if params else None
+            verbatim = SAY_EXACTLY.fullmatch(instructions or "")
+            self.start_response(params.metadata if params else None, instructions,
+                                say=verbatim.group("line") if verbatim else None)
         elif isinstance(ev, p.ResponseCancel):
             run = self.response
             if run is None or (ev.response_id is not None and ev.response_id != run.id):

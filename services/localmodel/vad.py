@@ -78,6 +78,14 @@ class VoiceActivityDetector:
             return False
         return bool(self._vad.is_speech(frame.astype("<i2").tobytes(), 16000))
 
+    def reset_turn(self) -> None:
+        """Forget a turn in progress (``input_audio_buffer.clear``): the next speech starts a new one."""
+        self.in_speech = False
+        self._run = 0
+        self._silence_ms = 0
+        self._tentative = False
+        self.reset_idle()
+
     def reset_idle(self) -> None:
         """Restart the idle timer at the current position (e.g. when a response finished)."""
         self._idle_since = self.position_ms

@@ -132,7 +132,8 @@ class Call:
         self.caller = CallerInput(self.call_id, audio=self.audio, playback=self.playback, disclosure=self.disclosure,
                                   keypad=self.keypad, send_append=self._send_append, say=self._say_to_model,
                                   spawn=self._spawn, await_replay=takeover == "lapse",
-                                  bytes_per_ms=fmt.bytes_per_ms, ask_again=self._ask_again)
+                                  bytes_per_ms=fmt.bytes_per_ms, ask_again=self._ask_again,
+                                  clear_input=lambda: self.send({"type": "input_audio_buffer.clear"}))
         self.model: ModelSocket | None = None
         self.ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -159,6 +160,8 @@ class Call:
                 await self.bus.subscribe(subjects.carrier_dtmf(cid), self.caller.on_digit),
                 await self.bus.subscribe(subjects.call_keypad(cid), self.caller.on_digit),
                 await self.bus.subscribe(subjects.carrier_amd(cid), self.caller.on_amd),
+                await self.bus.subscribe(subjects.carrier_detached(cid), self.caller.on_detached),
+                await self.bus.subscribe(subjects.carrier_resumed(cid), self.caller.on_resumed),
                 await self.bus.subscribe(subjects.call_ended(cid), self._on_ended),
             ]
             self.subscribed.set()
@@ -348,9 +351,11 @@ class Call:
             if not self.ready.is_set():
                 await self._session_ready(ev)
         elif etype == "input_audio_buffer.speech_started":
+            self.caller.speaking = True
             self.hooks.speech_started()
             await self.barge_in.speech_started()
         elif etype == "input_audio_buffer.speech_stopped":
+            self.caller.speaking = False
             self.hooks.speech_stopped()
         elif etype == "input_audio_buffer.committed":
             self.stats.user_turns += 1

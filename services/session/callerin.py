@@ -10,7 +10,13 @@ Subjects handled (subscribed by :meth:`services.session.call.Call.run`):
 - ``call.<id>.carrier.dtmf`` and ``call.<id>.keypad``: a digit → the keypad capture, else the model as a user text
   item ``DTMF <digit>``;
 - ``call.<id>.carrier.amd``: the carrier's answering-machine verdict of an outbound call; a machine (or fax) → the
-  model as a system item (:data:`MACHINE_NOTE`), so the agent's instructions can leave a message or end the call.
+  model as a system item (:data:`MACHINE_NOTE`), so the agent's instructions can leave a message or end the call;
+- ``call.<id>.carrier.detached`` / ``carrier.resumed``: the carrier stream moved to another gateway. After a
+  detach (a draining gateway let go at a quiet moment) nothing was lost. A resume without one means the gateway
+  died with the stream open: what the caller was saying at that moment never reached the bus, so when the model
+  had heard speech start, the truncated utterance is dropped from its input buffer (``input_audio_buffer.clear``,
+  https://platform.openai.com/docs/api-reference/realtime-client-events/input_audio_buffer/clear) and the agent
+  asks the caller to say it again, instead of acting on half a sentence.
 
 After a takeover from a crashed owner, live audio is dropped until the gateway's replay (header
 ``Switchboard-Replay``) arrives: the replay re-sends it, in order, from the offset the log shows appended
@@ -29,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.bus import Envelope, Headers
-from shared.contracts import CarrierAmd, CarrierDtmf, CarrierMark, ContractError
+from shared.contracts import CarrierAmd, CarrierDtmf, CarrierMark, CarrierResumed, ContractError
 
 from .audio import AudioBatcher
 from .bargein import PlaybackTracker
@@ -69,12 +75,14 @@ class CallerInput:
         await_replay: True after a takeover from a crashed owner (live audio waits for the gateway's replay).
         bytes_per_ms: of the call's audio format.
         ask_again: asks the caller to repeat (the replay lost some of what they said).
+        clear_input: drops the model's uncommitted input audio (``input_audio_buffer.clear``).
     """
 
     def __init__(self, call_id: str, *, audio: AudioBatcher, playback: PlaybackTracker, disclosure: Disclosure,
                  keypad: KeypadCapture, send_append: Callable[[bytes], Awaitable[None]],
                  say: Callable[[dict[str, Any]], Awaitable[None]], spawn: Spawn, await_replay: bool,
-                 bytes_per_ms: float, ask_again: Callable[[], Awaitable[None]]) -> None:
+                 bytes_per_ms: float, ask_again: Callable[[], Awaitable[None]],
+                 clear_input: Callable[[], Awaitable[None]]) -> None:
         self.call_id = call_id
         self.bytes_per_ms = bytes_per_ms
         self._ask_again = ask_again
@@ -90,6 +98,10 @@ class CallerInput:
         self.await_replay = await_replay
         self.last_audio = time.monotonic()
         """``time.monotonic()`` of the last ``audio.in`` message (the carrier watchdog reads it)."""
+        self._clear_input = clear_input
+        self.speaking = False
+        """The model heard the caller start speaking and has not yet heard them stop (its server VAD events)."""
+        self._detached = False
 
     async def on_audio(self, env: Envelope) -> None:
         """``call.<id>.audio.in`` (raw carrier audio in the call's format) → ``input_audio_buffer.append``."""
@@ -116,6 +128,28 @@ class CallerInput:
         except ModelClosedError:
             self.audio.ready = False
             self.audio.requeue(chunk)
+
+    async def on_detached(self, _env: Envelope) -> None:
+        """``call.<id>.carrier.detached``: the gateway let the stream go after publishing all it received."""
+        self._detached = True
+
+    async def on_resumed(self, env: Envelope) -> None:
+        """``call.<id>.carrier.resumed``: after a resume with no detach before it, a truncated utterance is dropped
+        and the caller asked to repeat (see the module docstring)."""
+        clean, self._detached = self._detached, False
+        try:
+            gap_ms = CarrierResumed.parse(env.data).gap_ms
+        except ContractError as exc:
+            log.warning("call %s: malformed carrier.resumed (%s); treated as a broken stream", self.call_id, exc)
+            gap_ms = None
+        if clean or not self.speaking:
+            return
+        log.warning("call %s: the carrier stream broke while the caller spoke (gap %s ms); asking again",
+                    self.call_id, gap_ms)
+        self.speaking = False
+        with contextlib.suppress(ModelClosedError):
+            await self._clear_input()
+        self._spawn(self._ask_again())
 
     async def watch_silence(self, limit_s: float, ended: asyncio.Event,
                             end: Callable[[str], Awaitable[None]]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,17 @@ from shared import subjects
 from shared.bus import Bus, Envelope, is_high_rate
 from shared.contracts import CallStarted, ContractError
 
-__all__ = ["CallFollower"]
+__all__ = ["ASK_TO_REPEAT", "CallFollower", "asked_again"]
+
+ASK_TO_REPEAT = re.compile(r"\b(say (it|that) again|repeat (it|that))\b", re.I)
+"""An agent line that asks the caller to repeat themselves."""
+
+
+def asked_again(asked: str | None, later: list[str]) -> bool:
+    """Whether the agent's lines ``later`` (after the caller's line) ask for that line again: ``asked`` (its line
+    before the caller's) said again word for word, or a line asking the caller to say it again."""
+    return any((asked is not None and line.strip() == asked.strip()) or ASK_TO_REPEAT.search(line)
+               for line in later)
 
 log = logging.getLogger("switchboard.caller")
 

@@ -15,8 +15,9 @@
    on that clock;
 3. speaks each turn with espeak-ng (the scenario's voice) after the agent finished its turn (see
    :mod:`switchboard.caller.follower`), honouring ``barge_in_ms``, ``dtmf`` and ``hangup_after_ms``; when the
-   agent answers a line by asking its previous question again word for word (it did not get the answer: audio
-   lost to a reconnect or a crash, or misheard), says the line again, as a person would — at most
+   agent answers a line by asking its previous question again word for word, or by asking the caller to say it
+   again (:func:`~switchboard.caller.follower.asked_again`; it did not get the answer: audio lost to a reconnect
+   or a crash, or misheard), says the line again, as a person would — at most
    :data:`MAX_REPEATS` times per line, each shown as ``(asked again: repeating)``;
 4. when the gateway closes the stream and the TwiML had a ``<Redirect>``, requests it as Twilio does
    (https://www.twilio.com/docs/voice/twiml/connect: without an ``action``, Twilio moves on to the next verb when
@@ -54,10 +55,11 @@ from shared.audio import PCMU
 from shared.bus import Bus
 from shared.carriers import twilio as tw
 from shared.carriers.frames import CarrierProtocolError, PlayAudio, PlayMark
+from shared.tasks import TaskSet
 from shared.tts import synthesize_format_async
 from switchboard.caller.carriers import CARRIERS, CallerLine, TwilioLine, dial
 from switchboard.caller.client import TwilioCallerSocket, post_twiml, voice_form
-from switchboard.caller.follower import CallFollower
+from switchboard.caller.follower import CallFollower, asked_again
 from switchboard.caller.playback import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, PlaybackClock
 from switchboard.caller.recording import StereoRecorder
 from switchboard.caller.signing import CarrierKeys, twilio_signature
@@ -138,7 +140,7 @@ class CallerSimulator:
         self.speech: deque[bytes] = deque()
         self.socket: CallerLine | None = None
         self.closed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("caller simulator", log)
         self._said: list[str] = []
         self._agent_lines: list[str] = []
 
@@ -146,10 +148,6 @@ class CallerSimulator:
         if speaker == "agent":
             self._agent_lines.append(text)
         self.out(f"{speaker:>6}: {text}")
-
-    def _asked_again(self, asked: str | None, since: int) -> bool:
-        """The agent said ``asked`` (its line before the caller's) again among its lines from index ``since``."""
-        return asked is not None and any(line.strip() == asked.strip() for line in self._agent_lines[since:])
 
     # --- the call ------------------------------------------------------------------------------------------
 
@@ -270,14 +268,10 @@ class CallerSimulator:
         return True
 
     def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def _stop_tasks(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
+        for task in self._tasks.cancel():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.socket is not None:
@@ -408,7 +402,7 @@ class CallerSimulator:
                                  "no agent reply to barge in on")
             else:
                 await self._wait(self._turn_finished(baseline_done), "the agent did not finish its turn")
-                if turn.say is not None and repeats < MAX_REPEATS and self._asked_again(asked, since):
+                if turn.say is not None and repeats < MAX_REPEATS and asked_again(asked, self._agent_lines[since:]):
                     repeats += 1
                     self.out("caller: (asked again: repeating)")
                     continue

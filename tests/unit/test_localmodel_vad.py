@@ -57,3 +57,15 @@ def test_silence_only_and_manual_mode() -> None:
 
 def test_split_sentences() -> None:
     assert split_sentences("Hello there.  How are you? Fine!") == ["Hello there.", "How are you?", "Fine!"]
+
+
+def test_a_clear_mid_speech_forgets_the_turn_and_the_next_speech_starts_a_new_one() -> None:
+    """``input_audio_buffer.clear`` while the caller speaks (a broken carrier stream): the half-heard turn is gone
+    and the next utterance gets its own start and stop."""
+    speech = synthesize_format("I would like to book an appointment", "audio/pcmu")
+    buf = InputAudio(parse_format("audio/pcmu"), VadParams(silence_duration_ms=500))
+    first = [e.kind for e in buf.append(b"\xff" * 8000 + speech[:len(speech) // 2])]
+    assert first == ["start"]
+    buf.clear()
+    again = [e.kind for e in buf.append(b"\xff" * 1600 + speech + b"\xff" * 8000)]
+    assert again[0] == "start" and again[-1] == "stop"
