@@ -8,7 +8,7 @@ Input is the recogniser's lower-case word list (numbers as words: "ten thirty") 
   (this year/month, or the next one when already past), ISO dates as typed;
 - times → ``HH:MM`` 24 h: "ten" → 10:00, "ten thirty" → 10:30, "half past three" → 15:30, "quarter to
   ten" → 09:45, "quarter past ten" → 10:15, "10 am" / "ten a m" → 10:00, "two p m" →
-  14:00, "noon" → 12:00; an hour 1–7 without am/pm is taken as afternoon (business hours);
+  14:00, "noon"/"midday"/"lunchtime" → 12:00; an hour 1–7 without am/pm is taken as afternoon (business hours);
 - numbers → int ("forty five" → 45, "12" → 12); phone digits → E.164 for 10 digits (``+1`` prefix),
   else the digits as said ("oh" = 0); names → the capitalised words after "my name is" / "this is" /
   "it's" / "i am"; enum values → the first enum value whose words all occur.
@@ -148,7 +148,7 @@ def extract_time(words: Sequence[str]) -> str | None:
     A bare number counts as a time only after "at" or when followed by am/pm/o'clock or minutes, so "two
     people" is not a time; hours 1–7 without am/pm are afternoon.
     """
-    if "noon" in words or "midday" in words:
+    if {"noon", "midday", "lunchtime"} & set(words):
         return "12:00"
     for i, w in enumerate(words[:-2]):
         if (w, words[i + 1]) in (("half", "past"), ("quarter", "past"), ("quarter", "to")):
@@ -231,9 +231,10 @@ def extract_phone(words: Sequence[str]) -> str | None:
 
 
 def extract_name(words: Sequence[str]) -> str | None:
-    """The name after "my name is" / "this is" / "it's" / "i am" / "name is" (1–3 words, capitalised)."""
+    """The name after "my name is" / "my name's" / "this is" / "it's" / "i am" / "name is" / "put it under"
+    (1–3 words, capitalised)."""
     text = " ".join(words)
-    m = re.search(r"\b(?:my name is|name is|this is|it's|i am|i'm|call me)\s+(.+)", text)
+    m = re.search(r"\b(?:my name is|name is|name's|this is|it's|i am|i'm|call me|put it under)\s+(.+)", text)
     if not m:
         return None
     name: list[str] = []
