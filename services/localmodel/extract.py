@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
+    "bare_time",
     "extract_date",
     "extract_enum",
     "extract_name",
     "extract_number",
     "extract_phone",
     "extract_time",
+    "loose_time",
     "words_of",
 ]
 
@@ -254,4 +256,43 @@ def extract_enum(words: Sequence[str], values: Sequence[object]) -> object | Non
         parts = [p for p in re.split(r"[_\-\s]+", str(value).lower()) if p]
         if parts and all(p in heard for p in parts):
             return value
+    return None
+
+
+TIME_WORDS: Final = frozenset({*UNITS, *TENS, "o'clock", "am", "pm", "a", "m", "p", "in", "the", "morning",
+                               "afternoon", "evening", "half", "quarter", "past", "to", "noon", "midday"}) - {"zero"}
+"""Words a bare time is made of ("eleven", "ten in the morning", "half past two")."""
+LEAD_INS: Final = frozenset({"no", "sorry", "actually", "make", "it", "it's", "i", "said", "meant", "rather", "oh",
+                             "how", "about", "let's", "say", "maybe", "please", "should", "be", "instead"})
+"""Words around a bare answer or a correction ("no, make it eleven please")."""
+
+
+def loose_time(words: Sequence[str]) -> str | None:
+    """The first run of :data:`TIME_WORDS` in ``words`` that holds an hour, read as a time ("can we do eleven
+    instead" → 11:00), else None."""
+    run: list[str] = []
+    for w in [*words, ""]:
+        if w in TIME_WORDS:
+            run.append(w)
+            continue
+        if set(run) & set(UNITS) and (found := extract_time(["at", *_trim(run)])) is not None:
+            return found
+        run = []
+    return None
+
+
+def _trim(run: list[str]) -> list[str]:
+    """``run`` without leading filler words ("the", "a", "in", "to") before its first number or "half"/"quarter"."""
+    i = 0
+    while i < len(run) and run[i] in ("the", "a", "in", "to", "past"):
+        i += 1
+    return run[i:]
+
+
+def bare_time(words: Sequence[str]) -> str | None:
+    """The time of ``words`` that say a time and nothing else but :data:`LEAD_INS` ("no, eleven"; at most 5
+    time words: a phone number is no time), else None."""
+    rest = [w for w in words if w not in LEAD_INS]
+    if 0 < len(rest) <= 5 and all(w in TIME_WORDS for w in rest) and set(rest) & set(UNITS):
+        return extract_time(["at", *rest])
     return None

@@ -68,6 +68,8 @@ GREETING_WORDS: Final = frozenset({"hi", "hello", "hey", "good", "morning", "aft
 greeting, answered with one ("Say hello." — Pipecat's usual first text item — is one too)."""
 KNOWN_NAMES: Final = frozenset(FIRST_NAMES) | frozenset(LAST_NAMES)
 """Names accepted without an intro ("Robert Brown") when the agent has just asked for a name."""
+CORRECTION_CUES: Final = frozenset({"no", "actually", "instead", "change", "meant", "rather", "sorry", "make"})
+"""Words that mark a changed value: a bare hour after them is a time (:func:`.extract.loose_time`)."""
 DTMF_ANSWERS: Final[Mapping[str, str]] = {"1": "yes", "2": "no"}
 """Keypad digits (arriving as the text ``DTMF <digit>``) that answer a question: 1 = yes, 2 = no."""
 
@@ -228,8 +230,8 @@ class DialoguePolicy:
             if (found := ex.extract_time(words)) is not None:
                 return found
             if self.asked == prop or self.confirming or set(words) & CORRECTION_CUES:
-                return _loose_time(words)  # "could we make it eleven instead?"
-            return _bare_time(words)
+                return ex.loose_time(words)  # "could we make it eleven instead?"
+            return ex.bare_time(words)
         if "phone" in p:
             return ex.extract_phone(words)
         if p == "name" or p.endswith("_name"):
@@ -439,49 +441,6 @@ def _names(prop: str, heard: set[str]) -> bool:
     if "phone" in p:
         return bool(heard & {"phone", "number"})
     return set(p.split("_")) <= heard
-
-
-TIME_WORDS: Final = frozenset({*ex.UNITS, *ex.TENS, "o'clock", "am", "pm", "a", "m", "p", "in", "the", "morning",
-                               "afternoon", "evening", "half", "quarter", "past", "to", "noon", "midday"}) - {"zero"}
-"""Words a bare time is made of ("eleven", "ten in the morning", "half past two")."""
-LEAD_INS: Final = frozenset({"no", "sorry", "actually", "make", "it", "it's", "i", "said", "meant", "rather", "oh",
-                             "how", "about", "let's", "say", "maybe", "please", "should", "be", "instead"})
-"""Words around a bare answer or a correction ("no, make it eleven please")."""
-
-
-CORRECTION_CUES: Final = frozenset({"no", "actually", "instead", "change", "meant", "rather", "sorry", "make"})
-"""Words that mark a changed value: a bare hour after them is a time (:func:`_loose_time`)."""
-
-
-def _loose_time(words: Sequence[str]) -> str | None:
-    """The first run of :data:`TIME_WORDS` in ``words`` that holds an hour, read as a time ("can we do eleven
-    instead" → 11:00), else None."""
-    run: list[str] = []
-    for w in [*words, ""]:
-        if w in TIME_WORDS:
-            run.append(w)
-            continue
-        if set(run) & set(ex.UNITS) and (found := ex.extract_time(["at", *_trim(run)])) is not None:
-            return found
-        run = []
-    return None
-
-
-def _trim(run: list[str]) -> list[str]:
-    """``run`` without leading filler words ("the", "a", "in", "to") before its first number or "half"/"quarter"."""
-    i = 0
-    while i < len(run) and run[i] in ("the", "a", "in", "to", "past"):
-        i += 1
-    return run[i:]
-
-
-def _bare_time(words: Sequence[str]) -> str | None:
-    """The time of ``words`` that say a time and nothing else but :data:`LEAD_INS` ("no, eleven"; at most 5
-    time words: a phone number is no time), else None."""
-    rest = [w for w in words if w not in LEAD_INS]
-    if 0 < len(rest) <= 5 and all(w in TIME_WORDS for w in rest) and set(rest) & set(ex.UNITS):
-        return ex.extract_time(["at", *rest])
-    return None
 
 
 def _known_full_name(words: Sequence[str]) -> str | None:
