@@ -8,7 +8,7 @@ Input is the recogniser's lower-case word list (numbers as words: "ten thirty") 
   (this year/month, or the next one when already past), ISO dates as typed;
 - times → ``HH:MM`` 24 h: "ten" → 10:00, "ten thirty" → 10:30, "half past three" → 15:30, "quarter to
   ten" → 09:45, "quarter past ten" → 10:15, "10 am" / "ten a m" → 10:00, "two p m" →
-  14:00, "noon" → 12:00; an hour 1–7 without am/pm is taken as afternoon (business hours);
+  14:00, "noon"/"midday"/"lunchtime" → 12:00; an hour 1–7 without am/pm is taken as afternoon (business hours);
 - numbers → int ("forty five" → 45, "12" → 12); phone digits → E.164 for 10 digits (``+1`` prefix),
   else the digits as said ("oh" = 0); names → the capitalised words after "my name is" / "this is" /
   "it's" / "i am"; enum values → the first enum value whose words all occur.
@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
+    "bare_time",
     "extract_date",
     "extract_enum",
     "extract_name",
     "extract_number",
     "extract_phone",
     "extract_time",
+    "loose_time",
     "words_of",
 ]
 
@@ -148,7 +150,7 @@ def extract_time(words: Sequence[str]) -> str | None:
     A bare number counts as a time only after "at" or when followed by am/pm/o'clock or minutes, so "two
     people" is not a time; hours 1–7 without am/pm are afternoon.
     """
-    if "noon" in words or "midday" in words:
+    if {"noon", "midday", "lunchtime"} & set(words):
         return "12:00"
     for i, w in enumerate(words[:-2]):
         if (w, words[i + 1]) in (("half", "past"), ("quarter", "past"), ("quarter", "to")):
@@ -231,9 +233,10 @@ def extract_phone(words: Sequence[str]) -> str | None:
 
 
 def extract_name(words: Sequence[str]) -> str | None:
-    """The name after "my name is" / "this is" / "it's" / "i am" / "name is" (1–3 words, capitalised)."""
+    """The name after "my name is" / "my name's" / "this is" / "it's" / "i am" / "name is" / "put it under"
+    (1–3 words, capitalised)."""
     text = " ".join(words)
-    m = re.search(r"\b(?:my name is|name is|this is|it's|i am|i'm|call me)\s+(.+)", text)
+    m = re.search(r"\b(?:my name is|name is|name's|this is|it's|i am|i'm|call me|put it under)\s+(.+)", text)
     if not m:
         return None
     name: list[str] = []
@@ -253,4 +256,43 @@ def extract_enum(words: Sequence[str], values: Sequence[object]) -> object | Non
         parts = [p for p in re.split(r"[_\-\s]+", str(value).lower()) if p]
         if parts and all(p in heard for p in parts):
             return value
+    return None
+
+
+TIME_WORDS: Final = frozenset({*UNITS, *TENS, "o'clock", "am", "pm", "a", "m", "p", "in", "the", "morning",
+                               "afternoon", "evening", "half", "quarter", "past", "to", "noon", "midday"}) - {"zero"}
+"""Words a bare time is made of ("eleven", "ten in the morning", "half past two")."""
+LEAD_INS: Final = frozenset({"no", "sorry", "actually", "make", "it", "it's", "i", "said", "meant", "rather", "oh",
+                             "how", "about", "let's", "say", "maybe", "please", "should", "be", "instead"})
+"""Words around a bare answer or a correction ("no, make it eleven please")."""
+
+
+def loose_time(words: Sequence[str]) -> str | None:
+    """The first run of :data:`TIME_WORDS` in ``words`` that holds an hour, read as a time ("can we do eleven
+    instead" → 11:00), else None."""
+    run: list[str] = []
+    for w in [*words, ""]:
+        if w in TIME_WORDS:
+            run.append(w)
+            continue
+        if set(run) & set(UNITS) and (found := extract_time(["at", *_trim(run)])) is not None:
+            return found
+        run = []
+    return None
+
+
+def _trim(run: list[str]) -> list[str]:
+    """``run`` without leading filler words ("the", "a", "in", "to") before its first number or "half"/"quarter"."""
+    i = 0
+    while i < len(run) and run[i] in ("the", "a", "in", "to", "past"):
+        i += 1
+    return run[i:]
+
+
+def bare_time(words: Sequence[str]) -> str | None:
+    """The time of ``words`` that say a time and nothing else but :data:`LEAD_INS` ("no, eleven"; at most 5
+    time words: a phone number is no time), else None."""
+    rest = [w for w in words if w not in LEAD_INS]
+    if 0 < len(rest) <= 5 and all(w in TIME_WORDS for w in rest) and set(rest) & set(UNITS):
+        return extract_time(["at", *rest])
     return None

@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -59,7 +59,8 @@ INTRO_PHRASES: Final = ("my name is", "my phone number is", "my number is", "the
 
 TOOL_PHRASES: Final[Mapping[str, Sequence[str]]] = {
     "book": ("book an appointment", "make an appointment", "make a booking", "schedule an appointment",
-             "book a time", "set up an appointment", "book in", "book me in", "get an appointment",
+             "book a time", "set up an appointment", "book in", "book me in", "get an appointment", "be booked in",
+             "get booked in", "fit me in", "get me in", "squeeze me in", "come and see you",
              "come in", "see the dentist", "book a cleaning", "book a checkup", "arrange an appointment"),
     "cancel": ("cancel my appointment", "cancel an appointment", "cancel the booking", "cancel it",
                "cancel my booking", "call off my appointment", "cancel"),
@@ -102,6 +103,20 @@ PARTS_OF_DAY: Final = ("in the morning", "in the afternoon", "in the evening", "
 DIGITS: Final = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh")
 LETTERS: Final = tuple("abcdefghijklmnopqrstuvwxyz")
 """Spelled letters ("S M I T H")."""
+CORRECTIONS: Final = ("no", "no no", "sorry", "actually", "no sorry", "oh no", "no actually")
+"""Words that open a correction of a read-back ("no, ten in the morning"; :func:`build_jsgf`)."""
+CORRECTION_LEADS: Final = ("make it", "i said", "i meant", "it's", "it should be", "change it to", "rather",
+                            "can we make it", "could we make it", "can we do", "could we do", "can you make it",
+                            "change the time to", "change the date to")
+"""Optional words between a correction's opening and its value ("no, make it eleven")."""
+ANSWER_LEADS: Final = ("how about", "let's say", "let's do", "maybe", "ideally")
+"""Optional words before a date or time answering a question ("let's say Friday"); "please" may follow any
+answer. Not before names: with "make it" there, "the name is Sarah Miller" was heard as "make it Karen Miller"."""
+AGREEING: Final = ("yes", "yeah", "sure", "oh", "okay", "yes sure")
+"""Optional words before a date or time answering a question ("yes, Friday")."""
+GREETING_QUESTIONS: Final = ("how are you", "how are you doing", "how are you today", "how are you doing today",
+                             "how's it going")
+"""What may follow a greeting ("hi, how are you doing today?")."""
 NAME_INTROS: Final = ("my name is", "my name's", "the name is", "name is", "it's", "it is", "this is", "i'm",
                       "i am", "it's for", "for", "the appointment is for", "put it under", "under")
 FIRST_NAMES: Final = ("john", "mary", "james", "patricia", "robert", "jennifer", "michael", "linda", "david",
@@ -206,9 +221,9 @@ def _tool_phrases(tool: Mapping[str, Any]) -> list[str]:
     return [p for p in phrases if p]
 
 
-ANSWERS: Final = ("name", "date", "time")
+ANSWERS: Final = ("name", "date", "time", "confirm")
 """Answers the recogniser has a grammar of their own for (:func:`build_answer_jsgf`): the value a question
-asked for ("May I have your name, please?" → ``name``)."""
+asked for ("May I have your name, please?" → ``name``), or after a read-back (``confirm``: yes, no or a correction)."""
 
 
 def answer_for(argument: str | None) -> str | None:
@@ -341,8 +356,9 @@ def build_jsgf(spec: LanguageModelSpec, vocabulary: Iterable[str] | None = None)
     ``[for | on] <date> [<time>]``, ``<time>``, enum values and :data:`PHRASE_SET`. Times are a grammar
     of their own: "at ten", "at ten thirty", "at half past three", "quarter to four", "at three thirty in the
     afternoon", "at two p m", "noon" ("at"/"around"/"about"/"by" is required before a bare hour: without it
-    short answers such as "no, thank you" were heard as times). Phrases with a word outside ``vocabulary``
-    are left out.
+    short answers such as "no, thank you" were heard as times). Corrections of a read-back are not here but
+    in the ``confirm`` answer grammar (:func:`build_answer_jsgf`): here they made "no, thank you" "no, at
+    two". Phrases with a word outside ``vocabulary`` are left out.
     """
     allowed = set(vocabulary) if vocabulary is not None else None
 
@@ -376,7 +392,8 @@ def build_jsgf(spec: LanguageModelSpec, vocabulary: Iterable[str] | None = None)
         rules.append(f"[<greet>] [{alt(OPENERS)}] {_alt(tool_phrases)} [<slots>]")
     if nouns:
         rules.append(f"[<greet>] {alt(REQUESTS)} {_alt(nouns)} [<slots>]")
-    rules += ["<greet>", "<name>", "[for | on] <date> [<time>]", "<time>", phone, alt(PHRASE_SET)]
+    rules += [f"<greet> [{alt(GREETING_QUESTIONS)}]", "<name>", "[for | on] <date> [<time>]", "<time>", phone,
+              alt(PHRASE_SET)]
     if enums:
         rules.append(alt(enums))
     return _jsgf_text(allowed, date, time, slots, name, " | ".join(rules))
@@ -385,7 +402,9 @@ def build_jsgf(spec: LanguageModelSpec, vocabulary: Iterable[str] | None = None)
 def build_answer_jsgf(spec: LanguageModelSpec, answer: str, vocabulary: Iterable[str] | None = None) -> str:
     """The grammar used right after the agent asked for ``answer`` (one of :data:`ANSWERS`): that answer (for
     ``name``: ``[intro] <first> [<last>]``; ``date``: a date, maybe with a time; ``time``: a time — a bare
-    hour too — maybe with a date), or a :data:`PHRASE_SET` phrase ("sorry what", "no", …).
+    hour too — maybe with a date; dates and times optionally after :data:`AGREEING` and :data:`ANSWER_LEADS`
+    words, any answer before "please"; ``confirm``, after a read-back: a correction of it), or a
+    :data:`PHRASE_SET` phrase ("yes", "sorry what", "no", …).
 
     Telephone audio is ambiguous enough that with every rule of :func:`build_jsgf` open, "my name is John
     Smith" over μ-law was heard as "on may the eighth" or "john davis"; conditioning on the question, as IVR
@@ -403,9 +422,26 @@ def build_answer_jsgf(spec: LanguageModelSpec, answer: str, vocabulary: Iterable
     # without the bare intros ("my name is"), which would otherwise beat the intro followed by a name
     phrases = _alt(p for p in PHRASE_SET if p not in INTRO_PHRASES
                    and (allowed is None or all(w in allowed for w in p.split())))
+    def alt(options: Iterable[str]) -> str:
+        return _alt(o for o in options if allowed is None or all(w in allowed for w in o.split()))
+
+    if answer == "confirm":
+        return header + f"public <utterance> = {' | '.join(_corrections(alt))} | {phrases};\n"
     value = {"name": "<name>", "date": "[for | on] <date> [<time>]",
              "time": "(<time> | <clock>) [for | on] [<date>]"}[answer]
-    return header + f"public <utterance> = {value} | {phrases};\n"
+    if answer != "name":  # not before names: "the name is Sarah Miller" was heard as "yeah, David Carter"
+        value = f"[{alt(AGREEING)}] [{alt(ANSWER_LEADS)}] {value}"
+    return header + f"public <utterance> = {value} [please] | {phrases};\n"
+
+
+def _corrections(alt: Callable[[Iterable[str]], str]) -> list[str]:
+    """The rules of a read-back's correction (:data:`CORRECTIONS`, :data:`CORRECTION_LEADS`): "no, ten in the
+    morning", "could we do eleven instead", "no, my name is John Clark"."""
+    value = "(<clock> | <time> | [for | on] <date> [<time>])"
+    tail = f"[{alt(['instead'])}] [please]"
+    return [f"[{alt(CORRECTIONS)}] {alt(CORRECTION_LEADS)} {value} {tail}",
+            f"{alt(CORRECTIONS)} {value} {tail}",
+            f"{alt(CORRECTIONS)} {alt(NAME_INTROS[:5])} <first> <last>"]
 
 
 def _jsgf_text(allowed: set[str] | None, date: str, time: str, slots: str, name: str, body: str) -> str:
@@ -416,8 +452,9 @@ def _jsgf_text(allowed: set[str] | None, date: str, time: str, slots: str, name:
 
     first = alt(FIRST_NAMES)
     last = alt(LAST_NAMES)
-    clock = _alt([f"<hour> [{alt(MINUTES)}] [{alt(PARTS_OF_DAY)}]", "(half | quarter) past <hour>",
-                  "quarter to <hour>", "noon", "midday"])
+    parts = alt(PARTS_OF_DAY)
+    clock = _alt([f"<hour> [{alt(MINUTES)}] [{parts}]", f"(half | quarter) past <hour> [{parts}]",
+                  f"quarter to <hour> [{parts}]", "[twelve] noon", "midday"])
     return ("#JSGF V1.0;\ngrammar switchboard;\n"
             f"<greet> = {alt(GREETINGS)};\n<hour> = {alt(HOURS)};\n<clock> = {clock};\n"
             f"<date> = {date};\n<time> = {time};\n<slots> = {slots};\n<dg> = {alt(DIGITS)};\n"
@@ -429,7 +466,8 @@ def words_in(spec: LanguageModelSpec) -> set[str]:
     """Every word the LM and grammar of ``spec`` may use (for the pronunciation dictionary subset)."""
     words = {w for s in build_corpus(spec) for w in s.split()}
     words.update(w for group in (WEEKDAYS, MONTHS, ORDINALS, HOURS, MINUTES, DIGITS, FIRST_NAMES, LAST_NAMES,
-                                 LETTERS, GREETINGS, REQUESTS, NAME_INTROS, PARTS_OF_DAY)
+                                 LETTERS, GREETINGS, REQUESTS, NAME_INTROS, PARTS_OF_DAY, CORRECTIONS,
+                                 CORRECTION_LEADS, ANSWER_LEADS, AGREEING, ("instead", "please"))
                  for phrase in group for w in phrase.split())
 
     grammar = build_jsgf(spec).split("\n", 2)[2]  # drop the header lines

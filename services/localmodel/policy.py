@@ -24,6 +24,7 @@ After each user turn (text user items too, without recognition):
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -37,13 +38,14 @@ __all__ = ["DialoguePolicy", "Reply", "ToolCall", "greeting_from_instructions", 
 
 READ_ONLY_VERBS: Final = frozenset({"get", "lookup", "look", "check", "list", "find", "search", "query", "fetch"})
 CONTROL_TOOLS: Final = ("end_call", "transfer", "hang_up", "hangup")
-YES: Final = frozenset({"yes", "yeah", "yep", "sure", "okay", "ok", "correct", "right", "please", "ahead",
-                        "absolutely", "definitely", "fine", "do"})
+YES: Final = frozenset({"yes", "yeah", "yep", "yup", "sure", "okay", "ok", "correct", "right", "please", "ahead",
+                        "absolutely", "definitely", "fine", "do", "good", "great", "perfect", "works", "lovely",
+                        "alright", "certainly", "course"})
 NO: Final = frozenset({"no", "nope", "nah", "don't", "not", "nothing", "stop", "wait"})
 NO_PHRASES: Final = ("that's all", "that's it", "that's everything", "that will be all", "i'm good", "all set")
 """Phrases that say "no" to "anything else?" without the word no (see :func:`says_no`)."""
 SYNONYMS: Final[Mapping[str, tuple[str, ...]]] = {
-    "book": ("booking", "make", "schedule", "reserve", "set"),
+    "book": ("booking", "booked", "make", "schedule", "reserve", "set", "fit"),
     "cancel": ("cancel", "cancelled", "remove", "drop"),
     "check": ("available", "availability", "free", "open", "times", "slots"),
     "availability": ("available", "free", "open"),
@@ -60,11 +62,14 @@ DEFAULT_GREETING: Final = "Hello, how can I help you today?"
 ANYTHING_ELSE: Final = "Is there anything else I can help you with?"
 MIN_TOOL_SCORE: Final = 2.0
 GREETING_WORDS: Final = frozenset({"hi", "hello", "hey", "good", "morning", "afternoon", "evening", "there", "say",
-                                   "how", "are", "you", "please", "oh", "yes"})
+                                   "how", "are", "you", "please", "oh", "yes", "doing", "today", "hiya", "well",
+                                   "thanks", "thank", "i'm", "fine"})
 """An utterance made only of these words (and at least one of hi/hello/hey/morning/afternoon/evening) is a
 greeting, answered with one ("Say hello." — Pipecat's usual first text item — is one too)."""
 KNOWN_NAMES: Final = frozenset(FIRST_NAMES) | frozenset(LAST_NAMES)
 """Names accepted without an intro ("Robert Brown") when the agent has just asked for a name."""
+CORRECTION_CUES: Final = frozenset({"no", "actually", "instead", "change", "meant", "rather", "sorry", "make"})
+"""Words that mark a changed value: a bare hour after them is a time (:func:`.extract.loose_time`)."""
 DTMF_ANSWERS: Final[Mapping[str, str]] = {"1": "yes", "2": "no"}
 """Keypad digits (arriving as the text ``DTMF <digit>``) that answer a question: 1 = yes, 2 = no."""
 
@@ -221,12 +226,16 @@ class DialoguePolicy:
             return ex.extract_enum(words, schema["enum"])
         if schema.get("format") == "date" or "date" in p or p == "day":
             return ex.extract_date(words, self.today())
-        if "time" in p:  # a bare hour ("eleven") is a time when the agent has just asked for one
-            return ex.extract_time(words) or (ex.extract_time(["at", *words]) if self.asked == prop else None)
+        if "time" in p:  # a bare hour ("eleven") is a time when the agent has just asked for one, or said alone
+            if (found := ex.extract_time(words)) is not None:
+                return found
+            if self.asked == prop or self.confirming or set(words) & CORRECTION_CUES:
+                return ex.loose_time(words)  # "could we make it eleven instead?"
+            return ex.bare_time(words)
         if "phone" in p:
             return ex.extract_phone(words)
         if p == "name" or p.endswith("_name"):
-            named = ex.extract_name(words)
+            named = ex.extract_name(words) or _known_full_name(words)
             if named is None and self.asked == prop:
                 bare = [w for w in words if w in KNOWN_NAMES]
                 named = " ".join(w.capitalize() for w in bare[:3]) or None
@@ -279,7 +288,7 @@ class DialoguePolicy:
         tool_name, score = self.best_tool(words)
         no = says_no(words)
         if self.confirming and self.pending:
-            if says_yes(words):
+            if says_yes(words) and not heard & CORRECTION_CUES:  # "could we do eleven instead" is no yes
                 return self._call_pending()
             tool = self._tool(self.pending)
             updates = self.fill(tool, words, text) if tool else {}
@@ -432,6 +441,14 @@ def _names(prop: str, heard: set[str]) -> bool:
     if "phone" in p:
         return bool(heard & {"phone", "number"})
     return set(p.split("_")) <= heard
+
+
+def _known_full_name(words: Sequence[str]) -> str | None:
+    """A known first name followed by a known last name anywhere in ``words`` ("… for john smith"), else None."""
+    for first, last in itertools.pairwise(words):
+        if first in FIRST_NAMES and last in LAST_NAMES:
+            return f"{first.capitalize()} {last.capitalize()}"
+    return None
 
 
 def _part_of_day(heard: set[str]) -> str | None:

@@ -295,12 +295,13 @@ class Session:
 
     def _spec(self, *, listening: bool = False) -> LanguageModelSpec:
         """The session's LM spec; ``listening``: for the caller's next utterance, so it expects the answer the
-        agent has just asked for (a name after "May I have your name, please?": :data:`.grammar.ANSWERS`) — asked
-        by this model or in an assistant item the client created: the conversation is folded first."""
+        agent has just asked for (a name after "May I have your name, please?", yes/no or a correction after a
+        read-back: :data:`.grammar.ANSWERS`) — asked by this model or in an assistant item the client created: the
+        conversation is folded first."""
         expect = None
         if listening:
             self.turns.catch_up()
-            expect = answer_for(self.policy.asked)
+            expect = answer_for(self.policy.asked) or ("confirm" if self.policy.confirming else None)
         return LanguageModelSpec.from_session(self.state.session.get("tools") or [],
                                               self.state.session.get("instructions"), expect)
 

@@ -176,3 +176,36 @@ def test_a_statement_the_client_put_in_the_conversation_asks_nothing() -> None:
     assert policy.asked == "name"
     policy.on_assistant("Your name is needed for the booking.")
     assert policy.asked is None
+
+
+def test_a_read_back_is_corrected_with_a_bare_time() -> None:
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("could you book me in on tuesday at nine")
+    assert "Shall I go ahead?" in policy.on_user("my name is david clark").say
+    reply = policy.on_user("no, make it ten in the morning")
+    assert "10 AM" in reply.say and policy.confirming
+    reply = policy.on_user("no eleven")
+    assert "11 AM" in reply.say and policy.confirming
+    reply = policy.on_user("actually could we do half past two instead")
+    assert "2:30 PM" in reply.say and policy.confirming
+    reply = policy.on_user("sorry i meant eleven")
+    assert "11 AM" in reply.say and policy.confirming
+    reply = policy.on_user("yes")
+    assert reply.call is not None and reply.call.arguments["time"] == "11:00"
+
+
+def test_a_slot_given_before_it_is_asked_for_is_kept() -> None:
+    """One slot at a time, in the caller's order: a bare hour while the name is asked for is the time; a
+    known full name after "for" is the name."""
+    policy = DialoguePolicy(today=lambda: TODAY)
+    policy.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    policy.on_user("i'd like to book an appointment")
+    policy.on_user("tomorrow")
+    assert policy.on_user("half past four").say == "May I have your name, please?"
+    assert policy.args["time"] == "16:30"
+    fresh = DialoguePolicy(today=lambda: TODAY)
+    fresh.configure(DEMO_TOOLS, DEMO_INSTRUCTIONS)
+    assert "Shall I go ahead?" in fresh.on_user("book an appointment tomorrow at ten for mary jones").say
+    assert fresh.args["name"] == "Mary Jones"
+    assert fresh.on_user("no thank you").call is None  # a no to the read-back sets no time
