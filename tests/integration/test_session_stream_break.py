@@ -21,7 +21,7 @@ from shared.bus import Bus
 from shared.config import load_settings
 from shared.contracts import CarrierDetached, CarrierResumed
 from tests.integration.session_support import ROOT, SimGateway, ToolBox, speech, start_localmodel
-from tests.integration.test_session_call import standard_tools
+from tests.integration.test_session_handover import toolbox  # noqa: F401 - the same tools fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,16 +58,6 @@ async def gw(nats_url: str) -> AsyncIterator[SimGateway]:
     await bus.close()
 
 
-@pytest.fixture
-async def toolbox(nats_url: str) -> AsyncIterator[ToolBox]:
-    bus = await Bus.connect(nats_url, name="test-tools", source="tools")
-    box = ToolBox(bus)
-    await box.serve(standard_tools())
-    yield box
-    await box.stop()
-    await bus.close()
-
-
 async def turn(gw: SimGateway, text: str, what: str) -> None:
     done = gw.count("server.response.done")
     await gw.send_audio(await speech(text))
@@ -91,9 +81,9 @@ async def resumed(gw: SimGateway) -> None:
     await gw.bus.publish_event(subjects.carrier_resumed(gw.call_id), body.encode(), call_id=gw.call_id)
 
 
-async def finish_booking(gw: SimGateway, toolbox: ToolBox) -> None:
+async def finish_booking(gw: SimGateway, box: ToolBox) -> None:
     await gw.send_audio(await speech("Yes please"))
-    await gw.wait_for(lambda: bool(toolbox.requests.get("book_appointment")), 90, "book_appointment")
+    await gw.wait_for(lambda: bool(box.requests.get("book_appointment")), 90, "book_appointment")
 
 
 def asked_again(gw: SimGateway) -> bool:
@@ -101,7 +91,7 @@ def asked_again(gw: SimGateway) -> bool:
 
 
 async def test_a_stream_broken_mid_utterance_drops_it_and_the_caller_is_asked_again(
-        session: SessionService, gw: SimGateway, toolbox: ToolBox) -> None:
+        session: SessionService, gw: SimGateway, toolbox: ToolBox) -> None:  # noqa: F811 - the imported fixture
     await half_a_name(gw)
     await resumed(gw)  # no carrier.detached before it: the old gateway died with the stream open
     await gw.wait_for(lambda: gw.count("client.input_audio_buffer.clear") == 1, 30, "the truncated utterance dropped")
@@ -113,7 +103,8 @@ async def test_a_stream_broken_mid_utterance_drops_it_and_the_caller_is_asked_ag
     assert toolbox.requests["book_appointment"][0]["arguments"]["name"] == "John Smith"
 
 
-async def test_a_clean_detach_drops_nothing(session: SessionService, gw: SimGateway, toolbox: ToolBox) -> None:
+@pytest.mark.usefixtures("toolbox")
+async def test_a_clean_detach_drops_nothing(session: SessionService, gw: SimGateway) -> None:
     audio = await half_a_name(gw)
     detached = CarrierDetached(reason="gateway_drain", stream_id="MZ1")
     await gw.bus.publish_event(subjects.carrier_detached(gw.call_id), detached.encode(), call_id=gw.call_id)
